@@ -1,0 +1,236 @@
+//! Multi-head attention over a key/value cache that separates a prefix shared by every row from
+//! each row's own positions.
+//!
+//! Many candidates continuing one prefix is the core workload of steering: the prefix keys are
+//! stored once (batch 1), and every row's queries are matched against them in one large matmul
+//! instead of copying the prefix per row.
+
+use candle_core::{Result, Tensor, D};
+
+/// Cached keys and values of one attention layer, each [batch, heads, positions, head_dim].
+#[derive(Debug, Clone, Default)]
+pub struct LayerKv {
+    /// Positions every row sees, stored with batch 1.
+    shared: Option<(Tensor, Tensor)>,
+    /// Positions of each row, after the shared ones.
+    own: Option<(Tensor, Tensor)>,
+}
+
+/// A KV cache for a whole model. Cloning is cheap: tensors are reference counted.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<LayerKv>,
+    len: usize,
+    /// Rows of the `own` part; 0 while the cache is empty.
+    batch: usize,
+}
+
+impl KvCache {
+    pub fn new(num_layers: usize) -> Self {
+        Self {
+            layers: vec![LayerKv::default(); num_layers],
+            len: 0,
+            batch: 0,
+        }
+    }
+
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Rows the cache holds (0 when empty: it then accepts any batch).
+    pub fn batch_size(&self) -> usize {
+        self.batch
+    }
+
+    pub(crate) fn layer_mut(&mut self, index: usize) -> &mut LayerKv {
+        &mut self.layers[index]
+    }
+
+    pub(crate) fn check_batch(&self, batch: usize) -> Result<()> {
+        if self.batch != 0 && self.batch != batch {
+            candle_core::bail!(
+                "the KV cache holds {} rows but the input has {batch}; fork the cache first",
+                self.batch
+            )
+        }
+        Ok(())
+    }
+
+    pub(crate) fn advance(&mut self, batch: usize, positions: usize) {
+        self.batch = batch;
+        self.len += positions;
+    }
+
+    /// A cache whose row `i` continues row `rows[i]` of this one.
+    ///
+    /// Forking a one-row cache makes its positions shared: they are stored once however many
+    /// rows continue them, and nothing is copied per row.
+    pub fn fork(&self, rows: &[usize]) -> Result<Self> {
+        if let Some(&bad) = rows.iter().find(|&&r| r >= self.batch.max(1)) {
+            candle_core::bail!(
+                "fork: row {bad} out of range for a cache of {} rows",
+                self.batch
+            )
+        }
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let forked = if self.batch <= 1 {
+                let shared = match (&layer.shared, &layer.own) {
+                    (Some((sk, sv)), Some((ok, ov))) => {
+                        Some((Tensor::cat(&[sk, ok], 2)?, Tensor::cat(&[sv, ov], 2)?))
+                    }
+                    (Some(s), None) => Some(s.clone()),
+                    (None, Some(o)) => Some(o.clone()),
+                    (None, None) => None,
+                };
+                LayerKv { shared, own: None }
+            } else {
+                let index = Tensor::new(
+                    rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+                    self.device_of(layer)?,
+                )?;
+                let own = match &layer.own {
+                    Some((k, v)) => Some((k.index_select(&index, 0)?, v.index_select(&index, 0)?)),
+                    None => None,
+                };
+                LayerKv {
+                    shared: layer.shared.clone(),
+                    own,
+                }
+            };
+            layers.push(forked);
+        }
+        Ok(Self {
+            layers,
+            len: self.len,
+            batch: rows.len(),
+        })
+    }
+
+    /// The first `len` positions of this cache.
+    pub fn truncate(&self, len: usize) -> Result<Self> {
+        if len > self.len {
+            candle_core::bail!(
+                "truncate: cache holds {} positions, asked for {len}",
+                self.len
+            )
+        }
+        let narrow = |(k, v): &(Tensor, Tensor), n: usize| -> Result<Option<(Tensor, Tensor)>> {
+            Ok(if n == 0 {
+                None
+            } else if n == k.dim(2)? {
+                Some((k.clone(), v.clone()))
+            } else {
+                Some((
+                    k.narrow(2, 0, n)?.contiguous()?,
+                    v.narrow(2, 0, n)?.contiguous()?,
+                ))
+            })
+        };
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let shared_len = layer
+                .shared
+                .as_ref()
+                .map(|(k, _)| k.dim(2))
+                .transpose()?
+                .unwrap_or(0);
+            let shared = match &layer.shared {
+                Some(s) => narrow(s, len.min(shared_len))?,
+                None => None,
+            };
+            let own = match &layer.own {
+                Some(o) => narrow(o, len.saturating_sub(shared_len))?,
+                None => None,
+            };
+            layers.push(LayerKv { shared, own });
+        }
+        let batch = if len == 0 { 0 } else { self.batch };
+        Ok(Self { layers, len, batch })
+    }
+
+    fn device_of<'a>(&self, layer: &'a LayerKv) -> Result<&'a candle_core::Device> {
+        match (&layer.own, &layer.shared) {
+            (Some((k, _)), _) | (None, Some((k, _))) => Ok(k.device()),
+            (None, None) => candle_core::bail!("empty cache layer"),
+        }
+    }
+}
+
+/// Scaled dot-product attention of `q` over the cached positions plus the new `k`/`v`
+/// (all [batch, heads, new, head_dim]), causal among the new positions when `causal`. Appends
+/// the new keys and values to `layer`.
+pub fn attend(
+    q: &Tensor,
+    k_new: &Tensor,
+    v_new: &Tensor,
+    layer: &mut LayerKv,
+    scale: f64,
+    causal: bool,
+) -> Result<Tensor> {
+    let (batch, heads, new, head_dim) = q.dims4()?;
+    let (own_k, own_v) = match &layer.own {
+        Some((k, v)) => (Tensor::cat(&[k, k_new], 2)?, Tensor::cat(&[v, v_new], 2)?),
+        None => (k_new.clone(), v_new.clone()),
+    };
+    let own_len = own_k.dim(2)?;
+    let past_own = own_len - new;
+
+    let mut own_scores = (q.matmul(&own_k.t()?)? * scale)?;
+    if causal && new > 1 {
+        let mask: Vec<f32> = (0..new)
+            .flat_map(|i| {
+                (0..own_len).map(move |j| {
+                    if j > past_own + i {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (new, own_len), q.device())?;
+        own_scores = own_scores.broadcast_add(&mask)?;
+    }
+
+    let output = match &layer.shared {
+        None => {
+            let weights = candle_nn::ops::softmax_last_dim(&own_scores)?;
+            weights.matmul(&own_v)?
+        }
+        Some((shared_k, shared_v)) => {
+            let shared_len = shared_k.dim(2)?;
+            // Every row's queries against the one shared prefix: [heads, batch·new, head_dim].
+            let q_rows =
+                q.transpose(0, 1)?
+                    .contiguous()?
+                    .reshape((heads, batch * new, head_dim))?;
+            let shared_k = shared_k.squeeze(0)?;
+            let shared_v = shared_v.squeeze(0)?;
+            let shared_scores = (q_rows.matmul(&shared_k.t()?)? * scale)?
+                .reshape((heads, batch, new, shared_len))?
+                .transpose(0, 1)?;
+            let scores = Tensor::cat(&[&shared_scores, &own_scores], D::Minus1)?.contiguous()?;
+            let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+            let shared_weights = weights
+                .narrow(3, 0, shared_len)?
+                .transpose(0, 1)?
+                .contiguous()?
+                .reshape((heads, batch * new, shared_len))?;
+            let from_shared = shared_weights
+                .matmul(&shared_v)?
+                .reshape((heads, batch, new, head_dim))?
+                .transpose(0, 1)?;
+            let own_weights = weights.narrow(3, shared_len, own_len)?.contiguous()?;
+            (own_weights.matmul(&own_v)? + from_shared)?
+        }
+    };
+    layer.own = Some((own_k, own_v));
+    Ok(output)
+}

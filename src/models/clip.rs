@@ -1,0 +1,538 @@
+//! CLIP (OpenAI's and LAION's) driven by config.json, with HF weight names.
+//!
+//! Beyond candle-transformers' CLIP this reads the activation (`quick_gelu` or `gelu`) and layer
+//! norm epsilon from the config, pools text at the EOS position as transformers does, and keeps a
+//! text prefix cache: a prefix is encoded once and many continuations of it are embedded by
+//! computing only their new positions.
+
+use super::attention::{attend, KvCache, LayerKv};
+use super::{Activation, Dense};
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, IndexOp, Module, Tensor, D};
+use candle_nn::{LayerNorm, VarBuilder};
+use serde::Deserialize;
+use std::path::Path;
+
+/// The fields of `CLIPTextConfig` that change the computation, with transformers' defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ClipTextConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub max_position_embeddings: usize,
+    pub hidden_act: String,
+    pub layer_norm_eps: f64,
+    pub bos_token_id: u32,
+    pub eos_token_id: u32,
+}
+
+impl Default for ClipTextConfig {
+    fn default() -> Self {
+        Self {
+            vocab_size: 49408,
+            hidden_size: 512,
+            intermediate_size: 2048,
+            num_hidden_layers: 12,
+            num_attention_heads: 8,
+            max_position_embeddings: 77,
+            hidden_act: "quick_gelu".into(),
+            layer_norm_eps: 1e-5,
+            bos_token_id: 49406,
+            eos_token_id: 49407,
+        }
+    }
+}
+
+/// The fields of `CLIPVisionConfig` that change the computation, with transformers' defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ClipVisionConfig {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_channels: usize,
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub hidden_act: String,
+    pub layer_norm_eps: f64,
+}
+
+impl Default for ClipVisionConfig {
+    fn default() -> Self {
+        Self {
+            hidden_size: 768,
+            intermediate_size: 3072,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            num_channels: 3,
+            image_size: 224,
+            patch_size: 32,
+            hidden_act: "quick_gelu".into(),
+            layer_norm_eps: 1e-5,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClipConfig {
+    pub text: ClipTextConfig,
+    pub vision: ClipVisionConfig,
+    pub projection_dim: usize,
+}
+
+impl ClipConfig {
+    /// Reads a `CLIPModel` config.json (older files name the parts `text_config_dict` /
+    /// `vision_config_dict`).
+    pub fn load(dir: &Path) -> Result<Self> {
+        let raw: serde_json::Value = super::read_config(dir)?;
+        let part = |name: &str| -> Result<serde_json::Value> {
+            raw.get(name)
+                .filter(|v| v.is_object())
+                .or_else(|| raw.get(&format!("{name}_dict")).filter(|v| v.is_object()))
+                .cloned()
+                .with_context(|| {
+                    format!(
+                        "{}/config.json has no {name}: is this a CLIP model (CLIPModel) directory?",
+                        dir.display()
+                    )
+                })
+        };
+        let text: ClipTextConfig = serde_json::from_value(part("text_config")?)
+            .with_context(|| format!("{}/config.json: invalid text_config", dir.display()))?;
+        let vision: ClipVisionConfig = serde_json::from_value(part("vision_config")?)
+            .with_context(|| format!("{}/config.json: invalid vision_config", dir.display()))?;
+        let projection_dim = raw
+            .get("projection_dim")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(512) as usize;
+        for (what, hidden, heads) in [
+            ("text", text.hidden_size, text.num_attention_heads),
+            ("vision", vision.hidden_size, vision.num_attention_heads),
+        ] {
+            if heads == 0 || hidden % heads != 0 {
+                bail!("config.json: {what} hidden_size {hidden} is not a multiple of num_attention_heads {heads}");
+            }
+        }
+        if vision.patch_size == 0 || vision.image_size % vision.patch_size != 0 {
+            bail!(
+                "config.json: image_size {} is not a multiple of patch_size {}",
+                vision.image_size,
+                vision.patch_size
+            );
+        }
+        Ok(Self {
+            text,
+            vision,
+            projection_dim,
+        })
+    }
+}
+
+/// A pre-LayerNorm transformer layer, as in both CLIP towers.
+struct EncoderLayer {
+    q_proj: Dense,
+    k_proj: Dense,
+    v_proj: Dense,
+    out_proj: Dense,
+    layer_norm1: LayerNorm,
+    layer_norm2: LayerNorm,
+    fc1: Dense,
+    fc2: Dense,
+    heads: usize,
+    activation: Activation,
+}
+
+impl EncoderLayer {
+    fn load(
+        hidden: usize,
+        intermediate: usize,
+        heads: usize,
+        eps: f64,
+        activation: Activation,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let attn = vb.pp("self_attn");
+        Ok(Self {
+            q_proj: Dense::linear(hidden, hidden, true, attn.pp("q_proj"))?,
+            k_proj: Dense::linear(hidden, hidden, true, attn.pp("k_proj"))?,
+            v_proj: Dense::linear(hidden, hidden, true, attn.pp("v_proj"))?,
+            out_proj: Dense::linear(hidden, hidden, true, attn.pp("out_proj"))?,
+            layer_norm1: candle_nn::layer_norm(hidden, eps, vb.pp("layer_norm1"))?,
+            layer_norm2: candle_nn::layer_norm(hidden, eps, vb.pp("layer_norm2"))?,
+            fc1: Dense::linear(hidden, intermediate, true, vb.pp("mlp.fc1"))?,
+            fc2: Dense::linear(intermediate, hidden, true, vb.pp("mlp.fc2"))?,
+            heads,
+            activation,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, kv: &mut LayerKv, causal: bool) -> candle_core::Result<Tensor> {
+        let (batch, new, hidden) = xs.dims3()?;
+        let head_dim = hidden / self.heads;
+        let normed = self.layer_norm1.forward(xs)?;
+        let heads = |t: Tensor| -> candle_core::Result<Tensor> {
+            t.reshape((batch, new, self.heads, head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = heads(self.q_proj.forward(&normed)?)?;
+        let k = heads(self.k_proj.forward(&normed)?)?;
+        let v = heads(self.v_proj.forward(&normed)?)?;
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let attended = attend(&q, &k, &v, kv, scale, causal)?
+            .transpose(1, 2)?
+            .reshape((batch, new, hidden))?;
+        let xs = (xs + self.out_proj.forward(&attended)?)?;
+        let mlp = self
+            .activation
+            .forward(&self.fc1.forward(&self.layer_norm2.forward(&xs)?)?)?;
+        xs + self.fc2.forward(&mlp)?
+    }
+}
+
+/// A text prefix encoded once, to be continued by many sequences.
+#[derive(Clone)]
+pub struct TextPrefix {
+    ids: Vec<u32>,
+    cache: KvCache,
+}
+
+impl TextPrefix {
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+}
+
+/// Text embeddings of a batch with the cost of computing them.
+pub struct TextFeatures {
+    /// Projected, unnormalised features [sequences, projection_dim].
+    pub features: Tensor,
+    /// Token positions pushed through the text tower (padding included).
+    pub positions_computed: usize,
+}
+
+pub struct ClipModel {
+    token_embedding: Tensor,
+    text_position_embedding: Tensor,
+    text_layers: Vec<EncoderLayer>,
+    final_layer_norm: LayerNorm,
+    text_projection: Dense,
+    class_embedding: Tensor,
+    patch_embedding: Tensor,
+    vision_position_embedding: Tensor,
+    pre_layrnorm: LayerNorm,
+    vision_layers: Vec<EncoderLayer>,
+    post_layernorm: LayerNorm,
+    visual_projection: Dense,
+    logit_scale: f32,
+    config: ClipConfig,
+    device: Device,
+}
+
+impl ClipModel {
+    /// Loads config.json and model.safetensors from a directory in the HF layout.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let config = ClipConfig::load(dir)?;
+        let vb = super::load_weights(dir, device)?;
+        Self::from_varbuilder(config, vb).with_context(|| {
+            format!(
+                "{} is not a CLIP checkpoint matching its config.json",
+                dir.display()
+            )
+        })
+    }
+
+    pub fn from_varbuilder(config: ClipConfig, vb: VarBuilder) -> Result<Self> {
+        let device = vb.device().clone();
+        let t = &config.text;
+        let v = &config.vision;
+        let text_vb = vb.pp("text_model");
+        let text_act = Activation::from_hf(&t.hidden_act)?;
+        let text_layers = (0..t.num_hidden_layers)
+            .map(|i| {
+                EncoderLayer::load(
+                    t.hidden_size,
+                    t.intermediate_size,
+                    t.num_attention_heads,
+                    t.layer_norm_eps,
+                    text_act,
+                    text_vb.pp(format!("encoder.layers.{i}")),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let vision_vb = vb.pp("vision_model");
+        let vision_act = Activation::from_hf(&v.hidden_act)?;
+        let vision_layers = (0..v.num_hidden_layers)
+            .map(|i| {
+                EncoderLayer::load(
+                    v.hidden_size,
+                    v.intermediate_size,
+                    v.num_attention_heads,
+                    v.layer_norm_eps,
+                    vision_act,
+                    vision_vb.pp(format!("encoder.layers.{i}")),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let patches = (v.image_size / v.patch_size).pow(2);
+        let logit_scale = if vb.contains_tensor("logit_scale") {
+            vb.get((), "logit_scale")?.to_scalar::<f32>()?.exp()
+        } else {
+            100.0
+        };
+        Ok(Self {
+            token_embedding: text_vb.get(
+                (t.vocab_size, t.hidden_size),
+                "embeddings.token_embedding.weight",
+            )?,
+            text_position_embedding: text_vb.get(
+                (t.max_position_embeddings, t.hidden_size),
+                "embeddings.position_embedding.weight",
+            )?,
+            text_layers,
+            final_layer_norm: candle_nn::layer_norm(
+                t.hidden_size,
+                t.layer_norm_eps,
+                text_vb.pp("final_layer_norm"),
+            )?,
+            text_projection: Dense::linear(
+                t.hidden_size,
+                config.projection_dim,
+                false,
+                vb.pp("text_projection"),
+            )?,
+            class_embedding: vision_vb.get(v.hidden_size, "embeddings.class_embedding")?,
+            patch_embedding: vision_vb.get(
+                (v.hidden_size, v.num_channels, v.patch_size, v.patch_size),
+                "embeddings.patch_embedding.weight",
+            )?,
+            vision_position_embedding: vision_vb.get(
+                (patches + 1, v.hidden_size),
+                "embeddings.position_embedding.weight",
+            )?,
+            pre_layrnorm: candle_nn::layer_norm(
+                v.hidden_size,
+                v.layer_norm_eps,
+                vision_vb.pp("pre_layrnorm"),
+            )?,
+            vision_layers,
+            post_layernorm: candle_nn::layer_norm(
+                v.hidden_size,
+                v.layer_norm_eps,
+                vision_vb.pp("post_layernorm"),
+            )?,
+            visual_projection: Dense::linear(
+                v.hidden_size,
+                config.projection_dim,
+                false,
+                vb.pp("visual_projection"),
+            )?,
+            logit_scale,
+            config,
+            device,
+        })
+    }
+
+    pub fn config(&self) -> &ClipConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// exp(logit_scale): the temperature CLIP was trained with (100 for OpenAI's models).
+    pub fn logit_scale(&self) -> f32 {
+        self.logit_scale
+    }
+
+    /// The position transformers pools at: the first EOS, or for legacy configs whose
+    /// eos_token_id is 2, the largest id (the EOS token has the largest id in CLIP's vocabulary).
+    pub fn pool_position(&self, ids: &[u32]) -> usize {
+        let eos = self.config.text.eos_token_id;
+        if eos == 2 {
+            // torch.argmax returns the first maximal index.
+            let mut best = 0;
+            for (i, &id) in ids.iter().enumerate() {
+                if id > ids[best] {
+                    best = i;
+                }
+            }
+            best
+        } else {
+            ids.iter().position(|&id| id == eos).unwrap_or(0)
+        }
+    }
+
+    /// Runs the text tower over `ids` [batch, new] following the cached positions.
+    fn text_hidden(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let (batch, new) = ids.dims2()?;
+        let past = cache.len();
+        cache.check_batch(batch)?;
+        let tokens = self
+            .token_embedding
+            .embedding(&ids.flatten_all()?)?
+            .reshape((batch, new, ()))?;
+        let positions = self.text_position_embedding.narrow(0, past, new)?;
+        let mut xs = tokens.broadcast_add(&positions)?;
+        for (index, layer) in self.text_layers.iter().enumerate() {
+            xs = layer.forward(&xs, cache.layer_mut(index), true)?;
+        }
+        cache.advance(batch, new);
+        Ok(xs)
+    }
+
+    fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        let t = &self.config.text;
+        if ids.len() > t.max_position_embeddings {
+            bail!(
+                "CLIP text of {} tokens exceeds the context of {}; tokenize with truncation",
+                ids.len(),
+                t.max_position_embeddings
+            );
+        }
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= t.vocab_size) {
+            bail!(
+                "token id {bad} is outside CLIP's vocabulary of {}",
+                t.vocab_size
+            );
+        }
+        Ok(())
+    }
+
+    /// Encodes a prefix (token ids starting with <|startoftext|>) once.
+    pub fn text_prefix(&self, ids: &[u32]) -> Result<TextPrefix> {
+        self.check_ids(ids)?;
+        let mut cache = KvCache::new(self.text_layers.len());
+        if !ids.is_empty() {
+            let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
+            self.text_hidden(&input, &mut cache)?;
+        }
+        Ok(TextPrefix {
+            ids: ids.to_vec(),
+            cache,
+        })
+    }
+
+    /// Text features of whole sequences (ids with the start and end tokens), as
+    /// `get_text_features` computes them.
+    pub fn text_features(&self, sequences: &[Vec<u32>]) -> Result<Tensor> {
+        let empty = TextPrefix {
+            ids: Vec::new(),
+            cache: KvCache::new(self.text_layers.len()),
+        };
+        Ok(self.text_features_with_prefix(&empty, sequences)?.features)
+    }
+
+    /// Text features of whole sequences, reusing `prefix` for the positions they share with it:
+    /// only positions from the shortest shared prefix on are computed. A sequence that changes
+    /// the prefix's last token (a continued word) simply shares one position less.
+    pub fn text_features_with_prefix(
+        &self,
+        prefix: &TextPrefix,
+        sequences: &[Vec<u32>],
+    ) -> Result<TextFeatures> {
+        if sequences.is_empty() {
+            return Ok(TextFeatures {
+                features: Tensor::zeros(
+                    (0, self.config.projection_dim),
+                    candle_core::DType::F32,
+                    &self.device,
+                )?,
+                positions_computed: 0,
+            });
+        }
+        let mut shared = prefix.ids.len();
+        let mut pool_positions = Vec::with_capacity(sequences.len());
+        for ids in sequences {
+            if ids.is_empty() {
+                bail!("cannot embed an empty token sequence: CLIP input needs at least the start and end tokens");
+            }
+            self.check_ids(ids)?;
+            let common = prefix
+                .ids
+                .iter()
+                .zip(ids)
+                .take_while(|(a, b)| a == b)
+                .count();
+            let pool = self.pool_position(ids);
+            // At least the pooled position must be computed for every sequence.
+            shared = shared.min(common).min(pool);
+            pool_positions.push(pool);
+        }
+        let longest = sequences.iter().map(Vec::len).max().unwrap_or(0);
+        let new = longest - shared;
+        // Right padding is harmless: attention is causal and each sequence is read at its own
+        // pool position, which no padded position precedes.
+        let pad = self.config.text.eos_token_id;
+        let mut flat = Vec::with_capacity(sequences.len() * new);
+        for ids in sequences {
+            flat.extend_from_slice(&ids[shared..]);
+            flat.extend(std::iter::repeat_n(pad, longest - ids.len()));
+        }
+        let input = Tensor::from_vec(flat, (sequences.len(), new), &self.device)?;
+        let mut cache = prefix
+            .cache
+            .truncate(shared)?
+            .fork(&vec![0; sequences.len()])?;
+        let hidden = self.text_hidden(&input, &mut cache)?;
+        let index: Vec<u32> = pool_positions
+            .iter()
+            .enumerate()
+            .map(|(row, &pool)| (row * new + pool - shared) as u32)
+            .collect();
+        let index = Tensor::new(index, &self.device)?;
+        let pooled = hidden.flatten_to(1)?.index_select(&index, 0)?;
+        let pooled = self.final_layer_norm.forward(&pooled)?;
+        Ok(TextFeatures {
+            features: self.text_projection.forward(&pooled)?,
+            positions_computed: sequences.len() * new,
+        })
+    }
+
+    /// Image features for preprocessed pixels [batch, channels, image_size, image_size], as
+    /// `get_image_features` computes them.
+    pub fn image_features(&self, pixels: &Tensor) -> Result<Tensor> {
+        let v = &self.config.vision;
+        let (batch, channels, height, width) = pixels.dims4()?;
+        if channels != v.num_channels || height != v.image_size || width != v.image_size {
+            bail!(
+                "pixels of shape ({channels}, {height}, {width}) do not fit CLIP's ({}, {}, {})",
+                v.num_channels,
+                v.image_size,
+                v.image_size
+            );
+        }
+        let patches = pixels
+            .conv2d(&self.patch_embedding, 0, v.patch_size, 1, 1)?
+            .flatten_from(2)?
+            .transpose(1, 2)?;
+        let class = self
+            .class_embedding
+            .reshape((1, 1, v.hidden_size))?
+            .repeat((batch, 1, 1))?;
+        let xs =
+            Tensor::cat(&[&class, &patches], 1)?.broadcast_add(&self.vision_position_embedding)?;
+        let mut xs = self.pre_layrnorm.forward(&xs)?;
+        for layer in &self.vision_layers {
+            xs = layer.forward(&xs, &mut LayerKv::default(), false)?;
+        }
+        let pooled = self
+            .post_layernorm
+            .forward(&xs.i((.., 0, ..))?.contiguous()?)?;
+        Ok(self.visual_projection.forward(&pooled)?)
+    }
+}
+
+/// Cosine similarity of each row of `a` [n, d] with the single vector `b` [d].
+pub fn cosine_to(a: &Tensor, b: &Tensor) -> Result<Vec<f32>> {
+    let a_norm = a.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
+    let b_norm = b.sqr()?.sum_all()?.sqrt()?;
+    let dots = a.matmul(&b.unsqueeze(1)?)?;
+    let cos = dots.broadcast_div(&a_norm)?.broadcast_div(&b_norm)?;
+    Ok(cos.flatten_all()?.to_vec1::<f32>()?)
+}

@@ -1,0 +1,258 @@
+//! Tokenizers: loaded from tokenizer.json, or built from the original vocabulary files (GPT-2's
+//! encoder.json + vocab.bpe, CLIP's bpe_simple_vocab_16e6.txt.gz) into exactly the pipeline that
+//! transformers writes to tokenizer.json, so that both routes give HF's ids.
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use std::io::Read;
+use std::path::Path;
+use tokenizers::Tokenizer;
+
+const CLIP_SPLIT_PATTERN: &str =
+    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+
+/// Loads a tokenizer.json file.
+pub fn load_tokenizer_json(path: &Path) -> Result<Tokenizer> {
+    let bytes = std::fs::read(path).with_context(|| {
+        format!(
+            "cannot read tokenizer {}: the model directory needs a tokenizer.json",
+            path.display()
+        )
+    })?;
+    Tokenizer::from_bytes(&bytes)
+        .map_err(|e| anyhow::anyhow!("{} is not a valid tokenizer.json: {e}", path.display()))
+}
+
+/// Finds and loads the tokenizer of a model directory: tokenizer.json, else vocab.json +
+/// merges.txt, else GPT-2's original encoder.json + vocab.bpe. `kind` picks the pipeline for the
+/// vocabulary-file routes.
+pub fn load_from_dir(dir: &Path, kind: TokenizerKind) -> Result<Tokenizer> {
+    let tokenizer_json = dir.join("tokenizer.json");
+    if tokenizer_json.is_file() {
+        return load_tokenizer_json(&tokenizer_json);
+    }
+    for (vocab, merges) in [("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")] {
+        let (vocab, merges) = (dir.join(vocab), dir.join(merges));
+        if vocab.is_file() && merges.is_file() {
+            return match kind {
+                TokenizerKind::Gpt2 => gpt2_from_files(&vocab, &merges),
+                TokenizerKind::Clip => clip_from_vocab_files(&vocab, &merges),
+            };
+        }
+    }
+    bail!(
+        "no tokenizer in {}: it needs tokenizer.json (or vocab.json + merges.txt); copy them from the model's hub repository",
+        dir.display()
+    )
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenizerKind {
+    Gpt2,
+    Clip,
+}
+
+fn read_merges(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter(|line| !line.starts_with("#version") && !line.trim().is_empty())
+        .filter_map(|line| line.split_once(' '))
+        .map(|(a, b)| json!([a, b]))
+        .collect()
+}
+
+fn build(spec: Value, what: &str) -> Result<Tokenizer> {
+    let bytes = serde_json::to_vec(&spec)?;
+    Tokenizer::from_bytes(&bytes)
+        .map_err(|e| anyhow::anyhow!("cannot build the {what} tokenizer: {e}"))
+}
+
+fn read_vocab(path: &Path) -> Result<Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let vocab: Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a JSON vocabulary", path.display()))?;
+    if !vocab.is_object() {
+        bail!(
+            "{} is not a JSON vocabulary (expected an object of token → id)",
+            path.display()
+        );
+    }
+    Ok(vocab)
+}
+
+fn byte_level() -> Value {
+    json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true})
+}
+
+/// GPT-2's tokenizer from encoder.json (or vocab.json) and vocab.bpe (or merges.txt).
+pub fn gpt2_from_files(vocab_path: &Path, merges_path: &Path) -> Result<Tokenizer> {
+    let vocab = read_vocab(vocab_path)?;
+    let merges_text = std::fs::read_to_string(merges_path)
+        .with_context(|| format!("cannot read {}", merges_path.display()))?;
+    let eot = vocab
+        .get("<|endoftext|>")
+        .and_then(Value::as_u64)
+        .unwrap_or(50256);
+    let spec = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [{"id": eot, "content": "<|endoftext|>", "single_word": false, "lstrip": false,
+                          "rstrip": false, "normalized": false, "special": true}],
+        "normalizer": null,
+        "pre_tokenizer": byte_level(),
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
+                  "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": vocab, "merges": read_merges(&merges_text)}
+    });
+    build(spec, "GPT-2")
+}
+
+/// GPT-2's byte → unicode table: printable bytes map to themselves, the rest to U+0100 onwards.
+fn bytes_to_unicode() -> Vec<char> {
+    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
+    let mut chars: Vec<u32> = printable.clone();
+    let mut extra = 0;
+    for byte in 0..256u32 {
+        if !printable.contains(&byte) {
+            printable.push(byte);
+            chars.push(256 + extra);
+            extra += 1;
+        }
+    }
+    chars.into_iter().filter_map(char::from_u32).collect()
+}
+
+/// CLIP's tokenizer from the original `bpe_simple_vocab_16e6.txt.gz`: the vocabulary is the 256
+/// byte symbols, the same with `</w>`, one entry per merge, then the two special tokens; only
+/// the first 48,894 merges are used, as in CLIP's simple_tokenizer.
+pub fn clip_from_bpe_gz(path: &Path) -> Result<Tokenizer> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(file)
+        .read_to_string(&mut text)
+        .with_context(|| format!("{} is not a gzipped CLIP BPE file", path.display()))?;
+    const MERGES: usize = 49152 - 256 - 2;
+    let merges: Vec<(String, String)> = text
+        .split('\n')
+        .skip(1)
+        .take(MERGES)
+        .filter_map(|line| line.split_once(' '))
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    if merges.len() != MERGES {
+        bail!(
+            "{} holds {} merges, expected {MERGES}: is it CLIP's bpe_simple_vocab_16e6.txt.gz?",
+            path.display(),
+            merges.len()
+        );
+    }
+    let symbols = bytes_to_unicode();
+    let mut tokens: Vec<String> = symbols.iter().map(|c| c.to_string()).collect();
+    tokens.extend(symbols.iter().map(|c| format!("{c}</w>")));
+    tokens.extend(merges.iter().map(|(a, b)| format!("{a}{b}")));
+    tokens.push("<|startoftext|>".into());
+    tokens.push("<|endoftext|>".into());
+    let vocab: serde_json::Map<String, Value> = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(id, token)| (token, json!(id)))
+        .collect();
+    let merges = merges.into_iter().map(|(a, b)| json!([a, b])).collect();
+    clip_tokenizer(Value::Object(vocab), merges)
+}
+
+/// CLIP's tokenizer from vocab.json + merges.txt as the hub's CLIP repositories ship them.
+pub fn clip_from_vocab_files(vocab_path: &Path, merges_path: &Path) -> Result<Tokenizer> {
+    let vocab = read_vocab(vocab_path)?;
+    let merges_text = std::fs::read_to_string(merges_path)
+        .with_context(|| format!("cannot read {}", merges_path.display()))?;
+    clip_tokenizer(vocab, read_merges(&merges_text))
+}
+
+fn clip_tokenizer(vocab: Value, merges: Vec<Value>) -> Result<Tokenizer> {
+    let id_of = |token: &str| vocab.get(token).and_then(Value::as_u64);
+    let (Some(bos), Some(eos)) = (id_of("<|startoftext|>"), id_of("<|endoftext|>")) else {
+        bail!("the CLIP vocabulary lacks <|startoftext|> or <|endoftext|>");
+    };
+    let special = |id: u64, content: &str| {
+        json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false,
+               "normalized": false, "special": true})
+    };
+    let spec = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [special(bos, "<|startoftext|>"), special(eos, "<|endoftext|>")],
+        "normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "NFC"},
+            {"type": "Replace", "pattern": {"Regex": "\\s+"}, "content": " "},
+            {"type": "Lowercase"}]},
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": CLIP_SPLIT_PATTERN}, "behavior": "Removed", "invert": true},
+            byte_level()]},
+        "post_processor": {"type": "RobertaProcessing", "sep": ["<|endoftext|>", eos], "cls": ["<|startoftext|>", bos],
+                           "trim_offsets": false, "add_prefix_space": false},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": "<|endoftext|>", "continuing_subword_prefix": "",
+                  "end_of_word_suffix": "</w>", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": vocab, "merges": merges}
+    });
+    build(spec, "CLIP")
+}
+
+/// CLIP's text tokenizer with the model's context length: adds <|startoftext|>/<|endoftext|> and
+/// truncates long input to `max_len` tokens with <|endoftext|> kept last, as HF's
+/// `truncation=True` does.
+#[derive(Clone)]
+pub struct ClipTokenizer {
+    tokenizer: Tokenizer,
+    max_len: usize,
+}
+
+impl ClipTokenizer {
+    pub fn new(tokenizer: Tokenizer, max_len: usize) -> Result<Self> {
+        if max_len < 2 {
+            bail!("CLIP context length {max_len} leaves no room for the start and end tokens");
+        }
+        Ok(Self { tokenizer, max_len })
+    }
+
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    pub fn inner(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Ids with the start and end tokens, truncated to the context length.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| anyhow::anyhow!("cannot tokenize text for CLIP: {e}"))?;
+        let ids = encoding.get_ids();
+        if ids.len() <= self.max_len {
+            return Ok(ids.to_vec());
+        }
+        let mut truncated = ids[..self.max_len - 1].to_vec();
+        truncated.push(ids[ids.len() - 1]);
+        Ok(truncated)
+    }
+}
+
+/// Plain encode without special tokens (GPT-2 adds none).
+pub fn encode_plain(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>> {
+    Ok(tokenizer
+        .encode(text, false)
+        .map_err(|e| anyhow::anyhow!("cannot tokenize {text:?}: {e}"))?
+        .get_ids()
+        .to_vec())
+}
