@@ -1,0 +1,461 @@
+//! CLIP image preprocessing, equal to transformers' CLIPImageProcessor (PIL backend) as read from
+//! preprocessor_config.json: RGB conversion, shortest-edge resize with PIL's antialiased
+//! filters (bit for bit: same fixed-point coefficients and the same 8-bit intermediate),
+//! centre crop, rescale and mean/std normalisation.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+use serde_json::Value;
+use std::path::Path;
+
+/// Decoding limits: a decompression bomb or a corrupt header is refused before any large
+/// allocation.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeLimits {
+    pub max_width: u32,
+    pub max_height: u32,
+    pub max_alloc_bytes: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        Self {
+            max_width: 16_384,
+            max_height: 16_384,
+            max_alloc_bytes: 1 << 30,
+        }
+    }
+}
+
+/// Decodes an image file (PNG, JPEG, WebP, GIF, BMP) under `limits`, applying its EXIF
+/// orientation as transformers' `load_image` does.
+pub fn load_image(path: &Path, limits: DecodeLimits) -> Result<DynamicImage> {
+    let reader = ImageReader::open(path)
+        .with_context(|| format!("cannot open image {}", path.display()))?
+        .with_guessed_format()
+        .with_context(|| format!("cannot read image {}", path.display()))?;
+    if reader.format().is_none() {
+        bail!(
+            "{} is not an image clipsteer can read (supported: PNG, JPEG, WebP, GIF, BMP)",
+            path.display()
+        );
+    }
+    decode(reader, limits).with_context(|| format!("cannot decode image {}", path.display()))
+}
+
+/// Decodes image bytes (an upload, say) under `limits`.
+pub fn decode_image_bytes(bytes: &[u8], limits: DecodeLimits) -> Result<DynamicImage> {
+    let reader = ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .context("cannot read image data")?;
+    if reader.format().is_none() {
+        bail!("the data is not an image clipsteer can read (supported: PNG, JPEG, WebP, GIF, BMP)");
+    }
+    decode(reader, limits).context("cannot decode image")
+}
+
+fn decode<R: std::io::BufRead + std::io::Seek>(
+    mut reader: ImageReader<R>,
+    limits: DecodeLimits,
+) -> Result<DynamicImage> {
+    let mut image_limits = image::Limits::default();
+    image_limits.max_image_width = Some(limits.max_width);
+    image_limits.max_image_height = Some(limits.max_height);
+    image_limits.max_alloc = Some(limits.max_alloc_bytes);
+    reader.limits(image_limits);
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(describe_image_error(limits))?;
+    let (width, height) = decoder.dimensions();
+    if width > limits.max_width || height > limits.max_height {
+        bail!(
+            "image is {width}×{height}, over the limit of {}×{}; resize it first",
+            limits.max_width,
+            limits.max_height
+        );
+    }
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut decoded = DynamicImage::from_decoder(decoder).map_err(describe_image_error(limits))?;
+    decoded.apply_orientation(orientation);
+    Ok(decoded)
+}
+
+fn describe_image_error(limits: DecodeLimits) -> impl Fn(image::ImageError) -> anyhow::Error {
+    move |e| match e {
+        image::ImageError::Limits(_) => anyhow::anyhow!(
+            "image exceeds the decode limits ({}×{} pixels, {} MiB); resize it first",
+            limits.max_width,
+            limits.max_height,
+            limits.max_alloc_bytes >> 20
+        ),
+        other => anyhow::anyhow!("{other}"),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resample {
+    Bilinear,
+    Bicubic,
+}
+
+impl Resample {
+    fn support(self) -> f64 {
+        match self {
+            Self::Bilinear => 1.0,
+            Self::Bicubic => 2.0,
+        }
+    }
+
+    /// PIL's filters (Resample.c): triangle, and cubic convolution with a = -0.5.
+    fn weight(self, x: f64) -> f64 {
+        let x = x.abs();
+        match self {
+            Self::Bilinear => {
+                if x < 1.0 {
+                    1.0 - x
+                } else {
+                    0.0
+                }
+            }
+            Self::Bicubic => {
+                const A: f64 = -0.5;
+                if x < 1.0 {
+                    ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+                } else if x < 2.0 {
+                    (((x - 5.0) * x + 8.0) * x - 4.0) * A
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+}
+
+/// What `CLIPImageProcessor` does, as configured by preprocessor_config.json.
+#[derive(Debug, Clone)]
+pub struct ClipImageProcessor {
+    do_resize: bool,
+    resize: ResizeTarget,
+    resample: Resample,
+    do_center_crop: bool,
+    crop: (usize, usize),
+    do_rescale: bool,
+    rescale_factor: f64,
+    do_normalize: bool,
+    mean: [f32; 3],
+    std: [f32; 3],
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ResizeTarget {
+    ShortestEdge(usize),
+    Exact { height: usize, width: usize },
+}
+
+impl ClipImageProcessor {
+    /// Reads `preprocessor_config.json` from a CLIP model directory.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join("preprocessor_config.json");
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read {}: a CLIP model directory needs its preprocessor_config.json",
+                path.display()
+            )
+        })?;
+        let config: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", path.display()))?;
+        Self::from_config(&config).with_context(|| format!("in {}", path.display()))
+    }
+
+    /// Defaults of transformers' CLIPImageProcessor for a square `image_size` (OpenAI's mean/std).
+    pub fn openai(image_size: usize) -> Self {
+        Self {
+            do_resize: true,
+            resize: ResizeTarget::ShortestEdge(image_size),
+            resample: Resample::Bicubic,
+            do_center_crop: true,
+            crop: (image_size, image_size),
+            do_rescale: true,
+            rescale_factor: 1.0 / 255.0,
+            do_normalize: true,
+            mean: [0.481_454_66, 0.457_827_5, 0.408_210_73],
+            std: [0.268_629_54, 0.261_302_58, 0.275_777_11],
+        }
+    }
+
+    pub fn from_config(config: &Value) -> Result<Self> {
+        let flag = |name: &str| config.get(name).and_then(Value::as_bool).unwrap_or(true);
+        let triple = |name: &str, default: [f32; 3]| -> Result<[f32; 3]> {
+            match config.get(name) {
+                None | Some(Value::Null) => Ok(default),
+                Some(Value::Number(n)) => {
+                    let v = n.as_f64().unwrap_or(0.0) as f32;
+                    Ok([v; 3])
+                }
+                Some(Value::Array(values)) if values.len() == 3 => {
+                    let mut out = [0f32; 3];
+                    for (slot, v) in out.iter_mut().zip(values) {
+                        *slot = v
+                            .as_f64()
+                            .with_context(|| format!("{name} must hold numbers"))?
+                            as f32;
+                    }
+                    Ok(out)
+                }
+                Some(_) => bail!("{name} must be a number or a list of 3 numbers"),
+            }
+        };
+        let defaults = Self::openai(224);
+        let size_of = |value: Option<&Value>, what: &str| -> Result<Option<Value>> {
+            Ok(match value {
+                None | Some(Value::Null) => None,
+                Some(v @ (Value::Number(_) | Value::Object(_))) => Some(v.clone()),
+                Some(_) => bail!("{what} must be a number or an object"),
+            })
+        };
+        let resize = match size_of(config.get("size"), "size")? {
+            None => defaults.resize,
+            Some(Value::Number(n)) => ResizeTarget::ShortestEdge(
+                n.as_u64().context("size must be a positive integer")? as usize,
+            ),
+            Some(obj) => {
+                let get = |k: &str| obj.get(k).and_then(Value::as_u64).map(|v| v as usize);
+                match (get("shortest_edge"), get("height"), get("width")) {
+                    (Some(edge), _, _) => ResizeTarget::ShortestEdge(edge),
+                    (None, Some(height), Some(width)) => ResizeTarget::Exact { height, width },
+                    _ => bail!("size needs shortest_edge, or height and width"),
+                }
+            }
+        };
+        let crop = match size_of(config.get("crop_size"), "crop_size")? {
+            None => match resize {
+                ResizeTarget::ShortestEdge(edge) => (edge, edge),
+                ResizeTarget::Exact { height, width } => (height, width),
+            },
+            Some(Value::Number(n)) => {
+                let edge = n.as_u64().context("crop_size must be a positive integer")? as usize;
+                (edge, edge)
+            }
+            Some(obj) => {
+                let get = |k: &str| obj.get(k).and_then(Value::as_u64).map(|v| v as usize);
+                (
+                    get("height").context("crop_size needs height")?,
+                    get("width").context("crop_size needs width")?,
+                )
+            }
+        };
+        let resample = match config.get("resample").and_then(Value::as_u64).unwrap_or(3) {
+            2 => Resample::Bilinear,
+            3 => Resample::Bicubic,
+            other => bail!("resample {other} is not supported (2 = bilinear, 3 = bicubic)"),
+        };
+        if crop.0 == 0 || crop.1 == 0 || matches!(resize, ResizeTarget::ShortestEdge(0)) {
+            bail!("image sizes must be positive");
+        }
+        Ok(Self {
+            do_resize: flag("do_resize"),
+            resize,
+            resample,
+            do_center_crop: flag("do_center_crop"),
+            crop,
+            do_rescale: flag("do_rescale"),
+            rescale_factor: config
+                .get("rescale_factor")
+                .and_then(Value::as_f64)
+                .unwrap_or(1.0 / 255.0),
+            do_normalize: flag("do_normalize"),
+            mean: triple("image_mean", defaults.mean)?,
+            std: triple("image_std", defaults.std)?,
+        })
+    }
+
+    /// The (height, width) of the pixels this processor produces.
+    pub fn output_size(&self) -> (usize, usize) {
+        self.crop
+    }
+
+    /// Pixel values [3, height, width], as `CLIPImageProcessor(...)["pixel_values"][0]`.
+    pub fn preprocess(&self, image: &DynamicImage, device: &Device) -> Result<Tensor> {
+        // PIL's convert("RGB"): grey is replicated, alpha dropped (not composited).
+        let mut rgb = image.to_rgb8();
+        if self.do_resize {
+            let (width, height) = (rgb.width() as usize, rgb.height() as usize);
+            let (new_height, new_width) = match self.resize {
+                ResizeTarget::ShortestEdge(edge) => {
+                    let (short, long) = if width <= height {
+                        (width, height)
+                    } else {
+                        (height, width)
+                    };
+                    // transformers: int(size * long / short), in floating point.
+                    let new_long = (edge as f64 * long as f64 / short as f64) as usize;
+                    if width <= height {
+                        (new_long, edge)
+                    } else {
+                        (edge, new_long)
+                    }
+                }
+                ResizeTarget::Exact { height, width } => (height, width),
+            };
+            rgb = resize_like_pil(&rgb, new_width.max(1), new_height.max(1), self.resample);
+        }
+        let (height, width) = (rgb.height() as usize, rgb.width() as usize);
+        let (crop_h, crop_w) = if self.do_center_crop {
+            self.crop
+        } else {
+            (height, width)
+        };
+        let pixel = |y: isize, x: isize, c: usize| -> u8 {
+            if y < 0 || x < 0 || y >= height as isize || x >= width as isize {
+                0 // transformers pads a too-small image with zeros before cropping
+            } else {
+                rgb.get_pixel(x as u32, y as u32)[c]
+            }
+        };
+        // transformers' center_crop: top = (h - crop_h) // 2, with ceil-padding when smaller.
+        let offset = |size: usize, crop: usize| -> isize {
+            if crop <= size {
+                ((size - crop) / 2) as isize
+            } else {
+                -(((crop - size) as f64 / 2.0).ceil() as isize)
+            }
+        };
+        let (top, left) = (offset(height, crop_h), offset(width, crop_w));
+        let mut data = Vec::with_capacity(3 * crop_h * crop_w);
+        for c in 0..3 {
+            for y in 0..crop_h {
+                for x in 0..crop_w {
+                    let raw = pixel(top + y as isize, left + x as isize, c);
+                    // numpy: float64 multiply, stored as float32; then float32 normalise.
+                    let mut value = if self.do_rescale {
+                        (raw as f64 * self.rescale_factor) as f32
+                    } else {
+                        raw as f32
+                    };
+                    if self.do_normalize {
+                        value = (value - self.mean[c]) / self.std[c];
+                    }
+                    data.push(value);
+                }
+            }
+        }
+        Ok(Tensor::from_vec(data, (3, crop_h, crop_w), device)?)
+    }
+}
+
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// PIL's `precompute_coeffs` followed by `normalize_coeffs_8bpc`: for each output pixel, the first
+/// input index, the number of taps and fixed-point weights.
+fn pil_coefficients(
+    in_size: usize,
+    out_size: usize,
+    filter: Resample,
+) -> (Vec<(usize, usize)>, Vec<i32>, usize) {
+    let scale = in_size as f64 / out_size as f64;
+    let filter_scale = scale.max(1.0);
+    let support = filter.support() * filter_scale;
+    let ksize = support.ceil() as usize * 2 + 1;
+    let mut bounds = Vec::with_capacity(out_size);
+    let mut weights = vec![0i32; out_size * ksize];
+    let mut taps = vec![0f64; ksize];
+    for xx in 0..out_size {
+        let center = (xx as f64 + 0.5) * scale;
+        let inv = 1.0 / filter_scale;
+        let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+        let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+        let count = xmax.saturating_sub(xmin);
+        let mut total = 0.0;
+        for (x, tap) in taps.iter_mut().enumerate().take(count) {
+            let w = filter.weight((x as f64 + xmin as f64 - center + 0.5) * inv);
+            *tap = w;
+            total += w;
+        }
+        for x in 0..count {
+            let w = if total != 0.0 {
+                taps[x] / total
+            } else {
+                taps[x]
+            };
+            let fixed = w * (1u32 << PRECISION_BITS) as f64;
+            weights[xx * ksize + x] = if w < 0.0 {
+                (fixed - 0.5) as i32
+            } else {
+                (fixed + 0.5) as i32
+            };
+        }
+        bounds.push((xmin, count));
+    }
+    (bounds, weights, ksize)
+}
+
+fn clip8(sum: i64) -> u8 {
+    if sum >= (1i64 << PRECISION_BITS << 8) {
+        255
+    } else if sum <= 0 {
+        0
+    } else {
+        (sum >> PRECISION_BITS) as u8
+    }
+}
+
+/// `Image.resize((width, height), resample)` of PIL on an RGB image: a horizontal pass into an
+/// 8-bit intermediate, then a vertical pass, each skipped when that dimension is unchanged.
+pub fn resize_like_pil(
+    input: &RgbImage,
+    width: usize,
+    height: usize,
+    filter: Resample,
+) -> RgbImage {
+    let (in_w, in_h) = (input.width() as usize, input.height() as usize);
+    let mut current = input.clone();
+    if width != in_w {
+        let (bounds, weights, ksize) = pil_coefficients(in_w, width, filter);
+        let mut out = RgbImage::new(width as u32, in_h as u32);
+        for y in 0..in_h {
+            for (xx, &(xmin, count)) in bounds.iter().enumerate() {
+                let k = &weights[xx * ksize..xx * ksize + count];
+                let mut sums = [1i64 << (PRECISION_BITS - 1); 3];
+                for (x, &w) in k.iter().enumerate() {
+                    let p = current.get_pixel((xmin + x) as u32, y as u32);
+                    for c in 0..3 {
+                        sums[c] += p[c] as i64 * w as i64;
+                    }
+                }
+                out.put_pixel(
+                    xx as u32,
+                    y as u32,
+                    image::Rgb([clip8(sums[0]), clip8(sums[1]), clip8(sums[2])]),
+                );
+            }
+        }
+        current = out;
+    }
+    if height != in_h {
+        let (bounds, weights, ksize) = pil_coefficients(in_h, height, filter);
+        let cur_w = current.width() as usize;
+        let mut out = RgbImage::new(cur_w as u32, height as u32);
+        for (yy, &(ymin, count)) in bounds.iter().enumerate() {
+            let k = &weights[yy * ksize..yy * ksize + count];
+            for x in 0..cur_w {
+                let mut sums = [1i64 << (PRECISION_BITS - 1); 3];
+                for (y, &w) in k.iter().enumerate() {
+                    let p = current.get_pixel(x as u32, (ymin + y) as u32);
+                    for c in 0..3 {
+                        sums[c] += p[c] as i64 * w as i64;
+                    }
+                }
+                out.put_pixel(
+                    x as u32,
+                    yy as u32,
+                    image::Rgb([clip8(sums[0]), clip8(sums[1]), clip8(sums[2])]),
+                );
+            }
+        }
+        current = out;
+    }
+    current
+}

@@ -1,0 +1,267 @@
+//! CLIP text and image features against transformers on the two tiny fixtures (quick_gelu with
+//! the legacy eos_token_id = 2, and gelu with its own image and patch sizes).
+
+mod common;
+
+use candle_core::{Device, IndexOp, Tensor};
+use clipsteer::image::{load_image, ClipImageProcessor, DecodeLimits};
+use clipsteer::models::clip::ClipModel;
+use clipsteer::tokenize::{clip_from_bpe_gz, load_tokenizer_json, ClipTokenizer};
+use common::*;
+
+const KINDS: [&str; 2] = ["quickgelu", "gelu"];
+
+fn model(kind: &str) -> ClipModel {
+    ClipModel::load(&fixture(&format!("clip-tiny-{kind}")), &Device::Cpu)
+        .expect("load clip fixture")
+}
+
+fn manifest() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture("reference/manifest.json")).unwrap())
+        .unwrap()
+}
+
+fn texts() -> Vec<String> {
+    manifest()["clip_texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn text_features_match_transformers() {
+    let texts = texts();
+    assert!(texts.len() >= 15);
+    let tokenizer = ClipTokenizer::new(
+        load_tokenizer_json(&fixture("tokenizers/clip-tokenizer.json")).unwrap(),
+        77,
+    )
+    .unwrap();
+    for kind in KINDS {
+        let clip = model(kind);
+        let reference = reference(&format!("clip-{kind}"));
+        for (i, text) in texts.iter().enumerate() {
+            let ids = tokenizer.encode(text).unwrap();
+            assert_eq!(
+                ids,
+                ids_of(&reference[&format!("text_{i}_ids")]),
+                "{kind}: ids of {text:?}"
+            );
+            let features = clip.text_features(&[ids]).unwrap().i(0).unwrap();
+            let err = rel_err(&features, &reference[&format!("text_{i}_features")]);
+            assert!(err <= 1e-4, "{kind}: {text:?} rel err {err}");
+        }
+    }
+}
+
+#[test]
+fn empty_text_embeds_start_and_end_tokens() {
+    // Defined behaviour: "" is the two-token sequence <|startoftext|><|endoftext|>, as in HF.
+    let tokenizer = ClipTokenizer::new(
+        clip_from_bpe_gz(&root().join("assets/tokenizers/clip/bpe_simple_vocab_16e6.txt.gz"))
+            .unwrap(),
+        77,
+    )
+    .unwrap();
+    assert_eq!(tokenizer.encode("").unwrap(), vec![49406, 49407]);
+    let clip = model("gelu");
+    let features = clip.text_features(&[vec![49406, 49407]]).unwrap();
+    assert_eq!(features.dims(), &[1, clip.config().projection_dim]);
+    assert!(
+        clip.text_features(&[vec![]]).is_err(),
+        "no tokens at all is an error"
+    );
+}
+
+#[test]
+fn long_text_is_truncated_with_end_token_last() {
+    let tokenizer = ClipTokenizer::new(
+        load_tokenizer_json(&fixture("tokenizers/clip-tokenizer.json")).unwrap(),
+        77,
+    )
+    .unwrap();
+    let long = "word ".repeat(200);
+    let ids = tokenizer.encode(&long).unwrap();
+    assert_eq!(ids.len(), 77);
+    assert_eq!(ids[0], 49406);
+    assert_eq!(ids[76], 49407);
+    assert!(ids[1..76].iter().all(|&id| id != 49407));
+}
+
+#[test]
+fn batched_text_features_equal_one_at_a_time() {
+    let tokenizer = ClipTokenizer::new(
+        load_tokenizer_json(&fixture("tokenizers/clip-tokenizer.json")).unwrap(),
+        77,
+    )
+    .unwrap();
+    let sequences: Vec<Vec<u32>> = texts()
+        .iter()
+        .map(|t| tokenizer.encode(t).unwrap())
+        .collect();
+    for kind in KINDS {
+        let clip = model(kind);
+        let batched = clip.text_features(&sequences).unwrap();
+        for (i, ids) in sequences.iter().enumerate() {
+            let single = clip.text_features(std::slice::from_ref(ids)).unwrap();
+            let err = rel_err(&batched.i(i).unwrap(), &single.i(0).unwrap());
+            assert!(err <= 1e-5, "{kind}: row {i} rel err {err}");
+        }
+    }
+}
+
+#[test]
+fn prefix_cached_text_features_equal_full_computation() {
+    let tokenizer = ClipTokenizer::new(
+        load_tokenizer_json(&fixture("tokenizers/clip-tokenizer.json")).unwrap(),
+        77,
+    )
+    .unwrap();
+    let prefix_text = "a photo of a cat";
+    // Continuations that add words, continue the last word ("cat" → "cats", "catalogue"),
+    // replace it, add punctuation and emoji, or repeat the prefix exactly.
+    let continuations = [
+        " sitting on a mat",
+        "s",
+        "alogue of things",
+        "erpillar",
+        " ",
+        "!",
+        " 🐱 emoji",
+        "",
+        " and a dog",
+        "-like creature",
+        " 12345",
+        "ch me if you can",
+        " ".repeat(5).as_str().to_owned().leak(),
+        " in the style of van gogh, oil on canvas, trending on artstation",
+    ];
+    for kind in KINDS {
+        let clip = model(kind);
+        let prefix_ids = tokenizer.encode(prefix_text).unwrap();
+        // The cache holds the prefix without its end token: continuations replace that.
+        let prefix = clip
+            .text_prefix(&prefix_ids[..prefix_ids.len() - 1])
+            .unwrap();
+        let sequences: Vec<Vec<u32>> = continuations
+            .iter()
+            .map(|c| tokenizer.encode(&format!("{prefix_text}{c}")).unwrap())
+            .collect();
+        let cached = clip.text_features_with_prefix(&prefix, &sequences).unwrap();
+        let full = clip.text_features(&sequences).unwrap();
+        for i in 0..sequences.len() {
+            let err = rel_err(&cached.features.i(i).unwrap(), &full.i(i).unwrap());
+            assert!(
+                err <= 1e-5,
+                "{kind}: continuation {:?} rel err {err}",
+                continuations[i]
+            );
+        }
+        let full_positions: usize = sequences.len() * sequences.iter().map(Vec::len).max().unwrap();
+        assert!(
+            cached.positions_computed < full_positions,
+            "the cache must save work"
+        );
+        // Each continuation alone, so that the shared part is as long as possible.
+        for (i, ids) in sequences.iter().enumerate() {
+            let alone = clip
+                .text_features_with_prefix(&prefix, std::slice::from_ref(ids))
+                .unwrap();
+            let err = rel_err(&alone.features.i(0).unwrap(), &full.i(i).unwrap());
+            assert!(
+                err <= 1e-5,
+                "{kind}: alone {:?} rel err {err}",
+                continuations[i]
+            );
+        }
+    }
+}
+
+fn image_names() -> Vec<String> {
+    manifest()["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn preprocessing_matches_clip_image_processor() {
+    for kind in KINDS {
+        let dir = fixture(&format!("clip-tiny-{kind}"));
+        let processor = ClipImageProcessor::load(&dir).unwrap();
+        let reference = reference(&format!("clip-{kind}"));
+        for name in image_names() {
+            let image =
+                load_image(&fixture(&format!("images/{name}")), DecodeLimits::default()).unwrap();
+            let pixels = processor.preprocess(&image, &Device::Cpu).unwrap();
+            let key = name.rsplit_once('.').unwrap().0;
+            let want = &reference[&format!("image_{key}_pixels")];
+            let diff = (&pixels - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            // PNG decodes are exact and the resize is PIL's own arithmetic; JPEG decoders may
+            // differ by a level or two.
+            let bound = if name.ends_with(".jpg") { 0.1 } else { 1e-5 };
+            assert!(diff <= bound, "{kind}/{name}: max |Δpixel| {diff}");
+        }
+    }
+}
+
+#[test]
+fn image_features_match_transformers() {
+    for kind in KINDS {
+        let dir = fixture(&format!("clip-tiny-{kind}"));
+        let clip = model(kind);
+        let processor = ClipImageProcessor::load(&dir).unwrap();
+        let reference = reference(&format!("clip-{kind}"));
+        let crop = clip.config().vision.image_size;
+        for name in image_names() {
+            let image =
+                load_image(&fixture(&format!("images/{name}")), DecodeLimits::default()).unwrap();
+            let pixels = processor
+                .preprocess(&image, &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            let features = clip.image_features(&pixels).unwrap().i(0).unwrap();
+            let key = name.rsplit_once('.').unwrap().0;
+            let cos = cosine(&features, &reference[&format!("image_{key}_features")]);
+            let at_crop_size = image.width() as usize == crop && image.height() as usize == crop;
+            let bound = if at_crop_size { 0.9999 } else { 0.999 };
+            assert!(cos >= bound, "{kind}/{name}: cos {cos}");
+            // From the reference pixels the tower itself must agree to 1e-4.
+            let want_pixels = reference[&format!("image_{key}_pixels")]
+                .unsqueeze(0)
+                .unwrap();
+            let from_ref = clip.image_features(&want_pixels).unwrap().i(0).unwrap();
+            let err = rel_err(&from_ref, &reference[&format!("image_{key}_features")]);
+            assert!(err <= 1e-4, "{kind}/{name}: tower rel err {err}");
+        }
+    }
+}
+
+#[test]
+fn batched_image_features_equal_one_at_a_time() {
+    let clip = model("quickgelu");
+    let reference = reference("clip-quickgelu");
+    let a = reference["image_crop32_pixels"].clone();
+    let b = reference["image_odd_47x61_pixels"].clone();
+    let batch = Tensor::stack(&[&a, &b], 0).unwrap();
+    let features = clip.image_features(&batch).unwrap();
+    let err = rel_err(
+        &features.i(1).unwrap(),
+        &reference["image_odd_47x61_features"],
+    );
+    assert!(err <= 1e-4, "rel err {err}");
+}
