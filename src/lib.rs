@@ -1,5 +1,7 @@
 //! clipsteer: steer a language model's sampling toward a target embedding.
 
+pub mod hub;
 pub mod image;
 pub mod models;
+pub mod steer;
 pub mod tokenize;

@@ -280,6 +280,54 @@ def make_clip(kind, tokenizer, image_names, generator):
     return [{"index": i, "text": t} for i, t in enumerate(CLIP_TEXT_STRINGS)]
 
 
+# The reference loop of the original demo, on the tiny fixtures: (image, CLIP, prompt, k, steps).
+DESCRIBE_CASES = [
+    ("crop32.png", "quickgelu", "An image of ", 20, 8),
+    ("odd_47x61.png", "gelu", "A photo of", 50, 10),
+    ("wide_90x40.png", "quickgelu", "An image of ", 200, 12),
+    ("large_1200x900.png", "gelu", "Here is a picture of a", 7, 6),
+]
+
+
+def reference_loop(gpt2, gpt2_tok, clip, clip_tok, processor, image_path, prompt, k, steps):
+    """The seed demo's loop: GPT-2's top-k, CLIP scores decode(ids + [candidate]), argmax wins."""
+    pixels = processor(images=load_image(str(image_path)), return_tensors="pt")["pixel_values"]
+    image = clip.get_image_features(pixel_values=pixels).pooler_output
+    image = image / image.norm(dim=-1, keepdim=True)
+    ids = gpt2_tok(prompt)["input_ids"]
+    prompt_len = len(ids)
+    chosen_sims, margins = [], []
+    for _ in range(steps):
+        logits = gpt2(torch.tensor([ids])).logits[0, -1]
+        candidates = torch.topk(logits, k).indices.tolist()
+        phrases = [gpt2_tok.decode(ids + [c]) for c in candidates]
+        inputs = clip_tok(phrases, padding=True, truncation=True, max_length=77, return_tensors="pt")
+        text = clip.get_text_features(**inputs).pooler_output
+        text = text / text.norm(dim=-1, keepdim=True)
+        sims = (text @ image.T)[:, 0]
+        best = int(torch.argmax(sims))
+        top2 = torch.topk(sims, 2).values if k > 1 else torch.stack([sims[0], sims[0] - 1])
+        chosen_sims.append(float(sims[best]))
+        margins.append(float(top2[0] - top2[1]))
+        ids.append(candidates[best])
+    return {"generated_ids": ids[prompt_len:], "text": gpt2_tok.decode(ids),
+            "similarities": chosen_sims, "top2_margins": margins}
+
+
+def make_describe_reference(gpt2_tok, clip_tok):
+    gpt2 = GPT2LMHeadModel.from_pretrained(FIXTURES / "gpt2-tiny").eval()
+    cases = []
+    with torch.no_grad():
+        for image, kind, prompt, k, steps in DESCRIBE_CASES:
+            clip_dir = FIXTURES / f"clip-tiny-{kind}"
+            clip = CLIPModel.from_pretrained(clip_dir).eval()
+            processor = CLIPImageProcessorPil.from_pretrained(clip_dir)
+            result = reference_loop(gpt2, gpt2_tok, clip, clip_tok, processor, FIXTURES / "images" / image, prompt, k, steps)
+            cases.append({"image": image, "clip": f"clip-tiny-{kind}", "prompt": prompt, "top_k": k,
+                          "max_tokens": steps, **result})
+    (FIXTURES / "reference" / "describe.json").write_text(json.dumps(cases, ensure_ascii=False, indent=1) + "\n")
+
+
 def main():
     torch.set_num_threads(2)
     (FIXTURES / "reference").mkdir(parents=True, exist_ok=True)
@@ -300,6 +348,7 @@ def main():
     texts = {}
     for kind in ("quickgelu", "gelu"):
         texts[kind] = make_clip(kind, clip_tok, images, generator)
+    make_describe_reference(gpt2_tok, clip_tok)
     manifest = {
         "transformers": transformers.__version__,
         "torch": torch.__version__,
