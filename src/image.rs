@@ -29,29 +29,34 @@ impl Default for DecodeLimits {
 }
 
 /// Decodes an image file (PNG, JPEG, WebP, GIF, BMP) under `limits`, applying its EXIF
-/// orientation as transformers' `load_image` does.
+/// orientation as transformers' `load_image` does. The format is told by content, not name.
 pub fn load_image(path: &Path, limits: DecodeLimits) -> Result<DynamicImage> {
-    let reader = ImageReader::open(path)
+    let size = std::fs::metadata(path)
         .with_context(|| format!("cannot open image {}", path.display()))?
-        .with_guessed_format()
-        .with_context(|| format!("cannot read image {}", path.display()))?;
-    if reader.format().is_none() {
+        .len();
+    if size > limits.max_alloc_bytes {
         bail!(
-            "{} is not an image clipsteer can read (supported: PNG, JPEG, WebP, GIF, BMP)",
-            path.display()
+            "image file {} is {} MiB, over the limit of {} MiB",
+            path.display(),
+            size >> 20,
+            limits.max_alloc_bytes >> 20
         );
     }
-    decode(reader, limits).with_context(|| format!("cannot decode image {}", path.display()))
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?;
+    decode_image_bytes(&bytes, limits).map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))
 }
 
 /// Decodes image bytes (an upload, say) under `limits`.
 pub fn decode_image_bytes(bytes: &[u8], limits: DecodeLimits) -> Result<DynamicImage> {
-    let reader = ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .context("cannot read image data")?;
-    if reader.format().is_none() {
-        bail!("the data is not an image clipsteer can read (supported: PNG, JPEG, WebP, GIF, BMP)");
-    }
+    let format = image::guess_format(bytes).ok().filter(|f| {
+        use image::ImageFormat::*;
+        matches!(f, Png | Jpeg | WebP | Gif | Bmp)
+    });
+    let Some(format) = format else {
+        bail!("not an image clipsteer can read (supported: PNG, JPEG, WebP, GIF, BMP)");
+    };
+    let reader = ImageReader::with_format(std::io::Cursor::new(bytes), format);
     decode(reader, limits).context("cannot decode image")
 }
 
@@ -134,6 +139,10 @@ impl Resample {
     }
 }
 
+/// OpenAI CLIP's normalisation, as transformers writes it (rounded to f32 when used).
+const OPENAI_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
+const OPENAI_STD: [f64; 3] = [0.26862954, 0.26130258, 0.27577711];
+
 /// What `CLIPImageProcessor` does, as configured by preprocessor_config.json.
 #[derive(Debug, Clone)]
 pub struct ClipImageProcessor {
@@ -181,8 +190,8 @@ impl ClipImageProcessor {
             do_rescale: true,
             rescale_factor: 1.0 / 255.0,
             do_normalize: true,
-            mean: [0.481_454_66, 0.457_827_5, 0.408_210_73],
-            std: [0.268_629_54, 0.261_302_58, 0.275_777_11],
+            mean: OPENAI_MEAN.map(|v| v as f32),
+            std: OPENAI_STD.map(|v| v as f32),
         }
     }
 

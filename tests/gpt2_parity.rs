@@ -154,7 +154,6 @@ fn context_overflow_is_an_error_not_a_panic() {
     let ids = Tensor::zeros((1, n), DType::U32, &Device::Cpu).unwrap();
     let err = gpt2
         .forward(&ids, &mut gpt2.new_cache())
-        .err()
-        .expect("overflow must fail");
+        .expect_err("overflow must fail");
     assert!(err.to_string().contains("context"), "{err}");
 }

@@ -92,7 +92,7 @@ impl ClipConfig {
         let part = |name: &str| -> Result<serde_json::Value> {
             raw.get(name)
                 .filter(|v| v.is_object())
-                .or_else(|| raw.get(&format!("{name}_dict")).filter(|v| v.is_object()))
+                .or_else(|| raw.get(format!("{name}_dict")).filter(|v| v.is_object()))
                 .cloned()
                 .with_context(|| {
                     format!(
@@ -113,11 +113,11 @@ impl ClipConfig {
             ("text", text.hidden_size, text.num_attention_heads),
             ("vision", vision.hidden_size, vision.num_attention_heads),
         ] {
-            if heads == 0 || hidden % heads != 0 {
+            if heads == 0 || !hidden.is_multiple_of(heads) {
                 bail!("config.json: {what} hidden_size {hidden} is not a multiple of num_attention_heads {heads}");
             }
         }
-        if vision.patch_size == 0 || vision.image_size % vision.patch_size != 0 {
+        if vision.patch_size == 0 || !vision.image_size.is_multiple_of(vision.patch_size) {
             bail!(
                 "config.json: image_size {} is not a multiple of patch_size {}",
                 vision.image_size,

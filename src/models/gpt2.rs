@@ -142,7 +142,7 @@ impl Gpt2 {
     }
 
     pub fn from_varbuilder(config: Gpt2Config, vb: VarBuilder) -> Result<Self> {
-        if config.n_head == 0 || config.n_embd % config.n_head != 0 {
+        if config.n_head == 0 || !config.n_embd.is_multiple_of(config.n_head) {
             bail!(
                 "config.json: n_embd ({}) must be a multiple of n_head ({})",
                 config.n_embd,

@@ -1,0 +1,447 @@
+//! The `clipsteer` command line.
+
+use crate::hub::{self, ModelKind};
+use crate::image::DecodeLimits;
+use crate::steer::describe::{describe, DescribeOptions, Sampling, StepEvent, Strategy};
+use crate::steer::scorer::image_target;
+use crate::steer::{ClipScorer, Gpt2Lm};
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::json;
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_LM: &str = "openai-community/gpt2";
+pub const DEFAULT_CLIP: &str = "openai/clip-vit-base-patch32";
+pub const DEFAULT_TOP_K: usize = 200;
+/// The original demo's configuration (`--preset seed`).
+pub const SEED_CLIP: &str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K";
+pub const SEED_TOP_K: usize = 2500;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "clipsteer",
+    version,
+    about = "Steer a language model toward a target embedding: describe an image with GPT-2 guided by CLIP"
+)]
+pub struct Cli {
+    /// Where models run: auto picks CUDA when this build has it and a GPU is present.
+    #[arg(long, global = true, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DeviceArg {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Describe images: GPT-2 proposes tokens, CLIP picks the one closest to the image.
+    Describe(DescribeArgs),
+    /// Print a CLIP embedding as JSON: {"embedding":[...]} (projected, unnormalised).
+    Embed(EmbedArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Preset {
+    /// The original demo: CLIP ViT-H-14 (LAION) with top-k 2500.
+    Seed,
+}
+
+#[derive(Args, Debug)]
+pub struct DescribeArgs {
+    /// Image files, or directories searched recursively for .jpg/.jpeg/.png/.webp.
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    /// Language model: a local directory in the HF layout or a hub id.
+    #[arg(long, default_value = DEFAULT_LM)]
+    pub lm: String,
+    /// CLIP model: a local directory in the HF layout or a hub id [default: openai/clip-vit-base-patch32].
+    #[arg(long)]
+    pub clip: Option<String>,
+    /// Text the description starts from; a trailing space stays a token.
+    #[arg(long, default_value = "An image of ")]
+    pub prompt: String,
+    /// Candidates taken from the LM each step [default: 200].
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Tokens to generate.
+    #[arg(long, default_value_t = 25)]
+    pub max_tokens: usize,
+    #[arg(long, value_enum, default_value_t = Strategy::Seed)]
+    pub strategy: Strategy,
+    /// A named configuration; explicit --clip/--top-k override it.
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
+    /// Sample from softmax(similarity / T) instead of taking the most similar candidate.
+    #[arg(long)]
+    pub sample: bool,
+    /// Sampling temperature T.
+    #[arg(long, default_value_t = 0.05, requires = "sample")]
+    pub temperature: f64,
+    /// Random seed for --sample.
+    #[arg(long, default_value_t = 0, requires = "sample")]
+    pub seed: u64,
+    /// JSON lines on stdout: a "step" event per token, then a "done" event per image.
+    #[arg(long)]
+    pub json: bool,
+    /// Append one "done" (or "error") JSON line per image to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Skip images that already have a "done" line in --out.
+    #[arg(long, requires = "out")]
+    pub resume: bool,
+    /// Take the deterministic share I of N (0 ≤ I < N) of the inputs, e.g. --shard 0/4.
+    #[arg(long, value_parser = parse_shard)]
+    pub shard: Option<(usize, usize)>,
+}
+
+#[derive(Args, Debug)]
+pub struct EmbedArgs {
+    /// CLIP model: a local directory in the HF layout or a hub id.
+    #[arg(long, default_value = DEFAULT_CLIP)]
+    pub clip: String,
+    /// Text to embed.
+    #[arg(long, required_unless_present = "image", conflicts_with = "image")]
+    pub text: Option<String>,
+    /// Image file to embed.
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+}
+
+fn parse_shard(value: &str) -> std::result::Result<(usize, usize), String> {
+    let usage = || format!("expected I/N with 0 ≤ I < N (e.g. 0/4), got '{value}'");
+    let (i, n) = value.split_once('/').ok_or_else(usage)?;
+    let (i, n): (usize, usize) = (
+        i.trim().parse().map_err(|_| usage())?,
+        n.trim().parse().map_err(|_| usage())?,
+    );
+    if n == 0 || i >= n {
+        return Err(usage());
+    }
+    Ok((i, n))
+}
+
+pub fn select_device(choice: DeviceArg) -> Result<Device> {
+    match choice {
+        DeviceArg::Cpu => Ok(Device::Cpu),
+        DeviceArg::Cuda => {
+            if !candle_core::utils::cuda_is_available() {
+                bail!("--device cuda: this clipsteer was built without CUDA or no GPU is visible; rebuild with `cargo build --release --features cuda`");
+            }
+            Ok(Device::new_cuda(0)?)
+        }
+        DeviceArg::Auto => {
+            if candle_core::utils::cuda_is_available() {
+                if let Ok(device) = Device::new_cuda(0) {
+                    return Ok(device);
+                }
+            }
+            Ok(Device::Cpu)
+        }
+    }
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> Result<i32> {
+    let device = select_device(cli.device)?;
+    match cli.command {
+        Command::Embed(args) => embed(args, &device),
+        Command::Describe(args) => run_describe(args, &device),
+    }
+}
+
+fn load_clip(spec: &str, device: &Device) -> Result<ClipScorer> {
+    let dir = hub::resolve(spec, ModelKind::Clip)?;
+    ClipScorer::load(&dir, device).with_context(|| format!("cannot load CLIP model '{spec}'"))
+}
+
+fn load_lm(spec: &str, device: &Device) -> Result<Gpt2Lm> {
+    let dir = hub::resolve(spec, ModelKind::CausalLm)?;
+    Gpt2Lm::load(&dir, device).with_context(|| format!("cannot load language model '{spec}'"))
+}
+
+fn embed(args: EmbedArgs, device: &Device) -> Result<i32> {
+    if let Some(image) = &args.image {
+        if !image.is_file() {
+            bail!("no image at {}", image.display());
+        }
+    }
+    let scorer = load_clip(&args.clip, device)?;
+    let embedding = match (&args.text, &args.image) {
+        (Some(text), None) => scorer.text_embedding(text)?,
+        (None, Some(image)) => scorer.image_embedding_from_path(image, DecodeLimits::default())?,
+        _ => bail!("give exactly one of --text or --image"),
+    };
+    println!("{}", json!({ "embedding": embedding }));
+    Ok(0)
+}
+
+/// Expands files and directories (recursively, sorted) into the list of images to describe.
+pub fn collect_inputs(paths: &[PathBuf]) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            out.push(dir.to_path_buf()); // reported as unreadable later
+            return;
+        };
+        let mut entries: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        entries.sort();
+        for path in entries {
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path
+                .extension()
+                .and_then(|e| e.to_str())
+                .map(|e| {
+                    matches!(
+                        e.to_ascii_lowercase().as_str(),
+                        "jpg" | "jpeg" | "png" | "webp"
+                    )
+                })
+                .unwrap_or(false)
+            {
+                out.push(path);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            walk(path, &mut out);
+        } else {
+            out.push(path.clone());
+        }
+    }
+    out
+}
+
+/// Images already finished in an out file. A partial last line (a run killed mid-write) is cut
+/// off so that the file stays valid JSON lines.
+fn finished_images(out: &Path) -> Result<HashSet<String>> {
+    let mut done = HashSet::new();
+    let Ok(bytes) = std::fs::read(out) else {
+        return Ok(done);
+    };
+    let complete = match bytes.iter().rposition(|&b| b == b'\n') {
+        Some(last_newline) => last_newline + 1,
+        None => 0,
+    };
+    if complete < bytes.len() {
+        let file = std::fs::OpenOptions::new().write(true).open(out)?;
+        file.set_len(complete as u64)
+            .with_context(|| format!("cannot trim the partial last line of {}", out.display()))?;
+    }
+    for line in String::from_utf8_lossy(&bytes[..complete]).lines() {
+        if let Ok(value) = serde_json::from_str::<serde_json::Value>(line) {
+            if value["event"] == "done" {
+                if let Some(image) = value["image"].as_str() {
+                    done.insert(image.to_string());
+                }
+            }
+        }
+    }
+    Ok(done)
+}
+
+fn step_json(image: &str, event: &StepEvent) -> serde_json::Value {
+    json!({
+        "event": "step",
+        "image": image,
+        "step": event.step,
+        "token_id": event.token_id,
+        "token": event.token,
+        "text": event.text,
+        "similarity": event.similarity,
+        "top": event.top,
+    })
+}
+
+fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
+    let preset = args.preset.map(|Preset::Seed| (SEED_CLIP, SEED_TOP_K));
+    let clip_spec = args
+        .clip
+        .clone()
+        .unwrap_or_else(|| preset.map_or(DEFAULT_CLIP, |p| p.0).to_string());
+    let top_k = args
+        .top_k
+        .unwrap_or_else(|| preset.map_or(DEFAULT_TOP_K, |p| p.1));
+    let options = DescribeOptions {
+        prompt: args.prompt.clone(),
+        top_k,
+        max_tokens: args.max_tokens,
+        strategy: args.strategy,
+        sampling: args.sample.then_some(Sampling {
+            temperature: args.temperature,
+            seed: args.seed,
+        }),
+    };
+
+    let mut inputs = collect_inputs(&args.images);
+    if let Some((index, count)) = args.shard {
+        inputs = inputs
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| i % count == index)
+            .map(|(_, p)| p)
+            .collect();
+    }
+    if let (Some(out), true) = (&args.out, args.resume) {
+        let done = finished_images(out)?;
+        inputs.retain(|p| !done.contains(&p.display().to_string()));
+    }
+    if inputs.is_empty() {
+        eprintln!("nothing to describe: every input is already done or the shard is empty");
+        return Ok(0);
+    }
+
+    let lm = load_lm(&args.lm, device)?;
+    let scorer = load_clip(&clip_spec, device)?;
+    crate::steer::describe::validate(&lm, &options)?;
+    let mut out_file = match &args.out {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open --out {}", path.display()))?,
+        ),
+        None => None,
+    };
+
+    let progress = Progress::new(inputs.len());
+    let stdout = std::io::stdout();
+    let mut failures = 0;
+    for path in &inputs {
+        let image = path.display().to_string();
+        let started = std::time::Instant::now();
+        let outcome = image_target(&scorer, path, DecodeLimits::default()).and_then(|target| {
+            describe(&lm, &scorer, &target, &options, |event| {
+                if args.json {
+                    let mut lock = stdout.lock();
+                    writeln!(lock, "{}", step_json(&image, event))?;
+                    lock.flush()?;
+                }
+                progress.step(event, options.max_tokens);
+                Ok(())
+            })
+        });
+        let line = match outcome {
+            Ok(result) => {
+                let done = json!({
+                    "event": "done",
+                    "image": image,
+                    "text": result.text,
+                    "token_ids": result.token_ids,
+                    "similarity": result.similarity,
+                    "seconds": started.elapsed().as_secs_f64(),
+                });
+                if args.json {
+                    println!("{done}");
+                } else {
+                    progress.println(&if inputs.len() == 1 {
+                        result.text.clone()
+                    } else {
+                        format!("{image}\t{:.4}\t{}", result.similarity, result.text)
+                    });
+                }
+                done
+            }
+            Err(e) => {
+                failures += 1;
+                let message = format!("{e:#}").replace('\n', " ");
+                let error = json!({"event": "error", "image": image, "error": message});
+                if args.json {
+                    println!("{error}");
+                } else {
+                    progress.println_err(&format!("error: {image}: {message}"));
+                }
+                error
+            }
+        };
+        if let Some(file) = out_file.as_mut() {
+            // One write per line, so that a killed run leaves at most one partial line.
+            file.write_all(format!("{line}\n").as_bytes())?;
+            file.flush()?;
+        }
+        progress.image_done();
+    }
+    progress.finish();
+    if failures > 0 {
+        eprintln!("{failures} of {} images failed", inputs.len());
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+/// Live terminal output on stderr: the description growing in place and, for batches, a bar with
+/// an ETA. Draws nothing when stderr is not a terminal.
+struct Progress {
+    multi: indicatif::MultiProgress,
+    live: indicatif::ProgressBar,
+    overall: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn new(images: usize) -> Self {
+        let multi =
+            indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr());
+        let overall = (images > 1).then(|| {
+            let bar = multi.add(indicatif::ProgressBar::new(images as u64));
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} images · {elapsed} elapsed · ETA {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar
+        });
+        let live = multi.add(indicatif::ProgressBar::new_spinner());
+        live.set_style(
+            indicatif::ProgressStyle::with_template("{wide_msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        Self {
+            multi,
+            live,
+            overall,
+        }
+    }
+
+    fn step(&self, event: &StepEvent, max_tokens: usize) {
+        self.live.set_message(format!(
+            "[{}/{max_tokens} · sim {:.4}] {}",
+            event.step + 1,
+            event.similarity,
+            event.text.replace('\n', " ")
+        ));
+    }
+
+    fn println(&self, line: &str) {
+        let _ = self.multi.suspend(|| writeln!(std::io::stdout(), "{line}"));
+    }
+
+    fn println_err(&self, line: &str) {
+        self.multi.suspend(|| eprintln!("{line}"));
+    }
+
+    fn image_done(&self) {
+        self.live.set_message("");
+        if let Some(bar) = &self.overall {
+            bar.inc(1);
+        }
+    }
+
+    fn finish(&self) {
+        self.live.finish_and_clear();
+        if let Some(bar) = &self.overall {
+            bar.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,489 @@
+//! The command line as scripts use it: JSON shapes, batch behaviour, and one-line errors.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_clipsteer"));
+    // Never touch the network or the user's cache from tests.
+    cmd.env("HF_HUB_OFFLINE", "1").env(
+        "HF_HOME",
+        std::env::temp_dir().join("clipsteer-test-empty-hf-home"),
+    );
+    cmd.env_remove("HF_HUB_CACHE");
+    cmd
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("run clipsteer")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn f(path: &str) -> String {
+    fixture(path).display().to_string()
+}
+
+/// A failure that prints exactly one line, starting "error:", containing `needle`.
+fn assert_one_line_error(output: &Output, needle: &str) {
+    assert!(
+        !output.status.success(),
+        "expected failure, stdout: {}",
+        stdout(output)
+    );
+    let err = stderr(output);
+    assert!(!err.contains("panicked"), "panic: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line expected: {err}");
+    assert!(lines[0].starts_with("error:"), "{err}");
+    assert!(lines[0].contains(needle), "missing {needle:?} in: {err}");
+}
+
+fn embedding(output: &Output) -> Vec<f32> {
+    assert!(output.status.success(), "{}", stderr(output));
+    let text = stdout(output);
+    assert_eq!(text.lines().count(), 1, "exactly one JSON object: {text}");
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let object = value.as_object().unwrap();
+    assert_eq!(object.len(), 1, "only the embedding key: {text}");
+    object["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect()
+}
+
+#[test]
+fn embed_prints_reference_features() {
+    let reference = reference("clip-gelu");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("reference/manifest.json")).unwrap())
+            .unwrap();
+    let text = manifest["clip_texts"][1].as_str().unwrap();
+    let got = embedding(&run(&[
+        "embed",
+        "--clip",
+        &f("clip-tiny-gelu"),
+        "--text",
+        text,
+    ]));
+    let want = &reference["text_1_features"];
+    let got = candle_core::Tensor::new(got, &candle_core::Device::Cpu).unwrap();
+    assert!(rel_err(&got, want) <= 1e-4);
+
+    let got = embedding(&run(&[
+        "embed",
+        "--clip",
+        &f("clip-tiny-gelu"),
+        "--image",
+        &f("images/crop30.png"),
+    ]));
+    let got = candle_core::Tensor::new(got, &candle_core::Device::Cpu).unwrap();
+    assert!(cosine(&got, &reference["image_crop30_features"]) >= 0.9999);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+    }
+}
+
+#[test]
+fn broken_model_directories_give_one_line_errors() {
+    let tmp = TempDir::new("broken-models");
+    let empty = tmp.0.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    assert_one_line_error(
+        &run(&["embed", "--clip", empty.to_str().unwrap(), "--text", "a"]),
+        "config.json",
+    );
+
+    let no_tokenizer = tmp.0.join("no-tokenizer");
+    copy_dir(&fixture("clip-tiny-gelu"), &no_tokenizer);
+    std::fs::remove_file(no_tokenizer.join("tokenizer.json")).unwrap();
+    assert_one_line_error(
+        &run(&[
+            "embed",
+            "--clip",
+            no_tokenizer.to_str().unwrap(),
+            "--text",
+            "a",
+        ]),
+        "tokenizer",
+    );
+
+    let truncated = tmp.0.join("truncated");
+    copy_dir(&fixture("clip-tiny-gelu"), &truncated);
+    let weights = truncated.join("model.safetensors");
+    let len = std::fs::metadata(&weights).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&weights)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    assert_one_line_error(
+        &run(&[
+            "embed",
+            "--clip",
+            truncated.to_str().unwrap(),
+            "--text",
+            "a",
+        ]),
+        "truncated",
+    );
+
+    let lm_missing = run(&[
+        "describe",
+        &f("images/crop32.png"),
+        "--lm",
+        empty.to_str().unwrap(),
+        "--clip",
+        &f("clip-tiny-gelu"),
+    ]);
+    assert_one_line_error(&lm_missing, "config.json");
+}
+
+#[test]
+fn unknown_hub_id_offline_names_model_cache_and_remedy() {
+    let output = run(&[
+        "embed",
+        "--clip",
+        "no-such-org/no-such-model",
+        "--text",
+        "a",
+    ]);
+    assert_one_line_error(&output, "no-such-org/no-such-model");
+    let err = stderr(&output);
+    assert!(
+        err.contains("clipsteer-test-empty-hf-home"),
+        "names where it looked: {err}"
+    );
+    assert!(
+        err.contains("local directory"),
+        "says how to supply one: {err}"
+    );
+    // Not offline, but the hub unreachable: the same kind of message, quickly.
+    let output = bin()
+        .env_remove("HF_HUB_OFFLINE")
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .args([
+            "embed",
+            "--clip",
+            "no-such-org/no-such-model",
+            "--text",
+            "a",
+        ])
+        .output()
+        .unwrap();
+    assert_one_line_error(&output, "no-such-org/no-such-model");
+}
+
+#[test]
+fn bad_images_give_one_line_errors() {
+    let tmp = TempDir::new("bad-images");
+    let not_image = tmp.0.join("notes.png");
+    std::fs::write(&not_image, "this is not a picture").unwrap();
+    let clip = f("clip-tiny-gelu");
+    assert_one_line_error(
+        &run(&[
+            "embed",
+            "--clip",
+            &clip,
+            "--image",
+            not_image.to_str().unwrap(),
+        ]),
+        "not an image",
+    );
+
+    let huge = tmp.0.join("wide.png");
+    image::RgbImage::new(20_000, 1).save(&huge).unwrap();
+    assert_one_line_error(
+        &run(&["embed", "--clip", &clip, "--image", huge.to_str().unwrap()]),
+        "limit",
+    );
+
+    let missing = tmp.0.join("missing.png");
+    assert_one_line_error(
+        &run(&[
+            "embed",
+            "--clip",
+            &clip,
+            "--image",
+            missing.to_str().unwrap(),
+        ]),
+        "no image",
+    );
+}
+
+#[test]
+fn unknown_flag_values_are_rejected() {
+    let output = run(&[
+        "describe",
+        &f("images/crop32.png"),
+        "--strategy",
+        "nonsense",
+    ]);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("nonsense"));
+    let output = run(&["describe", &f("images/crop32.png"), "--shard", "2/2"]);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("0 ≤ I < N"));
+}
+
+fn describe_args(top_k: usize, max_tokens: usize, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "describe".to_string(),
+        "--lm".into(),
+        f("gpt2-tiny"),
+        "--clip".into(),
+        f("clip-tiny-quickgelu"),
+        "--top-k".into(),
+        top_k.to_string(),
+        "--max-tokens".into(),
+        max_tokens.to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect()
+}
+
+#[test]
+fn describe_json_events_have_the_documented_shape() {
+    let image = f("images/crop32.png");
+    let output = bin()
+        .args(describe_args(20, 8, &[&image, "--json"]))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let events = json_lines(&stdout(&output));
+    assert_eq!(events.len(), 9);
+    for (i, event) in events[..8].iter().enumerate() {
+        assert_eq!(event["event"], "step");
+        assert_eq!(event["step"], i);
+        for key in ["token_id", "token", "text", "similarity", "top"] {
+            assert!(event.get(key).is_some(), "step lacks {key}: {event}");
+        }
+        let top = event["top"].as_array().unwrap();
+        assert!(!top.is_empty() && top.len() <= 5);
+        assert!(top[0]["token"].is_string() && top[0]["similarity"].is_number());
+    }
+    let done = &events[8];
+    assert_eq!(done["event"], "done");
+    assert_eq!(done["image"], image.as_str());
+    let reference: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(fixture("reference/describe.json")).unwrap())
+            .unwrap();
+    assert_eq!(done["token_ids"], reference[0]["generated_ids"]);
+    assert_eq!(done["text"], reference[0]["text"]);
+    assert!(done["similarity"].is_number() && done["seconds"].is_number());
+}
+
+#[test]
+fn describe_errors_are_one_line() {
+    assert_one_line_error(
+        &bin()
+            .args(describe_args(0, 8, &[&f("images/crop32.png")]))
+            .output()
+            .unwrap(),
+        "--top-k",
+    );
+    assert_one_line_error(
+        &bin()
+            .args(describe_args(20, 100, &[&f("images/crop32.png")]))
+            .output()
+            .unwrap(),
+        "context",
+    );
+    let missing = bin()
+        .args(describe_args(20, 8, &["/no/such/image.png"]))
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    let err = stderr(&missing);
+    assert!(
+        err.contains("/no/such/image.png") && !err.contains("panicked"),
+        "{err}"
+    );
+}
+
+/// A directory of `n` images (copies of fixtures) plus one unreadable file.
+fn image_dir(tmp: &TempDir, n: usize) -> (PathBuf, Vec<String>) {
+    let dir = tmp.0.join("images");
+    std::fs::create_dir_all(dir.join("nested")).unwrap();
+    let sources = [
+        "crop32.png",
+        "odd_47x61.png",
+        "wide_90x40.png",
+        "grey_40x33.png",
+    ];
+    let mut names = Vec::new();
+    for i in 0..n {
+        let sub = if i % 2 == 0 {
+            dir.clone()
+        } else {
+            dir.join("nested")
+        };
+        let path = sub.join(format!("img{i:02}.png"));
+        std::fs::copy(
+            fixture(&format!("images/{}", sources[i % sources.len()])),
+            &path,
+        )
+        .unwrap();
+        names.push(path.display().to_string());
+    }
+    std::fs::write(dir.join("broken.png"), "not an image").unwrap();
+    std::fs::write(dir.join("readme.txt"), "ignored: not an image extension").unwrap();
+    (dir, names)
+}
+
+#[test]
+fn batch_goes_on_past_a_bad_image_and_fails_at_the_end() {
+    let tmp = TempDir::new("batch");
+    let (dir, names) = image_dir(&tmp, 3);
+    let out = tmp.0.join("results.jsonl");
+    let output = bin()
+        .args(describe_args(
+            20,
+            2,
+            &[dir.to_str().unwrap(), "--out", out.to_str().unwrap()],
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        !output.status.success(),
+        "a bad image makes the exit code non-zero"
+    );
+    let lines = json_lines(&std::fs::read_to_string(&out).unwrap());
+    let done: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["event"] == "done")
+        .map(|l| l["image"].as_str().unwrap())
+        .collect();
+    let errors: Vec<&serde_json::Value> = lines.iter().filter(|l| l["event"] == "error").collect();
+    assert_eq!(done.len(), 3);
+    for name in &names {
+        assert!(done.contains(&name.as_str()), "{name} missing");
+    }
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0]["image"].as_str().unwrap().ends_with("broken.png"));
+    assert!(
+        stdout(&output).lines().count() == 3,
+        "one result line per good image"
+    );
+}
+
+#[test]
+fn shards_partition_the_inputs() {
+    let tmp = TempDir::new("shards");
+    let (dir, _) = image_dir(&tmp, 5);
+    let mut seen = Vec::new();
+    for shard in ["0/3", "1/3", "2/3"] {
+        let output = bin()
+            .args(describe_args(
+                20,
+                1,
+                &[dir.to_str().unwrap(), "--json", "--shard", shard],
+            ))
+            .output()
+            .unwrap();
+        for event in json_lines(&stdout(&output)) {
+            if event["event"] != "step" {
+                seen.push(event["image"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    let unique: std::collections::HashSet<&String> = seen.iter().collect();
+    assert_eq!(
+        seen.len(),
+        6,
+        "5 images + 1 broken, each exactly once: {seen:?}"
+    );
+    assert_eq!(unique.len(), 6);
+}
+
+#[test]
+fn killed_batch_resumes_without_losing_or_redoing_work() {
+    let tmp = TempDir::new("resume");
+    let (dir, names) = image_dir(&tmp, 16);
+    std::fs::remove_file(dir.join("broken.png")).unwrap();
+    let out = tmp.0.join("results.jsonl");
+    let args = describe_args(
+        200,
+        40,
+        &[dir.to_str().unwrap(), "--out", out.to_str().unwrap()],
+    );
+    let mut child = bin()
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let written = std::fs::read_to_string(&out).unwrap_or_default();
+        if written.lines().count() >= 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no progress");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = json_lines(
+        &std::fs::read_to_string(&out)
+            .unwrap()
+            .lines()
+            .filter(|l| l.ends_with('}'))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
+    assert!(
+        before.len() < names.len(),
+        "the kill must land mid-run ({} done)",
+        before.len()
+    );
+
+    let mut resume_args = args.clone();
+    resume_args.push("--resume".into());
+    resume_args.push("--json".into());
+    let output = bin().args(&resume_args).output().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let redone: Vec<String> = json_lines(&stdout(&output))
+        .into_iter()
+        .filter(|e| e["event"] == "done")
+        .map(|e| e["image"].as_str().unwrap().to_string())
+        .collect();
+    for finished in &before {
+        assert!(
+            !redone.contains(&finished["image"].as_str().unwrap().to_string()),
+            "redone: {finished}"
+        );
+    }
+    let after = json_lines(&std::fs::read_to_string(&out).unwrap());
+    let mut done: Vec<String> = after
+        .iter()
+        .map(|e| e["image"].as_str().unwrap().to_string())
+        .collect();
+    done.sort();
+    let mut want = names.clone();
+    want.sort();
+    assert_eq!(done, want, "every image exactly once");
+}
