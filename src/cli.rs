@@ -47,6 +47,31 @@ pub enum Command {
     Describe(DescribeArgs),
     /// Print a CLIP embedding as JSON: {"embedding":[...]} (projected, unnormalised).
     Embed(EmbedArgs),
+    /// Time the describe loop on full-size architectures with random weights (no download).
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// CLIP architecture.
+    #[arg(long, value_enum, default_value_t = crate::bench::ClipArch::B32)]
+    pub clip: crate::bench::ClipArch,
+    #[arg(long, default_value_t = 200)]
+    pub top_k: usize,
+    /// Steps (tokens) to run.
+    #[arg(long, default_value_t = 25)]
+    pub steps: usize,
+    /// Compute threads (default: all cores, or RAYON_NUM_THREADS).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long, default_value = "An image of ")]
+    pub prompt: String,
+    /// Directory with gpt2/encoder.json, gpt2/vocab.bpe and clip/bpe_simple_vocab_16e6.txt.gz.
+    #[arg(long)]
+    pub assets: Option<PathBuf>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -151,10 +176,33 @@ pub fn select_device(choice: DeviceArg) -> Result<Device> {
 
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
+    if let Command::Bench(BenchArgs {
+        threads: Some(threads),
+        ..
+    }) = &cli.command
+    {
+        if *threads == 0 {
+            bail!("--threads must be at least 1");
+        }
+        // Read by rayon and by candle's matmul when their pools start, so set before any work.
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
     let device = select_device(cli.device)?;
     match cli.command {
         Command::Embed(args) => embed(args, &device),
         Command::Describe(args) => run_describe(args, &device),
+        Command::Bench(args) => {
+            let options = crate::bench::BenchOptions {
+                arch: args.clip,
+                top_k: args.top_k,
+                steps: args.steps,
+                prompt: args.prompt,
+                assets: args.assets.unwrap_or_else(crate::bench::default_assets),
+                json: args.json,
+            };
+            crate::bench::run(&options, &device)?;
+            Ok(0)
+        }
     }
 }
 

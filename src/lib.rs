@@ -1,5 +1,6 @@
 //! clipsteer: steer a language model's sampling toward a target embedding.
 
+pub mod bench;
 pub mod cli;
 pub mod hub;
 pub mod image;

@@ -264,3 +264,31 @@ fn batched_image_features_equal_one_at_a_time() {
     );
     assert!(err <= 1e-4, "rel err {err}");
 }
+
+#[test]
+fn fused_cpu_attention_equals_candle_ops_path() {
+    let tokenizer = ClipTokenizer::new(
+        load_tokenizer_json(&fixture("tokenizers/clip-tokenizer.json")).unwrap(),
+        77,
+    )
+    .unwrap();
+    let prefix_text = "a photo of a cat";
+    let continuations = ["s", " on a mat", "erpillar", "!", " 1999 and 2024", ""];
+    for kind in KINDS {
+        let mut clip = model(kind);
+        let prefix_ids = tokenizer.encode(prefix_text).unwrap();
+        let prefix = clip
+            .text_prefix(&prefix_ids[..prefix_ids.len() - 1])
+            .unwrap();
+        let sequences: Vec<Vec<u32>> = continuations
+            .iter()
+            .map(|c| tokenizer.encode(&format!("{prefix_text}{c}")).unwrap())
+            .collect();
+        let fused = clip.text_features_with_prefix(&prefix, &sequences).unwrap();
+        clip.use_cpu_kernels(false);
+        let generic = clip.text_features_with_prefix(&prefix, &sequences).unwrap();
+        assert_eq!(fused.positions_computed, generic.positions_computed);
+        let err = rel_err(&fused.features, &generic.features);
+        assert!(err <= 1e-5, "{kind}: rel err {err}");
+    }
+}

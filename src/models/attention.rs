@@ -155,6 +155,22 @@ impl KvCache {
         Ok(Self { layers, len, batch })
     }
 
+    /// All keys and values of layer `index` of a one-row cache, each [heads, len, head_dim].
+    pub(crate) fn single_row_kv(&self, index: usize) -> Result<Option<(Tensor, Tensor)>> {
+        if self.batch > 1 {
+            candle_core::bail!("single_row_kv on a cache of {} rows", self.batch)
+        }
+        let layer = &self.layers[index];
+        Ok(match (&layer.shared, &layer.own) {
+            (Some((sk, sv)), Some((ok, ov))) => Some((
+                Tensor::cat(&[sk, ok], 2)?.squeeze(0)?,
+                Tensor::cat(&[sv, ov], 2)?.squeeze(0)?,
+            )),
+            (Some((k, v)), None) | (None, Some((k, v))) => Some((k.squeeze(0)?, v.squeeze(0)?)),
+            (None, None) => None,
+        })
+    }
+
     fn device_of<'a>(&self, layer: &'a LayerKv) -> Result<&'a candle_core::Device> {
         match (&layer.own, &layer.shared) {
             (Some((k, _)), _) | (None, Some((k, _))) => Ok(k.device()),
@@ -174,63 +190,83 @@ pub fn attend(
     scale: f64,
     causal: bool,
 ) -> Result<Tensor> {
-    let (batch, heads, new, head_dim) = q.dims4()?;
     let (own_k, own_v) = match &layer.own {
         Some((k, v)) => (Tensor::cat(&[k, k_new], 2)?, Tensor::cat(&[v, v_new], 2)?),
         None => (k_new.clone(), v_new.clone()),
     };
-    let own_len = own_k.dim(2)?;
-    let past_own = own_len - new;
-
-    let mut own_scores = (q.matmul(&own_k.t()?)? * scale)?;
-    if causal && new > 1 {
-        let mask: Vec<f32> = (0..new)
-            .flat_map(|i| {
-                (0..own_len).map(move |j| {
-                    if j > past_own + i {
-                        f32::NEG_INFINITY
-                    } else {
-                        0.0
-                    }
-                })
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, (new, own_len), q.device())?;
-        own_scores = own_scores.broadcast_add(&mask)?;
-    }
-
-    let output = match &layer.shared {
-        None => {
-            let weights = candle_nn::ops::softmax_last_dim(&own_scores)?;
-            weights.matmul(&own_v)?
-        }
-        Some((shared_k, shared_v)) => {
-            let shared_len = shared_k.dim(2)?;
-            // Every row's queries against the one shared prefix: [heads, batch·new, head_dim].
-            let q_rows =
-                q.transpose(0, 1)?
-                    .contiguous()?
-                    .reshape((heads, batch * new, head_dim))?;
-            let shared_k = shared_k.squeeze(0)?;
-            let shared_v = shared_v.squeeze(0)?;
-            let shared_scores = (q_rows.matmul(&shared_k.t()?)? * scale)?
-                .reshape((heads, batch, new, shared_len))?
-                .transpose(0, 1)?;
-            let scores = Tensor::cat(&[&shared_scores, &own_scores], D::Minus1)?.contiguous()?;
-            let weights = candle_nn::ops::softmax_last_dim(&scores)?;
-            let shared_weights = weights
-                .narrow(3, 0, shared_len)?
-                .transpose(0, 1)?
-                .contiguous()?
-                .reshape((heads, batch * new, shared_len))?;
-            let from_shared = shared_weights
-                .matmul(&shared_v)?
-                .reshape((heads, batch, new, head_dim))?
-                .transpose(0, 1)?;
-            let own_weights = weights.narrow(3, shared_len, own_len)?.contiguous()?;
-            (own_weights.matmul(&own_v)? + from_shared)?
-        }
+    let shared = match &layer.shared {
+        Some((k, v)) => Some((k.squeeze(0)?, v.squeeze(0)?)),
+        None => None,
     };
+    let output = attention(
+        q,
+        &own_k,
+        &own_v,
+        shared.as_ref().map(|(k, v)| (k, v)),
+        None,
+        causal,
+        scale,
+    )?;
     layer.own = Some((own_k, own_v));
     Ok(output)
+}
+
+/// Causal mask [new, own_len] for queries that are the last `new` of `own_len` positions.
+fn causal_mask(new: usize, own_len: usize, device: &candle_core::Device) -> Result<Tensor> {
+    let past = own_len - new;
+    let mask: Vec<f32> = (0..new)
+        .flat_map(|i| (0..own_len).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(mask, (new, own_len), device)
+}
+
+/// The attention kernel: queries `q` [batch, heads, new, head_dim] over each row's own keys
+/// `own_k`/`own_v` [batch, heads, own_len, head_dim] (the queries are the last `new` of them)
+/// and, optionally, keys every row shares, [heads, shared_len, head_dim], which all rows' queries
+/// meet in one matmul. `shared_mask` [batch·new, shared_len] is added to the shared scores
+/// (−∞ hides a shared position from a row).
+pub(crate) fn attention(
+    q: &Tensor,
+    own_k: &Tensor,
+    own_v: &Tensor,
+    shared: Option<(&Tensor, &Tensor)>,
+    shared_mask: Option<&Tensor>,
+    causal: bool,
+    scale: f64,
+) -> Result<Tensor> {
+    let (batch, heads, new, head_dim) = q.dims4()?;
+    let own_len = own_k.dim(2)?;
+    let mut own_scores = (q.matmul(&own_k.t()?)? * scale)?;
+    if causal && new > 1 {
+        own_scores = own_scores.broadcast_add(&causal_mask(new, own_len, q.device())?)?;
+    }
+    let Some((shared_k, shared_v)) = shared else {
+        let weights = candle_nn::ops::softmax_last_dim(&own_scores)?;
+        return weights.matmul(own_v);
+    };
+    let shared_len = shared_k.dim(1)?;
+    let q_rows = q
+        .transpose(0, 1)?
+        .contiguous()?
+        .reshape((heads, batch * new, head_dim))?;
+    let mut shared_scores = (q_rows.matmul(&shared_k.t()?)? * scale)?;
+    if let Some(mask) = shared_mask {
+        shared_scores = shared_scores.broadcast_add(mask)?;
+    }
+    let shared_scores = shared_scores
+        .reshape((heads, batch, new, shared_len))?
+        .transpose(0, 1)?;
+    let scores = Tensor::cat(&[&shared_scores, &own_scores], D::Minus1)?.contiguous()?;
+    let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+    let shared_weights = weights
+        .narrow(3, 0, shared_len)?
+        .transpose(0, 1)?
+        .contiguous()?
+        .reshape((heads, batch * new, shared_len))?;
+    let from_shared = shared_weights
+        .matmul(shared_v)?
+        .reshape((heads, batch, new, head_dim))?
+        .transpose(0, 1)?;
+    let own_weights = weights.narrow(3, shared_len, own_len)?.contiguous()?;
+    own_weights.matmul(own_v)? + from_shared
 }

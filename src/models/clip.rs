@@ -5,8 +5,8 @@
 //! text prefix cache: a prefix is encoded once and many continuations of it are embedded by
 //! computing only their new positions.
 
-use super::attention::{attend, KvCache, LayerKv};
-use super::{Activation, Dense};
+use super::attention::{attend, attention, KvCache, LayerKv};
+use super::{cpu_kernels, Activation, Dense};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, IndexOp, Module, Tensor, D};
 use candle_nn::{LayerNorm, VarBuilder};
@@ -134,9 +134,8 @@ impl ClipConfig {
 
 /// A pre-LayerNorm transformer layer, as in both CLIP towers.
 struct EncoderLayer {
-    q_proj: Dense,
-    k_proj: Dense,
-    v_proj: Dense,
+    /// q, k and v projections fused into one matmul.
+    qkv_proj: Dense,
     out_proj: Dense,
     layer_norm1: LayerNorm,
     layer_norm2: LayerNorm,
@@ -144,6 +143,23 @@ struct EncoderLayer {
     fc2: Dense,
     heads: usize,
     activation: Activation,
+}
+
+/// How packed rows are grouped for attention: per row for the fused CPU kernel, or in buckets of
+/// equal new-token count for candle's batched ops (other devices).
+enum PackedLayout {
+    Rows(Vec<cpu_kernels::PackedRow>),
+    Buckets(Vec<Bucket>),
+}
+
+/// Sequences of one new-token count inside a packed batch: rows
+/// `start .. start + count·len` hold their positions, sequence after sequence.
+struct Bucket {
+    start: usize,
+    count: usize,
+    len: usize,
+    /// [count·len, shared_len]: hides the cached prefix positions a sequence does not share.
+    prefix_mask: Option<Tensor>,
 }
 
 impl EncoderLayer {
@@ -156,11 +172,14 @@ impl EncoderLayer {
         vb: VarBuilder,
     ) -> Result<Self> {
         let attn = vb.pp("self_attn");
+        let projection = |name: &str| Dense::linear(hidden, hidden, true, attn.pp(name));
         Ok(Self {
-            q_proj: Dense::linear(hidden, hidden, true, attn.pp("q_proj"))?,
-            k_proj: Dense::linear(hidden, hidden, true, attn.pp("k_proj"))?,
-            v_proj: Dense::linear(hidden, hidden, true, attn.pp("v_proj"))?,
-            out_proj: Dense::linear(hidden, hidden, true, attn.pp("out_proj"))?,
+            qkv_proj: Dense::concat(&[
+                projection("q_proj")?,
+                projection("k_proj")?,
+                projection("v_proj")?,
+            ])?,
+            out_proj: projection("out_proj")?,
             layer_norm1: candle_nn::layer_norm(hidden, eps, vb.pp("layer_norm1"))?,
             layer_norm2: candle_nn::layer_norm(hidden, eps, vb.pp("layer_norm2"))?,
             fc1: Dense::linear(hidden, intermediate, true, vb.pp("mlp.fc1"))?,
@@ -170,27 +189,113 @@ impl EncoderLayer {
         })
     }
 
+    /// q, k, v of `rows` [n, hidden], each [n, hidden].
+    fn qkv(&self, rows: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let hidden = rows.dim(D::Minus1)?;
+        let qkv = self.qkv_proj.forward(&self.layer_norm1.forward(rows)?)?;
+        Ok((
+            qkv.narrow(1, 0, hidden)?,
+            qkv.narrow(1, hidden, hidden)?,
+            qkv.narrow(1, 2 * hidden, hidden)?,
+        ))
+    }
+
+    fn scale(&self, hidden: usize) -> f64 {
+        1.0 / ((hidden / self.heads) as f64).sqrt()
+    }
+
+    /// Residual attention output and MLP, on rows [n, hidden].
+    fn finish(&self, xs: &Tensor, attended: &Tensor) -> candle_core::Result<Tensor> {
+        let xs = (xs + self.out_proj.forward(attended)?)?;
+        let mlp = self
+            .activation
+            .forward(&self.fc1.forward(&self.layer_norm2.forward(&xs)?)?)?;
+        xs + self.fc2.forward(&mlp)?
+    }
+
+    /// Sequences [batch, new, hidden] following the positions cached in `kv`.
     fn forward(&self, xs: &Tensor, kv: &mut LayerKv, causal: bool) -> candle_core::Result<Tensor> {
         let (batch, new, hidden) = xs.dims3()?;
         let head_dim = hidden / self.heads;
-        let normed = self.layer_norm1.forward(xs)?;
+        let rows = xs.reshape((batch * new, hidden))?;
+        let (q, k, v) = self.qkv(&rows)?;
         let heads = |t: Tensor| -> candle_core::Result<Tensor> {
             t.reshape((batch, new, self.heads, head_dim))?
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let q = heads(self.q_proj.forward(&normed)?)?;
-        let k = heads(self.k_proj.forward(&normed)?)?;
-        let v = heads(self.v_proj.forward(&normed)?)?;
-        let scale = 1.0 / (head_dim as f64).sqrt();
-        let attended = attend(&q, &k, &v, kv, scale, causal)?
-            .transpose(1, 2)?
-            .reshape((batch, new, hidden))?;
-        let xs = (xs + self.out_proj.forward(&attended)?)?;
-        let mlp = self
-            .activation
-            .forward(&self.fc1.forward(&self.layer_norm2.forward(&xs)?)?)?;
-        xs + self.fc2.forward(&mlp)?
+        let attended = attend(
+            &heads(q)?,
+            &heads(k)?,
+            &heads(v)?,
+            kv,
+            self.scale(hidden),
+            causal,
+        )?
+        .transpose(1, 2)?
+        .reshape((batch * new, hidden))?;
+        self.finish(&rows, &attended)?.reshape((batch, new, hidden))
+    }
+
+    /// Packed rows [n, hidden] of many sequences (see [`Bucket`]), each continuing the shared
+    /// prefix `prefix_kv` ([heads, len, head_dim] keys and values). With `keep`, only those rows
+    /// go on past attention: in the last layer only the pooled rows matter.
+    fn forward_packed(
+        &self,
+        xs: &Tensor,
+        prefix_kv: Option<(&Tensor, &Tensor)>,
+        layout: &PackedLayout,
+        keep: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let hidden = xs.dim(1)?;
+        let head_dim = hidden / self.heads;
+        if let PackedLayout::Rows(rows) = layout {
+            let qkv = self.qkv_proj.forward(&self.layer_norm1.forward(xs)?)?;
+            let attended = cpu_kernels::packed_attention(
+                &qkv,
+                prefix_kv,
+                rows,
+                self.heads,
+                self.scale(hidden) as f32,
+            )?;
+            return match keep {
+                Some(keep) => {
+                    self.finish(&xs.index_select(keep, 0)?, &attended.index_select(keep, 0)?)
+                }
+                None => self.finish(xs, &attended),
+            };
+        }
+        let PackedLayout::Buckets(buckets) = layout else {
+            unreachable!()
+        };
+        let (q, k, v) = self.qkv(xs)?;
+        let mut outputs = Vec::with_capacity(buckets.len());
+        for bucket in buckets {
+            let heads = |t: &Tensor| -> candle_core::Result<Tensor> {
+                t.narrow(0, bucket.start, bucket.count * bucket.len)?
+                    .reshape((bucket.count, bucket.len, self.heads, head_dim))?
+                    .transpose(1, 2)?
+                    .contiguous()
+            };
+            let out = attention(
+                &heads(&q)?,
+                &heads(&k)?,
+                &heads(&v)?,
+                prefix_kv,
+                bucket.prefix_mask.as_ref(),
+                true,
+                self.scale(hidden),
+            )?;
+            outputs.push(
+                out.transpose(1, 2)?
+                    .reshape((bucket.count * bucket.len, hidden))?,
+            );
+        }
+        let attended = Tensor::cat(&outputs, 0)?;
+        match keep {
+            Some(rows) => self.finish(&xs.index_select(rows, 0)?, &attended.index_select(rows, 0)?),
+            None => self.finish(xs, &attended),
+        }
     }
 }
 
@@ -231,6 +336,8 @@ pub struct ClipModel {
     logit_scale: f32,
     config: ClipConfig,
     device: Device,
+    /// Fused CPU attention for packed text batches (on by default on CPU).
+    cpu_kernels: bool,
 }
 
 impl ClipModel {
@@ -333,12 +440,19 @@ impl ClipModel {
             )?,
             logit_scale,
             config,
+            cpu_kernels: device.is_cpu(),
             device,
         })
     }
 
     pub fn config(&self) -> &ClipConfig {
         &self.config
+    }
+
+    /// Chooses the fused CPU attention kernel (true) or candle's batched ops (false) for packed
+    /// text batches; both compute the same thing. Only CPU models can use the kernel.
+    pub fn use_cpu_kernels(&mut self, enabled: bool) {
+        self.cpu_kernels = enabled && self.device.is_cpu();
     }
 
     pub fn device(&self) -> &Device {
@@ -428,9 +542,12 @@ impl ClipModel {
         Ok(self.text_features_with_prefix(&empty, sequences)?.features)
     }
 
-    /// Text features of whole sequences, reusing `prefix` for the positions they share with it:
-    /// only positions from the shortest shared prefix on are computed. A sequence that changes
-    /// the prefix's last token (a continued word) simply shares one position less.
+    /// Text features of whole sequences, reusing `prefix` for the positions they share with it.
+    ///
+    /// Each sequence computes only its positions after the part it shares with the prefix (a
+    /// sequence that changes the prefix's last token, a continued word, shares one position
+    /// less). The new positions of all sequences are packed without padding, so the dense layers
+    /// run as single large matmuls; attention runs per group of equal new-token count.
     pub fn text_features_with_prefix(
         &self,
         prefix: &TextPrefix,
@@ -446,8 +563,9 @@ impl ClipModel {
                 positions_computed: 0,
             });
         }
-        let mut shared = prefix.ids.len();
-        let mut pool_positions = Vec::with_capacity(sequences.len());
+        // Where each sequence starts computing, and where it is pooled.
+        let mut starts = Vec::with_capacity(sequences.len());
+        let mut pools = Vec::with_capacity(sequences.len());
         for ids in sequences {
             if ids.is_empty() {
                 bail!("cannot embed an empty token sequence: CLIP input needs at least the start and end tokens");
@@ -460,37 +578,114 @@ impl ClipModel {
                 .take_while(|(a, b)| a == b)
                 .count();
             let pool = self.pool_position(ids);
-            // At least the pooled position must be computed for every sequence.
-            shared = shared.min(common).min(pool);
-            pool_positions.push(pool);
+            starts.push(common.min(pool));
+            pools.push(pool);
         }
-        let longest = sequences.iter().map(Vec::len).max().unwrap_or(0);
-        let new = longest - shared;
-        // Right padding is harmless: attention is causal and each sequence is read at its own
-        // pool position, which no padded position precedes.
-        let pad = self.config.text.eos_token_id;
-        let mut flat = Vec::with_capacity(sequences.len() * new);
-        for ids in sequences {
-            flat.extend_from_slice(&ids[shared..]);
-            flat.extend(std::iter::repeat_n(pad, longest - ids.len()));
+        let shared_len = starts.iter().copied().max().unwrap_or(0);
+        let mut by_len: std::collections::BTreeMap<usize, Vec<usize>> =
+            std::collections::BTreeMap::new();
+        for (index, ids) in sequences.iter().enumerate() {
+            by_len
+                .entry(ids.len() - starts[index])
+                .or_default()
+                .push(index);
         }
-        let input = Tensor::from_vec(flat, (sequences.len(), new), &self.device)?;
-        let mut cache = prefix
-            .cache
-            .truncate(shared)?
-            .fork(&vec![0; sequences.len()])?;
-        let hidden = self.text_hidden(&input, &mut cache)?;
-        let index: Vec<u32> = pool_positions
-            .iter()
-            .enumerate()
-            .map(|(row, &pool)| (row * new + pool - shared) as u32)
-            .collect();
-        let index = Tensor::new(index, &self.device)?;
-        let pooled = hidden.flatten_to(1)?.index_select(&index, 0)?;
-        let pooled = self.final_layer_norm.forward(&pooled)?;
+        let mut tokens = Vec::new();
+        let mut positions = Vec::new();
+        let mut pooled_rows = vec![0u32; sequences.len()];
+        let mut buckets = Vec::with_capacity(by_len.len());
+        let mut packed_rows = Vec::new();
+        for (&len, members) in &by_len {
+            let start = tokens.len();
+            let mut mask = Vec::new();
+            for &index in members {
+                let first = starts[index];
+                let sequence_start = tokens.len() as u32;
+                pooled_rows[index] = (tokens.len() + pools[index] - first) as u32;
+                tokens.extend_from_slice(&sequences[index][first..]);
+                positions.extend((first..first + len).map(|p| p as u32));
+                if self.cpu_kernels {
+                    packed_rows.extend(std::iter::repeat_n(
+                        cpu_kernels::PackedRow {
+                            sequence_start,
+                            visible_prefix: first as u32,
+                        },
+                        len,
+                    ));
+                } else {
+                    for _ in 0..len {
+                        mask.extend((0..shared_len).map(|p| {
+                            if p < first {
+                                0f32
+                            } else {
+                                f32::NEG_INFINITY
+                            }
+                        }));
+                    }
+                }
+            }
+            let needs_mask =
+                !self.cpu_kernels && members.iter().any(|&index| starts[index] < shared_len);
+            let prefix_mask = if needs_mask {
+                Some(Tensor::from_vec(
+                    mask,
+                    (members.len() * len, shared_len),
+                    &self.device,
+                )?)
+            } else {
+                None
+            };
+            buckets.push(Bucket {
+                start,
+                count: members.len(),
+                len,
+                prefix_mask,
+            });
+        }
+        let layout = if self.cpu_kernels {
+            PackedLayout::Rows(packed_rows)
+        } else {
+            PackedLayout::Buckets(buckets)
+        };
+        let rows = tokens.len();
+        let token_ids = Tensor::from_vec(tokens, rows, &self.device)?;
+        let position_ids = Tensor::from_vec(positions, rows, &self.device)?;
+        let mut xs = self
+            .token_embedding
+            .embedding(&token_ids)?
+            .add(&self.text_position_embedding.embedding(&position_ids)?)?;
+        let pooled_rows = Tensor::new(pooled_rows, &self.device)?;
+        let last = self.text_layers.len().saturating_sub(1);
+        for (index, layer) in self.text_layers.iter().enumerate() {
+            let prefix_kv = if shared_len > 0 {
+                prefix
+                    .cache
+                    .single_row_kv(index)?
+                    .map(|(k, v)| -> Result<(Tensor, Tensor)> {
+                        Ok((
+                            k.narrow(1, 0, shared_len)?.contiguous()?,
+                            v.narrow(1, 0, shared_len)?.contiguous()?,
+                        ))
+                    })
+                    .transpose()?
+            } else {
+                None
+            };
+            let keep = (index == last).then_some(&pooled_rows);
+            xs = layer.forward_packed(
+                &xs,
+                prefix_kv.as_ref().map(|(k, v)| (k, v)),
+                &layout,
+                keep,
+            )?;
+        }
+        if self.text_layers.is_empty() {
+            xs = xs.index_select(&pooled_rows, 0)?;
+        }
+        let pooled = self.final_layer_norm.forward(&xs)?;
         Ok(TextFeatures {
             features: self.text_projection.forward(&pooled)?,
-            positions_computed: sequences.len() * new,
+            positions_computed: rows,
         })
     }
 

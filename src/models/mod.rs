@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod clip;
+pub mod cpu_kernels;
 pub mod gpt2;
 
 use anyhow::{bail, Context, Result};
@@ -37,6 +38,9 @@ impl Activation {
 
     pub fn forward(self, xs: &Tensor) -> candle_core::Result<Tensor> {
         match self {
+            Self::QuickGelu if xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32 => {
+                cpu_kernels::quick_gelu(xs)
+            }
             Self::QuickGelu => xs.broadcast_mul(&candle_nn::ops::sigmoid(&(xs * 1.702)?)?),
             Self::Gelu => xs.gelu_erf(),
             Self::GeluTanh => xs.gelu(),
@@ -45,8 +49,9 @@ impl Activation {
     }
 }
 
-/// A dense layer that keeps its weight as (in, out), the layout GPT-2's Conv1D stores; nn.Linear
-/// weights are kept as a transposed view, so loading never copies.
+/// A dense layer that keeps its weight contiguous as (in, out), the layout GPT-2's Conv1D stores.
+/// nn.Linear weights are transposed once at load: gemm runs the (in, out) layout markedly faster
+/// at the row counts of steering batches (≈200 vs ≈150 GFLOP/s at 480×512×512 here).
 #[derive(Debug, Clone)]
 pub struct Dense {
     weight_in_out: Tensor,
@@ -63,8 +68,21 @@ impl Dense {
             None
         };
         Ok(Self {
-            weight_in_out: weight.t()?,
+            weight_in_out: weight.t()?.contiguous()?,
             bias,
+        })
+    }
+
+    /// One layer computing the outputs of `parts` side by side (e.g. fused q, k, v projections).
+    pub fn concat(parts: &[Dense]) -> Result<Self> {
+        let weights: Vec<&Tensor> = parts.iter().map(|p| &p.weight_in_out).collect();
+        let biases: Option<Vec<&Tensor>> = parts.iter().map(|p| p.bias.as_ref()).collect();
+        Ok(Self {
+            weight_in_out: Tensor::cat(&weights, 1)?,
+            bias: match biases {
+                Some(biases) => Some(Tensor::cat(&biases, 0)?),
+                None => None,
+            },
         })
     }
 
