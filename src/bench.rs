@@ -109,6 +109,8 @@ pub struct BenchOptions {
     pub prompt: String,
     pub assets: std::path::PathBuf,
     pub json: bool,
+    pub prefilter: Option<usize>,
+    pub check_agreement: bool,
 }
 
 /// Dense FLOPs of one text position through CLIP's text tower (projections and MLP; attention
@@ -206,15 +208,34 @@ pub fn run(options: &BenchOptions, device: &Device) -> Result<()> {
         max_tokens: options.steps,
         strategy: Strategy::Seed,
         sampling: None,
+        prefilter: options.prefilter.filter(|_| !options.check_agreement),
     };
     let flops_per_position = text_flops_per_position(&text_config);
     let mut rows = Vec::new();
+    let mut agreement = options
+        .prefilter
+        .filter(|_| options.check_agreement)
+        .map(|keep| {
+            (
+                crate::steer::describe::TokenPrefilter::new(keep),
+                0usize,
+                0usize,
+            )
+        });
     let mut last = std::time::Instant::now();
     let caption_start = last;
     describe(&lm, &scorer, &target, &describe_options, |event| {
         let now = std::time::Instant::now();
         let total = (now - last).as_secs_f64();
         last = now;
+        if let Some((prefilter, agreed, steps)) = agreement.as_mut() {
+            let candidates: Vec<u32> = event.scored.iter().map(|(id, _)| *id).collect();
+            let kept = prefilter.select(&lm, &scorer, &candidates, &target)?;
+            let sims: Vec<f32> = kept.iter().map(|&i| event.scored[i].1).collect();
+            let choice = kept[crate::steer::describe::argmax_first(&sims)];
+            *agreed += usize::from(candidates[choice] == event.token_id);
+            *steps += 1;
+        }
         let gflops =
             event.positions_computed as f64 * flops_per_position / event.score_seconds / 1e9;
         rows.push(json!({
@@ -260,6 +281,8 @@ pub fn run(options: &BenchOptions, device: &Device) -> Result<()> {
         "score_share_of_peak": score_share,
         "caption_seconds": caption_seconds,
         "peak_rss_mib": peak_rss_mib(),
+        "prefilter": options.prefilter,
+        "prefilter_agreement": agreement.as_ref().map(|(_, agreed, total)| json!({"agreed": agreed, "steps": total})),
     });
     if options.json {
         println!("{report}");
@@ -296,6 +319,18 @@ pub fn run(options: &BenchOptions, device: &Device) -> Result<()> {
         s["total_ms"].as_f64().unwrap_or(0.0), s["lm_ms"].as_f64().unwrap_or(0.0), s["score_ms"].as_f64().unwrap_or(0.0),
         s["rest_ms"].as_f64().unwrap_or(0.0), s["positions"], s["score_gflops"].as_f64().unwrap_or(0.0), score_share * 100.0
     );
+    if let Some((_, agreed, total)) = &agreement {
+        println!(
+            "prefilter {}: top-1 agreement with exact mode {agreed}/{total} steps ({:.1}%)",
+            options.prefilter.unwrap_or(0),
+            100.0 * *agreed as f64 / (*total).max(1) as f64
+        );
+    } else if let Some(keep) = options.prefilter {
+        println!(
+            "mode: APPROXIMATE --prefilter {keep} (only {keep} of {} candidates scored in context)",
+            options.top_k
+        );
+    }
     println!(
         "caption: {caption_seconds:.2} s for {} steps; peak RSS {}",
         options.steps,

@@ -69,6 +69,13 @@ pub struct BenchArgs {
     /// Directory with gpt2/encoder.json, gpt2/vocab.bpe and clip/bpe_simple_vocab_16e6.txt.gz.
     #[arg(long)]
     pub assets: Option<PathBuf>,
+    /// Time the approximate --prefilter M mode instead of the exact loop.
+    #[arg(long, value_name = "M")]
+    pub prefilter: Option<usize>,
+    /// With --prefilter: run the exact loop and report how often the prefilter would have kept
+    /// the exact choice (top-1 agreement) instead of timing it.
+    #[arg(long, requires = "prefilter")]
+    pub check_agreement: bool,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -123,6 +130,11 @@ pub struct DescribeArgs {
     /// Skip images that already have a "done" line in --out.
     #[arg(long, requires = "out")]
     pub resume: bool,
+    /// APPROXIMATE: score exactly only the M candidates whose own token is most similar to the
+    /// image (token similarities are cached across steps). Faster; may pick differently from
+    /// the exact loop.
+    #[arg(long, value_name = "M")]
+    pub prefilter: Option<usize>,
     /// Take the deterministic share I of N (0 ≤ I < N) of the inputs, e.g. --shard 0/4.
     #[arg(long, value_parser = parse_shard)]
     pub shard: Option<(usize, usize)>,
@@ -199,6 +211,8 @@ pub fn run(cli: Cli) -> Result<i32> {
                 prompt: args.prompt,
                 assets: args.assets.unwrap_or_else(crate::bench::default_assets),
                 json: args.json,
+                prefilter: args.prefilter,
+                check_agreement: args.check_agreement,
             };
             crate::bench::run(&options, &device)?;
             Ok(0)
@@ -329,6 +343,7 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
             temperature: args.temperature,
             seed: args.seed,
         }),
+        prefilter: args.prefilter,
     };
 
     let mut inputs = collect_inputs(&args.images);

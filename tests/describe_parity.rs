@@ -33,6 +33,7 @@ fn options(case: &serde_json::Value, sampling: Option<Sampling>) -> DescribeOpti
         max_tokens: case["max_tokens"].as_u64().unwrap() as usize,
         strategy: Strategy::Seed,
         sampling,
+        prefilter: None,
     }
 }
 
@@ -79,7 +80,7 @@ struct FullRecompute<'a>(&'a ClipScorer);
 
 impl Scorer for FullRecompute<'_> {
     type Prefix = ();
-    fn prefix(&self, _: &str) -> anyhow::Result<()> {
+    fn prefix(&self, _: &str, _: Option<&()>) -> anyhow::Result<()> {
         Ok(())
     }
     fn similarities(
@@ -199,7 +200,7 @@ fn draws_at_one_step_follow_softmax_of_similarity_over_temperature() {
         .map(|&c| lm.decode(&[ids.clone(), vec![c]].concat()).unwrap())
         .collect();
     let sims = scorer
-        .similarities(&scorer.prefix(prompt).unwrap(), &phrases, &target)
+        .similarities(&scorer.prefix(prompt, None).unwrap(), &phrases, &target)
         .unwrap()
         .similarities;
     let max = sims.iter().cloned().fold(f32::MIN, f32::max) as f64;
@@ -219,6 +220,7 @@ fn draws_at_one_step_follow_softmax_of_similarity_over_temperature() {
         max_tokens: 1,
         strategy: Strategy::Seed,
         sampling: Some(Sampling { temperature, seed }),
+        prefilter: None,
     };
     for seed in 0..draws {
         let result = describe(&lm, &scorer, &target, &opts(seed), |_| Ok(())).unwrap();
@@ -281,6 +283,7 @@ fn invalid_options_are_clear_errors() {
         max_tokens: 3,
         strategy: Strategy::Seed,
         sampling: None,
+        prefilter: None,
     };
     let err = |o: DescribeOptions| {
         describe(&lm, &scorer, &target, &o, |_| Ok(()))
@@ -316,4 +319,83 @@ fn invalid_options_are_clear_errors() {
         ..base
     })
     .contains("--temperature"));
+}
+
+/// Only positions that differ between candidates are computed: per step, each distinct CLIP
+/// sequence costs its length minus what it shares with the text so far (never its pooled
+/// position). A count, not a time.
+#[test]
+fn positions_computed_per_step_are_only_the_differing_ones() {
+    use clipsteer::steer::CausalLm;
+    let lm = lm();
+    let case = &cases()[2];
+    let scorer = scorer(case["clip"].as_str().unwrap());
+    let image = fixture(&format!("images/{}", case["image"].as_str().unwrap()));
+    let target = image_target(&scorer, &image, DecodeLimits::default()).unwrap();
+    let opts = options(case, None);
+    let mut ids = lm.encode(&opts.prompt).unwrap();
+    let mut total_full = 0;
+    let mut total_cached = 0;
+    describe(&lm, &scorer, &target, &opts, |event| {
+        let mut prefix = scorer.tokenizer.encode(&lm.decode(&ids)?)?;
+        prefix.pop();
+        let mut distinct = std::collections::HashSet::new();
+        let mut expected = 0;
+        for (candidate, _) in &event.scored {
+            let clip_ids = scorer
+                .tokenizer
+                .encode(&lm.decode(&[ids.clone(), vec![*candidate]].concat())?)?;
+            if distinct.insert(clip_ids.clone()) {
+                let common = prefix
+                    .iter()
+                    .zip(&clip_ids)
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                expected += clip_ids.len() - common.min(scorer.model.pool_position(&clip_ids));
+                total_full += clip_ids.len();
+            }
+        }
+        assert_eq!(event.positions_computed, expected, "step {}", event.step);
+        total_cached += event.positions_computed;
+        ids.push(event.token_id);
+        Ok(())
+    })
+    .unwrap();
+    assert!(
+        total_cached * 3 < total_full,
+        "cached {total_cached} vs full {total_full}"
+    );
+}
+
+#[test]
+fn prefilter_scores_only_m_candidates_and_equals_exact_when_m_is_k() {
+    let lm = lm();
+    let case = &cases()[0];
+    let scorer = scorer(case["clip"].as_str().unwrap());
+    let target = image_target(
+        &scorer,
+        &fixture("images/crop32.png"),
+        DecodeLimits::default(),
+    )
+    .unwrap();
+    let exact = describe(&lm, &scorer, &target, &options(case, None), |_| Ok(())).unwrap();
+    let mut all = options(case, None);
+    all.prefilter = Some(all.top_k);
+    assert_eq!(
+        describe(&lm, &scorer, &target, &all, |_| Ok(()))
+            .unwrap()
+            .token_ids,
+        exact.token_ids
+    );
+    let mut few = options(case, None);
+    few.prefilter = Some(4);
+    let mut counts = Vec::new();
+    describe(&lm, &scorer, &target, &few, |event| {
+        counts.push(event.scored.len());
+        Ok(())
+    })
+    .unwrap();
+    assert!(counts.iter().all(|&n| n == 4), "{counts:?}");
+    few.prefilter = Some(0);
+    assert!(describe(&lm, &scorer, &target, &few, |_| Ok(())).is_err());
 }

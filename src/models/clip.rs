@@ -532,6 +532,27 @@ impl ClipModel {
         })
     }
 
+    /// The prefix `ids`, computing only the positions after those it shares with `previous`
+    /// (a description grows by a token or two per step).
+    pub fn extend_text_prefix(&self, previous: &TextPrefix, ids: &[u32]) -> Result<TextPrefix> {
+        self.check_ids(ids)?;
+        let common = previous
+            .ids
+            .iter()
+            .zip(ids)
+            .take_while(|(a, b)| a == b)
+            .count();
+        let mut cache = previous.cache.truncate(common)?;
+        if common < ids.len() {
+            let input = Tensor::new(&ids[common..], &self.device)?.unsqueeze(0)?;
+            self.text_hidden(&input, &mut cache)?;
+        }
+        Ok(TextPrefix {
+            ids: ids.to_vec(),
+            cache,
+        })
+    }
+
     /// Text features of whole sequences (ids with the start and end tokens), as
     /// `get_text_features` computes them.
     pub fn text_features(&self, sequences: &[Vec<u32>]) -> Result<Tensor> {

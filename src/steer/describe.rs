@@ -26,6 +26,9 @@ pub struct DescribeOptions {
     pub strategy: Strategy,
     /// None: greedy.
     pub sampling: Option<Sampling>,
+    /// Approximate mode: score exactly only the `M` candidates whose own token is most similar
+    /// to the target (see [`TokenPrefilter`]). None: exact, every candidate scored.
+    pub prefilter: Option<usize>,
 }
 
 /// One candidate as shown to the user.
@@ -50,6 +53,8 @@ pub struct StepEvent {
     pub lm_seconds: f64,
     pub score_seconds: f64,
     pub positions_computed: usize,
+    /// Every candidate scored this step, in LM rank order, with its similarity.
+    pub scored: Vec<(u32, f32)>,
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +88,9 @@ pub fn validate<L: CausalLm>(lm: &L, options: &DescribeOptions) -> Result<Vec<u3
             options.max_tokens,
             lm.context_len()
         );
+    }
+    if options.prefilter == Some(0) {
+        bail!("--prefilter must be at least 1");
     }
     if let Some(sampling) = options.sampling {
         if !(sampling.temperature.is_finite() && sampling.temperature > 0.0) {
@@ -144,6 +152,60 @@ pub fn sample_softmax(values: &[f32], temperature: f64, rng: &mut impl Rng) -> u
     weights.len() - 1
 }
 
+/// The approximate ranking behind `--prefilter M`: each candidate token's own text (" cat") is
+/// embedded once per target and cached across steps, and only the `M` tokens most similar by
+/// that measure are scored in context. It is cheap because tokens recur from step to step; it
+/// is approximate because a token's similarity alone is not its similarity in context.
+pub struct TokenPrefilter {
+    keep: usize,
+    token_similarity: std::collections::HashMap<u32, f32>,
+}
+
+impl TokenPrefilter {
+    pub fn new(keep: usize) -> Self {
+        Self {
+            keep,
+            token_similarity: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Indices into `candidates` of the ones to score, in LM rank order.
+    pub fn select<L: CausalLm, S: Scorer>(
+        &mut self,
+        lm: &L,
+        scorer: &S,
+        candidates: &[u32],
+        target: &[f32],
+    ) -> Result<Vec<usize>> {
+        if candidates.len() <= self.keep {
+            return Ok((0..candidates.len()).collect());
+        }
+        let missing: Vec<u32> = candidates
+            .iter()
+            .copied()
+            .filter(|id| !self.token_similarity.contains_key(id))
+            .collect();
+        if !missing.is_empty() {
+            let texts = missing
+                .iter()
+                .map(|&id| lm.decode(&[id]))
+                .collect::<Result<Vec<_>>>()?;
+            let empty = scorer.prefix("", None)?;
+            let sims = scorer.similarities(&empty, &texts, target)?.similarities;
+            self.token_similarity.extend(missing.into_iter().zip(sims));
+        }
+        let mut order: Vec<usize> = (0..candidates.len()).collect();
+        order.sort_by(|&a, &b| {
+            self.token_similarity[&candidates[b]]
+                .total_cmp(&self.token_similarity[&candidates[a]])
+                .then(a.cmp(&b))
+        });
+        order.truncate(self.keep);
+        order.sort_unstable();
+        Ok(order)
+    }
+}
+
 /// Runs the loop toward `target` (a unit vector), calling `on_step` after every step.
 pub fn describe<L: CausalLm, S: Scorer>(
     lm: &L,
@@ -164,10 +226,16 @@ pub fn describe<L: CausalLm, S: Scorer>(
     let mut lm_seconds = clock.elapsed().as_secs_f64();
     let mut text = lm.decode(&ids)?;
     let mut similarity = f32::NAN;
+    let mut prefix: Option<S::Prefix> = None;
+    let mut prefilter = options.prefilter.map(TokenPrefilter::new);
     for step in 0..options.max_tokens {
-        let candidates = top_k(&logits, options.top_k)?;
+        let mut candidates = top_k(&logits, options.top_k)?;
         clock = std::time::Instant::now();
-        let prefix = scorer.prefix(&text)?;
+        if let Some(prefilter) = prefilter.as_mut() {
+            let kept = prefilter.select(lm, scorer, &candidates, target)?;
+            candidates = kept.into_iter().map(|i| candidates[i]).collect();
+        }
+        let step_prefix = scorer.prefix(&text, prefix.as_ref())?;
         let mut phrases = Vec::with_capacity(candidates.len());
         let mut extended = ids.clone();
         extended.push(0);
@@ -175,7 +243,8 @@ pub fn describe<L: CausalLm, S: Scorer>(
             *extended.last_mut().expect("extended is non-empty") = candidate;
             phrases.push(lm.decode(&extended)?);
         }
-        let scores = scorer.similarities(&prefix, &phrases, target)?;
+        let scores = scorer.similarities(&step_prefix, &phrases, target)?;
+        prefix = Some(step_prefix);
         let score_seconds = clock.elapsed().as_secs_f64();
         let sims = &scores.similarities;
         let chosen = match (&mut rng, options.sampling) {
@@ -208,6 +277,11 @@ pub fn describe<L: CausalLm, S: Scorer>(
             lm_seconds,
             score_seconds,
             positions_computed: scores.positions_computed,
+            scored: candidates
+                .iter()
+                .copied()
+                .zip(sims.iter().copied())
+                .collect(),
         })?;
         if step + 1 < options.max_tokens {
             clock = std::time::Instant::now();

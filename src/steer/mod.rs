@@ -33,8 +33,9 @@ pub trait Scorer {
     /// What can be reused between the texts of one step: their shared beginning.
     type Prefix;
 
-    /// Prepares for scoring texts that begin with `text`.
-    fn prefix(&self, text: &str) -> Result<Self::Prefix>;
+    /// Prepares for scoring texts that begin with `text`. `previous`, the prefix of the last
+    /// step, lets an implementation reuse the part the two share.
+    fn prefix(&self, text: &str, previous: Option<&Self::Prefix>) -> Result<Self::Prefix>;
     /// Cosine similarity of each text with `target` (a unit vector), reusing `prefix`.
     fn similarities(
         &self,

@@ -63,11 +63,14 @@ impl ClipScorer {
 impl Scorer for ClipScorer {
     type Prefix = TextPrefix;
 
-    fn prefix(&self, text: &str) -> Result<TextPrefix> {
+    fn prefix(&self, text: &str, previous: Option<&TextPrefix>) -> Result<TextPrefix> {
         let mut ids = self.tokenizer.encode(text)?;
         // Continuations replace the end token, and may change the last word.
         ids.pop();
-        self.model.text_prefix(&ids)
+        match previous {
+            Some(previous) => self.model.extend_text_prefix(previous, &ids),
+            None => self.model.text_prefix(&ids),
+        }
     }
 
     fn similarities(
