@@ -209,6 +209,9 @@ pub fn run(options: &BenchOptions, device: &Device) -> Result<()> {
         strategy: Strategy::Seed,
         sampling: None,
         prefilter: options.prefilter.filter(|_| !options.check_agreement),
+        blocklist: Default::default(),
+        magic: Default::default(),
+        stop_at_sentence_end: false,
     };
     let flops_per_position = text_flops_per_position(&text_config);
     let mut rows = Vec::new();

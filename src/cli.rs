@@ -2,8 +2,13 @@
 
 use crate::hub::{self, ModelKind};
 use crate::image::DecodeLimits;
-use crate::steer::describe::{describe, DescribeOptions, Sampling, StepEvent, Strategy};
+use crate::steer::constraints::Blocklist;
+use crate::steer::describe::{
+    describe, DescribeOptions, MagicParams, Sampling, StepEvent, Strategy,
+};
 use crate::steer::scorer::image_target;
+use crate::steer::target::{combine, TargetPart};
+use crate::steer::Scorer;
 use crate::steer::{ClipScorer, Gpt2Lm};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
@@ -16,6 +21,8 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_LM: &str = "openai-community/gpt2";
 pub const DEFAULT_CLIP: &str = "openai/clip-vit-base-patch32";
 pub const DEFAULT_TOP_K: usize = 200;
+/// MAGIC's paper default.
+pub const MAGIC_TOP_K: usize = 45;
 /// The original demo's configuration (`--preset seed`).
 pub const SEED_CLIP: &str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K";
 pub const SEED_TOP_K: usize = 2500;
@@ -44,11 +51,28 @@ pub enum DeviceArg {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Describe images: GPT-2 proposes tokens, CLIP picks the one closest to the image.
-    Describe(DescribeArgs),
+    Describe(Box<DescribeArgs>),
     /// Print a CLIP embedding as JSON: {"embedding":[...]} (projected, unnormalised).
     Embed(EmbedArgs),
     /// Time the describe loop on full-size architectures with random weights (no download).
     Bench(BenchArgs),
+    /// CLIPScore of captions for an image: 2.5 · max(cosine, 0).
+    Score(ScoreArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ScoreArgs {
+    /// The image.
+    pub image: PathBuf,
+    /// Captions to score.
+    #[arg(required = true)]
+    pub captions: Vec<String>,
+    /// CLIP model: a local directory in the HF layout or a hub id.
+    #[arg(long = "encoder", visible_alias = "clip", default_value = DEFAULT_CLIP, value_name = "MODEL")]
+    pub clip: String,
+    /// Print {"image":..,"scores":[{"caption":..,"clipscore":..,"cosine":..}]} instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -89,19 +113,40 @@ pub enum Preset {
 
 #[derive(Args, Debug)]
 pub struct DescribeArgs {
-    /// Image files, or directories searched recursively for .jpg/.jpeg/.png/.webp.
-    #[arg(required = true)]
+    /// Image files, or directories searched recursively for .jpg/.jpeg/.png/.webp. May be
+    /// left out when --target-text gives the target.
+    #[arg(required_unless_present = "target_text")]
     pub images: Vec<PathBuf>,
     /// Language model: a local directory in the HF layout or a hub id.
     #[arg(long, default_value = DEFAULT_LM)]
     pub lm: String,
-    /// CLIP model: a local directory in the HF layout or a hub id [default: openai/clip-vit-base-patch32].
-    #[arg(long)]
+    /// The scorer: a CLIP model (a local directory in the HF layout or a hub id)
+    /// [default: openai/clip-vit-base-patch32]. --clip is an alias.
+    #[arg(long = "encoder", visible_alias = "clip", value_name = "MODEL")]
     pub clip: Option<String>,
+    /// Steer toward this text (repeatable; with or without images).
+    #[arg(long, value_name = "TEXT")]
+    pub target_text: Vec<String>,
+    /// Steer away from this text (repeatable).
+    #[arg(long, value_name = "TEXT")]
+    pub avoid_text: Vec<String>,
+    /// Weights of the targets, in order: the image (when there is one), each --target-text, then
+    /// each --avoid-text (a positive weight; avoiding subtracts it). Unlisted weights are 1.
+    #[arg(long, value_name = "W")]
+    pub target_weight: Vec<f32>,
+    /// Words never to write, comma-separated (case-insensitive, whole words).
+    #[arg(long, value_delimiter = ',', value_name = "WORDS")]
+    pub block: Vec<String>,
+    /// A file of words never to write: one per line (or comma-separated), # comments.
+    #[arg(long, value_name = "FILE")]
+    pub blocklist: Option<PathBuf>,
+    /// Block any text containing a blocked word as a substring, not only as a whole word.
+    #[arg(long)]
+    pub block_substrings: bool,
     /// Text the description starts from; a trailing space stays a token.
     #[arg(long, default_value = "An image of ")]
     pub prompt: String,
-    /// Candidates taken from the LM each step [default: 200].
+    /// Candidates taken from the LM each step [default: 200; 45 with --strategy magic].
     #[arg(long)]
     pub top_k: Option<usize>,
     /// Tokens to generate.
@@ -109,6 +154,15 @@ pub struct DescribeArgs {
     pub max_tokens: usize,
     #[arg(long, value_enum, default_value_t = Strategy::Seed)]
     pub strategy: Strategy,
+    /// MAGIC: weight α of the degeneration penalty.
+    #[arg(long, default_value_t = 0.1)]
+    pub magic_alpha: f32,
+    /// MAGIC: weight β of the target term.
+    #[arg(long, default_value_t = 2.0)]
+    pub magic_beta: f32,
+    /// With --strategy magic: go on to --max-tokens instead of stopping at the end of a sentence.
+    #[arg(long)]
+    pub no_sentence_stop: bool,
     /// A named configuration; explicit --clip/--top-k override it.
     #[arg(long, value_enum)]
     pub preset: Option<Preset>,
@@ -202,7 +256,8 @@ pub fn run(cli: Cli) -> Result<i32> {
     let device = select_device(cli.device)?;
     match cli.command {
         Command::Embed(args) => embed(args, &device),
-        Command::Describe(args) => run_describe(args, &device),
+        Command::Describe(args) => run_describe(*args, &device),
+        Command::Score(args) => score(args, &device),
         Command::Bench(args) => {
             let options = crate::bench::BenchOptions {
                 arch: args.clip,
@@ -243,6 +298,41 @@ fn embed(args: EmbedArgs, device: &Device) -> Result<i32> {
         _ => bail!("give exactly one of --text or --image"),
     };
     println!("{}", json!({ "embedding": embedding }));
+    Ok(0)
+}
+
+fn score(args: ScoreArgs, device: &Device) -> Result<i32> {
+    if !args.image.is_file() {
+        bail!("no image at {}", args.image.display());
+    }
+    let scorer = load_clip(&args.clip, device)?;
+    let image = crate::steer::normalize(
+        &scorer.image_embedding_from_path(&args.image, DecodeLimits::default())?,
+    );
+    let mut rows = Vec::new();
+    for caption in &args.captions {
+        let text = crate::steer::normalize(&scorer.text_embedding(caption)?);
+        let cosine: f32 = text.iter().zip(&image).map(|(a, b)| a * b).sum();
+        rows.push(
+            json!({"caption": caption, "clipscore": 2.5 * cosine.max(0.0), "cosine": cosine}),
+        );
+    }
+    if args.json {
+        println!(
+            "{}",
+            json!({"image": args.image.display().to_string(), "scores": rows})
+        );
+    } else {
+        println!("{:>9}  {:>7}  caption", "clipscore", "cosine");
+        for row in &rows {
+            println!(
+                "{:>9.4}  {:>7.4}  {}",
+                row["clipscore"].as_f64().unwrap_or(0.0),
+                row["cosine"].as_f64().unwrap_or(0.0),
+                row["caption"].as_str().unwrap_or("")
+            );
+        }
+    }
     Ok(0)
 }
 
@@ -312,7 +402,7 @@ fn finished_images(out: &Path) -> Result<HashSet<String>> {
     Ok(done)
 }
 
-fn step_json(image: &str, event: &StepEvent) -> serde_json::Value {
+fn step_json(image: Option<&str>, event: &StepEvent) -> serde_json::Value {
     json!({
         "event": "step",
         "image": image,
@@ -325,15 +415,60 @@ fn step_json(image: &str, event: &StepEvent) -> serde_json::Value {
     })
 }
 
+/// The parts of a target that are the same for every image: the text targets, weighted.
+fn text_target_parts(
+    args: &DescribeArgs,
+    scorer: &ClipScorer,
+    has_image: bool,
+) -> Result<Vec<TargetPart>> {
+    let wanted = usize::from(has_image) + args.target_text.len() + args.avoid_text.len();
+    if args.target_weight.len() > wanted {
+        bail!(
+            "{} --target-weight values for {wanted} targets (the image, then each --target-text, then each --avoid-text)",
+            args.target_weight.len()
+        );
+    }
+    let weight = |index: usize| args.target_weight.get(index).copied().unwrap_or(1.0);
+    let offset = usize::from(has_image);
+    let mut parts = Vec::new();
+    for (i, text) in args.target_text.iter().enumerate() {
+        parts.push(TargetPart {
+            embedding: scorer.embed_text(text)?,
+            weight: weight(offset + i),
+        });
+    }
+    for (i, text) in args.avoid_text.iter().enumerate() {
+        let w = weight(offset + args.target_text.len() + i);
+        parts.push(TargetPart {
+            embedding: scorer.embed_text(text)?,
+            weight: -w,
+        });
+    }
+    Ok(parts)
+}
+
+fn blocklist(args: &DescribeArgs) -> Result<Blocklist> {
+    let mut words = args.block.clone();
+    if let Some(path) = &args.blocklist {
+        words.extend(Blocklist::read_file(path)?);
+    }
+    Blocklist::new(words, args.block_substrings)
+}
+
 fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
     let preset = args.preset.map(|Preset::Seed| (SEED_CLIP, SEED_TOP_K));
     let clip_spec = args
         .clip
         .clone()
         .unwrap_or_else(|| preset.map_or(DEFAULT_CLIP, |p| p.0).to_string());
+    let default_k = if args.strategy == Strategy::Magic {
+        MAGIC_TOP_K
+    } else {
+        DEFAULT_TOP_K
+    };
     let top_k = args
         .top_k
-        .unwrap_or_else(|| preset.map_or(DEFAULT_TOP_K, |p| p.1));
+        .unwrap_or_else(|| preset.map_or(default_k, |p| p.1));
     let options = DescribeOptions {
         prompt: args.prompt.clone(),
         top_k,
@@ -344,9 +479,24 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
             seed: args.seed,
         }),
         prefilter: args.prefilter,
+        blocklist: blocklist(&args)?,
+        magic: MagicParams {
+            alpha: args.magic_alpha,
+            beta: args.magic_beta,
+        },
+        stop_at_sentence_end: args.strategy == Strategy::Magic && !args.no_sentence_stop,
     };
+    if args.sample && args.strategy != Strategy::Seed {
+        bail!("--sample applies to --strategy seed only");
+    }
 
-    let mut inputs = collect_inputs(&args.images);
+    // One job per image; with no images, one job steered by the text targets alone.
+    let mut inputs: Vec<Option<PathBuf>> = if args.images.is_empty() {
+        vec![None]
+    } else {
+        collect_inputs(&args.images).into_iter().map(Some).collect()
+    };
+    let label = |input: &Option<PathBuf>| input.as_ref().map(|p| p.display().to_string());
     if let Some((index, count)) = args.shard {
         inputs = inputs
             .into_iter()
@@ -357,7 +507,7 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
     }
     if let (Some(out), true) = (&args.out, args.resume) {
         let done = finished_images(out)?;
-        inputs.retain(|p| !done.contains(&p.display().to_string()));
+        inputs.retain(|input| !done.contains(&label(input).unwrap_or_default()));
     }
     if inputs.is_empty() {
         eprintln!("nothing to describe: every input is already done or the shard is empty");
@@ -367,6 +517,8 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
     let lm = load_lm(&args.lm, device)?;
     let scorer = load_clip(&clip_spec, device)?;
     crate::steer::describe::validate(&lm, &options)?;
+    let text_parts = text_target_parts(&args, &scorer, !args.images.is_empty())?;
+    let image_weight = args.target_weight.first().copied().unwrap_or(1.0);
     let mut out_file = match &args.out {
         Some(path) => Some(
             std::fs::OpenOptions::new()
@@ -381,14 +533,27 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
     let progress = Progress::new(inputs.len());
     let stdout = std::io::stdout();
     let mut failures = 0;
-    for path in &inputs {
-        let image = path.display().to_string();
+    for input in &inputs {
+        let image = label(input);
         let started = std::time::Instant::now();
-        let outcome = image_target(&scorer, path, DecodeLimits::default()).and_then(|target| {
+        let target = match input {
+            Some(path) => {
+                image_target(&scorer, path, DecodeLimits::default()).and_then(|embedding| {
+                    let mut parts = vec![TargetPart {
+                        embedding,
+                        weight: image_weight,
+                    }];
+                    parts.extend(text_parts.iter().cloned());
+                    combine(&parts)
+                })
+            }
+            None => combine(&text_parts),
+        };
+        let outcome = target.and_then(|target| {
             describe(&lm, &scorer, &target, &options, |event| {
                 if args.json {
                     let mut lock = stdout.lock();
-                    writeln!(lock, "{}", step_json(&image, event))?;
+                    writeln!(lock, "{}", step_json(image.as_deref(), event))?;
                     lock.flush()?;
                 }
                 progress.step(event, options.max_tokens);
@@ -397,7 +562,7 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
         });
         let line = match outcome {
             Ok(result) => {
-                let done = json!({
+                let mut done = json!({
                     "event": "done",
                     "image": image,
                     "text": result.text,
@@ -405,13 +570,18 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
                     "similarity": result.similarity,
                     "seconds": started.elapsed().as_secs_f64(),
                 });
+                if let Some(reason) = &result.stop_reason {
+                    done["stop_reason"] = json!(reason);
+                    progress.println_err(&format!("note: {reason}"));
+                }
                 if args.json {
                     println!("{done}");
                 } else {
-                    progress.println(&if inputs.len() == 1 {
-                        result.text.clone()
-                    } else {
-                        format!("{image}\t{:.4}\t{}", result.similarity, result.text)
+                    progress.println(&match &image {
+                        Some(image) if inputs.len() > 1 => {
+                            format!("{image}\t{:.4}\t{}", result.similarity, result.text)
+                        }
+                        _ => result.text.clone(),
                     });
                 }
                 done
@@ -423,7 +593,8 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
                 if args.json {
                     println!("{error}");
                 } else {
-                    progress.println_err(&format!("error: {image}: {message}"));
+                    let what = image.as_deref().unwrap_or("text target");
+                    progress.println_err(&format!("error: {what}: {message}"));
                 }
                 error
             }
@@ -437,7 +608,7 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
     }
     progress.finish();
     if failures > 0 {
-        eprintln!("{failures} of {} images failed", inputs.len());
+        eprintln!("{failures} of {} inputs failed", inputs.len());
         return Ok(1);
     }
     Ok(0)

@@ -487,3 +487,93 @@ fn killed_batch_resumes_without_losing_or_redoing_work() {
     want.sort();
     assert_eq!(done, want, "every image exactly once");
 }
+
+#[test]
+fn describe_with_only_a_text_target_and_a_blocklist() {
+    let args: Vec<String> = [
+        "describe",
+        "--lm",
+        &f("gpt2-tiny"),
+        "--encoder",
+        &f("clip-tiny-gelu"),
+        "--target-text",
+        "a photo of a cat",
+        "--avoid-text",
+        "a dog",
+        "--target-weight",
+        "1",
+        "--target-weight",
+        "0.5",
+        "--prompt",
+        "A picture of",
+        "--block",
+        "the,an",
+        "--strategy",
+        "magic",
+        "--max-tokens",
+        "6",
+        "--json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let output = bin().args(&args).output().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let events = json_lines(&stdout(&output));
+    let done = events.last().unwrap();
+    assert_eq!(done["event"], "done");
+    assert!(done["image"].is_null());
+    assert!(done["text"].as_str().unwrap().starts_with("A picture of"));
+    assert!(done["similarity"].is_number());
+    for event in &events {
+        let text = event["text"].as_str().unwrap_or("");
+        for word in text[12.min(text.len())..].split(|c: char| !c.is_alphanumeric()) {
+            assert!(
+                !word.eq_ignore_ascii_case("the") && !word.eq_ignore_ascii_case("an"),
+                "{text:?}"
+            );
+        }
+    }
+    // Too many weights for the targets given.
+    let mut bad = args.clone();
+    bad.extend(["--target-weight".to_string(), "2".to_string()]);
+    assert_one_line_error(&bin().args(&bad).output().unwrap(), "--target-weight");
+}
+
+#[test]
+fn score_prints_clipscore_from_reference_features() {
+    let reference = reference("clip-quickgelu");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("reference/manifest.json")).unwrap())
+            .unwrap();
+    let caption = manifest["clip_texts"][1].as_str().unwrap();
+    let output = run(&[
+        "score",
+        &f("images/crop32.png"),
+        caption,
+        "a second caption",
+        "--clip",
+        &f("clip-tiny-quickgelu"),
+        "--json",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let value: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let scores = value["scores"].as_array().unwrap();
+    assert_eq!(scores.len(), 2);
+    let want_cos = cosine(
+        &reference["text_1_features"],
+        &reference["image_crop32_features"],
+    ) as f64;
+    let got_cos = scores[0]["cosine"].as_f64().unwrap();
+    assert!((got_cos - want_cos).abs() < 1e-4, "{got_cos} vs {want_cos}");
+    let clipscore = scores[0]["clipscore"].as_f64().unwrap();
+    assert!((clipscore - 2.5 * want_cos.max(0.0)).abs() < 3e-4);
+    let table = run(&[
+        "score",
+        &f("images/crop32.png"),
+        caption,
+        "--clip",
+        &f("clip-tiny-quickgelu"),
+    ]);
+    assert!(stdout(&table).contains("clipscore") && stdout(&table).contains(caption));
+}

@@ -34,6 +34,9 @@ fn options(case: &serde_json::Value, sampling: Option<Sampling>) -> DescribeOpti
         strategy: Strategy::Seed,
         sampling,
         prefilter: None,
+        blocklist: Default::default(),
+        magic: Default::default(),
+        stop_at_sentence_end: false,
     }
 }
 
@@ -80,6 +83,9 @@ struct FullRecompute<'a>(&'a ClipScorer);
 
 impl Scorer for FullRecompute<'_> {
     type Prefix = ();
+    fn embed_text(&self, text: &str) -> anyhow::Result<Vec<f32>> {
+        self.0.text_embedding(text)
+    }
     fn prefix(&self, _: &str, _: Option<&()>) -> anyhow::Result<()> {
         Ok(())
     }
@@ -221,6 +227,9 @@ fn draws_at_one_step_follow_softmax_of_similarity_over_temperature() {
         strategy: Strategy::Seed,
         sampling: Some(Sampling { temperature, seed }),
         prefilter: None,
+        blocklist: Default::default(),
+        magic: Default::default(),
+        stop_at_sentence_end: false,
     };
     for seed in 0..draws {
         let result = describe(&lm, &scorer, &target, &opts(seed), |_| Ok(())).unwrap();
@@ -284,6 +293,9 @@ fn invalid_options_are_clear_errors() {
         strategy: Strategy::Seed,
         sampling: None,
         prefilter: None,
+        blocklist: Default::default(),
+        magic: Default::default(),
+        stop_at_sentence_end: false,
     };
     let err = |o: DescribeOptions| {
         describe(&lm, &scorer, &target, &o, |_| Ok(()))

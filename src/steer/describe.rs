@@ -2,6 +2,7 @@
 //! each step takes the LM's top-k next tokens, scores "text so far + candidate" for every one,
 //! and keeps the most similar (ties to the higher LM rank) or samples from softmax(sim / T).
 
+use super::constraints::Blocklist;
 use super::{CausalLm, Scorer};
 use anyhow::{bail, Result};
 use rand::{Rng, SeedableRng};
@@ -10,6 +11,27 @@ use rand::{Rng, SeedableRng};
 pub enum Strategy {
     /// The original demo's loop: greedy (or sampled) by similarity among the LM's top-k.
     Seed,
+    /// MAGIC (Su et al. 2022): (1−α)·p_LM − α·degeneration + β·softmax(similarity × scale).
+    Magic,
+}
+
+/// MAGIC's weights (the paper's defaults: α = 0.1, β = 2.0 with k = 45).
+#[derive(Debug, Clone, Copy)]
+pub struct MagicParams {
+    /// Weight of the degeneration penalty: the largest cosine between a candidate's hidden
+    /// state and those of the text so far.
+    pub alpha: f32,
+    /// Weight of the target term.
+    pub beta: f32,
+}
+
+impl Default for MagicParams {
+    fn default() -> Self {
+        Self {
+            alpha: 0.1,
+            beta: 2.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -29,6 +51,11 @@ pub struct DescribeOptions {
     /// Approximate mode: score exactly only the `M` candidates whose own token is most similar
     /// to the target (see [`TokenPrefilter`]). None: exact, every candidate scored.
     pub prefilter: Option<usize>,
+    /// Words no step may write.
+    pub blocklist: Blocklist,
+    pub magic: MagicParams,
+    /// End at the first token that closes a sentence (., ! or ?).
+    pub stop_at_sentence_end: bool,
 }
 
 /// One candidate as shown to the user.
@@ -63,6 +90,8 @@ pub struct DescribeResult {
     /// Generated ids only.
     pub token_ids: Vec<u32>,
     pub similarity: f32,
+    /// Why generation ended before --max-tokens, if it did.
+    pub stop_reason: Option<String>,
 }
 
 /// Checks options against the LM before any work is done.
@@ -88,6 +117,9 @@ pub fn validate<L: CausalLm>(lm: &L, options: &DescribeOptions) -> Result<Vec<u3
             options.max_tokens,
             lm.context_len()
         );
+    }
+    if let Some(word) = options.blocklist.find_in(&options.prompt) {
+        bail!("the prompt contains the blocked word '{word}'; change the prompt or the blocklist");
     }
     if options.prefilter == Some(0) {
         bail!("--prefilter must be at least 1");
@@ -214,7 +246,9 @@ pub fn describe<L: CausalLm, S: Scorer>(
     options: &DescribeOptions,
     mut on_step: impl FnMut(&StepEvent) -> Result<()>,
 ) -> Result<DescribeResult> {
-    let Strategy::Seed = options.strategy;
+    if options.strategy == Strategy::Magic {
+        return describe_magic(lm, scorer, target, options, on_step);
+    }
     let prompt_ids = validate(lm, options)?;
     let mut rng = options
         .sampling
@@ -228,21 +262,40 @@ pub fn describe<L: CausalLm, S: Scorer>(
     let mut similarity = f32::NAN;
     let mut prefix: Option<S::Prefix> = None;
     let mut prefilter = options.prefilter.map(TokenPrefilter::new);
+    let mut stop_reason = None;
     for step in 0..options.max_tokens {
-        let mut candidates = top_k(&logits, options.top_k)?;
+        let ranked = top_k(&logits, options.top_k)?;
         clock = std::time::Instant::now();
-        if let Some(prefilter) = prefilter.as_mut() {
-            let kept = prefilter.select(lm, scorer, &candidates, target)?;
-            candidates = kept.into_iter().map(|i| candidates[i]).collect();
-        }
-        let step_prefix = scorer.prefix(&text, prefix.as_ref())?;
-        let mut phrases = Vec::with_capacity(candidates.len());
+        let mut candidates = Vec::with_capacity(ranked.len());
+        let mut phrases = Vec::with_capacity(ranked.len());
         let mut extended = ids.clone();
         extended.push(0);
-        for &candidate in &candidates {
+        for &candidate in &ranked {
             *extended.last_mut().expect("extended is non-empty") = candidate;
-            phrases.push(lm.decode(&extended)?);
+            let phrase = lm.decode(&extended)?;
+            // The blocklist sees the whole text a candidate would produce, so words completed
+            // across token boundaries are caught too.
+            if options.blocklist.find_in(&phrase).is_none() {
+                candidates.push(candidate);
+                phrases.push(phrase);
+            }
         }
+        if candidates.is_empty() {
+            stop_reason = Some(format!(
+                "stopped after {step} tokens: every one of the top {} candidates would write a blocked word; raise --top-k or change the prompt",
+                ranked.len()
+            ));
+            break;
+        }
+        if let Some(prefilter) = prefilter.as_mut() {
+            let kept = prefilter.select(lm, scorer, &candidates, target)?;
+            candidates = kept.iter().map(|&i| candidates[i]).collect();
+            phrases = kept
+                .iter()
+                .map(|&i| std::mem::take(&mut phrases[i]))
+                .collect();
+        }
+        let step_prefix = scorer.prefix(&text, prefix.as_ref())?;
         let scores = scorer.similarities(&step_prefix, &phrases, target)?;
         prefix = Some(step_prefix);
         let score_seconds = clock.elapsed().as_secs_f64();
@@ -293,5 +346,176 @@ pub fn describe<L: CausalLm, S: Scorer>(
         text,
         token_ids: ids[prompt_ids.len()..].to_vec(),
         similarity,
+        stop_reason,
+    })
+}
+
+/// Whether a step's token closes a sentence.
+pub fn ends_sentence(token_text: &str) -> bool {
+    let trimmed = token_text.trim_end();
+    trimmed.ends_with(['.', '!', '?']) && !trimmed.ends_with("...")
+        || token_text.contains('\n') && !trimmed.is_empty()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if na == 0.0 || nb == 0.0 {
+        0.0
+    } else {
+        dot / (na * nb)
+    }
+}
+
+fn softmax(values: &[f32], scale: f32) -> Vec<f32> {
+    let max = values.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = values.iter().map(|v| ((v - max) * scale).exp()).collect();
+    let total: f32 = exps.iter().sum();
+    exps.iter().map(|e| e / total).collect()
+}
+
+/// MAGIC's per-candidate score.
+pub fn magic_scores(
+    probabilities: &[f32],
+    degeneration: &[f32],
+    similarities: &[f32],
+    logit_scale: f32,
+    params: MagicParams,
+) -> Vec<f32> {
+    let visual = softmax(similarities, logit_scale);
+    probabilities
+        .iter()
+        .zip(degeneration)
+        .zip(&visual)
+        .map(|((p, d), v)| (1.0 - params.alpha) * p - params.alpha * d + params.beta * v)
+        .collect()
+}
+
+/// The MAGIC loop: each step branches the LM on every allowed candidate in one batched forward
+/// (for their hidden states, and so that the chosen branch's cache and logits are reused),
+/// scores them against the target, and keeps the best MAGIC score.
+fn describe_magic<L: CausalLm, S: Scorer>(
+    lm: &L,
+    scorer: &S,
+    target: &[f32],
+    options: &DescribeOptions,
+    mut on_step: impl FnMut(&StepEvent) -> Result<()>,
+) -> Result<DescribeResult> {
+    let prompt_ids = validate(lm, options)?;
+    let mut cache = lm.new_cache();
+    let mut ids = prompt_ids.clone();
+    let mut clock = std::time::Instant::now();
+    let (mut logits, mut history) = lm.next_logits_and_hidden(&prompt_ids, &mut cache)?;
+    let mut lm_seconds = clock.elapsed().as_secs_f64();
+    let mut text = lm.decode(&ids)?;
+    let mut similarity = f32::NAN;
+    let mut prefix: Option<S::Prefix> = None;
+    let mut stop_reason = None;
+    for step in 0..options.max_tokens {
+        let ranked = top_k(&logits, options.top_k)?;
+        let probabilities = {
+            let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let total: f32 = logits.iter().map(|l| (l - max).exp()).sum();
+            ranked
+                .iter()
+                .map(|&c| (logits[c as usize] - max).exp() / total)
+                .collect::<Vec<f32>>()
+        };
+        let mut candidates = Vec::with_capacity(ranked.len());
+        let mut phrases = Vec::with_capacity(ranked.len());
+        let mut kept_probabilities = Vec::with_capacity(ranked.len());
+        let mut extended = ids.clone();
+        extended.push(0);
+        for (&candidate, &p) in ranked.iter().zip(&probabilities) {
+            *extended.last_mut().expect("extended is non-empty") = candidate;
+            let phrase = lm.decode(&extended)?;
+            if options.blocklist.find_in(&phrase).is_none() {
+                candidates.push(candidate);
+                phrases.push(phrase);
+                kept_probabilities.push(p);
+            }
+        }
+        if candidates.is_empty() {
+            stop_reason = Some(format!(
+                "stopped after {step} tokens: every one of the top {} candidates would write a blocked word; raise --top-k or change the prompt",
+                ranked.len()
+            ));
+            break;
+        }
+        clock = std::time::Instant::now();
+        let branches = lm.branch(&cache, &candidates)?;
+        lm_seconds += clock.elapsed().as_secs_f64();
+        let degeneration: Vec<f32> = branches
+            .hidden
+            .iter()
+            .map(|h| {
+                history
+                    .iter()
+                    .map(|past| cosine(h, past))
+                    .fold(f32::NEG_INFINITY, f32::max)
+            })
+            .collect();
+        clock = std::time::Instant::now();
+        let step_prefix = scorer.prefix(&text, prefix.as_ref())?;
+        let scores = scorer.similarities(&step_prefix, &phrases, target)?;
+        prefix = Some(step_prefix);
+        let score_seconds = clock.elapsed().as_secs_f64();
+        let sims = &scores.similarities;
+        let magic = magic_scores(
+            &kept_probabilities,
+            &degeneration,
+            sims,
+            scorer.logit_scale(),
+            options.magic,
+        );
+        let chosen = argmax_first(&magic);
+        let token_id = candidates[chosen];
+        ids.push(token_id);
+        text = std::mem::take(&mut phrases[chosen]);
+        similarity = sims[chosen];
+        let mut order: Vec<usize> = (0..candidates.len()).collect();
+        order.sort_by(|a, b| sims[*b].total_cmp(&sims[*a]).then(a.cmp(b)));
+        let top = order
+            .iter()
+            .take(5)
+            .map(|&i| {
+                Ok(Candidate {
+                    token: lm.decode(&[candidates[i]])?,
+                    similarity: sims[i],
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let token = lm.decode(&[token_id])?;
+        on_step(&StepEvent {
+            step,
+            token_id,
+            token: token.clone(),
+            text: text.clone(),
+            similarity,
+            top,
+            lm_seconds,
+            score_seconds,
+            positions_computed: scores.positions_computed,
+            scored: candidates
+                .iter()
+                .copied()
+                .zip(sims.iter().copied())
+                .collect(),
+        })?;
+        if options.stop_at_sentence_end && ends_sentence(&token) {
+            break;
+        }
+        clock = std::time::Instant::now();
+        cache = lm.keep_branch(&branches.cache, chosen)?;
+        logits = branches.logits[chosen].clone();
+        history.push(branches.hidden[chosen].clone());
+        lm_seconds = clock.elapsed().as_secs_f64();
+    }
+    Ok(DescribeResult {
+        text,
+        token_ids: ids[prompt_ids.len()..].to_vec(),
+        similarity,
+        stop_reason,
     })
 }

@@ -3,9 +3,11 @@
 //!
 //! Two traits keep this open to other models: [`CausalLm`] and [`Scorer`].
 
+pub mod constraints;
 pub mod describe;
 pub mod lm;
 pub mod scorer;
+pub mod target;
 
 use anyhow::Result;
 
@@ -23,9 +25,28 @@ pub trait CausalLm {
     fn encode(&self, text: &str) -> Result<Vec<u32>>;
     /// Decodes ids to text exactly as transformers' `tokenizer.decode(ids)` (special tokens kept).
     fn decode(&self, ids: &[u32]) -> Result<String>;
+    /// Like [`CausalLm::next_logits`], also returning the final hidden state of every new position.
+    fn next_logits_and_hidden(
+        &self,
+        ids: &[u32],
+        cache: &mut Self::Cache,
+    ) -> Result<(Vec<f32>, Vec<Vec<f32>>)>;
+    /// Appends each candidate to its own continuation of `cache` in one batched step. Returns,
+    /// per candidate, its final hidden state and the next-token logits after it, and a cache
+    /// whose row `i` continues candidate `i`.
+    fn branch(&self, cache: &Self::Cache, candidates: &[u32]) -> Result<Branches<Self::Cache>>;
+    /// Row `row` of a branched cache, as a one-row cache.
+    fn keep_branch(&self, cache: &Self::Cache, row: usize) -> Result<Self::Cache>;
     /// Positions the model can attend over.
     fn context_len(&self) -> usize;
     fn vocab_size(&self) -> usize;
+}
+
+/// What [`CausalLm::branch`] returns.
+pub struct Branches<C> {
+    pub hidden: Vec<Vec<f32>>,
+    pub logits: Vec<Vec<f32>>,
+    pub cache: C,
 }
 
 /// Scores texts by cosine similarity of their embedding with a target embedding.
@@ -36,6 +57,13 @@ pub trait Scorer {
     /// Prepares for scoring texts that begin with `text`. `previous`, the prefix of the last
     /// step, lets an implementation reuse the part the two share.
     fn prefix(&self, text: &str, previous: Option<&Self::Prefix>) -> Result<Self::Prefix>;
+    /// The embedding of a text on its own (unnormalised), to build text targets from.
+    fn embed_text(&self, text: &str) -> Result<Vec<f32>>;
+    /// The temperature the encoder was trained with (CLIP's exp(logit_scale)); MAGIC's visual
+    /// score is a softmax of similarity × this.
+    fn logit_scale(&self) -> f32 {
+        100.0
+    }
     /// Cosine similarity of each text with `target` (a unit vector), reusing `prefix`.
     fn similarities(
         &self,

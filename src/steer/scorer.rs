@@ -63,6 +63,14 @@ impl ClipScorer {
 impl Scorer for ClipScorer {
     type Prefix = TextPrefix;
 
+    fn embed_text(&self, text: &str) -> Result<Vec<f32>> {
+        self.text_embedding(text)
+    }
+
+    fn logit_scale(&self) -> f32 {
+        self.model.logit_scale()
+    }
+
     fn prefix(&self, text: &str, previous: Option<&TextPrefix>) -> Result<TextPrefix> {
         let mut ids = self.tokenizer.encode(text)?;
         // Continuations replace the end token, and may change the last word.

@@ -1,0 +1,390 @@
+//! Text targets, the blocklist guarantee, MAGIC, and CLIPScore on the tiny fixtures.
+
+mod common;
+
+use candle_core::Device;
+use clipsteer::image::DecodeLimits;
+use clipsteer::steer::constraints::Blocklist;
+use clipsteer::steer::describe::{
+    describe, ends_sentence, magic_scores, top_k, DescribeOptions, MagicParams, Strategy,
+};
+use clipsteer::steer::scorer::image_target;
+use clipsteer::steer::target::{combine, TargetPart};
+use clipsteer::steer::{normalize, CausalLm, ClipScorer, Gpt2Lm, Scorer};
+use common::*;
+use rand::{Rng, SeedableRng};
+
+fn lm() -> Gpt2Lm {
+    Gpt2Lm::load(&fixture("gpt2-tiny"), &Device::Cpu).unwrap()
+}
+
+fn scorer() -> ClipScorer {
+    ClipScorer::load(&fixture("clip-tiny-quickgelu"), &Device::Cpu).unwrap()
+}
+
+fn options(
+    prompt: &str,
+    top_k: usize,
+    max_tokens: usize,
+    strategy: Strategy,
+    blocklist: Blocklist,
+) -> DescribeOptions {
+    DescribeOptions {
+        prompt: prompt.into(),
+        top_k,
+        max_tokens,
+        strategy,
+        sampling: None,
+        prefilter: None,
+        blocklist,
+        magic: MagicParams::default(),
+        stop_at_sentence_end: false,
+    }
+}
+
+/// An oracle written independently of `Blocklist`: character by character.
+fn contains_blocked(text: &str, word: &str, substrings: bool) -> bool {
+    let is_word = |c: char| c.is_alphanumeric() || c == '_';
+    let t: Vec<char> = text.to_lowercase().chars().collect();
+    let w: Vec<char> = word.trim().to_lowercase().chars().collect();
+    if w.is_empty() || w.len() > t.len() {
+        return false;
+    }
+    (0..=t.len() - w.len()).any(|i| {
+        t[i..i + w.len()] == w[..]
+            && (substrings
+                || ((i == 0 || !is_word(t[i - 1]) || !is_word(w[0]))
+                    && (i + w.len() == t.len()
+                        || !is_word(t[i + w.len()])
+                        || !is_word(w[w.len() - 1]))))
+    })
+}
+
+#[test]
+fn blocklist_matches_whole_words_case_insensitively() {
+    let list = Blocklist::new(["Cat", "new york"], false).unwrap();
+    assert_eq!(list.find_in("a CAT sat"), Some("cat"));
+    assert_eq!(
+        list.find_in("a cat"),
+        Some("cat"),
+        "the end of the text is a boundary"
+    );
+    assert_eq!(list.find_in("cat."), Some("cat"));
+    assert_eq!(list.find_in("catalogue and bobcat"), None);
+    assert_eq!(list.find_in("in New York today"), Some("new york"));
+    let substrings = Blocklist::new(["cat"], true).unwrap();
+    assert_eq!(substrings.find_in("concatenate"), Some("cat"));
+    assert!(
+        Blocklist::new(["a", " "], false).is_err(),
+        "empty words are an error"
+    );
+    let tmp = TempDir::new("blocklist-file");
+    let file = tmp.0.join("words.txt");
+    std::fs::write(&file, "# animals\ncat, dog\n\nbird # comment\n").unwrap();
+    assert_eq!(
+        Blocklist::read_file(&file).unwrap(),
+        vec!["cat", "dog", "bird"]
+    );
+}
+
+#[test]
+fn no_step_ever_writes_a_blocked_word() {
+    let lm = lm();
+    let scorer = scorer();
+    let target = image_target(
+        &scorer,
+        &fixture("images/crop32.png"),
+        DecodeLimits::default(),
+    )
+    .unwrap();
+    let prompts = ["An image of ", "A photo of", "Here is", "The"];
+    // Words the unguided model actually writes, so that blocking bites.
+    let mut likely: Vec<String> = Vec::new();
+    for prompt in prompts {
+        let result = describe(
+            &lm,
+            &scorer,
+            &target,
+            &options(prompt, 30, 12, Strategy::Seed, Blocklist::default()),
+            |_| Ok(()),
+        )
+        .unwrap();
+        likely.extend(
+            result.text[prompt.len()..]
+                .split(|c: char| !c.is_alphanumeric())
+                .filter(|w| w.len() >= 2)
+                .map(String::from),
+        );
+    }
+    assert!(likely.len() >= 5, "{likely:?}");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(42);
+    let mut blocked_steps = 0;
+    for case in 0..40 {
+        let substrings = rng.random_bool(0.3);
+        let mut words = Vec::new();
+        for _ in 0..rng.random_range(1..5) {
+            if rng.random_bool(0.7) {
+                let word = &likely[rng.random_range(0..likely.len())];
+                // Sometimes only part of a word, which matters in substring mode.
+                let end = if substrings {
+                    rng.random_range(1..=word.len())
+                } else {
+                    word.len()
+                };
+                words.push(
+                    word[..word.char_indices().nth(end).map_or(word.len(), |(i, _)| i)].to_string(),
+                );
+            } else {
+                let len = rng.random_range(1..4);
+                words.push(
+                    (0..len)
+                        .map(|_| rng.random_range(b'a'..=b'z') as char)
+                        .collect(),
+                );
+            }
+        }
+        let prompt = prompts[rng.random_range(0..prompts.len())];
+        if words
+            .iter()
+            .any(|w| contains_blocked(prompt, w, substrings))
+        {
+            continue;
+        }
+        let strategy = if rng.random_bool(0.3) {
+            Strategy::Magic
+        } else {
+            Strategy::Seed
+        };
+        let k = rng.random_range(1..40);
+        let blocklist = Blocklist::new(&words, substrings).unwrap();
+        let opts = options(prompt, k, rng.random_range(1..12), strategy, blocklist);
+        let mut texts = Vec::new();
+        let result = describe(&lm, &scorer, &target, &opts, |event| {
+            texts.push(event.text.clone());
+            Ok(())
+        })
+        .unwrap();
+        texts.push(result.text.clone());
+        for text in &texts {
+            for word in &words {
+                assert!(
+                    !contains_blocked(text, word, substrings),
+                    "case {case}: {word:?} in {text:?} (substrings {substrings})"
+                );
+            }
+        }
+        // The same run without the blocklist: did blocking bite?
+        let mut free_opts = opts.clone();
+        free_opts.blocklist = Blocklist::default();
+        let mut free_texts = Vec::new();
+        describe(&lm, &scorer, &target, &free_opts, |event| {
+            free_texts.push(event.text.clone());
+            Ok(())
+        })
+        .unwrap();
+        if free_texts
+            .iter()
+            .any(|t| words.iter().any(|w| contains_blocked(t, w, substrings)))
+        {
+            blocked_steps += 1;
+        }
+    }
+    assert!(
+        blocked_steps >= 5,
+        "the blocklist changed only {blocked_steps} runs: the test does not exercise it"
+    );
+}
+
+#[test]
+fn all_candidates_blocked_ends_the_step_with_a_message() {
+    let lm = lm();
+    let scorer = scorer();
+    let target = image_target(
+        &scorer,
+        &fixture("images/crop32.png"),
+        DecodeLimits::default(),
+    )
+    .unwrap();
+    let ids = lm.encode("An image of ").unwrap();
+    let logits = lm.next_logits(&ids, &mut lm.new_cache()).unwrap();
+    let best = top_k(&logits, 1).unwrap()[0];
+    let word = lm.decode(&[best]).unwrap().trim().to_string();
+    let blocklist = Blocklist::new([word.as_str()], true).unwrap();
+    let result = describe(
+        &lm,
+        &scorer,
+        &target,
+        &options("An image of ", 1, 5, Strategy::Seed, blocklist),
+        |_| Ok(()),
+    )
+    .unwrap();
+    assert!(result.token_ids.is_empty());
+    assert_eq!(result.text, "An image of ");
+    assert!(result.stop_reason.unwrap().contains("blocked word"));
+    let err = describe(
+        &lm,
+        &scorer,
+        &target,
+        &options(
+            "An image of a cat",
+            5,
+            5,
+            Strategy::Seed,
+            Blocklist::new(["cat"], false).unwrap(),
+        ),
+        |_| Ok(()),
+    )
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("prompt contains the blocked word"));
+}
+
+#[test]
+fn text_targets_combine_as_weighted_normalised_sum() {
+    let scorer = scorer();
+    let a = scorer.embed_text("a photo of a cat").unwrap();
+    let b = scorer.embed_text("a photo of a dog").unwrap();
+    let combined = combine(&[
+        TargetPart {
+            embedding: a.clone(),
+            weight: 2.0,
+        },
+        TargetPart {
+            embedding: b.clone(),
+            weight: -1.0,
+        },
+    ])
+    .unwrap();
+    let (na, nb) = (normalize(&a), normalize(&b));
+    let manual = normalize(
+        &na.iter()
+            .zip(&nb)
+            .map(|(x, y)| 2.0 * x - y)
+            .collect::<Vec<_>>(),
+    );
+    for (x, y) in combined.iter().zip(&manual) {
+        assert!((x - y).abs() < 1e-6);
+    }
+    assert!(combine(&[
+        TargetPart {
+            embedding: a.clone(),
+            weight: 1.0
+        },
+        TargetPart {
+            embedding: a,
+            weight: -1.0
+        }
+    ])
+    .is_err());
+    assert!(combine(&[]).is_err());
+    // Steering toward a text target raises similarity to it over the unguided LM's top-1 choice.
+    let lm = lm();
+    let target = normalize(&scorer.embed_text("a photo of a cat").unwrap());
+    let guided = describe(
+        &lm,
+        &scorer,
+        &target,
+        &options("An image of ", 30, 6, Strategy::Seed, Blocklist::default()),
+        |_| Ok(()),
+    )
+    .unwrap();
+    let unguided = describe(
+        &lm,
+        &scorer,
+        &target,
+        &options("An image of ", 1, 6, Strategy::Seed, Blocklist::default()),
+        |_| Ok(()),
+    )
+    .unwrap();
+    assert!(
+        guided.similarity > unguided.similarity,
+        "{} vs {}",
+        guided.similarity,
+        unguided.similarity
+    );
+}
+
+#[test]
+fn magic_picks_the_best_magic_score_from_independently_computed_parts() {
+    let lm = lm();
+    let scorer = scorer();
+    let target = image_target(
+        &scorer,
+        &fixture("images/odd_47x61.png"),
+        DecodeLimits::default(),
+    )
+    .unwrap();
+    let prompt = "An image of ";
+    let k = 8;
+    let result = describe(
+        &lm,
+        &scorer,
+        &target,
+        &options(prompt, k, 3, Strategy::Magic, Blocklist::default()),
+        |_| Ok(()),
+    )
+    .unwrap();
+    assert_eq!(result.token_ids.len(), 3);
+    // Step 0 from scratch: each candidate run through the whole model on its own.
+    let ids = lm.encode(prompt).unwrap();
+    let (logits, history) = lm
+        .next_logits_and_hidden(&ids, &mut lm.new_cache())
+        .unwrap();
+    let candidates = top_k(&logits, k).unwrap();
+    let max = logits.iter().cloned().fold(f32::MIN, f32::max);
+    let total: f32 = logits.iter().map(|l| (l - max).exp()).sum();
+    let probabilities: Vec<f32> = candidates
+        .iter()
+        .map(|&c| (logits[c as usize] - max).exp() / total)
+        .collect();
+    let cos = |a: &[f32], b: &[f32]| {
+        let d: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        d / (a.iter().map(|x| x * x).sum::<f32>().sqrt()
+            * b.iter().map(|x| x * x).sum::<f32>().sqrt())
+    };
+    let mut degeneration = Vec::new();
+    let mut phrases = Vec::new();
+    for &c in &candidates {
+        let full = [ids.clone(), vec![c]].concat();
+        let (_, hidden) = lm
+            .next_logits_and_hidden(&full, &mut lm.new_cache())
+            .unwrap();
+        let own = hidden.last().unwrap();
+        degeneration.push(history.iter().map(|h| cos(own, h)).fold(f32::MIN, f32::max));
+        phrases.push(lm.decode(&full).unwrap());
+    }
+    let sims: Vec<f32> = phrases
+        .iter()
+        .map(|p| {
+            normalize(&scorer.embed_text(p).unwrap())
+                .iter()
+                .zip(&target)
+                .map(|(a, b)| a * b)
+                .sum()
+        })
+        .collect();
+    let scores = magic_scores(
+        &probabilities,
+        &degeneration,
+        &sims,
+        scorer.logit_scale(),
+        MagicParams::default(),
+    );
+    let best = scores
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .unwrap()
+        .0;
+    assert_eq!(result.token_ids[0], candidates[best]);
+}
+
+#[test]
+fn sentence_ends_are_recognised() {
+    for token in [".", " end.", "!", "?", " ok!\n"] {
+        assert!(ends_sentence(token), "{token:?}");
+    }
+    for token in [" cat", ",", " e.g", "..."] {
+        assert!(!ends_sentence(token), "{token:?}");
+    }
+}
