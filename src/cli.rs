@@ -614,6 +614,21 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
     Ok(0)
 }
 
+/// Columns of the terminal on stderr (80 when unknown).
+fn terminal_width() -> usize {
+    #[cfg(unix)]
+    {
+        // SAFETY: TIOCGWINSZ only fills the winsize struct passed to it.
+        let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+        if unsafe { libc::ioctl(libc::STDERR_FILENO, libc::TIOCGWINSZ, &mut size) } == 0
+            && size.ws_col > 0
+        {
+            return size.ws_col as usize;
+        }
+    }
+    80
+}
+
 /// Live terminal output on stderr: the description growing in place and, for batches, a bar with
 /// an ETA. Draws nothing when stderr is not a terminal.
 struct Progress {
@@ -638,7 +653,7 @@ impl Progress {
         });
         let live = multi.add(indicatif::ProgressBar::new_spinner());
         live.set_style(
-            indicatif::ProgressStyle::with_template("{wide_msg}")
+            indicatif::ProgressStyle::with_template("{msg}")
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
         );
         Self {
@@ -649,12 +664,28 @@ impl Progress {
     }
 
     fn step(&self, event: &StepEvent, max_tokens: usize) {
-        self.live.set_message(format!(
-            "[{}/{max_tokens} · sim {:.4}] {}",
+        if self.live.is_hidden() {
+            return;
+        }
+        let head = format!(
+            "[{}/{max_tokens} · sim {:.4}] ",
             event.step + 1,
-            event.similarity,
-            event.text.replace('\n', " ")
-        ));
+            event.similarity
+        );
+        // One line that never wraps: when the text outgrows the terminal, show its growing end.
+        let room = terminal_width()
+            .saturating_sub(head.chars().count() + 1)
+            .max(10);
+        let text = event.text.replace(['\n', '\r', '\t'], " ");
+        let count = text.chars().count();
+        let shown: String = if count > room {
+            std::iter::once('…')
+                .chain(text.chars().skip(count - room + 1))
+                .collect()
+        } else {
+            text
+        };
+        self.live.set_message(format!("{head}{shown}"));
     }
 
     fn println(&self, line: &str) {
