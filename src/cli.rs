@@ -6,7 +6,7 @@ use crate::steer::constraints::Blocklist;
 use crate::steer::describe::{
     describe, DescribeOptions, MagicParams, Sampling, StepEvent, Strategy,
 };
-use crate::steer::scorer::image_target;
+use crate::steer::scorer::Encoder;
 use crate::steer::target::{combine, TargetPart};
 use crate::steer::Scorer;
 use crate::steer::{ClipScorer, Gpt2Lm};
@@ -275,6 +275,11 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
 }
 
+fn load_encoder(spec: &str, device: &Device) -> Result<Encoder> {
+    let dir = hub::resolve(spec, ModelKind::Encoder)?;
+    Encoder::load(&dir, device).with_context(|| format!("cannot load encoder '{spec}'"))
+}
+
 fn load_clip(spec: &str, device: &Device) -> Result<ClipScorer> {
     let dir = hub::resolve(spec, ModelKind::Clip)?;
     ClipScorer::load(&dir, device).with_context(|| format!("cannot load CLIP model '{spec}'"))
@@ -418,7 +423,7 @@ fn step_json(image: Option<&str>, event: &StepEvent) -> serde_json::Value {
 /// The parts of a target that are the same for every image: the text targets, weighted.
 fn text_target_parts(
     args: &DescribeArgs,
-    scorer: &ClipScorer,
+    scorer: &Encoder,
     has_image: bool,
 ) -> Result<Vec<TargetPart>> {
     let wanted = usize::from(has_image) + args.target_text.len() + args.avoid_text.len();
@@ -515,7 +520,7 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
     }
 
     let lm = load_lm(&args.lm, device)?;
-    let scorer = load_clip(&clip_spec, device)?;
+    let scorer = load_encoder(&clip_spec, device)?;
     crate::steer::describe::validate(&lm, &options)?;
     let text_parts = text_target_parts(&args, &scorer, !args.images.is_empty())?;
     let image_weight = args.target_weight.first().copied().unwrap_or(1.0);
@@ -538,14 +543,16 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
         let started = std::time::Instant::now();
         let target = match input {
             Some(path) => {
-                image_target(&scorer, path, DecodeLimits::default()).and_then(|embedding| {
-                    let mut parts = vec![TargetPart {
-                        embedding,
-                        weight: image_weight,
-                    }];
-                    parts.extend(text_parts.iter().cloned());
-                    combine(&parts)
-                })
+                scorer
+                    .image_target(path, DecodeLimits::default())
+                    .and_then(|embedding| {
+                        let mut parts = vec![TargetPart {
+                            embedding,
+                            weight: image_weight,
+                        }];
+                        parts.extend(text_parts.iter().cloned());
+                        combine(&parts)
+                    })
             }
             None => combine(&text_parts),
         };

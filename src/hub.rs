@@ -13,6 +13,8 @@ pub enum ModelKind {
     CausalLm,
     /// A CLIPModel with its image preprocessor.
     Clip,
+    /// Any scorer: CLIP or a sentence encoder; the image preprocessor is fetched when present.
+    Encoder,
 }
 
 impl ModelKind {
@@ -26,6 +28,14 @@ impl ModelKind {
             files.push(vec!["preprocessor_config.json"]);
         }
         files
+    }
+
+    /// Files fetched when the repository has them.
+    fn optional(self) -> &'static [&'static str] {
+        match self {
+            Self::Encoder => &["preprocessor_config.json", "sentence_bert_config.json"],
+            _ => &[],
+        }
     }
 
     /// Files that come with an alternative above (vocab.json needs merges.txt).
@@ -149,6 +159,26 @@ pub fn resolve(spec: &str, kind: ModelKind) -> Result<PathBuf> {
                         alternatives.join(" / "),
                         last_error.unwrap_or_default()
                     )))
+                }
+            }
+        }
+    }
+    if !offline() {
+        let optional: Vec<&str> = kind
+            .optional()
+            .iter()
+            .copied()
+            .filter(|f| cached.get(f).is_none())
+            .collect();
+        if !optional.is_empty() {
+            if let Ok(api) = ApiBuilder::from_cache(cache.clone())
+                .with_progress(false)
+                .build()
+            {
+                let repo = api.model(spec.to_string());
+                for file in optional {
+                    // Absent from some repositories by design: a failure here is not an error.
+                    let _ = repo.get(file);
                 }
             }
         }

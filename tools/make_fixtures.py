@@ -20,6 +20,9 @@ import transformers
 from PIL import Image
 from safetensors.torch import save_file
 from transformers import (
+    BertConfig,
+    BertModel,
+    BertTokenizerFast,
     CLIPConfig,
     CLIPModel,
     CLIPTokenizerFast,
@@ -280,6 +283,59 @@ def make_clip(kind, tokenizer, image_names, generator):
     return [{"index": i, "text": t} for i, t in enumerate(CLIP_TEXT_STRINGS)]
 
 
+SENTENCE_STRINGS = [
+    "a photo of a cat",
+    "A Photo Of A CAT!",
+    "the quick brown fox jumps over the lazy dog",
+    "unknownwordhere and more",
+    "café naïve 123",
+    "",
+    "  spaces   everywhere  ",
+    "emoji 🐱 and punctuation?!",
+]
+
+
+def make_sentence_encoder():
+    """A tiny random BERT in the sentence-transformers layout (mean pooling, then normalise),
+    with a small WordPiece vocabulary written here."""
+    out = FIXTURES / "minilm-tiny"
+    out.mkdir(parents=True, exist_ok=True)
+    words = ("the a an of and on in to is photo cat dog fox quick brown jumps over lazy more "
+             "spaces everywhere emoji punctuation here unknown word caf naive 1 2 3").split()
+    pieces = ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"] + ["##s", "##ing", "##ed", "##ly"]
+    chars = list("abcdefghijklmnopqrstuvwxyz0123456789!?.,'-")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words + chars + pieces
+    vocab = list(dict.fromkeys(vocab))
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "vocab.txt").write_text("\n".join(vocab) + "\n")
+        tokenizer = BertTokenizerFast(vocab=str(Path(tmp) / "vocab.txt"), do_lower_case=True)
+        tokenizer.backend_tokenizer.save(str(out / "tokenizer.json"))
+    config = BertConfig(vocab_size=len(vocab), hidden_size=24, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=48, max_position_embeddings=64, hidden_act="gelu", layer_norm_eps=1e-12)
+    torch.manual_seed(4)
+    model = BertModel(config, add_pooling_layer=False).eval()
+    generator = torch.Generator().manual_seed(5)
+    perturb_norms_and_biases(model, generator)
+    model.save_pretrained(out, safe_serialization=True)
+    (out / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ], indent=2) + "\n")
+    ref = {}
+    cases = []
+    with torch.no_grad():
+        for i, text in enumerate(SENTENCE_STRINGS):
+            enc = tokenizer(text, return_tensors="pt", truncation=True, max_length=64)
+            hidden = model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).float()
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            ref[f"sentence_{i}_embedding"] = torch.nn.functional.normalize(pooled, dim=-1)[0]
+            cases.append({"text": text, "ids": enc["input_ids"][0].tolist()})
+    save_tensors(FIXTURES / "reference" / "sentence.safetensors", ref)
+    (FIXTURES / "reference" / "sentence.json").write_text(json.dumps(cases, ensure_ascii=False, indent=1) + "\n")
+
+
 # The reference loop of the original demo, on the tiny fixtures: (image, CLIP, prompt, k, steps).
 DESCRIBE_CASES = [
     ("crop32.png", "quickgelu", "An image of ", 20, 8),
@@ -349,6 +405,7 @@ def main():
     for kind in ("quickgelu", "gelu"):
         texts[kind] = make_clip(kind, clip_tok, images, generator)
     make_describe_reference(gpt2_tok, clip_tok)
+    make_sentence_encoder()
     manifest = {
         "transformers": transformers.__version__,
         "torch": torch.__version__,

@@ -2,6 +2,7 @@
 //! transformers loads without conversion.
 
 pub mod attention;
+pub mod bert;
 pub mod clip;
 pub mod cpu_kernels;
 pub mod gpt2;

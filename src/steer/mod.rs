@@ -7,6 +7,7 @@ pub mod constraints;
 pub mod describe;
 pub mod lm;
 pub mod scorer;
+pub mod sentence;
 pub mod target;
 
 use anyhow::Result;
@@ -14,6 +15,7 @@ use anyhow::Result;
 pub use describe::{describe, DescribeOptions, StepEvent, Strategy};
 pub use lm::Gpt2Lm;
 pub use scorer::ClipScorer;
+pub use sentence::SentenceScorer;
 
 /// A causal language model with an incremental cache.
 pub trait CausalLm {

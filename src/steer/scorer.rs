@@ -114,3 +114,90 @@ impl Scorer for ClipScorer {
 pub fn image_target(scorer: &ClipScorer, path: &Path, limits: DecodeLimits) -> Result<Vec<f32>> {
     Ok(normalize(&scorer.image_embedding_from_path(path, limits)?))
 }
+
+/// The scorer behind `--encoder`: CLIP (images and text) or a sentence encoder (text only),
+/// chosen by the model's config.json.
+pub enum Encoder {
+    Clip(Box<ClipScorer>),
+    Sentence(Box<super::SentenceScorer>),
+}
+
+pub enum EncoderPrefix {
+    Clip(TextPrefix),
+    Sentence,
+}
+
+impl Encoder {
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let config: serde_json::Value = crate::models::read_config(dir)?;
+        match config["model_type"].as_str() {
+            Some("clip") => Ok(Self::Clip(Box::new(ClipScorer::load(dir, device)?))),
+            Some("bert") => Ok(Self::Sentence(Box::new(super::SentenceScorer::load(dir, device)?))),
+            other => anyhow::bail!(
+                "{}: model_type {} is not a supported encoder (clip, or a sentence-transformers bert)",
+                dir.display(),
+                other.unwrap_or("(missing)")
+            ),
+        }
+    }
+
+    /// The unit-length target for an image file; only CLIP embeds images.
+    pub fn image_target(&self, path: &Path, limits: DecodeLimits) -> Result<Vec<f32>> {
+        match self {
+            Self::Clip(clip) => image_target(clip, path, limits),
+            Self::Sentence(_) => {
+                anyhow::bail!(
+                    "this encoder embeds text only: steer it with --target-text instead of images"
+                )
+            }
+        }
+    }
+}
+
+impl Scorer for Encoder {
+    type Prefix = EncoderPrefix;
+
+    fn prefix(&self, text: &str, previous: Option<&EncoderPrefix>) -> Result<EncoderPrefix> {
+        match self {
+            Self::Clip(clip) => {
+                let previous = match previous {
+                    Some(EncoderPrefix::Clip(p)) => Some(p),
+                    _ => None,
+                };
+                Ok(EncoderPrefix::Clip(clip.prefix(text, previous)?))
+            }
+            Self::Sentence(_) => Ok(EncoderPrefix::Sentence),
+        }
+    }
+
+    fn embed_text(&self, text: &str) -> Result<Vec<f32>> {
+        match self {
+            Self::Clip(clip) => clip.embed_text(text),
+            Self::Sentence(sentence) => sentence.embed_text(text),
+        }
+    }
+
+    fn logit_scale(&self) -> f32 {
+        match self {
+            Self::Clip(clip) => clip.logit_scale(),
+            Self::Sentence(sentence) => sentence.logit_scale(),
+        }
+    }
+
+    fn similarities(
+        &self,
+        prefix: &EncoderPrefix,
+        texts: &[String],
+        target: &[f32],
+    ) -> Result<ScoreBatch> {
+        match (self, prefix) {
+            (Self::Clip(clip), EncoderPrefix::Clip(prefix)) => {
+                clip.similarities(prefix, texts, target)
+            }
+            (Self::Sentence(sentence), _) => sentence.similarities(&(), texts, target),
+            (Self::Clip(_), EncoderPrefix::Sentence) => {
+                anyhow::bail!("a sentence-encoder prefix passed to CLIP")
+            }
+        }
+    }
+}

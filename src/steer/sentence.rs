@@ -1,0 +1,115 @@
+//! A sentence-transformers BERT encoder as a text-only [`Scorer`]. Attention is bidirectional,
+//! so there is no prefix to reuse: each candidate text is embedded whole.
+
+use super::{ScoreBatch, Scorer};
+use crate::models::bert::BertModel;
+use crate::tokenize::load_tokenizer_json;
+use anyhow::Result;
+use candle_core::Device;
+use std::collections::HashMap;
+use std::path::Path;
+use tokenizers::Tokenizer;
+
+/// Texts embedded per forward pass: bounds the padded batch.
+const CHUNK: usize = 64;
+
+pub struct SentenceScorer {
+    pub model: BertModel,
+    tokenizer: Tokenizer,
+    max_len: usize,
+}
+
+impl SentenceScorer {
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let model = BertModel::load(dir, device)?;
+        let tokenizer = load_tokenizer_json(&dir.join("tokenizer.json"))?;
+        // sentence-transformers truncates at max_seq_length (256 for all-MiniLM-L6-v2).
+        let configured = std::fs::read_to_string(dir.join("sentence_bert_config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["max_seq_length"].as_u64())
+            .map(|v| v as usize);
+        let positions = model.config().max_position_embeddings;
+        let max_len = configured.map_or(positions, |c| c.min(positions));
+        Ok(Self {
+            model,
+            tokenizer,
+            max_len,
+        })
+    }
+
+    /// Ids with [CLS]/[SEP], truncated with [SEP] kept last.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let ids = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| anyhow::anyhow!("cannot tokenize text: {e}"))?
+            .get_ids()
+            .to_vec();
+        if ids.len() <= self.max_len {
+            return Ok(ids);
+        }
+        let mut truncated = ids[..self.max_len - 1].to_vec();
+        truncated.push(ids[ids.len() - 1]);
+        Ok(truncated)
+    }
+
+    /// Normalised sentence embeddings.
+    pub fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(CHUNK) {
+            let ids = chunk
+                .iter()
+                .map(|t| self.encode(t))
+                .collect::<Result<Vec<_>>>()?;
+            out.extend(self.model.sentence_embeddings(&ids)?.to_vec2::<f32>()?);
+        }
+        Ok(out)
+    }
+}
+
+impl Scorer for SentenceScorer {
+    type Prefix = ();
+
+    fn prefix(&self, _: &str, _: Option<&()>) -> Result<()> {
+        Ok(())
+    }
+
+    fn embed_text(&self, text: &str) -> Result<Vec<f32>> {
+        Ok(self.embed(&[text.to_string()])?.remove(0))
+    }
+
+    fn logit_scale(&self) -> f32 {
+        // sentence-transformers' MultipleNegativesRankingLoss scale, the training temperature
+        // of all-MiniLM-L6-v2.
+        20.0
+    }
+
+    fn similarities(&self, _: &(), texts: &[String], target: &[f32]) -> Result<ScoreBatch> {
+        let mut distinct: Vec<String> = Vec::new();
+        let mut slot_of: HashMap<&str, usize> = HashMap::new();
+        let slots: Vec<usize> = texts
+            .iter()
+            .map(|t| {
+                *slot_of.entry(t.as_str()).or_insert_with(|| {
+                    distinct.push(t.clone());
+                    distinct.len() - 1
+                })
+            })
+            .collect();
+        let embeddings = self.embed(&distinct)?;
+        let positions = distinct
+            .iter()
+            .map(|t| self.encode(t).map(|ids| ids.len()))
+            .sum::<Result<usize>>()?;
+        let cosines: Vec<f32> = embeddings
+            .iter()
+            .map(|e| e.iter().zip(target).map(|(a, b)| a * b).sum())
+            .collect();
+        Ok(ScoreBatch {
+            similarities: slots.iter().map(|&s| cosines[s]).collect(),
+            positions_computed: positions,
+            distinct: distinct.len(),
+        })
+    }
+}
