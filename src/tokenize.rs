@@ -19,8 +19,15 @@ pub fn load_tokenizer_json(path: &Path) -> Result<Tokenizer> {
             path.display()
         )
     })?;
-    Tokenizer::from_bytes(&bytes)
-        .map_err(|e| anyhow::anyhow!("{} is not a valid tokenizer.json: {e}", path.display()))
+    let mut tokenizer = Tokenizer::from_bytes(&bytes)
+        .map_err(|e| anyhow::anyhow!("{} is not a valid tokenizer.json: {e}", path.display()))?;
+    // Some tokenizer.json files pad every input to a fixed length (all-MiniLM-L6-v2: 128) or
+    // truncate; clipsteer batches and truncates itself, with masks, so both are turned off.
+    tokenizer.with_padding(None);
+    tokenizer
+        .with_truncation(None)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(tokenizer)
 }
 
 /// Finds and loads the tokenizer of a model directory: tokenizer.json, else vocab.json +

@@ -3,6 +3,7 @@
 the reference outputs of transformers on them.
 
     python -m venv .venv && .venv/bin/pip install torch transformers safetensors pillow numpy
+    scripts/fetch-small-models.sh
     .venv/bin/python tools/make_fixtures.py
 
 Everything under tests/fixtures/ is written by this script and only by it; it is deterministic.
@@ -336,6 +337,37 @@ def make_sentence_encoder():
     (FIXTURES / "reference" / "sentence.json").write_text(json.dumps(cases, ensure_ascii=False, indent=1) + "\n")
 
 
+REAL_MINILM_STRINGS = [
+    "A photo of a cat sitting on a mat.",
+    "a picture of a kitten resting on a rug",
+    "The stock market fell sharply on Monday.",
+    "",
+    "Émile's café serves 42 kinds of tea!",
+]
+
+
+def make_real_minilm_reference():
+    """Embeddings of the real all-MiniLM-L6-v2 (fetched by scripts/fetch-small-models.sh) as
+    sentence-transformers computes them: mean pooling over the mask, then normalise."""
+    from transformers import AutoTokenizer
+
+    model_dir = ROOT / ".cache" / "models" / "all-minilm-l6-v2"
+    if not (model_dir / "model.safetensors").exists():
+        raise SystemExit("run scripts/fetch-small-models.sh first: the real-model references need all-MiniLM-L6-v2")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = BertModel.from_pretrained(model_dir).eval()
+    cases = []
+    with torch.no_grad():
+        for text in REAL_MINILM_STRINGS:
+            enc = tokenizer(text, return_tensors="pt", truncation=True, max_length=256)
+            hidden = model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).float()
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            embedding = torch.nn.functional.normalize(pooled, dim=-1)[0]
+            cases.append({"text": text, "ids": enc["input_ids"][0].tolist(), "embedding": [round(float(x), 8) for x in embedding]})
+    (FIXTURES / "reference" / "minilm-real.json").write_text(json.dumps(cases, ensure_ascii=False) + "\n")
+
+
 # The reference loop of the original demo, on the tiny fixtures: (image, CLIP, prompt, k, steps).
 DESCRIBE_CASES = [
     ("crop32.png", "quickgelu", "An image of ", 20, 8),
@@ -406,6 +438,7 @@ def main():
         texts[kind] = make_clip(kind, clip_tok, images, generator)
     make_describe_reference(gpt2_tok, clip_tok)
     make_sentence_encoder()
+    make_real_minilm_reference()
     manifest = {
         "transformers": transformers.__version__,
         "torch": torch.__version__,
