@@ -6,10 +6,11 @@ use crate::steer::constraints::Blocklist;
 use crate::steer::describe::{
     describe, DescribeOptions, MagicParams, Sampling, StepEvent, Strategy,
 };
+use crate::steer::lm::LanguageModel;
 use crate::steer::scorer::Encoder;
 use crate::steer::target::{combine, TargetPart};
 use crate::steer::Scorer;
-use crate::steer::{ClipScorer, Gpt2Lm};
+use crate::steer::{ClipScorer, GgufLm, Gpt2Lm};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -117,7 +118,7 @@ pub struct DescribeArgs {
     /// left out when --target-text gives the target.
     #[arg(required_unless_present = "target_text")]
     pub images: Vec<PathBuf>,
-    /// Language model: a local directory in the HF layout or a hub id.
+    /// Language model: a GPT-2 directory in the HF layout, a hub id, or a llama-family .gguf file.
     #[arg(long, default_value = DEFAULT_LM)]
     pub lm: String,
     /// The scorer: a CLIP model (a local directory in the HF layout or a hub id)
@@ -285,9 +286,23 @@ fn load_clip(spec: &str, device: &Device) -> Result<ClipScorer> {
     ClipScorer::load(&dir, device).with_context(|| format!("cannot load CLIP model '{spec}'"))
 }
 
-fn load_lm(spec: &str, device: &Device) -> Result<Gpt2Lm> {
+fn load_lm(spec: &str, device: &Device) -> Result<LanguageModel> {
+    let path = Path::new(spec);
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
+        if !path.is_file() {
+            bail!("no GGUF file at {spec}");
+        }
+        let lm = GgufLm::load(path, device)
+            .with_context(|| format!("cannot load language model '{spec}'"))?;
+        return Ok(LanguageModel::Gguf(Box::new(lm)));
+    }
     let dir = hub::resolve(spec, ModelKind::CausalLm)?;
-    Gpt2Lm::load(&dir, device).with_context(|| format!("cannot load language model '{spec}'"))
+    let lm = Gpt2Lm::load(&dir, device)
+        .with_context(|| format!("cannot load language model '{spec}'"))?;
+    Ok(LanguageModel::Gpt2(Box::new(lm)))
 }
 
 fn embed(args: EmbedArgs, device: &Device) -> Result<i32> {

@@ -55,3 +55,60 @@ fn all_minilm_l6_v2_matches_transformers() {
     );
     assert!(dot(&cat, &kitten) > dot(&cat, &market) + 0.3);
 }
+
+fn smollm2_path() -> std::path::PathBuf {
+    let path = root().join(".cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        path.is_file(),
+        "run scripts/fetch-small-models.sh first (no model at {})",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn smollm2_gguf_matches_transformers() {
+    use clipsteer::steer::{CausalLm, GgufLm};
+    let lm = GgufLm::load(&smollm2_path(), &Device::Cpu).unwrap();
+    let cases: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(fixture("reference/smollm2-tokenizer.json")).unwrap(),
+    )
+    .unwrap();
+    for case in &cases {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(lm.encode(text).unwrap(), want, "ids of {text:?}");
+        assert_eq!(lm.decode(&want).unwrap(), text, "decode of {text:?}");
+    }
+    let reference = reference("smollm2");
+    let columns = reference["columns"]
+        .to_dtype(candle_core::DType::U32)
+        .unwrap();
+    for i in 0..2 {
+        let ids: Vec<u32> = ids_of(&reference[&format!("seq_{i}_ids")]);
+        let input = candle_core::Tensor::new(ids.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let mut cache = lm.model.new_cache();
+        let hidden = lm.model.hidden_states(&input, &mut cache).unwrap();
+        let logits = lm.model.logits(&hidden).unwrap().squeeze(0).unwrap();
+        let err = rel_err(
+            &logits.index_select(&columns, 1).unwrap(),
+            &reference[&format!("seq_{i}_logits")],
+        );
+        assert!(err <= 1e-4, "sequence {i}: rel err {err}");
+        // Incremental decoding through the cache gives the same last row.
+        let mut cache = lm.new_cache();
+        lm.next_logits(&ids[..ids.len() - 1], &mut cache).unwrap();
+        let last = lm.next_logits(&ids[ids.len() - 1..], &mut cache).unwrap();
+        let last = candle_core::Tensor::new(last, &Device::Cpu).unwrap();
+        let err = rel_err(&last, &reference[&format!("seq_{i}_last_full")]);
+        assert!(err <= 1e-4, "sequence {i} incremental: rel err {err}");
+    }
+}

@@ -368,6 +368,44 @@ def make_real_minilm_reference():
     (FIXTURES / "reference" / "minilm-real.json").write_text(json.dumps(cases, ensure_ascii=False) + "\n")
 
 
+SMOLLM2_STRINGS = [
+    "An image of a cat",
+    "The quick brown fox jumps over the lazy dog.",
+    "Numbers 12345 and 3.14 and 2024-11-28",
+    "  leading spaces and\ttabs\nnewlines",
+    "Émile's café — naïve ünïcödé 日本語 🐱",
+    "<|im_start|>user\nHello<|im_end|>",
+    "CamelCaseWords and snake_case_words",
+    "",
+]
+
+
+def make_smollm2_reference():
+    """SmolLM2-135M-Instruct from its Q4_1 GGUF (fetched by scripts/fetch-small-models.sh), as
+    transformers loads it: tokenizer ids, and logits of the dequantised model in float32."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_dir = ROOT / ".cache" / "models" / "smollm2"
+    name = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not (gguf_dir / name).exists():
+        raise SystemExit("run scripts/fetch-small-models.sh first: the SmolLM2 references need its GGUF")
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=name, torch_dtype=torch.float32).eval()
+    cases = [{"text": t, "ids": tokenizer(t, add_special_tokens=False)["input_ids"]} for t in SMOLLM2_STRINGS]
+    (FIXTURES / "reference" / "smollm2-tokenizer.json").write_text(json.dumps(cases, ensure_ascii=False, indent=1) + "\n")
+    generator = torch.Generator().manual_seed(11)
+    columns = torch.sort(torch.randperm(model.config.vocab_size, generator=generator)[:2048]).values
+    ref = {"columns": columns.to(torch.int64)}
+    with torch.no_grad():
+        for i, text in enumerate(["An image of a cat sitting on", "The quick brown fox jumps over the lazy dog."]):
+            ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+            logits = model(ids).logits
+            ref[f"seq_{i}_ids"] = ids[0].to(torch.int64)
+            ref[f"seq_{i}_logits"] = logits[0][:, columns]
+            ref[f"seq_{i}_last_full"] = logits[0, -1]
+    save_tensors(FIXTURES / "reference" / "smollm2.safetensors", ref)
+
+
 # The reference loop of the original demo, on the tiny fixtures: (image, CLIP, prompt, k, steps).
 DESCRIBE_CASES = [
     ("crop32.png", "quickgelu", "An image of ", 20, 8),
@@ -439,6 +477,7 @@ def main():
     make_describe_reference(gpt2_tok, clip_tok)
     make_sentence_encoder()
     make_real_minilm_reference()
+    make_smollm2_reference()
     manifest = {
         "transformers": transformers.__version__,
         "torch": torch.__version__,

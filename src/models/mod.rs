@@ -6,6 +6,7 @@ pub mod bert;
 pub mod clip;
 pub mod cpu_kernels;
 pub mod gpt2;
+pub mod llama_gguf;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
@@ -84,6 +85,20 @@ impl Dense {
                 Some(biases) => Some(Tensor::cat(&biases, 0)?),
                 None => None,
             },
+        })
+    }
+
+    /// A weight already in memory as (out, in), e.g. from GGUF.
+    pub fn from_out_in(weight: Tensor, out_dim: usize, in_dim: usize) -> Result<Self> {
+        if weight.dims() != [out_dim, in_dim] {
+            bail!(
+                "weight of shape {:?}, expected ({out_dim}, {in_dim})",
+                weight.dims()
+            );
+        }
+        Ok(Self {
+            weight_in_out: weight.t()?.contiguous()?,
+            bias: None,
         })
     }
 

@@ -22,65 +22,158 @@ impl Gpt2Lm {
     }
 }
 
-impl CausalLm for Gpt2Lm {
+/// A llama-family LM from a GGUF file behind [`CausalLm`].
+pub struct GgufLm {
+    pub model: crate::models::llama_gguf::LlamaGguf,
+    pub tokenizer: Tokenizer,
+}
+
+impl GgufLm {
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        let (model, tokenizer) = crate::models::llama_gguf::LlamaGguf::load(path, device)?;
+        Ok(Self { model, tokenizer })
+    }
+}
+
+/// One implementation of [`CausalLm`] for models that expose `hidden_states` and `logits`.
+macro_rules! causal_lm_impl {
+    ($ty:ty, $context:expr, $vocab:expr) => {
+        impl CausalLm for $ty {
+            type Cache = KvCache;
+
+            fn new_cache(&self) -> KvCache {
+                self.model.new_cache()
+            }
+
+            fn next_logits(&self, ids: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+                Ok(self.next_logits_and_hidden_inner(ids, cache, false)?.0)
+            }
+
+            fn next_logits_and_hidden(
+                &self,
+                ids: &[u32],
+                cache: &mut KvCache,
+            ) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+                self.next_logits_and_hidden_inner(ids, cache, true)
+            }
+
+            fn branch(&self, cache: &KvCache, candidates: &[u32]) -> Result<Branches<KvCache>> {
+                let mut branched = cache.fork(&vec![0; candidates.len()])?;
+                let input = Tensor::new(candidates, self.model.device())?.unsqueeze(1)?;
+                let hidden = self.model.hidden_states(&input, &mut branched)?;
+                let logits = self.model.logits(&hidden)?.squeeze(1)?.to_vec2::<f32>()?;
+                Ok(Branches {
+                    hidden: hidden.squeeze(1)?.to_vec2::<f32>()?,
+                    logits,
+                    cache: branched,
+                })
+            }
+
+            fn keep_branch(&self, cache: &KvCache, row: usize) -> Result<KvCache> {
+                Ok(cache.fork(&[row])?)
+            }
+
+            fn encode(&self, text: &str) -> Result<Vec<u32>> {
+                encode_plain(&self.tokenizer, text)
+            }
+
+            fn decode(&self, ids: &[u32]) -> Result<String> {
+                self.tokenizer
+                    .decode(ids, false)
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+                    .context("cannot decode tokens")
+            }
+
+            fn context_len(&self) -> usize {
+                let f: fn(&$ty) -> usize = $context;
+                f(self)
+            }
+
+            fn vocab_size(&self) -> usize {
+                let f: fn(&$ty) -> usize = $vocab;
+                f(self)
+            }
+        }
+
+        impl $ty {
+            fn next_logits_and_hidden_inner(
+                &self,
+                ids: &[u32],
+                cache: &mut KvCache,
+                want_hidden: bool,
+            ) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+                let input = Tensor::new(ids, self.model.device())?.unsqueeze(0)?;
+                let hidden = self.model.hidden_states(&input, cache)?;
+                let last = hidden.narrow(1, ids.len() - 1, 1)?;
+                let logits = self.model.logits(&last)?.flatten_all()?.to_vec1::<f32>()?;
+                let hidden = if want_hidden {
+                    hidden.squeeze(0)?.to_vec2::<f32>()?
+                } else {
+                    Vec::new()
+                };
+                Ok((logits, hidden))
+            }
+        }
+    };
+}
+
+causal_lm_impl!(GgufLm, |lm| lm.model.config().context, |lm| lm
+    .model
+    .config()
+    .vocab_size);
+
+causal_lm_impl!(Gpt2Lm, |lm| lm.model.config().n_positions, |lm| lm
+    .model
+    .config()
+    .vocab_size);
+
+/// The LM behind `--lm`: a GPT-2 directory (or hub id), or a llama-family `.gguf` file.
+pub enum LanguageModel {
+    Gpt2(Box<Gpt2Lm>),
+    Gguf(Box<GgufLm>),
+}
+
+impl LanguageModel {
+    fn inner(&self) -> &dyn CausalLm<Cache = KvCache> {
+        match self {
+            Self::Gpt2(lm) => lm.as_ref(),
+            Self::Gguf(lm) => lm.as_ref(),
+        }
+    }
+}
+
+impl CausalLm for LanguageModel {
     type Cache = KvCache;
 
     fn new_cache(&self) -> KvCache {
-        self.model.new_cache()
+        self.inner().new_cache()
     }
-
     fn next_logits(&self, ids: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
-        let input = Tensor::new(ids, self.model.device())?.unsqueeze(0)?;
-        let hidden = self.model.hidden_states(&input, cache)?;
-        let last = hidden.narrow(1, ids.len() - 1, 1)?;
-        let logits = self.model.logits(&last)?;
-        Ok(logits.flatten_all()?.to_vec1::<f32>()?)
+        self.inner().next_logits(ids, cache)
     }
-
     fn next_logits_and_hidden(
         &self,
         ids: &[u32],
         cache: &mut KvCache,
     ) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
-        let input = Tensor::new(ids, self.model.device())?.unsqueeze(0)?;
-        let hidden = self.model.hidden_states(&input, cache)?;
-        let last = hidden.narrow(1, ids.len() - 1, 1)?;
-        let logits = self.model.logits(&last)?.flatten_all()?.to_vec1::<f32>()?;
-        Ok((logits, hidden.squeeze(0)?.to_vec2::<f32>()?))
+        self.inner().next_logits_and_hidden(ids, cache)
     }
-
     fn branch(&self, cache: &KvCache, candidates: &[u32]) -> Result<Branches<KvCache>> {
-        let mut branched = cache.fork(&vec![0; candidates.len()])?;
-        let input = Tensor::new(candidates, self.model.device())?.unsqueeze(1)?;
-        let hidden = self.model.hidden_states(&input, &mut branched)?;
-        let logits = self.model.logits(&hidden)?.squeeze(1)?.to_vec2::<f32>()?;
-        Ok(Branches {
-            hidden: hidden.squeeze(1)?.to_vec2::<f32>()?,
-            logits,
-            cache: branched,
-        })
+        self.inner().branch(cache, candidates)
     }
-
     fn keep_branch(&self, cache: &KvCache, row: usize) -> Result<KvCache> {
-        Ok(cache.fork(&[row])?)
+        self.inner().keep_branch(cache, row)
     }
-
     fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        encode_plain(&self.tokenizer, text)
+        self.inner().encode(text)
     }
-
     fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.tokenizer
-            .decode(ids, false)
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .context("cannot decode GPT-2 tokens")
+        self.inner().decode(ids)
     }
-
     fn context_len(&self) -> usize {
-        self.model.config().n_positions
+        self.inner().context_len()
     }
-
     fn vocab_size(&self) -> usize {
-        self.model.config().vocab_size
+        self.inner().vocab_size()
     }
 }
