@@ -110,7 +110,10 @@ impl LlamaGguf {
             bos_token_id: meta_u32(&content, "tokenizer.ggml.bos_token_id").ok(),
             eos_token_id: meta_u32(&content, "tokenizer.ggml.eos_token_id").ok(),
         };
-        if heads == 0 || config.kv_heads == 0 || heads % config.kv_heads != 0 || hidden % heads != 0
+        if heads == 0
+            || config.kv_heads == 0
+            || !heads.is_multiple_of(config.kv_heads)
+            || !hidden.is_multiple_of(heads)
         {
             bail!(
                 "{}: inconsistent head counts in the GGUF metadata",
