@@ -161,6 +161,10 @@ pub struct DescribeArgs {
     /// MAGIC: weight β of the target term.
     #[arg(long, default_value_t = 2.0)]
     pub magic_beta: f32,
+    /// MAGIC: temperature of the softmax over candidates' similarities [default: the encoder's,
+    /// 100 for OpenAI CLIP, 20 for sentence encoders].
+    #[arg(long)]
+    pub magic_scale: Option<f32>,
     /// With --strategy magic: go on to --max-tokens instead of stopping at the end of a sentence.
     #[arg(long)]
     pub no_sentence_stop: bool,
@@ -503,6 +507,7 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
         magic: MagicParams {
             alpha: args.magic_alpha,
             beta: args.magic_beta,
+            scale: args.magic_scale,
         },
         stop_at_sentence_end: args.strategy == Strategy::Magic && !args.no_sentence_stop,
     };

@@ -23,6 +23,8 @@ pub struct MagicParams {
     pub alpha: f32,
     /// Weight of the target term.
     pub beta: f32,
+    /// Temperature of the target softmax; None: the encoder's own (CLIP's exp(logit_scale)).
+    pub scale: Option<f32>,
 }
 
 impl Default for MagicParams {
@@ -30,6 +32,7 @@ impl Default for MagicParams {
         Self {
             alpha: 0.1,
             beta: 2.0,
+            scale: None,
         }
     }
 }
