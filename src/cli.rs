@@ -232,7 +232,9 @@ pub fn select_device(choice: DeviceArg) -> Result<Device> {
             if !candle_core::utils::cuda_is_available() {
                 bail!("--device cuda: this clipsteer was built without CUDA or no GPU is visible; rebuild with `cargo build --release --features cuda`");
             }
-            Ok(Device::new_cuda(0)?)
+            Device::new_cuda(0).map_err(|e| {
+                anyhow::anyhow!("--device cuda: no usable GPU ({e}); check the NVIDIA driver, or use --device cpu")
+            })
         }
         DeviceArg::Auto => {
             if candle_core::utils::cuda_is_available() {

@@ -316,15 +316,6 @@ fn magic_picks_the_best_magic_score_from_independently_computed_parts() {
     .unwrap();
     let prompt = "An image of ";
     let k = 8;
-    let result = describe(
-        &lm,
-        &scorer,
-        &target,
-        &options(prompt, k, 3, Strategy::Magic, Blocklist::default()),
-        |_| Ok(()),
-    )
-    .unwrap();
-    assert_eq!(result.token_ids.len(), 3);
     // Step 0 from scratch: each candidate run through the whole model on its own.
     let ids = lm.encode(prompt).unwrap();
     let (logits, history) = lm
@@ -363,20 +354,26 @@ fn magic_picks_the_best_magic_score_from_independently_computed_parts() {
                 .sum()
         })
         .collect();
-    let scores = magic_scores(
-        &probabilities,
-        &degeneration,
-        &sims,
-        scorer.logit_scale(),
-        MagicParams::default(),
-    );
-    let best = scores
-        .iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .unwrap()
-        .0;
-    assert_eq!(result.token_ids[0], candidates[best]);
+    // The encoder's own temperature, and an explicit one (--magic-scale).
+    for scale in [None, Some(3.0f32)] {
+        let params = MagicParams {
+            scale,
+            ..MagicParams::default()
+        };
+        let mut opts = options(prompt, k, 3, Strategy::Magic, Blocklist::default());
+        opts.magic = params;
+        let result = describe(&lm, &scorer, &target, &opts, |_| Ok(())).unwrap();
+        assert_eq!(result.token_ids.len(), 3);
+        let used = scale.unwrap_or_else(|| scorer.logit_scale());
+        let scores = magic_scores(&probabilities, &degeneration, &sims, used, params);
+        let best = scores
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0;
+        assert_eq!(result.token_ids[0], candidates[best], "scale {scale:?}");
+    }
 }
 
 #[test]

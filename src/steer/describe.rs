@@ -241,6 +241,63 @@ impl TokenPrefilter {
     }
 }
 
+/// The candidates a step may take, in LM rank order, with the text each would produce and its
+/// index in the ranked list.
+struct Allowed {
+    ids: Vec<u32>,
+    phrases: Vec<String>,
+    ranks: Vec<usize>,
+}
+
+/// Drops every candidate whose text would contain a blocked word. The blocklist sees the whole
+/// text, so words completed across token boundaries are caught too.
+fn allowed_candidates<L: CausalLm>(
+    lm: &L,
+    ids: &[u32],
+    ranked: &[u32],
+    blocklist: &Blocklist,
+) -> Result<Allowed> {
+    let mut allowed = Allowed {
+        ids: Vec::new(),
+        phrases: Vec::new(),
+        ranks: Vec::new(),
+    };
+    let mut extended = ids.to_vec();
+    extended.push(0);
+    for (rank, &candidate) in ranked.iter().enumerate() {
+        *extended.last_mut().expect("extended is non-empty") = candidate;
+        let phrase = lm.decode(&extended)?;
+        if blocklist.find_in(&phrase).is_none() {
+            allowed.ids.push(candidate);
+            allowed.phrases.push(phrase);
+            allowed.ranks.push(rank);
+        }
+    }
+    Ok(allowed)
+}
+
+fn all_blocked(step: usize, ranked: usize) -> String {
+    format!(
+        "stopped after {step} tokens: every one of the top {ranked} candidates would write a blocked word; raise --top-k or change the prompt"
+    )
+}
+
+/// Up to five candidates, most similar first (ties to the higher LM rank).
+fn most_similar<L: CausalLm>(lm: &L, candidates: &[u32], sims: &[f32]) -> Result<Vec<Candidate>> {
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    order.sort_by(|a, b| sims[*b].total_cmp(&sims[*a]).then(a.cmp(b)));
+    order
+        .iter()
+        .take(5)
+        .map(|&i| {
+            Ok(Candidate {
+                token: lm.decode(&[candidates[i]])?,
+                similarity: sims[i],
+            })
+        })
+        .collect()
+}
+
 /// Runs the loop toward `target` (a unit vector), calling `on_step` after every step.
 pub fn describe<L: CausalLm, S: Scorer>(
     lm: &L,
@@ -269,25 +326,13 @@ pub fn describe<L: CausalLm, S: Scorer>(
     for step in 0..options.max_tokens {
         let ranked = top_k(&logits, options.top_k)?;
         clock = std::time::Instant::now();
-        let mut candidates = Vec::with_capacity(ranked.len());
-        let mut phrases = Vec::with_capacity(ranked.len());
-        let mut extended = ids.clone();
-        extended.push(0);
-        for &candidate in &ranked {
-            *extended.last_mut().expect("extended is non-empty") = candidate;
-            let phrase = lm.decode(&extended)?;
-            // The blocklist sees the whole text a candidate would produce, so words completed
-            // across token boundaries are caught too.
-            if options.blocklist.find_in(&phrase).is_none() {
-                candidates.push(candidate);
-                phrases.push(phrase);
-            }
-        }
+        let Allowed {
+            ids: mut candidates,
+            mut phrases,
+            ..
+        } = allowed_candidates(lm, &ids, &ranked, &options.blocklist)?;
         if candidates.is_empty() {
-            stop_reason = Some(format!(
-                "stopped after {step} tokens: every one of the top {} candidates would write a blocked word; raise --top-k or change the prompt",
-                ranked.len()
-            ));
+            stop_reason = Some(all_blocked(step, ranked.len()));
             break;
         }
         if let Some(prefilter) = prefilter.as_mut() {
@@ -311,18 +356,7 @@ pub fn describe<L: CausalLm, S: Scorer>(
         ids.push(token_id);
         text = std::mem::take(&mut phrases[chosen]);
         similarity = sims[chosen];
-        let mut ranked: Vec<usize> = (0..candidates.len()).collect();
-        ranked.sort_by(|a, b| sims[*b].total_cmp(&sims[*a]).then(a.cmp(b)));
-        let top = ranked
-            .iter()
-            .take(5)
-            .map(|&i| {
-                Ok(Candidate {
-                    token: lm.decode(&[candidates[i]])?,
-                    similarity: sims[i],
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let top = most_similar(lm, &candidates, sims)?;
         on_step(&StepEvent {
             step,
             token_id,
@@ -425,27 +459,16 @@ fn describe_magic<L: CausalLm, S: Scorer>(
                 .map(|&c| (logits[c as usize] - max).exp() / total)
                 .collect::<Vec<f32>>()
         };
-        let mut candidates = Vec::with_capacity(ranked.len());
-        let mut phrases = Vec::with_capacity(ranked.len());
-        let mut kept_probabilities = Vec::with_capacity(ranked.len());
-        let mut extended = ids.clone();
-        extended.push(0);
-        for (&candidate, &p) in ranked.iter().zip(&probabilities) {
-            *extended.last_mut().expect("extended is non-empty") = candidate;
-            let phrase = lm.decode(&extended)?;
-            if options.blocklist.find_in(&phrase).is_none() {
-                candidates.push(candidate);
-                phrases.push(phrase);
-                kept_probabilities.push(p);
-            }
-        }
+        let Allowed {
+            ids: candidates,
+            mut phrases,
+            ranks,
+        } = allowed_candidates(lm, &ids, &ranked, &options.blocklist)?;
         if candidates.is_empty() {
-            stop_reason = Some(format!(
-                "stopped after {step} tokens: every one of the top {} candidates would write a blocked word; raise --top-k or change the prompt",
-                ranked.len()
-            ));
+            stop_reason = Some(all_blocked(step, ranked.len()));
             break;
         }
+        let kept_probabilities: Vec<f32> = ranks.iter().map(|&r| probabilities[r]).collect();
         clock = std::time::Instant::now();
         let branches = lm.branch(&cache, &candidates)?;
         lm_seconds += clock.elapsed().as_secs_f64();
@@ -465,11 +488,12 @@ fn describe_magic<L: CausalLm, S: Scorer>(
         prefix = Some(step_prefix);
         let score_seconds = clock.elapsed().as_secs_f64();
         let sims = &scores.similarities;
+        let scale = options.magic.scale.unwrap_or_else(|| scorer.logit_scale());
         let magic = magic_scores(
             &kept_probabilities,
             &degeneration,
             sims,
-            scorer.logit_scale(),
+            scale,
             options.magic,
         );
         let chosen = argmax_first(&magic);
@@ -477,18 +501,7 @@ fn describe_magic<L: CausalLm, S: Scorer>(
         ids.push(token_id);
         text = std::mem::take(&mut phrases[chosen]);
         similarity = sims[chosen];
-        let mut order: Vec<usize> = (0..candidates.len()).collect();
-        order.sort_by(|a, b| sims[*b].total_cmp(&sims[*a]).then(a.cmp(b)));
-        let top = order
-            .iter()
-            .take(5)
-            .map(|&i| {
-                Ok(Candidate {
-                    token: lm.decode(&[candidates[i]])?,
-                    similarity: sims[i],
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let top = most_similar(lm, &candidates, sims)?;
         let token = lm.decode(&[token_id])?;
         on_step(&StepEvent {
             step,
