@@ -378,10 +378,10 @@ fn magic_picks_the_best_magic_score_from_independently_computed_parts() {
 
 #[test]
 fn sentence_ends_are_recognised() {
-    for token in [".", " end.", "!", "?", " ok!\n"] {
+    for token in [".", " end.", "!", "?", " ok!\n", "..."] {
         assert!(ends_sentence(token), "{token:?}");
     }
-    for token in [" cat", ",", " e.g", "..."] {
+    for token in [" cat", ",", " e.g"] {
         assert!(!ends_sentence(token), "{token:?}");
     }
 }

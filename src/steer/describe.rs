@@ -390,8 +390,7 @@ pub fn describe<L: CausalLm, S: Scorer>(
 /// Whether a step's token closes a sentence.
 pub fn ends_sentence(token_text: &str) -> bool {
     let trimmed = token_text.trim_end();
-    trimmed.ends_with(['.', '!', '?']) && !trimmed.ends_with("...")
-        || token_text.contains('\n') && !trimmed.is_empty()
+    trimmed.ends_with(['.', '!', '?']) || token_text.contains('\n') && !trimmed.is_empty()
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
@@ -498,6 +497,10 @@ fn describe_magic<L: CausalLm, S: Scorer>(
         );
         let chosen = argmax_first(&magic);
         let token_id = candidates[chosen];
+        if options.stop_at_sentence_end && lm.eos_token_id() == Some(token_id) {
+            // The model chose to end the text: nothing more to write.
+            break;
+        }
         ids.push(token_id);
         text = std::mem::take(&mut phrases[chosen]);
         similarity = sims[chosen];

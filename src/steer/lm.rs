@@ -93,6 +93,10 @@ macro_rules! causal_lm_impl {
                 let f: fn(&$ty) -> usize = $vocab;
                 f(self)
             }
+
+            fn eos_token_id(&self) -> Option<u32> {
+                self.model.config().eos_token_id
+            }
         }
 
         impl $ty {
@@ -175,5 +179,8 @@ impl CausalLm for LanguageModel {
     }
     fn vocab_size(&self) -> usize {
         self.inner().vocab_size()
+    }
+    fn eos_token_id(&self) -> Option<u32> {
+        self.inner().eos_token_id()
     }
 }

@@ -41,6 +41,10 @@ pub trait CausalLm {
     fn keep_branch(&self, cache: &Self::Cache, row: usize) -> Result<Self::Cache>;
     /// Positions the model can attend over.
     fn context_len(&self) -> usize;
+    /// The token that ends a text, if the model has one.
+    fn eos_token_id(&self) -> Option<u32> {
+        None
+    }
     fn vocab_size(&self) -> usize;
 }
 

@@ -1,0 +1,150 @@
+//! Steers the real small models (SmolLM2-135M-Instruct by all-MiniLM-L6-v2) toward five target
+//! sentences with words of each target blocked, and reports MiniLM cosine to the target and the
+//! LM's per-token NLL of what it wrote: the harness behind docs/STEERING.md.
+//!
+//!     scripts/fetch-small-models.sh
+//!     E2E_BETA=2 E2E_SCALE=100 E2E_K=45 cargo run --release --example steer_small_models
+//!
+//! E2E_STRATEGY=seed|magic|unguided picks the loop (unguided: the LM's own greedy choice).
+
+use candle_core::Device;
+use clipsteer::steer::constraints::Blocklist;
+use clipsteer::steer::describe::{describe, DescribeOptions, MagicParams, Strategy};
+use clipsteer::steer::{normalize, CausalLm, GgufLm, Scorer, SentenceScorer};
+use std::path::PathBuf;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+const CASES: [(&str, &str); 5] = [
+    (
+        "A small dog is playing with a red ball in the park.",
+        "dog,ball",
+    ),
+    (
+        "The chef is cooking pasta in a busy restaurant kitchen.",
+        "chef,pasta",
+    ),
+    (
+        "Heavy rain flooded the streets of the city last night.",
+        "rain,flooded",
+    ),
+    (
+        "Children are building a sandcastle on the beach.",
+        "sandcastle,beach",
+    ),
+    (
+        "The old man is reading a newspaper on a bench.",
+        "newspaper,bench",
+    ),
+];
+
+struct Outcome {
+    text: String,
+    cosine: f32,
+    nll: f32,
+}
+
+fn models() -> (GgufLm, SentenceScorer) {
+    let dir = root().join(".cache/models");
+    let gguf = dir.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(gguf.is_file(), "run scripts/fetch-small-models.sh first");
+    (
+        GgufLm::load(&gguf, &Device::Cpu).unwrap(),
+        SentenceScorer::load(&dir.join("all-minilm-l6-v2"), &Device::Cpu).unwrap(),
+    )
+}
+
+/// Mean negative log-likelihood per generated token under the LM.
+fn nll(lm: &GgufLm, prompt_ids: &[u32], generated: &[u32]) -> f32 {
+    let mut cache = lm.new_cache();
+    let mut logits = lm.next_logits(prompt_ids, &mut cache).unwrap();
+    let mut total = 0.0;
+    for &token in generated {
+        let max = logits.iter().cloned().fold(f32::MIN, f32::max);
+        let log_z = max + logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln();
+        total += log_z - logits[token as usize];
+        logits = lm.next_logits(&[token], &mut cache).unwrap();
+    }
+    total / generated.len().max(1) as f32
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    lm: &GgufLm,
+    scorer: &SentenceScorer,
+    prompt: &str,
+    target_text: &str,
+    block: &str,
+    strategy: Strategy,
+    top_k: usize,
+    magic: MagicParams,
+) -> Outcome {
+    let target = normalize(&scorer.embed_text(target_text).unwrap());
+    let options = DescribeOptions {
+        prompt: prompt.into(),
+        top_k,
+        max_tokens: 32,
+        strategy,
+        sampling: None,
+        prefilter: None,
+        blocklist: Blocklist::new(block.split(','), false).unwrap(),
+        magic,
+        stop_at_sentence_end: strategy == Strategy::Magic,
+    };
+    let result = describe(lm, scorer, &target, &options, |_| Ok(())).unwrap();
+    let generated = result.text[prompt.len()..].trim().to_string();
+    let embedding = normalize(&scorer.embed_text(&generated).unwrap());
+    let cosine = embedding.iter().zip(&target).map(|(a, b)| a * b).sum();
+    Outcome {
+        nll: nll(lm, &lm.encode(prompt).unwrap(), &result.token_ids),
+        text: result.text,
+        cosine,
+    }
+}
+
+fn env_f32(name: &str, default: f32) -> f32 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let (lm, scorer) = models();
+    let chat = "<|im_start|>user\nWrite one sentence describing a scene.<|im_end|>\n<|im_start|>assistant\n";
+    let prompt = std::env::var("E2E_PROMPT").unwrap_or_else(|_| chat.into());
+    let magic = MagicParams {
+        alpha: env_f32("E2E_ALPHA", 0.1),
+        beta: env_f32("E2E_BETA", 2.0),
+        scale: Some(env_f32("E2E_SCALE", 100.0)),
+    };
+    let strategy_name = std::env::var("E2E_STRATEGY").unwrap_or_else(|_| "magic".into());
+    let (strategy, k) = match strategy_name.as_str() {
+        "seed" => (Strategy::Seed, env_f32("E2E_K", 45.0) as usize),
+        "unguided" => (Strategy::Seed, 1),
+        _ => (Strategy::Magic, env_f32("E2E_K", 45.0) as usize),
+    };
+    let mut cosines = Vec::new();
+    let mut nlls = Vec::new();
+    for (target, block) in CASES {
+        let outcome = run(&lm, &scorer, &prompt, target, block, strategy, k, magic);
+        let blocklist = Blocklist::new(block.split(','), false).expect("static blocklist");
+        let clean = blocklist.find_in(&outcome.text).is_none();
+        println!(
+            "cos {:.3}  nll {:.2}  blocked-free {clean}  {:?}",
+            outcome.cosine,
+            outcome.nll,
+            outcome.text.get(prompt.len()..).unwrap_or("")
+        );
+        cosines.push(outcome.cosine);
+        nlls.push(outcome.nll);
+    }
+    let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
+    println!(
+        "{strategy_name} k={k} {magic:?}: mean cos {:.3}, mean nll {:.2}",
+        mean(&cosines),
+        mean(&nlls)
+    );
+}
