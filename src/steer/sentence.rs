@@ -56,13 +56,18 @@ impl SentenceScorer {
 
     /// Normalised sentence embeddings.
     pub fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
-        let mut out = Vec::with_capacity(texts.len());
-        for chunk in texts.chunks(CHUNK) {
-            let ids = chunk
-                .iter()
-                .map(|t| self.encode(t))
-                .collect::<Result<Vec<_>>>()?;
-            out.extend(self.model.sentence_embeddings(&ids)?.to_vec2::<f32>()?);
+        let ids = texts
+            .iter()
+            .map(|t| self.encode(t))
+            .collect::<Result<Vec<_>>>()?;
+        self.embed_ids(&ids)
+    }
+
+    /// Normalised sentence embeddings of tokenized texts, in padded batches of [`CHUNK`].
+    fn embed_ids(&self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(CHUNK) {
+            out.extend(self.model.sentence_embeddings(chunk)?.to_vec2::<f32>()?);
         }
         Ok(out)
     }
@@ -97,11 +102,12 @@ impl Scorer for SentenceScorer {
                 })
             })
             .collect();
-        let embeddings = self.embed(&distinct)?;
-        let positions = distinct
+        let ids = distinct
             .iter()
-            .map(|t| self.encode(t).map(|ids| ids.len()))
-            .sum::<Result<usize>>()?;
+            .map(|t| self.encode(t))
+            .collect::<Result<Vec<_>>>()?;
+        let embeddings = self.embed_ids(&ids)?;
+        let positions = ids.iter().map(Vec::len).sum();
         let cosines: Vec<f32> = embeddings
             .iter()
             .map(|e| e.iter().zip(target).map(|(a, b)| a * b).sum())
