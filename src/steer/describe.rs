@@ -450,14 +450,8 @@ fn describe_magic<L: CausalLm, S: Scorer>(
     let mut stop_reason = None;
     for step in 0..options.max_tokens {
         let ranked = top_k(&logits, options.top_k)?;
-        let probabilities = {
-            let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            let total: f32 = logits.iter().map(|l| (l - max).exp()).sum();
-            ranked
-                .iter()
-                .map(|&c| (logits[c as usize] - max).exp() / total)
-                .collect::<Vec<f32>>()
-        };
+        let vocabulary = softmax(&logits, 1.0);
+        let probabilities: Vec<f32> = ranked.iter().map(|&c| vocabulary[c as usize]).collect();
         let Allowed {
             ids: candidates,
             mut phrases,
