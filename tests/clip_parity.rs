@@ -16,6 +16,15 @@ fn model(kind: &str) -> ClipModel {
         .expect("load clip fixture")
 }
 
+/// CLIP's tokenizer as the fixtures' tokenizer.json defines it, with the 77-token context.
+fn clip_tokenizer() -> ClipTokenizer {
+    ClipTokenizer::new(
+        load_tokenizer_json(&fixture("tokenizers/clip-tokenizer.json")).unwrap(),
+        77,
+    )
+    .unwrap()
+}
+
 fn manifest() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(fixture("reference/manifest.json")).unwrap())
         .unwrap()
@@ -34,11 +43,7 @@ fn texts() -> Vec<String> {
 fn text_features_match_transformers() {
     let texts = texts();
     assert!(texts.len() >= 15);
-    let tokenizer = ClipTokenizer::new(
-        load_tokenizer_json(&fixture("tokenizers/clip-tokenizer.json")).unwrap(),
-        77,
-    )
-    .unwrap();
+    let tokenizer = clip_tokenizer();
     for kind in KINDS {
         let clip = model(kind);
         let reference = reference(&format!("clip-{kind}"));
@@ -77,11 +82,7 @@ fn empty_text_embeds_start_and_end_tokens() {
 
 #[test]
 fn long_text_is_truncated_with_end_token_last() {
-    let tokenizer = ClipTokenizer::new(
-        load_tokenizer_json(&fixture("tokenizers/clip-tokenizer.json")).unwrap(),
-        77,
-    )
-    .unwrap();
+    let tokenizer = clip_tokenizer();
     let long = "word ".repeat(200);
     let ids = tokenizer.encode(&long).unwrap();
     assert_eq!(ids.len(), 77);
@@ -92,11 +93,7 @@ fn long_text_is_truncated_with_end_token_last() {
 
 #[test]
 fn batched_text_features_equal_one_at_a_time() {
-    let tokenizer = ClipTokenizer::new(
-        load_tokenizer_json(&fixture("tokenizers/clip-tokenizer.json")).unwrap(),
-        77,
-    )
-    .unwrap();
+    let tokenizer = clip_tokenizer();
     let sequences: Vec<Vec<u32>> = texts()
         .iter()
         .map(|t| tokenizer.encode(t).unwrap())
@@ -114,11 +111,7 @@ fn batched_text_features_equal_one_at_a_time() {
 
 #[test]
 fn prefix_cached_text_features_equal_full_computation() {
-    let tokenizer = ClipTokenizer::new(
-        load_tokenizer_json(&fixture("tokenizers/clip-tokenizer.json")).unwrap(),
-        77,
-    )
-    .unwrap();
+    let tokenizer = clip_tokenizer();
     let prefix_text = "a photo of a cat";
     // Continuations that add words, continue the last word ("cat" → "cats", "catalogue"),
     // replace it, add punctuation and emoji, or repeat the prefix exactly.
@@ -267,11 +260,7 @@ fn batched_image_features_equal_one_at_a_time() {
 
 #[test]
 fn fused_cpu_attention_equals_candle_ops_path() {
-    let tokenizer = ClipTokenizer::new(
-        load_tokenizer_json(&fixture("tokenizers/clip-tokenizer.json")).unwrap(),
-        77,
-    )
-    .unwrap();
+    let tokenizer = clip_tokenizer();
     let prefix_text = "a photo of a cat";
     let continuations = ["s", " on a mat", "erpillar", "!", " 1999 and 2024", ""];
     for kind in KINDS {
