@@ -6,8 +6,8 @@ Each step: GPT-2's top-k next tokens; phrase = decode(ids + [candidate]); a full
 of every phrase (padded batch); the most similar candidate wins.
 """
 import argparse
-import gzip
 import json
+import sys
 import statistics
 import tempfile
 import time
@@ -17,6 +17,9 @@ import torch
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizerFast, GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+from clip_vocab import clip_vocab_and_merges  # noqa: E402
+
 ASSETS = ROOT / "assets" / "tokenizers"
 
 CLIP_SHAPES = {
@@ -34,20 +37,9 @@ CLIP_SHAPES = {
 
 
 def clip_tokenizer():
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    chars = [chr(c) for c in cs]
-    lines = gzip.open(ASSETS / "clip" / "bpe_simple_vocab_16e6.txt.gz").read().decode("utf-8").split("\n")
-    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
-    vocab = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab, merges = clip_vocab_and_merges()
     tmp = Path(tempfile.mkdtemp())
-    (tmp / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (tmp / "vocab.json").write_text(json.dumps(vocab))
     (tmp / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
     return CLIPTokenizerFast(vocab=str(tmp / "vocab.json"), merges=str(tmp / "merges.txt"))
 

@@ -9,7 +9,6 @@ the reference outputs of transformers on them.
 Everything under tests/fixtures/ is written by this script and only by it; it is deterministic.
 The tokenizers are the real GPT-2 and CLIP vocabularies vendored under assets/tokenizers/.
 """
-import gzip
 import json
 import shutil
 import tempfile
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
+from clip_vocab import clip_vocab_and_merges
 from PIL import Image
 from safetensors.torch import save_file
 from transformers import (
@@ -100,23 +100,6 @@ CLIP_TEXT_STRINGS = [
 ]
 
 
-def clip_vocab_and_merges():
-    """CLIP's vocab.json/merges.txt as openai/clip-vit-base-patch32 ships them, derived from the
-    original bpe_simple_vocab_16e6.txt.gz the same way CLIP's simple_tokenizer does."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    byte_chars = [chr(c) for c in cs]
-    lines = gzip.open(ASSETS / "clip" / "bpe_simple_vocab_16e6.txt.gz").read().decode("utf-8").split("\n")
-    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
-    vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    return {token: i for i, token in enumerate(vocab)}, merges
 
 
 def tokenizers():
