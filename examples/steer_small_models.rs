@@ -5,11 +5,14 @@
 //!     scripts/fetch-small-models.sh
 //!     E2E_BETA=2 E2E_SCALE=100 E2E_K=45 cargo run --release --example steer_small_models
 //!
-//! E2E_STRATEGY=seed|magic|unguided picks the loop (unguided: the LM's own greedy choice).
+//! E2E_STRATEGY=seed|magic|beam|unguided picks the loop (unguided: the LM's own greedy choice);
+//! E2E_WIDTH and E2E_FLUENCY set the beam; E2E_SCORED=full scores the prompt too.
 
 use candle_core::Device;
 use clipsteer::steer::constraints::Blocklist;
-use clipsteer::steer::describe::{describe, DescribeOptions, MagicParams, Strategy};
+use clipsteer::steer::describe::{
+    describe, BeamParams, DescribeOptions, MagicParams, ScoredText, Strategy,
+};
 use clipsteer::steer::{normalize, CausalLm, GgufLm, Scorer, SentenceScorer};
 use std::path::PathBuf;
 
@@ -91,7 +94,16 @@ fn run(
         prefilter: None,
         blocklist: Blocklist::new(block.split(','), false).unwrap(),
         magic,
-        stop_at_sentence_end: strategy == Strategy::Magic,
+        stop_at_sentence_end: strategy != Strategy::Seed,
+        beam: BeamParams {
+            width: env_f32("E2E_WIDTH", 4.0) as usize,
+            fluency: env_f32("E2E_FLUENCY", 0.1),
+        },
+        scored_text: if std::env::var("E2E_SCORED").as_deref() == Ok("full") {
+            ScoredText::Full
+        } else {
+            ScoredText::Generated
+        },
     };
     let result = describe(lm, scorer, &target, &options, |_| Ok(())).unwrap();
     let generated = result.text[prompt.len()..].trim().to_string();
@@ -124,6 +136,7 @@ fn main() {
     let (strategy, k) = match strategy_name.as_str() {
         "seed" => (Strategy::Seed, env_f32("E2E_K", 45.0) as usize),
         "unguided" => (Strategy::Seed, 1),
+        "beam" => (Strategy::Beam, env_f32("E2E_K", 45.0) as usize),
         _ => (Strategy::Magic, env_f32("E2E_K", 45.0) as usize),
     };
     let mut cosines = Vec::new();

@@ -212,6 +212,8 @@ pub fn run(options: &BenchOptions, device: &Device) -> Result<()> {
         blocklist: Default::default(),
         magic: Default::default(),
         stop_at_sentence_end: false,
+        beam: Default::default(),
+        scored_text: crate::steer::describe::ScoredText::Full,
     };
     let flops_per_position = text_flops_per_position(&text_config);
     let mut rows = Vec::new();

@@ -4,7 +4,7 @@ use crate::hub::{self, ModelKind};
 use crate::image::DecodeLimits;
 use crate::steer::constraints::Blocklist;
 use crate::steer::describe::{
-    describe, DescribeOptions, MagicParams, Sampling, StepEvent, Strategy,
+    describe, BeamParams, DescribeOptions, MagicParams, Sampling, ScoredText, StepEvent, Strategy,
 };
 use crate::steer::lm::LanguageModel;
 use crate::steer::scorer::Encoder;
@@ -165,9 +165,22 @@ pub struct DescribeArgs {
     /// 100 for OpenAI CLIP, 20 for sentence encoders].
     #[arg(long)]
     pub magic_scale: Option<f32>,
-    /// With --strategy magic: go on to --max-tokens instead of stopping at the end of a sentence.
+    /// Beam: hypotheses kept each step.
+    #[arg(long, default_value_t = BeamParams::default().width)]
+    pub beam_width: usize,
+    /// Beam: weight of the mean per-token log-probability (nats) against similarity; higher is
+    /// more fluent, lower more on target.
+    #[arg(long, default_value_t = BeamParams::default().fluency)]
+    pub beam_fluency: f32,
+    /// With --strategy magic or beam: go on to --max-tokens instead of stopping at the end of a
+    /// sentence.
     #[arg(long)]
     pub no_sentence_stop: bool,
+    /// What the encoder scores: the prompt and the generated text, or only the generated text
+    /// [default: full with --strategy seed, as the original demo; generated with magic and beam,
+    /// so that an instruction or chat template in the prompt does not dilute the similarity].
+    #[arg(long, value_enum)]
+    pub score_text: Option<ScoredText>,
     /// A named configuration; explicit --clip/--top-k override it.
     #[arg(long, value_enum)]
     pub preset: Option<Preset>,
@@ -487,10 +500,9 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
         .clip
         .clone()
         .unwrap_or_else(|| preset.map_or(DEFAULT_CLIP, |p| p.0).to_string());
-    let default_k = if args.strategy == Strategy::Magic {
-        MAGIC_TOP_K
-    } else {
-        DEFAULT_TOP_K
+    let (default_k, default_scored) = match args.strategy {
+        Strategy::Seed => (DEFAULT_TOP_K, ScoredText::Full),
+        Strategy::Magic | Strategy::Beam => (MAGIC_TOP_K, ScoredText::Generated),
     };
     let top_k = args
         .top_k
@@ -511,7 +523,12 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
             beta: args.magic_beta,
             scale: args.magic_scale,
         },
-        stop_at_sentence_end: args.strategy == Strategy::Magic && !args.no_sentence_stop,
+        beam: BeamParams {
+            width: args.beam_width,
+            fluency: args.beam_fluency,
+        },
+        stop_at_sentence_end: args.strategy != Strategy::Seed && !args.no_sentence_stop,
+        scored_text: args.score_text.unwrap_or(default_scored),
     };
     if args.sample && args.strategy != Strategy::Seed {
         bail!("--sample applies to --strategy seed only");

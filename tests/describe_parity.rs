@@ -37,6 +37,8 @@ fn options(case: &serde_json::Value, sampling: Option<Sampling>) -> DescribeOpti
         blocklist: Default::default(),
         magic: Default::default(),
         stop_at_sentence_end: false,
+        beam: Default::default(),
+        scored_text: clipsteer::steer::describe::ScoredText::Full,
     }
 }
 
@@ -230,6 +232,8 @@ fn draws_at_one_step_follow_softmax_of_similarity_over_temperature() {
         blocklist: Default::default(),
         magic: Default::default(),
         stop_at_sentence_end: false,
+        beam: Default::default(),
+        scored_text: clipsteer::steer::describe::ScoredText::Full,
     };
     for seed in 0..draws {
         let result = describe(&lm, &scorer, &target, &opts(seed), |_| Ok(())).unwrap();
@@ -296,6 +300,8 @@ fn invalid_options_are_clear_errors() {
         blocklist: Default::default(),
         magic: Default::default(),
         stop_at_sentence_end: false,
+        beam: Default::default(),
+        scored_text: clipsteer::steer::describe::ScoredText::Full,
     };
     let err = |o: DescribeOptions| {
         describe(&lm, &scorer, &target, &o, |_| Ok(()))

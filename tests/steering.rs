@@ -39,6 +39,8 @@ fn options(
         blocklist,
         magic: MagicParams::default(),
         stop_at_sentence_end: false,
+        beam: Default::default(),
+        scored_text: clipsteer::steer::describe::ScoredText::Full,
     }
 }
 

@@ -13,6 +13,37 @@ pub enum Strategy {
     Seed,
     /// MAGIC (Su et al. 2022): (1−α)·p_LM − α·degeneration + β·softmax(similarity × scale).
     Magic,
+    /// Beam search over the LM's top-k, ranked by similarity + fluency × mean log-probability.
+    Beam,
+}
+
+/// Which text the scorer sees each step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScoredText {
+    /// The prompt and the generated text, as the original demo scores "An image of …".
+    Full,
+    /// Only what was generated after the prompt: a chat template or an instruction in the prompt
+    /// says nothing about the target, and scoring it would dilute every similarity.
+    Generated,
+}
+
+/// Beam search settings.
+#[derive(Debug, Clone, Copy)]
+pub struct BeamParams {
+    /// Hypotheses kept each step.
+    pub width: usize,
+    /// Weight of the mean per-token log-probability (nats) against the similarity, both while
+    /// searching and in the final rerank: score = similarity + fluency × mean log p.
+    pub fluency: f32,
+}
+
+impl Default for BeamParams {
+    fn default() -> Self {
+        Self {
+            width: 4,
+            fluency: 0.1,
+        }
+    }
 }
 
 /// MAGIC's weights (the paper's defaults: α = 0.1, β = 2.0 with k = 45).
@@ -57,8 +88,10 @@ pub struct DescribeOptions {
     /// Words no step may write.
     pub blocklist: Blocklist,
     pub magic: MagicParams,
+    pub beam: BeamParams,
     /// End at the first token that closes a sentence (., ! or ?).
     pub stop_at_sentence_end: bool,
+    pub scored_text: ScoredText,
 }
 
 /// One candidate as shown to the user.
@@ -126,6 +159,17 @@ pub fn validate<L: CausalLm>(lm: &L, options: &DescribeOptions) -> Result<Vec<u3
     }
     if options.prefilter == Some(0) {
         bail!("--prefilter must be at least 1");
+    }
+    if options.strategy == Strategy::Beam {
+        if options.beam.width == 0 {
+            bail!("--beam-width must be at least 1");
+        }
+        if !(options.beam.fluency.is_finite() && options.beam.fluency >= 0.0) {
+            bail!(
+                "--beam-fluency must be a number ≥ 0, got {}",
+                options.beam.fluency
+            );
+        }
     }
     if let Some(sampling) = options.sampling {
         if !(sampling.temperature.is_finite() && sampling.temperature > 0.0) {
@@ -241,12 +285,42 @@ impl TokenPrefilter {
     }
 }
 
-/// The candidates a step may take, in LM rank order, with the text each would produce and its
-/// index in the ranked list.
+/// The candidates a step may take, in LM rank order, with the text each would produce, the
+/// part of it the scorer sees, and its index in the ranked list.
 struct Allowed {
     ids: Vec<u32>,
     phrases: Vec<String>,
+    scored: Vec<String>,
     ranks: Vec<usize>,
+}
+
+/// What the scorer sees of a whole text.
+struct ScoredPart {
+    mode: ScoredText,
+    prompt_ids: usize,
+    prompt_text: String,
+}
+
+impl ScoredPart {
+    fn new<L: CausalLm>(lm: &L, prompt_ids: &[u32], mode: ScoredText) -> Result<Self> {
+        Ok(Self {
+            mode,
+            prompt_ids: prompt_ids.len(),
+            prompt_text: lm.decode(prompt_ids)?,
+        })
+    }
+
+    /// `text` is the decoding of `ids`, prompt included.
+    fn of<L: CausalLm>(&self, lm: &L, ids: &[u32], text: &str) -> Result<String> {
+        if self.mode == ScoredText::Full {
+            return Ok(text.to_string());
+        }
+        match text.strip_prefix(self.prompt_text.as_str()) {
+            Some(rest) => Ok(rest.to_string()),
+            // A token that merges with the prompt's last bytes: decode the new part alone.
+            None => lm.decode(&ids[self.prompt_ids.min(ids.len())..]),
+        }
+    }
 }
 
 /// Drops every candidate whose text would contain a blocked word. The blocklist sees the whole
@@ -256,10 +330,12 @@ fn allowed_candidates<L: CausalLm>(
     ids: &[u32],
     ranked: &[u32],
     blocklist: &Blocklist,
+    scored_part: &ScoredPart,
 ) -> Result<Allowed> {
     let mut allowed = Allowed {
         ids: Vec::new(),
         phrases: Vec::new(),
+        scored: Vec::new(),
         ranks: Vec::new(),
     };
     let mut extended = ids.to_vec();
@@ -269,6 +345,7 @@ fn allowed_candidates<L: CausalLm>(
         let phrase = lm.decode(&extended)?;
         if blocklist.find_in(&phrase).is_none() {
             allowed.ids.push(candidate);
+            allowed.scored.push(scored_part.of(lm, &extended, &phrase)?);
             allowed.phrases.push(phrase);
             allowed.ranks.push(rank);
         }
@@ -306,10 +383,13 @@ pub fn describe<L: CausalLm, S: Scorer>(
     options: &DescribeOptions,
     mut on_step: impl FnMut(&StepEvent) -> Result<()>,
 ) -> Result<DescribeResult> {
-    if options.strategy == Strategy::Magic {
-        return describe_magic(lm, scorer, target, options, on_step);
+    match options.strategy {
+        Strategy::Magic => return describe_magic(lm, scorer, target, options, on_step),
+        Strategy::Beam => return describe_beam(lm, scorer, target, options, on_step),
+        Strategy::Seed => {}
     }
     let prompt_ids = validate(lm, options)?;
+    let scored_part = ScoredPart::new(lm, &prompt_ids, options.scored_text)?;
     let mut rng = options
         .sampling
         .map(|s| rand_chacha::ChaCha8Rng::seed_from_u64(s.seed));
@@ -319,6 +399,7 @@ pub fn describe<L: CausalLm, S: Scorer>(
     let mut logits = lm.next_logits(&prompt_ids, &mut cache)?;
     let mut lm_seconds = clock.elapsed().as_secs_f64();
     let mut text = lm.decode(&ids)?;
+    let mut scored_text = scored_part.of(lm, &ids, &text)?;
     let mut similarity = f32::NAN;
     let mut prefix: Option<S::Prefix> = None;
     let mut prefilter = options.prefilter.map(TokenPrefilter::new);
@@ -329,8 +410,9 @@ pub fn describe<L: CausalLm, S: Scorer>(
         let Allowed {
             ids: mut candidates,
             mut phrases,
+            mut scored,
             ..
-        } = allowed_candidates(lm, &ids, &ranked, &options.blocklist)?;
+        } = allowed_candidates(lm, &ids, &ranked, &options.blocklist, &scored_part)?;
         if candidates.is_empty() {
             stop_reason = Some(all_blocked(step, ranked.len()));
             break;
@@ -342,9 +424,13 @@ pub fn describe<L: CausalLm, S: Scorer>(
                 .iter()
                 .map(|&i| std::mem::take(&mut phrases[i]))
                 .collect();
+            scored = kept
+                .iter()
+                .map(|&i| std::mem::take(&mut scored[i]))
+                .collect();
         }
-        let step_prefix = scorer.prefix(&text, prefix.as_ref())?;
-        let scores = scorer.similarities(&step_prefix, &phrases, target)?;
+        let step_prefix = scorer.prefix(&scored_text, prefix.as_ref())?;
+        let scores = scorer.similarities(&step_prefix, &scored, target)?;
         prefix = Some(step_prefix);
         let score_seconds = clock.elapsed().as_secs_f64();
         let sims = &scores.similarities;
@@ -355,6 +441,7 @@ pub fn describe<L: CausalLm, S: Scorer>(
         let token_id = candidates[chosen];
         ids.push(token_id);
         text = std::mem::take(&mut phrases[chosen]);
+        scored_text = std::mem::take(&mut scored[chosen]);
         similarity = sims[chosen];
         let top = most_similar(lm, &candidates, sims)?;
         on_step(&StepEvent {
@@ -439,12 +526,14 @@ fn describe_magic<L: CausalLm, S: Scorer>(
     mut on_step: impl FnMut(&StepEvent) -> Result<()>,
 ) -> Result<DescribeResult> {
     let prompt_ids = validate(lm, options)?;
+    let scored_part = ScoredPart::new(lm, &prompt_ids, options.scored_text)?;
     let mut cache = lm.new_cache();
     let mut ids = prompt_ids.clone();
     let mut clock = std::time::Instant::now();
     let (mut logits, mut history) = lm.next_logits_and_hidden(&prompt_ids, &mut cache)?;
     let mut lm_seconds = clock.elapsed().as_secs_f64();
     let mut text = lm.decode(&ids)?;
+    let mut scored_text = scored_part.of(lm, &ids, &text)?;
     let mut similarity = f32::NAN;
     let mut prefix: Option<S::Prefix> = None;
     let mut stop_reason = None;
@@ -455,8 +544,9 @@ fn describe_magic<L: CausalLm, S: Scorer>(
         let Allowed {
             ids: candidates,
             mut phrases,
+            mut scored,
             ranks,
-        } = allowed_candidates(lm, &ids, &ranked, &options.blocklist)?;
+        } = allowed_candidates(lm, &ids, &ranked, &options.blocklist, &scored_part)?;
         if candidates.is_empty() {
             stop_reason = Some(all_blocked(step, ranked.len()));
             break;
@@ -476,8 +566,8 @@ fn describe_magic<L: CausalLm, S: Scorer>(
             })
             .collect();
         clock = std::time::Instant::now();
-        let step_prefix = scorer.prefix(&text, prefix.as_ref())?;
-        let scores = scorer.similarities(&step_prefix, &phrases, target)?;
+        let step_prefix = scorer.prefix(&scored_text, prefix.as_ref())?;
+        let scores = scorer.similarities(&step_prefix, &scored, target)?;
         prefix = Some(step_prefix);
         let score_seconds = clock.elapsed().as_secs_f64();
         let sims = &scores.similarities;
@@ -497,6 +587,7 @@ fn describe_magic<L: CausalLm, S: Scorer>(
         }
         ids.push(token_id);
         text = std::mem::take(&mut phrases[chosen]);
+        scored_text = std::mem::take(&mut scored[chosen]);
         similarity = sims[chosen];
         let top = most_similar(lm, &candidates, sims)?;
         let token = lm.decode(&[token_id])?;
@@ -530,5 +621,287 @@ fn describe_magic<L: CausalLm, S: Scorer>(
         token_ids: ids[prompt_ids.len()..].to_vec(),
         similarity,
         stop_reason,
+    })
+}
+
+/// Natural-log probabilities of the whole vocabulary.
+fn log_softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let log_total = logits
+        .iter()
+        .map(|&l| (l as f64 - max).exp())
+        .sum::<f64>()
+        .ln();
+    logits
+        .iter()
+        .map(|&l| l as f64 - max - log_total)
+        .collect()
+}
+
+/// One hypothesis of the beam.
+struct Hypothesis<C> {
+    /// Prompt included.
+    ids: Vec<u32>,
+    text: String,
+    scored_text: String,
+    /// Sum of the generated tokens' log-probabilities.
+    log_prob: f64,
+    similarity: f32,
+    /// The LM state after `ids`, and its next-token logits; None once finished.
+    state: Option<(C, Vec<f32>)>,
+}
+
+/// What the beam ranks by, and the final rerank too: similarity plus `fluency` × the mean
+/// per-token log-probability of the generated tokens.
+pub fn beam_score(similarity: f32, log_prob: f64, generated: usize, fluency: f32) -> f32 {
+    similarity + fluency * (log_prob / generated.max(1) as f64) as f32
+}
+
+/// One way to extend a live hypothesis.
+struct Expansion {
+    parent: usize,
+    token: u32,
+    /// The LM chose to end the text: the parent finishes as it is.
+    ends_text: bool,
+    phrase: String,
+    scored_text: String,
+    log_prob: f64,
+    similarity: f32,
+    score: f32,
+}
+
+/// Beam search: every live hypothesis proposes its LM top-k (blocked ones dropped), each
+/// extension is scored against the target, and the `width` best by [`beam_score`] go on.
+/// Hypotheses finish at the end of a sentence or at the LM's end-of-text token; the result is
+/// the best finished one (or the best live one at --max-tokens) by the same score. The streamed
+/// text is the current best hypothesis, so unlike the greedy loops it can change more than its
+/// last token from one step to the next.
+fn describe_beam<L: CausalLm, S: Scorer>(
+    lm: &L,
+    scorer: &S,
+    target: &[f32],
+    options: &DescribeOptions,
+    mut on_step: impl FnMut(&StepEvent) -> Result<()>,
+) -> Result<DescribeResult> {
+    let prompt_ids = validate(lm, options)?;
+    let scored_part = ScoredPart::new(lm, &prompt_ids, options.scored_text)?;
+    let params = options.beam;
+    let generated = |h: &Hypothesis<L::Cache>| h.ids.len() - prompt_ids.len();
+    let score_of = |h: &Hypothesis<L::Cache>| {
+        beam_score(h.similarity, h.log_prob, generated(h), params.fluency)
+    };
+    let mut clock = std::time::Instant::now();
+    let mut cache = lm.new_cache();
+    let logits = lm.next_logits(&prompt_ids, &mut cache)?;
+    let text = lm.decode(&prompt_ids)?;
+    let mut live = vec![Hypothesis {
+        scored_text: scored_part.of(lm, &prompt_ids, &text)?,
+        ids: prompt_ids.clone(),
+        text,
+        log_prob: 0.0,
+        similarity: f32::NAN,
+        state: Some((cache, logits)),
+    }];
+    let mut lm_seconds = clock.elapsed().as_secs_f64();
+    let mut finished: Vec<Hypothesis<L::Cache>> = Vec::new();
+    let mut stop_reason = None;
+    for step in 0..options.max_tokens {
+        clock = std::time::Instant::now();
+        let mut expansions = Vec::new();
+        let mut positions_computed = 0;
+        let mut ranked_total = 0;
+        for (parent, hypothesis) in live.iter().enumerate() {
+            let Some((_, logits)) = &hypothesis.state else {
+                continue;
+            };
+            let ranked = top_k(logits, options.top_k)?;
+            ranked_total += ranked.len();
+            let log_probs = log_softmax(logits);
+            let eos = lm.eos_token_id();
+            // Ending adds no text, so it needs no scoring; an empty text cannot end.
+            let ends_text = eos.filter(|e| step > 0 && ranked.contains(e));
+            let ranked: Vec<u32> = ranked.into_iter().filter(|&c| Some(c) != eos).collect();
+            let allowed = allowed_candidates(
+                lm,
+                &hypothesis.ids,
+                &ranked,
+                &options.blocklist,
+                &scored_part,
+            )?;
+            let step_prefix = scorer.prefix(&hypothesis.scored_text, None)?;
+            let scores = scorer.similarities(&step_prefix, &allowed.scored, target)?;
+            positions_computed += scores.positions_computed;
+            let length = generated(hypothesis) + 1;
+            for (i, (phrase, scored_text)) in allowed.phrases.into_iter().zip(allowed.scored).enumerate() {
+                let token = allowed.ids[i];
+                let log_prob = hypothesis.log_prob + log_probs[token as usize];
+                let similarity = scores.similarities[i];
+                expansions.push(Expansion {
+                    parent,
+                    token,
+                    ends_text: false,
+                    phrase,
+                    scored_text,
+                    log_prob,
+                    similarity,
+                    score: beam_score(similarity, log_prob, length, params.fluency),
+                });
+            }
+            if let Some(eos) = ends_text {
+                expansions.push(Expansion {
+                    parent,
+                    token: eos,
+                    ends_text: true,
+                    phrase: hypothesis.text.clone(),
+                    scored_text: hypothesis.scored_text.clone(),
+                    log_prob: hypothesis.log_prob,
+                    similarity: hypothesis.similarity,
+                    score: score_of(hypothesis),
+                });
+            }
+        }
+        let score_seconds = clock.elapsed().as_secs_f64();
+        if expansions.is_empty() {
+            stop_reason = Some(all_blocked(step, ranked_total));
+            break;
+        }
+        // Best first; ties keep the earlier parent and the higher LM rank (a stable sort).
+        let mut order: Vec<usize> = (0..expansions.len()).collect();
+        order.sort_by(|&a, &b| expansions[b].score.total_cmp(&expansions[a].score));
+        let top = {
+            let mut by_similarity: Vec<&Expansion> =
+                expansions.iter().filter(|e| !e.ends_text).collect();
+            by_similarity.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
+            by_similarity
+                .iter()
+                .take(5)
+                .map(|e| {
+                    Ok(Candidate {
+                        token: lm.decode(&[e.token])?,
+                        similarity: e.similarity,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
+        let scored: Vec<(u32, f32)> = expansions
+            .iter()
+            .filter(|e| !e.ends_text)
+            .map(|e| (e.token, e.similarity))
+            .collect();
+
+        // The next beam, grouped by parent so that each parent's children share one LM forward.
+        let mut kept: Vec<usize> = Vec::new();
+        let mut newly_finished = 0;
+        for &i in &order {
+            if kept.len() == params.width {
+                break;
+            }
+            let expansion = &expansions[i];
+            let token_text = lm.decode(&[expansion.token])?;
+            let sentence_done = options.stop_at_sentence_end && ends_sentence(&token_text);
+            if expansion.ends_text || sentence_done || step + 1 == options.max_tokens {
+                let parent = &live[expansion.parent];
+                let mut ids = parent.ids.clone();
+                if !expansion.ends_text {
+                    ids.push(expansion.token);
+                }
+                finished.push(Hypothesis {
+                    ids,
+                    text: expansion.phrase.clone(),
+                    scored_text: expansion.scored_text.clone(),
+                    log_prob: expansion.log_prob,
+                    similarity: expansion.similarity,
+                    state: None,
+                });
+                newly_finished += 1;
+                if newly_finished == params.width {
+                    break;
+                }
+            } else {
+                kept.push(i);
+            }
+        }
+        clock = std::time::Instant::now();
+        let mut next_live = Vec::with_capacity(kept.len());
+        let mut parents: Vec<usize> = kept.iter().map(|&i| expansions[i].parent).collect();
+        parents.dedup();
+        parents.sort_unstable();
+        parents.dedup();
+        for parent in parents {
+            let children: Vec<usize> = kept
+                .iter()
+                .copied()
+                .filter(|&i| expansions[i].parent == parent)
+                .collect();
+            let tokens: Vec<u32> = children.iter().map(|&i| expansions[i].token).collect();
+            let Some((parent_cache, _)) = &live[parent].state else {
+                continue;
+            };
+            let branches = lm.branch(parent_cache, &tokens)?;
+            for (row, &i) in children.iter().enumerate() {
+                let expansion = &mut expansions[i];
+                let mut ids = live[parent].ids.clone();
+                ids.push(expansion.token);
+                next_live.push(Hypothesis {
+                    ids,
+                    text: std::mem::take(&mut expansion.phrase),
+                    scored_text: std::mem::take(&mut expansion.scored_text),
+                    log_prob: expansion.log_prob,
+                    similarity: expansion.similarity,
+                    state: Some((
+                        lm.keep_branch(&branches.cache, row)?,
+                        branches.logits[row].clone(),
+                    )),
+                });
+            }
+        }
+        lm_seconds += clock.elapsed().as_secs_f64();
+        live = next_live;
+
+        let leader = live
+            .iter()
+            .chain(finished.iter())
+            .max_by(|a, b| score_of(a).total_cmp(&score_of(b)));
+        if let Some(leader) = leader {
+            let token_id = *leader.ids.last().expect("the prompt is non-empty");
+            on_step(&StepEvent {
+                step,
+                token_id,
+                token: lm.decode(&[token_id])?,
+                text: leader.text.clone(),
+                similarity: leader.similarity,
+                top,
+                lm_seconds,
+                score_seconds,
+                positions_computed,
+                scored,
+            })?;
+        }
+        lm_seconds = 0.0;
+        // Stop once enough hypotheses have finished and none still live scores better.
+        let best_finished = finished.iter().map(score_of).fold(f32::NEG_INFINITY, f32::max);
+        let best_live = live.iter().map(score_of).fold(f32::NEG_INFINITY, f32::max);
+        if live.is_empty() || finished.len() >= params.width && best_finished >= best_live {
+            break;
+        }
+    }
+    let best = finished
+        .into_iter()
+        .chain(live)
+        .filter(|h| h.ids.len() > prompt_ids.len())
+        .max_by(|a, b| score_of(a).total_cmp(&score_of(b)));
+    Ok(match best {
+        Some(best) => DescribeResult {
+            token_ids: best.ids[prompt_ids.len()..].to_vec(),
+            text: best.text,
+            similarity: best.similarity,
+            stop_reason,
+        },
+        None => DescribeResult {
+            text: lm.decode(&prompt_ids)?,
+            token_ids: Vec::new(),
+            similarity: f32::NAN,
+            stop_reason,
+        },
     })
 }
