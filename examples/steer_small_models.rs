@@ -13,7 +13,7 @@ use clipsteer::steer::constraints::Blocklist;
 use clipsteer::steer::describe::{
     describe, BeamParams, DescribeOptions, MagicParams, ScoredText, Strategy,
 };
-use clipsteer::steer::{normalize, CausalLm, GgufLm, Scorer, SentenceScorer};
+use clipsteer::steer::{normalize, GgufLm, Scorer, SentenceScorer};
 use std::path::PathBuf;
 
 fn root() -> PathBuf {
@@ -59,20 +59,6 @@ fn models() -> (GgufLm, SentenceScorer) {
     )
 }
 
-/// Mean negative log-likelihood per generated token under the LM.
-fn nll(lm: &GgufLm, prompt_ids: &[u32], generated: &[u32]) -> f32 {
-    let mut cache = lm.new_cache();
-    let mut logits = lm.next_logits(prompt_ids, &mut cache).unwrap();
-    let mut total = 0.0;
-    for &token in generated {
-        let max = logits.iter().cloned().fold(f32::MIN, f32::max);
-        let log_z = max + logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln();
-        total += log_z - logits[token as usize];
-        logits = lm.next_logits(&[token], &mut cache).unwrap();
-    }
-    total / generated.len().max(1) as f32
-}
-
 #[allow(clippy::too_many_arguments)]
 fn run(
     lm: &GgufLm,
@@ -110,7 +96,7 @@ fn run(
     let embedding = normalize(&scorer.embed_text(&generated).unwrap());
     let cosine = embedding.iter().zip(&target).map(|(a, b)| a * b).sum();
     Outcome {
-        nll: nll(lm, &lm.encode(prompt).unwrap(), &result.token_ids),
+        nll: result.mean_nll() as f32,
         text: result.text,
         cosine,
     }

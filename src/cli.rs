@@ -614,6 +614,7 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
                     "text": result.text,
                     "token_ids": result.token_ids,
                     "similarity": result.similarity,
+                    "nll": result.mean_nll(),
                     "seconds": started.elapsed().as_secs_f64(),
                 });
                 if let Some(reason) = &result.stop_reason {

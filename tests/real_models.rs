@@ -112,3 +112,134 @@ fn smollm2_gguf_matches_transformers() {
         assert!(err <= 1e-4, "sequence {i} incremental: rel err {err}");
     }
 }
+
+/// The chat prompt of the steering tests: SmolLM2 is an instruct model.
+const CHAT_PROMPT: &str =
+    "<|im_start|>user\nWrite one sentence describing a scene.<|im_end|>\n<|im_start|>assistant\n";
+
+/// Target sentences, each with two of its own words blocked.
+const STEERING_CASES: [(&str, &str); 5] = [
+    (
+        "A small dog is playing with a red ball in the park.",
+        "dog,ball",
+    ),
+    (
+        "The chef is cooking pasta in a busy restaurant kitchen.",
+        "chef,pasta",
+    ),
+    (
+        "Heavy rain flooded the streets of the city last night.",
+        "rain,flooded",
+    ),
+    (
+        "Children are building a sandcastle on the beach.",
+        "sandcastle,beach",
+    ),
+    (
+        "The old man is reading a newspaper on a bench.",
+        "newspaper,bench",
+    ),
+];
+
+/// Whether `text` holds `word` as a whole word, case-insensitively: written apart from the
+/// Blocklist it checks.
+fn has_whole_word(text: &str, word: &str) -> bool {
+    text.to_lowercase()
+        .split(|c: char| !c.is_alphanumeric())
+        .any(|w| w == word.to_lowercase())
+}
+
+/// Mean per-token NLL of `generated` after `prompt`, one token at a time through the cache.
+fn mean_nll(lm: &clipsteer::steer::GgufLm, prompt: &[u32], generated: &[u32]) -> f64 {
+    use clipsteer::steer::CausalLm;
+    let mut cache = lm.new_cache();
+    let mut logits = lm.next_logits(prompt, &mut cache).unwrap();
+    let mut total = 0.0;
+    for &token in generated {
+        let max = logits.iter().cloned().fold(f32::MIN, f32::max) as f64;
+        let log_z = max
+            + logits
+                .iter()
+                .map(|&l| (l as f64 - max).exp())
+                .sum::<f64>()
+                .ln();
+        total += log_z - logits[token as usize] as f64;
+        logits = lm.next_logits(&[token], &mut cache).unwrap();
+    }
+    total / generated.len() as f64
+}
+
+/// Issue 5's bar, through the CLI contract scripts use: MAGIC steers SmolLM2 toward each target
+/// with MiniLM and never writes a blocked word, and the text is both on target (mean cosine
+/// ≥ 0.5) and fluent (mean NLL ≤ 4 nats per token).
+#[test]
+fn magic_steers_smollm2_toward_text_targets_fluently_without_blocked_words() {
+    use clipsteer::steer::{CausalLm, GgufLm};
+    let gguf = smollm2_path();
+    let minilm = minilm_dir();
+    let lm = GgufLm::load(&gguf, &Device::Cpu).unwrap();
+    let scorer = SentenceScorer::load(&minilm, &Device::Cpu).unwrap();
+    let prompt_ids = lm.encode(CHAT_PROMPT).unwrap();
+    let (mut cosines, mut nlls) = (Vec::new(), Vec::new());
+    for (target, block) in STEERING_CASES {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_clipsteer"))
+            .args(["describe", "--target-text", target, "--lm"])
+            .arg(&gguf)
+            .arg("--encoder")
+            .arg(&minilm)
+            .args(["--prompt", CHAT_PROMPT, "--block", block])
+            .args(["--strategy", "magic", "--max-tokens", "32", "--json"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{target}: {stderr}");
+        let events: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let done = events.last().unwrap();
+        assert_eq!(done["event"], "done", "{target}: {done}");
+        let text = done["text"].as_str().unwrap();
+        let generated = text
+            .strip_prefix(CHAT_PROMPT)
+            .expect("text includes the prompt");
+        for event in &events {
+            let shown = event["text"].as_str().unwrap();
+            for word in block.split(',') {
+                assert!(!has_whole_word(shown, word), "{word:?} in {shown:?}");
+            }
+        }
+        let ids: Vec<u32> = done["token_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert!(ids.len() >= 4, "{target}: too short: {generated:?}");
+        assert_eq!(lm.decode(&[&prompt_ids[..], &ids].concat()).unwrap(), text);
+
+        let target_embedding = scorer.embed_text(target).unwrap();
+        let embedding = scorer.embed_text(generated).unwrap();
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+        let cosine = dot(&embedding, &target_embedding)
+            / (dot(&embedding, &embedding) * dot(&target_embedding, &target_embedding)).sqrt();
+        // Only the generated text is scored, so the reported similarity is this cosine.
+        let reported = done["similarity"].as_f64().unwrap() as f32;
+        assert!((reported - cosine).abs() < 1e-4, "{reported} vs {cosine}");
+        let nll = mean_nll(&lm, &prompt_ids, &ids);
+        let reported = done["nll"].as_f64().unwrap();
+        assert!((reported - nll).abs() < 1e-3, "nll {reported} vs {nll}");
+        eprintln!("cos {cosine:.3} nll {nll:.2} {generated:?}");
+        cosines.push(cosine as f64);
+        nlls.push(nll);
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (cosine, nll) = (mean(&cosines), mean(&nlls));
+    eprintln!("mean cos {cosine:.3}, mean nll {nll:.2}");
+    assert!(
+        cosine >= 0.5,
+        "mean cosine to the targets {cosine:.3} < 0.5"
+    );
+    assert!(nll <= 4.0, "mean NLL {nll:.2} > 4.0 nats per token");
+}

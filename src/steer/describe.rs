@@ -126,8 +126,27 @@ pub struct DescribeResult {
     /// Generated ids only.
     pub token_ids: Vec<u32>,
     pub similarity: f32,
+    /// Sum of the generated tokens' log-probabilities under the LM (nats).
+    pub log_prob: f64,
     /// Why generation ended before --max-tokens, if it did.
     pub stop_reason: Option<String>,
+}
+
+impl DescribeResult {
+    /// Mean negative log-likelihood per generated token (nats): how fluent the LM finds the text.
+    pub fn mean_nll(&self) -> f64 {
+        if self.token_ids.is_empty() {
+            return 0.0;
+        }
+        -self.log_prob / self.token_ids.len() as f64
+    }
+}
+
+/// A token's log-probability under next-token `logits`.
+fn token_log_prob(logits: &[f32], token: u32) -> f64 {
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let total: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
+    logits[token as usize] as f64 - max - total.ln()
 }
 
 /// Checks options against the LM before any work is done.
@@ -401,6 +420,7 @@ pub fn describe<L: CausalLm, S: Scorer>(
     let mut text = lm.decode(&ids)?;
     let mut scored_text = scored_part.of(lm, &ids, &text)?;
     let mut similarity = f32::NAN;
+    let mut log_prob = 0.0;
     let mut prefix: Option<S::Prefix> = None;
     let mut prefilter = options.prefilter.map(TokenPrefilter::new);
     let mut stop_reason = None;
@@ -440,6 +460,7 @@ pub fn describe<L: CausalLm, S: Scorer>(
         };
         let token_id = candidates[chosen];
         ids.push(token_id);
+        log_prob += token_log_prob(&logits, token_id);
         text = std::mem::take(&mut phrases[chosen]);
         scored_text = std::mem::take(&mut scored[chosen]);
         similarity = sims[chosen];
@@ -470,6 +491,7 @@ pub fn describe<L: CausalLm, S: Scorer>(
         text,
         token_ids: ids[prompt_ids.len()..].to_vec(),
         similarity,
+        log_prob,
         stop_reason,
     })
 }
@@ -535,6 +557,7 @@ fn describe_magic<L: CausalLm, S: Scorer>(
     let mut text = lm.decode(&ids)?;
     let mut scored_text = scored_part.of(lm, &ids, &text)?;
     let mut similarity = f32::NAN;
+    let mut log_prob = 0.0;
     let mut prefix: Option<S::Prefix> = None;
     let mut stop_reason = None;
     for step in 0..options.max_tokens {
@@ -586,6 +609,7 @@ fn describe_magic<L: CausalLm, S: Scorer>(
             break;
         }
         ids.push(token_id);
+        log_prob += token_log_prob(&logits, token_id);
         text = std::mem::take(&mut phrases[chosen]);
         scored_text = std::mem::take(&mut scored[chosen]);
         similarity = sims[chosen];
@@ -620,6 +644,7 @@ fn describe_magic<L: CausalLm, S: Scorer>(
         text,
         token_ids: ids[prompt_ids.len()..].to_vec(),
         similarity,
+        log_prob,
         stop_reason,
     })
 }
@@ -632,10 +657,7 @@ fn log_softmax(logits: &[f32]) -> Vec<f64> {
         .map(|&l| (l as f64 - max).exp())
         .sum::<f64>()
         .ln();
-    logits
-        .iter()
-        .map(|&l| l as f64 - max - log_total)
-        .collect()
+    logits.iter().map(|&l| l as f64 - max - log_total).collect()
 }
 
 /// One hypothesis of the beam.
@@ -732,7 +754,9 @@ fn describe_beam<L: CausalLm, S: Scorer>(
             let scores = scorer.similarities(&step_prefix, &allowed.scored, target)?;
             positions_computed += scores.positions_computed;
             let length = generated(hypothesis) + 1;
-            for (i, (phrase, scored_text)) in allowed.phrases.into_iter().zip(allowed.scored).enumerate() {
+            for (i, (phrase, scored_text)) in
+                allowed.phrases.into_iter().zip(allowed.scored).enumerate()
+            {
                 let token = allowed.ids[i];
                 let log_prob = hypothesis.log_prob + log_probs[token as usize];
                 let similarity = scores.similarities[i];
@@ -879,7 +903,10 @@ fn describe_beam<L: CausalLm, S: Scorer>(
         }
         lm_seconds = 0.0;
         // Stop once enough hypotheses have finished and none still live scores better.
-        let best_finished = finished.iter().map(score_of).fold(f32::NEG_INFINITY, f32::max);
+        let best_finished = finished
+            .iter()
+            .map(score_of)
+            .fold(f32::NEG_INFINITY, f32::max);
         let best_live = live.iter().map(score_of).fold(f32::NEG_INFINITY, f32::max);
         if live.is_empty() || finished.len() >= params.width && best_finished >= best_live {
             break;
@@ -895,12 +922,14 @@ fn describe_beam<L: CausalLm, S: Scorer>(
             token_ids: best.ids[prompt_ids.len()..].to_vec(),
             text: best.text,
             similarity: best.similarity,
+            log_prob: best.log_prob,
             stop_reason,
         },
         None => DescribeResult {
             text: lm.decode(&prompt_ids)?,
             token_ids: Vec::new(),
             similarity: f32::NAN,
+            log_prob: 0.0,
             stop_reason,
         },
     })
