@@ -6,7 +6,8 @@ use candle_core::Device;
 use clipsteer::image::DecodeLimits;
 use clipsteer::steer::constraints::Blocklist;
 use clipsteer::steer::describe::{
-    describe, ends_sentence, magic_scores, top_k, DescribeOptions, MagicParams, Strategy,
+    beam_score, describe, ends_sentence, magic_scores, top_k, BeamParams, DescribeOptions,
+    MagicParams, ScoredText, Strategy,
 };
 use clipsteer::steer::scorer::image_target;
 use clipsteer::steer::target::{combine, TargetPart};
@@ -40,7 +41,7 @@ fn options(
         magic: MagicParams::default(),
         stop_at_sentence_end: false,
         beam: Default::default(),
-        scored_text: clipsteer::steer::describe::ScoredText::Full,
+        scored_text: ScoredText::Full,
     }
 }
 
@@ -121,7 +122,7 @@ fn no_step_ever_writes_a_blocked_word() {
     assert!(likely.len() >= 5, "{likely:?}");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(42);
     let mut blocked_steps = 0;
-    for case in 0..40 {
+    for case in 0..60 {
         let substrings = rng.random_bool(0.3);
         let mut words = Vec::new();
         for _ in 0..rng.random_range(1..5) {
@@ -152,14 +153,19 @@ fn no_step_ever_writes_a_blocked_word() {
         {
             continue;
         }
-        let strategy = if rng.random_bool(0.3) {
-            Strategy::Magic
-        } else {
-            Strategy::Seed
-        };
+        let strategy = [
+            Strategy::Seed,
+            Strategy::Seed,
+            Strategy::Magic,
+            Strategy::Beam,
+        ][rng.random_range(0..4)];
         let k = rng.random_range(1..40);
         let blocklist = Blocklist::new(&words, substrings).unwrap();
-        let opts = options(prompt, k, rng.random_range(1..12), strategy, blocklist);
+        let mut opts = options(prompt, k, rng.random_range(1..12), strategy, blocklist);
+        opts.beam.width = rng.random_range(1..5);
+        if rng.random_bool(0.5) {
+            opts.scored_text = ScoredText::Generated;
+        }
         let mut texts = Vec::new();
         let result = describe(&lm, &scorer, &target, &opts, |event| {
             texts.push(event.text.clone());
@@ -385,5 +391,188 @@ fn sentence_ends_are_recognised() {
     }
     for token in [" cat", ",", " e.g"] {
         assert!(!ends_sentence(token), "{token:?}");
+    }
+}
+
+/// Log-probability of `token` after `ids`, from a fresh forward pass.
+fn log_prob_after(lm: &Gpt2Lm, ids: &[u32], token: u32) -> f64 {
+    let logits = lm.next_logits(ids, &mut lm.new_cache()).unwrap();
+    let max = logits.iter().cloned().fold(f32::MIN, f32::max) as f64;
+    let total: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
+    logits[token as usize] as f64 - max - total.ln()
+}
+
+fn similarity_of(scorer: &ClipScorer, text: &str, target: &[f32]) -> f32 {
+    normalize(&scorer.embed_text(text).unwrap())
+        .iter()
+        .zip(target)
+        .map(|(a, b)| a * b)
+        .sum()
+}
+
+/// With a beam wide enough to keep every path, beam search is exhaustive: its answer must be the
+/// best of all k^n texts by similarity + fluency × mean log-prob, each enumerated and scored here
+/// from scratch (fresh forward passes, whole-text embeddings).
+#[test]
+fn a_beam_with_room_for_every_path_returns_the_best_scoring_text() {
+    let lm = lm();
+    let scorer = scorer();
+    let target = image_target(
+        &scorer,
+        &fixture("images/crop32.png"),
+        DecodeLimits::default(),
+    )
+    .unwrap();
+    let prompt = "An image of ";
+    let (k, depth, fluency) = (3usize, 3usize, 0.02f32);
+    let prompt_ids = lm.encode(prompt).unwrap();
+    let eos = lm.eos_token_id();
+    // Every path: (generated ids, sum of log-probs).
+    let mut leaves: Vec<(Vec<u32>, f64)> = Vec::new();
+    let mut frontier: Vec<(Vec<u32>, f64)> = vec![(Vec::new(), 0.0)];
+    for level in 0..depth {
+        let mut next = Vec::new();
+        for (generated, log_prob) in frontier {
+            let ids = [prompt_ids.clone(), generated.clone()].concat();
+            let logits = lm.next_logits(&ids, &mut lm.new_cache()).unwrap();
+            for token in top_k(&logits, k).unwrap() {
+                if Some(token) == eos {
+                    // Ending keeps the text as it is; an empty text cannot end.
+                    if level > 0 {
+                        leaves.push((generated.clone(), log_prob));
+                    }
+                    continue;
+                }
+                let extended = [generated.clone(), vec![token]].concat();
+                next.push((extended, log_prob + log_prob_after(&lm, &ids, token)));
+            }
+        }
+        frontier = next;
+    }
+    leaves.extend(frontier);
+    let scored: Vec<(Vec<u32>, f32)> = leaves
+        .into_iter()
+        .map(|(generated, log_prob)| {
+            let text = lm.decode(&generated).unwrap();
+            let similarity = similarity_of(&scorer, &text, &target);
+            let score = similarity + fluency * (log_prob / generated.len() as f64) as f32;
+            (generated, score)
+        })
+        .collect();
+    let best = scored.iter().max_by(|a, b| a.1.total_cmp(&b.1)).unwrap();
+
+    let mut opts = options(prompt, k, depth, Strategy::Beam, Blocklist::default());
+    opts.beam = BeamParams {
+        width: k.pow(depth as u32),
+        fluency,
+    };
+    opts.scored_text = ScoredText::Generated;
+    let mut steps = 0;
+    let result = describe(&lm, &scorer, &target, &opts, |_| {
+        steps += 1;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(steps, depth);
+    let got = beam_score(
+        result.similarity,
+        result.log_prob,
+        result.token_ids.len(),
+        fluency,
+    );
+    assert!(
+        result.token_ids == best.0 || (got - best.1).abs() < 1e-5,
+        "beam chose {:?} ({got}), the best is {:?} ({})",
+        result.token_ids,
+        best.0,
+        best.1
+    );
+    assert!((got - best.1).abs() < 1e-4, "{got} vs {}", best.1);
+    // What the result reports about itself holds when recomputed.
+    let text = lm.decode(&result.token_ids).unwrap();
+    assert_eq!(result.text, format!("{prompt}{text}"));
+    let similarity = similarity_of(&scorer, &text, &target);
+    assert!((result.similarity - similarity).abs() < 1e-5);
+}
+
+/// A narrow beam prunes: it must still return a finished or live hypothesis it really scored,
+/// and with width 1 and no fluency term it is the seed loop's greedy choice on generated text.
+#[test]
+fn a_width_one_beam_without_fluency_is_greedy_by_similarity() {
+    let lm = lm();
+    let scorer = scorer();
+    let target = image_target(
+        &scorer,
+        &fixture("images/odd_47x61.png"),
+        DecodeLimits::default(),
+    )
+    .unwrap();
+    let mut seed = options("A photo of", 12, 6, Strategy::Seed, Blocklist::default());
+    seed.scored_text = ScoredText::Generated;
+    let mut beam = seed.clone();
+    beam.strategy = Strategy::Beam;
+    beam.beam = BeamParams {
+        width: 1,
+        fluency: 0.0,
+    };
+    let greedy = describe(&lm, &scorer, &target, &seed, |_| Ok(())).unwrap();
+    assert!(
+        !greedy
+            .token_ids
+            .contains(&lm.eos_token_id().unwrap_or(u32::MAX)),
+        "the fixture case must not end the text, or the two loops differ by design"
+    );
+    let searched = describe(&lm, &scorer, &target, &beam, |_| Ok(())).unwrap();
+    assert_eq!(searched.token_ids, greedy.token_ids);
+    assert_eq!(searched.text, greedy.text);
+    assert!((searched.log_prob - greedy.log_prob).abs() < 1e-6);
+}
+
+/// Generated-only scoring leaves the prompt out of what the encoder sees, in every loop, and the
+/// reported log-probability is the LM's, recomputed token by token.
+#[test]
+fn generated_text_scoring_and_log_prob_hold_when_recomputed() {
+    let lm = lm();
+    let scorer = scorer();
+    let target = image_target(
+        &scorer,
+        &fixture("images/crop32.png"),
+        DecodeLimits::default(),
+    )
+    .unwrap();
+    let prompt = "Here is";
+    let prompt_ids = lm.encode(prompt).unwrap();
+    for strategy in [Strategy::Seed, Strategy::Magic, Strategy::Beam] {
+        for scored_text in [ScoredText::Full, ScoredText::Generated] {
+            let mut opts = options(prompt, 10, 5, strategy, Blocklist::default());
+            opts.scored_text = scored_text;
+            let result = describe(&lm, &scorer, &target, &opts, |_| Ok(())).unwrap();
+            let seen = match scored_text {
+                ScoredText::Full => result.text.clone(),
+                ScoredText::Generated => lm.decode(&result.token_ids).unwrap(),
+            };
+            let want = similarity_of(&scorer, &seen, &target);
+            assert!(
+                (result.similarity - want).abs() < 1e-5,
+                "{strategy:?} {scored_text:?}: {} vs {want}",
+                result.similarity
+            );
+            let mut ids = prompt_ids.clone();
+            let mut log_prob = 0.0;
+            for &token in &result.token_ids {
+                log_prob += log_prob_after(&lm, &ids, token);
+                ids.push(token);
+            }
+            assert!(
+                (result.log_prob - log_prob).abs() < 1e-3,
+                "{strategy:?}: {} vs {log_prob}",
+                result.log_prob
+            );
+            assert!(
+                (result.mean_nll() + log_prob / ids.len().saturating_sub(prompt_ids.len()) as f64)
+                    .abs()
+                    < 1e-3
+            );
+        }
     }
 }
