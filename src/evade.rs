@@ -13,7 +13,7 @@ use crate::steer::describe::{describe, DescribeOptions, MagicParams, Strategy};
 use crate::steer::{normalize, ClipScorer};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 

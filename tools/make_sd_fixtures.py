@@ -114,13 +114,15 @@ def tiny_unet() -> UNet2DConditionModel:
         sample_size=SIZE // 8,
         in_channels=4,
         out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=(16, 32, 32),
-        layers_per_block=2,
-        attention_head_dim=[2, 4, 4],
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        attention_head_dim=[2, 4],
         cross_attention_dim=32,
-        norm_num_groups=8,
+        # candle-transformers' UNet blocks build their resnets with 32 groups whatever the
+        # config says; SD's UNets all use 32.
+        norm_num_groups=32,
         use_linear_projection=True,
     )
     return unet.eval()

@@ -189,6 +189,12 @@ pub fn read_unet(path: &Path) -> Result<UNetSpec> {
     {
         return unsupported("conv kernels other than 3 are not supported".into());
     }
+    if file.norm_num_groups != 32 {
+        return unsupported(format!(
+            "norm_num_groups {} is not supported (candle-transformers' UNet blocks use 32)",
+            file.norm_num_groups
+        ));
+    }
     // diffusers' legacy naming: without num_attention_heads, attention_head_dim is the number
     // of heads (SD 2's [5, 10, 20, 20]); candle's BlockConfig field means the same.
     let heads_value = file
