@@ -74,7 +74,12 @@ impl ReportPaths {
             .file_stem()
             .and_then(|s| s.to_str())
             .filter(|s| !s.is_empty())
-            .with_context(|| format!("--report {}: give a file name such as report.html", html.display()))?;
+            .with_context(|| {
+                format!(
+                    "--report {}: give a file name such as report.html",
+                    html.display()
+                )
+            })?;
         let sibling = |name: String| html.with_file_name(name);
         Ok(Self {
             html: html.to_path_buf(),
@@ -100,7 +105,9 @@ fn blocklist(args: &EvadeArgs) -> Result<Blocklist> {
     }
     let list = Blocklist::new(words, args.block_substrings)?;
     if list.is_empty() {
-        bail!("evade needs the words a filter blocks: pass --block word1,word2 or --blocklist FILE");
+        bail!(
+            "evade needs the words a filter blocks: pass --block word1,word2 or --blocklist FILE"
+        );
     }
     Ok(list)
 }
@@ -144,7 +151,8 @@ pub fn run(args: EvadeArgs, device: &Device) -> Result<i32> {
         ),
         None => {
             let prompt = args.prompt.as_deref().unwrap_or_default();
-            let image = generate_with_progress(&pipeline, &args.diffusion.options(prompt), "image 1")?;
+            let image =
+                generate_with_progress(&pipeline, &args.diffusion.options(prompt), "image 1")?;
             (image, json!({"kind": "generated", "prompt": prompt}))
         }
     };
@@ -161,8 +169,15 @@ pub fn run(args: EvadeArgs, device: &Device) -> Result<i32> {
     let described = described?;
     let description = described.text.clone();
 
-    let image2 = generate_with_progress(&pipeline, &args.diffusion.options(&description), "image 2")?;
-    let similarities = Similarities::measure(&clip, &image1_embedding, &description, &image2, args.prompt.as_deref())?;
+    let image2 =
+        generate_with_progress(&pipeline, &args.diffusion.options(&description), "image 2")?;
+    let similarities = Similarities::measure(
+        &clip,
+        &image1_embedding,
+        &description,
+        &image2,
+        args.prompt.as_deref(),
+    )?;
 
     // The guarantee, checked again on the final text independently of the steering loop.
     let found = blocklist.find_in(&description).map(String::from);
@@ -171,7 +186,12 @@ pub fn run(args: EvadeArgs, device: &Device) -> Result<i32> {
             .words()
             .iter()
             .map(String::as_str)
-            .filter(|w| Blocklist::new([*w], args.block_substrings).ok().and_then(|b| b.find_in(prompt).map(|_| ())).is_some())
+            .filter(|w| {
+                Blocklist::new([*w], args.block_substrings)
+                    .ok()
+                    .and_then(|b| b.find_in(prompt).map(|_| ()))
+                    .is_some()
+            })
             .collect(),
         None => Vec::new(),
     };
@@ -253,7 +273,11 @@ pub fn run(args: EvadeArgs, device: &Device) -> Result<i32> {
             .unwrap_or_default(),
         if report["blocklist_check"]["passed"] == true { "passed" } else { "FAILED" }
     );
-    Ok(if report["blocklist_check"]["passed"] == true { 0 } else { 1 })
+    Ok(if report["blocklist_check"]["passed"] == true {
+        0
+    } else {
+        1
+    })
 }
 
 fn file_name(path: &Path) -> String {
@@ -308,7 +332,11 @@ pub fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for (i, shift) in [18, 12, 6, 0].iter().enumerate() {
             if i <= chunk.len() {
@@ -358,7 +386,10 @@ fn render_html(report: &Value, image1_png: &[u8], image2_png: &[u8]) -> String {
             if prompt_hits.is_empty() {
                 String::new()
             } else {
-                format!(" <span class=\"hit\">(contains blocked: {})</span>", prompt_hits.join(", "))
+                format!(
+                    " <span class=\"hit\">(contains blocked: {})</span>",
+                    prompt_hits.join(", ")
+                )
             }
         ),
         None => String::new(),
@@ -413,7 +444,11 @@ code {{ background: #f4f4f4; padding: 0 0.2rem; }}
 "#,
         image1 = base64(image1_png),
         image2 = base64(image2_png),
-        image1_source = escape_html(report["images"]["image1"]["source"]["kind"].as_str().unwrap_or("")),
+        image1_source = escape_html(
+            report["images"]["image1"]["source"]["kind"]
+                .as_str()
+                .unwrap_or("")
+        ),
         description = text(&report["description"]),
         blocked = blocked.join(", "),
         sim_desc = format_sim(&report["similarity"]["image1_description"]),
@@ -455,6 +490,9 @@ mod tests {
 
     #[test]
     fn html_escapes_markup_in_text() {
-        assert_eq!(escape_html("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        assert_eq!(
+            escape_html("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
     }
 }

@@ -35,7 +35,11 @@ fn p(path: &Path) -> String {
 
 /// The one-line error a failed command prints.
 fn one_line_error(output: &Output) -> String {
-    assert!(!output.status.success(), "expected failure: {}", stderr(output));
+    assert!(
+        !output.status.success(),
+        "expected failure: {}",
+        stderr(output)
+    );
     let err = stderr(output);
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
@@ -61,8 +65,20 @@ fn generate_writes_a_png_of_the_requested_size_and_is_deterministic() {
     let again = dir.0.join("b.png");
     for path in [&out, &again] {
         let output = run(&[
-            "generate", "a red cube", "-o", &p(path), "--model", &f(SD), "--steps", "3",
-            "--size", "64", "--seed", "7", "--negative", "blurry",
+            "generate",
+            "a red cube",
+            "-o",
+            &p(path),
+            "--model",
+            &f(SD),
+            "--steps",
+            "3",
+            "--size",
+            "64",
+            "--seed",
+            "7",
+            "--negative",
+            "blurry",
         ]);
         assert!(output.status.success(), "{}", stderr(&output));
     }
@@ -73,13 +89,27 @@ fn generate_writes_a_png_of_the_requested_size_and_is_deterministic() {
     let other = dir.0.join("c.png");
     for scheduler in ["ddim", "euler-a"] {
         let output = run(&[
-            "generate", "a red cube", "-o", &p(&other), "--model", &f(SD), "--steps", "3",
-            "--size", "64", "--scheduler", scheduler,
+            "generate",
+            "a red cube",
+            "-o",
+            &p(&other),
+            "--model",
+            &f(SD),
+            "--steps",
+            "3",
+            "--size",
+            "64",
+            "--scheduler",
+            scheduler,
         ]);
         assert!(output.status.success(), "{scheduler}: {}", stderr(&output));
         assert_ne!(std::fs::read(&other).unwrap(), std::fs::read(&out).unwrap());
     }
-    assert_eq!(files_in(&dir.0), ["a.png", "b.png", "c.png"], "no temp files left");
+    assert_eq!(
+        files_in(&dir.0),
+        ["a.png", "b.png", "c.png"],
+        "no temp files left"
+    );
 }
 
 #[test]
@@ -97,16 +127,39 @@ fn generate_with_missing_weights_says_what_to_do() {
         }
     }
     let out = dir.0.join("out.png");
-    let line = one_line_error(&run(&["generate", "x", "-o", &p(&out), "--model", &p(&model), "--size", "64"]));
-    assert!(line.contains("unet/diffusion_pytorch_model.safetensors"), "{line}");
-    assert!(line.contains("huggingface-cli download") && line.contains("--model DIR"), "{line}");
+    let line = one_line_error(&run(&[
+        "generate",
+        "x",
+        "-o",
+        &p(&out),
+        "--model",
+        &p(&model),
+        "--size",
+        "64",
+    ]));
+    assert!(
+        line.contains("unet/diffusion_pytorch_model.safetensors"),
+        "{line}"
+    );
+    assert!(
+        line.contains("huggingface-cli download") && line.contains("--model DIR"),
+        "{line}"
+    );
 
     // A hub id that is not cached, offline.
     let line = one_line_error(&run(&[
-        "generate", "x", "-o", &p(&out), "--model", "stabilityai/stable-diffusion-2-base",
+        "generate",
+        "x",
+        "-o",
+        &p(&out),
+        "--model",
+        "stabilityai/stable-diffusion-2-base",
     ]));
     assert!(line.contains("HF_HUB_OFFLINE"), "{line}");
-    assert!(line.contains("huggingface-cli download stabilityai/stable-diffusion-2-base"), "{line}");
+    assert!(
+        line.contains("huggingface-cli download stabilityai/stable-diffusion-2-base"),
+        "{line}"
+    );
     assert!(!out.exists());
 }
 
@@ -114,14 +167,49 @@ fn generate_with_missing_weights_says_what_to_do() {
 fn generate_rejects_sizes_that_are_not_multiples_of_8_and_bad_outputs() {
     let dir = TempDir::new("generate-size");
     let out = dir.0.join("out.png");
-    let line = one_line_error(&run(&["generate", "x", "-o", &p(&out), "--model", &f(SD), "--size", "60"]));
-    assert!(line.contains("--size") && line.contains("multiple of 8") && line.contains("56"), "{line}");
-    let line = one_line_error(&run(&["generate", "x", "-o", &p(&out), "--model", &f(SD), "--size", "0"]));
+    let line = one_line_error(&run(&[
+        "generate",
+        "x",
+        "-o",
+        &p(&out),
+        "--model",
+        &f(SD),
+        "--size",
+        "60",
+    ]));
+    assert!(
+        line.contains("--size") && line.contains("multiple of 8") && line.contains("56"),
+        "{line}"
+    );
+    let line = one_line_error(&run(&[
+        "generate",
+        "x",
+        "-o",
+        &p(&out),
+        "--model",
+        &f(SD),
+        "--size",
+        "0",
+    ]));
     assert!(line.contains("multiple of 8"), "{line}");
-    let line = one_line_error(&run(&["generate", "x", "-o", &p(&dir.0.join("out.gif2")), "--model", &f(SD)]));
+    let line = one_line_error(&run(&[
+        "generate",
+        "x",
+        "-o",
+        &p(&dir.0.join("out.gif2")),
+        "--model",
+        &f(SD),
+    ]));
     assert!(line.contains(".png"), "{line}");
     let line = one_line_error(&run(&[
-        "generate", "x", "-o", &p(&dir.0.join("missing/out.png")), "--model", &f(SD), "--size", "64",
+        "generate",
+        "x",
+        "-o",
+        &p(&dir.0.join("missing/out.png")),
+        "--model",
+        &f(SD),
+        "--size",
+        "64",
     ]));
     assert!(line.contains("does not exist"), "{line}");
     assert!(files_in(&dir.0).is_empty());
@@ -131,9 +219,21 @@ fn generate_rejects_sizes_that_are_not_multiples_of_8_and_bad_outputs() {
 fn evade(dir: &Path, extra: &[&str]) -> (Output, serde_json::Value, String) {
     let report = dir.join("report.html");
     let mut args = vec![
-        "evade".to_string(), "--report".into(), p(&report), "--model".into(), f(SD),
-        "--lm".into(), f("gpt2-tiny"), "--clip".into(), f("clip-tiny-gelu"), "--steps".into(),
-        "2".into(), "--size".into(), "64".into(), "--max-tokens".into(), "8".into(),
+        "evade".to_string(),
+        "--report".into(),
+        p(&report),
+        "--model".into(),
+        f(SD),
+        "--lm".into(),
+        f("gpt2-tiny"),
+        "--clip".into(),
+        f("clip-tiny-gelu"),
+        "--steps".into(),
+        "2".into(),
+        "--size".into(),
+        "64".into(),
+        "--max-tokens".into(),
+        "8".into(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     let output = bin().args(&args).output().expect("run");
@@ -160,12 +260,31 @@ fn assert_html_self_contained(html: &str) {
     let sources: Vec<&str> = html.split("src=\"").skip(1).collect();
     assert_eq!(sources.len(), 2, "two images");
     for source in sources {
-        assert!(source.starts_with("data:image/png;base64,"), "image not embedded");
+        assert!(
+            source.starts_with("data:image/png;base64,"),
+            "image not embedded"
+        );
         let data = &source["data:image/png;base64,".len()..source.find('"').unwrap()];
-        assert!(data.len() > 100 && data.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b)));
+        assert!(
+            data.len() > 100
+                && data
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
+        );
     }
-    for external in ["href=", "<link", "<script", "@import", "url(", "src=\"http", "src='"] {
-        assert!(!html.contains(external), "HTML references something external: {external}");
+    for external in [
+        "href=",
+        "<link",
+        "<script",
+        "@import",
+        "url(",
+        "src=\"http",
+        "src='",
+    ] {
+        assert!(
+            !html.contains(external),
+            "HTML references something external: {external}"
+        );
     }
 }
 
@@ -175,8 +294,17 @@ fn evade_keeps_blocked_words_out_and_writes_a_self_contained_report() {
     let image = f("images/photo_80x53.jpg");
     // What the describer writes for this image when nothing is blocked...
     let free = run(&[
-        "describe", &image, "--lm", &f("gpt2-tiny"), "--clip", &f("clip-tiny-gelu"),
-        "--strategy", "magic", "--max-tokens", "8", "--json",
+        "describe",
+        &image,
+        "--lm",
+        &f("gpt2-tiny"),
+        "--clip",
+        &f("clip-tiny-gelu"),
+        "--strategy",
+        "magic",
+        "--max-tokens",
+        "8",
+        "--json",
     ]);
     assert!(free.status.success(), "{}", stderr(&free));
     let done: serde_json::Value = String::from_utf8_lossy(&free.stdout)
@@ -185,8 +313,12 @@ fn evade_keeps_blocked_words_out_and_writes_a_self_contained_report() {
         .find(|v| v["event"] == "done")
         .expect("done event");
     let free_text = done["text"].as_str().unwrap().to_string();
-    let free_words: Vec<String> = description_words(&free_text[free_text.len().min("An image of ".len())..]);
-    assert!(!free_words.is_empty(), "the unconstrained description has no words: {free_text:?}");
+    let free_words: Vec<String> =
+        description_words(&free_text[free_text.len().min("An image of ".len())..]);
+    assert!(
+        !free_words.is_empty(),
+        "the unconstrained description has no words: {free_text:?}"
+    );
     // ...then block those very words, in other cases, and evade.
     let mut blocked: Vec<String> = Vec::new();
     for word in free_words.iter().map(|w| w.to_uppercase()) {
@@ -197,7 +329,14 @@ fn evade_keeps_blocked_words_out_and_writes_a_self_contained_report() {
     let block_arg = blocked.join(",");
     let (_, report, html) = evade(
         &dir.0,
-        &["--image", &image, "--prompt", &free_words[0], "--block", &block_arg],
+        &[
+            "--image",
+            &image,
+            "--prompt",
+            &free_words[0],
+            "--block",
+            &block_arg,
+        ],
     );
 
     let description = report["description"].as_str().expect("description");
@@ -213,7 +352,10 @@ fn evade_keeps_blocked_words_out_and_writes_a_self_contained_report() {
     assert!(report["blocklist_check"]["found"].is_null());
     let expected_blocked: Vec<String> = blocked.iter().map(|w| w.to_lowercase()).collect();
     assert_eq!(report["blocked_words"], serde_json::json!(expected_blocked));
-    assert_eq!(report["prompt_blocked_words"], serde_json::json!([free_words[0]]));
+    assert_eq!(
+        report["prompt_blocked_words"],
+        serde_json::json!([free_words[0]])
+    );
     assert_eq!(report["images"]["image1"]["source"]["kind"], "given");
     assert_eq!(report["images"]["image1"]["width"], 80);
     assert_eq!(report["images"]["image2"]["width"], 64);
@@ -229,7 +371,12 @@ fn evade_keeps_blocked_words_out_and_writes_a_self_contained_report() {
     assert!(html.contains("PASSED"));
     assert_eq!(
         files_in(&dir.0),
-        ["report-image1.png", "report-image2.png", "report.html", "report.json"]
+        [
+            "report-image1.png",
+            "report-image2.png",
+            "report.html",
+            "report.json"
+        ]
     );
     let image2 = image::open(dir.0.join("report-image2.png")).unwrap();
     assert_eq!((image2.width(), image2.height()), (64, 64));
@@ -240,13 +387,26 @@ fn evade_generates_image_1_from_the_prompt() {
     let dir = TempDir::new("evade-generated");
     let (_, report, html) = evade(
         &dir.0,
-        &["--prompt", "a fat squirrel on a tree branch", "--block", "squirrel,Branch"],
+        &[
+            "--prompt",
+            "a fat squirrel on a tree branch",
+            "--block",
+            "squirrel,Branch",
+        ],
     );
     let description = report["description"].as_str().unwrap().to_lowercase();
-    assert!(!description_words(&description).iter().any(|w| w == "squirrel" || w == "branch"));
+    assert!(!description_words(&description)
+        .iter()
+        .any(|w| w == "squirrel" || w == "branch"));
     assert_eq!(report["images"]["image1"]["source"]["kind"], "generated");
-    assert_eq!(report["images"]["image1"]["source"]["prompt"], "a fat squirrel on a tree branch");
-    assert_eq!(report["prompt_blocked_words"], serde_json::json!(["squirrel", "branch"]));
+    assert_eq!(
+        report["images"]["image1"]["source"]["prompt"],
+        "a fat squirrel on a tree branch"
+    );
+    assert_eq!(
+        report["prompt_blocked_words"],
+        serde_json::json!(["squirrel", "branch"])
+    );
     assert_ne!(
         std::fs::read(dir.0.join("report-image1.png")).unwrap(),
         std::fs::read(dir.0.join("report-image2.png")).unwrap()
@@ -258,7 +418,15 @@ fn evade_generates_image_1_from_the_prompt() {
 fn evade_needs_blocked_words_and_a_prompt_or_image() {
     let dir = TempDir::new("evade-errors");
     let report = p(&dir.0.join("r.html"));
-    let line = one_line_error(&run(&["evade", "--prompt", "x", "--report", &report, "--model", &f(SD)]));
+    let line = one_line_error(&run(&[
+        "evade",
+        "--prompt",
+        "x",
+        "--report",
+        &report,
+        "--model",
+        &f(SD),
+    ]));
     assert!(line.contains("--block"), "{line}");
     let output = run(&["evade", "--block", "x", "--report", &report]);
     assert!(!output.status.success());

@@ -15,7 +15,8 @@ fn fixture(path: &str) -> PathBuf {
 }
 
 fn reference_json() -> serde_json::Value {
-    let text = std::fs::read_to_string(fixture("reference/reference.json")).expect("reference.json");
+    let text =
+        std::fs::read_to_string(fixture("reference/reference.json")).expect("reference.json");
     serde_json::from_str(&text).expect("reference.json is JSON")
 }
 
@@ -48,7 +49,9 @@ fn max_abs(a: &Tensor) -> f32 {
 #[test]
 fn timesteps_and_sigmas_match_diffusers_for_every_spacing_and_step_count() {
     let reference = reference_json();
-    let cases = reference["scheduler"]["timesteps"].as_array().expect("cases");
+    let cases = reference["scheduler"]["timesteps"]
+        .as_array()
+        .expect("cases");
     assert_eq!(cases.len(), 24, "3 spacings × 8 step counts");
     let mut worst_sigma_error = 0f32;
     for case in cases {
@@ -65,7 +68,11 @@ fn timesteps_and_sigmas_match_diffusers_for_every_spacing_and_step_count() {
             .iter()
             .map(|t| t.as_u64().expect("int") as usize)
             .collect();
-        assert_eq!(scheduler.timesteps(), expected_t.as_slice(), "{spacing} {steps}");
+        assert_eq!(
+            scheduler.timesteps(),
+            expected_t.as_slice(),
+            "{spacing} {steps}"
+        );
         let expected_sigmas: Vec<f32> = case["sigmas"]
             .as_array()
             .expect("sigmas")

@@ -84,10 +84,8 @@ pub struct GenerateArgs {
 
 /// A progress bar over denoising steps on stderr (drawn only on a terminal).
 pub fn step_bar(label: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::with_draw_target(
-        None,
-        indicatif::ProgressDrawTarget::stderr(),
-    );
+    let bar =
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "{prefix} {bar:30} {pos}/{len} steps · {elapsed} elapsed · ETA {eta}",
@@ -190,7 +188,11 @@ pub fn run_generate(args: GenerateArgs, device: &Device) -> Result<i32> {
     check_output_dir(&args.output)?;
     let pipeline = args.diffusion.load(device)?;
     let started = std::time::Instant::now();
-    let image = generate_with_progress(&pipeline, &args.diffusion.options(&args.prompt), "denoising")?;
+    let image = generate_with_progress(
+        &pipeline,
+        &args.diffusion.options(&args.prompt),
+        "denoising",
+    )?;
     write_atomically(&args.output, &encode_image(&image, format)?)?;
     eprintln!(
         "wrote {} ({}×{}, {} steps of {}, seed {}, {:.1}s)",

@@ -28,8 +28,10 @@ fn per_block(value: &Value, blocks: usize, key: &str) -> Result<Vec<usize>> {
             Ok(vec![n as usize; blocks])
         }
         Value::Array(values) => {
-            let list: Option<Vec<usize>> =
-                values.iter().map(|v| v.as_u64().map(|n| n as usize)).collect();
+            let list: Option<Vec<usize>> = values
+                .iter()
+                .map(|v| v.as_u64().map(|n| n as usize))
+                .collect();
             match list {
                 Some(list) if list.len() == blocks => Ok(list),
                 _ => bail!("unet config: {key} must be an integer or a list of {blocks} integers"),
@@ -138,8 +140,7 @@ pub fn read_unet(path: &Path) -> Result<UNetSpec> {
         )
     };
     let blocks = file.block_out_channels.len();
-    if blocks == 0 || file.down_block_types.len() != blocks || file.up_block_types.len() != blocks
-    {
+    if blocks == 0 || file.down_block_types.len() != blocks || file.up_block_types.len() != blocks {
         return unsupported(format!(
             "{} block_out_channels but {} down and {} up block types",
             blocks,
@@ -178,15 +179,15 @@ pub fn read_unet(path: &Path) -> Result<UNetSpec> {
         return unsupported("encoder_hid_dim / time_cond_proj_dim are not supported".into());
     }
     if file.dual_cross_attention == Some(true)
-        || file
-            .only_cross_attention
-            .as_ref()
-            .is_some_and(|v| v.as_bool() == Some(true) || v.as_array().is_some_and(|a| a.iter().any(|b| b.as_bool() == Some(true))))
+        || file.only_cross_attention.as_ref().is_some_and(|v| {
+            v.as_bool() == Some(true)
+                || v.as_array()
+                    .is_some_and(|a| a.iter().any(|b| b.as_bool() == Some(true)))
+        })
     {
         return unsupported("dual or only cross attention is not supported".into());
     }
-    if file.conv_in_kernel.is_some_and(|k| k != 3) || file.conv_out_kernel.is_some_and(|k| k != 3)
-    {
+    if file.conv_in_kernel.is_some_and(|k| k != 3) || file.conv_out_kernel.is_some_and(|k| k != 3) {
         return unsupported("conv kernels other than 3 are not supported".into());
     }
     if file.norm_num_groups != 32 {
@@ -219,7 +220,11 @@ pub fn read_unet(path: &Path) -> Result<UNetSpec> {
             "DownBlock2D" => false,
             other => return unsupported(format!("down block type '{other}' is not supported")),
         };
-        let expected_up = if cross { "CrossAttnUpBlock2D" } else { "UpBlock2D" };
+        let expected_up = if cross {
+            "CrossAttnUpBlock2D"
+        } else {
+            "UpBlock2D"
+        };
         if file.up_block_types[blocks - 1 - i] != expected_up {
             return unsupported(format!(
                 "up block {} is '{}' where the mirror of down block {i} needs '{expected_up}'",
@@ -315,7 +320,10 @@ pub struct VaeSpec {
 pub fn read_vae(path: &Path) -> Result<VaeSpec> {
     let file: VaeFile = read_json(path)?;
     let unsupported = |what: String| -> Result<VaeSpec> {
-        bail!("{}: {what}; clipsteer runs Stable Diffusion's AutoencoderKL", path.display())
+        bail!(
+            "{}: {what}; clipsteer runs Stable Diffusion's AutoencoderKL",
+            path.display()
+        )
     };
     let blocks = file.block_out_channels.len();
     if blocks == 0 {
@@ -333,7 +341,9 @@ pub fn read_vae(path: &Path) -> Result<VaeSpec> {
         return unsupported("act_fn other than silu is not supported".into());
     }
     if file.mid_block_add_attention == Some(false) || file.shift_factor.is_some_and(|s| s != 0.0) {
-        return unsupported("mid_block_add_attention = false and shift_factor are not supported".into());
+        return unsupported(
+            "mid_block_add_attention = false and shift_factor are not supported".into(),
+        );
     }
     if let Some(channels) = file
         .block_out_channels

@@ -61,10 +61,7 @@ impl DpmSolverConfig {
                 return unsupported(name);
             }
         }
-        if file
-            .lambda_min_clipped
-            .is_some_and(|l| l.is_finite())
-        {
+        if file.lambda_min_clipped.is_some_and(|l| l.is_finite()) {
             return unsupported("a finite lambda_min_clipped");
         }
         if matches!(
@@ -199,12 +196,20 @@ impl DpmSolverMultistep {
     }
 
     /// One solver step; `step` in the trait below wraps this with candle's error type.
-    pub fn advance(&mut self, model_output: &Tensor, timestep: usize, sample: &Tensor) -> Result<Tensor> {
+    pub fn advance(
+        &mut self,
+        model_output: &Tensor,
+        timestep: usize,
+        sample: &Tensor,
+    ) -> Result<Tensor> {
         let Some(&expected) = self.timesteps.get(self.step_index) else {
             bail!("the DPM-Solver++ schedule is already complete");
         };
         if timestep != expected {
-            bail!("DPM-Solver++ step {} expected timestep {expected}, got {timestep}", self.step_index);
+            bail!(
+                "DPM-Solver++ step {} expected timestep {expected}, got {timestep}",
+                self.step_index
+            );
         }
         let steps = self.timesteps.len();
         let last = self.step_index == steps - 1;
@@ -214,7 +219,9 @@ impl DpmSolverMultistep {
                 || self.config.final_sigma_zero);
         let x0 = self.predicted_x0(model_output, sample)?;
         let prev_sample = match (&self.previous_x0, self.config.solver_order) {
-            (Some(previous), 2) if !lower_order_final => self.second_order(&x0, previous, sample)?,
+            (Some(previous), 2) if !lower_order_final => {
+                self.second_order(&x0, previous, sample)?
+            }
             _ => self.first_order(&x0, sample)?,
         };
         self.previous_x0 = Some(x0);
@@ -228,7 +235,12 @@ impl Scheduler for DpmSolverMultistep {
         &self.timesteps
     }
 
-    fn add_noise(&self, original: &Tensor, noise: Tensor, timestep: usize) -> candle_core::Result<Tensor> {
+    fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: Tensor,
+        timestep: usize,
+    ) -> candle_core::Result<Tensor> {
         let Some(index) = self.timesteps.iter().position(|&t| t == timestep) else {
             candle_core::bail!("timestep {timestep} is not in this DPM-Solver++ schedule");
         };
@@ -244,7 +256,12 @@ impl Scheduler for DpmSolverMultistep {
         Ok(sample)
     }
 
-    fn step(&mut self, model_output: &Tensor, timestep: usize, sample: &Tensor) -> candle_core::Result<Tensor> {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        timestep: usize,
+        sample: &Tensor,
+    ) -> candle_core::Result<Tensor> {
         self.advance(model_output, timestep, sample)
             .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))
     }

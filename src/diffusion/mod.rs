@@ -60,13 +60,12 @@ pub enum SchedulerKind {
 /// The what-to-do sentence of every missing-weights error.
 fn fetch_hint(spec: &str) -> String {
     format!(
-        "download it where the hub is reachable (`huggingface-cli download {}`) or pass --model DIR, a directory in the diffusers layout ({})",
+        "download it where the hub is reachable (`huggingface-cli download {}`) or pass --model DIR, a directory in the diffusers layout (unet/, vae/, text_encoder/, tokenizer/, scheduler/)",
         if crate::hub::looks_like_hub_id(spec) && !Path::new(spec).exists() {
             spec
         } else {
             DEFAULT_MODEL
-        },
-        REQUIRED_FILES.join(", ")
+        }
     )
 }
 
@@ -81,11 +80,7 @@ pub fn resolve(spec: &str) -> Result<PathBuf> {
             .filter(|f| !path.join(f).is_file())
             .collect();
         if !missing.is_empty() {
-            bail!(
-                "{spec} lacks {}; {}",
-                missing.join(", "),
-                fetch_hint(spec)
-            );
+            bail!("{spec} lacks {}; {}", missing.join(", "), fetch_hint(spec));
         }
         return Ok(path.to_path_buf());
     }
@@ -118,11 +113,16 @@ pub fn resolve(spec: &str) -> Result<PathBuf> {
         let api = hf_hub::api::sync::ApiBuilder::from_cache(cache.clone())
             .with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .build()
-            .map_err(|e| anyhow::anyhow!("the hub client failed to start ({e}); {}", fetch_hint(spec)))?;
+            .map_err(|e| {
+                anyhow::anyhow!("the hub client failed to start ({e}); {}", fetch_hint(spec))
+            })?;
         let remote = api.model(spec.to_string());
         for file in missing {
             found.push(remote.get(file).map_err(|e| {
-                anyhow::anyhow!("downloading {file} of '{spec}' failed ({e}); {}", fetch_hint(spec))
+                anyhow::anyhow!(
+                    "downloading {file} of '{spec}' failed ({e}); {}",
+                    fetch_hint(spec)
+                )
             })?);
         }
         for file in OPTIONAL_FILES {
@@ -210,7 +210,8 @@ impl StableDiffusion {
         let unet_spec = config::read_unet(&dir.join("unet/config.json"))?;
         let vae_spec = config::read_vae(&dir.join("vae/config.json"))?;
         let text_encoder = TextEncoder::load(&dir.join("text_encoder"), device)?;
-        let tokenizer = PromptTokenizer::load(&dir.join("tokenizer"), text_encoder.max_positions())?;
+        let tokenizer =
+            PromptTokenizer::load(&dir.join("tokenizer"), text_encoder.max_positions())?;
         let scheduler_file = SchedulerFile::load(&dir.join("scheduler/scheduler_config.json"))?;
         if unet_spec.out_channels != unet_spec.in_channels
             || unet_spec.in_channels != vae_spec.config.latent_channels
@@ -224,7 +225,10 @@ impl StableDiffusion {
             );
         }
         let unet = UNet2DConditionModel::new(
-            safetensors_vb(&dir.join("unet/diffusion_pytorch_model.safetensors"), device)?,
+            safetensors_vb(
+                &dir.join("unet/diffusion_pytorch_model.safetensors"),
+                device,
+            )?,
             unet_spec.in_channels,
             unet_spec.out_channels,
             false,
@@ -417,7 +421,9 @@ fn build_scheduler(
     }
     if kind == SchedulerKind::DpmPlusPlus2M {
         let config = dpm_solver::DpmSolverConfig::from_file(file)?;
-        return Ok(Box::new(dpm_solver::DpmSolverMultistep::new(config, steps)?));
+        return Ok(Box::new(dpm_solver::DpmSolverMultistep::new(
+            config, steps,
+        )?));
     }
     if file.trained_betas.is_some() {
         bail!("scheduler config: trained_betas is supported by --scheduler dpm++2m only");
@@ -439,7 +445,8 @@ fn build_scheduler(
         schedule::Spacing::Linspace => TimestepSpacing::Linspace,
         schedule::Spacing::Trailing => TimestepSpacing::Trailing,
     };
-    let prediction_type = candle_prediction(PredictionType::parse(file.prediction_type.as_deref())?);
+    let prediction_type =
+        candle_prediction(PredictionType::parse(file.prediction_type.as_deref())?);
     let beta_start = file.beta_start.unwrap_or(0.0001);
     let beta_end = file.beta_end.unwrap_or(0.02);
     let steps_offset = file.steps_offset.unwrap_or(0);

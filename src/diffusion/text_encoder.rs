@@ -67,11 +67,8 @@ impl TextEncoder {
         }
         let eps = config.layer_norm_eps;
         let embeddings = vb.pp("embeddings");
-        let token_embedding = candle_nn::embedding(
-            config.vocab_size,
-            hidden,
-            embeddings.pp("token_embedding"),
-        )?;
+        let token_embedding =
+            candle_nn::embedding(config.vocab_size, hidden, embeddings.pp("token_embedding"))?;
         let position_embedding = embeddings.get(
             (config.max_position_embeddings, hidden),
             "position_embedding.weight",
@@ -116,7 +113,10 @@ impl TextEncoder {
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let (batch, len) = ids.dims2()?;
         if len > self.max_positions() {
-            bail!("{len} tokens exceed the text encoder's {} positions", self.max_positions());
+            bail!(
+                "{len} tokens exceed the text encoder's {} positions",
+                self.max_positions()
+            );
         }
         let mut xs = self
             .token_embedding
