@@ -59,6 +59,11 @@ pub enum Command {
     Bench(BenchArgs),
     /// CLIPScore of captions for an image: 2.5 · max(cosine, 0).
     Score(ScoreArgs),
+    /// Text to image with Stable Diffusion (diffusers layout: SD 1.x/2.x).
+    Generate(Box<crate::diffusion::cli::GenerateArgs>),
+    /// Filter evasion: describe an image without blocked words, regenerate it from the
+    /// description, and report how much of the image survived (JSON + HTML).
+    Evade(Box<crate::evade::EvadeArgs>),
 }
 
 #[derive(Args, Debug)]
@@ -278,6 +283,8 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Embed(args) => embed(args, &device),
         Command::Describe(args) => run_describe(*args, &device),
         Command::Score(args) => score(args, &device),
+        Command::Generate(args) => crate::diffusion::cli::run_generate(*args, &device),
+        Command::Evade(args) => crate::evade::run(*args, &device),
         Command::Bench(args) => {
             let options = crate::bench::BenchOptions {
                 arch: args.clip,
@@ -300,12 +307,12 @@ fn load_encoder(spec: &str, device: &Device) -> Result<Encoder> {
     Encoder::load(&dir, device).with_context(|| format!("cannot load encoder '{spec}'"))
 }
 
-fn load_clip(spec: &str, device: &Device) -> Result<ClipScorer> {
+pub fn load_clip(spec: &str, device: &Device) -> Result<ClipScorer> {
     let dir = hub::resolve(spec, ModelKind::Clip)?;
     ClipScorer::load(&dir, device).with_context(|| format!("cannot load CLIP model '{spec}'"))
 }
 
-fn load_lm(spec: &str, device: &Device) -> Result<LanguageModel> {
+pub fn load_lm(spec: &str, device: &Device) -> Result<LanguageModel> {
     let path = Path::new(spec);
     if path
         .extension()

@@ -2,6 +2,8 @@
 
 pub mod bench;
 pub mod cli;
+pub mod diffusion;
+pub mod evade;
 pub mod hub;
 pub mod image;
 pub mod models;

@@ -1,0 +1,476 @@
+//! Stable Diffusion text-to-image on candle-transformers' UNet and VAE, loaded from the diffusers
+//! layout (a local directory or a hub id), with diffusers' StableDiffusionPipeline semantics:
+//! classifier-free guidance with the negative prompt as the unconditional branch, latents
+//! scaled by the VAE's scaling factor before decoding.
+
+pub mod cli;
+pub mod config;
+pub mod dpm_solver;
+pub mod schedule;
+pub mod text_encoder;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_transformers::models::stable_diffusion::schedulers::{
+    BetaSchedule, PredictionType as CandlePrediction, Scheduler, SchedulerConfig as _,
+    TimestepSpacing,
+};
+use candle_transformers::models::stable_diffusion::{
+    ddim, euler_ancestral_discrete, unet_2d::UNet2DConditionModel, vae::AutoEncoderKL,
+};
+use rand::{Rng, SeedableRng};
+use schedule::{PredictionType, SchedulerFile};
+use std::path::{Path, PathBuf};
+use text_encoder::{PromptTokenizer, TextEncoder};
+
+pub const DEFAULT_MODEL: &str = "stabilityai/stable-diffusion-2-base";
+
+/// The files a diffusers-layout directory must hold for clipsteer to run it.
+const REQUIRED_FILES: &[&str] = &[
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "tokenizer/vocab.json",
+    "tokenizer/merges.txt",
+    "tokenizer/tokenizer_config.json",
+    "scheduler/scheduler_config.json",
+];
+/// Fetched with the rest when the repository has it.
+const OPTIONAL_FILES: &[&str] = &["tokenizer/special_tokens_map.json"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum SchedulerKind {
+    /// DPM-Solver++ (2M), as diffusers' DPMSolverMultistepScheduler (the original demo's).
+    #[value(name = "dpm++2m")]
+    #[serde(rename = "dpm++2m")]
+    DpmPlusPlus2M,
+    /// DDIM (η = 0, deterministic), candle-transformers'.
+    #[value(name = "ddim")]
+    #[serde(rename = "ddim")]
+    Ddim,
+    /// Euler ancestral, candle-transformers'.
+    #[value(name = "euler-a")]
+    #[serde(rename = "euler-a")]
+    EulerAncestral,
+}
+
+/// The what-to-do sentence of every missing-weights error.
+fn fetch_hint(spec: &str) -> String {
+    format!(
+        "download it where the hub is reachable (`huggingface-cli download {}`) or pass --model DIR, a directory in the diffusers layout (unet/, vae/, text_encoder/, tokenizer/, scheduler/)",
+        if crate::hub::looks_like_hub_id(spec) && !Path::new(spec).exists() {
+            spec
+        } else {
+            DEFAULT_MODEL
+        }
+    )
+}
+
+/// Resolves `spec` (a diffusers-layout directory, or a hub id) to a local directory holding
+/// every file in [`REQUIRED_FILES`], downloading into the HF cache when allowed.
+pub fn resolve(spec: &str) -> Result<PathBuf> {
+    let path = Path::new(spec);
+    if path.is_dir() {
+        let missing: Vec<&str> = REQUIRED_FILES
+            .iter()
+            .copied()
+            .filter(|f| !path.join(f).is_file())
+            .collect();
+        if !missing.is_empty() {
+            bail!("{spec} lacks {}; {}", missing.join(", "), fetch_hint(spec));
+        }
+        return Ok(path.to_path_buf());
+    }
+    if path.exists() || !crate::hub::looks_like_hub_id(spec) {
+        bail!(
+            "no Stable Diffusion model directory at {spec}; {}",
+            fetch_hint(spec)
+        );
+    }
+    let cache_root = crate::hub::cache_dir();
+    let cache = hf_hub::Cache::new(cache_root.clone());
+    let repo = cache.repo(hf_hub::Repo::new(spec.to_string(), hf_hub::RepoType::Model));
+    let mut found: Vec<PathBuf> = Vec::new();
+    let mut missing: Vec<&str> = Vec::new();
+    for file in REQUIRED_FILES {
+        match repo.get(file) {
+            Some(local) => found.push(local),
+            None => missing.push(file),
+        }
+    }
+    if !missing.is_empty() {
+        if crate::hub::offline() {
+            bail!(
+                "model '{spec}' is not complete in the Hugging Face cache ({}; HF_HUB_OFFLINE is set, missing {}); {}",
+                cache_root.display(),
+                missing.join(", "),
+                fetch_hint(spec)
+            );
+        }
+        let api = hf_hub::api::sync::ApiBuilder::from_cache(cache.clone())
+            .with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .build()
+            .map_err(|e| {
+                anyhow::anyhow!("the hub client failed to start ({e}); {}", fetch_hint(spec))
+            })?;
+        let remote = api.model(spec.to_string());
+        for file in missing {
+            found.push(remote.get(file).map_err(|e| {
+                anyhow::anyhow!(
+                    "downloading {file} of '{spec}' failed ({e}); {}",
+                    fetch_hint(spec)
+                )
+            })?);
+        }
+        for file in OPTIONAL_FILES {
+            // Absent from some repositories by design (the tokenizer config then decides).
+            let _ = remote.get(file);
+        }
+    }
+    // Files of one revision share a snapshot directory; each lies at snapshot/<sub>/<name>.
+    let first = found.first().context("no files resolved")?;
+    let snapshot = first
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .context("unexpected hub cache layout")?;
+    Ok(snapshot)
+}
+
+/// Seeded standard-normal noise (ChaCha8 + Box–Muller): the same latents for a seed on every
+/// device and platform. Not torch's generator, so seeds do not carry over from diffusers.
+pub fn gaussian_noise(seed: u64, shape: &[usize], device: &Device) -> Result<Tensor> {
+    let count: usize = shape.iter().product();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut values = Vec::with_capacity(count + 1);
+    while values.len() < count {
+        // 1 − u keeps the logarithm finite: u is drawn from [0, 1).
+        let u1: f64 = 1.0 - rng.random::<f64>();
+        let u2: f64 = rng.random::<f64>();
+        let radius = (-2.0 * u1.ln()).sqrt();
+        let angle = std::f64::consts::TAU * u2;
+        values.push((radius * angle.cos()) as f32);
+        values.push((radius * angle.sin()) as f32);
+    }
+    values.truncate(count);
+    Ok(Tensor::from_vec(values, shape, device)?)
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub prompt: String,
+    /// The unconditional branch of guidance; "" as diffusers uses without a negative prompt.
+    pub negative: String,
+    pub steps: usize,
+    pub guidance: f64,
+    pub width: usize,
+    pub height: usize,
+    pub seed: u64,
+    pub scheduler: SchedulerKind,
+}
+
+/// A loaded Stable Diffusion pipeline.
+pub struct StableDiffusion {
+    tokenizer: PromptTokenizer,
+    text_encoder: TextEncoder,
+    unet: UNet2DConditionModel,
+    vae: AutoEncoderKL,
+    vae_spec: config::VaeSpec,
+    latent_channels: usize,
+    scheduler_file: SchedulerFile,
+    device: Device,
+}
+
+fn safetensors_vb(file: &Path, device: &Device) -> Result<candle_nn::VarBuilder<'static>> {
+    // SAFETY: the weights are mapped read-only and clipsteer never writes them while mapped.
+    unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&[file], DType::F32, device) }
+        .with_context(|| {
+            format!(
+                "cannot read {}: the file may be truncated or corrupt; download it again",
+                file.display()
+            )
+        })
+}
+
+impl StableDiffusion {
+    /// Loads every component from a directory in the diffusers layout (see [`resolve`]).
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        for file in REQUIRED_FILES {
+            if !dir.join(file).is_file() {
+                bail!(
+                    "{} lacks {file}; {}",
+                    dir.display(),
+                    fetch_hint(&dir.display().to_string())
+                );
+            }
+        }
+        let unet_spec = config::read_unet(&dir.join("unet/config.json"))?;
+        let vae_spec = config::read_vae(&dir.join("vae/config.json"))?;
+        let text_encoder = TextEncoder::load(&dir.join("text_encoder"), device)?;
+        let tokenizer =
+            PromptTokenizer::load(&dir.join("tokenizer"), text_encoder.max_positions())?;
+        let scheduler_file = SchedulerFile::load(&dir.join("scheduler/scheduler_config.json"))?;
+        if unet_spec.out_channels != unet_spec.in_channels
+            || unet_spec.in_channels != vae_spec.config.latent_channels
+        {
+            bail!(
+                "{}: the UNet maps {} to {} channels but the VAE has {} latent channels; inpainting and other variants are not supported",
+                dir.display(),
+                unet_spec.in_channels,
+                unet_spec.out_channels,
+                vae_spec.config.latent_channels
+            );
+        }
+        let unet = UNet2DConditionModel::new(
+            safetensors_vb(
+                &dir.join("unet/diffusion_pytorch_model.safetensors"),
+                device,
+            )?,
+            unet_spec.in_channels,
+            unet_spec.out_channels,
+            false,
+            unet_spec.config.clone(),
+        )
+        .with_context(|| format!("cannot build the UNet from {}/unet", dir.display()))?;
+        let vae = AutoEncoderKL::new(
+            safetensors_vb(&dir.join("vae/diffusion_pytorch_model.safetensors"), device)?,
+            vae_spec.in_channels,
+            vae_spec.out_channels,
+            vae_spec.config.clone(),
+        )
+        .with_context(|| format!("cannot build the VAE from {}/vae", dir.display()))?;
+        Ok(Self {
+            tokenizer,
+            text_encoder,
+            unet,
+            latent_channels: vae_spec.config.latent_channels,
+            vae,
+            vae_spec,
+            scheduler_file,
+            device: device.clone(),
+        })
+    }
+
+    /// Pixels per latent along each side (8 for SD): image sizes must be multiples of it.
+    pub fn downscale(&self) -> usize {
+        self.vae_spec.downscale
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The padded token ids the text encoder sees for `text`.
+    pub fn prompt_ids(&self, text: &str) -> Result<Vec<u32>> {
+        self.tokenizer.encode(text)
+    }
+
+    /// The text encoder's hidden states [1, len, hidden] for one prompt.
+    pub fn encode_prompt(&self, text: &str) -> Result<Tensor> {
+        let ids = self.tokenizer.encode_tensor(text, &self.device)?;
+        self.text_encoder.forward(&ids)
+    }
+
+    /// A fresh scheduler of `kind` for `steps` steps, configured by scheduler_config.json.
+    pub fn scheduler(&self, kind: SchedulerKind, steps: usize) -> Result<Box<dyn Scheduler>> {
+        build_scheduler(&self.scheduler_file, kind, steps)
+    }
+
+    /// Denoises `latents` [1, C, h, w] (already pure noise) with classifier-free guidance.
+    /// `on_step(done, total)` runs after every step.
+    pub fn denoise(
+        &self,
+        latents: &Tensor,
+        prompt: &str,
+        negative: &str,
+        guidance: f64,
+        scheduler: &mut dyn Scheduler,
+        mut on_step: impl FnMut(usize, usize),
+    ) -> Result<Tensor> {
+        let guided = guidance > 1.0;
+        let conditional = self.encode_prompt(prompt)?;
+        let embeddings = if guided {
+            Tensor::cat(&[self.encode_prompt(negative)?, conditional], 0)?
+        } else {
+            conditional
+        };
+        let mut latents = (latents * scheduler.init_noise_sigma())?;
+        let timesteps = scheduler.timesteps().to_vec();
+        for (i, &t) in timesteps.iter().enumerate() {
+            let input = if guided {
+                Tensor::cat(&[&latents, &latents], 0)?
+            } else {
+                latents.clone()
+            };
+            let input = scheduler.scale_model_input(input, t)?;
+            let noise_pred = self.unet.forward(&input, t as f64, &embeddings)?;
+            let noise_pred = if guided {
+                let unconditional = noise_pred.narrow(0, 0, 1)?;
+                let text = noise_pred.narrow(0, 1, 1)?;
+                (&unconditional + ((text - &unconditional)? * guidance)?)?
+            } else {
+                noise_pred
+            };
+            latents = scheduler.step(&noise_pred, t, &latents)?;
+            on_step(i + 1, timesteps.len());
+        }
+        Ok(latents)
+    }
+
+    /// The VAE's decoding of `latents`, in [-1, 1] (unclamped) as [1, 3, H, W].
+    pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+        Ok(self
+            .vae
+            .decode(&(latents / self.vae_spec.scaling_factor)?)?)
+    }
+
+    /// Checks a requested image size against the VAE's downscale factor.
+    pub fn check_size(&self, width: usize, height: usize) -> Result<()> {
+        check_size(width, height, self.downscale())
+    }
+
+    /// Text to image: noise from the seed, denoised, decoded.
+    pub fn generate(
+        &self,
+        options: &GenerateOptions,
+        on_step: impl FnMut(usize, usize),
+    ) -> Result<Generated> {
+        self.check_size(options.width, options.height)?;
+        let factor = self.downscale();
+        let noise = gaussian_noise(
+            options.seed,
+            &[
+                1,
+                self.latent_channels,
+                options.height / factor,
+                options.width / factor,
+            ],
+            &self.device,
+        )?;
+        let mut scheduler = self.scheduler(options.scheduler, options.steps)?;
+        let latents = self.denoise(
+            &noise,
+            &options.prompt,
+            &options.negative,
+            options.guidance,
+            scheduler.as_mut(),
+            on_step,
+        )?;
+        let decoded = self.decode(&latents)?;
+        Ok(Generated {
+            image: to_rgb(&decoded)?,
+            latents,
+        })
+    }
+}
+
+pub fn check_size(width: usize, height: usize, factor: usize) -> Result<()> {
+    for (what, value) in [("width", width), ("height", height)] {
+        if value == 0 || !value.is_multiple_of(factor) {
+            bail!(
+                "image {what} {value} is not a positive multiple of {factor}: pick e.g. {} (the VAE works on {factor}×{factor} pixel blocks)",
+                (value / factor).max(1) * factor
+            );
+        }
+    }
+    Ok(())
+}
+
+pub struct Generated {
+    pub image: image::RgbImage,
+    pub latents: Tensor,
+}
+
+/// The VAE output [1, 3, H, W] in [-1, 1] as 8-bit RGB, rounded as diffusers' postprocess does.
+pub fn to_rgb(decoded: &Tensor) -> Result<image::RgbImage> {
+    let (_, channels, height, width) = decoded.dims4()?;
+    if channels != 3 {
+        bail!("the VAE produced {channels} channels, expected 3");
+    }
+    let pixels = ((decoded.get(0)? / 2.0)? + 0.5)?
+        .clamp(0f32, 1f32)?
+        .permute((1, 2, 0))?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let bytes: Vec<u8> = pixels.iter().map(|v| (v * 255.0).round() as u8).collect();
+    image::RgbImage::from_raw(width as u32, height as u32, bytes)
+        .context("decoded image has the wrong number of pixels")
+}
+
+fn candle_prediction(kind: PredictionType) -> CandlePrediction {
+    match kind {
+        PredictionType::Epsilon => CandlePrediction::Epsilon,
+        PredictionType::VPrediction => CandlePrediction::VPrediction,
+        PredictionType::Sample => CandlePrediction::Sample,
+    }
+}
+
+/// candle's schedulers take the beta schedule and spacing as enums; defaults are those of the
+/// matching diffusers class (DDIM: leading spacing; Euler ancestral: linspace).
+fn build_scheduler(
+    file: &SchedulerFile,
+    kind: SchedulerKind,
+    steps: usize,
+) -> Result<Box<dyn Scheduler>> {
+    let train_steps = file.num_train_timesteps.unwrap_or(1000);
+    if steps == 0 || steps > train_steps {
+        bail!("--steps must be between 1 and {train_steps}, got {steps}");
+    }
+    if kind == SchedulerKind::DpmPlusPlus2M {
+        let config = dpm_solver::DpmSolverConfig::from_file(file)?;
+        return Ok(Box::new(dpm_solver::DpmSolverMultistep::new(
+            config, steps,
+        )?));
+    }
+    if file.trained_betas.is_some() {
+        bail!("scheduler config: trained_betas is supported by --scheduler dpm++2m only");
+    }
+    let beta_schedule = match file.beta_schedule.as_deref().unwrap_or("linear") {
+        "linear" => BetaSchedule::Linear,
+        "scaled_linear" => BetaSchedule::ScaledLinear,
+        "squaredcos_cap_v2" => BetaSchedule::SquaredcosCapV2,
+        other => bail!("scheduler config: beta_schedule '{other}' is not supported"),
+    };
+    let default_spacing = match kind {
+        SchedulerKind::Ddim => "leading",
+        _ => "linspace",
+    };
+    let spacing = match schedule::Spacing::parse(
+        file.timestep_spacing.as_deref().unwrap_or(default_spacing),
+    )? {
+        schedule::Spacing::Leading => TimestepSpacing::Leading,
+        schedule::Spacing::Linspace => TimestepSpacing::Linspace,
+        schedule::Spacing::Trailing => TimestepSpacing::Trailing,
+    };
+    let prediction_type =
+        candle_prediction(PredictionType::parse(file.prediction_type.as_deref())?);
+    let beta_start = file.beta_start.unwrap_or(0.0001);
+    let beta_end = file.beta_end.unwrap_or(0.02);
+    let steps_offset = file.steps_offset.unwrap_or(0);
+    Ok(match kind {
+        SchedulerKind::Ddim => ddim::DDIMSchedulerConfig {
+            beta_start,
+            beta_end,
+            beta_schedule,
+            eta: 0.0,
+            steps_offset,
+            prediction_type,
+            train_timesteps: train_steps,
+            timestep_spacing: spacing,
+        }
+        .build(steps)?,
+        _ => euler_ancestral_discrete::EulerAncestralDiscreteSchedulerConfig {
+            beta_start,
+            beta_end,
+            beta_schedule,
+            steps_offset,
+            prediction_type,
+            train_timesteps: train_steps,
+            timestep_spacing: spacing,
+        }
+        .build(steps)?,
+    })
+}

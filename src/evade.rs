@@ -1,0 +1,498 @@
+//! `clipsteer evade`: the filter-evasion loop in one command. An image (generated from a prompt,
+//! or given) is described with a blocklist in force, the description is turned back into an
+//! image, and a report (JSON, and one self-contained HTML page) records how much of the image
+//! crossed over without a single blocked word: CLIP similarity of the original image to the
+//! description and to the regenerated image, next to the original prompt's own similarity.
+
+use crate::diffusion::cli::{
+    check_output_dir, encode_image, generate_with_progress, write_atomically, DiffusionArgs,
+};
+use crate::image::DecodeLimits;
+use crate::steer::constraints::Blocklist;
+use crate::steer::describe::{describe, DescribeOptions, MagicParams, Strategy};
+use crate::steer::{normalize, ClipScorer};
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::{Args, ValueEnum};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+#[derive(Args, Debug)]
+pub struct EvadeArgs {
+    /// The prompt a filter would block; image 1 is generated from it unless --image is given.
+    #[arg(long, required_unless_present = "image")]
+    pub prompt: Option<String>,
+    /// Start from this image instead of generating one.
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Words the filter blocks, comma-separated (case-insensitive, whole words).
+    #[arg(long, value_delimiter = ',', value_name = "WORDS")]
+    pub block: Vec<String>,
+    /// A file of blocked words: one per line (or comma-separated), # comments.
+    #[arg(long, value_name = "FILE")]
+    pub blocklist: Option<PathBuf>,
+    /// Block a word anywhere inside other words too, not only as a whole word.
+    #[arg(long)]
+    pub block_substrings: bool,
+    /// The HTML report; the JSON report and both images are written next to it
+    /// (NAME.json, NAME-image1.png, NAME-image2.png).
+    #[arg(long, default_value = "evade-report.html")]
+    pub report: PathBuf,
+    /// Language model that writes the description (GPT-2 directory, hub id, or .gguf).
+    #[arg(long, default_value = crate::cli::DEFAULT_LM)]
+    pub lm: String,
+    /// CLIP model that steers the description and measures every similarity in the report.
+    #[arg(long = "encoder", visible_alias = "clip", default_value = crate::cli::DEFAULT_CLIP, value_name = "MODEL")]
+    pub clip: String,
+    /// Description strategy; magic keeps the text fluent.
+    #[arg(long, value_enum, default_value_t = Strategy::Magic)]
+    pub strategy: Strategy,
+    /// Candidates per step [default: 45 with magic, 200 with seed].
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Most tokens in the description.
+    #[arg(long, default_value_t = 25)]
+    pub max_tokens: usize,
+    /// Text the description starts from.
+    #[arg(long, default_value = "An image of ")]
+    pub describe_prompt: String,
+    #[command(flatten)]
+    pub diffusion: DiffusionArgs,
+}
+
+/// Where the report's files go, all derived from --report.
+struct ReportPaths {
+    html: PathBuf,
+    json: PathBuf,
+    image1: PathBuf,
+    image2: PathBuf,
+}
+
+impl ReportPaths {
+    fn new(html: &Path) -> Result<Self> {
+        let stem = html
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .filter(|s| !s.is_empty())
+            .with_context(|| {
+                format!(
+                    "--report {}: give a file name such as report.html",
+                    html.display()
+                )
+            })?;
+        let sibling = |name: String| html.with_file_name(name);
+        Ok(Self {
+            html: html.to_path_buf(),
+            json: sibling(format!("{stem}.json")),
+            image1: sibling(format!("{stem}-image1.png")),
+            image2: sibling(format!("{stem}-image2.png")),
+        })
+    }
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    normalize(a)
+        .iter()
+        .zip(normalize(b))
+        .map(|(x, y)| x * y)
+        .sum()
+}
+
+fn blocklist(args: &EvadeArgs) -> Result<Blocklist> {
+    let mut words = args.block.clone();
+    if let Some(path) = &args.blocklist {
+        words.extend(Blocklist::read_file(path)?);
+    }
+    let list = Blocklist::new(words, args.block_substrings)?;
+    if list.is_empty() {
+        bail!(
+            "evade needs the words a filter blocks: pass --block word1,word2 or --blocklist FILE"
+        );
+    }
+    Ok(list)
+}
+
+pub fn run(args: EvadeArgs, device: &Device) -> Result<i32> {
+    let blocklist = blocklist(&args)?;
+    args.diffusion.validate()?;
+    let paths = ReportPaths::new(&args.report)?;
+    check_output_dir(&paths.html)?;
+    if let Some(image) = &args.image {
+        if !image.is_file() {
+            bail!("no image at {}", image.display());
+        }
+    }
+    let top_k = args.top_k.unwrap_or(match args.strategy {
+        Strategy::Magic => crate::cli::MAGIC_TOP_K,
+        Strategy::Seed => crate::cli::DEFAULT_TOP_K,
+    });
+    let options = DescribeOptions {
+        prompt: args.describe_prompt.clone(),
+        top_k,
+        max_tokens: args.max_tokens,
+        strategy: args.strategy,
+        sampling: None,
+        prefilter: None,
+        blocklist: blocklist.clone(),
+        magic: MagicParams::default(),
+        stop_at_sentence_end: args.strategy == Strategy::Magic,
+    };
+    // Every model first, so that a missing one fails before minutes of work.
+    let pipeline = args.diffusion.load(device)?;
+    let lm = crate::cli::load_lm(&args.lm, device)?;
+    let clip = crate::cli::load_clip(&args.clip, device)?;
+    crate::steer::describe::validate(&lm, &options)?;
+    let started = std::time::Instant::now();
+
+    let (image1, image1_source) = match &args.image {
+        Some(path) => (
+            crate::image::load_image(path, DecodeLimits::default())?.to_rgb8(),
+            json!({"kind": "given", "path": path.display().to_string()}),
+        ),
+        None => {
+            let prompt = args.prompt.as_deref().unwrap_or_default();
+            let image =
+                generate_with_progress(&pipeline, &args.diffusion.options(prompt), "image 1")?;
+            (image, json!({"kind": "generated", "prompt": prompt}))
+        }
+    };
+    let image1_embedding = clip.image_embedding(&image::DynamicImage::ImageRgb8(image1.clone()))?;
+    let target = normalize(&image1_embedding);
+
+    let describe_bar = crate::diffusion::cli::step_bar("describing");
+    describe_bar.set_length(args.max_tokens as u64);
+    let described = describe(&lm, &clip, &target, &options, |event| {
+        describe_bar.set_position(event.step as u64 + 1);
+        Ok(())
+    });
+    describe_bar.finish_and_clear();
+    let described = described?;
+    let description = described.text.clone();
+
+    let image2 =
+        generate_with_progress(&pipeline, &args.diffusion.options(&description), "image 2")?;
+    let similarities = Similarities::measure(
+        &clip,
+        &image1_embedding,
+        &description,
+        &image2,
+        args.prompt.as_deref(),
+    )?;
+
+    // The guarantee, checked again on the final text independently of the steering loop.
+    let found = blocklist.find_in(&description).map(String::from);
+    let prompt_hits: Vec<&str> = match &args.prompt {
+        Some(prompt) => blocklist
+            .words()
+            .iter()
+            .map(String::as_str)
+            .filter(|w| {
+                Blocklist::new([*w], args.block_substrings)
+                    .ok()
+                    .and_then(|b| b.find_in(prompt).map(|_| ()))
+                    .is_some()
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    let report = json!({
+        "clipsteer_version": env!("CARGO_PKG_VERSION"),
+        "created_unix": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        "prompt": args.prompt,
+        "blocked_words": blocklist.words(),
+        "block_matching": if args.block_substrings { "substring, case-insensitive" } else { "whole word, case-insensitive" },
+        "prompt_blocked_words": prompt_hits,
+        "description": description,
+        "description_token_ids": described.token_ids,
+        "description_stop_reason": described.stop_reason,
+        "blocklist_check": {
+            "passed": found.is_none(),
+            "found": found,
+        },
+        "similarity": {
+            "measure": "cosine of CLIP embeddings",
+            "encoder": args.clip,
+            "image1_description": similarities.image1_description,
+            "image1_image2": similarities.image1_image2,
+            "image1_prompt": similarities.image1_prompt,
+        },
+        "images": {
+            "image1": {
+                "file": file_name(&paths.image1),
+                "width": image1.width(),
+                "height": image1.height(),
+                "source": image1_source,
+            },
+            "image2": {
+                "file": file_name(&paths.image2),
+                "width": image2.width(),
+                "height": image2.height(),
+                "source": {"kind": "generated", "prompt": description},
+            },
+        },
+        "generation": {
+            "model": args.diffusion.model,
+            "scheduler": args.diffusion.scheduler,
+            "steps": args.diffusion.steps,
+            "guidance": args.diffusion.guidance,
+            "size": args.diffusion.size,
+            "seed": args.diffusion.seed,
+            "negative_prompt": args.diffusion.negative,
+        },
+        "describe": {
+            "lm": args.lm,
+            "encoder": args.clip,
+            "strategy": args.strategy.to_possible_value().map(|v| v.get_name().to_string()),
+            "top_k": top_k,
+            "max_tokens": args.max_tokens,
+            "prompt": args.describe_prompt,
+        },
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    let image1_png = encode_image(&image1, image::ImageFormat::Png)?;
+    let image2_png = encode_image(&image2, image::ImageFormat::Png)?;
+    let html = render_html(&report, &image1_png, &image2_png);
+    // Everything was computed before the first write: a failure above leaves no files.
+    write_atomically(&paths.image1, &image1_png)?;
+    write_atomically(&paths.image2, &image2_png)?;
+    write_atomically(&paths.json, format!("{:#}\n", report).as_bytes())?;
+    write_atomically(&paths.html, html.as_bytes())?;
+    println!("{report}");
+    eprintln!(
+        "wrote {} and {}: sim(image 1, description) {:.4}, sim(image 1, image 2) {:.4}{}; blocklist check {}",
+        paths.html.display(),
+        paths.json.display(),
+        similarities.image1_description,
+        similarities.image1_image2,
+        similarities
+            .image1_prompt
+            .map(|s| format!(", sim(image 1, prompt) {s:.4}"))
+            .unwrap_or_default(),
+        if report["blocklist_check"]["passed"] == true { "passed" } else { "FAILED" }
+    );
+    Ok(if report["blocklist_check"]["passed"] == true {
+        0
+    } else {
+        1
+    })
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+struct Similarities {
+    image1_description: f32,
+    image1_image2: f32,
+    image1_prompt: Option<f32>,
+}
+
+impl Similarities {
+    fn measure(
+        clip: &ClipScorer,
+        image1: &[f32],
+        description: &str,
+        image2: &image::RgbImage,
+        prompt: Option<&str>,
+    ) -> Result<Self> {
+        let image2 = clip.image_embedding(&image::DynamicImage::ImageRgb8(image2.clone()))?;
+        Ok(Self {
+            image1_description: cosine(image1, &clip.text_embedding(description)?),
+            image1_image2: cosine(image1, &image2),
+            image1_prompt: match prompt {
+                Some(prompt) => Some(cosine(image1, &clip.text_embedding(prompt)?)),
+                None => None,
+            },
+        })
+    }
+}
+
+fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Standard base64 (RFC 4648, padded), for data: URIs.
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> shift) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn format_sim(value: &Value) -> String {
+    value
+        .as_f64()
+        .map(|v| format!("{v:.4}"))
+        .unwrap_or_else(|| "n/a (no prompt)".into())
+}
+
+/// One HTML page with no external resource: inline CSS, images as data: URIs.
+fn render_html(report: &Value, image1_png: &[u8], image2_png: &[u8]) -> String {
+    let text = |v: &Value| escape_html(v.as_str().unwrap_or(""));
+    let passed = report["blocklist_check"]["passed"] == true;
+    let blocked: Vec<String> = report["blocked_words"]
+        .as_array()
+        .map(|words| words.iter().map(text).collect())
+        .unwrap_or_default();
+    let prompt_hits: Vec<String> = report["prompt_blocked_words"]
+        .as_array()
+        .map(|words| words.iter().map(text).collect())
+        .unwrap_or_default();
+    let check = if passed {
+        format!(
+            "<p class=\"pass\">PASSED: no blocked word appears in the description ({}).</p>",
+            text(&report["block_matching"])
+        )
+    } else {
+        format!(
+            "<p class=\"fail\">FAILED: the description contains the blocked word “{}”.</p>",
+            text(&report["blocklist_check"]["found"])
+        )
+    };
+    let prompt_row = match report["prompt"].as_str() {
+        Some(prompt) => format!(
+            "<tr><th>Original prompt</th><td>{}{}</td></tr>",
+            escape_html(prompt),
+            if prompt_hits.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " <span class=\"hit\">(contains blocked: {})</span>",
+                    prompt_hits.join(", ")
+                )
+            }
+        ),
+        None => String::new(),
+    };
+    let generation = &report["generation"];
+    let describe = &report["describe"];
+    format!(
+        r#"<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>clipsteer evade report</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; color: #222; }}
+.images {{ display: flex; gap: 1.5rem; flex-wrap: wrap; }}
+figure {{ margin: 0; flex: 1 1 20rem; }}
+figure img {{ width: 100%; image-rendering: auto; border: 1px solid #ccc; }}
+figcaption {{ font-size: 0.9rem; color: #555; margin-top: 0.3rem; }}
+table {{ border-collapse: collapse; margin: 1rem 0; }}
+th, td {{ text-align: left; padding: 0.3rem 0.8rem; border-bottom: 1px solid #eee; vertical-align: top; }}
+.pass {{ color: #176f2c; font-weight: bold; }}
+.fail {{ color: #b00020; font-weight: bold; }}
+.hit {{ color: #b00020; }}
+code {{ background: #f4f4f4; padding: 0 0.2rem; }}
+</style>
+</head>
+<body>
+<h1>Filter evasion report</h1>
+<div class="images">
+<figure><img alt="image 1" src="data:image/png;base64,{image1}"><figcaption>Image 1 ({image1_source})</figcaption></figure>
+<figure><img alt="image 2" src="data:image/png;base64,{image2}"><figcaption>Image 2, generated from the description</figcaption></figure>
+</div>
+<h2>Description</h2>
+<blockquote>{description}</blockquote>
+{check}
+<table>
+<tr><th>Blocked words</th><td>{blocked}</td></tr>
+{prompt_row}
+<tr><th>CLIP sim(image 1, description)</th><td>{sim_desc}</td></tr>
+<tr><th>CLIP sim(image 1, image 2)</th><td>{sim_images}</td></tr>
+<tr><th>CLIP sim(image 1, original prompt)</th><td>{sim_prompt}</td></tr>
+</table>
+<h2>Setup</h2>
+<table>
+<tr><th>Diffusion model</th><td><code>{model}</code>, {scheduler}, {steps} steps, guidance {guidance}, {size}×{size}, seed {seed}</td></tr>
+<tr><th>Description</th><td>LM <code>{lm}</code>, encoder <code>{encoder}</code>, strategy {strategy}, top-k {top_k}, at most {max_tokens} tokens</td></tr>
+<tr><th>clipsteer</th><td>{version}</td></tr>
+</table>
+<p>Similarities are cosines of CLIP embeddings (the encoder above); the prompt's own similarity is the reference for how well a caption can match image 1.</p>
+</body>
+</html>
+"#,
+        image1 = base64(image1_png),
+        image2 = base64(image2_png),
+        image1_source = escape_html(
+            report["images"]["image1"]["source"]["kind"]
+                .as_str()
+                .unwrap_or("")
+        ),
+        description = text(&report["description"]),
+        blocked = blocked.join(", "),
+        sim_desc = format_sim(&report["similarity"]["image1_description"]),
+        sim_images = format_sim(&report["similarity"]["image1_image2"]),
+        sim_prompt = format_sim(&report["similarity"]["image1_prompt"]),
+        model = text(&generation["model"]),
+        scheduler = text(&generation["scheduler"]),
+        steps = generation["steps"],
+        guidance = generation["guidance"],
+        size = generation["size"],
+        seed = generation["seed"],
+        lm = text(&describe["lm"]),
+        encoder = text(&describe["encoder"]),
+        strategy = text(&describe["strategy"]),
+        top_k = describe["top_k"],
+        max_tokens = describe["max_tokens"],
+        version = text(&report["clipsteer_version"]),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc_4648_vectors() {
+        for (input, expected) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(input.as_bytes()), expected);
+        }
+    }
+
+    #[test]
+    fn html_escapes_markup_in_text() {
+        assert_eq!(
+            escape_html("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+    }
+}
