@@ -21,9 +21,6 @@ use std::path::{Path, PathBuf};
 
 pub const DEFAULT_LM: &str = "openai-community/gpt2";
 pub const DEFAULT_CLIP: &str = "openai/clip-vit-base-patch32";
-pub const DEFAULT_TOP_K: usize = 200;
-/// MAGIC's paper default.
-pub const MAGIC_TOP_K: usize = 45;
 /// The original demo's configuration (`--preset seed`).
 pub const SEED_CLIP: &str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K";
 pub const SEED_TOP_K: usize = 2500;
@@ -152,7 +149,7 @@ pub struct DescribeArgs {
     /// Text the description starts from; a trailing space stays a token.
     #[arg(long, default_value = "An image of ")]
     pub prompt: String,
-    /// Candidates taken from the LM each step [default: 200; 45 with --strategy magic].
+    /// Candidates taken from the LM each step [default: 200; 45 with --strategy magic or beam].
     #[arg(long)]
     pub top_k: Option<usize>,
     /// Tokens to generate.
@@ -507,18 +504,12 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
         .clip
         .clone()
         .unwrap_or_else(|| preset.map_or(DEFAULT_CLIP, |p| p.0).to_string());
-    let (default_k, default_scored) = match args.strategy {
-        Strategy::Seed => (DEFAULT_TOP_K, ScoredText::Full),
-        Strategy::Magic | Strategy::Beam => (MAGIC_TOP_K, ScoredText::Generated),
-    };
-    let top_k = args
-        .top_k
-        .unwrap_or_else(|| preset.map_or(default_k, |p| p.1));
+    let defaults = DescribeOptions::for_strategy(&args.prompt, args.strategy);
     let options = DescribeOptions {
-        prompt: args.prompt.clone(),
-        top_k,
+        top_k: args
+            .top_k
+            .unwrap_or_else(|| preset.map_or(defaults.top_k, |p| p.1)),
         max_tokens: args.max_tokens,
-        strategy: args.strategy,
         sampling: args.sample.then_some(Sampling {
             temperature: args.temperature,
             seed: args.seed,
@@ -534,8 +525,9 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
             width: args.beam_width,
             fluency: args.beam_fluency,
         },
-        stop_at_sentence_end: args.strategy != Strategy::Seed && !args.no_sentence_stop,
-        scored_text: args.score_text.unwrap_or(default_scored),
+        stop_at_sentence_end: defaults.stop_at_sentence_end && !args.no_sentence_stop,
+        scored_text: args.score_text.unwrap_or(defaults.scored_text),
+        ..defaults
     };
     if args.sample && args.strategy != Strategy::Seed {
         bail!("--sample applies to --strategy seed only");

@@ -9,7 +9,7 @@ use crate::diffusion::cli::{
 };
 use crate::image::DecodeLimits;
 use crate::steer::constraints::Blocklist;
-use crate::steer::describe::{describe, DescribeOptions, MagicParams, Strategy};
+use crate::steer::describe::{describe, DescribeOptions, Strategy};
 use crate::steer::{normalize, ClipScorer};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
@@ -47,7 +47,7 @@ pub struct EvadeArgs {
     /// Description strategy; magic keeps the text fluent.
     #[arg(long, value_enum, default_value_t = Strategy::Magic)]
     pub strategy: Strategy,
-    /// Candidates per step [default: 45 with magic, 200 with seed].
+    /// Candidates per step [default: 45 with magic or beam, 200 with seed].
     #[arg(long)]
     pub top_k: Option<usize>,
     /// Most tokens in the description.
@@ -122,21 +122,14 @@ pub fn run(args: EvadeArgs, device: &Device) -> Result<i32> {
             bail!("no image at {}", image.display());
         }
     }
-    let top_k = args.top_k.unwrap_or(match args.strategy {
-        Strategy::Magic => crate::cli::MAGIC_TOP_K,
-        Strategy::Seed => crate::cli::DEFAULT_TOP_K,
-    });
+    let defaults = DescribeOptions::for_strategy(&args.describe_prompt, args.strategy);
     let options = DescribeOptions {
-        prompt: args.describe_prompt.clone(),
-        top_k,
+        top_k: args.top_k.unwrap_or(defaults.top_k),
         max_tokens: args.max_tokens,
-        strategy: args.strategy,
-        sampling: None,
-        prefilter: None,
         blocklist: blocklist.clone(),
-        magic: MagicParams::default(),
-        stop_at_sentence_end: args.strategy == Strategy::Magic,
+        ..defaults
     };
+    let top_k = options.top_k;
     // Every model first, so that a missing one fails before minutes of work.
     let pipeline = args.diffusion.load(device)?;
     let lm = crate::cli::load_lm(&args.lm, device)?;

@@ -17,6 +17,26 @@ pub enum Strategy {
     Beam,
 }
 
+impl Strategy {
+    /// Candidates per step when --top-k is not given: the original demo's 200 for the seed loop,
+    /// MAGIC's paper value of 45 for the fluent strategies (they weigh the LM's own ranking in).
+    pub fn default_top_k(self) -> usize {
+        match self {
+            Strategy::Seed => 200,
+            Strategy::Magic | Strategy::Beam => 45,
+        }
+    }
+
+    /// The seed loop scores prompt + text, as the original demo; the fluent strategies score
+    /// what they wrote.
+    pub fn default_scored_text(self) -> ScoredText {
+        match self {
+            Strategy::Seed => ScoredText::Full,
+            Strategy::Magic | Strategy::Beam => ScoredText::Generated,
+        }
+    }
+}
+
 /// Which text the scorer sees each step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ScoredText {
@@ -92,6 +112,26 @@ pub struct DescribeOptions {
     /// End at the first token that closes a sentence (., ! or ?).
     pub stop_at_sentence_end: bool,
     pub scored_text: ScoredText,
+}
+
+impl DescribeOptions {
+    /// `strategy`'s defaults, as the CLI applies them: no blocklist, 25 tokens, greedy, and the
+    /// fluent strategies stop at the end of a sentence.
+    pub fn for_strategy(prompt: &str, strategy: Strategy) -> Self {
+        Self {
+            prompt: prompt.to_string(),
+            top_k: strategy.default_top_k(),
+            max_tokens: 25,
+            strategy,
+            sampling: None,
+            prefilter: None,
+            blocklist: Blocklist::default(),
+            magic: MagicParams::default(),
+            beam: BeamParams::default(),
+            stop_at_sentence_end: strategy != Strategy::Seed,
+            scored_text: strategy.default_scored_text(),
+        }
+    }
 }
 
 /// One candidate as shown to the user.
