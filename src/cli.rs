@@ -163,8 +163,8 @@ pub struct DescribeArgs {
     /// MAGIC: weight β of the target term.
     #[arg(long, default_value_t = 2.0)]
     pub magic_beta: f32,
-    /// MAGIC: temperature of the softmax over candidates' similarities [default: the encoder's,
-    /// 100 for OpenAI CLIP, 20 for sentence encoders].
+    /// MAGIC: temperature of the softmax over candidates' similarities [default: the encoder's:
+    /// CLIP's trained exp(logit_scale), 100 for OpenAI CLIP; 100 for sentence encoders, tuned].
     #[arg(long)]
     pub magic_scale: Option<f32>,
     /// Beam: hypotheses kept each step.

@@ -65,8 +65,8 @@ pub trait Scorer {
     fn prefix(&self, text: &str, previous: Option<&Self::Prefix>) -> Result<Self::Prefix>;
     /// The embedding of a text on its own (unnormalised), to build text targets from.
     fn embed_text(&self, text: &str) -> Result<Vec<f32>>;
-    /// The temperature the encoder was trained with (CLIP's exp(logit_scale)); MAGIC's visual
-    /// score is a softmax of similarity × this.
+    /// The temperature of MAGIC's softmax over candidates' similarities: CLIP's trained
+    /// exp(logit_scale); a tuned value for encoders trained otherwise.
     fn logit_scale(&self) -> f32 {
         100.0
     }
