@@ -70,6 +70,15 @@ fn meta_f32(content: &gguf_file::Content, key: &str, default: f32) -> f32 {
         .unwrap_or(default)
 }
 
+/// candle appends a backtrace to its errors' text when RUST_BACKTRACE is set; inside these
+/// one-line messages it would split the sentence over dozens of lines.
+fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => *inner,
+        e => e,
+    }
+}
+
 impl LlamaGguf {
     /// Loads a GGUF file whose `general.architecture` is llama.
     pub fn load(path: &Path, device: &Device) -> Result<(Self, Tokenizer)> {
@@ -77,8 +86,9 @@ impl LlamaGguf {
             std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let content = gguf_file::Content::read(&mut file).map_err(|e| {
             anyhow::anyhow!(
-                "{} is not a valid GGUF file ({e}); download it again",
-                path.display()
+                "{} is not a valid GGUF file ({}); download it again",
+                path.display(),
+                without_backtrace(e)
             )
         })?;
         let arch = content
@@ -125,7 +135,11 @@ impl LlamaGguf {
             let q = content
                 .tensor(&mut *file.borrow_mut(), name, device)
                 .map_err(|e| {
-                    anyhow::anyhow!("{}: cannot read tensor {name} ({e})", path.display())
+                    anyhow::anyhow!(
+                        "{}: cannot read tensor {name} ({})",
+                        path.display(),
+                        without_backtrace(e)
+                    )
                 })?;
             Ok(q.dequantize(device)?.to_dtype(DType::F32)?)
         };
