@@ -137,15 +137,8 @@ pub struct DescribeArgs {
     /// each --avoid-text (a positive weight; avoiding subtracts it). Unlisted weights are 1.
     #[arg(long, value_name = "W")]
     pub target_weight: Vec<f32>,
-    /// Words never to write, comma-separated (case-insensitive, whole words).
-    #[arg(long, value_delimiter = ',', value_name = "WORDS")]
-    pub block: Vec<String>,
-    /// A file of words never to write: one per line (or comma-separated), # comments.
-    #[arg(long, value_name = "FILE")]
-    pub blocklist: Option<PathBuf>,
-    /// Block any text containing a blocked word as a substring, not only as a whole word.
-    #[arg(long)]
-    pub block_substrings: bool,
+    #[command(flatten)]
+    pub blocking: BlockArgs,
     /// Text the description starts from; a trailing space stays a token.
     #[arg(long, default_value = "An image of ")]
     pub prompt: String,
@@ -490,12 +483,29 @@ fn text_target_parts(
     Ok(parts)
 }
 
-fn blocklist(args: &DescribeArgs) -> Result<Blocklist> {
-    let mut words = args.block.clone();
-    if let Some(path) = &args.blocklist {
-        words.extend(Blocklist::read_file(path)?);
+/// The blocklist flags, shared by describe and evade.
+#[derive(Args, Debug, Clone)]
+pub struct BlockArgs {
+    /// Words never to write, comma-separated (case-insensitive, whole words).
+    #[arg(long, value_delimiter = ',', value_name = "WORDS")]
+    pub block: Vec<String>,
+    /// A file of words never to write: one per line (or comma-separated), # comments.
+    #[arg(long, value_name = "FILE")]
+    pub blocklist: Option<PathBuf>,
+    /// Block any text containing a blocked word as a substring, not only as a whole word.
+    #[arg(long)]
+    pub block_substrings: bool,
+}
+
+impl BlockArgs {
+    /// The words of --block and --blocklist together.
+    pub fn to_blocklist(&self) -> Result<Blocklist> {
+        let mut words = self.block.clone();
+        if let Some(path) = &self.blocklist {
+            words.extend(Blocklist::read_file(path)?);
+        }
+        Blocklist::new(words, self.block_substrings)
     }
-    Blocklist::new(words, args.block_substrings)
 }
 
 fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
@@ -515,7 +525,7 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
             seed: args.seed,
         }),
         prefilter: args.prefilter,
-        blocklist: blocklist(&args)?,
+        blocklist: args.blocking.to_blocklist()?,
         magic: MagicParams {
             alpha: args.magic_alpha,
             beta: args.magic_beta,

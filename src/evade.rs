@@ -25,15 +25,9 @@ pub struct EvadeArgs {
     /// Start from this image instead of generating one.
     #[arg(long)]
     pub image: Option<PathBuf>,
-    /// Words the filter blocks, comma-separated (case-insensitive, whole words).
-    #[arg(long, value_delimiter = ',', value_name = "WORDS")]
-    pub block: Vec<String>,
-    /// A file of blocked words: one per line (or comma-separated), # comments.
-    #[arg(long, value_name = "FILE")]
-    pub blocklist: Option<PathBuf>,
-    /// Block a word anywhere inside other words too, not only as a whole word.
-    #[arg(long)]
-    pub block_substrings: bool,
+    /// The words the filter blocks.
+    #[command(flatten)]
+    pub blocking: crate::cli::BlockArgs,
     /// The HTML report; the JSON report and both images are written next to it
     /// (NAME.json, NAME-image1.png, NAME-image2.png).
     #[arg(long, default_value = "evade-report.html")]
@@ -99,11 +93,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn blocklist(args: &EvadeArgs) -> Result<Blocklist> {
-    let mut words = args.block.clone();
-    if let Some(path) = &args.blocklist {
-        words.extend(Blocklist::read_file(path)?);
-    }
-    let list = Blocklist::new(words, args.block_substrings)?;
+    let list = args.blocking.to_blocklist()?;
     if list.is_empty() {
         bail!(
             "evade needs the words a filter blocks: pass --block word1,word2 or --blocklist FILE"
@@ -180,7 +170,7 @@ pub fn run(args: EvadeArgs, device: &Device) -> Result<i32> {
             .iter()
             .map(String::as_str)
             .filter(|w| {
-                Blocklist::new([*w], args.block_substrings)
+                Blocklist::new([*w], args.blocking.block_substrings)
                     .ok()
                     .and_then(|b| b.find_in(prompt).map(|_| ()))
                     .is_some()
@@ -196,7 +186,7 @@ pub fn run(args: EvadeArgs, device: &Device) -> Result<i32> {
             .unwrap_or(0),
         "prompt": args.prompt,
         "blocked_words": blocklist.words(),
-        "block_matching": if args.block_substrings { "substring, case-insensitive" } else { "whole word, case-insensitive" },
+        "block_matching": if args.blocking.block_substrings { "substring, case-insensitive" } else { "whole word, case-insensitive" },
         "prompt_blocked_words": prompt_hits,
         "description": description,
         "description_token_ids": described.token_ids,
