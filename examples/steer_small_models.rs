@@ -6,7 +6,8 @@
 //!     E2E_BETA=2 E2E_SCALE=100 E2E_K=45 cargo run --release --example steer_small_models
 //!
 //! E2E_STRATEGY=seed|magic|beam|unguided picks the loop (unguided: the LM's own greedy choice);
-//! E2E_WIDTH and E2E_FLUENCY set the beam; E2E_SCORED=full scores the prompt too.
+//! E2E_WIDTH and E2E_FLUENCY set the beam; E2E_SCORED=full scores the prompt too;
+//! E2E_SUBSTRINGS=1 blocks substrings.
 
 use candle_core::Device;
 use clipsteer::steer::constraints::Blocklist;
@@ -16,32 +17,13 @@ use clipsteer::steer::describe::{
 use clipsteer::steer::{normalize, GgufLm, Scorer, SentenceScorer};
 use std::path::PathBuf;
 
+#[path = "../tests/common/steering_cases.rs"]
+mod steering_cases;
+use steering_cases::{CHAT_PROMPT, STEERING_CASES};
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
-
-const CASES: [(&str, &str); 5] = [
-    (
-        "A small dog is playing with a red ball in the park.",
-        "dog,ball",
-    ),
-    (
-        "The chef is cooking pasta in a busy restaurant kitchen.",
-        "chef,pasta",
-    ),
-    (
-        "Heavy rain flooded the streets of the city last night.",
-        "rain,flooded",
-    ),
-    (
-        "Children are building a sandcastle on the beach.",
-        "sandcastle,beach",
-    ),
-    (
-        "The old man is reading a newspaper on a bench.",
-        "newspaper,bench",
-    ),
-];
 
 struct Outcome {
     text: String,
@@ -78,7 +60,7 @@ fn run(
         strategy,
         sampling: None,
         prefilter: None,
-        blocklist: Blocklist::new(block.split(','), false).unwrap(),
+        blocklist: Blocklist::new(block.split(','), substrings()).unwrap(),
         magic,
         stop_at_sentence_end: strategy != Strategy::Seed,
         beam: BeamParams {
@@ -102,6 +84,11 @@ fn run(
     }
 }
 
+/// E2E_SUBSTRINGS=1 blocks inflections too ("dogs" for "dog"), as --block-substrings.
+fn substrings() -> bool {
+    std::env::var("E2E_SUBSTRINGS").is_ok_and(|v| v == "1")
+}
+
 fn env_f32(name: &str, default: f32) -> f32 {
     std::env::var(name)
         .ok()
@@ -111,8 +98,7 @@ fn env_f32(name: &str, default: f32) -> f32 {
 
 fn main() {
     let (lm, scorer) = models();
-    let chat = "<|im_start|>user\nWrite one sentence describing a scene.<|im_end|>\n<|im_start|>assistant\n";
-    let prompt = std::env::var("E2E_PROMPT").unwrap_or_else(|_| chat.into());
+    let prompt = std::env::var("E2E_PROMPT").unwrap_or_else(|_| CHAT_PROMPT.into());
     let magic = MagicParams {
         alpha: env_f32("E2E_ALPHA", 0.1),
         beta: env_f32("E2E_BETA", 2.0),
@@ -127,9 +113,9 @@ fn main() {
     };
     let mut cosines = Vec::new();
     let mut nlls = Vec::new();
-    for (target, block) in CASES {
+    for (target, block) in STEERING_CASES {
         let outcome = run(&lm, &scorer, &prompt, target, block, strategy, k, magic);
-        let blocklist = Blocklist::new(block.split(','), false).expect("static blocklist");
+        let blocklist = Blocklist::new(block.split(','), substrings()).expect("static blocklist");
         let clean = blocklist.find_in(&outcome.text).is_none();
         println!(
             "cos {:.3}  nll {:.2}  blocked-free {clean}  {:?}",

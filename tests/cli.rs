@@ -4,34 +4,7 @@ mod common;
 
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn bin() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_clipsteer"));
-    // Never touch the network or the user's cache from tests.
-    cmd.env("HF_HUB_OFFLINE", "1").env(
-        "HF_HOME",
-        std::env::temp_dir().join("clipsteer-test-empty-hf-home"),
-    );
-    cmd.env_remove("HF_HUB_CACHE");
-    cmd
-}
-
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().expect("run clipsteer")
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn f(path: &str) -> String {
-    fixture(path).display().to_string()
-}
+use std::process::Output;
 
 /// A failure that prints exactly one line, starting "error:", containing `needle`.
 fn assert_one_line_error(output: &Output, needle: &str) {

@@ -5,29 +5,7 @@ mod common;
 
 use common::*;
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn bin() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_clipsteer"));
-    cmd.env("HF_HUB_OFFLINE", "1").env(
-        "HF_HOME",
-        std::env::temp_dir().join("clipsteer-test-empty-hf-home"),
-    );
-    cmd.env_remove("HF_HUB_CACHE");
-    cmd
-}
-
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().expect("run clipsteer")
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-fn f(path: &str) -> String {
-    fixture(path).display().to_string()
-}
+use std::process::Output;
 
 fn p(path: &Path) -> String {
     path.display().to_string()

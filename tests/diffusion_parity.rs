@@ -2,15 +2,16 @@
 //! random-init SD 2-style model in tests/fixtures/sd-tiny (tools/make_sd_fixtures.py): the same
 //! initial noise, prompt, negative prompt, guidance 7.5 and DPM-Solver++ (2M) for 2 steps.
 
+mod common;
+
 use candle_core::{Device, Tensor};
 use clipsteer::diffusion::{to_rgb, SchedulerKind, StableDiffusion};
+use common::{max_abs, max_abs_diff};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 fn fixture(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/sd-tiny")
-        .join(path)
+    common::fixture("sd-tiny").join(path)
 }
 
 fn reference() -> (serde_json::Value, HashMap<String, Tensor>) {
@@ -19,23 +20,6 @@ fn reference() -> (serde_json::Value, HashMap<String, Tensor>) {
         candle_core::safetensors::load(fixture("reference/reference.safetensors"), &Device::Cpu)
             .expect("safetensors");
     (serde_json::from_str(&text).expect("json"), tensors)
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .and_then(|d| d.abs())
-        .and_then(|d| d.flatten_all())
-        .and_then(|d| d.max(0))
-        .and_then(|d| d.to_scalar::<f32>())
-        .expect("difference")
-}
-
-fn max_abs(a: &Tensor) -> f32 {
-    a.abs()
-        .and_then(|d| d.flatten_all())
-        .and_then(|d| d.max(0))
-        .and_then(|d| d.to_scalar::<f32>())
-        .expect("max")
 }
 
 #[test]

@@ -1,17 +1,18 @@
 //! DPM-Solver++ (2M) against diffusers' DPMSolverMultistepScheduler: timesteps, sigmas and step
 //! outputs written by tools/make_sd_fixtures.py from SD 2-base's scheduler config.
 
+mod common;
+
 use candle_core::{Device, Tensor};
 use candle_transformers::models::stable_diffusion::schedulers::Scheduler;
 use clipsteer::diffusion::dpm_solver::{DpmSolverConfig, DpmSolverMultistep};
 use clipsteer::diffusion::schedule::SchedulerFile;
+use common::{max_abs, max_abs_diff};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 fn fixture(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/sd-tiny")
-        .join(path)
+    common::fixture("sd-tiny").join(path)
 }
 
 fn reference_json() -> serde_json::Value {
@@ -27,23 +28,6 @@ fn reference_tensors() -> HashMap<String, Tensor> {
 
 fn sd2_base_file() -> SchedulerFile {
     SchedulerFile::load(&fixture("scheduler/scheduler_config.json")).expect("scheduler config")
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .and_then(|d| d.abs())
-        .and_then(|d| d.flatten_all())
-        .and_then(|d| d.max(0))
-        .and_then(|d| d.to_scalar::<f32>())
-        .expect("difference")
-}
-
-fn max_abs(a: &Tensor) -> f32 {
-    a.abs()
-        .and_then(|d| d.flatten_all())
-        .and_then(|d| d.max(0))
-        .and_then(|d| d.to_scalar::<f32>())
-        .expect("max")
 }
 
 #[test]

@@ -1,10 +1,13 @@
 //! The real small models fetched by scripts/fetch-small-models.sh (which .ci/run calls first).
 
 mod common;
+#[path = "common/steering_cases.rs"]
+mod steering_cases;
 
 use candle_core::Device;
 use clipsteer::steer::{Scorer, SentenceScorer};
 use common::*;
+use steering_cases::{CHAT_PROMPT, STEERING_CASES};
 
 fn minilm_dir() -> std::path::PathBuf {
     let dir = root().join(".cache/models/all-minilm-l6-v2");
@@ -113,34 +116,6 @@ fn smollm2_gguf_matches_transformers() {
     }
 }
 
-/// The chat prompt of the steering tests: SmolLM2 is an instruct model.
-const CHAT_PROMPT: &str =
-    "<|im_start|>user\nWrite one sentence describing a scene.<|im_end|>\n<|im_start|>assistant\n";
-
-/// Target sentences, each with two of its own words blocked.
-const STEERING_CASES: [(&str, &str); 5] = [
-    (
-        "A small dog is playing with a red ball in the park.",
-        "dog,ball",
-    ),
-    (
-        "The chef is cooking pasta in a busy restaurant kitchen.",
-        "chef,pasta",
-    ),
-    (
-        "Heavy rain flooded the streets of the city last night.",
-        "rain,flooded",
-    ),
-    (
-        "Children are building a sandcastle on the beach.",
-        "sandcastle,beach",
-    ),
-    (
-        "The old man is reading a newspaper on a bench.",
-        "newspaper,bench",
-    ),
-];
-
 /// Whether `text` holds `word` as a whole word, case-insensitively: written apart from the
 /// Blocklist it checks.
 fn has_whole_word(text: &str, word: &str) -> bool {
@@ -182,7 +157,7 @@ fn magic_steers_smollm2_toward_text_targets_fluently_without_blocked_words() {
     let prompt_ids = lm.encode(CHAT_PROMPT).unwrap();
     let (mut cosines, mut nlls) = (Vec::new(), Vec::new());
     for (target, block) in STEERING_CASES {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_clipsteer"))
+        let output = bin()
             .args(["describe", "--target-text", target, "--lm"])
             .arg(&gguf)
             .arg("--encoder")

@@ -23,6 +23,16 @@ fn scorer() -> ClipScorer {
     ClipScorer::load(&fixture("clip-tiny-quickgelu"), &Device::Cpu).unwrap()
 }
 
+/// The image target of a fixture image.
+fn target_of(scorer: &ClipScorer, image: &str) -> Vec<f32> {
+    image_target(
+        scorer,
+        &fixture(&format!("images/{image}")),
+        DecodeLimits::default(),
+    )
+    .unwrap()
+}
+
 fn options(
     prompt: &str,
     top_k: usize,
@@ -94,12 +104,7 @@ fn blocklist_matches_whole_words_case_insensitively() {
 fn no_step_ever_writes_a_blocked_word() {
     let lm = lm();
     let scorer = scorer();
-    let target = image_target(
-        &scorer,
-        &fixture("images/crop32.png"),
-        DecodeLimits::default(),
-    )
-    .unwrap();
+    let target = target_of(&scorer, "crop32.png");
     let prompts = ["An image of ", "A photo of", "Here is", "The"];
     // Words the unguided model actually writes, so that blocking bites.
     let mut likely: Vec<String> = Vec::new();
@@ -207,12 +212,7 @@ fn no_step_ever_writes_a_blocked_word() {
 fn all_candidates_blocked_ends_the_step_with_a_message() {
     let lm = lm();
     let scorer = scorer();
-    let target = image_target(
-        &scorer,
-        &fixture("images/crop32.png"),
-        DecodeLimits::default(),
-    )
-    .unwrap();
+    let target = target_of(&scorer, "crop32.png");
     let ids = lm.encode("An image of ").unwrap();
     let logits = lm.next_logits(&ids, &mut lm.new_cache()).unwrap();
     let best = top_k(&logits, 1).unwrap()[0];
@@ -316,12 +316,7 @@ fn text_targets_combine_as_weighted_normalised_sum() {
 fn magic_picks_the_best_magic_score_from_independently_computed_parts() {
     let lm = lm();
     let scorer = scorer();
-    let target = image_target(
-        &scorer,
-        &fixture("images/odd_47x61.png"),
-        DecodeLimits::default(),
-    )
-    .unwrap();
+    let target = target_of(&scorer, "odd_47x61.png");
     let prompt = "An image of ";
     let k = 8;
     // Step 0 from scratch: each candidate run through the whole model on its own.
@@ -417,12 +412,7 @@ fn similarity_of(scorer: &ClipScorer, text: &str, target: &[f32]) -> f32 {
 fn a_beam_with_room_for_every_path_returns_the_best_scoring_text() {
     let lm = lm();
     let scorer = scorer();
-    let target = image_target(
-        &scorer,
-        &fixture("images/crop32.png"),
-        DecodeLimits::default(),
-    )
-    .unwrap();
+    let target = target_of(&scorer, "crop32.png");
     let prompt = "An image of ";
     let (k, depth, fluency) = (3usize, 3usize, 0.02f32);
     let prompt_ids = lm.encode(prompt).unwrap();
@@ -501,12 +491,7 @@ fn a_beam_with_room_for_every_path_returns_the_best_scoring_text() {
 fn a_width_one_beam_without_fluency_is_greedy_by_similarity() {
     let lm = lm();
     let scorer = scorer();
-    let target = image_target(
-        &scorer,
-        &fixture("images/odd_47x61.png"),
-        DecodeLimits::default(),
-    )
-    .unwrap();
+    let target = target_of(&scorer, "odd_47x61.png");
     let mut seed = options("A photo of", 12, 6, Strategy::Seed, Blocklist::default());
     seed.scored_text = ScoredText::Generated;
     let mut beam = seed.clone();
@@ -534,12 +519,7 @@ fn a_width_one_beam_without_fluency_is_greedy_by_similarity() {
 fn generated_text_scoring_and_log_prob_hold_when_recomputed() {
     let lm = lm();
     let scorer = scorer();
-    let target = image_target(
-        &scorer,
-        &fixture("images/crop32.png"),
-        DecodeLimits::default(),
-    )
-    .unwrap();
+    let target = target_of(&scorer, "crop32.png");
     let prompt = "Here is";
     let prompt_ids = lm.encode(prompt).unwrap();
     for strategy in [Strategy::Seed, Strategy::Magic, Strategy::Beam] {

@@ -79,3 +79,50 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// The clipsteer binary, kept off the network and away from the user's model cache.
+pub fn bin() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_clipsteer"));
+    cmd.env("HF_HUB_OFFLINE", "1").env(
+        "HF_HOME",
+        std::env::temp_dir().join("clipsteer-test-empty-hf-home"),
+    );
+    cmd.env_remove("HF_HUB_CACHE");
+    cmd
+}
+
+pub fn run(args: &[&str]) -> std::process::Output {
+    bin().args(args).output().expect("run clipsteer")
+}
+
+pub fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+pub fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A fixture's path as an argument.
+pub fn f(path: &str) -> String {
+    fixture(path).display().to_string()
+}
+
+/// The largest |a − b| over all elements.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.flatten_all())
+        .and_then(|d| d.max(0))
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("difference")
+}
+
+/// The largest |a| over all elements.
+pub fn max_abs(a: &Tensor) -> f32 {
+    a.abs()
+        .and_then(|d| d.flatten_all())
+        .and_then(|d| d.max(0))
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("max")
+}
