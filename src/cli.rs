@@ -644,7 +644,7 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
             }
             Err(e) => {
                 failures += 1;
-                let message = format!("{e:#}").replace('\n', " ");
+                let message = crate::error_line(&e);
                 let error = json!({"event": "error", "image": image, "error": message});
                 if args.json {
                     println!("{error}");

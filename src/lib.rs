@@ -9,3 +9,17 @@ pub mod image;
 pub mod models;
 pub mod steer;
 pub mod tokenize;
+
+/// An error as one line: the whole context chain, joined by ": ", newlines folded. candle
+/// appends a backtrace to its errors when RUST_BACKTRACE is set; that is dropped here, since
+/// it would bury the message (it belongs in a debugger, not in a one-line error).
+pub fn error_line(error: &anyhow::Error) -> String {
+    let parts: Vec<String> = error
+        .chain()
+        .map(|cause| match cause.downcast_ref::<candle_core::Error>() {
+            Some(candle_core::Error::WithBacktrace { inner, .. }) => inner.to_string(),
+            _ => cause.to_string(),
+        })
+        .collect();
+    parts.join(": ").replace('\n', " ")
+}

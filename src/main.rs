@@ -24,9 +24,7 @@ fn main() {
     match clipsteer::cli::run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            // One line: the whole context chain, newlines folded.
-            let message = format!("{e:#}").replace('\n', " ");
-            eprintln!("error: {message}");
+            eprintln!("error: {}", clipsteer::error_line(&e));
             std::process::exit(1);
         }
     }

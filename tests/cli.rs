@@ -127,6 +127,34 @@ fn broken_model_directories_give_one_line_errors() {
         &f("clip-tiny-gelu"),
     ]);
     assert_one_line_error(&lm_missing, "config.json");
+
+    // Weights that do not fit config.json, with RUST_BACKTRACE set: candle's backtrace must
+    // not end up in the message.
+    let mismatched = tmp.0.join("mismatched");
+    copy_dir(&fixture("clip-tiny-gelu"), &mismatched);
+    let config_path = mismatched.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    let hidden = config["text_config"]["hidden_size"].as_u64().unwrap();
+    config["text_config"]["hidden_size"] = (hidden * 2).into();
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let output = bin()
+        .env("RUST_BACKTRACE", "1")
+        .args([
+            "embed",
+            "--clip",
+            mismatched.to_str().unwrap(),
+            "--text",
+            "a",
+        ])
+        .output()
+        .unwrap();
+    assert_one_line_error(&output, "shape mismatch");
+    assert!(
+        !stderr(&output).contains("candle_core::"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
