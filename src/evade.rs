@@ -38,8 +38,9 @@ pub struct EvadeArgs {
     /// CLIP model that steers the description and measures every similarity in the report.
     #[arg(long = "encoder", visible_alias = "clip", default_value = crate::cli::DEFAULT_CLIP, value_name = "MODEL")]
     pub clip: String,
-    /// Description strategy; magic keeps the text fluent.
-    #[arg(long, value_enum, default_value_t = Strategy::Magic)]
+    /// Description strategy; beam and magic keep the text fluent, and beam is the more on target
+    /// of the two (docs/STEERING.md).
+    #[arg(long, value_enum, default_value_t = Strategy::Beam)]
     pub strategy: Strategy,
     /// Candidates per step [default: 45 with magic or beam, 200 with seed].
     #[arg(long)]

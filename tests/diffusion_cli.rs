@@ -343,7 +343,7 @@ fn evade_keeps_blocked_words_out_and_writes_a_self_contained_report() {
         assert!((-1.0..=1.0).contains(&sim), "{key} = {sim}");
     }
     assert_eq!(report["generation"]["scheduler"], "dpm++2m");
-    assert_eq!(report["describe"]["strategy"], "magic");
+    assert_eq!(report["describe"]["strategy"], "beam");
     assert_eq!(report["describe"]["top_k"], 45);
     assert_html_self_contained(&html);
     assert!(html.contains("PASSED"));
