@@ -1,16 +1,15 @@
 //! The `clipsteer` command line.
 
-use crate::hub::{self, ModelKind};
+use crate::events::{done_json, error_json, step_json};
 use crate::image::DecodeLimits;
+use crate::load::{load_clip, load_encoder, load_lm};
 use crate::steer::constraints::Blocklist;
 use crate::steer::describe::{
     describe, DescribeOptions, MagicParams, Sampling, StepEvent, Strategy,
 };
-use crate::steer::lm::LanguageModel;
 use crate::steer::scorer::Encoder;
 use crate::steer::target::{combine, TargetPart};
 use crate::steer::Scorer;
-use crate::steer::{ClipScorer, GgufLm, Gpt2Lm};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -282,35 +281,6 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-fn load_encoder(spec: &str, device: &Device) -> Result<Encoder> {
-    let dir = hub::resolve(spec, ModelKind::Encoder)?;
-    Encoder::load(&dir, device).with_context(|| format!("cannot load encoder '{spec}'"))
-}
-
-fn load_clip(spec: &str, device: &Device) -> Result<ClipScorer> {
-    let dir = hub::resolve(spec, ModelKind::Clip)?;
-    ClipScorer::load(&dir, device).with_context(|| format!("cannot load CLIP model '{spec}'"))
-}
-
-fn load_lm(spec: &str, device: &Device) -> Result<LanguageModel> {
-    let path = Path::new(spec);
-    if path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-    {
-        if !path.is_file() {
-            bail!("no GGUF file at {spec}");
-        }
-        let lm = GgufLm::load(path, device)
-            .with_context(|| format!("cannot load language model '{spec}'"))?;
-        return Ok(LanguageModel::Gguf(Box::new(lm)));
-    }
-    let dir = hub::resolve(spec, ModelKind::CausalLm)?;
-    let lm = Gpt2Lm::load(&dir, device)
-        .with_context(|| format!("cannot load language model '{spec}'"))?;
-    Ok(LanguageModel::Gpt2(Box::new(lm)))
-}
-
 fn embed(args: EmbedArgs, device: &Device) -> Result<i32> {
     if let Some(image) = &args.image {
         if !image.is_file() {
@@ -426,19 +396,6 @@ fn finished_images(out: &Path) -> Result<HashSet<String>> {
         }
     }
     Ok(done)
-}
-
-fn step_json(image: Option<&str>, event: &StepEvent) -> serde_json::Value {
-    json!({
-        "event": "step",
-        "image": image,
-        "step": event.step,
-        "token_id": event.token_id,
-        "token": event.token,
-        "text": event.text,
-        "similarity": event.similarity,
-        "top": event.top,
-    })
 }
 
 /// The parts of a target that are the same for every image: the text targets, weighted.
@@ -591,16 +548,8 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
         });
         let line = match outcome {
             Ok(result) => {
-                let mut done = json!({
-                    "event": "done",
-                    "image": image,
-                    "text": result.text,
-                    "token_ids": result.token_ids,
-                    "similarity": result.similarity,
-                    "seconds": started.elapsed().as_secs_f64(),
-                });
+                let done = done_json(image.as_deref(), &result, started.elapsed().as_secs_f64());
                 if let Some(reason) = &result.stop_reason {
-                    done["stop_reason"] = json!(reason);
                     progress.println_err(&format!("note: {reason}"));
                 }
                 if args.json {
@@ -618,7 +567,7 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
             Err(e) => {
                 failures += 1;
                 let message = format!("{e:#}").replace('\n', " ");
-                let error = json!({"event": "error", "image": image, "error": message});
+                let error = error_json(image.as_deref(), &message);
                 if args.json {
                     println!("{error}");
                 } else {

@@ -2,8 +2,10 @@
 
 pub mod bench;
 pub mod cli;
+pub mod events;
 pub mod hub;
 pub mod image;
+pub mod load;
 pub mod models;
 pub mod steer;
 pub mod tokenize;
