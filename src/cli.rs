@@ -58,6 +58,8 @@ pub enum Command {
     Bench(BenchArgs),
     /// CLIPScore of captions for an image: 2.5 · max(cosine, 0).
     Score(ScoreArgs),
+    /// Serve a web page and an API that describe uploaded images live.
+    Serve(Box<crate::server::ServeArgs>),
 }
 
 #[derive(Args, Debug)]
@@ -264,6 +266,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Embed(args) => embed(args, &device),
         Command::Describe(args) => run_describe(*args, &device),
         Command::Score(args) => score(args, &device),
+        Command::Serve(args) => crate::server::run(*args, &device),
         Command::Bench(args) => {
             let options = crate::bench::BenchOptions {
                 arch: args.clip,

@@ -7,5 +7,6 @@ pub mod hub;
 pub mod image;
 pub mod load;
 pub mod models;
+pub mod server;
 pub mod steer;
 pub mod tokenize;
