@@ -170,7 +170,8 @@ async function describe() {
     if (controller.signal.aborted) return stopped(controller);
     return fail(`The connection broke mid-description (${e.message}).`, controller);
   }
-  if (state.controller === controller && !state.finished) enqueue({ event: "error", error: "The server closed the stream before finishing." });
+  // Drawn after the events still queued: only then is it known whether a done event came.
+  if (state.controller === controller) enqueue({ event: "end" });
 }
 
 async function readEvents(body, controller) {
@@ -228,6 +229,8 @@ function handle(event) {
     if (event.stop_reason) showError(event.stop_reason, "Note");
     saveRun(event);
     state.controller = null;
+  } else if (event.event === "end") {
+    if (!state.finished) fail("The server closed the stream before finishing.", state.controller);
   } else if (event.event === "error") {
     state.finished = event;
     fail(event.error, state.controller);
