@@ -155,6 +155,12 @@ fn bad_inputs_get_a_clear_4xx_and_the_server_keeps_serving() {
             "image exceeds the decode limits (8192×8192 pixels",
         ),
         (
+            "an 8192x1 strip, whose resize for CLIP would take gigabytes",
+            with_image(&png(8192, 1), None),
+            400,
+            "the image is 8192×1, elongated 100:1 or more",
+        ),
+        (
             "unknown param",
             with_image(&image, Some(r#"{"topk":5}"#)),
             400,

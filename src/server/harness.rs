@@ -1,6 +1,7 @@
 //! The functions the fuzz targets (fuzz/) call, here so that the test suite runs the very same
 //! code over its corpus of hostile inputs. Neither may panic on any input.
 
+use super::jobs::check_proportions;
 use super::params::{parse_params, ParamLimits};
 use crate::image::{decode_image_bytes, ClipImageProcessor, DecodeLimits};
 use candle_core::Device;
@@ -16,6 +17,7 @@ pub const FUZZ_DECODE_LIMITS: DecodeLimits = DecodeLimits {
 /// Returns the pixel tensor's shape, or None when the bytes are refused.
 pub fn decode_and_preprocess(bytes: &[u8]) -> Option<Vec<usize>> {
     let image = decode_image_bytes(bytes, FUZZ_DECODE_LIMITS).ok()?;
+    check_proportions(image.width(), image.height()).ok()?;
     let processor = ClipImageProcessor::openai(32);
     let pixels = processor.preprocess(&image, &Device::Cpu).ok()?;
     Some(pixels.dims().to_vec())

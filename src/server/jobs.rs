@@ -186,6 +186,22 @@ impl Pool {
     }
 }
 
+/// The most elongated image accepted, as long side : short side.
+pub const MAX_ASPECT_RATIO: u32 = 100;
+
+/// Refuses images too elongated to preprocess: CLIP's resize scales the short side to the model's
+/// size, so an 8192×1 image would become a 1.8-million-pixel-long strip (over a gigabyte) before
+/// the crop. Real photos and panoramas are far below the bound.
+pub fn check_proportions(width: u32, height: u32) -> Result<(), String> {
+    let (short, long) = (width.min(height), width.max(height));
+    if short == 0 || long / short >= MAX_ASPECT_RATIO {
+        return Err(format!(
+            "the image is {width}×{height}, elongated {MAX_ASPECT_RATIO}:1 or more; crop it to a less extreme shape"
+        ));
+    }
+    Ok(())
+}
+
 fn run_job(models: &Models, job: Job, limits: DecodeLimits) {
     let Job {
         image,
@@ -260,6 +276,9 @@ fn run_started(
             return reject(start, ApiError::bad_request(message));
         }
     };
+    if let Err(message) = check_proportions(decoded.width(), decoded.height()) {
+        return reject(start, ApiError::bad_request(message));
+    }
     let target = match models.clip.image_embedding(&decoded) {
         Ok(embedding) => normalize(&embedding),
         Err(e) => {

@@ -317,3 +317,11 @@ pub fn truncated_png() -> Vec<u8> {
     png.truncate(png.len() / 2);
     png
 }
+
+/// A real PNG of `width`×`height` in one colour, encoded by the image crate.
+pub fn png(width: u32, height: u32) -> Vec<u8> {
+    let image = image::RgbImage::from_pixel(width, height, image::Rgb([200, 30, 90]));
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut bytes, image::ImageFormat::Png).unwrap();
+    bytes.into_inner()
+}
