@@ -412,46 +412,42 @@ fn a_client_that_disconnects_cancels_its_job() {
 
 #[test]
 fn the_time_limit_ends_long_jobs_and_long_waits() {
+    // Two long requests at once on one worker: one runs into the time limit mid-description; the
+    // other waits until too little of its limit is left to start, and is answered 503.
     let server = Server::start(&["--workers", "1", "--queue", "1", "--timeout", "2"]);
     let image = fixture_bytes("images/odd_47x61.png");
-    let slow = {
-        let url = server.url("/api/describe");
-        let image = image.clone();
-        std::thread::spawn(move || {
-            let body = multipart(&[
-                ("image", Some("s.png"), &image),
-                ("params", None, SLOW.as_bytes()),
-            ]);
-            reply(
-                agent()
-                    .post(&url)
-                    .set(
-                        "Content-Type",
-                        &format!("multipart/form-data; boundary={BOUNDARY}"),
-                    )
-                    .send_bytes(&body),
-            )
-        })
-    };
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
     let start = Instant::now();
-    while server.health()["running"] != 1 {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "slow job not started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let queued = describe(&server, &image, Some(QUICK));
-    assert_eq!(queued.status, 503, "{queued:?}");
-    assert!(queued
-        .error()
-        .contains("time limit ran out while it waited"));
-    assert!(queued.retry_after.is_some());
-
-    let slow = slow.join().unwrap();
+    let requests: Vec<_> = (0..2)
+        .map(|_| {
+            let url = server.url("/api/describe");
+            let image = image.clone();
+            let barrier = std::sync::Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                let body = multipart(&[
+                    ("image", Some("s.png"), &image),
+                    ("params", None, SLOW.as_bytes()),
+                ]);
+                barrier.wait();
+                reply(
+                    agent()
+                        .post(&url)
+                        .set(
+                            "Content-Type",
+                            &format!("multipart/form-data; boundary={BOUNDARY}"),
+                        )
+                        .send_bytes(&body),
+                )
+            })
+        })
+        .collect();
+    let mut replies: Vec<Reply> = requests.into_iter().map(|r| r.join().unwrap()).collect();
     assert!(start.elapsed() < Duration::from_secs(30));
-    assert_eq!(slow.status, 200);
-    let events = slow.events();
+    replies.sort_by_key(|r| r.status);
+    let (ran, waited) = (&replies[0], &replies[1]);
+
+    assert_eq!(ran.status, 200, "{ran:?}");
+    let events = ran.events();
     let last = events.last().unwrap();
     assert_eq!(last["event"], "error", "{last}");
     assert!(
@@ -462,6 +458,12 @@ fn the_time_limit_ends_long_jobs_and_long_waits() {
         "{last}"
     );
     assert!(events.len() < 61, "stopped before max_tokens");
+
+    assert_eq!(waited.status, 503, "{waited:?}");
+    assert!(waited
+        .error()
+        .contains("too little of its time limit was left"));
+    assert!(waited.retry_after.is_some());
 }
 
 #[test]

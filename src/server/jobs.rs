@@ -37,6 +37,9 @@ pub struct Job {
     pub options: DescribeOptions,
     /// When the request's time limit runs out.
     pub deadline: Instant,
+    /// The latest a worker may start the job: one reached later would spend the worker on a
+    /// description it has too little time left to finish.
+    pub start_by: Instant,
     pub start: oneshot::Sender<Start>,
     /// Held until the job ends: it is the job's place in the bounded queue.
     pub permit: OwnedSemaphorePermit,
@@ -208,6 +211,7 @@ fn run_job(models: &Models, job: Job, limits: DecodeLimits) {
         image_name,
         options,
         deadline,
+        start_by,
         start,
         permit,
     } = job;
@@ -217,14 +221,8 @@ fn run_job(models: &Models, job: Job, limits: DecodeLimits) {
         eprintln!("job skipped: the client disconnected while it waited in the queue");
         return;
     }
-    if Instant::now() >= deadline {
-        let _ = start.send(Start::Rejected(
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the request's time limit ran out while it waited in the queue; retry when the server is less busy",
-            )
-            .retry_after(2),
-        ));
+    if Instant::now() >= start_by {
+        let _ = start.send(Start::Rejected(queue_timeout(2)));
         return;
     }
     let mut start = Some(start);
@@ -327,6 +325,11 @@ fn run_started(
         },
     };
     let _ = sender.send(last);
+}
+
+/// The answer to a request that waited too long for a worker.
+pub fn queue_timeout(retry_after: u64) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the request waited in the queue until too little of its time limit was left; retry when the server is less busy").retry_after(retry_after)
 }
 
 /// How long is left before `deadline` (zero when past).

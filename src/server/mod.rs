@@ -80,8 +80,11 @@ pub struct AppState {
 
 /// Loads the models, starts the workers and serves until Ctrl-C or SIGTERM.
 pub fn run(args: ServeArgs, device: &Device) -> Result<i32> {
-    if args.workers == 0 {
-        bail!("--workers must be at least 1");
+    if !(1..=256).contains(&args.workers) {
+        bail!("--workers must be between 1 and 256");
+    }
+    if args.queue > 100_000 {
+        bail!("--queue must be at most 100000");
     }
     if !(args.timeout.is_finite() && args.timeout > 0.0) {
         bail!("--timeout must be a positive number of seconds");
@@ -180,7 +183,7 @@ async fn shutdown_signal() {
 
 pub fn router(state: Arc<AppState>) -> Router {
     // Room for the multipart framing and the params field around the largest image.
-    let body_limit = state.max_upload_bytes + params::MAX_PARAMS_BYTES + 16 * 1024;
+    let body_limit = body_limit(&state);
     let api = Router::new()
         .route("/api/describe", post(describe_sse))
         .route("/describe", get(ws::describe_ws))
@@ -329,14 +332,13 @@ async fn require_token(
             .map(str::trim);
         let authorized = given.is_some_and(|g| same_secret(g.as_bytes(), expected.as_bytes()));
         if !authorized {
-            let mut response = ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                match given {
-                    None => "this server needs a token: send the header Authorization: Bearer <token> (the --token it was started with)",
-                    Some(_) => "wrong token: send Authorization: Bearer <token> with the --token the server was started with",
-                },
-            )
-            .into_response();
+            let message = match given {
+                None => "this server needs a token: send the header Authorization: Bearer <token> (the --token it was started with)",
+                Some(_) => "wrong token: send Authorization: Bearer <token> with the --token the server was started with",
+            };
+            let limit = body_limit(&state);
+            discard_body(request.into_body(), limit, Instant::now() + DISCARD_TIME).await;
+            let mut response = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -345,6 +347,29 @@ async fn require_token(
     }
     next.run(request).await
 }
+
+/// Reads and drops a request body the server will not use, up to `limit` bytes and `deadline`,
+/// so that an early answer (401, 429) reaches a client still sending instead of being lost to
+/// the connection reset that closing a socket with unread data causes. Nothing is kept.
+async fn discard_body(body: Body, limit: usize, deadline: Instant) {
+    use futures_util::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut read = 0usize;
+    while read <= limit {
+        match tokio::time::timeout(jobs::remaining(deadline), stream.next()).await {
+            Ok(Some(Ok(chunk))) => read += chunk.len(),
+            _ => return,
+        }
+    }
+}
+
+/// The most a describe request's body may hold: the image, the params and the multipart framing.
+fn body_limit(state: &AppState) -> usize {
+    state.max_upload_bytes + params::MAX_PARAMS_BYTES + 16 * 1024
+}
+
+/// How long an unusable body is read before the answer is sent anyway.
+const DISCARD_TIME: Duration = Duration::from_secs(10);
 
 /// An upload: the image bytes, the file name it came with, and its params text.
 struct Upload {
@@ -384,7 +409,15 @@ async fn read_upload(state: &AppState, request: Request) -> Result<Upload, ApiEr
             ApiError::bad_request(format!("cannot read the upload: {}", e.body_text()))
         }
     };
-    while let Some(field) = multipart.next_field().await.map_err(field_error)? {
+    // A mistake in one field is reported after the whole body has been read: answering while the
+    // client is still sending makes the closing socket reset the connection, and the client then
+    // sees a broken pipe instead of the answer.
+    let mut mistake: Option<ApiError> = None;
+    while let Some(mut field) = multipart.next_field().await.map_err(field_error)? {
+        if mistake.is_some() {
+            while field.chunk().await.map_err(field_error)?.is_some() {}
+            continue;
+        }
         match field.name() {
             Some("image") if !has_image => {
                 has_image = true;
@@ -403,20 +436,23 @@ async fn read_upload(state: &AppState, request: Request) -> Result<Upload, ApiEr
                 }
             }
             Some("image") => {
-                return Err(ApiError::bad_request(
+                mistake = Some(ApiError::bad_request(
                     "more than one 'image' field; send one image per request",
-                ))
+                ));
             }
             Some("params") => {
                 upload.params = field.text().await.map_err(field_error)?;
             }
             other => {
-                return Err(ApiError::bad_request(format!(
+                mistake = Some(ApiError::bad_request(format!(
                     "unknown form field '{}'; send the file field 'image' and optionally 'params'",
                     other.unwrap_or("")
-                )))
+                )));
             }
         }
+    }
+    if let Some(mistake) = mistake {
+        return Err(mistake);
     }
     if !has_image {
         return Err(ApiError::bad_request(
@@ -454,25 +490,24 @@ async fn start_job(
     deadline: Instant,
 ) -> Result<tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>, ApiError> {
     let (start, started) = tokio::sync::oneshot::channel();
+    // A quarter of the time limit is kept for the description itself.
+    let start_by = deadline.checked_sub(state.timeout / 4).unwrap_or(deadline);
     let _withdraw_unless_started = state.pool.submit(Job {
         image,
         image_name,
         options,
         deadline,
+        start_by,
         start,
         permit,
     })?;
-    match tokio::time::timeout(jobs::remaining(deadline), started).await {
+    match tokio::time::timeout(jobs::remaining(start_by), started).await {
         Ok(Ok(Start::Events(events))) => Ok(events),
         Ok(Ok(Start::Rejected(error))) => Err(error),
         Ok(Err(_)) => Err(ApiError::internal(
             "the worker stopped before starting the job; the server log has details",
         )),
-        Err(_) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the request's time limit ran out while it waited for a worker; retry when the server is less busy",
-        )
-        .retry_after(state.pool.retry_after_seconds())),
+        Err(_) => Err(jobs::queue_timeout(state.pool.retry_after_seconds())),
     }
 }
 
@@ -487,7 +522,7 @@ async fn describe_sse(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > state.max_upload_bytes + params::MAX_PARAMS_BYTES + 16 * 1024) {
+    if declared.is_some_and(|n| n > body_limit(&state)) {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
@@ -496,8 +531,15 @@ async fn describe_sse(
             ),
         ));
     }
-    // Admission before reading the body: a busy server answers at once, without taking the upload.
-    let permit = state.pool.admit()?;
+    // Admission before reading the body: a busy server never holds an upload it will not run.
+    let permit = match state.pool.admit() {
+        Ok(permit) => permit,
+        Err(busy) => {
+            let limit = body_limit(&state);
+            discard_body(request.into_body(), limit, Instant::now() + DISCARD_TIME).await;
+            return Err(busy);
+        }
+    };
     let upload = match tokio::time::timeout(jobs::remaining(deadline), read_upload(&state, request))
         .await
     {
