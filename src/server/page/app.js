@@ -51,9 +51,17 @@ function setFile(file) {
   if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
   state.previewUrl = URL.createObjectURL(file);
   const preview = $("preview");
+  const hint = $("drop-hint");
+  preview.onload = () => { preview.hidden = false; hint.hidden = true; };
+  // The browser cannot show every file the server reads (and vice versa): say so, and let the
+  // server have the last word.
+  preview.onerror = () => {
+    preview.hidden = true;
+    hint.hidden = false;
+    hint.querySelector("strong").textContent = file.name || "pasted image";
+    hint.querySelector("span").textContent = "no preview for this file · drop another image";
+  };
   preview.src = state.previewUrl;
-  preview.hidden = false;
-  $("drop-hint").hidden = true;
   $("drop").classList.add("has-image");
   $("run").disabled = false;
   describe();
