@@ -309,7 +309,14 @@ fn run_started(
     });
     let seconds = started.elapsed().as_secs_f64();
     let last = match result {
-        Ok(result) => done_json(image_name, &result, seconds),
+        Ok(result) => {
+            eprintln!(
+                "job done: {} tokens in {seconds:.1} s, similarity {:.4}",
+                result.token_ids.len(),
+                result.similarity
+            );
+            done_json(image_name, &result, seconds)
+        }
         Err(e) => match e.downcast_ref::<Abort>() {
             Some(Abort::ClientGone) => {
                 eprintln!("job cancelled after {seconds:.1} s: the client disconnected");
