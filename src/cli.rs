@@ -1,16 +1,15 @@
 //! The `clipsteer` command line.
 
-use crate::hub::{self, ModelKind};
+use crate::events::{done_json, error_json, step_json};
 use crate::image::DecodeLimits;
+use crate::load::{load_clip, load_encoder, load_lm};
 use crate::steer::constraints::Blocklist;
 use crate::steer::describe::{
     describe, BeamParams, DescribeOptions, MagicParams, Sampling, ScoredText, StepEvent, Strategy,
 };
-use crate::steer::lm::LanguageModel;
 use crate::steer::scorer::Encoder;
 use crate::steer::target::{combine, TargetPart};
 use crate::steer::Scorer;
-use crate::steer::{ClipScorer, GgufLm, Gpt2Lm};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -61,6 +60,8 @@ pub enum Command {
     /// Filter evasion: describe an image without blocked words, regenerate it from the
     /// description, and report how much of the image survived (JSON + HTML).
     Evade(Box<crate::evade::EvadeArgs>),
+    /// Serve a web page and an API that describe uploaded images live.
+    Serve(Box<crate::server::ServeArgs>),
 }
 
 #[derive(Args, Debug)]
@@ -275,6 +276,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Score(args) => score(args, &device),
         Command::Generate(args) => crate::diffusion::cli::run_generate(*args, &device),
         Command::Evade(args) => crate::evade::run(*args, &device),
+        Command::Serve(args) => crate::server::run(*args, &device),
         Command::Bench(args) => {
             let options = crate::bench::BenchOptions {
                 arch: args.clip,
@@ -290,35 +292,6 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
     }
-}
-
-fn load_encoder(spec: &str, device: &Device) -> Result<Encoder> {
-    let dir = hub::resolve(spec, ModelKind::Encoder)?;
-    Encoder::load(&dir, device).with_context(|| format!("cannot load encoder '{spec}'"))
-}
-
-pub fn load_clip(spec: &str, device: &Device) -> Result<ClipScorer> {
-    let dir = hub::resolve(spec, ModelKind::Clip)?;
-    ClipScorer::load(&dir, device).with_context(|| format!("cannot load CLIP model '{spec}'"))
-}
-
-pub fn load_lm(spec: &str, device: &Device) -> Result<LanguageModel> {
-    let path = Path::new(spec);
-    if path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-    {
-        if !path.is_file() {
-            bail!("no GGUF file at {spec}");
-        }
-        let lm = GgufLm::load(path, device)
-            .with_context(|| format!("cannot load language model '{spec}'"))?;
-        return Ok(LanguageModel::Gguf(Box::new(lm)));
-    }
-    let dir = hub::resolve(spec, ModelKind::CausalLm)?;
-    let lm = Gpt2Lm::load(&dir, device)
-        .with_context(|| format!("cannot load language model '{spec}'"))?;
-    Ok(LanguageModel::Gpt2(Box::new(lm)))
 }
 
 fn embed(args: EmbedArgs, device: &Device) -> Result<i32> {
@@ -436,19 +409,6 @@ fn finished_images(out: &Path) -> Result<HashSet<String>> {
         }
     }
     Ok(done)
-}
-
-fn step_json(image: Option<&str>, event: &StepEvent) -> serde_json::Value {
-    json!({
-        "event": "step",
-        "image": image,
-        "step": event.step,
-        "token_id": event.token_id,
-        "token": event.token,
-        "text": event.text,
-        "similarity": event.similarity,
-        "top": event.top,
-    })
 }
 
 /// The parts of a target that are the same for every image: the text targets, weighted.
@@ -617,17 +577,8 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
         });
         let line = match outcome {
             Ok(result) => {
-                let mut done = json!({
-                    "event": "done",
-                    "image": image,
-                    "text": result.text,
-                    "token_ids": result.token_ids,
-                    "similarity": result.similarity,
-                    "nll": result.mean_nll(),
-                    "seconds": started.elapsed().as_secs_f64(),
-                });
+                let done = done_json(image.as_deref(), &result, started.elapsed().as_secs_f64());
                 if let Some(reason) = &result.stop_reason {
-                    done["stop_reason"] = json!(reason);
                     progress.println_err(&format!("note: {reason}"));
                 }
                 if args.json {
@@ -645,7 +596,7 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
             Err(e) => {
                 failures += 1;
                 let message = crate::error_line(&e);
-                let error = json!({"event": "error", "image": image, "error": message});
+                let error = error_json(image.as_deref(), &message);
                 if args.json {
                     println!("{error}");
                 } else {

@@ -123,8 +123,8 @@ pub fn run(args: EvadeArgs, device: &Device) -> Result<i32> {
     let top_k = options.top_k;
     // Every model first, so that a missing one fails before minutes of work.
     let pipeline = args.diffusion.load(device)?;
-    let lm = crate::cli::load_lm(&args.lm, device)?;
-    let clip = crate::cli::load_clip(&args.clip, device)?;
+    let lm = crate::load::load_lm(&args.lm, device)?;
+    let clip = crate::load::load_clip(&args.clip, device)?;
     crate::steer::describe::validate(&lm, &options)?;
     let started = std::time::Instant::now();
 

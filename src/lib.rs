@@ -4,9 +4,12 @@ pub mod bench;
 pub mod cli;
 pub mod diffusion;
 pub mod evade;
+pub mod events;
 pub mod hub;
 pub mod image;
+pub mod load;
 pub mod models;
+pub mod server;
 pub mod steer;
 pub mod tokenize;
 

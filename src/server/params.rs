@@ -1,0 +1,382 @@
+//! The `params` of a describe request: a JSON object whose keys are the CLI flag names. Parsed by
+//! hand rather than by serde so that every mistake names the key, what it must be and what came.
+
+use crate::steer::constraints::Blocklist;
+use crate::steer::describe::{DescribeOptions, Sampling, Strategy};
+use serde_json::{Map, Value};
+
+/// Bounds a request may not exceed, whatever the model allows: they keep one request's cost
+/// within what a shared server can give it.
+#[derive(Debug, Clone, Copy)]
+pub struct ParamLimits {
+    pub max_top_k: usize,
+    pub max_tokens: usize,
+    pub max_prompt_chars: usize,
+    pub max_block_words: usize,
+}
+
+impl Default for ParamLimits {
+    fn default() -> Self {
+        Self {
+            // The original demo's k; larger only slows a step down.
+            max_top_k: 2500,
+            max_tokens: 64,
+            max_prompt_chars: 500,
+            max_block_words: 200,
+        }
+    }
+}
+
+/// A params document larger than this is refused before parsing.
+pub const MAX_PARAMS_BYTES: usize = 16 * 1024;
+
+pub const KNOWN_KEYS: &[&str] = &[
+    "top_k",
+    "max_tokens",
+    "prompt",
+    "strategy",
+    "sample",
+    "temperature",
+    "seed",
+    "block",
+];
+
+/// What a request asked for, checked and with defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DescribeParams {
+    pub top_k: usize,
+    pub max_tokens: usize,
+    pub prompt: String,
+    pub strategy: Strategy,
+    /// None: greedy.
+    pub sampling: Option<(f64, u64)>,
+    pub block: Vec<String>,
+}
+
+impl DescribeParams {
+    pub fn defaults() -> Self {
+        Self {
+            top_k: Strategy::Seed.default_top_k(),
+            max_tokens: 25,
+            prompt: "An image of ".to_string(),
+            strategy: Strategy::Seed,
+            sampling: None,
+            block: Vec::new(),
+        }
+    }
+
+    pub fn to_options(&self) -> Result<DescribeOptions, String> {
+        let blocklist =
+            Blocklist::new(&self.block, false).map_err(|e| format!("params.block: {e}"))?;
+        Ok(DescribeOptions {
+            top_k: self.top_k,
+            max_tokens: self.max_tokens,
+            sampling: self
+                .sampling
+                .map(|(temperature, seed)| Sampling { temperature, seed }),
+            blocklist,
+            ..DescribeOptions::for_strategy(&self.prompt, self.strategy)
+        })
+    }
+}
+
+/// Parses the `params` field; empty text means all defaults.
+pub fn parse_params(text: &str, limits: &ParamLimits) -> Result<DescribeParams, String> {
+    if text.len() > MAX_PARAMS_BYTES {
+        return Err(format!(
+            "params is {} bytes, over the limit of {MAX_PARAMS_BYTES}; send only the keys you change",
+            text.len()
+        ));
+    }
+    if text.trim().is_empty() {
+        return Ok(DescribeParams::defaults());
+    }
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        format!("params is not valid JSON ({e}); send an object such as {{\"top_k\":50}}")
+    })?;
+    let Value::Object(object) = value else {
+        return Err(format!(
+            "params must be a JSON object such as {{\"top_k\":50}}, got {}",
+            kind(&value)
+        ));
+    };
+    from_object(&object, limits)
+}
+
+fn from_object(
+    object: &Map<String, Value>,
+    limits: &ParamLimits,
+) -> Result<DescribeParams, String> {
+    if let Some(unknown) = object.keys().find(|k| !KNOWN_KEYS.contains(&k.as_str())) {
+        return Err(format!(
+            "unknown parameter '{}'; the known ones are {}",
+            truncate(unknown, 40),
+            KNOWN_KEYS.join(", ")
+        ));
+    }
+    let mut params = DescribeParams::defaults();
+    if let Some(value) = object.get("strategy") {
+        params.strategy = match value.as_str() {
+            Some("seed") => Strategy::Seed,
+            Some("magic") => Strategy::Magic,
+            Some("beam") => Strategy::Beam,
+            _ => {
+                return Err(format!(
+                    "params.strategy must be \"seed\", \"magic\" or \"beam\", got {}",
+                    show(value)
+                ))
+            }
+        };
+    }
+    params.top_k = match object.get("top_k") {
+        Some(value) => integer(value, "top_k", 1, limits.max_top_k as u64)? as usize,
+        None => params.strategy.default_top_k(),
+    }
+    .min(limits.max_top_k);
+    if let Some(value) = object.get("max_tokens") {
+        params.max_tokens = integer(value, "max_tokens", 1, limits.max_tokens as u64)? as usize;
+    }
+    params.max_tokens = params.max_tokens.min(limits.max_tokens);
+    if let Some(value) = object.get("prompt") {
+        let Some(prompt) = value.as_str() else {
+            return Err(format!(
+                "params.prompt must be a string, got {}",
+                show(value)
+            ));
+        };
+        if prompt.is_empty() {
+            return Err(
+                "params.prompt is empty: give the LM some text to continue, e.g. \"An image of \""
+                    .into(),
+            );
+        }
+        if prompt.chars().count() > limits.max_prompt_chars {
+            return Err(format!(
+                "params.prompt is over {} characters; shorten it",
+                limits.max_prompt_chars
+            ));
+        }
+        params.prompt = prompt.to_string();
+    }
+    let sample = match object.get("sample") {
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(format!(
+                "params.sample must be true or false, got {}",
+                show(other)
+            ))
+        }
+        None => false,
+    };
+    let temperature = match object.get("temperature") {
+        Some(value) => match value.as_f64() {
+            Some(t) if t.is_finite() && t > 0.0 && t <= 100.0 => Some(t),
+            _ => {
+                return Err(format!(
+                    "params.temperature must be a number above 0 and at most 100, got {}",
+                    show(value)
+                ))
+            }
+        },
+        None => None,
+    };
+    let seed = match object.get("seed") {
+        Some(value) => Some(integer(value, "seed", 0, u64::MAX)?),
+        None => None,
+    };
+    // As on the command line, a temperature or seed means sampling; sample:false with either is a
+    // contradiction, not a choice to silently ignore one of them.
+    if object.get("sample") == Some(&Value::Bool(false))
+        && (temperature.is_some() || seed.is_some())
+    {
+        return Err("params.temperature and params.seed apply only when sampling: drop them or set \"sample\": true".into());
+    }
+    if sample || temperature.is_some() || seed.is_some() {
+        if params.strategy != Strategy::Seed {
+            return Err(
+                "sampling (sample, temperature, seed) applies to strategy \"seed\" only".into(),
+            );
+        }
+        params.sampling = Some((temperature.unwrap_or(0.05), seed.unwrap_or(0)));
+    }
+    if let Some(value) = object.get("block") {
+        params.block = block_words(value)?;
+        if params.block.len() > limits.max_block_words {
+            return Err(format!(
+                "params.block has {} words, over the limit of {}",
+                params.block.len(),
+                limits.max_block_words
+            ));
+        }
+    }
+    Ok(params)
+}
+
+/// `block` is a list of words or, as on the command line, one comma-separated string.
+fn block_words(value: &Value) -> Result<Vec<String>, String> {
+    let words: Vec<String> = match value {
+        Value::String(list) => list.split(',').map(str::to_string).collect(),
+        Value::Array(items) => items
+            .iter()
+            .map(|item| {
+                item.as_str().map(str::to_string).ok_or_else(|| {
+                    format!("params.block must hold only strings, got {}", show(item))
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        other => {
+            return Err(format!(
+                "params.block must be a list of words or a comma-separated string, got {}",
+                show(other)
+            ))
+        }
+    };
+    let words: Vec<String> = words
+        .iter()
+        .map(|w| w.trim().to_string())
+        .filter(|w| !w.is_empty())
+        .collect();
+    if let Some(long) = words.iter().find(|w| w.chars().count() > 100) {
+        return Err(format!(
+            "params.block has a word over 100 characters ('{}…')",
+            truncate(long, 20)
+        ));
+    }
+    Ok(words)
+}
+
+fn integer(value: &Value, key: &str, min: u64, max: u64) -> Result<u64, String> {
+    match value.as_u64() {
+        Some(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "params.{key} must be an integer from {min} to {max}, got {}",
+            show(value)
+        )),
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A value as shown in an error: short, so that a huge value does not become a huge message.
+fn show(value: &Value) -> String {
+    truncate(&value.to_string(), 60)
+}
+
+fn truncate(text: &str, chars: usize) -> String {
+    if text.chars().count() <= chars {
+        text.to_string()
+    } else {
+        text.chars()
+            .take(chars)
+            .chain(std::iter::once('…'))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<DescribeParams, String> {
+        parse_params(text, &ParamLimits::default())
+    }
+
+    #[test]
+    fn empty_params_are_the_cli_defaults() {
+        let params = parse("").unwrap();
+        assert_eq!(params, DescribeParams::defaults());
+        assert_eq!(params.top_k, 200);
+        assert_eq!(params.max_tokens, 25);
+        assert_eq!(parse("{}").unwrap(), params);
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let params = parse(
+            r#"{"top_k":7,"max_tokens":3,"prompt":"A photo of","strategy":"seed","temperature":0.5,"seed":9,"block":["cat"," dog "]}"#,
+        )
+        .unwrap();
+        assert_eq!(params.top_k, 7);
+        assert_eq!(params.max_tokens, 3);
+        assert_eq!(params.prompt, "A photo of");
+        assert_eq!(params.sampling, Some((0.5, 9)));
+        assert_eq!(params.block, vec!["cat", "dog"]);
+        assert_eq!(
+            parse(r#"{"block":"a, b,,c"}"#).unwrap().block,
+            vec!["a", "b", "c"]
+        );
+    }
+
+    #[test]
+    fn magic_defaults_to_its_own_k() {
+        let params = parse(r#"{"strategy":"magic"}"#).unwrap();
+        assert_eq!(params.top_k, 45);
+        assert!(params.to_options().unwrap().stop_at_sentence_end);
+    }
+
+    #[test]
+    fn mistakes_name_the_key() {
+        let cases = [
+            (r#"{"topk":5}"#, "unknown parameter 'topk'"),
+            (
+                r#"{"top_k":"ten"}"#,
+                "params.top_k must be an integer from 1 to 2500, got \"ten\"",
+            ),
+            (r#"{"top_k":0}"#, "params.top_k must be an integer"),
+            (r#"{"top_k":2.5}"#, "params.top_k must be an integer"),
+            (
+                r#"{"max_tokens":-1}"#,
+                "params.max_tokens must be an integer from 1 to 64",
+            ),
+            (
+                r#"{"max_tokens":1000}"#,
+                "params.max_tokens must be an integer from 1 to 64",
+            ),
+            (r#"{"prompt":5}"#, "params.prompt must be a string"),
+            (r#"{"prompt":""}"#, "params.prompt is empty"),
+            (
+                r#"{"strategy":"best"}"#,
+                "params.strategy must be \"seed\", \"magic\" or \"beam\"",
+            ),
+            (
+                r#"{"temperature":0}"#,
+                "params.temperature must be a number above 0",
+            ),
+            (
+                r#"{"temperature":"hot"}"#,
+                "params.temperature must be a number",
+            ),
+            (r#"{"seed":-3}"#, "params.seed must be an integer"),
+            (r#"{"sample":"yes"}"#, "params.sample must be true or false"),
+            (r#"{"sample":false,"seed":1}"#, "apply only when sampling"),
+            (
+                r#"{"strategy":"magic","temperature":1}"#,
+                "applies to strategy \"seed\" only",
+            ),
+            (r#"{"block":5}"#, "params.block must be a list of words"),
+            (r#"{"block":[1]}"#, "params.block must hold only strings"),
+            ("[1,2]", "params must be a JSON object"),
+            ("{\"top_k\":", "params is not valid JSON"),
+        ];
+        for (text, expected) in cases {
+            let error = parse(text).unwrap_err();
+            assert!(error.contains(expected), "{text}: {error}");
+            assert!(!error.contains('\n'), "{text}: one line: {error}");
+        }
+    }
+
+    #[test]
+    fn oversized_params_are_refused_before_parsing() {
+        let huge = format!("{{\"prompt\":\"{}\"}}", "a".repeat(MAX_PARAMS_BYTES));
+        assert!(parse(&huge).unwrap_err().contains("over the limit"));
+    }
+}
