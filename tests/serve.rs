@@ -307,15 +307,7 @@ fn fifty_concurrent_clients_each_complete_or_get_429() {
                     ("params", None, QUICK.as_bytes()),
                 ]);
                 barrier.wait();
-                reply(
-                    agent()
-                        .post(&url)
-                        .set(
-                            "Content-Type",
-                            &format!("multipart/form-data; boundary={BOUNDARY}"),
-                        )
-                        .send_bytes(&body),
-                )
+                post_url(&url, &body, &[])
             })
         })
         .collect();
@@ -429,15 +421,7 @@ fn the_time_limit_ends_long_jobs_and_long_waits() {
                     ("params", None, SLOW.as_bytes()),
                 ]);
                 barrier.wait();
-                reply(
-                    agent()
-                        .post(&url)
-                        .set(
-                            "Content-Type",
-                            &format!("multipart/form-data; boundary={BOUNDARY}"),
-                        )
-                        .send_bytes(&body),
-                )
+                post_url(&url, &body, &[])
             })
         })
         .collect();

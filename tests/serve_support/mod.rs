@@ -195,7 +195,12 @@ pub fn multipart(fields: &[(&str, Option<&str>, &[u8])]) -> Vec<u8> {
 }
 
 pub fn post(server: &Server, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Reply {
-    let mut request = agent().post(&server.url(path)).set(
+    post_url(&server.url(path), body, headers)
+}
+
+/// A multipart POST to a full URL: what client threads use, which cannot borrow the server.
+pub fn post_url(url: &str, body: &[u8], headers: &[(&str, &str)]) -> Reply {
+    let mut request = agent().post(url).set(
         "Content-Type",
         &format!("multipart/form-data; boundary={BOUNDARY}"),
     );
