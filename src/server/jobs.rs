@@ -270,7 +270,7 @@ fn run_started(
     let decoded = match decode_image_bytes(image, limits) {
         Ok(decoded) => decoded,
         Err(e) => {
-            let message = format!("the image field: {e:#}");
+            let message = format!("the image field: {}", crate::error_line(&e));
             return reject(start, ApiError::bad_request(message));
         }
     };
@@ -280,10 +280,11 @@ fn run_started(
     let target = match models.clip.image_embedding(&decoded) {
         Ok(embedding) => normalize(&embedding),
         Err(e) => {
-            eprintln!("error: embedding an upload: {e:#}");
+            let message = crate::error_line(&e);
+            eprintln!("error: embedding an upload: {message}");
             return reject(
                 start,
-                ApiError::internal(format!("cannot embed the image: {e:#}")),
+                ApiError::internal(format!("cannot embed the image: {message}")),
             );
         }
     };
@@ -328,7 +329,7 @@ fn run_started(
                     "the request's time limit ran out after {seconds:.1} s of describing; ask for fewer max_tokens or a smaller top_k"
                 ),
             ),
-            None => error_json(image_name, &super::error::one_line(&format!("{e:#}"))),
+            None => error_json(image_name, &crate::error_line(&e)),
         },
     };
     let _ = sender.send(last);

@@ -476,7 +476,7 @@ fn describe_options(
         parse_params(params_text, &state.param_limits).map_err(ApiError::bad_request)?;
     let options = params.to_options().map_err(ApiError::bad_request)?;
     validate(&state.models.lm, &options)
-        .map_err(|e| ApiError::bad_request(format!("params: {e:#}")))?;
+        .map_err(|e| ApiError::bad_request(format!("params: {}", crate::error_line(&e))))?;
     Ok(options)
 }
 
