@@ -836,16 +836,21 @@ fn describe_beam<L: CausalLm, S: Scorer>(
             let mut by_similarity: Vec<&Expansion> =
                 expansions.iter().filter(|e| !e.ends_text).collect();
             by_similarity.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
-            by_similarity
-                .iter()
-                .take(5)
-                .map(|e| {
-                    Ok(Candidate {
-                        token: lm.decode(&[e.token])?,
-                        similarity: e.similarity,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?
+            // Hypotheses often propose the same token: show each once, at its best.
+            let mut top: Vec<Candidate> = Vec::with_capacity(5);
+            for expansion in by_similarity {
+                let token = lm.decode(&[expansion.token])?;
+                if !top.iter().any(|c| c.token == token) {
+                    top.push(Candidate {
+                        token,
+                        similarity: expansion.similarity,
+                    });
+                }
+                if top.len() == 5 {
+                    break;
+                }
+            }
+            top
         };
         let scored: Vec<(u32, f32)> = expansions
             .iter()
