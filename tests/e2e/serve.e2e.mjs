@@ -86,6 +86,8 @@ try {
   assert.equal(tokens, "12");
   const similarity = Number(await page.textContent("#sim"));
   assert.ok(Number.isFinite(similarity) && Math.abs(similarity) <= 1, `final similarity ${similarity}`);
+  const nll = Number(await page.textContent("#nll"));
+  assert.ok(Number.isFinite(nll) && nll > 0, `final NLL per token ${nll}`);
   assert.equal(await page.$$eval("#steps .step-chip", (els) => els.length), 12);
   assert.equal(await page.$$eval("#history li", (els) => els.length), 1);
   await page.screenshot({ path: join(outDir, "screenshot.png"), fullPage: true });

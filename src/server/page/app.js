@@ -232,7 +232,7 @@ function handle(event) {
     state.finished = event;
     const last = state.steps[state.steps.length - 1];
     drawText(event.text, last ? last.token : "", false);
-    drawMetrics(event.similarity, event.token_ids.length, event.seconds);
+    drawMetrics(event.similarity, event.token_ids.length, event.seconds, event.nll);
     $("progress-bar").style.width = "100%";
     setPhase("done", "done");
     $("stop").hidden = true;
@@ -297,6 +297,7 @@ function resetOutput(p) {
   $("sim").textContent = "–";
   $("tokens").textContent = "0";
   $("time").textContent = "–";
+  $("nll").textContent = "–";
   drawChart();
   drawSteps();
 }
@@ -322,8 +323,10 @@ function drawText(text, token, live) {
   out.classList.toggle("live", live);
 }
 
-function drawMetrics(similarity, tokens, seconds) {
+function drawMetrics(similarity, tokens, seconds, nll) {
   $("sim").textContent = Number.isFinite(similarity) ? similarity.toFixed(4) : "–";
+  // Known once the text is final: a beam's best hypothesis can change until then.
+  $("nll").textContent = Number.isFinite(nll) ? nll.toFixed(2) : "–";
   $("tokens").textContent = String(tokens);
   const elapsed = seconds !== undefined ? seconds : (performance.now() - state.started) / 1000;
   $("time").textContent = `${elapsed.toFixed(1)} s`;
