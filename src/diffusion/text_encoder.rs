@@ -3,37 +3,22 @@
 //!
 //! candle-transformers' stable_diffusion::clip has the same architecture, but its `Config` has
 //! private fields and only the real sizes (v1.5, v2.1, SDXL), so it cannot be built from a
-//! config.json; this one reads sizes, activation (`gelu` for SD 2's OpenCLIP ViT-H,
-//! `quick_gelu` for SD 1.x) and layer-norm epsilon from the file.
+//! config.json. This one runs the transformer layers of our CLIP (src/models/clip.rs), which read
+//! sizes, activation (`gelu` for SD 2's OpenCLIP ViT-H, `quick_gelu` for SD 1.x) and layer-norm
+//! epsilon from the file, over every position rather than CLIP's pooled ones.
 
-use crate::models::clip::ClipTextConfig;
-use crate::models::Activation;
+use crate::models::clip::{text_layers, ClipTextConfig, EncoderLayer};
 use crate::tokenize::{self, ClipTokenizer, TokenizerKind};
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use std::path::Path;
-
-struct Layer {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    out_proj: Linear,
-    layer_norm1: LayerNorm,
-    layer_norm2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
-}
 
 pub struct TextEncoder {
     token_embedding: Embedding,
     position_embedding: Tensor,
-    layers: Vec<Layer>,
+    layers: Vec<EncoderLayer>,
     final_layer_norm: LayerNorm,
-    heads: usize,
-    activation: Activation,
-    /// Causal mask [positions, positions]: 0 on and below the diagonal, -inf above.
-    causal_mask: Tensor,
 }
 
 impl TextEncoder {
@@ -73,34 +58,11 @@ impl TextEncoder {
             (config.max_position_embeddings, hidden),
             "position_embedding.weight",
         )?;
-        let mut layers = Vec::with_capacity(config.num_hidden_layers);
-        for i in 0..config.num_hidden_layers {
-            let layer = vb.pp(format!("encoder.layers.{i}"));
-            let attn = layer.pp("self_attn");
-            let square = |name: &str| candle_nn::linear(hidden, hidden, attn.pp(name));
-            layers.push(Layer {
-                q_proj: square("q_proj")?,
-                k_proj: square("k_proj")?,
-                v_proj: square("v_proj")?,
-                out_proj: square("out_proj")?,
-                layer_norm1: candle_nn::layer_norm(hidden, eps, layer.pp("layer_norm1"))?,
-                layer_norm2: candle_nn::layer_norm(hidden, eps, layer.pp("layer_norm2"))?,
-                fc1: candle_nn::linear(hidden, config.intermediate_size, layer.pp("mlp.fc1"))?,
-                fc2: candle_nn::linear(config.intermediate_size, hidden, layer.pp("mlp.fc2"))?,
-            });
-        }
-        let positions = config.max_position_embeddings;
-        let mask: Vec<f32> = (0..positions)
-            .flat_map(|i| (0..positions).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-            .collect();
         Ok(Self {
             token_embedding,
             position_embedding,
-            layers,
+            layers: text_layers(config, &vb)?,
             final_layer_norm: candle_nn::layer_norm(hidden, eps, vb.pp("final_layer_norm"))?,
-            heads: config.num_attention_heads,
-            activation: Activation::from_hf(&config.hidden_act)?,
-            causal_mask: Tensor::from_vec(mask, (positions, positions), vb.device())?,
         })
     }
 
@@ -111,7 +73,7 @@ impl TextEncoder {
     /// Hidden states [batch, len, hidden] of token ids [batch, len]: causal attention over every
     /// position, padding included, and no attention mask, as diffusers' SD pipelines run it.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        let (batch, len) = ids.dims2()?;
+        let (_, len) = ids.dims2()?;
         if len > self.max_positions() {
             bail!(
                 "{len} tokens exceed the text encoder's {} positions",
@@ -122,33 +84,8 @@ impl TextEncoder {
             .token_embedding
             .forward(ids)?
             .broadcast_add(&self.position_embedding.narrow(0, 0, len)?)?;
-        let mask = self.causal_mask.narrow(0, 0, len)?.narrow(1, 0, len)?;
-        let hidden = xs.dim(D::Minus1)?;
-        let head_dim = hidden / self.heads;
-        let scale = 1.0 / (head_dim as f64).sqrt();
         for layer in &self.layers {
-            let normed = layer.layer_norm1.forward(&xs)?;
-            let split = |t: Tensor| -> candle_core::Result<Tensor> {
-                t.reshape((batch, len, self.heads, head_dim))?
-                    .transpose(1, 2)?
-                    .contiguous()
-            };
-            let q = split((layer.q_proj.forward(&normed)? * scale)?)?;
-            let k = split(layer.k_proj.forward(&normed)?)?;
-            let v = split(layer.v_proj.forward(&normed)?)?;
-            let weights = q.matmul(&k.t()?)?.broadcast_add(&mask)?;
-            let weights = candle_nn::ops::softmax_last_dim(&weights)?;
-            let attended = weights
-                .matmul(&v)?
-                .transpose(1, 2)?
-                .reshape((batch, len, hidden))?;
-            xs = (xs + layer.out_proj.forward(&attended)?)?;
-            let mlp = layer.fc2.forward(
-                &self
-                    .activation
-                    .forward(&layer.fc1.forward(&layer.layer_norm2.forward(&xs)?)?)?,
-            )?;
-            xs = (xs + mlp)?;
+            xs = layer.forward_causal(&xs)?;
         }
         Ok(self.final_layer_norm.forward(&xs)?)
     }

@@ -132,8 +132,9 @@ impl ClipConfig {
     }
 }
 
-/// A pre-LayerNorm transformer layer, as in both CLIP towers.
-struct EncoderLayer {
+/// A pre-LayerNorm transformer layer, as in both CLIP towers (and Stable Diffusion's text
+/// encoder, a CLIP text tower).
+pub(crate) struct EncoderLayer {
     /// q, k and v projections fused into one matmul.
     qkv_proj: Dense,
     out_proj: Dense,
@@ -143,6 +144,23 @@ struct EncoderLayer {
     fc2: Dense,
     heads: usize,
     activation: Activation,
+}
+
+/// The layers of a CLIP text tower under `vb` (`encoder.layers.{i}`).
+pub(crate) fn text_layers(config: &ClipTextConfig, vb: &VarBuilder) -> Result<Vec<EncoderLayer>> {
+    let activation = Activation::from_hf(&config.hidden_act)?;
+    (0..config.num_hidden_layers)
+        .map(|i| {
+            EncoderLayer::load(
+                config.hidden_size,
+                config.intermediate_size,
+                config.num_attention_heads,
+                config.layer_norm_eps,
+                activation,
+                vb.pp(format!("encoder.layers.{i}")),
+            )
+        })
+        .collect()
 }
 
 /// How packed rows are grouped for attention: per row for the fused CPU kernel, or in buckets of
@@ -211,6 +229,11 @@ impl EncoderLayer {
             .activation
             .forward(&self.fc1.forward(&self.layer_norm2.forward(&xs)?)?)?;
         xs + self.fc2.forward(&mlp)?
+    }
+
+    /// Sequences [batch, len, hidden] on their own: causal attention over every position.
+    pub(crate) fn forward_causal(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward(xs, &mut LayerKv::default(), true)
     }
 
     /// Sequences [batch, new, hidden] following the positions cached in `kv`.
@@ -358,19 +381,7 @@ impl ClipModel {
         let t = &config.text;
         let v = &config.vision;
         let text_vb = vb.pp("text_model");
-        let text_act = Activation::from_hf(&t.hidden_act)?;
-        let text_layers = (0..t.num_hidden_layers)
-            .map(|i| {
-                EncoderLayer::load(
-                    t.hidden_size,
-                    t.intermediate_size,
-                    t.num_attention_heads,
-                    t.layer_norm_eps,
-                    text_act,
-                    text_vb.pp(format!("encoder.layers.{i}")),
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let text_layers = text_layers(t, &text_vb)?;
         let vision_vb = vb.pp("vision_model");
         let vision_act = Activation::from_hf(&v.hidden_act)?;
         let vision_layers = (0..v.num_hidden_layers)
