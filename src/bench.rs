@@ -111,6 +111,7 @@ pub struct BenchOptions {
     pub json: bool,
     pub prefilter: Option<usize>,
     pub check_agreement: bool,
+    pub strategy: Strategy,
 }
 
 /// Dense FLOPs of one text position through CLIP's text tower (projections and MLP; attention
@@ -160,6 +161,11 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 pub fn run(options: &BenchOptions, device: &Device) -> Result<()> {
+    if options.check_agreement && options.strategy != Strategy::Seed {
+        anyhow::bail!(
+            "--check-agreement measures the seed loop's choices: use it with --strategy seed"
+        );
+    }
     let assets = &options.assets;
     let gpt2_dir = assets.join("gpt2");
     let gpt2_tokenizer =
@@ -202,18 +208,13 @@ pub fn run(options: &BenchOptions, device: &Device) -> Result<()> {
     );
     let image_seconds = image_start.elapsed().as_secs_f64();
 
+    // Every step runs: a timing needs the same number of steps whatever the text says.
     let describe_options = DescribeOptions {
-        prompt: options.prompt.clone(),
         top_k: options.top_k,
         max_tokens: options.steps,
-        strategy: Strategy::Seed,
-        sampling: None,
         prefilter: options.prefilter.filter(|_| !options.check_agreement),
-        blocklist: Default::default(),
-        magic: Default::default(),
         stop_at_sentence_end: false,
-        beam: Default::default(),
-        scored_text: crate::steer::describe::ScoredText::Full,
+        ..DescribeOptions::for_strategy(&options.prompt, options.strategy)
     };
     let flops_per_position = text_flops_per_position(&text_config);
     let mut rows = Vec::new();
@@ -273,6 +274,7 @@ pub fn run(options: &BenchOptions, device: &Device) -> Result<()> {
         "config": {
             "lm": "gpt2-124M (random)",
             "clip": format!("{:?}", options.arch),
+            "strategy": format!("{:?}", options.strategy).to_lowercase(),
             "top_k": options.top_k,
             "steps": options.steps,
             "threads": candle_core::utils::get_num_threads(),
@@ -294,8 +296,9 @@ pub fn run(options: &BenchOptions, device: &Device) -> Result<()> {
         return Ok(());
     }
     println!(
-        "clipsteer bench: GPT-2 124M + CLIP {:?} (random weights), top-k {}, {} steps, {} threads, {:?}",
+        "clipsteer bench: GPT-2 124M + CLIP {:?} (random weights), {:?}, top-k {}, {} steps, {} threads, {:?}",
         options.arch,
+        options.strategy,
         options.top_k,
         options.steps,
         candle_core::utils::get_num_threads(),

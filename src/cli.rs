@@ -104,6 +104,9 @@ pub struct BenchArgs {
     /// the exact choice (top-1 agreement) instead of timing it.
     #[arg(long, requires = "prefilter")]
     pub check_agreement: bool,
+    /// The loop to time; magic and beam also take the LM's hidden states or several hypotheses.
+    #[arg(long, value_enum, default_value_t = Strategy::Seed)]
+    pub strategy: Strategy,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -287,6 +290,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 json: args.json,
                 prefilter: args.prefilter,
                 check_agreement: args.check_agreement,
+                strategy: args.strategy,
             };
             crate::bench::run(&options, &device)?;
             Ok(0)
