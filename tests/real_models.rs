@@ -144,11 +144,12 @@ fn mean_nll(lm: &clipsteer::steer::GgufLm, prompt: &[u32], generated: &[u32]) ->
     total / generated.len() as f64
 }
 
-/// Issue 5's bar, through the CLI contract scripts use: MAGIC steers SmolLM2 toward each target
-/// with MiniLM and never writes a blocked word, and the text is both on target (mean cosine
-/// ≥ 0.5) and fluent (mean NLL ≤ 4 nats per token).
-#[test]
-fn magic_steers_smollm2_toward_text_targets_fluently_without_blocked_words() {
+/// Steers SmolLM2 with MiniLM toward each case's target through the CLI contract scripts use
+/// (`describe --target-text T --lm FILE.gguf --encoder DIR --prompt P --block a,b --strategy S
+/// --json`), checks that no streamed or final text holds a blocked word and that what the `done`
+/// event reports holds when recomputed, and returns the mean cosine to the targets and the mean
+/// NLL per generated token.
+fn steer_through_cli(strategy: &str, cases: &[(&str, &str)]) -> (f64, f64) {
     use clipsteer::steer::{CausalLm, GgufLm};
     let gguf = smollm2_path();
     let minilm = minilm_dir();
@@ -156,14 +157,14 @@ fn magic_steers_smollm2_toward_text_targets_fluently_without_blocked_words() {
     let scorer = SentenceScorer::load(&minilm, &Device::Cpu).unwrap();
     let prompt_ids = lm.encode(CHAT_PROMPT).unwrap();
     let (mut cosines, mut nlls) = (Vec::new(), Vec::new());
-    for (target, block) in STEERING_CASES {
+    for &(target, block) in cases {
         let output = bin()
             .args(["describe", "--target-text", target, "--lm"])
             .arg(&gguf)
             .arg("--encoder")
             .arg(&minilm)
             .args(["--prompt", CHAT_PROMPT, "--block", block])
-            .args(["--strategy", "magic", "--max-tokens", "32", "--json"])
+            .args(["--strategy", strategy, "--max-tokens", "32", "--json"])
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -211,10 +212,32 @@ fn magic_steers_smollm2_toward_text_targets_fluently_without_blocked_words() {
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let (cosine, nll) = (mean(&cosines), mean(&nlls));
-    eprintln!("mean cos {cosine:.3}, mean nll {nll:.2}");
+    eprintln!("{strategy}: mean cos {cosine:.3}, mean nll {nll:.2}");
+    (cosine, nll)
+}
+
+/// Issue 5's bar: MAGIC steers SmolLM2 toward five targets with two of each target's own words
+/// blocked, and the text is both on target (mean cosine ≥ 0.5) and fluent (mean NLL ≤ 4 nats
+/// per token). docs/STEERING.md has the figures (0.574, 3.60).
+#[test]
+fn magic_steers_smollm2_toward_text_targets_fluently_without_blocked_words() {
+    let (cosine, nll) = steer_through_cli("magic", &STEERING_CASES);
     assert!(
         cosine >= 0.5,
         "mean cosine to the targets {cosine:.3} < 0.5"
     );
     assert!(nll <= 4.0, "mean NLL {nll:.2} > 4.0 nats per token");
+}
+
+/// Beam search is the default of evade because it beats MAGIC on both counts; held here on two
+/// of the cases (0.800 / 3.16 and 0.691 / 2.52 in docs/STEERING.md), which keeps CI short.
+#[test]
+fn beam_steers_smollm2_further_on_target_and_as_fluently() {
+    let cases = [STEERING_CASES[0], STEERING_CASES[4]];
+    let (cosine, nll) = steer_through_cli("beam", &cases);
+    assert!(
+        cosine >= 0.7,
+        "mean cosine to the targets {cosine:.3} < 0.7"
+    );
+    assert!(nll <= 3.5, "mean NLL {nll:.2} > 3.5 nats per token");
 }
