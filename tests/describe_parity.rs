@@ -334,9 +334,17 @@ fn invalid_options_are_clear_errors() {
             temperature: 0.0,
             seed: 1
         }),
-        ..base
+        ..base.clone()
     })
     .contains("--temperature"));
+    let beam = |width, fluency| DescribeOptions {
+        strategy: Strategy::Beam,
+        beam: clipsteer::steer::describe::BeamParams { width, fluency },
+        ..base.clone()
+    };
+    assert!(err(beam(0, 0.1)).contains("--beam-width"));
+    assert!(err(beam(2, -1.0)).contains("--beam-fluency"));
+    assert!(err(beam(2, f32::NAN)).contains("--beam-fluency"));
 }
 
 /// Only positions that differ between candidates are computed: per step, each distinct CLIP
