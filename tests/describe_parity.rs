@@ -63,12 +63,7 @@ fn greedy_loop_reproduces_the_reference_token_for_token() {
             Ok(())
         })
         .unwrap();
-        let want: Vec<u32> = case["generated_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let want: Vec<u32> = json_ids(&case["generated_ids"]);
         assert_eq!(result.token_ids, want, "case {}", case["image"]);
         assert_eq!(result.text, case["text"].as_str().unwrap());
         for (got, want) in step_sims.iter().zip(&want_sims) {
@@ -155,12 +150,7 @@ fn sampling_is_reproducible_per_seed() {
     let lm = lm();
     let case = &cases()[0];
     let scorer = scorer(case["clip"].as_str().unwrap());
-    let target = image_target(
-        &scorer,
-        &fixture("images/crop32.png"),
-        DecodeLimits::default(),
-    )
-    .unwrap();
+    let target = target_of(&scorer, "crop32.png");
     let run = |seed| {
         describe(
             &lm,
@@ -190,12 +180,7 @@ fn sampling_is_reproducible_per_seed() {
 fn draws_at_one_step_follow_softmax_of_similarity_over_temperature() {
     let lm = lm();
     let scorer = scorer("clip-tiny-quickgelu");
-    let target = image_target(
-        &scorer,
-        &fixture("images/crop32.png"),
-        DecodeLimits::default(),
-    )
-    .unwrap();
+    let target = target_of(&scorer, "crop32.png");
     let temperature = 0.01;
     // The similarities of the first step's candidates, as the loop sees them.
     let prompt = "An image of ";
@@ -398,12 +383,7 @@ fn prefilter_scores_only_m_candidates_and_equals_exact_when_m_is_k() {
     let lm = lm();
     let case = &cases()[0];
     let scorer = scorer(case["clip"].as_str().unwrap());
-    let target = image_target(
-        &scorer,
-        &fixture("images/crop32.png"),
-        DecodeLimits::default(),
-    )
-    .unwrap();
+    let target = target_of(&scorer, "crop32.png");
     let exact = describe(&lm, &scorer, &target, &options(case, None), |_| Ok(())).unwrap();
     let mut all = options(case, None);
     all.prefilter = Some(all.top_k);

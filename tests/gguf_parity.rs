@@ -101,12 +101,7 @@ fn tokenizer_from_metadata_matches_transformers() {
     let lm = lm();
     for case in meta()["tokenizer"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
-        let want: Vec<u32> = case["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let want: Vec<u32> = json_ids(&case["ids"]);
         assert_eq!(lm.encode(text).unwrap(), want, "ids of {text:?}");
         assert_eq!(lm.decode(&want).unwrap(), text, "decode of {text:?}");
     }

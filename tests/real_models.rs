@@ -28,12 +28,7 @@ fn all_minilm_l6_v2_matches_transformers() {
     .unwrap();
     for case in &cases {
         let text = case["text"].as_str().unwrap();
-        let want_ids: Vec<u32> = case["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let want_ids: Vec<u32> = json_ids(&case["ids"]);
         assert_eq!(scorer.encode(text).unwrap(), want_ids, "{text:?}");
         let want: Vec<f32> = case["embedding"]
             .as_array()
@@ -79,12 +74,7 @@ fn smollm2_gguf_matches_transformers() {
     .unwrap();
     for case in &cases {
         let text = case["text"].as_str().unwrap();
-        let want: Vec<u32> = case["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let want: Vec<u32> = json_ids(&case["ids"]);
         assert_eq!(lm.encode(text).unwrap(), want, "ids of {text:?}");
         assert_eq!(lm.decode(&want).unwrap(), text, "decode of {text:?}");
     }
@@ -186,12 +176,7 @@ fn steer_through_cli(strategy: &str, cases: &[(&str, &str)]) -> (f64, f64) {
                 assert!(!has_whole_word(shown, word), "{word:?} in {shown:?}");
             }
         }
-        let ids: Vec<u32> = done["token_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let ids: Vec<u32> = json_ids(&done["token_ids"]);
         assert!(ids.len() >= 4, "{target}: too short: {generated:?}");
         assert_eq!(lm.decode(&[&prompt_ids[..], &ids].concat()).unwrap(), text);
 

@@ -22,12 +22,7 @@ fn sentence_embeddings_match_transformers() {
         .map(|c| c["text"].as_str().unwrap().to_string())
         .collect();
     for (i, case) in cases.iter().enumerate() {
-        let want: Vec<u32> = case["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let want: Vec<u32> = json_ids(&case["ids"]);
         assert_eq!(
             scorer.encode(&texts[i]).unwrap(),
             want,

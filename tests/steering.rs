@@ -3,13 +3,11 @@
 mod common;
 
 use candle_core::Device;
-use clipsteer::image::DecodeLimits;
 use clipsteer::steer::constraints::Blocklist;
 use clipsteer::steer::describe::{
     beam_score, describe, ends_sentence, magic_scores, top_k, BeamParams, DescribeOptions,
     MagicParams, ScoredText, Strategy,
 };
-use clipsteer::steer::scorer::image_target;
 use clipsteer::steer::target::{combine, TargetPart};
 use clipsteer::steer::{normalize, CausalLm, ClipScorer, Gpt2Lm, Scorer};
 use common::*;
@@ -21,16 +19,6 @@ fn lm() -> Gpt2Lm {
 
 fn scorer() -> ClipScorer {
     ClipScorer::load(&fixture("clip-tiny-quickgelu"), &Device::Cpu).unwrap()
-}
-
-/// The image target of a fixture image.
-fn target_of(scorer: &ClipScorer, image: &str) -> Vec<f32> {
-    image_target(
-        scorer,
-        &fixture(&format!("images/{image}")),
-        DecodeLimits::default(),
-    )
-    .unwrap()
 }
 
 fn options(

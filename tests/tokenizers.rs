@@ -17,12 +17,7 @@ fn cases(which: &str) -> Vec<(String, Vec<u32>)> {
         .iter()
         .map(|case| {
             let text = case["text"].as_str().unwrap().to_string();
-            let ids = case["ids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_u64().unwrap() as u32)
-                .collect();
+            let ids = json_ids(&case["ids"]);
             (text, ids)
         })
         .collect()

@@ -44,6 +44,16 @@ pub fn cosine(a: &Tensor, b: &Tensor) -> f32 {
     (dot / (na * nb)) as f32
 }
 
+/// Token ids from a JSON array of numbers.
+pub fn json_ids(value: &serde_json::Value) -> Vec<u32> {
+    value
+        .as_array()
+        .expect("an array of ids")
+        .iter()
+        .map(|v| v.as_u64().expect("an id") as u32)
+        .collect()
+}
+
 pub fn ids_of(t: &Tensor) -> Vec<u32> {
     t.flatten_all()
         .unwrap()
@@ -125,4 +135,14 @@ pub fn max_abs(a: &Tensor) -> f32 {
         .and_then(|d| d.max(0))
         .and_then(|d| d.to_scalar::<f32>())
         .expect("max")
+}
+
+/// The image target (unit embedding) of a fixture image under `scorer`.
+pub fn target_of(scorer: &clipsteer::steer::ClipScorer, image: &str) -> Vec<f32> {
+    clipsteer::steer::scorer::image_target(
+        scorer,
+        &fixture(&format!("images/{image}")),
+        clipsteer::image::DecodeLimits::default(),
+    )
+    .expect("fixture image target")
 }
