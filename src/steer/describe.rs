@@ -3,7 +3,7 @@
 //! and keeps the most similar (ties to the higher LM rank) or samples from softmax(sim / T).
 
 use super::constraints::Blocklist;
-use super::{CausalLm, Scorer};
+use super::{CausalLm, ScoreBatch, Scorer};
 use anyhow::{bail, Result};
 use rand::{Rng, SeedableRng};
 
@@ -184,9 +184,17 @@ impl DescribeResult {
 
 /// A token's log-probability under next-token `logits`.
 fn token_log_prob(logits: &[f32], token: u32) -> f64 {
+    logits[token as usize] as f64 - log_sum_exp(logits)
+}
+
+/// log Σ exp(logits), in f64 around the largest logit so that nothing overflows.
+fn log_sum_exp(logits: &[f32]) -> f64 {
     let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let total: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
-    logits[token as usize] as f64 - max - total.ln()
+    max + logits
+        .iter()
+        .map(|&l| (l as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
 }
 
 /// Checks options against the LM before any work is done.
@@ -418,6 +426,37 @@ fn all_blocked(step: usize, ranked: usize) -> String {
     )
 }
 
+/// The event of a greedy step that took `candidates[chosen]`, now at `text`; `seconds` are the
+/// step's (LM, scoring) times.
+fn chosen_event<L: CausalLm>(
+    lm: &L,
+    step: usize,
+    text: &str,
+    candidates: &[u32],
+    chosen: usize,
+    scores: &ScoreBatch,
+    seconds: (f64, f64),
+) -> Result<StepEvent> {
+    let sims = &scores.similarities;
+    let token_id = candidates[chosen];
+    Ok(StepEvent {
+        step,
+        token_id,
+        token: lm.decode(&[token_id])?,
+        text: text.to_string(),
+        similarity: sims[chosen],
+        top: most_similar(lm, candidates, sims)?,
+        lm_seconds: seconds.0,
+        score_seconds: seconds.1,
+        positions_computed: scores.positions_computed,
+        scored: candidates
+            .iter()
+            .copied()
+            .zip(sims.iter().copied())
+            .collect(),
+    })
+}
+
 /// Up to five candidates, most similar first (ties to the higher LM rank).
 fn most_similar<L: CausalLm>(lm: &L, candidates: &[u32], sims: &[f32]) -> Result<Vec<Candidate>> {
     let mut order: Vec<usize> = (0..candidates.len()).collect();
@@ -504,23 +543,16 @@ pub fn describe<L: CausalLm, S: Scorer>(
         text = std::mem::take(&mut phrases[chosen]);
         scored_text = std::mem::take(&mut scored[chosen]);
         similarity = sims[chosen];
-        let top = most_similar(lm, &candidates, sims)?;
-        on_step(&StepEvent {
+        let timing = (lm_seconds, score_seconds);
+        on_step(&chosen_event(
+            lm,
             step,
-            token_id,
-            token: lm.decode(&[token_id])?,
-            text: text.clone(),
-            similarity,
-            top,
-            lm_seconds,
-            score_seconds,
-            positions_computed: scores.positions_computed,
-            scored: candidates
-                .iter()
-                .copied()
-                .zip(sims.iter().copied())
-                .collect(),
-        })?;
+            &text,
+            &candidates,
+            chosen,
+            &scores,
+            timing,
+        )?)?;
         if step + 1 < options.max_tokens {
             clock = std::time::Instant::now();
             logits = lm.next_logits(&[token_id], &mut cache)?;
@@ -602,8 +634,11 @@ fn describe_magic<L: CausalLm, S: Scorer>(
     let mut stop_reason = None;
     for step in 0..options.max_tokens {
         let ranked = top_k(&logits, options.top_k)?;
-        let vocabulary = softmax(&logits, 1.0);
-        let probabilities: Vec<f32> = ranked.iter().map(|&c| vocabulary[c as usize]).collect();
+        let log_probs = log_softmax(&logits);
+        let probabilities: Vec<f32> = ranked
+            .iter()
+            .map(|&c| log_probs[c as usize].exp() as f32)
+            .collect();
         let Allowed {
             ids: candidates,
             mut phrases,
@@ -649,29 +684,14 @@ fn describe_magic<L: CausalLm, S: Scorer>(
             break;
         }
         ids.push(token_id);
-        log_prob += token_log_prob(&logits, token_id);
+        log_prob += log_probs[token_id as usize];
         text = std::mem::take(&mut phrases[chosen]);
         scored_text = std::mem::take(&mut scored[chosen]);
         similarity = sims[chosen];
-        let top = most_similar(lm, &candidates, sims)?;
-        let token = lm.decode(&[token_id])?;
-        on_step(&StepEvent {
-            step,
-            token_id,
-            token: token.clone(),
-            text: text.clone(),
-            similarity,
-            top,
-            lm_seconds,
-            score_seconds,
-            positions_computed: scores.positions_computed,
-            scored: candidates
-                .iter()
-                .copied()
-                .zip(sims.iter().copied())
-                .collect(),
-        })?;
-        if options.stop_at_sentence_end && ends_sentence(&token) {
+        let timing = (lm_seconds, score_seconds);
+        let event = chosen_event(lm, step, &text, &candidates, chosen, &scores, timing)?;
+        on_step(&event)?;
+        if options.stop_at_sentence_end && ends_sentence(&event.token) {
             break;
         }
         clock = std::time::Instant::now();
@@ -691,13 +711,8 @@ fn describe_magic<L: CausalLm, S: Scorer>(
 
 /// Natural-log probabilities of the whole vocabulary.
 fn log_softmax(logits: &[f32]) -> Vec<f64> {
-    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let log_total = logits
-        .iter()
-        .map(|&l| (l as f64 - max).exp())
-        .sum::<f64>()
-        .ln();
-    logits.iter().map(|&l| l as f64 - max - log_total).collect()
+    let log_total = log_sum_exp(logits);
+    logits.iter().map(|&l| l as f64 - log_total).collect()
 }
 
 /// One hypothesis of the beam.
@@ -893,7 +908,6 @@ fn describe_beam<L: CausalLm, S: Scorer>(
         clock = std::time::Instant::now();
         let mut next_live = Vec::with_capacity(kept.len());
         let mut parents: Vec<usize> = kept.iter().map(|&i| expansions[i].parent).collect();
-        parents.dedup();
         parents.sort_unstable();
         parents.dedup();
         for parent in parents {
