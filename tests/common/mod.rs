@@ -146,3 +146,13 @@ pub fn target_of(scorer: &clipsteer::steer::ClipScorer, image: &str) -> Vec<f32>
     )
     .expect("fixture image target")
 }
+
+/// `lm` encodes each case's `text` to its reference `ids` and decodes them back to the text.
+pub fn assert_round_trips(lm: &impl clipsteer::steer::CausalLm, cases: &[serde_json::Value]) {
+    for case in cases {
+        let text = case["text"].as_str().expect("text");
+        let want = json_ids(&case["ids"]);
+        assert_eq!(lm.encode(text).unwrap(), want, "ids of {text:?}");
+        assert_eq!(lm.decode(&want).unwrap(), text, "decode of {text:?}");
+    }
+}
