@@ -548,8 +548,12 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
         return Ok(0);
     }
 
+    if args.json {
+        crate::hub::set_progress(false);
+    }
     let lm = load_lm(&args.lm, device)?;
     let scorer = load_encoder(&clip_spec, device)?;
+    let models = crate::events::models_json(&[("lm", &args.lm), ("encoder", &clip_spec)]);
     crate::steer::describe::validate(&lm, &options)?;
     let text_parts = text_target_parts(&args, &scorer, !args.images.is_empty())?;
     let image_weight = args.target_weight.first().copied().unwrap_or(1.0);
@@ -598,7 +602,9 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
         });
         let line = match outcome {
             Ok(result) => {
-                let done = done_json(image.as_deref(), &result, started.elapsed().as_secs_f64());
+                let mut done =
+                    done_json(image.as_deref(), &result, started.elapsed().as_secs_f64());
+                done["models"] = models.clone();
                 if let Some(reason) = &result.stop_reason {
                     progress.println_err(&format!("note: {reason}"));
                 }

@@ -186,6 +186,11 @@ pub fn run(args: EvadeArgs, device: &Device) -> Result<i32> {
             .map(|d| d.as_secs())
             .unwrap_or(0),
         "prompt": args.prompt,
+        "models": crate::events::models_json(&[
+            ("lm", &args.lm),
+            ("encoder", &args.clip),
+            ("diffusion", &args.diffusion.model),
+        ]),
         "blocked_words": blocklist.words(),
         "block_matching": if args.blocking.block_substrings { "substring, case-insensitive" } else { "whole word, case-insensitive" },
         "prompt_blocked_words": prompt_hits,
