@@ -130,7 +130,7 @@ pub fn run(args: EvadeArgs, device: &Device) -> Result<i32> {
 
     let (image1, image1_source) = match &args.image {
         Some(path) => (
-            crate::image::load_image(path, DecodeLimits::default())?.to_rgb8(),
+            crate::image::to_rgb(&crate::image::load_image(path, DecodeLimits::default())?),
             json!({"kind": "given", "path": path.display().to_string()}),
         ),
         None => {
