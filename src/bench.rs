@@ -236,7 +236,11 @@ pub fn run(options: &BenchOptions, device: &Device) -> Result<()> {
         last = now;
         if let Some((prefilter, agreed, steps)) = agreement.as_mut() {
             let candidates: Vec<u32> = event.scored.iter().map(|(id, _)| *id).collect();
-            let kept = prefilter.select(&lm, &scorer, &candidates, &target)?;
+            let kept = prefilter.select(
+                &lm,
+                &crate::steer::Embedding::new(&scorer, &target),
+                &candidates,
+            )?;
             let sims: Vec<f32> = kept.iter().map(|&i| event.scored[i].1).collect();
             let choice = kept[crate::steer::describe::argmax_first(&sims)];
             *agreed += usize::from(candidates[choice] == event.token_id);
