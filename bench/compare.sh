@@ -47,6 +47,7 @@ for round in $(seq "$ROUNDS"); do
   echo "round $round done" >&2
 done
 echo "load after: $(uptime)" >&2
+echo "raw results: $out" >&2
 
 python3 - "$out" "$ROUNDS" "$REPORT_AT" "${EXTRA:+approximate}" "${BEFORE:+before}" <<'PY'
 import json, statistics, sys
