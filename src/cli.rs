@@ -103,6 +103,16 @@ pub struct BenchArgs {
     /// The loop to time; magic and beam also take the LM's hidden states or several hypotheses.
     #[arg(long, value_enum, default_value_t = Strategy::Seed)]
     pub strategy: Strategy,
+    /// Load this LM (a GPT-2 directory or a .gguf file) instead of random GPT-2 124M weights;
+    /// with --encoder and --image (bench/checkpoints.py writes a set).
+    #[arg(long, value_name = "PATH", requires_all = ["encoder", "image"])]
+    pub lm: Option<PathBuf>,
+    /// Load this CLIP directory instead of random --clip weights.
+    #[arg(long, value_name = "DIR", requires_all = ["lm", "image"], conflicts_with = "clip")]
+    pub encoder: Option<PathBuf>,
+    /// The image to describe (with --lm and --encoder) instead of random pixels.
+    #[arg(long, value_name = "FILE", requires_all = ["lm", "encoder"])]
+    pub image: Option<PathBuf>,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -259,6 +269,12 @@ pub fn run(cli: Cli) -> Result<i32> {
                 prefilter: args.prefilter,
                 check_agreement: args.check_agreement,
                 strategy: args.strategy,
+                checkpoints: match (args.lm, args.encoder, args.image) {
+                    (Some(lm), Some(encoder), Some(image)) => {
+                        Some(crate::bench::BenchCheckpoints { lm, encoder, image })
+                    }
+                    _ => None,
+                },
             };
             crate::bench::run(&options, &device)?;
             Ok(0)
