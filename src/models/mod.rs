@@ -40,9 +40,7 @@ impl Activation {
 
     pub fn forward(self, xs: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Self::QuickGelu if xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32 => {
-                cpu_kernels::quick_gelu(xs)
-            }
+            Self::QuickGelu if cpu_kernels::applies(xs) => cpu_kernels::quick_gelu(xs),
             Self::QuickGelu => xs.broadcast_mul(&candle_nn::ops::sigmoid(&(xs * 1.702)?)?),
             Self::Gelu => xs.gelu_erf(),
             Self::GeluTanh => xs.gelu(),
@@ -112,18 +110,51 @@ impl Dense {
         })
     }
 
+    /// `xs` [..., in] → [..., out].
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_inner(xs, None)
+    }
+
+    /// `residual + self.forward(xs)`, in one pass over the output on CPU. `residual` has the
+    /// output's shape.
+    pub fn forward_residual(&self, xs: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_inner(xs, Some(residual))
+    }
+
+    fn forward_inner(&self, xs: &Tensor, residual: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let dims = xs.dims();
         let in_dim = dims[dims.len() - 1];
         let rows = xs.elem_count() / in_dim;
-        let out = xs.reshape((rows, in_dim))?.matmul(&self.weight_in_out)?;
-        let out = match &self.bias {
-            Some(bias) => out.broadcast_add(bias)?,
-            None => out,
-        };
+        let out_dim = self.weight_in_out.dim(1)?;
         let mut out_dims = dims.to_vec();
         let last = out_dims.len() - 1;
-        out_dims[last] = out.dim(1)?;
+        out_dims[last] = out_dim;
+        let xs = xs.reshape((rows, in_dim))?;
+        let out = if !cpu_kernels::applies(&xs) {
+            let out = xs.matmul(&self.weight_in_out)?;
+            let out = match &self.bias {
+                Some(bias) => out.broadcast_add(bias)?,
+                None => out,
+            };
+            match residual {
+                Some(residual) => (out + residual.reshape((rows, out_dim))?)?,
+                None => out,
+            }
+        } else if rows <= cpu_kernels::FEW_ROWS {
+            let out = cpu_kernels::few_rows_matmul(&xs, &self.weight_in_out, self.bias.as_ref())?;
+            match residual {
+                Some(residual) => (out + residual.reshape((rows, out_dim))?)?,
+                None => out,
+            }
+        } else {
+            let residual = residual.map(|r| r.reshape((rows, out_dim))).transpose()?;
+            cpu_kernels::linear(
+                &xs,
+                &self.weight_in_out,
+                self.bias.as_ref(),
+                residual.as_ref(),
+            )?
+        };
         out.reshape(out_dims)
     }
 }
