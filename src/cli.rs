@@ -9,12 +9,16 @@ use crate::steer::describe::{
 };
 use crate::steer::scorer::Encoder;
 use crate::steer::target::{combine, TargetPart};
-use crate::steer::Scorer;
-use anyhow::{bail, Context, Result};
+use crate::merge::merge;
+use crate::parts::PartWriter;
+use crate::settings::{RunSettings, TargetSettings};
+use crate::sidecar::CaptionFiles;
+use crate::steer::{CausalLm, Scorer};
+use anyhow::{bail, Result};
 use candle_core::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::json;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -62,6 +66,26 @@ pub enum Command {
     Evade(Box<crate::evade::EvadeArgs>),
     /// Serve a web page and an API that describe uploaded images live.
     Serve(Box<crate::server::ServeArgs>),
+    /// Join the part files of a sharded `describe --out` run into one file, in input order, and
+    /// report images missing, described twice or failed (exit 1 if any).
+    Merge(MergeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// Part files written by `describe --out` (e.g. results/part-*.jsonl).
+    #[arg(required = true, value_name = "PART")]
+    pub parts: Vec<PathBuf>,
+    /// The merged file; replaced atomically.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: PathBuf,
+    /// The run's images, given as to describe (files or folders): checks that each one is
+    /// described exactly once and orders the output as describe did.
+    #[arg(long, num_args = 1.., value_name = "IMAGE_OR_DIR")]
+    pub inputs: Vec<PathBuf>,
+    /// Print the report as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -209,6 +233,20 @@ pub struct DescribeArgs {
     /// Take the deterministic share I of N (0 ≤ I < N) of the inputs, e.g. --shard 0/4.
     #[arg(long, value_parser = parse_shard)]
     pub shard: Option<(usize, usize)>,
+    /// Write each image's caption to a .txt file beside it (photo.jpg → photo.txt): the
+    /// generated text without the prompt, on one line, as kohya_ss and other LoRA trainers read.
+    #[arg(long)]
+    pub write_txt: bool,
+    /// With --write-txt: text put before each caption, joined with a space (trigger words).
+    #[arg(long, requires = "write_txt", value_name = "TEXT")]
+    pub txt_prefix: Option<String>,
+    /// With --write-txt: text put after each caption, joined with a space.
+    #[arg(long, requires = "write_txt", value_name = "TEXT")]
+    pub txt_suffix: Option<String>,
+    /// With --write-txt: replace caption files that exist (otherwise each is an error for its
+    /// image, found before any work is spent on it).
+    #[arg(long, requires = "write_txt")]
+    pub overwrite: bool,
 }
 
 #[derive(Args, Debug)]
@@ -280,6 +318,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Generate(args) => crate::diffusion::cli::run_generate(*args, &device),
         Command::Evade(args) => crate::evade::run(*args, &device),
         Command::Serve(args) => crate::server::run(*args, &device),
+        Command::Merge(args) => run_merge(args),
         Command::Bench(args) => {
             let options = crate::bench::BenchOptions {
                 arch: args.clip,
@@ -387,34 +426,6 @@ pub fn collect_inputs(paths: &[PathBuf]) -> Vec<PathBuf> {
     out
 }
 
-/// Images already finished in an out file. A partial last line (a run killed mid-write) is cut
-/// off so that the file stays valid JSON lines.
-fn finished_images(out: &Path) -> Result<HashSet<String>> {
-    let mut done = HashSet::new();
-    let Ok(bytes) = std::fs::read(out) else {
-        return Ok(done);
-    };
-    let complete = match bytes.iter().rposition(|&b| b == b'\n') {
-        Some(last_newline) => last_newline + 1,
-        None => 0,
-    };
-    if complete < bytes.len() {
-        let file = std::fs::OpenOptions::new().write(true).open(out)?;
-        file.set_len(complete as u64)
-            .with_context(|| format!("cannot trim the partial last line of {}", out.display()))?;
-    }
-    for line in String::from_utf8_lossy(&bytes[..complete]).lines() {
-        if let Ok(value) = serde_json::from_str::<serde_json::Value>(line) {
-            if value["event"] == "done" {
-                if let Some(image) = value["image"].as_str() {
-                    done.insert(image.to_string());
-                }
-            }
-        }
-    }
-    Ok(done)
-}
-
 /// The parts of a target that are the same for every image: the text targets, weighted.
 fn text_target_parts(
     args: &DescribeArgs,
@@ -506,12 +517,47 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
     if args.sample && args.strategy != Strategy::Seed {
         bail!("--sample applies to --strategy seed only");
     }
+    if args.write_txt && args.images.is_empty() {
+        bail!("--write-txt writes a caption file beside each image: give images to describe");
+    }
+    let settings = RunSettings::for_describe(
+        &args.lm,
+        &clip_spec,
+        &options,
+        TargetSettings {
+            image: !args.images.is_empty(),
+            target_texts: &args.target_text,
+            avoid_texts: &args.avoid_text,
+            weights: &args.target_weight,
+        },
+    )
+    .to_json();
+    let captions = args.write_txt.then(|| CaptionFiles {
+        prefix: args.txt_prefix.clone(),
+        suffix: args.txt_suffix.clone(),
+        overwrite: args.overwrite,
+    });
 
     // One job per image; with no images, one job steered by the text targets alone.
+    let all_images = collect_inputs(&args.images);
+    // Images refused before any work: their caption file exists or collides with another's.
+    let mut refused: HashMap<PathBuf, String> = HashMap::new();
+    if captions.is_some() {
+        for (image, others) in crate::sidecar::collisions(&all_images) {
+            let others: Vec<String> = others.iter().map(|o| o.display().to_string()).collect();
+            let message = format!(
+                "{} and {} would share the caption file {}; rename one",
+                image.display(),
+                others.join(", "),
+                crate::sidecar::caption_path(&image).display()
+            );
+            refused.insert(image, message);
+        }
+    }
     let mut inputs: Vec<Option<PathBuf>> = if args.images.is_empty() {
         vec![None]
     } else {
-        collect_inputs(&args.images).into_iter().map(Some).collect()
+        all_images.into_iter().map(Some).collect()
     };
     let label = |input: &Option<PathBuf>| input.as_ref().map(|p| p.display().to_string());
     if let Some((index, count)) = args.shard {
@@ -522,13 +568,42 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
             .map(|(_, p)| p)
             .collect();
     }
-    if let (Some(out), true) = (&args.out, args.resume) {
-        let done = finished_images(out)?;
-        inputs.retain(|input| !done.contains(&label(input).unwrap_or_default()));
+    // Locked before it is read, so that no other task can write between the read and the run.
+    let mut part = match &args.out {
+        Some(path) => Some(PartWriter::open(path)?),
+        None => None,
+    };
+    if let Some(part) = part.as_mut() {
+        let existing = part.read_existing()?;
+        if existing.trimmed_bytes > 0 {
+            eprintln!(
+                "note: cut a partial last line ({} bytes) off {}: a run was killed mid-write",
+                existing.trimmed_bytes,
+                part.path().display()
+            );
+        }
+        if args.resume {
+            existing.check_settings(part.path(), &settings)?;
+            inputs.retain(|input| !existing.done.contains(&label(input).unwrap_or_default()));
+        }
     }
     if inputs.is_empty() {
         eprintln!("nothing to describe: every input is already done or the shard is empty");
         return Ok(0);
+    }
+    if let Some(captions) = &captions {
+        for image in inputs.iter().flatten() {
+            if let Some(why) = captions.refusal(image) {
+                refused.entry(image.clone()).or_insert(why);
+            }
+        }
+        crate::sidecar::check_writable(
+            inputs
+                .iter()
+                .flatten()
+                .filter(|image| !refused.contains_key(*image))
+                .map(PathBuf::as_path),
+        )?;
     }
 
     let lm = load_lm(&args.lm, device)?;
@@ -536,26 +611,18 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
     crate::steer::describe::validate(&lm, &options)?;
     let text_parts = text_target_parts(&args, &scorer, !args.images.is_empty())?;
     let image_weight = args.target_weight.first().copied().unwrap_or(1.0);
-    let mut out_file = match &args.out {
-        Some(path) => Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("cannot open --out {}", path.display()))?,
-        ),
-        None => None,
-    };
 
     let progress = Progress::new(inputs.len());
     let stdout = std::io::stdout();
     let mut failures = 0;
+    let mut captions_written = 0;
     for input in &inputs {
         let image = label(input);
         let started = std::time::Instant::now();
         let target = match input {
-            Some(path) => {
-                scorer
+            Some(path) => match refused.get(path) {
+                Some(why) => Err(anyhow::anyhow!("{why}")),
+                None => scorer
                     .image_target(path, DecodeLimits::default())
                     .and_then(|embedding| {
                         let mut parts = vec![TargetPart {
@@ -564,8 +631,8 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
                         }];
                         parts.extend(text_parts.iter().cloned());
                         combine(&parts)
-                    })
-            }
+                    }),
+            },
             None => combine(&text_parts),
         };
         let outcome = target.and_then(|target| {
@@ -579,9 +646,27 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
                 Ok(())
             })
         });
+        // The caption file is written before the done line, so a done line means its caption
+        // file is in place; a caption that cannot be written makes the image an error.
+        let outcome = match (outcome, &captions, input) {
+            (Ok(result), Some(captions), Some(path)) => {
+                crate::sidecar::generated_part(&result.text, &options.prompt, || {
+                    lm.decode(&result.token_ids)
+                })
+                .and_then(|generated| captions.caption(&generated))
+                .and_then(|caption| captions.write(path, &caption))
+                .map(|_| {
+                    captions_written += 1;
+                    result
+                })
+            }
+            (outcome, _, _) => outcome,
+        };
         let line = match outcome {
             Ok(result) => {
-                let done = done_json(image.as_deref(), &result, started.elapsed().as_secs_f64());
+                let mut done =
+                    done_json(image.as_deref(), &result, started.elapsed().as_secs_f64());
+                done["settings"] = settings.clone();
                 if let Some(reason) = &result.stop_reason {
                     progress.println_err(&format!("note: {reason}"));
                 }
@@ -600,7 +685,8 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
             Err(e) => {
                 failures += 1;
                 let message = crate::error_line(&e);
-                let error = error_json(image.as_deref(), &message);
+                let mut error = error_json(image.as_deref(), &message);
+                error["settings"] = settings.clone();
                 if args.json {
                     println!("{error}");
                 } else {
@@ -610,19 +696,91 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
                 error
             }
         };
-        if let Some(file) = out_file.as_mut() {
-            // One write per line, so that a killed run leaves at most one partial line.
-            file.write_all(format!("{line}\n").as_bytes())?;
-            file.flush()?;
+        if let Some(part) = part.as_mut() {
+            part.append(&line)?;
         }
         progress.image_done();
     }
     progress.finish();
+    if captions.is_some() {
+        eprintln!("wrote {captions_written} caption files");
+    }
     if failures > 0 {
         eprintln!("{failures} of {} inputs failed", inputs.len());
         return Ok(1);
     }
     Ok(0)
+}
+
+/// `clipsteer merge`: the report goes to stderr (or stdout as JSON); exit 1 unless complete.
+fn run_merge(args: MergeArgs) -> Result<i32> {
+    let inputs = (!args.inputs.is_empty()).then(|| collect_inputs(&args.inputs));
+    let report = merge(&args.parts, inputs.as_deref(), &args.output)?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print_merge_report(&report, &args.output);
+    }
+    Ok(if report.complete() { 0 } else { 1 })
+}
+
+fn print_merge_report(report: &crate::merge::MergeReport, output: &Path) {
+    const SHOWN: usize = 20;
+    let inputs = if report.inputs > 0 {
+        format!("{} of {} inputs described", report.described, report.inputs)
+    } else {
+        format!(
+            "{} images described (give --inputs to check for missing ones)",
+            report.described
+        )
+    };
+    eprintln!(
+        "merged {} parts into {}: {inputs}; {} failed, {} missing, {} duplicated, {} unexpected, {} unreadable lines",
+        report.parts,
+        output.display(),
+        report.failed.len(),
+        report.missing.len(),
+        report.duplicated.len(),
+        report.unexpected.len(),
+        report.corrupt.len()
+    );
+    let mut list = |kind: &str, items: Vec<String>| {
+        for item in items.iter().take(SHOWN) {
+            eprintln!("{kind}: {item}");
+        }
+        if items.len() > SHOWN {
+            eprintln!("{kind}: … and {} more (--json lists all)", items.len() - SHOWN);
+        }
+    };
+    list(
+        "failed",
+        report
+            .failed
+            .iter()
+            .map(|(image, error)| format!("{image}: {error}"))
+            .collect(),
+    );
+    list("missing", report.missing.clone());
+    list(
+        "duplicated",
+        report
+            .duplicated
+            .iter()
+            .map(|(image, count)| format!("{image} ({count} done lines)"))
+            .collect(),
+    );
+    list(
+        "unexpected",
+        report
+            .unexpected
+            .iter()
+            .map(|image| format!("{image} (not among --inputs; left out)"))
+            .collect(),
+    );
+    list("unreadable", report.corrupt.clone());
+    for part in &report.partial {
+        eprintln!("note: {part} ends in a partial line (a task killed mid-write; describe --resume trims it)");
+    }
 }
 
 /// Columns of the terminal on stderr (80 when unknown).

@@ -62,6 +62,11 @@ impl Blocklist {
         &self.words
     }
 
+    /// Whether any substring matches, not only whole words.
+    pub fn matches_substrings(&self) -> bool {
+        self.substrings
+    }
+
     /// The first blocked word that `text` contains, if any.
     pub fn find_in(&self, text: &str) -> Option<&str> {
         if self.words.is_empty() {
