@@ -3,16 +3,16 @@
 use crate::events::{done_json, error_json, step_json};
 use crate::image::DecodeLimits;
 use crate::load::{load_clip, load_encoder, load_lm};
+use crate::merge::merge;
+use crate::parts::PartWriter;
+use crate::settings::{RunSettings, TargetSettings};
+use crate::sidecar::CaptionFiles;
 use crate::steer::constraints::Blocklist;
 use crate::steer::describe::{
     describe, BeamParams, DescribeOptions, MagicParams, Sampling, ScoredText, StepEvent, Strategy,
 };
 use crate::steer::scorer::Encoder;
 use crate::steer::target::{combine, TargetPart};
-use crate::merge::merge;
-use crate::parts::PartWriter;
-use crate::settings::{RunSettings, TargetSettings};
-use crate::sidecar::CaptionFiles;
 use crate::steer::{CausalLm, Scorer};
 use anyhow::{bail, Result};
 use candle_core::Device;
@@ -749,7 +749,10 @@ fn print_merge_report(report: &crate::merge::MergeReport, output: &Path) {
             eprintln!("{kind}: {item}");
         }
         if items.len() > SHOWN {
-            eprintln!("{kind}: … and {} more (--json lists all)", items.len() - SHOWN);
+            eprintln!(
+                "{kind}: … and {} more (--json lists all)",
+                items.len() - SHOWN
+            );
         }
     };
     list(

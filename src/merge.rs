@@ -158,7 +158,9 @@ pub fn merge(parts: &[PathBuf], inputs: Option<&[PathBuf]>, output: &Path) -> Re
             let head: LineHead = match serde_json::from_slice(raw) {
                 Ok(head) => head,
                 Err(e) => {
-                    report.corrupt.push(format!("{place}: not a JSON object ({e})"));
+                    report
+                        .corrupt
+                        .push(format!("{place}: not a JSON object ({e})"));
                     continue;
                 }
             };
@@ -234,7 +236,9 @@ pub fn merge(parts: &[PathBuf], inputs: Option<&[PathBuf]>, output: &Path) -> Re
 
     let files: Vec<std::fs::File> = parts
         .iter()
-        .map(|p| std::fs::File::open(p).with_context(|| format!("cannot read part {}", p.display())))
+        .map(|p| {
+            std::fs::File::open(p).with_context(|| format!("cannot read part {}", p.display()))
+        })
         .collect::<Result<_>>()?;
     let dir = match output.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
@@ -414,7 +418,10 @@ mod tests {
         let out = dir.path().join("all.jsonl");
         let message = merge(&[p0, p1], None, &out).unwrap_err().to_string();
         assert!(message.contains("lm gpt2@aaa vs gpt2@bbb"), "{message}");
-        assert!(message.contains("p0.jsonl:1") && message.contains("p1.jsonl:1"), "{message}");
+        assert!(
+            message.contains("p0.jsonl:1") && message.contains("p1.jsonl:1"),
+            "{message}"
+        );
         assert!(!out.exists());
         let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(leftovers, 2, "no temporary file left");

@@ -198,8 +198,13 @@ mod tests {
         let path = temp_path("trim");
         let settings = json!({"lm": "a", "encoder": "b", "options": "0"});
         let done = json!({"event": "done", "image": "a.png", "text": "x", "settings": settings});
-        let error = json!({"event": "error", "image": "b.png", "error": "bad", "settings": settings});
-        std::fs::write(&path, format!("{done}\n{error}\n{{\"event\":\"done\",\"ima")).unwrap();
+        let error =
+            json!({"event": "error", "image": "b.png", "error": "bad", "settings": settings});
+        std::fs::write(
+            &path,
+            format!("{done}\n{error}\n{{\"event\":\"done\",\"ima"),
+        )
+        .unwrap();
         let mut writer = PartWriter::open(&path).unwrap();
         let contents = writer.read_existing().unwrap();
         assert_eq!(contents.trimmed_bytes, 18);
@@ -212,7 +217,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(message.contains("encoder b vs c"), "{message}");
-        writer.append(&json!({"event": "done", "image": "b.png"})).unwrap();
+        writer
+            .append(&json!({"event": "done", "image": "b.png"}))
+            .unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 3);
         assert!(text.ends_with("{\"event\":\"done\",\"image\":\"b.png\"}\n"));

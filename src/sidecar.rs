@@ -56,12 +56,16 @@ impl CaptionFiles {
     /// suffix. Errors when nothing would be written (an empty caption file is an error in
     /// sd-scripts).
     pub fn caption(&self, generated: &str) -> Result<String> {
-        let parts: Vec<String> = [self.prefix.as_deref(), Some(generated), self.suffix.as_deref()]
-            .into_iter()
-            .flatten()
-            .map(|part| part.split_whitespace().collect::<Vec<_>>().join(" "))
-            .filter(|part| !part.is_empty())
-            .collect();
+        let parts: Vec<String> = [
+            self.prefix.as_deref(),
+            Some(generated),
+            self.suffix.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|part| part.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|part| !part.is_empty())
+        .collect();
         if parts.is_empty() {
             bail!("the description is empty, so there is no caption to write");
         }
@@ -237,7 +241,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let image = dir.path().join("x.png");
         let files = CaptionFiles::default();
-        assert_eq!(files.write(&image, "first").unwrap(), dir.path().join("x.txt"));
+        assert_eq!(
+            files.write(&image, "first").unwrap(),
+            dir.path().join("x.txt")
+        );
         assert_eq!(
             std::fs::read_to_string(dir.path().join("x.txt")).unwrap(),
             "first\n"

@@ -47,13 +47,25 @@ fn json_lines(text: &str) -> Vec<Value> {
 fn image_dir(root: &Path, n: usize) -> (PathBuf, Vec<String>) {
     let dir = root.join("images");
     std::fs::create_dir_all(dir.join("sub")).unwrap();
-    let sources = ["crop32.png", "odd_47x61.png", "photo_80x53.jpg", "grey_40x33.png"];
+    let sources = [
+        "crop32.png",
+        "odd_47x61.png",
+        "photo_80x53.jpg",
+        "grey_40x33.png",
+    ];
     for i in 0..n {
         let source = sources[i % sources.len()];
         let ext = Path::new(source).extension().unwrap().to_str().unwrap();
-        let sub = if i % 3 == 2 { dir.join("sub") } else { dir.clone() };
-        std::fs::copy(fixture(&format!("images/{source}")), sub.join(format!("i{i:02}.{ext}")))
-            .unwrap();
+        let sub = if i % 3 == 2 {
+            dir.join("sub")
+        } else {
+            dir.clone()
+        };
+        std::fs::copy(
+            fixture(&format!("images/{source}")),
+            sub.join(format!("i{i:02}.{ext}")),
+        )
+        .unwrap();
     }
     let mut names: Vec<String> = walk(&dir).iter().map(|p| p.display().to_string()).collect();
     names.sort_by(|a, b| Path::new(a).cmp(Path::new(b)));
@@ -89,13 +101,25 @@ fn sharded_parts_merge_into_one_file_in_input_order() {
     let mut parts = Vec::new();
     for i in 0..3 {
         let part = tmp.0.join(format!("part-{i}.jsonl"));
-        let out = describe(&[dir_arg, "--shard", &format!("{i}/3"), "--out", part.to_str().unwrap()]);
+        let out = describe(&[
+            dir_arg,
+            "--shard",
+            &format!("{i}/3"),
+            "--out",
+            part.to_str().unwrap(),
+        ]);
         assert!(out.status.success(), "{}", stderr(&out));
         parts.push(part.display().to_string());
     }
     let merged = tmp.0.join("all.jsonl");
     let mut args: Vec<&str> = parts.iter().map(String::as_str).collect();
-    args.extend(["-o", merged.to_str().unwrap(), "--inputs", dir_arg, "--json"]);
+    args.extend([
+        "-o",
+        merged.to_str().unwrap(),
+        "--inputs",
+        dir_arg,
+        "--json",
+    ]);
     let out = merge(&args);
     assert!(out.status.success(), "{}", stderr(&out));
     let summary = report(&out);
@@ -107,14 +131,23 @@ fn sharded_parts_merge_into_one_file_in_input_order() {
     let order: Vec<&str> = lines.iter().map(|l| l["image"].as_str().unwrap()).collect();
     assert_eq!(order, names.iter().map(String::as_str).collect::<Vec<_>>());
     // Lines are copied byte for byte from the parts.
-    let all_parts: String = parts.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect();
+    let all_parts: String = parts
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
     for line in std::fs::read_to_string(&merged).unwrap().lines() {
-        assert!(all_parts.lines().any(|l| l == line), "changed by merge: {line}");
+        assert!(
+            all_parts.lines().any(|l| l == line),
+            "changed by merge: {line}"
+        );
     }
     // Every line records the run's settings, the same in each part.
     let settings = &lines[0]["settings"];
     assert_eq!(settings["lm"], fixture("gpt2-tiny").display().to_string());
-    assert_eq!(settings["encoder"], fixture("clip-tiny-quickgelu").display().to_string());
+    assert_eq!(
+        settings["encoder"],
+        fixture("clip-tiny-quickgelu").display().to_string()
+    );
     assert_eq!(settings["options"].as_str().unwrap().len(), 16);
     assert!(lines.iter().all(|l| l["settings"] == *settings));
     assert_eq!(summary["settings"], *settings);
@@ -126,8 +159,11 @@ fn sharded_parts_merge_into_one_file_in_input_order() {
     std::fs::write(&parts[0], kept.join("\n") + "\n").unwrap();
     let part1 = std::fs::read_to_string(&parts[1]).unwrap();
     let again = part1.lines().next().unwrap().to_string();
-    std::fs::write(&parts[2], std::fs::read_to_string(&parts[2]).unwrap() + &again + "\n")
-        .unwrap();
+    std::fs::write(
+        &parts[2],
+        std::fs::read_to_string(&parts[2]).unwrap() + &again + "\n",
+    )
+    .unwrap();
     let out = merge(&args);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let summary = report(&out);
@@ -144,7 +180,10 @@ fn sharded_parts_merge_into_one_file_in_input_order() {
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(err.contains("6 of 7 inputs described"), "{err}");
-    assert!(err.contains(&format!("missing: {}", dropped["image"].as_str().unwrap())), "{err}");
+    assert!(
+        err.contains(&format!("missing: {}", dropped["image"].as_str().unwrap())),
+        "{err}"
+    );
     assert!(err.contains("(2 done lines)"), "{err}");
 }
 
@@ -158,19 +197,39 @@ fn parts_made_with_other_settings_are_refused() {
     let out = describe(&[dir_arg, "--shard", "0/2", "--out", p0.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = bin()
-        .args(describe_args_with(21, 3, &[dir_arg, "--shard", "1/2", "--out", p1.to_str().unwrap()]))
+        .args(describe_args_with(
+            21,
+            3,
+            &[dir_arg, "--shard", "1/2", "--out", p1.to_str().unwrap()],
+        ))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let merged = tmp.0.join("all.jsonl");
-    let out = merge(&[p0.to_str().unwrap(), p1.to_str().unwrap(), "-o", merged.to_str().unwrap()]);
+    let out = merge(&[
+        p0.to_str().unwrap(),
+        p1.to_str().unwrap(),
+        "-o",
+        merged.to_str().unwrap(),
+    ]);
     assert_one_line_error(&out, "different settings");
     assert!(stderr(&out).contains("options"), "{}", stderr(&out));
     assert!(!merged.exists(), "nothing written");
 
     // --resume refuses to extend a part file with other settings, before loading any model.
     let out = bin()
-        .args(describe_args_with(20, 4, &[dir_arg, "--shard", "0/2", "--out", p0.to_str().unwrap(), "--resume"]))
+        .args(describe_args_with(
+            20,
+            4,
+            &[
+                dir_arg,
+                "--shard",
+                "0/2",
+                "--out",
+                p0.to_str().unwrap(),
+                "--resume",
+            ],
+        ))
         .output()
         .unwrap();
     assert_one_line_error(&out, "other settings");
@@ -178,12 +237,19 @@ fn parts_made_with_other_settings_are_refused() {
 }
 
 fn assert_one_line_error(output: &Output, needle: &str) {
-    assert!(!output.status.success(), "expected failure: {}", stdout(output));
+    assert!(
+        !output.status.success(),
+        "expected failure: {}",
+        stdout(output)
+    );
     let err = stderr(output);
     assert!(!err.contains("panicked"), "{err}");
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "one line expected: {err}");
-    assert!(lines[0].starts_with("error:") && lines[0].contains(needle), "{err}");
+    assert!(
+        lines[0].starts_with("error:") && lines[0].contains(needle),
+        "{err}"
+    );
 }
 
 #[test]
@@ -191,7 +257,11 @@ fn two_processes_writing_one_part_file_is_an_error() {
     let tmp = TempDir::new("lock");
     let (dir, _) = image_dir(&tmp.0, 8);
     let part = tmp.0.join("part.jsonl");
-    let args = describe_args_with(200, 40, &[dir.to_str().unwrap(), "--out", part.to_str().unwrap()]);
+    let args = describe_args_with(
+        200,
+        40,
+        &[dir.to_str().unwrap(), "--out", part.to_str().unwrap()],
+    );
     let mut first = bin()
         .args(&args)
         .stdout(std::process::Stdio::null())
@@ -201,7 +271,10 @@ fn two_processes_writing_one_part_file_is_an_error() {
     // The lock is taken as soon as the file is opened: wait for the file.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !part.exists() {
-        assert!(std::time::Instant::now() < deadline, "the first run never opened --out");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first run never opened --out"
+        );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     std::thread::sleep(std::time::Duration::from_millis(50));
@@ -212,7 +285,10 @@ fn two_processes_writing_one_part_file_is_an_error() {
     assert!(still_running, "the first run must still hold the file");
     assert_one_line_error(&second, "is being written by another clipsteer process");
     let err = stderr(&second);
-    assert!(err.contains(part.to_str().unwrap()) && err.contains("its own part file"), "{err}");
+    assert!(
+        err.contains(part.to_str().unwrap()) && err.contains("its own part file"),
+        "{err}"
+    );
 }
 
 /// Paths, sizes, modes and modification times of everything under `root`.
@@ -334,7 +410,10 @@ fn models_on_read_only_storage_are_read_and_never_written() {
     let direct = describe(&[&image, "--json"]);
     let direct = json_lines(&stdout(&direct));
     assert_eq!(done["token_ids"], direct.last().unwrap()["token_ids"]);
-    assert_eq!(before, after, "nothing under the models, the cache or HOME changed");
+    assert_eq!(
+        before, after,
+        "nothing under the models, the cache or HOME changed"
+    );
 }
 
 #[test]
@@ -342,19 +421,42 @@ fn write_txt_writes_captions_beside_images_and_never_overwrites() {
     let tmp = TempDir::new("captions");
     let dir = tmp.0.join("set");
     std::fs::create_dir_all(&dir).unwrap();
-    for (source, name) in [("crop32.png", "a.png"), ("photo_80x53.jpg", "b.jpg"), ("odd_47x61.png", "c.png")] {
+    for (source, name) in [
+        ("crop32.png", "a.png"),
+        ("photo_80x53.jpg", "b.jpg"),
+        ("odd_47x61.png", "c.png"),
+    ] {
         std::fs::copy(fixture(&format!("images/{source}")), dir.join(name)).unwrap();
     }
     let dir_arg = dir.to_str().unwrap();
-    let out = describe(&[dir_arg, "--json", "--write-txt", "--txt-prefix", "sks,", "--txt-suffix", "by clipsteer"]);
+    let out = describe(&[
+        dir_arg,
+        "--json",
+        "--write-txt",
+        "--txt-prefix",
+        "sks,",
+        "--txt-suffix",
+        "by clipsteer",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("wrote 3 caption files"), "{}", stderr(&out));
-    let done: Vec<Value> = json_lines(&stdout(&out)).into_iter().filter(|e| e["event"] == "done").collect();
+    assert!(
+        stderr(&out).contains("wrote 3 caption files"),
+        "{}",
+        stderr(&out)
+    );
+    let done: Vec<Value> = json_lines(&stdout(&out))
+        .into_iter()
+        .filter(|e| e["event"] == "done")
+        .collect();
     assert_eq!(done.len(), 3);
     for event in &done {
         let image = PathBuf::from(event["image"].as_str().unwrap());
         let caption = std::fs::read_to_string(image.with_extension("txt")).unwrap();
-        let generated = event["text"].as_str().unwrap().strip_prefix("An image of ").unwrap();
+        let generated = event["text"]
+            .as_str()
+            .unwrap()
+            .strip_prefix("An image of ")
+            .unwrap();
         let want = format!(
             "sks, {} by clipsteer\n",
             generated.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -371,7 +473,13 @@ fn write_txt_writes_captions_beside_images_and_never_overwrites() {
     // file changes.
     let part = tmp.0.join("part.jsonl");
     let started = std::time::Instant::now();
-    let out = describe(&[dir_arg, "--json", "--write-txt", "--out", part.to_str().unwrap()]);
+    let out = describe(&[
+        dir_arg,
+        "--json",
+        "--write-txt",
+        "--out",
+        part.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let events = json_lines(&stdout(&out));
     assert_eq!(events.len(), 3, "no steps run: {events:?}");
@@ -386,10 +494,19 @@ fn write_txt_writes_captions_beside_images_and_never_overwrites() {
         .map(|n| std::fs::read_to_string(dir.join(format!("{n}.txt"))).unwrap())
         .collect();
     assert_eq!(before, unchanged);
-    assert_eq!(json_lines(&std::fs::read_to_string(&part).unwrap()).len(), 3);
+    assert_eq!(
+        json_lines(&std::fs::read_to_string(&part).unwrap()).len(),
+        3
+    );
 
     // With --overwrite the captions are replaced (a different prompt writes other text).
-    let out = describe(&[dir_arg, "--write-txt", "--overwrite", "--prompt", "A photo of"]);
+    let out = describe(&[
+        dir_arg,
+        "--write-txt",
+        "--overwrite",
+        "--prompt",
+        "A photo of",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let replaced = std::fs::read_to_string(dir.join("a.txt")).unwrap();
     assert!(!replaced.starts_with("sks,"), "{replaced}");
@@ -397,15 +514,32 @@ fn write_txt_writes_captions_beside_images_and_never_overwrites() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names.len(), 6, "only images and captions, no temporary files: {names:?}");
+    assert_eq!(
+        names.len(),
+        6,
+        "only images and captions, no temporary files: {names:?}"
+    );
 
     // a.png and a.jpg would share a.txt: both are errors, whatever the shard.
     std::fs::copy(fixture("images/photo_80x53.jpg"), dir.join("a.jpg")).unwrap();
-    let out = describe(&[dir_arg, "--json", "--write-txt", "--overwrite", "--shard", "0/4"]);
+    let out = describe(&[
+        dir_arg,
+        "--json",
+        "--write-txt",
+        "--overwrite",
+        "--shard",
+        "0/4",
+    ]);
     assert_eq!(out.status.code(), Some(1));
-    let errors: Vec<Value> = json_lines(&stdout(&out)).into_iter().filter(|e| e["event"] == "error").collect();
+    let errors: Vec<Value> = json_lines(&stdout(&out))
+        .into_iter()
+        .filter(|e| e["event"] == "error")
+        .collect();
     assert_eq!(errors.len(), 1, "the shard holds a.jpg only");
-    assert!(errors[0]["error"].as_str().unwrap().contains("would share the caption file"));
+    assert!(errors[0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("would share the caption file"));
 
     // Captions need images.
     let out = bin()
