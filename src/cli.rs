@@ -57,7 +57,8 @@ pub enum Command {
     Embed(EmbedArgs),
     /// Time the describe loop on full-size architectures with random weights (no download).
     Bench(BenchArgs),
-    /// CLIPScore of captions for an image: 2.5 · max(cosine, 0).
+    /// CLIPScore of captions for an image: 2.5 · max(cos, 0) with "A photo depicts " before each
+    /// caption (Hessel et al. 2021), or torchmetrics' 100 · max(cos, 0) with --torchmetrics.
     Score(ScoreArgs),
     /// Text to image with Stable Diffusion (diffusers layout: SD 1.x/2.x).
     Generate(Box<crate::diffusion::cli::GenerateArgs>),
@@ -98,7 +99,15 @@ pub struct ScoreArgs {
     /// CLIP model: a local directory in the HF layout or a hub id.
     #[arg(long = "encoder", visible_alias = "clip", default_value = DEFAULT_CLIP, value_name = "MODEL")]
     pub clip: String,
-    /// Print {"image":..,"scores":[{"caption":..,"clipscore":..,"cosine":..}]} instead of a table.
+    /// Text CLIP reads before each caption, as in CLIPScore's reference code; "" for the bare
+    /// caption (a space is added to a prefix that does not end in one).
+    #[arg(long, default_value = crate::clipscore::HESSEL_PREFIX)]
+    pub prefix: String,
+    /// torchmetrics' convention instead: 100 · max(cos, 0) on the bare caption.
+    #[arg(long, conflicts_with = "prefix")]
+    pub torchmetrics: bool,
+    /// Print {"image":..,"convention":..,"prefix":..,"scores":[{"caption":..,"clipscore":..,"cosine":..}]}
+    /// instead of a table.
     #[arg(long)]
     pub json: bool,
 }
@@ -354,35 +363,43 @@ fn embed(args: EmbedArgs, device: &Device) -> Result<i32> {
 }
 
 fn score(args: ScoreArgs, device: &Device) -> Result<i32> {
+    use crate::clipscore::{clip_scores, Convention};
     if !args.image.is_file() {
         bail!("no image at {}", args.image.display());
     }
+    let convention = if args.torchmetrics {
+        Convention::Torchmetrics
+    } else {
+        Convention::Hessel {
+            prefix: args.prefix.clone(),
+        }
+    };
     let scorer = load_clip(&args.clip, device)?;
-    let image = crate::steer::normalize(
-        &scorer.image_embedding_from_path(&args.image, DecodeLimits::default())?,
-    );
-    let mut rows = Vec::new();
-    for caption in &args.captions {
-        let text = crate::steer::normalize(&scorer.text_embedding(caption)?);
-        let cosine: f32 = text.iter().zip(&image).map(|(a, b)| a * b).sum();
-        rows.push(
-            json!({"caption": caption, "clipscore": 2.5 * cosine.max(0.0), "cosine": cosine}),
-        );
-    }
+    let image = scorer.image_embedding_from_path(&args.image, DecodeLimits::default())?;
+    let scores = clip_scores(&scorer, &image, &args.captions, &convention)?;
     if args.json {
+        let rows: Vec<_> = scores
+            .iter()
+            .map(|s| json!({"caption": s.caption, "clipscore": s.clipscore, "cosine": s.cosine}))
+            .collect();
+        let prefix = match &convention {
+            Convention::Hessel { prefix } => prefix.as_str(),
+            Convention::Torchmetrics => "",
+        };
         println!(
             "{}",
-            json!({"image": args.image.display().to_string(), "scores": rows})
+            json!({"image": args.image.display().to_string(), "convention": convention.name(),
+                   "prefix": prefix, "scores": rows})
         );
     } else {
-        println!("{:>9}  {:>7}  caption", "clipscore", "cosine");
-        for row in &rows {
-            println!(
-                "{:>9.4}  {:>7.4}  {}",
-                row["clipscore"].as_f64().unwrap_or(0.0),
-                row["cosine"].as_f64().unwrap_or(0.0),
-                row["caption"].as_str().unwrap_or("")
-            );
+        println!(
+            "{:>9}  {:>7}  caption ({})",
+            "clipscore",
+            "cosine",
+            convention.name()
+        );
+        for s in &scores {
+            println!("{:>9.4}  {:>7.4}  {}", s.clipscore, s.cosine, s.caption);
         }
     }
     Ok(0)
@@ -520,18 +537,6 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
     if args.write_txt && args.images.is_empty() {
         bail!("--write-txt writes a caption file beside each image: give images to describe");
     }
-    let settings = RunSettings::for_describe(
-        &args.lm,
-        &clip_spec,
-        &options,
-        TargetSettings {
-            image: !args.images.is_empty(),
-            target_texts: &args.target_text,
-            avoid_texts: &args.avoid_text,
-            weights: &args.target_weight,
-        },
-    )
-    .to_json();
     let captions = args.write_txt.then(|| CaptionFiles {
         prefix: args.txt_prefix.clone(),
         suffix: args.txt_suffix.clone(),
@@ -573,18 +578,19 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
         Some(path) => Some(PartWriter::open(path)?),
         None => None,
     };
+    let mut existing = None;
     if let Some(part) = part.as_mut() {
-        let existing = part.read_existing()?;
-        if existing.trimmed_bytes > 0 {
+        let contents = part.read_existing()?;
+        if contents.trimmed_bytes > 0 {
             eprintln!(
                 "note: cut a partial last line ({} bytes) off {}: a run was killed mid-write",
-                existing.trimmed_bytes,
+                contents.trimmed_bytes,
                 part.path().display()
             );
         }
         if args.resume {
-            existing.check_settings(part.path(), &settings)?;
-            inputs.retain(|input| !existing.done.contains(&label(input).unwrap_or_default()));
+            inputs.retain(|input| !contents.done.contains(&label(input).unwrap_or_default()));
+            existing = Some(contents);
         }
     }
     if inputs.is_empty() {
@@ -606,8 +612,28 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
         )?;
     }
 
+    if args.json {
+        crate::hub::set_progress(false);
+    }
     let lm = load_lm(&args.lm, device)?;
     let scorer = load_encoder(&clip_spec, device)?;
+    let models = crate::events::models_json(&[("lm", &args.lm), ("encoder", &clip_spec)]);
+    // After loading, so that hub models are named by the commit they resolved to.
+    let settings = RunSettings::for_describe(
+        &args.lm,
+        &clip_spec,
+        &options,
+        TargetSettings {
+            image: !args.images.is_empty(),
+            target_texts: &args.target_text,
+            avoid_texts: &args.avoid_text,
+            weights: &args.target_weight,
+        },
+    )
+    .to_json();
+    if let (Some(part), Some(existing)) = (&part, &existing) {
+        existing.check_settings(part.path(), &settings)?;
+    }
     crate::steer::describe::validate(&lm, &options)?;
     let text_parts = text_target_parts(&args, &scorer, !args.images.is_empty())?;
     let image_weight = args.target_weight.first().copied().unwrap_or(1.0);
@@ -666,6 +692,7 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
             Ok(result) => {
                 let mut done =
                     done_json(image.as_deref(), &result, started.elapsed().as_secs_f64());
+                done["models"] = models.clone();
                 done["settings"] = settings.clone();
                 if let Some(reason) = &result.stop_reason {
                     progress.println_err(&format!("note: {reason}"));
@@ -689,6 +716,9 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
                 error["settings"] = settings.clone();
                 if args.json {
                     println!("{error}");
+                } else if e.downcast_ref::<crate::image::ImageFile>().is_some() {
+                    // load_image's errors name the file already.
+                    progress.println_err(&format!("error: {message}"));
                 } else {
                     let what = image.as_deref().unwrap_or("text target");
                     progress.println_err(&format!("error: {what}: {message}"));

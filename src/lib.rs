@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod clipscore;
 pub mod diffusion;
 pub mod evade;
 pub mod events;

@@ -8,16 +8,16 @@
 //! "settings":{"lm":"openai-community/gpt2@607a30d783df…","encoder":"/models/clip-b32","options":"9f2c81d0a4b3e6f1"}
 //! ```
 //!
-//! `lm` and `encoder` name the models readably: a hub id with the commit its cached `main` ref
-//! points to, or a local path made absolute. `options` is a fingerprint (FNV-1a, 64 bits, hex) of
+//! `lm` and `encoder` name the models readably: a hub id with the commit it resolved to, or a
+//! local path made absolute (the `models` field beside it has the full provenance). `options` is a fingerprint (FNV-1a, 64 bits, hex) of
 //! every other setting that changes the text: prompt, top-k, token budget, strategy and its
 //! parameters, sampling, prefilter, blocklist, targets and weights, and clipsteer's version.
 //! The device and the thread count are left out: they change speed, not the settings asked for.
 
+use crate::hub::ModelOrigin;
 use crate::steer::describe::DescribeOptions;
 use serde_json::{json, Value};
 use std::hash::Hasher;
-use std::path::Path;
 
 /// The targets a run steers toward, besides its options.
 #[derive(Debug, Clone, Copy)]
@@ -94,30 +94,18 @@ impl RunSettings {
     }
 }
 
-/// A model as the record names it: a local path made absolute (no symlinks resolved, so that
-/// the same shared mount reads the same on every node), or a hub id with the commit that the
-/// cache's `main` ref points to (`id@commit`) when the cache has one.
+/// A model as the record names it, from where [`crate::hub`] resolved it in this process (so call
+/// it after the models are loaded): a hub model as `id@commit` (the commit, not the branch or
+/// tag, says which weights), a local one as its path made absolute (no symlinks resolved, so the
+/// same shared mount reads the same on every node). `spec` itself when it was never resolved.
 pub fn model_identity(spec: &str) -> String {
-    let path = Path::new(spec);
-    if path.exists() {
-        return std::path::absolute(path)
+    match crate::hub::origin(spec) {
+        Some(ModelOrigin::Hub { id, commit, .. }) => format!("{id}@{commit}"),
+        Some(ModelOrigin::Local { path }) => std::path::absolute(&path)
             .map(|p| p.display().to_string())
-            .unwrap_or_else(|_| spec.to_string());
+            .unwrap_or(path),
+        None => spec.to_string(),
     }
-    if crate::hub::looks_like_hub_id(spec) {
-        let folder = format!("models--{}", spec.replace('/', "--"));
-        let reference = crate::hub::cache_dir()
-            .join(folder)
-            .join("refs")
-            .join("main");
-        if let Ok(commit) = std::fs::read_to_string(reference) {
-            let commit = commit.trim();
-            if !commit.is_empty() {
-                return format!("{spec}@{commit}");
-            }
-        }
-    }
-    spec.to_string()
 }
 
 /// Everything in `options` and `targets` that changes the text, as one JSON value whose
