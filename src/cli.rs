@@ -774,7 +774,7 @@ fn print_merge_report(report: &crate::merge::MergeReport, output: &Path) {
         report.unexpected.len(),
         report.corrupt.len()
     );
-    let mut list = |kind: &str, items: Vec<String>| {
+    let list = |kind: &str, items: Vec<String>| {
         for item in items.iter().take(SHOWN) {
             eprintln!("{kind}: {item}");
         }

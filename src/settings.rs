@@ -17,7 +17,6 @@
 use crate::hub::ModelOrigin;
 use crate::steer::describe::DescribeOptions;
 use serde_json::{json, Value};
-use std::hash::Hasher;
 
 /// The targets a run steers toward, besides its options.
 #[derive(Debug, Clone, Copy)]
@@ -138,13 +137,18 @@ fn options_record(options: &DescribeOptions, targets: TargetSettings<'_>) -> Val
     })
 }
 
-/// FNV-1a (64-bit) of the value's compact JSON, as 16 hex digits: a fixed, documented algorithm,
-/// so that the same settings give the same fingerprint from any build. It detects accidental
-/// mixing; it is not meant to resist forgery.
+/// FNV-1a (64-bit) of the value's compact JSON, as 16 hex digits: a fixed, published algorithm
+/// (Fowler, Noll, Vo; offset basis 0xcbf29ce484222325, prime 0x100000001b3), so that the same
+/// settings give the same fingerprint from any build, as std's DefaultHasher does not promise.
+/// It detects accidental mixing; it is not meant to resist forgery.
 pub fn fingerprint(value: &Value) -> String {
-    let mut hasher = fnv::FnvHasher::default();
-    hasher.write(value.to_string().as_bytes());
-    format!("{:016x}", hasher.finish())
+    format!("{:016x}", fnv1a64(value.to_string().as_bytes()))
+}
+
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x100000001b3)
+    })
 }
 
 #[cfg(test)]
@@ -163,18 +167,14 @@ mod tests {
 
     #[test]
     fn fingerprint_is_fnv1a_of_the_compact_json() {
-        // FNV-1a 64 test vectors (Fowler, Noll, Vo): "" and "a".
-        let mut hasher = fnv::FnvHasher::default();
-        hasher.write(b"");
-        assert_eq!(hasher.finish(), 0xcbf29ce484222325);
-        let mut hasher = fnv::FnvHasher::default();
-        hasher.write(b"a");
-        assert_eq!(hasher.finish(), 0xaf63dc4c8601ec8c);
-        assert_eq!(fingerprint(&json!("a")), {
-            let mut hasher = fnv::FnvHasher::default();
-            hasher.write(b"\"a\"");
-            format!("{:016x}", hasher.finish())
-        });
+        // The published FNV-1a 64 test vectors (Fowler, Noll, Vo).
+        assert_eq!(fnv1a64(b""), 0xcbf29ce484222325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63dc4c8601ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x85944171f73967e8);
+        assert_eq!(
+            fingerprint(&json!("a")),
+            format!("{:016x}", fnv1a64(b"\"a\""))
+        );
     }
 
     #[test]

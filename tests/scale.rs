@@ -216,7 +216,7 @@ fn parts_made_with_other_settings_are_refused() {
     assert!(stderr(&out).contains("options"), "{}", stderr(&out));
     assert!(!merged.exists(), "nothing written");
 
-    // --resume refuses to extend a part file with other settings, before loading any model.
+    // --resume refuses to extend a part file with other settings.
     let out = bin()
         .args(describe_args_with(
             20,
