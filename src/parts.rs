@@ -193,6 +193,8 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
     }
 
+    const PARTIAL: &str = "{\"event\":\"done\",\"ima";
+
     #[test]
     fn a_partial_last_line_is_trimmed_and_errors_are_not_finished() {
         let path = temp_path("trim");
@@ -202,12 +204,12 @@ mod tests {
             json!({"event": "error", "image": "b.png", "error": "bad", "settings": settings});
         std::fs::write(
             &path,
-            format!("{done}\n{error}\n{{\"event\":\"done\",\"ima"),
+            format!("{done}\n{error}\n{PARTIAL}"),
         )
         .unwrap();
         let mut writer = PartWriter::open(&path).unwrap();
         let contents = writer.read_existing().unwrap();
-        assert_eq!(contents.trimmed_bytes, 18);
+        assert_eq!(contents.trimmed_bytes, PARTIAL.len() as u64);
         assert_eq!(contents.done, HashSet::from(["a.png".to_string()]));
         assert_eq!(contents.settings, vec![(settings.clone(), 1)]);
         contents.check_settings(&path, &settings).unwrap();

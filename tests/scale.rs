@@ -190,7 +190,7 @@ fn sharded_parts_merge_into_one_file_in_input_order() {
 #[test]
 fn parts_made_with_other_settings_are_refused() {
     let tmp = TempDir::new("mixed");
-    let (dir, _) = image_dir(&tmp.0, 2);
+    let (dir, _) = image_dir(&tmp.0, 4);
     let dir_arg = dir.to_str().unwrap();
     let p0 = tmp.0.join("part-0.jsonl");
     let p1 = tmp.0.join("part-1.jsonl");
@@ -216,7 +216,11 @@ fn parts_made_with_other_settings_are_refused() {
     assert!(stderr(&out).contains("options"), "{}", stderr(&out));
     assert!(!merged.exists(), "nothing written");
 
-    // --resume refuses to extend a part file with other settings.
+    // --resume refuses to extend a part file with other settings (when it has work left: a
+    // task with nothing left to do appends nothing).
+    let text = std::fs::read_to_string(&p0).unwrap();
+    let first = text.lines().next().unwrap();
+    std::fs::write(&p0, format!("{first}\n")).unwrap();
     let out = bin()
         .args(describe_args_with(
             20,
