@@ -202,11 +202,7 @@ mod tests {
         let done = json!({"event": "done", "image": "a.png", "text": "x", "settings": settings});
         let error =
             json!({"event": "error", "image": "b.png", "error": "bad", "settings": settings});
-        std::fs::write(
-            &path,
-            format!("{done}\n{error}\n{PARTIAL}"),
-        )
-        .unwrap();
+        std::fs::write(&path, format!("{done}\n{error}\n{PARTIAL}")).unwrap();
         let mut writer = PartWriter::open(&path).unwrap();
         let contents = writer.read_existing().unwrap();
         assert_eq!(contents.trimmed_bytes, PARTIAL.len() as u64);
