@@ -590,21 +590,27 @@ pub fn resolve_with(spec: &str, kind: ModelKind, config: &HubConfig) -> Result<P
     Ok(snapshot.dir.clone())
 }
 
-/// Resolves a diffusers pipeline (`spec` a hub id, optionally `ID@REVISION`): fetches every file
-/// in `required`, the weights of each component in `weights` (subfolder, naming, variant), and
-/// those of `optional` the repository has. Returns the snapshot directory.
+/// What a diffusers pipeline needs from its repository: files that must be there, each
+/// weighted component's folder and weight naming, and files fetched when present.
+pub struct PipelineLayout<'a> {
+    pub required: &'a [&'a str],
+    pub weights: &'a [(&'a str, crate::models::WeightNames)],
+    pub optional: &'a [&'a str],
+}
+
+/// Resolves a diffusers pipeline (hub `id`, at `revision`): fetches what `layout` names, the
+/// weights of the `variant` when given. Returns the snapshot directory; `spec` is the
+/// argument [`origin`] will know it by.
 pub fn resolve_pipeline(
     id: &str,
     revision: Option<&str>,
-    required: &[&str],
-    optional: &[&str],
-    weights: &[(&str, crate::models::WeightNames)],
+    layout: &PipelineLayout,
     variant: Option<&str>,
     spec: &str,
     config: &HubConfig,
 ) -> Result<PathBuf> {
     let snapshot = Snapshot::open(id, revision, config)?;
-    for file in required {
+    for file in layout.required {
         if !snapshot.has(file) {
             return Err(snapshot.lacks(
                 file,
@@ -613,10 +619,10 @@ pub fn resolve_pipeline(
         }
         snapshot.fetch(file)?;
     }
-    for (folder, names) in weights {
+    for (folder, names) in layout.weights {
         snapshot.fetch_weights(&format!("{folder}/"), &names.candidates(variant))?;
     }
-    for file in optional {
+    for file in layout.optional {
         if snapshot.has(file) {
             snapshot.fetch(file)?;
         }

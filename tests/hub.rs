@@ -784,3 +784,38 @@ fn the_cache_is_shared_with_pythons_huggingface_hub_both_ways() {
         .collect();
     assert_eq!(listing.lines().collect::<Vec<_>>(), want);
 }
+
+#[test]
+fn a_clip_repo_laid_out_as_openai_clip_vit_base_patch32_loads_its_pytorch_weights() {
+    // openai/clip-vit-base-patch32's main: PyTorch weights beside TF and Flax, no safetensors.
+    let clip = fixture("clip-tiny-gelu");
+    let mut files = Files::new();
+    for file in ["config.json", "preprocessor_config.json", "tokenizer.json"] {
+        files.insert(file.into(), bytes(&clip.join(file)));
+    }
+    files.insert(
+        "pytorch_model.bin".into(),
+        bytes(&fixture("torch/clip-gelu-f16.bin")),
+    );
+    files.insert("tf_model.h5".into(), Arc::new(b"tf".to_vec()));
+    files.insert("flax_model.msgpack".into(), Arc::new(b"flax".to_vec()));
+    files.insert("README.md".into(), Arc::new(b"# clip".to_vec()));
+    let hub = StandInHub::start(vec![HubRepo::new("openai/clip-tiny", files.clone())]);
+    let cache = TempDir::new("cache-clip");
+    let image = image::open(fixture("images/crop32.png")).unwrap();
+    let numbers = |dir: &Path| {
+        let scorer = clipsteer::steer::ClipScorer::load(dir, &Device::Cpu).unwrap();
+        (
+            scorer.image_embedding(&image).unwrap(),
+            scorer.text_embedding("a photo of a cat").unwrap(),
+        )
+    };
+    for kind in [ModelKind::Clip, ModelKind::Encoder] {
+        let dir = resolve_with("openai/clip-tiny", kind, &config(&hub, &cache.0))
+            .unwrap_or_else(|e| panic!("{}", clipsteer::error_line(&e)));
+        assert_eq!(numbers(&dir), numbers(&local(&files).0));
+    }
+    for file in ["tf_model.h5", "flax_model.msgpack", "README.md"] {
+        assert!(!requested(&hub, file), "{file} was downloaded");
+    }
+}

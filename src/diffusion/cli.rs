@@ -199,8 +199,18 @@ pub fn run_generate(args: GenerateArgs, device: &Device) -> Result<i32> {
         "denoising",
     )?;
     write_atomically(&args.output, &encode_image(&image, format)?)?;
+    // Where the model came from (id@revision, commit), so that the image can be made again.
+    let model = match crate::hub::origin(&args.diffusion.model) {
+        Some(crate::hub::ModelOrigin::Hub {
+            id,
+            revision,
+            commit,
+        }) => format!("{id}@{revision}, commit {commit}"),
+        Some(crate::hub::ModelOrigin::Local { path }) => path,
+        None => args.diffusion.model.clone(),
+    };
     eprintln!(
-        "wrote {} ({}×{}, {} steps of {}, seed {}, {:.1}s)",
+        "wrote {} ({}×{}, {} steps of {}, seed {}, {:.1}s, model {model})",
         args.output.display(),
         image.width(),
         image.height(),

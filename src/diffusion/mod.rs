@@ -107,9 +107,11 @@ pub fn resolve_with(
         crate::hub::ModelSpec::Hub { id, revision } => crate::hub::resolve_pipeline(
             &id,
             revision.as_deref(),
-            REQUIRED_FILES,
-            OPTIONAL_FILES,
-            WEIGHTS,
+            &crate::hub::PipelineLayout {
+                required: REQUIRED_FILES,
+                weights: WEIGHTS,
+                optional: OPTIONAL_FILES,
+            },
             variant,
             spec,
             config,
