@@ -6,6 +6,7 @@ pub mod bert;
 pub mod clip;
 pub mod cpu_kernels;
 pub mod gpt2;
+pub mod gemma3_gguf;
 pub mod llama_gguf;
 
 use anyhow::{bail, Context, Result};

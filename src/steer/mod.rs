@@ -13,7 +13,7 @@ pub mod target;
 use anyhow::Result;
 
 pub use describe::{describe, DescribeOptions, StepEvent, Strategy};
-pub use lm::{GgufLm, Gpt2Lm};
+pub use lm::{Gemma3Lm, GgufLm, Gpt2Lm};
 pub use scorer::ClipScorer;
 pub use sentence::SentenceScorer;
 
