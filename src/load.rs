@@ -2,9 +2,9 @@
 //! shared by every subcommand that runs them.
 
 use crate::hub::{self, ModelKind};
+use crate::models::llama_gguf::gguf_architecture;
 use crate::steer::lm::LanguageModel;
 use crate::steer::scorer::Encoder;
-use crate::models::llama_gguf::gguf_architecture;
 use crate::steer::{ClipScorer, Gemma3Lm, GgufLm, Gpt2Lm};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;

@@ -51,7 +51,10 @@ fn config_is_what_the_script_wrote() {
     assert_eq!(c.context, n("context"));
     assert_eq!(c.sliding_window, n("sliding_window"));
     assert_eq!(c.rope_global, want["rope_theta"].as_f64().unwrap() as f32);
-    assert_eq!(c.rope_local, want["rope_local_theta"].as_f64().unwrap() as f32);
+    assert_eq!(
+        c.rope_local,
+        want["rope_local_theta"].as_f64().unwrap() as f32
+    );
     assert_eq!(c.rms_eps as f32, want["rms_eps"].as_f64().unwrap() as f32);
     assert_eq!(
         (0..c.layers).map(|i| c.is_sliding(i)).collect::<Vec<_>>(),

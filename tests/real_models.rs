@@ -123,7 +123,10 @@ fn gemma3_270m_gguf_matches_transformers() {
         (c.hidden, c.layers, c.heads, c.kv_heads, c.head_dim),
         (640, 18, 4, 1, 256)
     );
-    assert_eq!((c.sliding_window, c.rope_global, c.rope_local), (512, 1e6, 1e4));
+    assert_eq!(
+        (c.sliding_window, c.rope_global, c.rope_local),
+        (512, 1e6, 1e4)
+    );
     let cases: Vec<serde_json::Value> = serde_json::from_str(
         &std::fs::read_to_string(fixture("reference/gemma3-270m-tokenizer.json")).unwrap(),
     )

@@ -224,7 +224,10 @@ pub fn attend_window(
     window: usize,
 ) -> Result<Tensor> {
     let len_of = |kv: &Option<(Tensor, Tensor)>| -> Result<usize> {
-        kv.as_ref().map(|(k, _)| k.dim(2)).transpose().map(|l| l.unwrap_or(0))
+        kv.as_ref()
+            .map(|(k, _)| k.dim(2))
+            .transpose()
+            .map(|l| l.unwrap_or(0))
     };
     let shared_len = len_of(&layer.shared)?;
     let own_before = len_of(&layer.own)?;

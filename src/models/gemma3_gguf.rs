@@ -194,7 +194,11 @@ impl Gemma3Gguf {
             }
         }
         let token_id = |name: &str| -> Option<u32> {
-            let tokens = content.metadata.get("tokenizer.ggml.tokens")?.to_vec().ok()?;
+            let tokens = content
+                .metadata
+                .get("tokenizer.ggml.tokens")?
+                .to_vec()
+                .ok()?;
             tokens
                 .iter()
                 .position(|t| t.to_string().is_ok_and(|s| s == name))
@@ -343,7 +347,10 @@ impl Gemma3Gguf {
         let c = &self.config;
         let eps = c.rms_eps as f32;
         let narrow = |rope: &Rope| -> Result<(Tensor, Tensor)> {
-            Ok((rope.cos.narrow(0, past, new)?, rope.sin.narrow(0, past, new)?))
+            Ok((
+                rope.cos.narrow(0, past, new)?,
+                rope.sin.narrow(0, past, new)?,
+            ))
         };
         let (global_cos, global_sin) = narrow(&self.global_rope)?;
         let (local_cos, local_sin) = narrow(&self.local_rope)?;
@@ -383,10 +390,9 @@ impl Gemma3Gguf {
             } else {
                 attend(&q, &k, &v, layer, scale, true)?
             };
-            let attended =
-                attended
-                    .transpose(1, 2)?
-                    .reshape((batch, new, c.heads * c.head_dim))?;
+            let attended = attended
+                .transpose(1, 2)?
+                .reshape((batch, new, c.heads * c.head_dim))?;
             let attended = block.o.forward(&attended)?;
             xs = (xs + candle_nn::ops::rms_norm(&attended, &block.post_attention_norm, eps)?)?;
             let normed = candle_nn::ops::rms_norm(&xs, &block.ffn_norm, eps)?;
@@ -524,9 +530,7 @@ pub fn gemma_tokenizer_from_gguf(content: &gguf_file::Content) -> Result<Tokeniz
         .map_err(|e| anyhow::anyhow!("{e}"))?,
     ));
     tokenizer.with_decoder(Some(DecoderSequence::new(vec![
-        DecoderWrapper::Replace(
-            Replace::new("\u{2581}", " ").map_err(|e| anyhow::anyhow!("{e}"))?,
-        ),
+        DecoderWrapper::Replace(Replace::new("\u{2581}", " ").map_err(|e| anyhow::anyhow!("{e}"))?),
         DecoderWrapper::ByteFallback(ByteFallback::new()),
         DecoderWrapper::Fuse(Fuse::new()),
     ])));

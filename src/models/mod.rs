@@ -5,8 +5,8 @@ pub mod attention;
 pub mod bert;
 pub mod clip;
 pub mod cpu_kernels;
-pub mod gpt2;
 pub mod gemma3_gguf;
+pub mod gpt2;
 pub mod llama_gguf;
 
 use anyhow::{bail, Context, Result};
