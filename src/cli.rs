@@ -1,28 +1,22 @@
 //! The `clipsteer` command line.
 
-use crate::events::{done_json, error_json, step_json};
-use crate::image::DecodeLimits;
-use crate::load::{load_clip, load_encoder, load_lm};
-use crate::steer::constraints::Blocklist;
-use crate::steer::describe::{
-    describe, BeamParams, DescribeOptions, MagicParams, Sampling, ScoredText, StepEvent, Strategy,
-};
-use crate::steer::scorer::Encoder;
-use crate::steer::target::{combine, TargetPart};
-use crate::steer::Scorer;
-use anyhow::{bail, Context, Result};
-use candle_core::Device;
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use serde_json::json;
-use std::collections::HashSet;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+//! Argument parsing only: every command turns its flags into the library's types
+//! ([`crate::pipeline`] for describe) and shows progress; the work happens there.
 
-pub const DEFAULT_LM: &str = "openai-community/gpt2";
-pub const DEFAULT_CLIP: &str = "openai/clip-vit-base-patch32";
-/// The original demo's configuration (`--preset seed`).
-pub const SEED_CLIP: &str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K";
-pub const SEED_TOP_K: usize = 2500;
+use crate::events::step_json;
+use crate::image::DecodeLimits;
+use crate::load::load_clip;
+use crate::pipeline::{
+    run_batch, select_device, BatchEvent, BlockArgs, DescribeSpec, Describer, DeviceChoice,
+    InputSpec, Preset, TargetSpec, DEFAULT_CLIP, DEFAULT_LM,
+};
+use crate::steer::describe::{BeamParams, MagicParams, Sampling, ScoredText, StepEvent, Strategy};
+use anyhow::{bail, Result};
+use candle_core::Device;
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use std::io::Write;
+use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -32,17 +26,10 @@ pub const SEED_TOP_K: usize = 2500;
 )]
 pub struct Cli {
     /// Where models run: auto picks CUDA when this build has it and a GPU is present.
-    #[arg(long, global = true, value_enum, default_value_t = DeviceArg::Auto)]
-    pub device: DeviceArg,
+    #[arg(long, global = true, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
     #[command(subcommand)]
     pub command: Command,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum DeviceArg {
-    Auto,
-    Cpu,
-    Cuda,
 }
 
 #[derive(Subcommand, Debug)]
@@ -53,7 +40,8 @@ pub enum Command {
     Embed(EmbedArgs),
     /// Time the describe loop on full-size architectures with random weights (no download).
     Bench(BenchArgs),
-    /// CLIPScore of captions for an image: 2.5 · max(cosine, 0).
+    /// CLIPScore of captions for an image: 2.5 · max(cos, 0) with "A photo depicts " before each
+    /// caption (Hessel et al. 2021), or torchmetrics' 100 · max(cos, 0) with --torchmetrics.
     Score(ScoreArgs),
     /// Text to image with Stable Diffusion (diffusers layout: SD 1.x/2.x).
     Generate(Box<crate::diffusion::cli::GenerateArgs>),
@@ -74,7 +62,15 @@ pub struct ScoreArgs {
     /// CLIP model: a local directory in the HF layout or a hub id.
     #[arg(long = "encoder", visible_alias = "clip", default_value = DEFAULT_CLIP, value_name = "MODEL")]
     pub clip: String,
-    /// Print {"image":..,"scores":[{"caption":..,"clipscore":..,"cosine":..}]} instead of a table.
+    /// Text CLIP reads before each caption, as in CLIPScore's reference code; "" for the bare
+    /// caption (a space is added to a prefix that does not end in one).
+    #[arg(long, default_value = crate::clipscore::HESSEL_PREFIX)]
+    pub prefix: String,
+    /// torchmetrics' convention instead: 100 · max(cos, 0) on the bare caption.
+    #[arg(long, conflicts_with = "prefix")]
+    pub torchmetrics: bool,
+    /// Print {"image":..,"convention":..,"prefix":..,"scores":[{"caption":..,"clipscore":..,"cosine":..}]}
+    /// instead of a table.
     #[arg(long)]
     pub json: bool,
 }
@@ -107,15 +103,19 @@ pub struct BenchArgs {
     /// The loop to time; magic and beam also take the LM's hidden states or several hypotheses.
     #[arg(long, value_enum, default_value_t = Strategy::Seed)]
     pub strategy: Strategy,
+    /// Load this LM (a GPT-2 directory or a .gguf file) instead of random GPT-2 124M weights;
+    /// with --encoder and --image (bench/checkpoints.py writes a set).
+    #[arg(long, value_name = "PATH", requires_all = ["encoder", "image"])]
+    pub lm: Option<PathBuf>,
+    /// Load this CLIP directory instead of random --clip weights.
+    #[arg(long, value_name = "DIR", requires_all = ["lm", "image"], conflicts_with = "clip")]
+    pub encoder: Option<PathBuf>,
+    /// The image to describe (with --lm and --encoder) instead of random pixels.
+    #[arg(long, value_name = "FILE", requires_all = ["lm", "encoder"])]
+    pub image: Option<PathBuf>,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum Preset {
-    /// The original demo: CLIP ViT-H-14 (LAION) with top-k 2500.
-    Seed,
 }
 
 #[derive(Args, Debug)]
@@ -237,28 +237,6 @@ fn parse_shard(value: &str) -> std::result::Result<(usize, usize), String> {
     Ok((i, n))
 }
 
-pub fn select_device(choice: DeviceArg) -> Result<Device> {
-    match choice {
-        DeviceArg::Cpu => Ok(Device::Cpu),
-        DeviceArg::Cuda => {
-            if !candle_core::utils::cuda_is_available() {
-                bail!("--device cuda: this clipsteer was built without CUDA or no GPU is visible; rebuild with `cargo build --release --features cuda`");
-            }
-            Device::new_cuda(0).map_err(|e| {
-                anyhow::anyhow!("--device cuda: no usable GPU ({e}); check the NVIDIA driver, or use --device cpu")
-            })
-        }
-        DeviceArg::Auto => {
-            if candle_core::utils::cuda_is_available() {
-                if let Ok(device) = Device::new_cuda(0) {
-                    return Ok(device);
-                }
-            }
-            Ok(Device::Cpu)
-        }
-    }
-}
-
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
     if let Command::Bench(BenchArgs {
@@ -291,6 +269,12 @@ pub fn run(cli: Cli) -> Result<i32> {
                 prefilter: args.prefilter,
                 check_agreement: args.check_agreement,
                 strategy: args.strategy,
+                checkpoints: match (args.lm, args.encoder, args.image) {
+                    (Some(lm), Some(encoder), Some(image)) => {
+                        Some(crate::bench::BenchCheckpoints { lm, encoder, image })
+                    }
+                    _ => None,
+                },
             };
             crate::bench::run(&options, &device)?;
             Ok(0)
@@ -315,311 +299,165 @@ fn embed(args: EmbedArgs, device: &Device) -> Result<i32> {
 }
 
 fn score(args: ScoreArgs, device: &Device) -> Result<i32> {
+    use crate::clipscore::{clip_scores, Convention};
     if !args.image.is_file() {
         bail!("no image at {}", args.image.display());
     }
+    let convention = if args.torchmetrics {
+        Convention::Torchmetrics
+    } else {
+        Convention::Hessel {
+            prefix: args.prefix.clone(),
+        }
+    };
     let scorer = load_clip(&args.clip, device)?;
-    let image = crate::steer::normalize(
-        &scorer.image_embedding_from_path(&args.image, DecodeLimits::default())?,
-    );
-    let mut rows = Vec::new();
-    for caption in &args.captions {
-        let text = crate::steer::normalize(&scorer.text_embedding(caption)?);
-        let cosine: f32 = text.iter().zip(&image).map(|(a, b)| a * b).sum();
-        rows.push(
-            json!({"caption": caption, "clipscore": 2.5 * cosine.max(0.0), "cosine": cosine}),
-        );
-    }
+    let image = scorer.image_embedding_from_path(&args.image, DecodeLimits::default())?;
+    let scores = clip_scores(&scorer, &image, &args.captions, &convention)?;
     if args.json {
+        let rows: Vec<_> = scores
+            .iter()
+            .map(|s| json!({"caption": s.caption, "clipscore": s.clipscore, "cosine": s.cosine}))
+            .collect();
+        let prefix = match &convention {
+            Convention::Hessel { prefix } => prefix.as_str(),
+            Convention::Torchmetrics => "",
+        };
         println!(
             "{}",
-            json!({"image": args.image.display().to_string(), "scores": rows})
+            json!({"image": args.image.display().to_string(), "convention": convention.name(),
+                   "prefix": prefix, "scores": rows})
         );
     } else {
-        println!("{:>9}  {:>7}  caption", "clipscore", "cosine");
-        for row in &rows {
-            println!(
-                "{:>9.4}  {:>7.4}  {}",
-                row["clipscore"].as_f64().unwrap_or(0.0),
-                row["cosine"].as_f64().unwrap_or(0.0),
-                row["caption"].as_str().unwrap_or("")
-            );
+        println!(
+            "{:>9}  {:>7}  caption ({})",
+            "clipscore",
+            "cosine",
+            convention.name()
+        );
+        for s in &scores {
+            println!("{:>9.4}  {:>7.4}  {}", s.clipscore, s.cosine, s.caption);
         }
     }
     Ok(0)
 }
 
-/// Expands files and directories (recursively, sorted) into the list of images to describe.
-pub fn collect_inputs(paths: &[PathBuf]) -> Vec<PathBuf> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            out.push(dir.to_path_buf()); // reported as unreadable later
-            return;
-        };
-        let mut entries: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        entries.sort();
-        for path in entries {
-            if path.is_dir() {
-                walk(&path, out);
-            } else if path
-                .extension()
-                .and_then(|e| e.to_str())
-                .map(|e| {
-                    matches!(
-                        e.to_ascii_lowercase().as_str(),
-                        "jpg" | "jpeg" | "png" | "webp"
-                    )
-                })
-                .unwrap_or(false)
-            {
-                out.push(path);
-            }
+impl DescribeArgs {
+    fn spec(&self) -> Result<DescribeSpec> {
+        Ok(DescribeSpec {
+            lm: self.lm.clone(),
+            encoder: self.clip.clone(),
+            preset: self.preset,
+            prompt: self.prompt.clone(),
+            top_k: self.top_k,
+            max_tokens: self.max_tokens,
+            strategy: self.strategy,
+            magic: MagicParams {
+                alpha: self.magic_alpha,
+                beta: self.magic_beta,
+                scale: self.magic_scale,
+            },
+            beam: BeamParams {
+                width: self.beam_width,
+                fluency: self.beam_fluency,
+            },
+            no_sentence_stop: self.no_sentence_stop,
+            score_text: self.score_text,
+            sampling: self.sample.then_some(Sampling {
+                temperature: self.temperature,
+                seed: self.seed,
+            }),
+            prefilter: self.prefilter,
+            blocklist: self.blocking.to_blocklist()?,
+        })
+    }
+
+    fn targets(&self) -> TargetSpec {
+        TargetSpec {
+            target_text: self.target_text.clone(),
+            avoid_text: self.avoid_text.clone(),
+            target_weight: self.target_weight.clone(),
         }
     }
-    let mut out = Vec::new();
-    for path in paths {
-        if path.is_dir() {
-            walk(path, &mut out);
-        } else {
-            out.push(path.clone());
+
+    fn inputs(&self) -> InputSpec {
+        InputSpec {
+            images: self.images.clone(),
+            shard: self.shard,
+            resume_from: self.out.clone().filter(|_| self.resume),
         }
-    }
-    out
-}
-
-/// Images already finished in an out file. A partial last line (a run killed mid-write) is cut
-/// off so that the file stays valid JSON lines.
-fn finished_images(out: &Path) -> Result<HashSet<String>> {
-    let mut done = HashSet::new();
-    let Ok(bytes) = std::fs::read(out) else {
-        return Ok(done);
-    };
-    let complete = match bytes.iter().rposition(|&b| b == b'\n') {
-        Some(last_newline) => last_newline + 1,
-        None => 0,
-    };
-    if complete < bytes.len() {
-        let file = std::fs::OpenOptions::new().write(true).open(out)?;
-        file.set_len(complete as u64)
-            .with_context(|| format!("cannot trim the partial last line of {}", out.display()))?;
-    }
-    for line in String::from_utf8_lossy(&bytes[..complete]).lines() {
-        if let Ok(value) = serde_json::from_str::<serde_json::Value>(line) {
-            if value["event"] == "done" {
-                if let Some(image) = value["image"].as_str() {
-                    done.insert(image.to_string());
-                }
-            }
-        }
-    }
-    Ok(done)
-}
-
-/// The parts of a target that are the same for every image: the text targets, weighted.
-fn text_target_parts(
-    args: &DescribeArgs,
-    scorer: &Encoder,
-    has_image: bool,
-) -> Result<Vec<TargetPart>> {
-    let wanted = usize::from(has_image) + args.target_text.len() + args.avoid_text.len();
-    if args.target_weight.len() > wanted {
-        bail!(
-            "{} --target-weight values for {wanted} targets (the image, then each --target-text, then each --avoid-text)",
-            args.target_weight.len()
-        );
-    }
-    let weight = |index: usize| args.target_weight.get(index).copied().unwrap_or(1.0);
-    let offset = usize::from(has_image);
-    let mut parts = Vec::new();
-    for (i, text) in args.target_text.iter().enumerate() {
-        parts.push(TargetPart {
-            embedding: scorer.embed_text(text)?,
-            weight: weight(offset + i),
-        });
-    }
-    for (i, text) in args.avoid_text.iter().enumerate() {
-        let w = weight(offset + args.target_text.len() + i);
-        parts.push(TargetPart {
-            embedding: scorer.embed_text(text)?,
-            weight: -w,
-        });
-    }
-    Ok(parts)
-}
-
-/// The blocklist flags, shared by describe and evade.
-#[derive(Args, Debug, Clone)]
-pub struct BlockArgs {
-    /// Words never to write, comma-separated (case-insensitive, whole words).
-    #[arg(long, value_delimiter = ',', value_name = "WORDS")]
-    pub block: Vec<String>,
-    /// A file of words never to write: one per line (or comma-separated), # comments.
-    #[arg(long, value_name = "FILE")]
-    pub blocklist: Option<PathBuf>,
-    /// Block any text containing a blocked word as a substring, not only as a whole word.
-    #[arg(long)]
-    pub block_substrings: bool,
-}
-
-impl BlockArgs {
-    /// The words of --block and --blocklist together.
-    pub fn to_blocklist(&self) -> Result<Blocklist> {
-        let mut words = self.block.clone();
-        if let Some(path) = &self.blocklist {
-            words.extend(Blocklist::read_file(path)?);
-        }
-        Blocklist::new(words, self.block_substrings)
     }
 }
 
 fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
-    let preset = args.preset.map(|Preset::Seed| (SEED_CLIP, SEED_TOP_K));
-    let clip_spec = args
-        .clip
-        .clone()
-        .unwrap_or_else(|| preset.map_or(DEFAULT_CLIP, |p| p.0).to_string());
-    let defaults = DescribeOptions::for_strategy(&args.prompt, args.strategy);
-    let options = DescribeOptions {
-        top_k: args
-            .top_k
-            .unwrap_or_else(|| preset.map_or(defaults.top_k, |p| p.1)),
-        max_tokens: args.max_tokens,
-        sampling: args.sample.then_some(Sampling {
-            temperature: args.temperature,
-            seed: args.seed,
-        }),
-        prefilter: args.prefilter,
-        blocklist: args.blocking.to_blocklist()?,
-        magic: MagicParams {
-            alpha: args.magic_alpha,
-            beta: args.magic_beta,
-            scale: args.magic_scale,
-        },
-        beam: BeamParams {
-            width: args.beam_width,
-            fluency: args.beam_fluency,
-        },
-        stop_at_sentence_end: defaults.stop_at_sentence_end && !args.no_sentence_stop,
-        scored_text: args.score_text.unwrap_or(defaults.scored_text),
-        ..defaults
-    };
-    if args.sample && args.strategy != Strategy::Seed {
-        bail!("--sample applies to --strategy seed only");
-    }
-
-    // One job per image; with no images, one job steered by the text targets alone.
-    let mut inputs: Vec<Option<PathBuf>> = if args.images.is_empty() {
-        vec![None]
-    } else {
-        collect_inputs(&args.images).into_iter().map(Some).collect()
-    };
-    let label = |input: &Option<PathBuf>| input.as_ref().map(|p| p.display().to_string());
-    if let Some((index, count)) = args.shard {
-        inputs = inputs
-            .into_iter()
-            .enumerate()
-            .filter(|(i, _)| i % count == index)
-            .map(|(_, p)| p)
-            .collect();
-    }
-    if let (Some(out), true) = (&args.out, args.resume) {
-        let done = finished_images(out)?;
-        inputs.retain(|input| !done.contains(&label(input).unwrap_or_default()));
-    }
+    let spec = args.spec()?;
+    let options = spec.options()?;
+    let inputs = args.inputs().plan()?;
     if inputs.is_empty() {
         eprintln!("nothing to describe: every input is already done or the shard is empty");
         return Ok(0);
     }
 
-    let lm = load_lm(&args.lm, device)?;
-    let scorer = load_encoder(&clip_spec, device)?;
-    crate::steer::describe::validate(&lm, &options)?;
-    let text_parts = text_target_parts(&args, &scorer, !args.images.is_empty())?;
-    let image_weight = args.target_weight.first().copied().unwrap_or(1.0);
-    let mut out_file = match &args.out {
-        Some(path) => Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("cannot open --out {}", path.display()))?,
-        ),
-        None => None,
-    };
+    if args.json {
+        // Downloads draw no progress bar under --json, as scripts read stderr too.
+        crate::hub::set_progress(false);
+    }
+    let describer = Describer::load(&spec, &args.targets(), !args.images.is_empty(), device)?;
 
     let progress = Progress::new(inputs.len());
     let stdout = std::io::stdout();
-    let mut failures = 0;
-    for input in &inputs {
-        let image = label(input);
-        let started = std::time::Instant::now();
-        let target = match input {
-            Some(path) => {
-                scorer
-                    .image_target(path, DecodeLimits::default())
-                    .and_then(|embedding| {
-                        let mut parts = vec![TargetPart {
-                            embedding,
-                            weight: image_weight,
-                        }];
-                        parts.extend(text_parts.iter().cloned());
-                        combine(&parts)
-                    })
-            }
-            None => combine(&text_parts),
-        };
-        let outcome = target.and_then(|target| {
-            describe(&lm, &scorer, &target, &options, |event| {
+    let summary = run_batch(&describer, &inputs, args.out.as_deref(), |event| {
+        match event {
+            BatchEvent::Step { image, event } => {
                 if args.json {
                     let mut lock = stdout.lock();
-                    writeln!(lock, "{}", step_json(image.as_deref(), event))?;
+                    writeln!(lock, "{}", step_json(image, event))?;
                     lock.flush()?;
                 }
                 progress.step(event, options.max_tokens);
-                Ok(())
-            })
-        });
-        let line = match outcome {
-            Ok(result) => {
-                let done = done_json(image.as_deref(), &result, started.elapsed().as_secs_f64());
+            }
+            BatchEvent::Done {
+                image,
+                result,
+                line,
+            } => {
                 if let Some(reason) = &result.stop_reason {
                     progress.println_err(&format!("note: {reason}"));
                 }
                 if args.json {
-                    println!("{done}");
+                    println!("{line}");
                 } else {
-                    progress.println(&match &image {
+                    progress.println(&match image {
                         Some(image) if inputs.len() > 1 => {
                             format!("{image}\t{:.4}\t{}", result.similarity, result.text)
                         }
                         _ => result.text.clone(),
                     });
                 }
-                done
+                progress.image_done();
             }
-            Err(e) => {
-                failures += 1;
-                let message = crate::error_line(&e);
-                let error = error_json(image.as_deref(), &message);
+            BatchEvent::Failed {
+                image,
+                message,
+                line,
+                names_input,
+            } => {
                 if args.json {
-                    println!("{error}");
+                    println!("{line}");
+                } else if names_input {
+                    // The message names the file already (image decoding errors do).
+                    progress.println_err(&format!("error: {message}"));
                 } else {
-                    let what = image.as_deref().unwrap_or("text target");
+                    let what = image.unwrap_or("text target");
                     progress.println_err(&format!("error: {what}: {message}"));
                 }
-                error
+                progress.image_done();
             }
-        };
-        if let Some(file) = out_file.as_mut() {
-            // One write per line, so that a killed run leaves at most one partial line.
-            file.write_all(format!("{line}\n").as_bytes())?;
-            file.flush()?;
         }
-        progress.image_done();
-    }
+        Ok(())
+    })?;
     progress.finish();
-    if failures > 0 {
-        eprintln!("{failures} of {} inputs failed", inputs.len());
+    if summary.failed > 0 {
+        eprintln!("{} of {} inputs failed", summary.failed, inputs.len());
         return Ok(1);
     }
     Ok(0)

@@ -27,16 +27,16 @@ pub struct EvadeArgs {
     pub image: Option<PathBuf>,
     /// The words the filter blocks.
     #[command(flatten)]
-    pub blocking: crate::cli::BlockArgs,
+    pub blocking: crate::pipeline::BlockArgs,
     /// The HTML report; the JSON report and both images are written next to it
     /// (NAME.json, NAME-image1.png, NAME-image2.png).
     #[arg(long, default_value = "evade-report.html")]
     pub report: PathBuf,
     /// Language model that writes the description (GPT-2 directory, hub id, or .gguf).
-    #[arg(long, default_value = crate::cli::DEFAULT_LM)]
+    #[arg(long, default_value = crate::pipeline::DEFAULT_LM)]
     pub lm: String,
     /// CLIP model that steers the description and measures every similarity in the report.
-    #[arg(long = "encoder", visible_alias = "clip", default_value = crate::cli::DEFAULT_CLIP, value_name = "MODEL")]
+    #[arg(long = "encoder", visible_alias = "clip", default_value = crate::pipeline::DEFAULT_CLIP, value_name = "MODEL")]
     pub clip: String,
     /// Description strategy; beam and magic keep the text fluent, and beam is the more on target
     /// of the two (docs/STEERING.md).
@@ -130,7 +130,7 @@ pub fn run(args: EvadeArgs, device: &Device) -> Result<i32> {
 
     let (image1, image1_source) = match &args.image {
         Some(path) => (
-            crate::image::load_image(path, DecodeLimits::default())?.to_rgb8(),
+            crate::image::to_rgb(&crate::image::load_image(path, DecodeLimits::default())?),
             json!({"kind": "given", "path": path.display().to_string()}),
         ),
         None => {
@@ -186,6 +186,11 @@ pub fn run(args: EvadeArgs, device: &Device) -> Result<i32> {
             .map(|d| d.as_secs())
             .unwrap_or(0),
         "prompt": args.prompt,
+        "models": crate::events::models_json(&[
+            ("lm", &args.lm),
+            ("encoder", &args.clip),
+            ("diffusion", &args.diffusion.model),
+        ]),
         "blocked_words": blocklist.words(),
         "block_matching": if args.blocking.block_substrings { "substring, case-insensitive" } else { "whole word, case-insensitive" },
         "prompt_blocked_words": prompt_hits,

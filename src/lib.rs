@@ -1,7 +1,12 @@
-//! clipsteer: steer a language model's sampling toward a target embedding.
+//! clipsteer: steer a language model's sampling toward an objective (a target embedding, a
+//! victim model's answer, any score).
+//!
+//! The library is the product; the command line ([`cli`]), [`server`] and [`evade`] are faces
+//! over [`pipeline`] and [`steer`], and no library module imports a face.
 
 pub mod bench;
 pub mod cli;
+pub mod clipscore;
 pub mod diffusion;
 pub mod evade;
 pub mod events;
@@ -9,6 +14,7 @@ pub mod hub;
 pub mod image;
 pub mod load;
 pub mod models;
+pub mod pipeline;
 pub mod server;
 pub mod steer;
 pub mod tokenize;

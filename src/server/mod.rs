@@ -40,10 +40,10 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
     /// Language model: a GPT-2 directory in the HF layout, a hub id, or a .gguf file.
-    #[arg(long, default_value = crate::cli::DEFAULT_LM)]
+    #[arg(long, default_value = crate::pipeline::DEFAULT_LM)]
     pub lm: String,
     /// CLIP model: a local directory in the HF layout or a hub id.
-    #[arg(long = "clip", visible_alias = "encoder", default_value = crate::cli::DEFAULT_CLIP, value_name = "MODEL")]
+    #[arg(long = "clip", visible_alias = "encoder", default_value = crate::pipeline::DEFAULT_CLIP, value_name = "MODEL")]
     pub clip: String,
     /// Descriptions computed at once.
     #[arg(long, default_value_t = 2)]

@@ -1,21 +1,30 @@
-//! Steering: the LM proposes candidates, a scorer rates each "text so far + candidate" against a
-//! target embedding, and a selector picks one.
+//! Steering: a language model proposes candidates, an objective scores each "text so far +
+//! candidate", and a search keeps the best.
 //!
-//! Two traits keep this open to other models: [`CausalLm`] and [`Scorer`].
+//! One room per idea:
+//! - [`objectives`]: what to steer toward ([`Objective`]; embeddings through [`Scorer`]);
+//! - [`search`]: how (the seed loop, MAGIC, beam search), one file each;
+//! - [`constraints`]: what may never be written (the blocklist);
+//! - [`describe`]: the describe API over them (options, events, results);
+//! - [`lm`]: language models behind [`CausalLm`].
 
 pub mod constraints;
 pub mod describe;
 pub mod lm;
-pub mod scorer;
-pub mod sentence;
-pub mod target;
+pub mod objectives;
+pub mod search;
+
+// The paths these modules had before objectives got their own room.
+pub use objectives::embedding as scorer;
+pub use objectives::{sentence, target};
 
 use anyhow::Result;
 
-pub use describe::{describe, DescribeOptions, StepEvent, Strategy};
+pub use describe::{describe, describe_with, DescribeOptions, StepEvent, Strategy};
 pub use lm::{Gemma3Lm, GgufLm, Gpt2Lm};
-pub use scorer::ClipScorer;
-pub use sentence::SentenceScorer;
+pub use objectives::embedding::{ClipScorer, Embedding, Scorer};
+pub use objectives::sentence::SentenceScorer;
+pub use objectives::{normalize, Objective, ScoreBatch};
 
 /// A causal language model with an incremental cache.
 pub trait CausalLm {
@@ -53,47 +62,4 @@ pub struct Branches<C> {
     pub hidden: Vec<Vec<f32>>,
     pub logits: Vec<Vec<f32>>,
     pub cache: C,
-}
-
-/// Scores texts by cosine similarity of their embedding with a target embedding.
-pub trait Scorer {
-    /// What can be reused between the texts of one step: their shared beginning.
-    type Prefix;
-
-    /// Prepares for scoring texts that begin with `text`. `previous`, the prefix of the last
-    /// step, lets an implementation reuse the part the two share.
-    fn prefix(&self, text: &str, previous: Option<&Self::Prefix>) -> Result<Self::Prefix>;
-    /// The embedding of a text on its own (unnormalised), to build text targets from.
-    fn embed_text(&self, text: &str) -> Result<Vec<f32>>;
-    /// The temperature of MAGIC's softmax over candidates' similarities: CLIP's trained
-    /// exp(logit_scale); a tuned value for encoders trained otherwise.
-    fn logit_scale(&self) -> f32 {
-        100.0
-    }
-    /// Cosine similarity of each text with `target` (a unit vector), reusing `prefix`.
-    fn similarities(
-        &self,
-        prefix: &Self::Prefix,
-        texts: &[String],
-        target: &[f32],
-    ) -> Result<ScoreBatch>;
-}
-
-/// Similarities of one batch and what computing them cost.
-#[derive(Debug, Clone, Default)]
-pub struct ScoreBatch {
-    pub similarities: Vec<f32>,
-    /// Encoder positions computed (padding included).
-    pub positions_computed: usize,
-    /// Distinct token sequences embedded (identical ones are embedded once).
-    pub distinct: usize,
-}
-
-/// Scales a vector to unit length.
-pub fn normalize(v: &[f32]) -> Vec<f32> {
-    let norm = v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt() as f32;
-    if norm == 0.0 {
-        return v.to_vec();
-    }
-    v.iter().map(|x| x / norm).collect()
 }

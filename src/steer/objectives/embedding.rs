@@ -1,7 +1,8 @@
-//! CLIP as a [`Scorer`]: texts are embedded with the text prefix cache and compared with an
-//! image (or text) target.
+//! The embedding objective: cosine similarity of a text's embedding with a target embedding.
+//! [`Scorer`] is an encoder that embeds texts (with a prefix cache where it has one); CLIP and
+//! sentence encoders implement it, and [`Embedding`] makes any of them an [`Objective`].
 
-use super::{normalize, ScoreBatch, Scorer};
+use super::{normalize, Objective, ScoreBatch};
 use crate::image::{load_image, ClipImageProcessor, DecodeLimits};
 use crate::models::clip::{ClipModel, TextPrefix};
 use crate::tokenize::{load_from_dir, ClipTokenizer, TokenizerKind};
@@ -10,6 +11,61 @@ use candle_core::{Device, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
 
+/// Scores texts by cosine similarity of their embedding with a target embedding.
+pub trait Scorer {
+    /// What can be reused between the texts of one step: their shared beginning.
+    type Prefix;
+
+    /// Prepares for scoring texts that begin with `text`. `previous`, the prefix of the last
+    /// step, lets an implementation reuse the part the two share.
+    fn prefix(&self, text: &str, previous: Option<&Self::Prefix>) -> Result<Self::Prefix>;
+    /// The embedding of a text on its own (unnormalised), to build text targets from.
+    fn embed_text(&self, text: &str) -> Result<Vec<f32>>;
+    /// The temperature of MAGIC's softmax over candidates' similarities: CLIP's trained
+    /// exp(logit_scale); a tuned value for encoders trained otherwise.
+    fn logit_scale(&self) -> f32 {
+        100.0
+    }
+    /// Cosine similarity of each text with `target` (a unit vector), reusing `prefix`.
+    fn similarities(
+        &self,
+        prefix: &Self::Prefix,
+        texts: &[String],
+        target: &[f32],
+    ) -> Result<ScoreBatch>;
+}
+
+/// A [`Scorer`] and a unit-length target: the objective is the cosine similarity with it.
+pub struct Embedding<'a, S: ?Sized> {
+    pub scorer: &'a S,
+    /// Unit length, the scorer's embedding size.
+    pub target: &'a [f32],
+}
+
+impl<'a, S: Scorer + ?Sized> Embedding<'a, S> {
+    pub fn new(scorer: &'a S, target: &'a [f32]) -> Self {
+        Self { scorer, target }
+    }
+}
+
+impl<S: Scorer + ?Sized> Objective for Embedding<'_, S> {
+    type Prefix = S::Prefix;
+
+    fn prefix(&self, text: &str, previous: Option<&S::Prefix>) -> Result<S::Prefix> {
+        self.scorer.prefix(text, previous)
+    }
+
+    fn score(&self, prefix: &S::Prefix, texts: &[String]) -> Result<ScoreBatch> {
+        self.scorer.similarities(prefix, texts, self.target)
+    }
+
+    fn softmax_scale(&self) -> f32 {
+        self.scorer.logit_scale()
+    }
+}
+
+/// CLIP as a [`Scorer`]: texts are embedded with the text prefix cache and compared with an
+/// image (or text) target.
 pub struct ClipScorer {
     pub model: ClipModel,
     pub tokenizer: ClipTokenizer,
@@ -87,18 +143,34 @@ impl Scorer for ClipScorer {
         texts: &[String],
         target: &[f32],
     ) -> Result<ScoreBatch> {
+        // Equal texts are tokenized once, and texts that tokenize alike are embedded once.
+        let mut unique_texts: Vec<&str> = Vec::new();
+        let mut text_slot: HashMap<&str, usize> = HashMap::new();
+        let text_slots: Vec<usize> = texts
+            .iter()
+            .map(|text| {
+                *text_slot.entry(text.as_str()).or_insert_with(|| {
+                    unique_texts.push(text);
+                    unique_texts.len() - 1
+                })
+            })
+            .collect();
         let mut distinct: Vec<Vec<u32>> = Vec::new();
         let mut slot_of: HashMap<Vec<u32>, usize> = HashMap::new();
-        let mut slots = Vec::with_capacity(texts.len());
-        for text in texts {
-            let ids = self.tokenizer.encode(text)?;
-            let next = distinct.len();
-            let slot = *slot_of.entry(ids.clone()).or_insert(next);
-            if slot == next {
-                distinct.push(ids);
-            }
-            slots.push(slot);
-        }
+        let id_slots: Vec<usize> = self
+            .tokenizer
+            .encode_batch(&unique_texts)?
+            .into_iter()
+            .map(|ids| {
+                let next = distinct.len();
+                let slot = *slot_of.entry(ids.clone()).or_insert(next);
+                if slot == next {
+                    distinct.push(ids);
+                }
+                slot
+            })
+            .collect();
+        let slots: Vec<usize> = text_slots.iter().map(|&t| id_slots[t]).collect();
         let embedded = self.model.text_features_with_prefix(prefix, &distinct)?;
         let target = Tensor::new(target, self.model.device())?;
         let cosines = crate::models::clip::cosine_to(&embedded.features, &target)?;
@@ -119,7 +191,7 @@ pub fn image_target(scorer: &ClipScorer, path: &Path, limits: DecodeLimits) -> R
 /// chosen by the model's config.json.
 pub enum Encoder {
     Clip(Box<ClipScorer>),
-    Sentence(Box<super::SentenceScorer>),
+    Sentence(Box<super::sentence::SentenceScorer>),
 }
 
 pub enum EncoderPrefix {
@@ -132,7 +204,7 @@ impl Encoder {
         let config: serde_json::Value = crate::models::read_config(dir)?;
         match config["model_type"].as_str() {
             Some("clip") => Ok(Self::Clip(Box::new(ClipScorer::load(dir, device)?))),
-            Some("bert") => Ok(Self::Sentence(Box::new(super::SentenceScorer::load(dir, device)?))),
+            Some("bert") => Ok(Self::Sentence(Box::new(super::sentence::SentenceScorer::load(dir, device)?))),
             other => anyhow::bail!(
                 "{}: model_type {} is not a supported encoder (clip, or a sentence-transformers bert)",
                 dir.display(),

@@ -1,0 +1,528 @@
+//! The describe pipeline behind every face (the command line, `serve`, `evade`, and the Python
+//! package to come): defaults, the device, model loading, target building, and the batch loop
+//! over inputs (directories, shards, `--resume`, the `--out` file). A face parses its own
+//! arguments into these types and shows progress its own way; what is computed lives here.
+
+use crate::events::{done_json, error_json};
+use crate::image::DecodeLimits;
+use crate::load::{load_encoder, load_lm};
+use crate::steer::constraints::Blocklist;
+use crate::steer::describe::{
+    describe, validate, BeamParams, DescribeOptions, DescribeResult, MagicParams, Sampling,
+    ScoredText, StepEvent, Strategy,
+};
+use crate::steer::lm::LanguageModel;
+use crate::steer::scorer::Encoder;
+use crate::steer::target::{combine, TargetPart};
+use crate::steer::Scorer;
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use serde_json::Value;
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The language model describe uses when none is named.
+pub const DEFAULT_LM: &str = "openai-community/gpt2";
+/// The encoder describe uses when none is named.
+pub const DEFAULT_CLIP: &str = "openai/clip-vit-base-patch32";
+/// The original demo's configuration (`--preset seed`).
+pub const SEED_CLIP: &str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K";
+pub const SEED_TOP_K: usize = 2500;
+
+/// Where models run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceChoice {
+    /// CUDA when this build has it and a GPU is present, else the CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// The device for `choice`; `Cuda` is an error when no GPU can be used.
+pub fn select_device(choice: DeviceChoice) -> Result<Device> {
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Cuda => {
+            if !candle_core::utils::cuda_is_available() {
+                bail!("--device cuda: this clipsteer was built without CUDA or no GPU is visible; rebuild with `cargo build --release --features cuda`");
+            }
+            Device::new_cuda(0).map_err(|e| {
+                anyhow::anyhow!("--device cuda: no usable GPU ({e}); check the NVIDIA driver, or use --device cpu")
+            })
+        }
+        DeviceChoice::Auto => {
+            if candle_core::utils::cuda_is_available() {
+                if let Ok(device) = Device::new_cuda(0) {
+                    return Ok(device);
+                }
+            }
+            Ok(Device::Cpu)
+        }
+    }
+}
+
+/// A named configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Preset {
+    /// The original demo: CLIP ViT-H-14 (LAION) with top-k 2500.
+    Seed,
+}
+
+impl Preset {
+    pub fn encoder(self) -> &'static str {
+        match self {
+            Preset::Seed => SEED_CLIP,
+        }
+    }
+
+    pub fn top_k(self) -> usize {
+        match self {
+            Preset::Seed => SEED_TOP_K,
+        }
+    }
+}
+
+/// The blocklist flags, shared by every face that steers (`--block`, `--blocklist`,
+/// `--block-substrings`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct BlockArgs {
+    /// Words never to write, comma-separated (case-insensitive, whole words).
+    #[arg(long, value_delimiter = ',', value_name = "WORDS")]
+    pub block: Vec<String>,
+    /// A file of words never to write: one per line (or comma-separated), # comments.
+    #[arg(long, value_name = "FILE")]
+    pub blocklist: Option<PathBuf>,
+    /// Block any text containing a blocked word as a substring, not only as a whole word.
+    #[arg(long)]
+    pub block_substrings: bool,
+}
+
+impl BlockArgs {
+    /// The words of --block and --blocklist together.
+    pub fn to_blocklist(&self) -> Result<Blocklist> {
+        let mut words = self.block.clone();
+        if let Some(path) = &self.blocklist {
+            words.extend(Blocklist::read_file(path)?);
+        }
+        Blocklist::new(words, self.block_substrings)
+    }
+}
+
+/// Text targets and weights, as given (`--target-text`, `--avoid-text`, `--target-weight`).
+#[derive(Debug, Clone, Default)]
+pub struct TargetSpec {
+    /// Texts to steer toward.
+    pub target_text: Vec<String>,
+    /// Texts to steer away from.
+    pub avoid_text: Vec<String>,
+    /// Weights, in order: the image (when there is one), each target text, each avoided text;
+    /// unlisted weights are 1.
+    pub target_weight: Vec<f32>,
+}
+
+impl TargetSpec {
+    /// The parts of a target that are the same for every image: the text targets, weighted.
+    pub fn text_parts<S: Scorer + ?Sized>(
+        &self,
+        scorer: &S,
+        has_image: bool,
+    ) -> Result<Vec<TargetPart>> {
+        let wanted = usize::from(has_image) + self.target_text.len() + self.avoid_text.len();
+        if self.target_weight.len() > wanted {
+            bail!(
+                "{} --target-weight values for {wanted} targets (the image, then each --target-text, then each --avoid-text)",
+                self.target_weight.len()
+            );
+        }
+        let weight = |index: usize| self.target_weight.get(index).copied().unwrap_or(1.0);
+        let offset = usize::from(has_image);
+        let mut parts = Vec::new();
+        for (i, text) in self.target_text.iter().enumerate() {
+            parts.push(TargetPart {
+                embedding: scorer.embed_text(text)?,
+                weight: weight(offset + i),
+            });
+        }
+        for (i, text) in self.avoid_text.iter().enumerate() {
+            let w = weight(offset + self.target_text.len() + i);
+            parts.push(TargetPart {
+                embedding: scorer.embed_text(text)?,
+                weight: -w,
+            });
+        }
+        Ok(parts)
+    }
+
+    /// The weight of an image target.
+    pub fn image_weight(&self) -> f32 {
+        self.target_weight.first().copied().unwrap_or(1.0)
+    }
+}
+
+/// Text targets embedded once, ready to combine with each image.
+#[derive(Debug, Clone)]
+pub struct Targets {
+    pub text_parts: Vec<TargetPart>,
+    pub image_weight: f32,
+}
+
+impl Targets {
+    pub fn prepare<S: Scorer + ?Sized>(
+        spec: &TargetSpec,
+        scorer: &S,
+        has_image: bool,
+    ) -> Result<Self> {
+        Ok(Self {
+            text_parts: spec.text_parts(scorer, has_image)?,
+            image_weight: spec.image_weight(),
+        })
+    }
+
+    /// The unit-length target for one input: the image (if any) and the text parts, combined.
+    pub fn for_input(&self, encoder: &Encoder, image: Option<&Path>) -> Result<Vec<f32>> {
+        match image {
+            Some(path) => {
+                let embedding = encoder.image_target(path, DecodeLimits::default())?;
+                let mut parts = vec![TargetPart {
+                    embedding,
+                    weight: self.image_weight,
+                }];
+                parts.extend(self.text_parts.iter().cloned());
+                combine(&parts)
+            }
+            None => combine(&self.text_parts),
+        }
+    }
+}
+
+/// Everything describe needs to know besides its inputs, with `None` for "the default".
+#[derive(Debug, Clone)]
+pub struct DescribeSpec {
+    /// A GPT-2 directory or hub id, or a llama-family `.gguf` file.
+    pub lm: String,
+    /// CLIP or a sentence encoder; None: the preset's, else [`DEFAULT_CLIP`].
+    pub encoder: Option<String>,
+    pub preset: Option<Preset>,
+    pub prompt: String,
+    /// None: the preset's, else the strategy's ([`Strategy::default_top_k`]).
+    pub top_k: Option<usize>,
+    pub max_tokens: usize,
+    pub strategy: Strategy,
+    pub magic: MagicParams,
+    pub beam: BeamParams,
+    /// Go on to `max_tokens` instead of stopping at the end of a sentence (magic, beam).
+    pub no_sentence_stop: bool,
+    /// None: the strategy's ([`Strategy::default_scored_text`]).
+    pub score_text: Option<ScoredText>,
+    /// None: greedy. Seed strategy only.
+    pub sampling: Option<Sampling>,
+    pub prefilter: Option<usize>,
+    pub blocklist: Blocklist,
+}
+
+impl DescribeSpec {
+    /// The CLI's defaults: GPT-2, "An image of ", 25 tokens, the seed strategy.
+    pub fn new(prompt: &str, strategy: Strategy) -> Self {
+        Self {
+            lm: DEFAULT_LM.to_string(),
+            encoder: None,
+            preset: None,
+            prompt: prompt.to_string(),
+            top_k: None,
+            max_tokens: 25,
+            strategy,
+            magic: MagicParams::default(),
+            beam: BeamParams::default(),
+            no_sentence_stop: false,
+            score_text: None,
+            sampling: None,
+            prefilter: None,
+            blocklist: Blocklist::default(),
+        }
+    }
+
+    /// The encoder to load.
+    pub fn encoder_spec(&self) -> String {
+        self.encoder.clone().unwrap_or_else(|| {
+            self.preset
+                .map_or(DEFAULT_CLIP, Preset::encoder)
+                .to_string()
+        })
+    }
+
+    /// The loop's options, defaults filled in.
+    pub fn options(&self) -> Result<DescribeOptions> {
+        let defaults = DescribeOptions::for_strategy(&self.prompt, self.strategy);
+        let options = DescribeOptions {
+            top_k: self
+                .top_k
+                .unwrap_or_else(|| self.preset.map_or(defaults.top_k, Preset::top_k)),
+            max_tokens: self.max_tokens,
+            sampling: self.sampling,
+            prefilter: self.prefilter,
+            blocklist: self.blocklist.clone(),
+            magic: self.magic,
+            beam: self.beam,
+            stop_at_sentence_end: defaults.stop_at_sentence_end && !self.no_sentence_stop,
+            scored_text: self.score_text.unwrap_or(defaults.scored_text),
+            ..defaults
+        };
+        if self.sampling.is_some() && self.strategy != Strategy::Seed {
+            bail!("--sample applies to --strategy seed only");
+        }
+        Ok(options)
+    }
+}
+
+/// Expands files and directories (recursively, sorted) into the list of images to describe.
+pub fn collect_inputs(paths: &[PathBuf]) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            out.push(dir.to_path_buf()); // reported as unreadable later
+            return;
+        };
+        let mut entries: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        entries.sort();
+        for path in entries {
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path
+                .extension()
+                .and_then(|e| e.to_str())
+                .map(|e| {
+                    matches!(
+                        e.to_ascii_lowercase().as_str(),
+                        "jpg" | "jpeg" | "png" | "webp"
+                    )
+                })
+                .unwrap_or(false)
+            {
+                out.push(path);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            walk(path, &mut out);
+        } else {
+            out.push(path.clone());
+        }
+    }
+    out
+}
+
+/// Images already finished in an out file. A partial last line (a run killed mid-write) is cut
+/// off so that the file stays valid JSON lines.
+pub fn finished_images(out: &Path) -> Result<HashSet<String>> {
+    let mut done = HashSet::new();
+    let Ok(bytes) = std::fs::read(out) else {
+        return Ok(done);
+    };
+    let complete = match bytes.iter().rposition(|&b| b == b'\n') {
+        Some(last_newline) => last_newline + 1,
+        None => 0,
+    };
+    if complete < bytes.len() {
+        let file = std::fs::OpenOptions::new().write(true).open(out)?;
+        file.set_len(complete as u64)
+            .with_context(|| format!("cannot trim the partial last line of {}", out.display()))?;
+    }
+    for line in String::from_utf8_lossy(&bytes[..complete]).lines() {
+        if let Ok(value) = serde_json::from_str::<serde_json::Value>(line) {
+            if value["event"] == "done" {
+                if let Some(image) = value["image"].as_str() {
+                    done.insert(image.to_string());
+                }
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// One job of a batch: an image, or `None` for a job steered by the text targets alone.
+pub type Input = Option<PathBuf>;
+
+/// How an input is named in events and in the out file.
+pub fn input_label(input: &Input) -> Option<String> {
+    input.as_ref().map(|p| p.display().to_string())
+}
+
+/// Which inputs a batch runs.
+#[derive(Debug, Clone, Default)]
+pub struct InputSpec {
+    /// Image files or directories; empty: one job steered by the text targets alone.
+    pub images: Vec<PathBuf>,
+    /// Take inputs `i` with `i mod N = I` (0-based `(I, N)`).
+    pub shard: Option<(usize, usize)>,
+    /// Skip inputs that already have a `done` line in this out file.
+    pub resume_from: Option<PathBuf>,
+}
+
+impl InputSpec {
+    /// The inputs to run, in order: directories expanded, the shard taken, finished ones
+    /// skipped. Empty when there is nothing left to do.
+    pub fn plan(&self) -> Result<Vec<Input>> {
+        let mut inputs: Vec<Input> = if self.images.is_empty() {
+            vec![None]
+        } else {
+            collect_inputs(&self.images).into_iter().map(Some).collect()
+        };
+        if let Some((index, count)) = self.shard {
+            inputs = inputs
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| i % count == index)
+                .map(|(_, p)| p)
+                .collect();
+        }
+        if let Some(out) = &self.resume_from {
+            let done = finished_images(out)?;
+            inputs.retain(|input| !done.contains(&input_label(input).unwrap_or_default()));
+        }
+        Ok(inputs)
+    }
+}
+
+/// Loaded models, options and targets: describes one input at a time.
+pub struct Describer {
+    pub lm: LanguageModel,
+    pub encoder: Encoder,
+    pub options: DescribeOptions,
+    pub targets: Targets,
+    /// Where each model came from (id, revision, resolved commit; or a local path), recorded in
+    /// every `done` event so that a result can be reproduced.
+    pub models: Value,
+}
+
+impl Describer {
+    /// Loads the LM and the encoder, checks the options against the LM, and embeds the text
+    /// targets. `has_image`: whether inputs are images (the first weight is then the image's).
+    pub fn load(
+        spec: &DescribeSpec,
+        targets: &TargetSpec,
+        has_image: bool,
+        device: &Device,
+    ) -> Result<Self> {
+        let options = spec.options()?;
+        let lm = load_lm(&spec.lm, device)?;
+        let encoder = load_encoder(&spec.encoder_spec(), device)?;
+        validate(&lm, &options)?;
+        let targets = Targets::prepare(targets, &encoder, has_image)?;
+        let models =
+            crate::events::models_json(&[("lm", &spec.lm), ("encoder", &spec.encoder_spec())]);
+        Ok(Self {
+            lm,
+            encoder,
+            options,
+            targets,
+            models,
+        })
+    }
+
+    /// Describes one input, calling `on_step` after every step.
+    pub fn describe(
+        &self,
+        image: Option<&Path>,
+        on_step: impl FnMut(&StepEvent) -> Result<()>,
+    ) -> Result<DescribeResult> {
+        let target = self.targets.for_input(&self.encoder, image)?;
+        describe(&self.lm, &self.encoder, &target, &self.options, on_step)
+    }
+}
+
+/// What a batch reports as it goes.
+pub enum BatchEvent<'a> {
+    /// A step of the input named `image`.
+    Step {
+        image: Option<&'a str>,
+        event: &'a StepEvent,
+    },
+    /// An input finished; `line` is its `done` event, as written to the out file.
+    Done {
+        image: Option<&'a str>,
+        result: &'a DescribeResult,
+        line: &'a Value,
+    },
+    /// An input failed; `message` is one line, `line` its `error` event.
+    Failed {
+        image: Option<&'a str>,
+        message: &'a str,
+        line: &'a Value,
+        /// Whether `message` already names the input (an unreadable image's error does), so
+        /// that a face printing "input: message" would say the path twice.
+        names_input: bool,
+    },
+}
+
+/// How a batch went.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BatchSummary {
+    pub described: usize,
+    pub failed: usize,
+}
+
+/// Describes every input in order. A failing input gives a `Failed` event and the batch goes
+/// on; `out` (appended to, one whole line per input) gets each `done` or `error` line. An error
+/// from `observer` or from writing `out` ends the batch.
+pub fn run_batch(
+    describer: &Describer,
+    inputs: &[Input],
+    out: Option<&Path>,
+    mut observer: impl FnMut(BatchEvent) -> Result<()>,
+) -> Result<BatchSummary> {
+    let mut out_file = match out {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open --out {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let mut summary = BatchSummary::default();
+    for input in inputs {
+        let image = input_label(input);
+        let started = std::time::Instant::now();
+        let outcome = describer.describe(input.as_deref(), |event| {
+            observer(BatchEvent::Step {
+                image: image.as_deref(),
+                event,
+            })
+        });
+        let line = match outcome {
+            Ok(result) => {
+                summary.described += 1;
+                let mut line =
+                    done_json(image.as_deref(), &result, started.elapsed().as_secs_f64());
+                line["models"] = describer.models.clone();
+                observer(BatchEvent::Done {
+                    image: image.as_deref(),
+                    result: &result,
+                    line: &line,
+                })?;
+                line
+            }
+            Err(e) => {
+                summary.failed += 1;
+                let message = crate::error_line(&e);
+                let line = error_json(image.as_deref(), &message);
+                observer(BatchEvent::Failed {
+                    image: image.as_deref(),
+                    message: &message,
+                    line: &line,
+                    names_input: e.downcast_ref::<crate::image::ImageFile>().is_some(),
+                })?;
+                line
+            }
+        };
+        if let Some(file) = out_file.as_mut() {
+            // One write per line, so that a killed run leaves at most one partial line.
+            file.write_all(format!("{line}\n").as_bytes())?;
+            file.flush()?;
+        }
+    }
+    Ok(summary)
+}

@@ -1,0 +1,59 @@
+//! Objectives: what a search steers toward. Candidate texts go in, batched; one score per text
+//! comes out, higher is better.
+//!
+//! - [`embedding`]: cosine similarity of a text's embedding (CLIP or a sentence encoder) with a
+//!   target embedding ([`embedding::Embedding`] over any [`embedding::Scorer`]).
+//! - [`target`]: how image and text targets combine into that target embedding.
+
+pub mod embedding;
+pub mod sentence;
+pub mod target;
+
+use anyhow::Result;
+
+pub use embedding::{Embedding, Scorer};
+
+/// Scores candidate texts; higher is better.
+///
+/// A search scores, each step, many texts that share a beginning (the text so far). `prefix`
+/// lets an objective compute that beginning once per step (CLIP's text prefix cache, a victim
+/// LM's KV cache) and `score` reuse it for every candidate.
+pub trait Objective {
+    /// What can be reused between the texts of one step: their shared beginning.
+    type Prefix;
+
+    /// Prepares for scoring texts that begin with `text`. `previous`, the prefix of the last
+    /// step, lets an implementation reuse the part the two share.
+    fn prefix(&self, text: &str, previous: Option<&Self::Prefix>) -> Result<Self::Prefix>;
+
+    /// One score per text, in order (`ScoreBatch::similarities` has `texts.len()` entries).
+    /// Every text begins with the text `prefix` was made for.
+    fn score(&self, prefix: &Self::Prefix, texts: &[String]) -> Result<ScoreBatch>;
+
+    /// The temperature MAGIC multiplies scores by before its softmax over candidates: CLIP's
+    /// trained exp(logit_scale) for embeddings; 1 for objectives with no such scale.
+    fn softmax_scale(&self) -> f32 {
+        1.0
+    }
+}
+
+/// Scores of one batch and what computing them cost.
+#[derive(Debug, Clone, Default)]
+pub struct ScoreBatch {
+    /// One score per text, higher is better: the cosine similarity for embedding objectives
+    /// (the name predates other objectives and is kept for the event fields built from it).
+    pub similarities: Vec<f32>,
+    /// Encoder positions computed (padding included).
+    pub positions_computed: usize,
+    /// Distinct token sequences embedded (identical ones are embedded once).
+    pub distinct: usize,
+}
+
+/// Scales a vector to unit length.
+pub fn normalize(v: &[f32]) -> Vec<f32> {
+    let norm = v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt() as f32;
+    if norm == 0.0 {
+        return v.to_vec();
+    }
+    v.iter().map(|x| x / norm).collect()
+}

@@ -1,0 +1,305 @@
+//! Beam search over the LM's top-k, ranked by the objective plus a fluency weight on the mean
+//! log-probability.
+
+use super::{all_blocked, allowed_candidates, ends_sentence, log_softmax, top_k, ScoredPart};
+use crate::steer::describe::{validate, Candidate, DescribeOptions, DescribeResult, StepEvent};
+use crate::steer::objectives::Objective;
+use crate::steer::CausalLm;
+use anyhow::Result;
+
+/// Beam search settings.
+#[derive(Debug, Clone, Copy)]
+pub struct BeamParams {
+    /// Hypotheses kept each step.
+    pub width: usize,
+    /// Weight of the mean per-token log-probability (nats) against the similarity, both while
+    /// searching and in the final rerank: score = similarity + fluency × mean log p.
+    pub fluency: f32,
+}
+
+impl Default for BeamParams {
+    fn default() -> Self {
+        Self {
+            width: 4,
+            fluency: 0.1,
+        }
+    }
+}
+
+/// One hypothesis of the beam.
+struct Hypothesis<C> {
+    /// Prompt included.
+    ids: Vec<u32>,
+    text: String,
+    scored_text: String,
+    /// Sum of the generated tokens' log-probabilities.
+    log_prob: f64,
+    similarity: f32,
+    /// The LM state after `ids`, and its next-token logits; None once finished.
+    state: Option<(C, Vec<f32>)>,
+}
+
+/// What the beam ranks by, and the final rerank too: similarity plus `fluency` × the mean
+/// per-token log-probability of the generated tokens.
+pub fn beam_score(similarity: f32, log_prob: f64, generated: usize, fluency: f32) -> f32 {
+    similarity + fluency * (log_prob / generated.max(1) as f64) as f32
+}
+
+/// One way to extend a live hypothesis.
+struct Expansion {
+    parent: usize,
+    token: u32,
+    /// The LM chose to end the text: the parent finishes as it is.
+    ends_text: bool,
+    phrase: String,
+    scored_text: String,
+    log_prob: f64,
+    similarity: f32,
+    score: f32,
+}
+
+/// Beam search: every live hypothesis proposes its LM top-k (blocked ones dropped), each
+/// extension is scored against the target, and the `width` best by [`beam_score`] go on.
+/// Hypotheses finish at the end of a sentence or at the LM's end-of-text token; the result is
+/// the best finished one (or the best live one at --max-tokens) by the same score. The streamed
+/// text is the current best hypothesis, so unlike the greedy loops it can change more than its
+/// last token from one step to the next.
+pub fn run<L: CausalLm, O: Objective>(
+    lm: &L,
+    objective: &O,
+    options: &DescribeOptions,
+    mut on_step: impl FnMut(&StepEvent) -> Result<()>,
+) -> Result<DescribeResult> {
+    let prompt_ids = validate(lm, options)?;
+    let scored_part = ScoredPart::new(lm, &prompt_ids, options.scored_text)?;
+    let params = options.beam;
+    let generated = |h: &Hypothesis<L::Cache>| h.ids.len() - prompt_ids.len();
+    let score_of = |h: &Hypothesis<L::Cache>| {
+        beam_score(h.similarity, h.log_prob, generated(h), params.fluency)
+    };
+    let mut clock = std::time::Instant::now();
+    let mut cache = lm.new_cache();
+    let logits = lm.next_logits(&prompt_ids, &mut cache)?;
+    let text = lm.decode(&prompt_ids)?;
+    let mut live = vec![Hypothesis {
+        scored_text: scored_part.of(lm, &prompt_ids, &text)?,
+        ids: prompt_ids.clone(),
+        text,
+        log_prob: 0.0,
+        similarity: f32::NAN,
+        state: Some((cache, logits)),
+    }];
+    let mut lm_seconds = clock.elapsed().as_secs_f64();
+    let mut finished: Vec<Hypothesis<L::Cache>> = Vec::new();
+    let mut stop_reason = None;
+    for step in 0..options.max_tokens {
+        clock = std::time::Instant::now();
+        let mut expansions = Vec::new();
+        let mut positions_computed = 0;
+        let mut ranked_total = 0;
+        for (parent, hypothesis) in live.iter().enumerate() {
+            let Some((_, logits)) = &hypothesis.state else {
+                continue;
+            };
+            let ranked = top_k(logits, options.top_k)?;
+            ranked_total += ranked.len();
+            let log_probs = log_softmax(logits);
+            let eos = lm.eos_token_id();
+            // Ending adds no text, so it needs no scoring; an empty text cannot end.
+            let ends_text = eos.filter(|e| step > 0 && ranked.contains(e));
+            let ranked: Vec<u32> = ranked.into_iter().filter(|&c| Some(c) != eos).collect();
+            let allowed = allowed_candidates(
+                lm,
+                &hypothesis.ids,
+                &ranked,
+                &options.blocklist,
+                &scored_part,
+            )?;
+            let step_prefix = objective.prefix(&hypothesis.scored_text, None)?;
+            let scores = objective.score(&step_prefix, &allowed.scored)?;
+            positions_computed += scores.positions_computed;
+            let length = generated(hypothesis) + 1;
+            for (i, (phrase, scored_text)) in
+                allowed.phrases.into_iter().zip(allowed.scored).enumerate()
+            {
+                let token = allowed.ids[i];
+                let log_prob = hypothesis.log_prob + log_probs[token as usize];
+                let similarity = scores.similarities[i];
+                expansions.push(Expansion {
+                    parent,
+                    token,
+                    ends_text: false,
+                    phrase,
+                    scored_text,
+                    log_prob,
+                    similarity,
+                    score: beam_score(similarity, log_prob, length, params.fluency),
+                });
+            }
+            if let Some(eos) = ends_text {
+                expansions.push(Expansion {
+                    parent,
+                    token: eos,
+                    ends_text: true,
+                    phrase: hypothesis.text.clone(),
+                    scored_text: hypothesis.scored_text.clone(),
+                    log_prob: hypothesis.log_prob,
+                    similarity: hypothesis.similarity,
+                    score: score_of(hypothesis),
+                });
+            }
+        }
+        let score_seconds = clock.elapsed().as_secs_f64();
+        if expansions.is_empty() {
+            stop_reason = Some(all_blocked(step, ranked_total));
+            break;
+        }
+        // Best first; ties keep the earlier parent and the higher LM rank (a stable sort).
+        let mut order: Vec<usize> = (0..expansions.len()).collect();
+        order.sort_by(|&a, &b| expansions[b].score.total_cmp(&expansions[a].score));
+        let top = {
+            let mut by_similarity: Vec<&Expansion> =
+                expansions.iter().filter(|e| !e.ends_text).collect();
+            by_similarity.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
+            // Hypotheses often propose the same token: show each once, at its best.
+            let mut top: Vec<Candidate> = Vec::with_capacity(5);
+            for expansion in by_similarity {
+                let token = lm.decode(&[expansion.token])?;
+                if !top.iter().any(|c| c.token == token) {
+                    top.push(Candidate {
+                        token,
+                        similarity: expansion.similarity,
+                    });
+                }
+                if top.len() == 5 {
+                    break;
+                }
+            }
+            top
+        };
+        let scored: Vec<(u32, f32)> = expansions
+            .iter()
+            .filter(|e| !e.ends_text)
+            .map(|e| (e.token, e.similarity))
+            .collect();
+
+        // The next beam, grouped by parent so that each parent's children share one LM forward.
+        let mut kept: Vec<usize> = Vec::new();
+        let mut newly_finished = 0;
+        for &i in &order {
+            if kept.len() == params.width {
+                break;
+            }
+            let expansion = &expansions[i];
+            let token_text = lm.decode(&[expansion.token])?;
+            let sentence_done = options.stop_at_sentence_end && ends_sentence(&token_text);
+            if expansion.ends_text || sentence_done || step + 1 == options.max_tokens {
+                let parent = &live[expansion.parent];
+                let mut ids = parent.ids.clone();
+                if !expansion.ends_text {
+                    ids.push(expansion.token);
+                }
+                finished.push(Hypothesis {
+                    ids,
+                    text: expansion.phrase.clone(),
+                    scored_text: expansion.scored_text.clone(),
+                    log_prob: expansion.log_prob,
+                    similarity: expansion.similarity,
+                    state: None,
+                });
+                newly_finished += 1;
+                if newly_finished == params.width {
+                    break;
+                }
+            } else {
+                kept.push(i);
+            }
+        }
+        clock = std::time::Instant::now();
+        let mut next_live = Vec::with_capacity(kept.len());
+        let mut parents: Vec<usize> = kept.iter().map(|&i| expansions[i].parent).collect();
+        parents.sort_unstable();
+        parents.dedup();
+        for parent in parents {
+            let children: Vec<usize> = kept
+                .iter()
+                .copied()
+                .filter(|&i| expansions[i].parent == parent)
+                .collect();
+            let tokens: Vec<u32> = children.iter().map(|&i| expansions[i].token).collect();
+            let Some((parent_cache, _)) = &live[parent].state else {
+                continue;
+            };
+            let branches = lm.branch(parent_cache, &tokens)?;
+            for (row, &i) in children.iter().enumerate() {
+                let expansion = &mut expansions[i];
+                let mut ids = live[parent].ids.clone();
+                ids.push(expansion.token);
+                next_live.push(Hypothesis {
+                    ids,
+                    text: std::mem::take(&mut expansion.phrase),
+                    scored_text: std::mem::take(&mut expansion.scored_text),
+                    log_prob: expansion.log_prob,
+                    similarity: expansion.similarity,
+                    state: Some((
+                        lm.keep_branch(&branches.cache, row)?,
+                        branches.logits[row].clone(),
+                    )),
+                });
+            }
+        }
+        lm_seconds += clock.elapsed().as_secs_f64();
+        live = next_live;
+
+        let leader = live
+            .iter()
+            .chain(finished.iter())
+            .max_by(|a, b| score_of(a).total_cmp(&score_of(b)));
+        if let Some(leader) = leader {
+            let token_id = *leader.ids.last().expect("the prompt is non-empty");
+            on_step(&StepEvent {
+                step,
+                token_id,
+                token: lm.decode(&[token_id])?,
+                text: leader.text.clone(),
+                similarity: leader.similarity,
+                top,
+                lm_seconds,
+                score_seconds,
+                positions_computed,
+                scored,
+            })?;
+        }
+        lm_seconds = 0.0;
+        // Stop once enough hypotheses have finished and none still live scores better.
+        let best_finished = finished
+            .iter()
+            .map(score_of)
+            .fold(f32::NEG_INFINITY, f32::max);
+        let best_live = live.iter().map(score_of).fold(f32::NEG_INFINITY, f32::max);
+        if live.is_empty() || finished.len() >= params.width && best_finished >= best_live {
+            break;
+        }
+    }
+    let best = finished
+        .into_iter()
+        .chain(live)
+        .filter(|h| h.ids.len() > prompt_ids.len())
+        .max_by(|a, b| score_of(a).total_cmp(&score_of(b)));
+    Ok(match best {
+        Some(best) => DescribeResult {
+            token_ids: best.ids[prompt_ids.len()..].to_vec(),
+            text: best.text,
+            similarity: best.similarity,
+            log_prob: best.log_prob,
+            stop_reason,
+        },
+        None => DescribeResult {
+            text: lm.decode(&prompt_ids)?,
+            token_ids: Vec::new(),
+            similarity: f32::NAN,
+            log_prob: 0.0,
+            stop_reason,
+        },
+    })
+}

@@ -1,0 +1,159 @@
+//! MAGIC (Su et al. 2022, "Language Models Can See"): each candidate scores
+//! (1−α)·p_LM − α·degeneration + β·softmax(score × scale).
+
+use super::{
+    all_blocked, allowed_candidates, argmax_first, chosen_event, cosine, ends_sentence,
+    log_softmax, top_k, Allowed, ScoredPart,
+};
+use crate::steer::describe::{validate, DescribeOptions, DescribeResult, StepEvent};
+use crate::steer::objectives::Objective;
+use crate::steer::CausalLm;
+use anyhow::Result;
+
+/// MAGIC's weights (the paper's defaults: α = 0.1, β = 2.0 with k = 45).
+#[derive(Debug, Clone, Copy)]
+pub struct MagicParams {
+    /// Weight of the degeneration penalty: the largest cosine between a candidate's hidden
+    /// state and those of the text so far.
+    pub alpha: f32,
+    /// Weight of the target term.
+    pub beta: f32,
+    /// Temperature of the target softmax; None: the encoder's own (CLIP's exp(logit_scale)).
+    pub scale: Option<f32>,
+}
+
+impl Default for MagicParams {
+    fn default() -> Self {
+        Self {
+            alpha: 0.1,
+            beta: 2.0,
+            scale: None,
+        }
+    }
+}
+
+fn softmax(values: &[f32], scale: f32) -> Vec<f32> {
+    let max = values.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = values.iter().map(|v| ((v - max) * scale).exp()).collect();
+    let total: f32 = exps.iter().sum();
+    exps.iter().map(|e| e / total).collect()
+}
+
+/// MAGIC's per-candidate score.
+pub fn magic_scores(
+    probabilities: &[f32],
+    degeneration: &[f32],
+    similarities: &[f32],
+    logit_scale: f32,
+    params: MagicParams,
+) -> Vec<f32> {
+    let visual = softmax(similarities, logit_scale);
+    probabilities
+        .iter()
+        .zip(degeneration)
+        .zip(&visual)
+        .map(|((p, d), v)| (1.0 - params.alpha) * p - params.alpha * d + params.beta * v)
+        .collect()
+}
+
+/// The MAGIC loop: each step branches the LM on every allowed candidate in one batched forward
+/// (for their hidden states, and so that the chosen branch's cache and logits are reused),
+/// scores them against the target, and keeps the best MAGIC score.
+pub fn run<L: CausalLm, O: Objective>(
+    lm: &L,
+    objective: &O,
+    options: &DescribeOptions,
+    mut on_step: impl FnMut(&StepEvent) -> Result<()>,
+) -> Result<DescribeResult> {
+    let prompt_ids = validate(lm, options)?;
+    let scored_part = ScoredPart::new(lm, &prompt_ids, options.scored_text)?;
+    let mut cache = lm.new_cache();
+    let mut ids = prompt_ids.clone();
+    let mut clock = std::time::Instant::now();
+    let (mut logits, mut history) = lm.next_logits_and_hidden(&prompt_ids, &mut cache)?;
+    let mut lm_seconds = clock.elapsed().as_secs_f64();
+    let mut text = lm.decode(&ids)?;
+    let mut scored_text = scored_part.of(lm, &ids, &text)?;
+    let mut similarity = f32::NAN;
+    let mut log_prob = 0.0;
+    let mut prefix: Option<O::Prefix> = None;
+    let mut stop_reason = None;
+    for step in 0..options.max_tokens {
+        let ranked = top_k(&logits, options.top_k)?;
+        let log_probs = log_softmax(&logits);
+        let probabilities: Vec<f32> = ranked
+            .iter()
+            .map(|&c| log_probs[c as usize].exp() as f32)
+            .collect();
+        let Allowed {
+            ids: candidates,
+            mut phrases,
+            mut scored,
+            ranks,
+        } = allowed_candidates(lm, &ids, &ranked, &options.blocklist, &scored_part)?;
+        if candidates.is_empty() {
+            stop_reason = Some(all_blocked(step, ranked.len()));
+            break;
+        }
+        let kept_probabilities: Vec<f32> = ranks.iter().map(|&r| probabilities[r]).collect();
+        clock = std::time::Instant::now();
+        let branches = lm.branch(&cache, &candidates)?;
+        lm_seconds += clock.elapsed().as_secs_f64();
+        let degeneration: Vec<f32> = branches
+            .hidden
+            .iter()
+            .map(|h| {
+                history
+                    .iter()
+                    .map(|past| cosine(h, past))
+                    .fold(f32::NEG_INFINITY, f32::max)
+            })
+            .collect();
+        clock = std::time::Instant::now();
+        let step_prefix = objective.prefix(&scored_text, prefix.as_ref())?;
+        let scores = objective.score(&step_prefix, &scored)?;
+        prefix = Some(step_prefix);
+        let score_seconds = clock.elapsed().as_secs_f64();
+        let sims = &scores.similarities;
+        let scale = options
+            .magic
+            .scale
+            .unwrap_or_else(|| objective.softmax_scale());
+        let magic = magic_scores(
+            &kept_probabilities,
+            &degeneration,
+            sims,
+            scale,
+            options.magic,
+        );
+        let chosen = argmax_first(&magic);
+        let token_id = candidates[chosen];
+        if options.stop_at_sentence_end && lm.eos_token_id() == Some(token_id) {
+            // The model chose to end the text: nothing more to write.
+            break;
+        }
+        ids.push(token_id);
+        log_prob += log_probs[token_id as usize];
+        text = std::mem::take(&mut phrases[chosen]);
+        scored_text = std::mem::take(&mut scored[chosen]);
+        similarity = sims[chosen];
+        let timing = (lm_seconds, score_seconds);
+        let event = chosen_event(lm, step, &text, &candidates, chosen, &scores, timing)?;
+        on_step(&event)?;
+        if options.stop_at_sentence_end && ends_sentence(&event.token) {
+            break;
+        }
+        clock = std::time::Instant::now();
+        cache = lm.keep_branch(&branches.cache, chosen)?;
+        logits = branches.logits[chosen].clone();
+        history.push(branches.hidden[chosen].clone());
+        lm_seconds = clock.elapsed().as_secs_f64();
+    }
+    Ok(DescribeResult {
+        text,
+        token_ids: ids[prompt_ids.len()..].to_vec(),
+        similarity,
+        log_prob,
+        stop_reason,
+    })
+}
