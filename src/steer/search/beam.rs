@@ -37,6 +37,8 @@ struct Hypothesis<C> {
     similarity: f32,
     /// The LM state after `ids`, and its next-token logits; None once finished.
     state: Option<(C, Vec<f32>)>,
+    /// Finished at the end of a sentence or of the text, not cut by --max-tokens.
+    ended: bool,
 }
 
 /// What the beam ranks by, and the final rerank too: similarity plus `fluency` × the mean
@@ -88,6 +90,7 @@ pub fn run<L: CausalLm, O: Objective>(
         log_prob: 0.0,
         similarity: f32::NAN,
         state: Some((cache, logits)),
+        ended: false,
     }];
     let mut lm_seconds = clock.elapsed().as_secs_f64();
     let mut finished: Vec<Hypothesis<L::Cache>> = Vec::new();
@@ -206,6 +209,7 @@ pub fn run<L: CausalLm, O: Objective>(
                     log_prob: expansion.log_prob,
                     similarity: expansion.similarity,
                     state: None,
+                    ended: expansion.ends_text || sentence_done,
                 });
                 newly_finished += 1;
                 if newly_finished == params.width {
@@ -245,6 +249,7 @@ pub fn run<L: CausalLm, O: Objective>(
                         lm.keep_branch(&branches.cache, row)?,
                         branches.logits[row].clone(),
                     )),
+                    ended: false,
                 });
             }
         }
@@ -281,10 +286,13 @@ pub fn run<L: CausalLm, O: Objective>(
             break;
         }
     }
+    // With sentences asked for, a text cut by --max-tokens mid-clause is the answer only when no
+    // hypothesis ended: a cut one used to win the rerank by piling on target words.
+    let prefer_ended = options.stop_at_sentence_end && finished.iter().any(|h| h.ended);
     let best = finished
         .into_iter()
         .chain(live)
-        .filter(|h| h.ids.len() > prompt_ids.len())
+        .filter(|h| h.ids.len() > prompt_ids.len() && (h.ended || !prefer_ended))
         .max_by(|a, b| score_of(a).total_cmp(&score_of(b)));
     Ok(match best {
         Some(best) => DescribeResult {
