@@ -2,9 +2,10 @@
 //! shared by every subcommand that runs them.
 
 use crate::hub::{self, ModelKind};
+use crate::models::llama_gguf::gguf_architecture;
 use crate::steer::lm::LanguageModel;
 use crate::steer::scorer::Encoder;
-use crate::steer::{ClipScorer, GgufLm, Gpt2Lm};
+use crate::steer::{ClipScorer, Gemma3Lm, GgufLm, Gpt2Lm};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use std::path::Path;
@@ -20,7 +21,8 @@ pub fn load_clip(spec: &str, device: &Device) -> Result<ClipScorer> {
     ClipScorer::load(&dir, device).with_context(|| format!("cannot load CLIP model '{spec}'"))
 }
 
-/// A GPT-2 family model (directory or hub id), or a llama-family `.gguf` file.
+/// A GPT-2 family model (directory or hub id), or a `.gguf` file: Gemma 3 by its
+/// `general.architecture`, else the llama family.
 pub fn load_lm(spec: &str, device: &Device) -> Result<LanguageModel> {
     let path = Path::new(spec);
     if path
@@ -30,9 +32,15 @@ pub fn load_lm(spec: &str, device: &Device) -> Result<LanguageModel> {
         if !path.is_file() {
             bail!("no GGUF file at {spec}");
         }
-        let lm = GgufLm::load(path, device)
-            .with_context(|| format!("cannot load language model '{spec}'"))?;
-        return Ok(LanguageModel::Gguf(Box::new(lm)));
+        let context = || format!("cannot load language model '{spec}'");
+        let architecture = gguf_architecture(path).with_context(context)?;
+        return Ok(if architecture == "gemma3" {
+            LanguageModel::Gemma3(Box::new(
+                Gemma3Lm::load(path, device).with_context(context)?,
+            ))
+        } else {
+            LanguageModel::Gguf(Box::new(GgufLm::load(path, device).with_context(context)?))
+        });
     }
     let dir = hub::resolve(spec, ModelKind::CausalLm)?;
     let lm = Gpt2Lm::load(&dir, device)

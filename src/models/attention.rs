@@ -211,6 +211,67 @@ pub fn attend(
     Ok(output)
 }
 
+/// [`attend`] for a sliding-window layer: each query sees itself and the `window − 1` positions
+/// before it, as transformers' `sliding_window_causal` mask (key > query − window) and llama.cpp's
+/// standard SWA. The cache keeps every position; while the whole sequence fits in the window the
+/// mask is the causal one and the shared-prefix kernel runs as for global layers.
+pub fn attend_window(
+    q: &Tensor,
+    k_new: &Tensor,
+    v_new: &Tensor,
+    layer: &mut LayerKv,
+    scale: f64,
+    window: usize,
+) -> Result<Tensor> {
+    let len_of = |kv: &Option<(Tensor, Tensor)>| -> Result<usize> {
+        kv.as_ref()
+            .map(|(k, _)| k.dim(2))
+            .transpose()
+            .map(|l| l.unwrap_or(0))
+    };
+    let shared_len = len_of(&layer.shared)?;
+    let own_before = len_of(&layer.own)?;
+    let (batch, heads, new, _) = q.dims4()?;
+    let past = shared_len + own_before;
+    if past + new <= window {
+        return attend(q, k_new, v_new, layer, scale, true);
+    }
+    let (own_k, own_v) = match &layer.own {
+        Some((k, v)) => (Tensor::cat(&[k, k_new], 2)?, Tensor::cat(&[v, v_new], 2)?),
+        None => (k_new.clone(), v_new.clone()),
+    };
+    // Every row's keys in full: the shared prefix repeated per row, then the row's own.
+    let (all_k, all_v) = match &layer.shared {
+        Some((sk, sv)) => {
+            let per_row = |t: &Tensor| t.broadcast_as((batch, heads, shared_len, t.dim(3)?));
+            (
+                Tensor::cat(&[&per_row(sk)?, &own_k], 2)?,
+                Tensor::cat(&[&per_row(sv)?, &own_v], 2)?,
+            )
+        }
+        None => (own_k.clone(), own_v.clone()),
+    };
+    let total = past + new;
+    let mask: Vec<f32> = (0..new)
+        .flat_map(|i| {
+            let query = past + i;
+            (0..total).map(move |key| {
+                if key > query || query - key >= window {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    let mask = Tensor::from_vec(mask, (new, total), q.device())?;
+    let scores = (q.matmul(&all_k.contiguous()?.t()?)? * scale)?.broadcast_add(&mask)?;
+    let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+    let output = weights.matmul(&all_v.contiguous()?)?;
+    layer.own = Some((own_k, own_v));
+    Ok(output)
+}
+
 /// Causal mask [new, own_len] for queries that are the last `new` of `own_len` positions.
 fn causal_mask(new: usize, own_len: usize, device: &candle_core::Device) -> Result<Tensor> {
     let past = own_len - new;

@@ -53,7 +53,7 @@ pub struct LlamaGguf {
     device: Device,
 }
 
-fn meta_u32(content: &gguf_file::Content, key: &str) -> Result<u32> {
+pub(crate) fn meta_u32(content: &gguf_file::Content, key: &str) -> Result<u32> {
     content
         .metadata
         .get(key)
@@ -62,7 +62,7 @@ fn meta_u32(content: &gguf_file::Content, key: &str) -> Result<u32> {
         .with_context(|| format!("GGUF metadata {key} is not an integer"))
 }
 
-fn meta_f32(content: &gguf_file::Content, key: &str, default: f32) -> f32 {
+pub(crate) fn meta_f32(content: &gguf_file::Content, key: &str, default: f32) -> f32 {
     content
         .metadata
         .get(key)
@@ -70,9 +70,34 @@ fn meta_f32(content: &gguf_file::Content, key: &str, default: f32) -> f32 {
         .unwrap_or(default)
 }
 
+/// A GGUF file's header (metadata and tensor index), and the open file to read tensors from.
+pub(crate) fn read_gguf(path: &Path) -> Result<(gguf_file::Content, std::fs::File)> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let content = gguf_file::Content::read(&mut file).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not a valid GGUF file ({}); download it again",
+            path.display(),
+            without_backtrace(e)
+        )
+    })?;
+    Ok((content, file))
+}
+
+/// `general.architecture` of a GGUF file (e.g. llama, gemma3), read from its header alone.
+pub fn gguf_architecture(path: &Path) -> Result<String> {
+    let (content, _) = read_gguf(path)?;
+    Ok(content
+        .metadata
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .unwrap_or_default())
+}
+
 /// candle appends a backtrace to its errors' text when RUST_BACKTRACE is set; inside these
 /// one-line messages it would split the sentence over dozens of lines.
-fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
+pub(crate) fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
     match e {
         candle_core::Error::WithBacktrace { inner, .. } => *inner,
         e => e,
@@ -82,15 +107,7 @@ fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
 impl LlamaGguf {
     /// Loads a GGUF file whose `general.architecture` is llama.
     pub fn load(path: &Path, device: &Device) -> Result<(Self, Tokenizer)> {
-        let mut file =
-            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        let content = gguf_file::Content::read(&mut file).map_err(|e| {
-            anyhow::anyhow!(
-                "{} is not a valid GGUF file ({}); download it again",
-                path.display(),
-                without_backtrace(e)
-            )
-        })?;
+        let (content, file) = read_gguf(path)?;
         let arch = content
             .metadata
             .get("general.architecture")
@@ -99,7 +116,7 @@ impl LlamaGguf {
             .unwrap_or_default();
         if arch != "llama" {
             bail!(
-                "{}: architecture '{arch}' is not supported (GGUF support covers the llama family)",
+                "{}: architecture '{arch}' is not supported (GGUF support covers the llama family and gemma3)",
                 path.display()
             );
         }
@@ -266,7 +283,7 @@ impl LlamaGguf {
 }
 
 /// Shares each key/value head among `repeat` consecutive query heads (grouped-query attention).
-fn repeat_kv(xs: &Tensor, repeat: usize) -> candle_core::Result<Tensor> {
+pub(crate) fn repeat_kv(xs: &Tensor, repeat: usize) -> candle_core::Result<Tensor> {
     if repeat == 1 {
         return Ok(xs.clone());
     }

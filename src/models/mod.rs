@@ -5,6 +5,7 @@ pub mod attention;
 pub mod bert;
 pub mod clip;
 pub mod cpu_kernels;
+pub mod gemma3_gguf;
 pub mod gpt2;
 pub mod llama_gguf;
 

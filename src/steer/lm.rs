@@ -35,6 +35,125 @@ impl GgufLm {
     }
 }
 
+/// A Gemma 3 LM from a GGUF file behind [`CausalLm`].
+///
+/// Gemma expects `<bos>` first (`tokenizer.ggml.add_bos_token`), as transformers' tokenizer and
+/// llama.cpp add it: the first call on an empty cache feeds it before the ids unless they begin
+/// with it already (a chat template that writes `<bos>` itself). Texts never show it, so the
+/// prompt decodes to itself; the cache holds one position more than the ids given.
+pub struct Gemma3Lm {
+    pub model: crate::models::gemma3_gguf::Gemma3Gguf,
+    pub tokenizer: Tokenizer,
+}
+
+impl Gemma3Lm {
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        let (model, tokenizer) = crate::models::gemma3_gguf::Gemma3Gguf::load(path, device)?;
+        Ok(Self { model, tokenizer })
+    }
+
+    /// The `<bos>` to feed before `ids` on an empty cache, if any.
+    fn bos_before(&self, ids: &[u32], cache: &KvCache) -> Option<u32> {
+        let c = self.model.config();
+        c.bos_token_id
+            .filter(|&bos| c.add_bos && cache.is_empty() && ids.first() != Some(&bos))
+    }
+
+    fn next_logits_and_hidden_inner(
+        &self,
+        ids: &[u32],
+        cache: &mut KvCache,
+        want_hidden: bool,
+    ) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+        if ids.is_empty() {
+            anyhow::bail!("no tokens to run the LM on");
+        }
+        let bos = self.bos_before(ids, cache);
+        let input: Vec<u32> = bos.iter().chain(ids).copied().collect();
+        let input_tensor = Tensor::new(input.as_slice(), self.model.device())?.unsqueeze(0)?;
+        let hidden = self.model.hidden_states(&input_tensor, cache)?;
+        let last = hidden.narrow(1, input.len() - 1, 1)?;
+        let logits = self.model.logits(&last)?.flatten_all()?.to_vec1::<f32>()?;
+        let hidden = if want_hidden {
+            let mut rows = hidden.squeeze(0)?.to_vec2::<f32>()?;
+            if bos.is_some() {
+                rows.remove(0);
+            }
+            rows
+        } else {
+            Vec::new()
+        };
+        Ok((logits, hidden))
+    }
+}
+
+impl CausalLm for Gemma3Lm {
+    type Cache = KvCache;
+
+    fn new_cache(&self) -> KvCache {
+        self.model.new_cache()
+    }
+
+    fn next_logits(&self, ids: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+        Ok(self.next_logits_and_hidden_inner(ids, cache, false)?.0)
+    }
+
+    fn next_logits_and_hidden(
+        &self,
+        ids: &[u32],
+        cache: &mut KvCache,
+    ) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+        self.next_logits_and_hidden_inner(ids, cache, true)
+    }
+
+    fn branch(&self, cache: &KvCache, candidates: &[u32]) -> Result<Branches<KvCache>> {
+        if cache.is_empty() {
+            anyhow::bail!("branch needs a cache that holds the prompt");
+        }
+        let mut branched = cache.fork(&vec![0; candidates.len()])?;
+        let input = Tensor::new(candidates, self.model.device())?.unsqueeze(1)?;
+        let hidden = self.model.hidden_states(&input, &mut branched)?;
+        let logits = self.model.logits(&hidden)?.squeeze(1)?.to_vec2::<f32>()?;
+        Ok(Branches {
+            hidden: hidden.squeeze(1)?.to_vec2::<f32>()?,
+            logits,
+            cache: branched,
+        })
+    }
+
+    fn keep_branch(&self, cache: &KvCache, row: usize) -> Result<KvCache> {
+        Ok(cache.fork(&[row])?)
+    }
+
+    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        encode_plain(&self.tokenizer, text)
+    }
+
+    fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer
+            .decode(ids, false)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .context("cannot decode tokens")
+    }
+
+    /// The model's context less the `<bos>` position.
+    fn context_len(&self) -> usize {
+        let c = self.model.config();
+        c.context - usize::from(c.add_bos && c.bos_token_id.is_some())
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.model.config().vocab_size
+    }
+
+    /// `<end_of_turn>` where the vocabulary has it: the chat template ends the model's turn with
+    /// it (transformers' generation config lists it beside `<eos>`); else `<eos>`.
+    fn eos_token_id(&self) -> Option<u32> {
+        let c = self.model.config();
+        c.end_of_turn_id.or(c.eos_token_id)
+    }
+}
+
 /// One implementation of [`CausalLm`] for models that expose `hidden_states` and `logits`.
 macro_rules! causal_lm_impl {
     ($ty:ty, $context:expr, $vocab:expr) => {
@@ -131,10 +250,12 @@ causal_lm_impl!(Gpt2Lm, |lm| lm.model.config().n_positions, |lm| lm
     .config()
     .vocab_size);
 
-/// The LM behind `--lm`: a GPT-2 directory (or hub id), or a llama-family `.gguf` file.
+/// The LM behind `--lm`: a GPT-2 directory (or hub id), or a llama-family or Gemma 3 `.gguf`
+/// file.
 pub enum LanguageModel {
     Gpt2(Box<Gpt2Lm>),
     Gguf(Box<GgufLm>),
+    Gemma3(Box<Gemma3Lm>),
 }
 
 impl LanguageModel {
@@ -142,6 +263,7 @@ impl LanguageModel {
         match self {
             Self::Gpt2(lm) => lm.as_ref(),
             Self::Gguf(lm) => lm.as_ref(),
+            Self::Gemma3(lm) => lm.as_ref(),
         }
     }
 }

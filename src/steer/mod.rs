@@ -21,7 +21,7 @@ pub use objectives::{sentence, target};
 use anyhow::Result;
 
 pub use describe::{describe, describe_with, DescribeOptions, StepEvent, Strategy};
-pub use lm::{GgufLm, Gpt2Lm};
+pub use lm::{Gemma3Lm, GgufLm, Gpt2Lm};
 pub use objectives::embedding::{ClipScorer, Embedding, Scorer};
 pub use objectives::sentence::SentenceScorer;
 pub use objectives::{normalize, Objective, ScoreBatch};

@@ -42,6 +42,8 @@ struct Hypothesis<C, P> {
     /// hypothesis's own prefix extends it by the positions the new token changed instead of
     /// encoding the whole text again. None for the root.
     parent_prefix: Option<Rc<P>>,
+    /// Finished at the end of a sentence or of the text, not cut by --max-tokens.
+    ended: bool,
 }
 
 /// What the beam ranks by, and the final rerank too: similarity plus `fluency` × the mean
@@ -94,6 +96,7 @@ pub fn run<L: CausalLm, O: Objective>(
         similarity: f32::NAN,
         state: Some((cache, logits)),
         parent_prefix: None,
+        ended: false,
     }];
     let mut lm_seconds = clock.elapsed().as_secs_f64();
     let mut finished: Vec<Hypothesis<L::Cache, O::Prefix>> = Vec::new();
@@ -217,6 +220,7 @@ pub fn run<L: CausalLm, O: Objective>(
                     similarity: expansion.similarity,
                     state: None,
                     parent_prefix: None,
+                    ended: expansion.ends_text || sentence_done,
                 });
                 newly_finished += 1;
                 if newly_finished == params.width {
@@ -257,6 +261,7 @@ pub fn run<L: CausalLm, O: Objective>(
                         branches.logits[row].clone(),
                     )),
                     parent_prefix: prefixes[parent].clone(),
+                    ended: false,
                 });
             }
         }
@@ -293,10 +298,13 @@ pub fn run<L: CausalLm, O: Objective>(
             break;
         }
     }
+    // With sentences asked for, a text cut by --max-tokens mid-clause is the answer only when no
+    // hypothesis ended: a cut one used to win the rerank by piling on target words.
+    let prefer_ended = options.stop_at_sentence_end && finished.iter().any(|h| h.ended);
     let best = finished
         .into_iter()
         .chain(live)
-        .filter(|h| h.ids.len() > prompt_ids.len())
+        .filter(|h| h.ids.len() > prompt_ids.len() && (h.ended || !prefer_ended))
         .max_by(|a, b| score_of(a).total_cmp(&score_of(b)));
     Ok(match best {
         Some(best) => DescribeResult {
