@@ -874,7 +874,16 @@ fn a_width_one_beam_without_fluency_is_greedy_by_similarity() {
     let searched = describe(&lm, &scorer, &target, &beam, |_| Ok(())).unwrap();
     assert_eq!(searched.token_ids, greedy.token_ids);
     assert_eq!(searched.text, greedy.text);
-    assert!((searched.log_prob - greedy.log_prob).abs() < 1e-6);
+    // The seed loop's LM steps run one row through the row-split kernel, the beam's run every
+    // candidate through gemm: equal sums in another order, so equal to float rounding (each is
+    // held to transformers at 1e-4 by the parity tests), not to the bit.
+    let tolerance = 1e-5 * greedy.log_prob.abs().max(1.0);
+    assert!(
+        (searched.log_prob - greedy.log_prob).abs() <= tolerance,
+        "log-prob {} (beam) vs {} (greedy)",
+        searched.log_prob,
+        greedy.log_prob
+    );
 }
 
 /// Generated-only scoring leaves the prompt out of what the encoder sees, in every loop, and the
