@@ -8,10 +8,11 @@ use crate::image::DecodeLimits;
 use crate::load::{load_encoder, load_lm};
 use crate::steer::constraints::Blocklist;
 use crate::steer::describe::{
-    describe, validate, BeamParams, DescribeOptions, DescribeResult, MagicParams, Sampling,
-    ScoredText, StepEvent, Strategy,
+    describe, describe_with, validate, BeamParams, DescribeOptions, DescribeResult, MagicParams,
+    Sampling, ScoredText, StepEvent, Strategy,
 };
 use crate::steer::lm::LanguageModel;
+use crate::steer::objectives::command::CommandScorer;
 use crate::steer::scorer::Encoder;
 use crate::steer::target::{combine, TargetPart};
 use crate::steer::Scorer;
@@ -219,6 +220,9 @@ pub struct DescribeSpec {
     pub sampling: Option<Sampling>,
     pub prefilter: Option<usize>,
     pub blocklist: Blocklist,
+    /// Steer by this program instead of an embedding (`--scorer-cmd`), with its per-batch
+    /// timeout.
+    pub scorer_cmd: Option<(String, std::time::Duration)>,
 }
 
 impl DescribeSpec {
@@ -239,6 +243,7 @@ impl DescribeSpec {
             sampling: None,
             prefilter: None,
             blocklist: Blocklist::default(),
+            scorer_cmd: None,
         }
     }
 
@@ -385,17 +390,25 @@ impl InputSpec {
     }
 }
 
-/// Loaded models, options and targets: describes one input at a time.
+/// What describe steers toward.
+pub enum DescribeObjective {
+    /// The cosine with a target embedding: the image (per input) and the text targets.
+    Embedding { encoder: Encoder, targets: Targets },
+    /// A `--scorer-cmd` program scoring the candidate texts alone.
+    Command(CommandScorer),
+}
+
+/// Loaded models, options and objective: describes one input at a time.
 pub struct Describer {
     pub lm: LanguageModel,
-    pub encoder: Encoder,
     pub options: DescribeOptions,
-    pub targets: Targets,
+    pub objective: DescribeObjective,
 }
 
 impl Describer {
-    /// Loads the LM and the encoder, checks the options against the LM, and embeds the text
-    /// targets. `has_image`: whether inputs are images (the first weight is then the image's).
+    /// Loads the LM and the encoder (or starts `spec.scorer_cmd`), checks the options against
+    /// the LM, and embeds the text targets. `has_image`: whether inputs are images (the first
+    /// weight is then the image's).
     pub fn load(
         spec: &DescribeSpec,
         targets: &TargetSpec,
@@ -403,15 +416,30 @@ impl Describer {
         device: &Device,
     ) -> Result<Self> {
         let options = spec.options()?;
+        if let Some((command, _)) = &spec.scorer_cmd {
+            if has_image || !targets.target_text.is_empty() || !targets.avoid_text.is_empty() {
+                bail!("describe --scorer-cmd steers by the program alone: leave out images, --target-text and --avoid-text (or leave out --scorer-cmd)");
+            }
+            if command.trim().is_empty() {
+                bail!("--scorer-cmd is empty: give the program to run");
+            }
+        }
         let lm = load_lm(&spec.lm, device)?;
-        let encoder = load_encoder(&spec.encoder_spec(), device)?;
         validate(&lm, &options)?;
-        let targets = Targets::prepare(targets, &encoder, has_image)?;
+        let objective = match &spec.scorer_cmd {
+            Some((command, timeout)) => {
+                DescribeObjective::Command(CommandScorer::start(command, *timeout)?)
+            }
+            None => {
+                let encoder = load_encoder(&spec.encoder_spec(), device)?;
+                let targets = Targets::prepare(targets, &encoder, has_image)?;
+                DescribeObjective::Embedding { encoder, targets }
+            }
+        };
         Ok(Self {
             lm,
-            encoder,
             options,
-            targets,
+            objective,
         })
     }
 
@@ -421,8 +449,15 @@ impl Describer {
         image: Option<&Path>,
         on_step: impl FnMut(&StepEvent) -> Result<()>,
     ) -> Result<DescribeResult> {
-        let target = self.targets.for_input(&self.encoder, image)?;
-        describe(&self.lm, &self.encoder, &target, &self.options, on_step)
+        match &self.objective {
+            DescribeObjective::Embedding { encoder, targets } => {
+                let target = targets.for_input(encoder, image)?;
+                describe(&self.lm, encoder, &target, &self.options, on_step)
+            }
+            DescribeObjective::Command(command) => {
+                describe_with(&self.lm, command, &self.options, on_step)
+            }
+        }
     }
 }
 
