@@ -29,6 +29,9 @@ struct Outcome {
     text: String,
     cosine: f32,
     nll: f32,
+    /// Wall-clock seconds of the steering loop (models loaded, target embedded).
+    seconds: f64,
+    tokens: usize,
 }
 
 fn models() -> (GgufLm, SentenceScorer) {
@@ -73,14 +76,18 @@ fn run(
             ScoredText::Generated
         },
     };
+    let start = std::time::Instant::now();
     let result = describe(lm, scorer, &target, &options, |_| Ok(())).unwrap();
+    let seconds = start.elapsed().as_secs_f64();
     let generated = result.text[prompt.len()..].trim().to_string();
     let embedding = normalize(&scorer.embed_text(&generated).unwrap());
     let cosine = embedding.iter().zip(&target).map(|(a, b)| a * b).sum();
     Outcome {
         nll: result.mean_nll() as f32,
+        tokens: result.token_ids.len(),
         text: result.text,
         cosine,
+        seconds,
     }
 }
 
@@ -113,23 +120,28 @@ fn main() {
     };
     let mut cosines = Vec::new();
     let mut nlls = Vec::new();
+    let mut seconds = Vec::new();
     for (target, block) in STEERING_CASES {
         let outcome = run(&lm, &scorer, &prompt, target, block, strategy, k, magic);
         let blocklist = Blocklist::new(block.split(','), substrings()).expect("static blocklist");
         let clean = blocklist.find_in(&outcome.text).is_none();
         println!(
-            "cos {:.3}  nll {:.2}  blocked-free {clean}  {:?}",
+            "cos {:.3}  nll {:.2}  blocked-free {clean}  {:.2} s for {} tokens  {:?}",
             outcome.cosine,
             outcome.nll,
+            outcome.seconds,
+            outcome.tokens,
             outcome.text.get(prompt.len()..).unwrap_or("")
         );
         cosines.push(outcome.cosine);
         nlls.push(outcome.nll);
+        seconds.push(outcome.seconds as f32);
     }
     let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
     println!(
-        "{strategy_name} k={k} {magic:?}: mean cos {:.3}, mean nll {:.2}",
+        "{strategy_name} k={k} {magic:?}: mean cos {:.3}, mean nll {:.2}, {:.2} s per caption",
         mean(&cosines),
-        mean(&nlls)
+        mean(&nlls),
+        mean(&seconds)
     );
 }

@@ -56,6 +56,8 @@ pub struct AttackReport {
     pub target_nll: Option<f64>,
     /// The same after the instruction alone.
     pub baseline_nll: Option<f64>,
+    /// Where each model came from ([`crate::events::models_json`]): attacker, victim, encoder.
+    pub models: serde_json::Value,
 }
 
 /// The chat template a model's files carry: a GGUF's `tokenizer.chat_template`, or the
@@ -108,7 +110,16 @@ pub fn run_attack(
     };
     let context = attacker_context(attacker_template.as_ref(), &spec.options.instruction)?;
     let victim = Victim::new(victim_lm, template)?;
-    attack_with(&attacker, &context, &victim, spec, device, on_step)
+    let mut report = attack_with(&attacker, &context, &victim, spec, device, on_step)?;
+    let mut models = vec![
+        ("attacker", spec.attacker.as_str()),
+        ("victim", victim_spec),
+    ];
+    if let AttackObjective::TargetText { encoder, .. } = &spec.objective {
+        models.push(("encoder", encoder.as_str()));
+    }
+    report.models = crate::events::models_json(&models);
+    Ok(report)
 }
 
 fn attack_with(
@@ -134,6 +145,7 @@ fn attack_with(
                 result,
                 target_nll: Some(target_nll),
                 baseline_nll: Some(baseline_nll),
+                models: serde_json::Value::Null,
             })
         }
         AttackObjective::Command {
@@ -158,6 +170,7 @@ fn attack_with(
                 result,
                 target_nll: None,
                 baseline_nll: None,
+                models: serde_json::Value::Null,
             })
         }
         AttackObjective::TargetText { text, encoder } => {
@@ -182,6 +195,7 @@ fn attack_with(
                 result,
                 target_nll: Some(target_nll),
                 baseline_nll: Some(baseline_nll),
+                models: serde_json::Value::Null,
             })
         }
     }

@@ -1,11 +1,13 @@
-//! `clipsteer bench`: the describe loop on full-size architectures with random weights, built in
-//! memory (no download), with a per-step time split, the CLIP positions computed, achieved
-//! GFLOP/s against a matmul peak measured in the same run, and peak RSS.
+//! `clipsteer bench`: the describe loop on full-size architectures, with a per-step time split, the
+//! CLIP positions computed, achieved GFLOP/s against a matmul peak measured in the same run, and
+//! peak RSS. The models are random weights built in memory (no download), or checkpoint
+//! directories (`--lm`, `--encoder`, `--image`): bench/compare.sh times the reference loop on the
+//! same files.
 
 use crate::models::clip::{ClipConfig, ClipModel, ClipTextConfig, ClipVisionConfig};
 use crate::models::gpt2::{Gpt2, Gpt2Config};
 use crate::steer::describe::{describe, DescribeOptions, Strategy};
-use crate::steer::{normalize, ClipScorer, Gpt2Lm};
+use crate::steer::{normalize, CausalLm, ClipScorer, Gpt2Lm};
 use crate::tokenize::{clip_from_bpe_gz, gpt2_from_files, ClipTokenizer};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Shape, Tensor};
@@ -112,6 +114,18 @@ pub struct BenchOptions {
     pub prefilter: Option<usize>,
     pub check_agreement: bool,
     pub strategy: Strategy,
+    /// Checkpoint directories and an image instead of random weights and random pixels.
+    pub checkpoints: Option<BenchCheckpoints>,
+}
+
+/// What `--lm`, `--encoder` and `--image` name.
+#[derive(Debug, Clone)]
+pub struct BenchCheckpoints {
+    /// A GPT-2 directory (HF layout) or a llama-family .gguf file.
+    pub lm: std::path::PathBuf,
+    /// A CLIP directory (HF layout).
+    pub encoder: std::path::PathBuf,
+    pub image: std::path::PathBuf,
 }
 
 /// Dense FLOPs of one text position through CLIP's text tower (projections and MLP; attention
@@ -166,6 +180,9 @@ pub fn run(options: &BenchOptions, device: &Device) -> Result<()> {
             "--check-agreement measures the seed loop's choices: use it with --strategy seed"
         );
     }
+    if let Some(files) = &options.checkpoints {
+        return run_checkpoints(options, files, device);
+    }
     let assets = &options.assets;
     let gpt2_dir = assets.join("gpt2");
     let gpt2_tokenizer =
@@ -187,7 +204,6 @@ pub fn run(options: &BenchOptions, device: &Device) -> Result<()> {
     };
     let config = clip_config(options.arch);
     let image_size = config.vision.image_size;
-    let text_config = config.text.clone();
     let model = ClipModel::from_varbuilder(config, random_vb(device))?;
     let scorer = ClipScorer {
         tokenizer: ClipTokenizer::new(clip_tokenizer, model.config().text.max_position_embeddings)?,
@@ -195,7 +211,6 @@ pub fn run(options: &BenchOptions, device: &Device) -> Result<()> {
         model,
     };
     let build_seconds = build_start.elapsed().as_secs_f64();
-    let peak = matmul_peak(device)?;
 
     let image_start = std::time::Instant::now();
     let pixels = Tensor::randn(0f32, 1.0, (1, 3, image_size, image_size), device)?;
@@ -206,8 +221,73 @@ pub fn run(options: &BenchOptions, device: &Device) -> Result<()> {
             .flatten_all()?
             .to_vec1::<f32>()?,
     );
-    let image_seconds = image_start.elapsed().as_secs_f64();
+    let models = Models {
+        lm: "gpt2-124M (random)".into(),
+        clip: format!("{:?} (random)", options.arch),
+        build_seconds,
+        image_seconds: image_start.elapsed().as_secs_f64(),
+    };
+    time_loop(&lm, &scorer, &target, &models, options, device)
+}
 
+/// `clipsteer bench --lm DIR --encoder DIR --image FILE`: the same loop on checkpoint files.
+fn run_checkpoints(
+    options: &BenchOptions,
+    files: &BenchCheckpoints,
+    device: &Device,
+) -> Result<()> {
+    for (flag, path) in [("--lm", &files.lm), ("--encoder", &files.encoder)] {
+        if !path.exists() {
+            anyhow::bail!(
+                "{flag} {}: no such file or directory (bench/checkpoints.py writes the benchmark's checkpoints)",
+                path.display()
+            );
+        }
+    }
+    let build_start = std::time::Instant::now();
+    let lm_spec = files
+        .lm
+        .to_str()
+        .with_context(|| format!("--lm {}: the path is not UTF-8", files.lm.display()))?;
+    let lm = crate::load::load_lm(lm_spec, device)?;
+    let scorer = ClipScorer::load(&files.encoder, device)
+        .with_context(|| format!("cannot load CLIP model {}", files.encoder.display()))?;
+    let build_seconds = build_start.elapsed().as_secs_f64();
+    let image_start = std::time::Instant::now();
+    let target = crate::steer::scorer::image_target(
+        &scorer,
+        &files.image,
+        crate::image::DecodeLimits::default(),
+    )?;
+    let models = Models {
+        lm: files.lm.display().to_string(),
+        clip: files.encoder.display().to_string(),
+        build_seconds,
+        image_seconds: image_start.elapsed().as_secs_f64(),
+    };
+    time_loop(&lm, &scorer, &target, &models, options, device)
+}
+
+/// What the report says about the models and what building them cost.
+struct Models {
+    lm: String,
+    clip: String,
+    build_seconds: f64,
+    image_seconds: f64,
+}
+
+/// Runs and reports the timed loop.
+fn time_loop<L: CausalLm>(
+    lm: &L,
+    scorer: &ClipScorer,
+    target: &[f32],
+    models: &Models,
+    options: &BenchOptions,
+    device: &Device,
+) -> Result<()> {
+    let peak = matmul_peak(device)?;
+    let text_config = scorer.model.config().text.clone();
+    let (build_seconds, image_seconds) = (models.build_seconds, models.image_seconds);
     // Every step runs: a timing needs the same number of steps whatever the text says.
     let describe_options = DescribeOptions {
         top_k: options.top_k,
@@ -230,15 +310,15 @@ pub fn run(options: &BenchOptions, device: &Device) -> Result<()> {
         });
     let mut last = std::time::Instant::now();
     let caption_start = last;
-    describe(&lm, &scorer, &target, &describe_options, |event| {
+    let result = describe(lm, scorer, target, &describe_options, |event| {
         let now = std::time::Instant::now();
         let total = (now - last).as_secs_f64();
         last = now;
         if let Some((prefilter, agreed, steps)) = agreement.as_mut() {
             let candidates: Vec<u32> = event.scored.iter().map(|(id, _)| *id).collect();
             let kept = prefilter.select(
-                &lm,
-                &crate::steer::Embedding::new(&scorer, &target),
+                lm,
+                &crate::steer::Embedding::new(scorer, target),
                 &candidates,
             )?;
             let sims: Vec<f32> = kept.iter().map(|&i| event.scored[i].1).collect();
@@ -276,8 +356,8 @@ pub fn run(options: &BenchOptions, device: &Device) -> Result<()> {
     let score_share = summary["score_gflops"].as_f64().unwrap_or(0.0) / peak;
     let report = json!({
         "config": {
-            "lm": "gpt2-124M (random)",
-            "clip": format!("{:?}", options.arch),
+            "lm": models.lm,
+            "clip": models.clip,
             "strategy": format!("{:?}", options.strategy).to_lowercase(),
             "top_k": options.top_k,
             "steps": options.steps,
@@ -291,6 +371,8 @@ pub fn run(options: &BenchOptions, device: &Device) -> Result<()> {
         "median_step": summary,
         "score_share_of_peak": score_share,
         "caption_seconds": caption_seconds,
+        "token_ids": result.token_ids,
+        "text": result.text,
         "peak_rss_mib": peak_rss_mib(),
         "prefilter": options.prefilter,
         "prefilter_agreement": agreement.as_ref().map(|(_, agreed, total)| json!({"agreed": agreed, "steps": total})),
@@ -300,8 +382,9 @@ pub fn run(options: &BenchOptions, device: &Device) -> Result<()> {
         return Ok(());
     }
     println!(
-        "clipsteer bench: GPT-2 124M + CLIP {:?} (random weights), {:?}, top-k {}, {} steps, {} threads, {:?}",
-        options.arch,
+        "clipsteer bench: {} + CLIP {}, {:?}, top-k {}, {} steps, {} threads, {:?}",
+        models.lm,
+        models.clip,
         options.strategy,
         options.top_k,
         options.steps,

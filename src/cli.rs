@@ -42,7 +42,8 @@ pub enum Command {
     Embed(EmbedArgs),
     /// Time the describe loop on full-size architectures with random weights (no download).
     Bench(BenchArgs),
-    /// CLIPScore of captions for an image: 2.5 · max(cosine, 0).
+    /// CLIPScore of captions for an image: 2.5 · max(cos, 0) with "A photo depicts " before each
+    /// caption (Hessel et al. 2021), or torchmetrics' 100 · max(cos, 0) with --torchmetrics.
     Score(ScoreArgs),
     /// Text to image with Stable Diffusion (diffusers layout: SD 1.x/2.x).
     Generate(Box<crate::diffusion::cli::GenerateArgs>),
@@ -66,7 +67,15 @@ pub struct ScoreArgs {
     /// CLIP model: a local directory in the HF layout or a hub id.
     #[arg(long = "encoder", visible_alias = "clip", default_value = DEFAULT_CLIP, value_name = "MODEL")]
     pub clip: String,
-    /// Print {"image":..,"scores":[{"caption":..,"clipscore":..,"cosine":..}]} instead of a table.
+    /// Text CLIP reads before each caption, as in CLIPScore's reference code; "" for the bare
+    /// caption (a space is added to a prefix that does not end in one).
+    #[arg(long, default_value = crate::clipscore::HESSEL_PREFIX)]
+    pub prefix: String,
+    /// torchmetrics' convention instead: 100 · max(cos, 0) on the bare caption.
+    #[arg(long, conflicts_with = "prefix")]
+    pub torchmetrics: bool,
+    /// Print {"image":..,"convention":..,"prefix":..,"scores":[{"caption":..,"clipscore":..,"cosine":..}]}
+    /// instead of a table.
     #[arg(long)]
     pub json: bool,
 }
@@ -99,6 +108,16 @@ pub struct BenchArgs {
     /// The loop to time; magic and beam also take the LM's hidden states or several hypotheses.
     #[arg(long, value_enum, default_value_t = Strategy::Seed)]
     pub strategy: Strategy,
+    /// Load this LM (a GPT-2 directory or a .gguf file) instead of random GPT-2 124M weights;
+    /// with --encoder and --image (bench/checkpoints.py writes a set).
+    #[arg(long, value_name = "PATH", requires_all = ["encoder", "image"])]
+    pub lm: Option<PathBuf>,
+    /// Load this CLIP directory instead of random --clip weights.
+    #[arg(long, value_name = "DIR", requires_all = ["lm", "image"], conflicts_with = "clip")]
+    pub encoder: Option<PathBuf>,
+    /// The image to describe (with --lm and --encoder) instead of random pixels.
+    #[arg(long, value_name = "FILE", requires_all = ["lm", "encoder"])]
+    pub image: Option<PathBuf>,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -264,6 +283,12 @@ pub fn run(cli: Cli) -> Result<i32> {
                 prefilter: args.prefilter,
                 check_agreement: args.check_agreement,
                 strategy: args.strategy,
+                checkpoints: match (args.lm, args.encoder, args.image) {
+                    (Some(lm), Some(encoder), Some(image)) => {
+                        Some(crate::bench::BenchCheckpoints { lm, encoder, image })
+                    }
+                    _ => None,
+                },
             };
             crate::bench::run(&options, &device)?;
             Ok(0)
@@ -288,35 +313,43 @@ fn embed(args: EmbedArgs, device: &Device) -> Result<i32> {
 }
 
 fn score(args: ScoreArgs, device: &Device) -> Result<i32> {
+    use crate::clipscore::{clip_scores, Convention};
     if !args.image.is_file() {
         bail!("no image at {}", args.image.display());
     }
+    let convention = if args.torchmetrics {
+        Convention::Torchmetrics
+    } else {
+        Convention::Hessel {
+            prefix: args.prefix.clone(),
+        }
+    };
     let scorer = load_clip(&args.clip, device)?;
-    let image = crate::steer::normalize(
-        &scorer.image_embedding_from_path(&args.image, DecodeLimits::default())?,
-    );
-    let mut rows = Vec::new();
-    for caption in &args.captions {
-        let text = crate::steer::normalize(&scorer.text_embedding(caption)?);
-        let cosine: f32 = text.iter().zip(&image).map(|(a, b)| a * b).sum();
-        rows.push(
-            json!({"caption": caption, "clipscore": 2.5 * cosine.max(0.0), "cosine": cosine}),
-        );
-    }
+    let image = scorer.image_embedding_from_path(&args.image, DecodeLimits::default())?;
+    let scores = clip_scores(&scorer, &image, &args.captions, &convention)?;
     if args.json {
+        let rows: Vec<_> = scores
+            .iter()
+            .map(|s| json!({"caption": s.caption, "clipscore": s.clipscore, "cosine": s.cosine}))
+            .collect();
+        let prefix = match &convention {
+            Convention::Hessel { prefix } => prefix.as_str(),
+            Convention::Torchmetrics => "",
+        };
         println!(
             "{}",
-            json!({"image": args.image.display().to_string(), "scores": rows})
+            json!({"image": args.image.display().to_string(), "convention": convention.name(),
+                   "prefix": prefix, "scores": rows})
         );
     } else {
-        println!("{:>9}  {:>7}  caption", "clipscore", "cosine");
-        for row in &rows {
-            println!(
-                "{:>9.4}  {:>7.4}  {}",
-                row["clipscore"].as_f64().unwrap_or(0.0),
-                row["cosine"].as_f64().unwrap_or(0.0),
-                row["caption"].as_str().unwrap_or("")
-            );
+        println!(
+            "{:>9}  {:>7}  caption ({})",
+            "clipscore",
+            "cosine",
+            convention.name()
+        );
+        for s in &scores {
+            println!("{:>9.4}  {:>7.4}  {}", s.clipscore, s.cosine, s.caption);
         }
     }
     Ok(0)
@@ -384,6 +417,11 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
         eprintln!("nothing to describe: every input is already done or the shard is empty");
         return Ok(0);
     }
+
+    if args.json {
+        // Downloads draw no progress bar under --json, as scripts read stderr too.
+        crate::hub::set_progress(false);
+    }
     let describer = Describer::load(&spec, &args.targets(), !args.images.is_empty(), device)?;
 
     let progress = Progress::new(inputs.len());
@@ -422,9 +460,13 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
                 image,
                 message,
                 line,
+                names_input,
             } => {
                 if args.json {
                     println!("{line}");
+                } else if names_input {
+                    // The message names the file already (image decoding errors do).
+                    progress.println_err(&format!("error: {message}"));
                 } else {
                     let what = image.unwrap_or("text target");
                     progress.println_err(&format!("error: {what}: {message}"));

@@ -130,7 +130,7 @@ pub fn run(args: EvadeArgs, device: &Device) -> Result<i32> {
 
     let (image1, image1_source) = match &args.image {
         Some(path) => (
-            crate::image::load_image(path, DecodeLimits::default())?.to_rgb8(),
+            crate::image::to_rgb(&crate::image::load_image(path, DecodeLimits::default())?),
             json!({"kind": "given", "path": path.display().to_string()}),
         ),
         None => {
@@ -186,6 +186,11 @@ pub fn run(args: EvadeArgs, device: &Device) -> Result<i32> {
             .map(|d| d.as_secs())
             .unwrap_or(0),
         "prompt": args.prompt,
+        "models": crate::events::models_json(&[
+            ("lm", &args.lm),
+            ("encoder", &args.clip),
+            ("diffusion", &args.diffusion.model),
+        ]),
         "blocked_words": blocklist.words(),
         "block_matching": if args.blocking.block_substrings { "substring, case-insensitive" } else { "whole word, case-insensitive" },
         "prompt_blocked_words": prompt_hits,

@@ -74,9 +74,26 @@ pub fn attack_done_json(report: &AttackReport) -> Value {
         "baseline_nll": report.baseline_nll,
         "steps": result.steps,
         "seconds": result.seconds,
+        "models": report.models,
     });
     if let Some(reason) = &result.stop_reason {
         done["stop_reason"] = json!(reason);
     }
     done
+}
+
+/// `{"lm": {"id","revision","commit"}, "encoder": {...}}`: where each model of a run came from,
+/// so that a result can be reproduced; a local model records `{"path"}`. `models` pairs a role
+/// with the argument the model was loaded from (after it was loaded: hub ids resolved in this
+/// process report their commit, see [`crate::hub::origin`]).
+pub fn models_json(models: &[(&str, &str)]) -> Value {
+    let mut out = serde_json::Map::new();
+    for (role, spec) in models {
+        let origin = match crate::hub::origin(spec) {
+            Some(origin) => serde_json::to_value(origin).unwrap_or(Value::Null),
+            None => json!({ "id": spec }),
+        };
+        out.insert(role.to_string(), origin);
+    }
+    Value::Object(out)
 }

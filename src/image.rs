@@ -1,13 +1,32 @@
 //! CLIP image preprocessing, equal to transformers' CLIPImageProcessor (PIL backend) as read from
-//! preprocessor_config.json: RGB conversion, shortest-edge resize with PIL's antialiased
-//! filters (bit for bit: same fixed-point coefficients and the same 8-bit intermediate),
-//! centre crop, rescale and mean/std normalisation.
+//! preprocessor_config.json, on the image Pillow opens: RGB conversion with any transparency
+//! composited onto white (transformers' `convert_to_rgb`), shortest-edge resize with PIL's
+//! antialiased filters (bit for bit: same fixed-point coefficients and the same 8-bit
+//! intermediate), centre crop, rescale and mean/std normalisation.
+//!
+//! The decoded pixels are Pillow's, with two named exceptions: 16-bit PNGs are scaled to 8 bits
+//! (round(v / 257)) where Pillow clips grey at 255 and keeps the high byte of RGB, and JPEGs are
+//! decoded by zune-jpeg, which differs from libjpeg-turbo by a few levels at chroma edges
+//! ([`JPEG_TOLERANCE`], and [`JPEG_EDGE_TOLERANCE`] on the bottom row of some 4:2:0 files). GIFs (their first frame, filled outside it as Pillow fills it) and
+//! CMYK/YCCK JPEGs (Pillow's inverted-Adobe CMYK to RGB) are decoded here to match Pillow.
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
-use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage, RgbaImage};
 use serde_json::Value;
 use std::path::Path;
+
+/// How far a JPEG's decoded pixels may be from Pillow's (libjpeg-turbo), in 8-bit levels per
+/// channel: zune-jpeg's IDCT and chroma upsampling round differently at sharp chroma edges. The
+/// largest difference measured over tests/fixtures/image_modes (baseline, progressive, 4:2:0,
+/// CMYK, YCCK, EXIF-rotated) and a noisy 400×300 photo is 4.
+pub const JPEG_TOLERANCE: u8 = 4;
+
+/// The same on the bottom pixel row of a 4:2:0 JPEG whose height is not a multiple of 16: there
+/// zune-jpeg interpolates chroma toward the encoder's padding rows of the last MCU, where
+/// libjpeg-turbo replicates the last real row. Measured: 16 levels on the noisy fixture, 19 on a
+/// noisy 400×300 photo at quality 75.
+pub const JPEG_EDGE_TOLERANCE: u8 = 32;
 
 /// Decoding limits: a decompression bomb or a corrupt header is refused before any large
 /// allocation.
@@ -28,26 +47,60 @@ impl Default for DecodeLimits {
     }
 }
 
+impl DecodeLimits {
+    fn check(&self, width: u64, height: u64, bytes_per_pixel: u64) -> Result<()> {
+        if width > self.max_width as u64 || height > self.max_height as u64 {
+            bail!(
+                "image is {width}×{height}, over the limit of {}×{}; resize it first",
+                self.max_width,
+                self.max_height
+            );
+        }
+        if width * height * bytes_per_pixel > self.max_alloc_bytes {
+            bail!(
+                "image exceeds the decode limits ({}×{} pixels, {} MiB); resize it first",
+                self.max_width,
+                self.max_height,
+                self.max_alloc_bytes >> 20
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The file an image error is about: load_image's errors carry it as their outermost context, so
+/// that a caller can tell (by `anyhow::Error::downcast_ref`) that the message already names it.
+#[derive(Debug, Clone)]
+pub struct ImageFile(pub std::path::PathBuf);
+
+impl std::fmt::Display for ImageFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0.display())
+    }
+}
+
 /// Decodes an image file (PNG, JPEG, WebP, GIF, BMP) under `limits`, applying its EXIF
-/// orientation as transformers' `load_image` does. The format is told by content, not name.
+/// orientation as `ImageOps.exif_transpose` does. The format is told by content, not name.
+/// Every error names the file once, as its [`ImageFile`] context.
 pub fn load_image(path: &Path, limits: DecodeLimits) -> Result<DynamicImage> {
-    let size = std::fs::metadata(path)
-        .with_context(|| format!("cannot open image {}", path.display()))?
-        .len();
+    read_and_decode(path, limits).with_context(|| ImageFile(path.to_path_buf()))
+}
+
+fn read_and_decode(path: &Path, limits: DecodeLimits) -> Result<DynamicImage> {
+    let size = std::fs::metadata(path).context("cannot open image")?.len();
     if size > limits.max_alloc_bytes {
         bail!(
-            "image file {} is {} MiB, over the limit of {} MiB",
-            path.display(),
+            "the file is {} MiB, over the limit of {} MiB",
             size >> 20,
             limits.max_alloc_bytes >> 20
         );
     }
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?;
-    decode_image_bytes(&bytes, limits).map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))
+    let bytes = std::fs::read(path).context("cannot read image")?;
+    decode_image_bytes(&bytes, limits)
 }
 
-/// Decodes image bytes (an upload, say) under `limits`.
+/// Decodes image bytes (an upload, say) under `limits`. The result may keep an alpha channel;
+/// [`to_rgb`] turns it into the RGB pixels transformers sees.
 pub fn decode_image_bytes(bytes: &[u8], limits: DecodeLimits) -> Result<DynamicImage> {
     let format = image::guess_format(bytes).ok().filter(|f| {
         use image::ImageFormat::*;
@@ -56,8 +109,23 @@ pub fn decode_image_bytes(bytes: &[u8], limits: DecodeLimits) -> Result<DynamicI
     let Some(format) = format else {
         bail!("not an image clipsteer can read (supported: PNG, JPEG, WebP, GIF, BMP)");
     };
-    let reader = ImageReader::with_format(std::io::Cursor::new(bytes), format);
-    decode(reader, limits).context("cannot decode image")
+    match format {
+        image::ImageFormat::Gif => gif_first_frame(bytes, limits).context("cannot decode image"),
+        image::ImageFormat::Jpeg => match four_channel_jpeg(bytes, limits) {
+            Ok(Some(image)) => Ok(image),
+            Ok(None) => decode(
+                ImageReader::with_format(std::io::Cursor::new(bytes), format),
+                limits,
+            )
+            .context("cannot decode image"),
+            Err(e) => Err(e.context("cannot decode image")),
+        },
+        _ => decode(
+            ImageReader::with_format(std::io::Cursor::new(bytes), format),
+            limits,
+        )
+        .context("cannot decode image"),
+    }
 }
 
 fn decode<R: std::io::BufRead + std::io::Seek>(
@@ -73,13 +141,7 @@ fn decode<R: std::io::BufRead + std::io::Seek>(
         .into_decoder()
         .map_err(describe_image_error(limits))?;
     let (width, height) = decoder.dimensions();
-    if width > limits.max_width || height > limits.max_height {
-        bail!(
-            "image is {width}×{height}, over the limit of {}×{}; resize it first",
-            limits.max_width,
-            limits.max_height
-        );
-    }
+    limits.check(width as u64, height as u64, 0)?;
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
@@ -98,6 +160,204 @@ fn describe_image_error(limits: DecodeLimits) -> impl Fn(image::ImageError) -> a
         ),
         other => anyhow::anyhow!("{other}"),
     }
+}
+
+/// The first frame of a GIF as Pillow opens it: the canvas is the logical screen (grown to hold
+/// the frame if the frame overhangs it); outside the frame it holds the frame's transparent index
+/// when it has one, else palette entry 0 (Pillow ignores the background index for frame 0).
+/// Transparent pixels come back with alpha 0 for [`to_rgb`] to composite; indices past the
+/// palette's end are black, as in Pillow's zero-filled palette.
+fn gif_first_frame(bytes: &[u8], limits: DecodeLimits) -> Result<DynamicImage> {
+    let mut options = gif::DecodeOptions::new();
+    options.set_color_output(gif::ColorOutput::Indexed);
+    if let Some(limit) = std::num::NonZeroU64::new(limits.max_alloc_bytes) {
+        options.set_memory_limit(gif::MemoryLimit::Bytes(limit));
+    }
+    let mut decoder = options.read_info(std::io::Cursor::new(bytes))?;
+    let (screen_w, screen_h) = (decoder.width() as u64, decoder.height() as u64);
+    let global = decoder.global_palette().map(<[u8]>::to_vec);
+    limits.check(screen_w, screen_h, 4)?;
+    let Some(frame) = decoder.next_frame_info()? else {
+        bail!("the GIF has no frame");
+    };
+    let (left, top) = (frame.left as u64, frame.top as u64);
+    let (frame_w, frame_h) = (frame.width as u64, frame.height as u64);
+    let (width, height) = (screen_w.max(left + frame_w), screen_h.max(top + frame_h));
+    limits.check(width, height, 5)?; // the RGBA canvas and the frame's indices
+    let transparent = frame.transparent;
+    let palette = frame.palette.clone().or(global);
+    let mut indices = vec![0u8; decoder.buffer_size()];
+    decoder.read_into_buffer(&mut indices)?;
+    let colour = |index: u8| -> [u8; 4] {
+        if Some(index) == transparent {
+            return [0, 0, 0, 0];
+        }
+        match &palette {
+            Some(p) => {
+                let at = index as usize * 3;
+                match p.get(at..at + 3) {
+                    Some(rgb) => [rgb[0], rgb[1], rgb[2], 255],
+                    None => [0, 0, 0, 255],
+                }
+            }
+            None => [index, index, index, 255], // no palette: Pillow reads the indices as grey
+        }
+    };
+    let fill = colour(transparent.unwrap_or(0));
+    let mut canvas = RgbaImage::from_pixel(width as u32, height as u32, image::Rgba(fill));
+    for (i, &index) in indices.iter().enumerate() {
+        let (x, y) = (left + (i as u64 % frame_w), top + (i as u64 / frame_w));
+        canvas.put_pixel(x as u32, y as u32, image::Rgba(colour(index)));
+    }
+    Ok(if transparent.is_some() {
+        DynamicImage::ImageRgba8(canvas)
+    } else {
+        DynamicImage::ImageRgb8(DynamicImage::ImageRgba8(canvas).to_rgb8())
+    })
+}
+
+/// CMYK and YCCK JPEGs as Pillow reads them: libjpeg turns YCCK into CMYK, Pillow takes the samples
+/// as Adobe's inverted CMYK ("CMYK;I", always) and converts with its `cmyk2rgb`. `None` for every
+/// other JPEG, which the image crate decodes.
+fn four_channel_jpeg(bytes: &[u8], limits: DecodeLimits) -> Result<Option<DynamicImage>> {
+    use zune_core::colorspace::ColorSpace;
+    // As the image crate configures zune-jpeg; the size is checked against `limits` below.
+    let options = zune_core::options::DecoderOptions::default()
+        .set_strict_mode(false)
+        .set_max_width(usize::MAX)
+        .set_max_height(usize::MAX);
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(
+        zune_core::bytestream::ZCursor::new(bytes),
+        options,
+    );
+    if decoder.decode_headers().is_err() {
+        return Ok(None); // the image crate reports the error in its words
+    }
+    let Some(space @ (ColorSpace::CMYK | ColorSpace::YCCK)) = decoder.input_colorspace() else {
+        return Ok(None);
+    };
+    let Some((width, height)) = decoder.dimensions() else {
+        return Ok(None);
+    };
+    limits.check(width as u64, height as u64, 7)?;
+    let orientation = decoder
+        .exif()
+        .and_then(|exif| image::metadata::Orientation::from_exif_chunk(exif))
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let raw = decoder.options().jpeg_set_out_colorspace(space);
+    decoder.set_options(raw);
+    let samples = decoder.decode().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    if samples.len() != width * height * 4 {
+        bail!(
+            "the JPEG decoder returned {} bytes for a {width}×{height} CMYK image",
+            samples.len()
+        );
+    }
+    let ycc = YccTables::new();
+    let mut rgb = RgbImage::new(width as u32, height as u32);
+    for (pixel, s) in rgb.pixels_mut().zip(samples.chunks_exact(4)) {
+        let cmyk = match space {
+            ColorSpace::YCCK => ycc.ycck_to_cmyk([s[0], s[1], s[2], s[3]]),
+            _ => [s[0], s[1], s[2], s[3]],
+        };
+        *pixel = image::Rgb(pillow_inverted_cmyk_to_rgb(cmyk));
+    }
+    let mut image = DynamicImage::ImageRgb8(rgb);
+    image.apply_orientation(orientation);
+    Ok(Some(image))
+}
+
+/// libjpeg's YCC→RGB tables (jdcolor.c `build_ycc_rgb_table`, 16-bit fixed point).
+struct YccTables {
+    cr_r: [i32; 256],
+    cb_b: [i32; 256],
+    cr_g: [i32; 256],
+    cb_g: [i32; 256],
+}
+
+impl YccTables {
+    const SCALEBITS: i32 = 16;
+    const ONE_HALF: i32 = 1 << (Self::SCALEBITS - 1);
+
+    fn fix(x: f64) -> i32 {
+        (x * (1i64 << Self::SCALEBITS) as f64 + 0.5) as i32
+    }
+
+    fn new() -> Self {
+        let mut t = Self {
+            cr_r: [0; 256],
+            cb_b: [0; 256],
+            cr_g: [0; 256],
+            cb_g: [0; 256],
+        };
+        for i in 0..256 {
+            let x = i as i32 - 128;
+            t.cr_r[i] = (Self::fix(1.40200) * x + Self::ONE_HALF) >> Self::SCALEBITS;
+            t.cb_b[i] = (Self::fix(1.77200) * x + Self::ONE_HALF) >> Self::SCALEBITS;
+            t.cr_g[i] = -Self::fix(0.71414) * x;
+            t.cb_g[i] = -Self::fix(0.34414) * x + Self::ONE_HALF;
+        }
+        t
+    }
+
+    /// jdcolor.c `ycck_cmyk_convert`: YCC to RGB, inverted to CMY; K passes through.
+    fn ycck_to_cmyk(&self, [y, cb, cr, k]: [u8; 4]) -> [u8; 4] {
+        let (y, cb, cr) = (y as i32, cb as usize, cr as usize);
+        let limit = |v: i32| (255 - v).clamp(0, 255) as u8;
+        [
+            limit(y + self.cr_r[cr]),
+            limit(y + ((self.cb_g[cb] + self.cr_g[cr]) >> Self::SCALEBITS)),
+            limit(y + self.cb_b[cb]),
+            k,
+        ]
+    }
+}
+
+/// Pillow's unpacking of "CMYK;I" (inverted) followed by its `cmyk2rgb` (Convert.c):
+/// with nk = 255 − K, each channel is nk − C·nk/255, the division rounded as MULDIV255.
+fn pillow_inverted_cmyk_to_rgb(stored: [u8; 4]) -> [u8; 3] {
+    let nk = stored[3] as u32; // 255 − (255 − stored K)
+    let channel = |stored_c: u8| {
+        let c = 255 - stored_c as u32;
+        let t = c * nk + 128;
+        let product = ((t >> 8) + t) >> 8;
+        (nk - product.min(nk)) as u8
+    };
+    [channel(stored[0]), channel(stored[1]), channel(stored[2])]
+}
+
+/// The RGB pixels transformers' `convert_to_rgb` (transformers 5.x) makes of an image Pillow
+/// opened: any transparency composited onto opaque white with Pillow's `alpha_composite`
+/// arithmetic, grey replicated. Palette and colour-key transparency (PNG tRNS, GIF) arrive here as
+/// an alpha channel, since the decoders expand them as Pillow's `convert("RGBA")` does. 16-bit
+/// samples are first scaled to 8 bits with rounding (where Pillow clips or truncates; see the
+/// module documentation).
+pub fn to_rgb(image: &DynamicImage) -> RgbImage {
+    if !image.color().has_alpha() {
+        return image.to_rgb8();
+    }
+    let rgba = image.to_rgba8();
+    let mut rgb = RgbImage::new(rgba.width(), rgba.height());
+    for (out, p) in rgb.pixels_mut().zip(rgba.pixels()) {
+        let a = p[3] as u32;
+        *out = image::Rgb([0, 1, 2].map(|c| composite_on_white(p[c], a)));
+    }
+    rgb
+}
+
+/// Pillow's `ImagingAlphaComposite` (AlphaComposite.c) of one channel over an opaque white
+/// background: 7 extra bits of precision, divisions by 255 rounded with the shift trick.
+fn composite_on_white(value: u8, alpha: u32) -> u8 {
+    const PRECISION_BITS: u32 = 7;
+    if alpha == 0 {
+        return 255;
+    }
+    let blend = 255 * (255 - alpha);
+    let out_a255 = alpha * 255 + blend;
+    let coef1 = alpha * 255 * 255 * (1 << PRECISION_BITS) / out_a255;
+    let coef2 = 255 * (1 << PRECISION_BITS) - coef1;
+    let tmp = value as u32 * coef1 + 255 * coef2 + (0x80 << PRECISION_BITS);
+    ((((tmp >> 8) + tmp) >> 8) >> PRECISION_BITS) as u8
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,8 +548,7 @@ impl ClipImageProcessor {
 
     /// Pixel values [3, height, width], as `CLIPImageProcessor(...)["pixel_values"][0]`.
     pub fn preprocess(&self, image: &DynamicImage, device: &Device) -> Result<Tensor> {
-        // PIL's convert("RGB"): grey is replicated, alpha dropped (not composited).
-        let mut rgb = image.to_rgb8();
+        let mut rgb = to_rgb(image);
         if self.do_resize {
             let (width, height) = (rgb.width() as usize, rgb.height() as usize);
             let (new_height, new_width) = match self.resize {

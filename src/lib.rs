@@ -7,6 +7,7 @@
 pub mod attack;
 pub mod bench;
 pub mod cli;
+pub mod clipscore;
 pub mod diffusion;
 pub mod evade;
 pub mod events;

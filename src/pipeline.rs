@@ -403,6 +403,9 @@ pub struct Describer {
     pub lm: LanguageModel,
     pub options: DescribeOptions,
     pub objective: DescribeObjective,
+    /// Where each model came from (id, revision, resolved commit; or a local path), recorded in
+    /// every `done` event so that a result can be reproduced.
+    pub models: Value,
 }
 
 impl Describer {
@@ -426,20 +429,28 @@ impl Describer {
         }
         let lm = load_lm(&spec.lm, device)?;
         validate(&lm, &options)?;
-        let objective = match &spec.scorer_cmd {
-            Some((command, timeout)) => {
-                DescribeObjective::Command(CommandScorer::start(command, *timeout)?)
-            }
+        let (objective, models) = match &spec.scorer_cmd {
+            Some((command, timeout)) => (
+                DescribeObjective::Command(CommandScorer::start(command, *timeout)?),
+                crate::events::models_json(&[("lm", &spec.lm)]),
+            ),
             None => {
                 let encoder = load_encoder(&spec.encoder_spec(), device)?;
                 let targets = Targets::prepare(targets, &encoder, has_image)?;
-                DescribeObjective::Embedding { encoder, targets }
+                (
+                    DescribeObjective::Embedding { encoder, targets },
+                    crate::events::models_json(&[
+                        ("lm", &spec.lm),
+                        ("encoder", &spec.encoder_spec()),
+                    ]),
+                )
             }
         };
         Ok(Self {
             lm,
             options,
             objective,
+            models,
         })
     }
 
@@ -479,6 +490,9 @@ pub enum BatchEvent<'a> {
         image: Option<&'a str>,
         message: &'a str,
         line: &'a Value,
+        /// Whether `message` already names the input (an unreadable image's error does), so
+        /// that a face printing "input: message" would say the path twice.
+        names_input: bool,
     },
 }
 
@@ -521,7 +535,9 @@ pub fn run_batch(
         let line = match outcome {
             Ok(result) => {
                 summary.described += 1;
-                let line = done_json(image.as_deref(), &result, started.elapsed().as_secs_f64());
+                let mut line =
+                    done_json(image.as_deref(), &result, started.elapsed().as_secs_f64());
+                line["models"] = describer.models.clone();
                 observer(BatchEvent::Done {
                     image: image.as_deref(),
                     result: &result,
@@ -537,6 +553,7 @@ pub fn run_batch(
                     image: image.as_deref(),
                     message: &message,
                     line: &line,
+                    names_input: e.downcast_ref::<crate::image::ImageFile>().is_some(),
                 })?;
                 line
             }

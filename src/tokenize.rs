@@ -245,13 +245,29 @@ impl ClipTokenizer {
             .tokenizer
             .encode(text, true)
             .map_err(|e| anyhow::anyhow!("cannot tokenize text for CLIP: {e}"))?;
-        let ids = encoding.get_ids();
+        Ok(self.truncate(encoding.get_ids()))
+    }
+
+    /// [`Self::encode`] of many texts, spread over the thread pool (a step tokenizes every
+    /// candidate's whole text).
+    pub fn encode_batch(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| anyhow::anyhow!("cannot tokenize text for CLIP: {e}"))?;
+        Ok(encodings
+            .iter()
+            .map(|encoding| self.truncate(encoding.get_ids()))
+            .collect())
+    }
+
+    fn truncate(&self, ids: &[u32]) -> Vec<u32> {
         if ids.len() <= self.max_len {
-            return Ok(ids.to_vec());
+            return ids.to_vec();
         }
         let mut truncated = ids[..self.max_len - 1].to_vec();
         truncated.push(ids[ids.len() - 1]);
-        Ok(truncated)
+        truncated
     }
 }
 

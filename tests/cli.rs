@@ -389,6 +389,23 @@ fn batch_goes_on_past_a_bad_image_and_fails_at_the_end() {
         stdout(&output).lines().count() == 3,
         "one result line per good image"
     );
+    // The error line names the file once: "error: DIR/broken.png: not an image …".
+    let broken = dir.join("broken.png").display().to_string();
+    let err = stderr(&output);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line: {err}"));
+    assert_eq!(line.matches(&broken).count(), 1, "{line}");
+    assert!(line.starts_with(&format!("error: {broken}: ")), "{line}");
+    assert_eq!(
+        errors[0]["error"]
+            .as_str()
+            .unwrap()
+            .matches(&broken)
+            .count(),
+        1
+    );
 }
 
 #[test]
@@ -542,39 +559,71 @@ fn describe_with_only_a_text_target_and_a_blocklist() {
 }
 
 #[test]
-fn score_prints_clipscore_from_reference_features() {
-    let reference = reference("clip-quickgelu");
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("reference/manifest.json")).unwrap())
-            .unwrap();
-    let caption = manifest["clip_texts"][1].as_str().unwrap();
-    let output = run(&[
-        "score",
-        &f("images/crop32.png"),
-        caption,
-        "a second caption",
-        "--clip",
-        &f("clip-tiny-quickgelu"),
-        "--json",
-    ]);
-    assert!(output.status.success(), "{}", stderr(&output));
-    let value: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
-    let scores = value["scores"].as_array().unwrap();
-    assert_eq!(scores.len(), 2);
-    let want_cos = cosine(
-        &reference["text_1_features"],
-        &reference["image_crop32_features"],
-    ) as f64;
-    let got_cos = scores[0]["cosine"].as_f64().unwrap();
-    assert!((got_cos - want_cos).abs() < 1e-4, "{got_cos} vs {want_cos}");
-    let clipscore = scores[0]["clipscore"].as_f64().unwrap();
-    assert!((clipscore - 2.5 * want_cos.max(0.0)).abs() < 3e-4);
-    let table = run(&[
-        "score",
-        &f("images/crop32.png"),
-        caption,
-        "--clip",
-        &f("clip-tiny-quickgelu"),
-    ]);
+fn score_prints_clipscore_by_the_published_definitions() {
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("reference/clipscore.json")).unwrap(),
+    )
+    .unwrap();
+    let clip = f(reference["clip"].as_str().unwrap());
+    let find = |convention: &str, prefix: &str, caption: &str| -> f64 {
+        reference["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| {
+                c["image"] == "rgba_50x50.png"
+                    && c["convention"] == convention
+                    && c["prefix"] == prefix
+                    && c["caption"] == caption
+            })
+            .unwrap()["clipscore"]
+            .as_f64()
+            .unwrap()
+    };
+    let caption = "zapp starfish gear";
+    let image = f("images/rgba_50x50.png");
+    for (extra, convention, prefix, scale) in [
+        (vec![], "hessel", "A photo depicts ", 2.5),
+        (vec!["--prefix", ""], "hessel", "", 2.5),
+        (vec!["--torchmetrics"], "torchmetrics", "", 100.0),
+    ] {
+        let mut args = vec![
+            "score",
+            &image,
+            caption,
+            "second caption",
+            "--clip",
+            &clip,
+            "--json",
+        ];
+        args.extend(extra.iter().copied());
+        let output = run(&args);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let value: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+        assert_eq!(value["convention"], convention);
+        assert_eq!(value["prefix"], prefix);
+        let scores = value["scores"].as_array().unwrap();
+        assert_eq!(scores.len(), 2);
+        let got = scores[0]["clipscore"].as_f64().unwrap();
+        let want = find(convention, prefix, caption);
+        assert!(
+            want > 0.0 && (got - want).abs() < 1e-4 * scale,
+            "{convention} {prefix:?}: {got} vs {want}"
+        );
+    }
+    let table = run(&["score", &image, caption, "--clip", &clip]);
     assert!(stdout(&table).contains("clipscore") && stdout(&table).contains(caption));
+    assert!(stdout(&table).contains("hessel"));
+    // torchmetrics' convention has no prefix: clap refuses the pair.
+    let both = run(&[
+        "score",
+        &image,
+        caption,
+        "--clip",
+        &clip,
+        "--torchmetrics",
+        "--prefix",
+        "x",
+    ]);
+    assert!(!both.status.success() && stderr(&both).contains("--prefix"));
 }

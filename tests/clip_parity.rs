@@ -262,7 +262,19 @@ fn batched_image_features_equal_one_at_a_time() {
 fn fused_cpu_attention_equals_candle_ops_path() {
     let tokenizer = clip_tokenizer();
     let prefix_text = "a photo of a cat";
-    let continuations = ["s", " on a mat", "erpillar", "!", " 1999 and 2024", ""];
+    // " 19", " 1999" and " 1999 and 2024" agree on their first new tokens: the fused path
+    // computes those positions once (a prefix tree), the batched ops once per sequence.
+    let continuations = [
+        "s",
+        " on a mat",
+        "erpillar",
+        "!",
+        " 1999 and 2024",
+        "",
+        " 1999",
+        " 19",
+        " on a hat",
+    ];
     for kind in KINDS {
         let mut clip = model(kind);
         let prefix_ids = tokenizer.encode(prefix_text).unwrap();
@@ -276,7 +288,12 @@ fn fused_cpu_attention_equals_candle_ops_path() {
         let fused = clip.text_features_with_prefix(&prefix, &sequences).unwrap();
         clip.use_cpu_kernels(false);
         let generic = clip.text_features_with_prefix(&prefix, &sequences).unwrap();
-        assert_eq!(fused.positions_computed, generic.positions_computed);
+        assert!(
+            fused.positions_computed < generic.positions_computed,
+            "{kind}: the prefix tree computes {} positions, the buckets {}",
+            fused.positions_computed,
+            generic.positions_computed
+        );
         let err = rel_err(&fused.features, &generic.features);
         assert!(err <= 1e-5, "{kind}: rel err {err}");
     }

@@ -332,9 +332,10 @@ fn invalid_options_are_clear_errors() {
     assert!(err(beam(2, f32::NAN)).contains("--beam-fluency"));
 }
 
-/// Only positions that differ between candidates are computed: per step, each distinct CLIP
-/// sequence costs its length minus what it shares with the text so far (never its pooled
-/// position). A count, not a time.
+/// Only positions that differ are computed: per step, each distinct CLIP sequence costs its
+/// positions after what it shares with the text so far, up to its pooled one (never less than
+/// that one), and positions that candidates agree on past the text so far are computed once (a
+/// prefix tree). A count, not a time.
 #[test]
 fn positions_computed_per_step_are_only_the_differing_ones() {
     use clipsteer::steer::CausalLm;
@@ -351,7 +352,8 @@ fn positions_computed_per_step_are_only_the_differing_ones() {
         let mut prefix = scorer.tokenizer.encode(&lm.decode(&ids)?)?;
         prefix.pop();
         let mut distinct = std::collections::HashSet::new();
-        let mut expected = 0;
+        // A position is (where its sequence starts computing, the ids up to and including it).
+        let mut positions = std::collections::HashSet::new();
         for (candidate, _) in &event.scored {
             let clip_ids = scorer
                 .tokenizer
@@ -362,11 +364,20 @@ fn positions_computed_per_step_are_only_the_differing_ones() {
                     .zip(&clip_ids)
                     .take_while(|(a, b)| a == b)
                     .count();
-                expected += clip_ids.len() - common.min(scorer.model.pool_position(&clip_ids));
+                let pool = scorer.model.pool_position(&clip_ids);
+                let start = common.min(pool);
+                for j in start..=pool {
+                    positions.insert((start, clip_ids[..=j].to_vec()));
+                }
                 total_full += clip_ids.len();
             }
         }
-        assert_eq!(event.positions_computed, expected, "step {}", event.step);
+        assert_eq!(
+            event.positions_computed,
+            positions.len(),
+            "step {}",
+            event.step
+        );
         total_cached += event.positions_computed;
         ids.push(event.token_id);
         Ok(())

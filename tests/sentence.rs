@@ -44,6 +44,30 @@ fn sentence_embeddings_match_transformers() {
 }
 
 #[test]
+fn packed_batches_equal_padded_ones() {
+    let mut scorer = SentenceScorer::load(&fixture("minilm-tiny"), &Device::Cpu).unwrap();
+    // Lengths that differ, so that the padded batch pads and the packed one does not.
+    let texts: Vec<String> = cases()
+        .iter()
+        .map(|c| c["text"].as_str().unwrap().to_string())
+        .chain([
+            "a".to_string(),
+            "a longer sentence than the others, with commas, and more words".to_string(),
+        ])
+        .collect();
+    let packed = scorer.embed(&texts).unwrap();
+    scorer.model.use_cpu_kernels(false);
+    let padded = scorer.embed(&texts).unwrap();
+    for (i, (p, q)) in packed.iter().zip(&padded).enumerate() {
+        let err = rel_err(
+            &candle_core::Tensor::new(p.as_slice(), &Device::Cpu).unwrap(),
+            &candle_core::Tensor::new(q.as_slice(), &Device::Cpu).unwrap(),
+        );
+        assert!(err <= 1e-5, "text {i}: packed and padded differ by {err}");
+    }
+}
+
+#[test]
 fn text_only_encoder_steers_from_the_command_line_and_refuses_images() {
     let bin = env!("CARGO_BIN_EXE_clipsteer");
     let base = [

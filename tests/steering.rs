@@ -43,11 +43,125 @@ fn options(
     }
 }
 
-/// An oracle written independently of `Blocklist`: character by character.
+/// The blocklist's normalised form, written independently of the product: ICU4X's NFKC, NFD, case
+/// folding and property data (the product uses unicode-rs crates), and a confusables table written
+/// here from confusables.txt for every character the tests generate (any other is a test error).
+mod oracle {
+    use icu_casemap::CaseMapper;
+    use icu_normalizer::{ComposingNormalizer, DecomposingNormalizer};
+    use icu_properties::props::{
+        Alphabetic, DefaultIgnorableCodePoint, GeneralCategory, WhiteSpace,
+    };
+    use icu_properties::{CodePointMapData, CodePointSetData};
+
+    /// confusables.txt prototypes of the characters the tests write (after NFKC and folding). A
+    /// character outside the table is a test error when `strict`, and left as it is otherwise (for
+    /// texts a random model writes, where the oracle can only under-flag).
+    fn prototype(c: char, strict: bool) -> Option<&'static str> {
+        Some(match c {
+            '0' => "O",
+            '1' => "l",
+            'I' => "l",
+            'm' => "rn",
+            '|' => "l",
+            '`' => "'",
+            '"' => "''",
+            'а' => "a",
+            'е' => "e",
+            'о' => "o",
+            'р' => "p",
+            'с' => "c",
+            'х' => "x",
+            'у' => "y",
+            'і' => "i",
+            'ј' => "j",
+            'ѕ' => "s",
+            'һ' => "h",
+            'ԁ' => "d",
+            'ο' => "o",
+            'α' => "a",
+            'ν' => "v",
+            'ı' => "i",
+            _ if c.is_ascii() => return None,
+            '\u{300}'..='\u{30F}' => return None, // the accents used here have no prototype
+            _ if !strict => return None,
+            _ => panic!(
+                "the oracle has no confusables entry for {c:?} (U+{:04X})",
+                c as u32
+            ),
+        })
+    }
+
+    fn fold(s: &str) -> String {
+        CaseMapper::new().fold_string(s).into_owned()
+    }
+
+    fn skeleton(s: &str, strict: bool) -> String {
+        let nfd = DecomposingNormalizer::new_nfd();
+        let ignorable = CodePointSetData::new::<DefaultIgnorableCodePoint>();
+        let mapped: String = nfd
+            .normalize(s)
+            .chars()
+            .filter(|&c| !ignorable.contains(c))
+            .map(|c| prototype(c, strict).map_or_else(|| c.to_string(), str::to_string))
+            .collect();
+        nfd.normalize(&mapped).into_owned()
+    }
+
+    pub fn normalize(text: &str, strict: bool) -> String {
+        let nfkc = ComposingNormalizer::new_nfkc().normalize(text).into_owned();
+        let folded = fold(&skeleton(&fold(&nfkc), strict));
+        let white = CodePointSetData::new::<WhiteSpace>();
+        let chars: Vec<char> = folded.chars().collect();
+        let mut out = String::new();
+        for (i, &c) in chars.iter().enumerate() {
+            if c == '\u{307}' && i > 0 && (chars[i - 1] == 'i' || chars[i - 1] == 'j') {
+                continue;
+            }
+            if white.contains(c) {
+                if !out.ends_with(' ') {
+                    out.push(' ');
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    /// UTS #18's \w: Alphabetic, numbers, marks, connector punctuation.
+    pub fn is_word(c: char) -> bool {
+        use GeneralCategory as G;
+        let category = CodePointMapData::<GeneralCategory>::new().get(c);
+        CodePointSetData::new::<Alphabetic>().contains(c)
+            || matches!(
+                category,
+                G::DecimalNumber
+                    | G::LetterNumber
+                    | G::OtherNumber
+                    | G::NonspacingMark
+                    | G::SpacingMark
+                    | G::EnclosingMark
+                    | G::ConnectorPunctuation
+            )
+    }
+}
+
+/// An oracle written independently of `Blocklist`: both sides through the oracle's normaliser,
+/// then every position compared character by character.
 fn contains_blocked(text: &str, word: &str, substrings: bool) -> bool {
-    let is_word = |c: char| c.is_alphanumeric() || c == '_';
-    let t: Vec<char> = text.to_lowercase().chars().collect();
-    let w: Vec<char> = word.trim().to_lowercase().chars().collect();
+    oracle_contains(text, word, substrings, false)
+}
+
+/// The same, with every character's confusable prototype known to the oracle.
+fn contains_blocked_strict(text: &str, word: &str, substrings: bool) -> bool {
+    oracle_contains(text, word, substrings, true)
+}
+
+fn oracle_contains(text: &str, word: &str, substrings: bool, strict: bool) -> bool {
+    let is_word = oracle::is_word;
+    let t: Vec<char> = oracle::normalize(text, strict).chars().collect();
+    let w: Vec<char> = oracle::normalize(word, strict).trim().chars().collect();
     if w.is_empty() || w.len() > t.len() {
         return false;
     }
@@ -86,6 +200,264 @@ fn blocklist_matches_whole_words_case_insensitively() {
         Blocklist::read_file(&file).unwrap(),
         vec!["cat", "dog", "bird"]
     );
+}
+
+/// The disguises of issue 12: each is refused when the plain word is blocked.
+#[test]
+fn blocked_words_are_found_in_every_disguise() {
+    let cases: &[(&str, &[&str])] = &[
+        ("café", &["cafe\u{301}", "CAFÉ", "CAFE\u{301}"]),
+        (
+            "dog",
+            &[
+                "ｄｏｇ",
+                "𝐝𝐨𝐠",
+                "d\u{200B}og",
+                "d\u{AD}og",
+                "d\u{43E}g",
+                "DOG",
+                "𝒹ℴℊ",
+            ],
+        ),
+        ("straße", &["STRASSE", "strasse", "Straße"]),
+        ("strasse", &["straße"]),
+        ("istanbul", &["İSTANBUL", "ISTANBUL", "i\u{307}stanbul"]),
+        (
+            "hot dog",
+            &[
+                "hot\u{A0}dog",
+                "hot\tdog",
+                "hot  dog",
+                "hot\u{3000}dog",
+                "HOT\n DOG",
+            ],
+        ),
+    ];
+    for (word, disguises) in cases {
+        let list = Blocklist::new([*word], false).unwrap();
+        for text in *disguises {
+            assert_eq!(
+                list.find_in(&format!("a {text} here")),
+                Some(*word),
+                "{word:?} in {text:?}"
+            );
+            assert!(
+                contains_blocked_strict(text, word, false),
+                "oracle: {word:?} in {text:?}"
+            );
+        }
+    }
+    // Harmless text stays allowed.
+    let list = Blocklist::new(["hot dog", "dog"], false).unwrap();
+    for text in [
+        "a hotdog stand",
+        "such doge",
+        "dogs",
+        "underdog",
+        "hot-dogging",
+    ] {
+        assert_eq!(list.find_in(text), None, "{text:?}");
+    }
+    // A blocked word written in disguise blocks the plain word.
+    let list = Blocklist::new(["ＤＯＧ", "Straße"], false).unwrap();
+    assert_eq!(list.find_in("the dog"), Some("ｄｏｇ"));
+    assert_eq!(list.find_in("STRASSE"), Some("straße"));
+    // A word that is nothing once invisible characters are removed is an error, not a match-all.
+    assert!(Blocklist::new(["\u{200B}\u{AD}"], false).is_err());
+}
+
+/// Disguises that leave a text's normalised form unchanged, as a filter evader would write them.
+mod disguise {
+    use rand::Rng;
+
+    const HOMOGLYPHS: &[(char, &str)] = &[
+        ('a', "аα"),
+        ('e', "е"),
+        ('o', "оο"),
+        ('p', "р"),
+        ('c', "с"),
+        ('x', "х"),
+        ('y', "у"),
+        ('i', "іı"),
+        ('j', "ј"),
+        ('s', "ѕ"),
+        ('h', "һ"),
+        ('d', "ԁ"),
+        ('v', "ν"),
+    ];
+    const INVISIBLE: &[char] = &[
+        '\u{200B}', '\u{200C}', '\u{200D}', '\u{2060}', '\u{AD}', '\u{FEFF}', '\u{34F}',
+    ];
+    const SPACES: &[&str] = &[
+        "\u{A0}", "\t", "  ", "\u{2003}", "\u{3000}", "\u{202F}", "\n", " \t ",
+    ];
+
+    fn fullwidth(c: char) -> char {
+        if c.is_ascii_graphic() {
+            char::from_u32(c as u32 - 0x21 + 0xFF01).unwrap()
+        } else {
+            c
+        }
+    }
+
+    fn bold(c: char) -> char {
+        let base = match c {
+            'a'..='z' => 0x1D41A + (c as u32 - 'a' as u32),
+            'A'..='Z' => 0x1D400 + (c as u32 - 'A' as u32),
+            '0'..='9' => 0x1D7CE + (c as u32 - '0' as u32),
+            _ => return c,
+        };
+        char::from_u32(base).unwrap()
+    }
+
+    /// One disguise, chosen at random, applied to each character with probability `p`.
+    pub fn apply(text: &str, rng: &mut impl Rng) -> String {
+        let kind = rng.random_range(0..9);
+        let p = rng.random_range(0.2..1.0);
+        let mut out = String::new();
+        let text = if kind == 2 && rng.random_bool(0.5) {
+            text.replace("ss", "ß")
+        } else {
+            text.to_string()
+        };
+        let chars: Vec<char> = text.chars().collect();
+        for (i, &c) in chars.iter().enumerate() {
+            if !rng.random_bool(p) {
+                out.push(c);
+                continue;
+            }
+            match kind {
+                0 => out.push(fullwidth(c)),
+                1 => out.push(bold(c)),
+                2 => match c {
+                    // Turkish-style capital for i; ß (from a double s above) kept.
+                    'i' => out.push('İ'),
+                    'ß' => out.push(c),
+                    _ => out.extend(c.to_uppercase()),
+                },
+                3 => {
+                    out.push(c);
+                    if c.is_alphanumeric() && chars.get(i + 1).is_some_and(|n| n.is_alphanumeric())
+                    {
+                        out.push(INVISIBLE[rng.random_range(0..INVISIBLE.len())]);
+                    }
+                }
+                4 => match HOMOGLYPHS.iter().find(|(plain, _)| *plain == c) {
+                    Some((_, glyphs)) => {
+                        let glyphs: Vec<char> = glyphs.chars().collect();
+                        out.push(glyphs[rng.random_range(0..glyphs.len())]);
+                    }
+                    None => out.push(c),
+                },
+                5 => match c {
+                    ' ' => out.push_str(SPACES[rng.random_range(0..SPACES.len())]),
+                    _ => out.push(c),
+                },
+                6 => match c {
+                    'é' => out.push_str("e\u{301}"),
+                    'k' => out.push('\u{212A}'), // KELVIN SIGN
+                    's' => out.push('ſ'),        // LONG S
+                    _ => out.push(c),
+                },
+                7 => out.extend(c.to_uppercase()),
+                _ => out.push(c),
+            }
+        }
+        out
+    }
+}
+
+/// Random blocklists; random texts of blocked words, near misses and harmless words; every
+/// disguise and compositions of them. The product refuses exactly what the independent oracle
+/// flags, on every prefix of every text (as the describe loops check a text after each token), and
+/// a disguise never changes the verdict on a text.
+#[test]
+fn the_blocklist_refuses_exactly_what_the_oracle_flags_under_every_disguise() {
+    const WORDS: &[&str] = &[
+        "dog", "hot dog", "hotdog", "doge", "dogs", "cat", "catalog", "bobcat", "café", "cafe",
+        "straße", "strasse", "istanbul", "new york", "york", "corn", "com", "sky", "kid", "dice",
+        "pixel", "ice", "jay", "has", "ok", "r2d2", "x-ray", "a.a",
+    ];
+    const GLUE: &[&str] = &[" ", " ", " ", ", ", ". ", "-", "!", "", " (", ") "];
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
+    let (mut flagged, mut disguised_flagged, mut checked) = (0, 0, 0);
+    for case in 0..400 {
+        let substrings = rng.random_bool(0.2);
+        let chosen: Vec<&str> = (0..rng.random_range(1..4))
+            .map(|_| WORDS[rng.random_range(0..WORDS.len())])
+            .collect();
+        // Sometimes the list itself is written in disguise.
+        let blocked: Vec<String> = if rng.random_bool(0.3) {
+            chosen
+                .iter()
+                .map(|w| disguise::apply(w, &mut rng))
+                .collect()
+        } else {
+            chosen.iter().map(|w| w.to_string()).collect()
+        };
+        let list = Blocklist::new(&blocked, substrings).unwrap();
+        let mut plain = String::new();
+        for _ in 0..rng.random_range(1..6) {
+            // Blocked words often, near misses and other words otherwise.
+            plain.push_str(if rng.random_bool(0.3) {
+                chosen[rng.random_range(0..chosen.len())]
+            } else {
+                WORDS[rng.random_range(0..WORDS.len())]
+            });
+            plain.push_str(GLUE[rng.random_range(0..GLUE.len())]);
+        }
+        let mut text = plain.clone();
+        for _ in 0..rng.random_range(0..4) {
+            text = disguise::apply(&text, &mut rng);
+        }
+        let expected = blocked
+            .iter()
+            .position(|w| contains_blocked_strict(&text, w, substrings));
+        let got = list.find_in(&text);
+        assert_eq!(
+            got.is_some(),
+            expected.is_some(),
+            "case {case}: {blocked:?} in {text:?} (from {plain:?}, substrings {substrings}): product {got:?}"
+        );
+        if let (Some(got), Some(i)) = (got, expected) {
+            // Duplicates (by normalised form) keep their first spelling, so this is the list's word.
+            assert_eq!(
+                got,
+                blocked[i].trim().to_lowercase(),
+                "case {case}: the first blocked word, in list order"
+            );
+        }
+        // The disguise changes nothing: the plain text gets the same verdict.
+        assert_eq!(
+            list.find_in(&plain).is_some(),
+            got.is_some(),
+            "case {case}: {blocked:?}: {plain:?} vs its disguise {text:?}"
+        );
+        // Every prefix, as the loops see the text grow.
+        for (end, _) in text.char_indices().skip(1) {
+            let prefix = &text[..end];
+            let oracle = blocked
+                .iter()
+                .any(|w| contains_blocked_strict(prefix, w, substrings));
+            assert_eq!(
+                list.find_in(prefix).is_some(),
+                oracle,
+                "case {case}: {blocked:?} in prefix {prefix:?}"
+            );
+            checked += 1;
+        }
+        if got.is_some() {
+            flagged += 1;
+            if text != plain {
+                disguised_flagged += 1;
+            }
+        }
+    }
+    assert!(
+        flagged >= 150 && disguised_flagged >= 100,
+        "only {flagged} texts flagged ({disguised_flagged} disguised): the test does not exercise the blocklist"
+    );
+    assert!(checked > 5000);
 }
 
 #[test]
@@ -138,6 +510,10 @@ fn no_step_ever_writes_a_blocked_word() {
                         .collect(),
                 );
             }
+        }
+        // Sometimes the list is written in disguise; it must still block the plain words.
+        if rng.random_bool(0.3) {
+            words = words.iter().map(|w| disguise::apply(w, &mut rng)).collect();
         }
         let prompt = prompts[rng.random_range(0..prompts.len())];
         if words

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import transformers
 from clip_vocab import clip_vocab_and_merges
-from PIL import Image
+from PIL import Image, ImageOps
 from safetensors.torch import save_file
 from transformers import (
     BertConfig,
@@ -31,7 +31,6 @@ from transformers import (
     GPT2LMHeadModel,
     GPT2TokenizerFast,
 )
-from transformers.image_utils import load_image
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,6 +196,13 @@ def clip_config(kind):
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=12)
 
 
+def open_image(path):
+    """An image as clipsteer's reference sees it: Pillow's, upright by its EXIF orientation, with
+    its transparency intact for the processor's convert_to_rgb to composite onto white.
+    (transformers.image_utils.load_image would convert to RGB first and drop the alpha.)"""
+    return ImageOps.exif_transpose(Image.open(path))
+
+
 def preprocessor_config(kind):
     if kind == "quickgelu":
         # The older integer form of size/crop_size, as openai/clip-vit-base-patch32 ships it.
@@ -259,7 +265,7 @@ def make_clip(kind, tokenizer, image_names, generator):
             ref[f"text_{i}_ids"] = ids[0].to(torch.int64)
             ref[f"text_{i}_features"] = model.get_text_features(input_ids=ids).pooler_output[0]
         for name in image_names:
-            pixels = processor(images=load_image(str(FIXTURES / "images" / name)), return_tensors="pt")["pixel_values"]
+            pixels = processor(images=open_image(FIXTURES / "images" / name), return_tensors="pt")["pixel_values"]
             key = name.rsplit(".", 1)[0]
             ref[f"image_{key}_pixels"] = pixels[0]
             ref[f"image_{key}_features"] = model.get_image_features(pixel_values=pixels).pooler_output[0]
@@ -400,7 +406,7 @@ DESCRIBE_CASES = [
 
 def reference_loop(gpt2, gpt2_tok, clip, clip_tok, processor, image_path, prompt, k, steps):
     """The seed demo's loop: GPT-2's top-k, CLIP scores decode(ids + [candidate]), argmax wins."""
-    pixels = processor(images=load_image(str(image_path)), return_tensors="pt")["pixel_values"]
+    pixels = processor(images=open_image(image_path), return_tensors="pt")["pixel_values"]
     image = clip.get_image_features(pixel_values=pixels).pooler_output
     image = image / image.norm(dim=-1, keepdim=True)
     ids = gpt2_tok(prompt)["input_ids"]

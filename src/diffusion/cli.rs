@@ -10,9 +10,14 @@ use std::path::{Path, PathBuf};
 /// The Stable Diffusion options of `generate` and `evade`.
 #[derive(Args, Debug, Clone)]
 pub struct DiffusionArgs {
-    /// Stable Diffusion model: a directory in the diffusers layout or a hub id.
+    /// Stable Diffusion model: a directory in the diffusers layout or a hub id (ID@REVISION for a
+    /// branch, tag or commit).
     #[arg(long, default_value = DEFAULT_MODEL)]
     pub model: String,
+    /// Weights variant to read, as diffusers' `variant=`: `fp16` reads
+    /// `diffusion_pytorch_model.fp16.safetensors` and `model.fp16.safetensors`.
+    #[arg(long, value_name = "NAME")]
+    pub variant: Option<String>,
     /// Denoising steps.
     #[arg(long, default_value_t = 25)]
     pub steps: usize,
@@ -61,8 +66,8 @@ impl DiffusionArgs {
 
     /// Resolves and loads the model, checking the size against its VAE.
     pub fn load(&self, device: &Device) -> Result<StableDiffusion> {
-        let dir = super::resolve(&self.model)?;
-        let pipeline = StableDiffusion::load(&dir, device)
+        let dir = super::resolve(&self.model, self.variant.as_deref())?;
+        let pipeline = StableDiffusion::load_variant(&dir, self.variant.as_deref(), device)
             .with_context(|| format!("cannot load Stable Diffusion model '{}'", self.model))?;
         pipeline
             .check_size(self.size, self.size)
@@ -194,8 +199,18 @@ pub fn run_generate(args: GenerateArgs, device: &Device) -> Result<i32> {
         "denoising",
     )?;
     write_atomically(&args.output, &encode_image(&image, format)?)?;
+    // Where the model came from (id@revision, commit), so that the image can be made again.
+    let model = match crate::hub::origin(&args.diffusion.model) {
+        Some(crate::hub::ModelOrigin::Hub {
+            id,
+            revision,
+            commit,
+        }) => format!("{id}@{revision}, commit {commit}"),
+        Some(crate::hub::ModelOrigin::Local { path }) => path,
+        None => args.diffusion.model.clone(),
+    };
     eprintln!(
-        "wrote {} ({}×{}, {} steps of {}, seed {}, {:.1}s)",
+        "wrote {} ({}×{}, {} steps of {}, seed {}, {:.1}s, model {model})",
         args.output.display(),
         image.width(),
         image.height(),

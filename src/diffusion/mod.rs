@@ -10,7 +10,7 @@ pub mod schedule;
 pub mod text_encoder;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use candle_transformers::models::stable_diffusion::schedulers::{
     BetaSchedule, PredictionType as CandlePrediction, Scheduler, SchedulerConfig as _,
     TimestepSpacing,
@@ -25,19 +25,25 @@ use text_encoder::{PromptTokenizer, TextEncoder};
 
 pub const DEFAULT_MODEL: &str = "stabilityai/stable-diffusion-2-base";
 
-/// The files a diffusers-layout directory must hold for clipsteer to run it.
+/// The files a diffusers-layout directory must hold for clipsteer to run it, besides the weights
+/// of [`WEIGHTS`].
 const REQUIRED_FILES: &[&str] = &[
     "unet/config.json",
-    "unet/diffusion_pytorch_model.safetensors",
     "vae/config.json",
-    "vae/diffusion_pytorch_model.safetensors",
     "text_encoder/config.json",
-    "text_encoder/model.safetensors",
     "tokenizer/vocab.json",
     "tokenizer/merges.txt",
     "tokenizer/tokenizer_config.json",
     "scheduler/scheduler_config.json",
 ];
+/// Each weighted component: its folder and how its library names the weight files
+/// (safetensors, sharded or not, before PyTorch `.bin`, with the `--variant` when given).
+const WEIGHTS: &[(&str, crate::models::WeightNames)] = &[
+    ("unet", crate::models::DIFFUSERS_WEIGHTS),
+    ("vae", crate::models::DIFFUSERS_WEIGHTS),
+    ("text_encoder", crate::models::TRANSFORMERS_WEIGHTS),
+];
+
 /// Fetched with the rest when the repository has it.
 const OPTIONAL_FILES: &[&str] = &["tokenizer/special_tokens_map.json"];
 
@@ -59,85 +65,59 @@ pub enum SchedulerKind {
 
 /// The what-to-do sentence of every missing-weights error.
 fn fetch_hint(spec: &str) -> String {
+    let download = match crate::hub::ModelSpec::parse(spec) {
+        Ok(crate::hub::ModelSpec::Hub { id, revision }) => match revision {
+            Some(revision) => format!("{id} --revision {revision}"),
+            None => id,
+        },
+        _ => DEFAULT_MODEL.to_string(),
+    };
     format!(
-        "download it where the hub is reachable (`huggingface-cli download {}`) or pass --model DIR, a directory in the diffusers layout (unet/, vae/, text_encoder/, tokenizer/, scheduler/)",
-        if crate::hub::looks_like_hub_id(spec) && !Path::new(spec).exists() {
-            spec
-        } else {
-            DEFAULT_MODEL
-        }
+        "download it where the hub is reachable (`huggingface-cli download {download}`) or pass --model DIR, a directory in the diffusers layout (unet/, vae/, text_encoder/, tokenizer/, scheduler/)"
     )
 }
 
-/// Resolves `spec` (a diffusers-layout directory, or a hub id) to a local directory holding
-/// every file in [`REQUIRED_FILES`], downloading into the HF cache when allowed.
-pub fn resolve(spec: &str) -> Result<PathBuf> {
-    let path = Path::new(spec);
-    if path.is_dir() {
-        let missing: Vec<&str> = REQUIRED_FILES
-            .iter()
-            .copied()
-            .filter(|f| !path.join(f).is_file())
-            .collect();
-        if !missing.is_empty() {
-            bail!("{spec} lacks {}; {}", missing.join(", "), fetch_hint(spec));
+/// Resolves `spec` (a diffusers-layout directory, or a hub id, optionally `ID@REVISION`) to a
+/// local directory holding every file in [`REQUIRED_FILES`] and the weights of each component
+/// (the `variant`'s, e.g. `fp16`, when given), downloading into the HF cache when allowed.
+pub fn resolve(spec: &str, variant: Option<&str>) -> Result<PathBuf> {
+    resolve_with(spec, variant, &crate::hub::HubConfig::from_env())
+}
+
+/// [`resolve`] with an explicit hub configuration.
+pub fn resolve_with(
+    spec: &str,
+    variant: Option<&str>,
+    config: &crate::hub::HubConfig,
+) -> Result<PathBuf> {
+    match crate::hub::ModelSpec::parse(spec)
+        .map_err(|e| anyhow::anyhow!("{e}; {}", fetch_hint(spec)))?
+    {
+        crate::hub::ModelSpec::Local(path) => {
+            let missing: Vec<&str> = REQUIRED_FILES
+                .iter()
+                .copied()
+                .filter(|f| !path.join(f).is_file())
+                .collect();
+            if !missing.is_empty() {
+                bail!("{spec} lacks {}; {}", missing.join(", "), fetch_hint(spec));
+            }
+            Ok(path)
         }
-        return Ok(path.to_path_buf());
+        crate::hub::ModelSpec::Hub { id, revision } => crate::hub::resolve_pipeline(
+            &id,
+            revision.as_deref(),
+            &crate::hub::PipelineLayout {
+                required: REQUIRED_FILES,
+                weights: WEIGHTS,
+                optional: OPTIONAL_FILES,
+            },
+            variant,
+            spec,
+            config,
+        )
+        .map_err(|e| anyhow::anyhow!("{}; {}", crate::error_line(&e), fetch_hint(spec))),
     }
-    if path.exists() || !crate::hub::looks_like_hub_id(spec) {
-        bail!(
-            "no Stable Diffusion model directory at {spec}; {}",
-            fetch_hint(spec)
-        );
-    }
-    let cache_root = crate::hub::cache_dir();
-    let cache = hf_hub::Cache::new(cache_root.clone());
-    let repo = cache.repo(hf_hub::Repo::new(spec.to_string(), hf_hub::RepoType::Model));
-    let mut found: Vec<PathBuf> = Vec::new();
-    let mut missing: Vec<&str> = Vec::new();
-    for file in REQUIRED_FILES {
-        match repo.get(file) {
-            Some(local) => found.push(local),
-            None => missing.push(file),
-        }
-    }
-    if !missing.is_empty() {
-        if crate::hub::offline() {
-            bail!(
-                "model '{spec}' is not complete in the Hugging Face cache ({}; HF_HUB_OFFLINE is set, missing {}); {}",
-                cache_root.display(),
-                missing.join(", "),
-                fetch_hint(spec)
-            );
-        }
-        let api = hf_hub::api::sync::ApiBuilder::from_cache(cache.clone())
-            .with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .build()
-            .map_err(|e| {
-                anyhow::anyhow!("the hub client failed to start ({e}); {}", fetch_hint(spec))
-            })?;
-        let remote = api.model(spec.to_string());
-        for file in missing {
-            found.push(remote.get(file).map_err(|e| {
-                anyhow::anyhow!(
-                    "downloading {file} of '{spec}' failed ({e}); {}",
-                    fetch_hint(spec)
-                )
-            })?);
-        }
-        for file in OPTIONAL_FILES {
-            // Absent from some repositories by design (the tokenizer config then decides).
-            let _ = remote.get(file);
-        }
-    }
-    // Files of one revision share a snapshot directory; each lies at snapshot/<sub>/<name>.
-    let first = found.first().context("no files resolved")?;
-    let snapshot = first
-        .parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .context("unexpected hub cache layout")?;
-    Ok(snapshot)
 }
 
 /// Seeded standard-normal noise (ChaCha8 + Box–Muller): the same latents for a seed on every
@@ -184,20 +164,28 @@ pub struct StableDiffusion {
     device: Device,
 }
 
-fn safetensors_vb(file: &Path, device: &Device) -> Result<candle_nn::VarBuilder<'static>> {
-    // SAFETY: the weights are mapped read-only and clipsteer never writes them while mapped.
-    unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&[file], DType::F32, device) }
-        .with_context(|| {
-            format!(
-                "cannot read {}: the file may be truncated or corrupt; download it again",
-                file.display()
-            )
-        })
+/// The weights of one component (`unet`, `vae`) in any format and dtype, read as f32.
+fn component_vb(
+    dir: &Path,
+    folder: &str,
+    variant: Option<&str>,
+    device: &Device,
+) -> Result<candle_nn::VarBuilder<'static>> {
+    let files =
+        crate::models::find_weights(&dir.join(folder), crate::models::DIFFUSERS_WEIGHTS, variant)?;
+    crate::models::load_weight_files(&files, device)
 }
 
 impl StableDiffusion {
     /// Loads every component from a directory in the diffusers layout (see [`resolve`]).
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        Self::load_variant(dir, None, device)
+    }
+
+    /// [`Self::load`] reading each component's `variant` weights (e.g. `fp16`:
+    /// `diffusion_pytorch_model.fp16.safetensors`), as diffusers' `variant=` does. Whatever
+    /// their dtype, the weights are converted to f32.
+    pub fn load_variant(dir: &Path, variant: Option<&str>, device: &Device) -> Result<Self> {
         for file in REQUIRED_FILES {
             if !dir.join(file).is_file() {
                 bail!(
@@ -207,9 +195,24 @@ impl StableDiffusion {
                 );
             }
         }
+        for (folder, names) in WEIGHTS {
+            if crate::models::find_weights(&dir.join(folder), *names, variant).is_err() {
+                let wanted: Vec<String> = names
+                    .candidates(variant)
+                    .iter()
+                    .map(|c| format!("{folder}/{c}"))
+                    .collect();
+                bail!(
+                    "{} lacks {folder} weights (one of {}); {}",
+                    dir.display(),
+                    wanted.join(", "),
+                    fetch_hint(&dir.display().to_string())
+                );
+            }
+        }
         let unet_spec = config::read_unet(&dir.join("unet/config.json"))?;
         let vae_spec = config::read_vae(&dir.join("vae/config.json"))?;
-        let text_encoder = TextEncoder::load(&dir.join("text_encoder"), device)?;
+        let text_encoder = TextEncoder::load_variant(&dir.join("text_encoder"), variant, device)?;
         let tokenizer =
             PromptTokenizer::load(&dir.join("tokenizer"), text_encoder.max_positions())?;
         let scheduler_file = SchedulerFile::load(&dir.join("scheduler/scheduler_config.json"))?;
@@ -225,10 +228,7 @@ impl StableDiffusion {
             );
         }
         let unet = UNet2DConditionModel::new(
-            safetensors_vb(
-                &dir.join("unet/diffusion_pytorch_model.safetensors"),
-                device,
-            )?,
+            component_vb(dir, "unet", variant, device)?,
             unet_spec.in_channels,
             unet_spec.out_channels,
             false,
@@ -236,7 +236,7 @@ impl StableDiffusion {
         )
         .with_context(|| format!("cannot build the UNet from {}/unet", dir.display()))?;
         let vae = AutoEncoderKL::new(
-            safetensors_vb(&dir.join("vae/diffusion_pytorch_model.safetensors"), device)?,
+            component_vb(dir, "vae", variant, device)?,
             vae_spec.in_channels,
             vae_spec.out_channels,
             vae_spec.config.clone(),

@@ -23,15 +23,15 @@ pub struct TextEncoder {
 
 impl TextEncoder {
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        Self::load_variant(dir, None, device)
+    }
+
+    /// Loads from `dir` (a pipeline's `text_encoder/`), reading the `variant`'s weights
+    /// (`model.fp16.safetensors`) when given; any format and dtype, computed in f32.
+    pub fn load_variant(dir: &Path, variant: Option<&str>, device: &Device) -> Result<Self> {
         let config: ClipTextConfig = crate::models::read_config(dir)?;
-        let weights = dir.join("model.safetensors");
-        if !weights.is_file() {
-            bail!(
-                "no text encoder weights at {}: the diffusers layout needs text_encoder/model.safetensors",
-                weights.display()
-            );
-        }
-        let vb = crate::models::load_weights(dir, device)?;
+        let files = crate::models::find_weights(dir, crate::models::TRANSFORMERS_WEIGHTS, variant)?;
+        let vb = crate::models::load_weight_files(&files, device)?;
         // transformers 4 saved CLIPTextModel under `text_model.`, transformers 5 without it.
         let vb = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") {
             vb.pp("text_model")

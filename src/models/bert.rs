@@ -1,7 +1,12 @@
 //! BERT as a sentence encoder (sentence-transformers: mean pooling over the attention mask, then
 //! L2 normalisation), with HF weight names, with or without the `bert.` prefix.
+//!
+//! On CPU a batch is packed without padding: the dense layers run on every sequence's tokens
+//! stacked as one matrix, and attention stays within each sequence (the fused kernel in
+//! [`super::cpu_kernels`]). Other devices run a padded batch with a key mask; both compute the
+//! same thing.
 
-use super::{Activation, Dense};
+use super::{cpu_kernels, Activation, Dense};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{LayerNorm, VarBuilder};
@@ -92,12 +97,30 @@ impl Layer {
             .matmul(&v)?
             .transpose(1, 2)?
             .reshape((batch, len, hidden))?;
+        self.finish(xs, &attended)
+    }
+
+    /// Packed rows [n, hidden], each attending to the rows of its own sequence.
+    fn forward_packed(
+        &self,
+        xs: &Tensor,
+        rows: &cpu_kernels::PackedRows,
+    ) -> candle_core::Result<Tensor> {
+        let hidden = xs.dim(1)?;
+        let scale = 1.0 / ((hidden / self.heads) as f32).sqrt();
+        let qkv = self.qkv.forward(xs)?;
+        let attended = cpu_kernels::packed_attention(&qkv, None, rows, self.heads, scale)?;
+        self.finish(xs, &attended)
+    }
+
+    /// Attention output projection, residual and norm, then the MLP, residual and norm.
+    fn finish(&self, xs: &Tensor, attended: &Tensor) -> candle_core::Result<Tensor> {
         let xs = self
             .attention_norm
-            .forward(&(xs + self.attention_out.forward(&attended)?)?)?;
+            .forward(&self.attention_out.forward_residual(attended, xs)?)?;
         let inner = self.activation.forward(&self.intermediate.forward(&xs)?)?;
         self.output_norm
-            .forward(&(xs + self.output.forward(&inner)?)?)
+            .forward(&self.output.forward_residual(&inner, &xs)?)
     }
 }
 
@@ -109,6 +132,8 @@ pub struct BertModel {
     layers: Vec<Layer>,
     config: BertConfig,
     device: Device,
+    /// Packed batches with the fused CPU attention (on by default on CPU).
+    cpu_kernels: bool,
 }
 
 impl BertModel {
@@ -146,9 +171,16 @@ impl BertModel {
             layers: (0..config.num_hidden_layers)
                 .map(|i| Layer::load(&config, vb.pp(format!("encoder.layer.{i}"))))
                 .collect::<Result<Vec<_>>>()?,
+            cpu_kernels: vb.device().is_cpu(),
             device: vb.device().clone(),
             config,
         })
+    }
+
+    /// Chooses packed batches with the fused CPU attention (true) or padded batches with
+    /// candle's ops (false); both compute the same thing. Only CPU models can pack.
+    pub fn use_cpu_kernels(&mut self, enabled: bool) {
+        self.cpu_kernels = enabled && self.device.is_cpu();
     }
 
     pub fn config(&self) -> &BertConfig {
@@ -171,9 +203,11 @@ impl BertModel {
                 self.config.max_position_embeddings
             );
         }
-        let batch = sequences.len();
-        let mut ids = Vec::with_capacity(batch * len);
-        let mut valid = Vec::with_capacity(batch * len);
+        if sequences.iter().any(Vec::is_empty) {
+            bail!(
+                "cannot embed an empty token sequence: BERT input needs at least [CLS] and [SEP]"
+            );
+        }
         for seq in sequences {
             if let Some(bad) = seq
                 .iter()
@@ -184,6 +218,14 @@ impl BertModel {
                     self.config.vocab_size
                 );
             }
+        }
+        if self.cpu_kernels {
+            return self.packed_sentence_embeddings(sequences);
+        }
+        let batch = sequences.len();
+        let mut ids = Vec::with_capacity(batch * len);
+        let mut valid = Vec::with_capacity(batch * len);
+        for seq in sequences {
             ids.extend_from_slice(seq);
             ids.extend(std::iter::repeat_n(0, len - seq.len()));
             valid.extend(std::iter::repeat_n(1f32, seq.len()));
@@ -216,5 +258,57 @@ impl BertModel {
             .sqrt()?
             .clamp(1e-12, f64::MAX)?;
         Ok(mean.broadcast_div(&norms)?)
+    }
+
+    /// [`Self::sentence_embeddings`] with the sequences packed: no padding is computed.
+    fn packed_sentence_embeddings(&self, sequences: &[Vec<u32>]) -> Result<Tensor> {
+        let total: usize = sequences.iter().map(Vec::len).sum();
+        let mut ids = Vec::with_capacity(total);
+        let mut positions = Vec::with_capacity(total);
+        let mut rows = cpu_kernels::PackedRows::new();
+        for seq in sequences {
+            let first = ids.len() as u32;
+            let end = first + seq.len() as u32;
+            ids.extend_from_slice(seq);
+            positions.extend(0..seq.len() as u32);
+            for _ in 0..seq.len() {
+                rows.push(0, first..end);
+            }
+        }
+        let ids = Tensor::from_vec(ids, total, &self.device)?;
+        let positions = Tensor::from_vec(positions, total, &self.device)?;
+        let words = self.word_embeddings.embedding(&ids)?;
+        let types = self.token_type_embeddings.narrow(0, 0, 1)?;
+        let mut xs = self.embeddings_norm.forward(
+            &words
+                .add(&self.position_embeddings.embedding(&positions)?)?
+                .broadcast_add(&types)?,
+        )?;
+        for layer in &self.layers {
+            xs = layer.forward_packed(&xs, &rows)?;
+        }
+        // Mean of each sequence's rows, then unit length, as sentence-transformers pools.
+        let hidden = self.config.hidden_size;
+        let states = xs.flatten_all()?.to_vec1::<f32>()?;
+        let mut pooled = Vec::with_capacity(sequences.len() * hidden);
+        let mut start = 0;
+        for seq in sequences {
+            let mut mean = vec![0f32; hidden];
+            for row in states[start * hidden..(start + seq.len()) * hidden].chunks_exact(hidden) {
+                for (m, x) in mean.iter_mut().zip(row) {
+                    *m += x;
+                }
+            }
+            let count = seq.len() as f32;
+            mean.iter_mut().for_each(|m| *m /= count);
+            let norm = mean.iter().map(|m| m * m).sum::<f32>().sqrt().max(1e-12);
+            pooled.extend(mean.iter().map(|m| m / norm));
+            start += seq.len();
+        }
+        Ok(Tensor::from_vec(
+            pooled,
+            (sequences.len(), hidden),
+            &self.device,
+        )?)
     }
 }

@@ -166,8 +166,17 @@ pub(crate) fn text_layers(config: &ClipTextConfig, vb: &VarBuilder) -> Result<Ve
 /// How packed rows are grouped for attention: per row for the fused CPU kernel, or in buckets of
 /// equal new-token count for candle's batched ops (other devices).
 enum PackedLayout {
-    Rows(Vec<cpu_kernels::PackedRow>),
+    Rows(cpu_kernels::PackedRows),
     Buckets(Vec<Bucket>),
+}
+
+/// The new positions of a batch of sequences, packed: each row's token and position, the row
+/// each sequence is pooled at, and how rows attend.
+struct Packed {
+    tokens: Vec<u32>,
+    positions: Vec<u32>,
+    pooled_rows: Vec<u32>,
+    layout: PackedLayout,
 }
 
 /// Sequences of one new-token count inside a packed batch: rows
@@ -224,11 +233,11 @@ impl EncoderLayer {
 
     /// Residual attention output and MLP, on rows [n, hidden].
     fn finish(&self, xs: &Tensor, attended: &Tensor) -> candle_core::Result<Tensor> {
-        let xs = (xs + self.out_proj.forward(attended)?)?;
+        let xs = self.out_proj.forward_residual(attended, xs)?;
         let mlp = self
             .activation
             .forward(&self.fc1.forward(&self.layer_norm2.forward(&xs)?)?)?;
-        xs + self.fc2.forward(&mlp)?
+        self.fc2.forward_residual(&mlp, &xs)
     }
 
     /// Sequences [batch, len, hidden] on their own: causal attention over every position.
@@ -579,7 +588,10 @@ impl ClipModel {
     /// Each sequence computes only its positions after the part it shares with the prefix (a
     /// sequence that changes the prefix's last token, a continued word, shares one position
     /// less). The new positions of all sequences are packed without padding, so the dense layers
-    /// run as single large matmuls; attention runs per group of equal new-token count.
+    /// run as single large matmuls. On CPU, sequences that also agree with each other past the
+    /// prefix (" 19" and " 1990" both begin "1", "9") compute those positions once, as a prefix
+    /// tree, and positions after the pooled one are not computed; other devices run attention per
+    /// group of equal new-token count.
     pub fn text_features_with_prefix(
         &self,
         prefix: &TextPrefix,
@@ -614,71 +626,17 @@ impl ClipModel {
             pools.push(pool);
         }
         let shared_len = starts.iter().copied().max().unwrap_or(0);
-        let mut by_len: std::collections::BTreeMap<usize, Vec<usize>> =
-            std::collections::BTreeMap::new();
-        for (index, ids) in sequences.iter().enumerate() {
-            by_len
-                .entry(ids.len() - starts[index])
-                .or_default()
-                .push(index);
-        }
-        let mut tokens = Vec::new();
-        let mut positions = Vec::new();
-        let mut pooled_rows = vec![0u32; sequences.len()];
-        let mut buckets = Vec::with_capacity(by_len.len());
-        let mut packed_rows = Vec::new();
-        for (&len, members) in &by_len {
-            let start = tokens.len();
-            let mut mask = Vec::new();
-            for &index in members {
-                let first = starts[index];
-                let sequence_start = tokens.len() as u32;
-                pooled_rows[index] = (tokens.len() + pools[index] - first) as u32;
-                tokens.extend_from_slice(&sequences[index][first..]);
-                positions.extend((first..first + len).map(|p| p as u32));
-                if self.cpu_kernels {
-                    packed_rows.extend(std::iter::repeat_n(
-                        cpu_kernels::PackedRow {
-                            sequence_start,
-                            visible_prefix: first as u32,
-                        },
-                        len,
-                    ));
-                } else {
-                    for _ in 0..len {
-                        mask.extend((0..shared_len).map(|p| {
-                            if p < first {
-                                0f32
-                            } else {
-                                f32::NEG_INFINITY
-                            }
-                        }));
-                    }
-                }
-            }
-            let needs_mask =
-                !self.cpu_kernels && members.iter().any(|&index| starts[index] < shared_len);
-            let prefix_mask = if needs_mask {
-                Some(Tensor::from_vec(
-                    mask,
-                    (members.len() * len, shared_len),
-                    &self.device,
-                )?)
-            } else {
-                None
-            };
-            buckets.push(Bucket {
-                start,
-                count: members.len(),
-                len,
-                prefix_mask,
-            });
-        }
-        let layout = if self.cpu_kernels {
-            PackedLayout::Rows(packed_rows)
+        let packed = if self.cpu_kernels {
+            Self::tree_layout(sequences, &starts, &pools)
         } else {
-            PackedLayout::Buckets(buckets)
+            self.bucket_layout(sequences, &starts, &pools, shared_len)?
         };
+        let Packed {
+            tokens,
+            positions,
+            pooled_rows,
+            layout,
+        } = packed;
         let rows = tokens.len();
         let token_ids = Tensor::from_vec(tokens, rows, &self.device)?;
         let position_ids = Tensor::from_vec(positions, rows, &self.device)?;
@@ -718,6 +676,110 @@ impl ClipModel {
         Ok(TextFeatures {
             features: self.text_projection.forward(&pooled)?,
             positions_computed: rows,
+        })
+    }
+
+    /// The rows of a packed batch as a prefix tree: sequences that agree on their first new
+    /// tokens share those rows (their keys and values are the same), and every row attends to
+    /// its ancestors. Only positions up to each sequence's pooled one are computed.
+    fn tree_layout(sequences: &[Vec<u32>], starts: &[usize], pools: &[usize]) -> Packed {
+        let mut tokens = Vec::new();
+        let mut positions = Vec::new();
+        let mut rows = cpu_kernels::PackedRows::new();
+        let mut pooled_rows = Vec::with_capacity(sequences.len());
+        // A row is the token at position j of every sequence that starts computing at `start`
+        // and agrees with it up to j: (start, ids[..=j]).
+        let mut row_of: std::collections::HashMap<(usize, &[u32]), u32> =
+            std::collections::HashMap::new();
+        let mut ancestors: Vec<u32> = Vec::new();
+        for (index, ids) in sequences.iter().enumerate() {
+            let start = starts[index];
+            ancestors.clear();
+            for j in start..=pools[index] {
+                let row = match row_of.entry((start, &ids[..=j])) {
+                    std::collections::hash_map::Entry::Occupied(entry) => *entry.get(),
+                    std::collections::hash_map::Entry::Vacant(entry) => {
+                        let row = tokens.len() as u32;
+                        tokens.push(ids[j]);
+                        positions.push(j as u32);
+                        rows.push(
+                            start as u32,
+                            ancestors.iter().copied().chain(std::iter::once(row)),
+                        );
+                        *entry.insert(row)
+                    }
+                };
+                ancestors.push(row);
+            }
+            pooled_rows.push(*ancestors.last().expect("pool >= start"));
+        }
+        Packed {
+            tokens,
+            positions,
+            pooled_rows,
+            layout: PackedLayout::Rows(rows),
+        }
+    }
+
+    /// The rows of a packed batch grouped by new-token count, for candle's batched attention.
+    fn bucket_layout(
+        &self,
+        sequences: &[Vec<u32>],
+        starts: &[usize],
+        pools: &[usize],
+        shared_len: usize,
+    ) -> Result<Packed> {
+        let mut by_len: std::collections::BTreeMap<usize, Vec<usize>> =
+            std::collections::BTreeMap::new();
+        for (index, ids) in sequences.iter().enumerate() {
+            by_len
+                .entry(ids.len() - starts[index])
+                .or_default()
+                .push(index);
+        }
+        let mut tokens = Vec::new();
+        let mut positions = Vec::new();
+        let mut pooled_rows = vec![0u32; sequences.len()];
+        let mut buckets = Vec::with_capacity(by_len.len());
+        for (&len, members) in &by_len {
+            let start = tokens.len();
+            let mut mask = Vec::new();
+            for &index in members {
+                let first = starts[index];
+                pooled_rows[index] = (tokens.len() + pools[index] - first) as u32;
+                tokens.extend_from_slice(&sequences[index][first..]);
+                positions.extend((first..first + len).map(|p| p as u32));
+                for _ in 0..len {
+                    mask.extend((0..shared_len).map(|p| {
+                        if p < first {
+                            0f32
+                        } else {
+                            f32::NEG_INFINITY
+                        }
+                    }));
+                }
+            }
+            let prefix_mask = if members.iter().any(|&index| starts[index] < shared_len) {
+                Some(Tensor::from_vec(
+                    mask,
+                    (members.len() * len, shared_len),
+                    &self.device,
+                )?)
+            } else {
+                None
+            };
+            buckets.push(Bucket {
+                start,
+                count: members.len(),
+                len,
+                prefix_mask,
+            });
+        }
+        Ok(Packed {
+            tokens,
+            positions,
+            pooled_rows,
+            layout: PackedLayout::Buckets(buckets),
         })
     }
 

@@ -1,9 +1,15 @@
-//! Fused CPU kernels for the two places where candle's general ops cost more than the maths:
+//! Fused CPU kernels for the places where candle's general ops cost more than the maths:
 //! attention of many short sequences over a shared prefix (thousands of tiny matmuls otherwise),
-//! and QuickGELU (three passes and two temporaries otherwise). Other devices use candle's ops.
+//! QuickGELU (three passes and two temporaries otherwise), and products of a few rows with a
+//! large weight (one thread otherwise). Other devices use candle's ops.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
+
+/// Whether the fused kernels can take `tensor`: f32 on the CPU.
+pub fn applies(tensor: &Tensor) -> bool {
+    tensor.device().is_cpu() && tensor.dtype() == candle_core::DType::F32
+}
 
 /// Borrows a contiguous f32 CPU tensor's data.
 fn with_f32_slice<R>(tensor: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
@@ -49,22 +55,54 @@ pub fn quick_gelu(xs: &Tensor) -> Result<Tensor> {
     xs.contiguous()?.apply_op1_no_bwd(&QuickGelu)
 }
 
-/// Where a packed row's sequence begins and how much of the shared prefix it sees.
-#[derive(Debug, Clone, Copy)]
-pub struct PackedRow {
-    /// First packed row of this row's sequence: the row attends to rows `sequence_start..=self`.
-    pub sequence_start: u32,
-    /// Prefix positions this row attends to (its sequence's shared length).
-    pub visible_prefix: u32,
+/// Which keys each packed row attends to: some of the packed rows (its own sequence's, in order)
+/// and the first `visible_prefix` positions of the shared prefix. Causal rows list themselves and
+/// the rows before them in their sequence; bidirectional rows list their whole sequence; rows of
+/// a prefix tree list their ancestors.
+#[derive(Debug, Clone, Default)]
+pub struct PackedRows {
+    visible_prefix: Vec<u32>,
+    /// Row `r`'s keys are `keys[key_offsets[r]..key_offsets[r + 1]]`.
+    key_offsets: Vec<u32>,
+    keys: Vec<u32>,
 }
 
-/// Causal attention of packed rows. `qkv` is [rows, 3·hidden] (q, k, v side by side, heads
-/// contiguous within each); `prefix` keys and values are [heads, len, head_dim]. Returns
-/// [rows, hidden].
+impl PackedRows {
+    pub fn new() -> Self {
+        Self {
+            visible_prefix: Vec::new(),
+            key_offsets: vec![0],
+            keys: Vec::new(),
+        }
+    }
+
+    /// Appends a row that attends to the packed rows `keys` and `visible_prefix` prefix positions.
+    pub fn push(&mut self, visible_prefix: u32, keys: impl IntoIterator<Item = u32>) {
+        self.visible_prefix.push(visible_prefix);
+        self.keys.extend(keys);
+        self.key_offsets.push(self.keys.len() as u32);
+    }
+
+    pub fn len(&self) -> usize {
+        self.visible_prefix.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.visible_prefix.is_empty()
+    }
+
+    fn keys(&self, row: usize) -> &[u32] {
+        &self.keys[self.key_offsets[row] as usize..self.key_offsets[row + 1] as usize]
+    }
+}
+
+/// Attention of packed rows, each over the keys its entry in `rows` names. `qkv` is
+/// [rows, 3·hidden] (q, k, v side by side, heads contiguous within each); `prefix` keys and
+/// values are [heads, len, head_dim]. Returns [rows, hidden].
 pub fn packed_attention(
     qkv: &Tensor,
     prefix: Option<(&Tensor, &Tensor)>,
-    rows: &[PackedRow],
+    rows: &PackedRows,
     heads: usize,
     scale: f32,
 ) -> Result<Tensor> {
@@ -76,6 +114,9 @@ pub fn packed_attention(
             "packed attention: {n} rows but {} row descriptions",
             rows.len()
         )
+    }
+    if let Some(bad) = rows.keys.iter().find(|&&key| key as usize >= n) {
+        candle_core::bail!("packed attention: key row {bad} outside 0..{n}")
     }
     let (prefix_k, prefix_v, prefix_len) = match prefix {
         Some((k, v)) => (
@@ -91,18 +132,17 @@ pub fn packed_attention(
             .par_chunks_mut(hidden)
             .enumerate()
             .for_each(|(r, out)| {
-                let row = rows[r];
-                let visible = (row.visible_prefix as usize).min(prefix_len);
-                let first = row.sequence_start as usize;
-                let mut scores = vec![0f32; visible + r + 1 - first];
+                let visible = (rows.visible_prefix[r] as usize).min(prefix_len);
+                let keys = rows.keys(r);
+                let mut scores = vec![0f32; visible + keys.len()];
                 for h in 0..heads {
                     let q = &qkv[r * width + h * head_dim..][..head_dim];
                     for (p, score) in scores[..visible].iter_mut().enumerate() {
                         let key = &prefix_k[(h * prefix_len + p) * head_dim..][..head_dim];
                         *score = dot(q, key) * scale;
                     }
-                    for (j, score) in (first..=r).zip(scores[visible..].iter_mut()) {
-                        let key = &qkv[j * width + hidden + h * head_dim..][..head_dim];
+                    for (&j, score) in keys.iter().zip(scores[visible..].iter_mut()) {
+                        let key = &qkv[j as usize * width + hidden + h * head_dim..][..head_dim];
                         *score = dot(q, key) * scale;
                     }
                     let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
@@ -120,10 +160,10 @@ pub fn packed_attention(
                             out,
                         );
                     }
-                    for (j, &w) in (first..=r).zip(&scores[visible..]) {
+                    for (&j, &w) in keys.iter().zip(&scores[visible..]) {
                         axpy(
                             w / total,
-                            &qkv[j * width + 2 * hidden + h * head_dim..][..head_dim],
+                            &qkv[j as usize * width + 2 * hidden + h * head_dim..][..head_dim],
                             out,
                         );
                     }
@@ -153,5 +193,236 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 fn axpy(w: f32, x: &[f32], y: &mut [f32]) {
     for (y, x) in y.iter_mut().zip(x) {
         *y += w * x;
+    }
+}
+
+/// Rows at or below which [`few_rows_matmul`] replaces gemm: a product this thin is bound by
+/// reading the weights, which gemm does on one thread.
+pub const FEW_ROWS: usize = 4;
+
+/// `x` [m, k] times `w` [k, n] (contiguous, in × out), plus `bias` [n], for a few rows `m`: the
+/// output columns are split into blocks across the thread pool, each block streaming its slice
+/// of `w` once for all rows. GPT-2's one-token step reads all its weights this way (≈500 MB a
+/// token at 124M parameters); gemm would read them on a single core. Returns [m, n].
+pub fn few_rows_matmul(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (m, k) = x.dims2()?;
+    let (k2, n) = w.dims2()?;
+    if k != k2 {
+        candle_core::bail!("few_rows_matmul: x is [{m}, {k}] but w is [{k2}, {n}]")
+    }
+    let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
+    let x = x.flatten_all()?.to_vec1::<f32>()?;
+    let blocks = column_blocks(n);
+    let parts: Vec<Vec<f32>> = with_f32_slice(w, |w| {
+        Ok(blocks
+            .par_iter()
+            .map(|&(c0, c1)| {
+                let width = c1 - c0;
+                let mut acc = vec![0f32; m * width];
+                if let Some(bias) = &bias {
+                    for row in acc.chunks_exact_mut(width) {
+                        row.copy_from_slice(&bias[c0..c1]);
+                    }
+                }
+                for kk in 0..k {
+                    let w_row = &w[kk * n + c0..kk * n + c1];
+                    for (r, row) in acc.chunks_exact_mut(width).enumerate() {
+                        axpy(x[r * k + kk], w_row, row);
+                    }
+                }
+                acc
+            })
+            .collect())
+    })?;
+    let mut out = vec![0f32; m * n];
+    for (&(c0, c1), part) in blocks.iter().zip(&parts) {
+        for (r, row) in part.chunks_exact(c1 - c0).enumerate() {
+            out[r * n + c0..r * n + c1].copy_from_slice(row);
+        }
+    }
+    Tensor::from_vec(out, (m, n), w.device())
+}
+
+/// `x` [m, k] times the transpose of `w` [n, k] (contiguous, out × in: an embedding matrix used
+/// as a tied LM head), for a few rows, with the output columns split across the thread pool.
+/// Returns [m, n].
+pub fn few_rows_matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (m, k) = x.dims2()?;
+    let (n, k2) = w.dims2()?;
+    if k != k2 {
+        candle_core::bail!("few_rows_matmul_t: x is [{m}, {k}] but w is [{n}, {k2}]")
+    }
+    let x = x.flatten_all()?.to_vec1::<f32>()?;
+    let mut out_t = vec![0f32; n * m];
+    with_f32_slice(w, |w| {
+        out_t
+            .par_chunks_mut(1024 * m)
+            .zip(w.par_chunks(1024 * k))
+            .for_each(|(out, w)| {
+                for (o, w_row) in out.chunks_exact_mut(m).zip(w.chunks_exact(k)) {
+                    for (r, o) in o.iter_mut().enumerate() {
+                        *o = dot(&x[r * k..(r + 1) * k], w_row);
+                    }
+                }
+            });
+        Ok(())
+    })?;
+    let out = Tensor::from_vec(out_t, (n, m), w.device())?;
+    out.t()?.contiguous()
+}
+
+/// Column ranges for [`few_rows_matmul`]: about four blocks per thread (so that a thread slowed
+/// by another process does not hold the rest up), each a multiple of 16 columns.
+fn column_blocks(n: usize) -> Vec<(usize, usize)> {
+    let threads = rayon::current_num_threads().max(1);
+    let width = n.div_ceil(4 * threads).next_multiple_of(16).max(64);
+    (0..n)
+        .step_by(width)
+        .map(|c0| (c0, (c0 + width).min(n)))
+        .collect()
+}
+
+/// `residual + x·w + bias` for `x` [m, k] and `w` [k, n] (contiguous, in × out), with gemm
+/// accumulating into a destination that already holds the residual and the bias: one pass over
+/// the output instead of a matmul, a bias add and a residual add, each of which candle runs as
+/// its own pass (the adds on one thread). `residual` is [m, n], `bias` [n]. Returns [m, n].
+pub fn linear(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (m, k) = x.dims2()?;
+    let (k2, n) = w.dims2()?;
+    if k != k2 {
+        candle_core::bail!("linear: x is [{m}, {k}] but w is [{k2}, {n}]")
+    }
+    if m == 0 || k == 0 {
+        let out = Tensor::zeros((m, n), candle_core::DType::F32, w.device())?;
+        let out = match bias {
+            Some(bias) => out.broadcast_add(bias)?,
+            None => out,
+        };
+        return match residual {
+            Some(residual) => out + residual,
+            None => Ok(out),
+        };
+    }
+    // The destination starts as residual + bias, or as the bias alone (which also saves
+    // zeroing it: calloc on recycled heap memory is a memset).
+    let mut dst = match (residual, bias) {
+        (Some(residual), _) => {
+            if residual.dims() != [m, n] {
+                candle_core::bail!(
+                    "linear: residual {:?}, expected [{m}, {n}]",
+                    residual.dims()
+                )
+            }
+            let mut dst = residual.flatten_all()?.to_vec1::<f32>()?;
+            if let Some(bias) = bias {
+                with_f32_slice(bias, |bias| {
+                    dst.par_chunks_mut(n).for_each(|row| {
+                        for (d, b) in row.iter_mut().zip(bias) {
+                            *d += b;
+                        }
+                    });
+                    Ok(())
+                })?;
+            }
+            dst
+        }
+        (None, Some(bias)) => with_f32_slice(bias, |bias| Ok(bias.repeat(m)))?,
+        (None, None) => vec![0f32; m * n],
+    };
+    let read_dst = bias.is_some() || residual.is_some();
+    let threads = candle_core::utils::get_num_threads();
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    with_f32_slice(x, |x| {
+        with_f32_slice(w, |w| {
+            // SAFETY: the three slices hold m·k, k·n and m·n elements, row-major, as the
+            // strides below say; dst is exclusively borrowed.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    dst.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    read_dst,
+                    x.as_ptr(),
+                    1,
+                    k as isize,
+                    w.as_ptr(),
+                    1,
+                    n as isize,
+                    1f32,
+                    1f32,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                )
+            };
+            Ok(())
+        })
+    })?;
+    Tensor::from_vec(dst, (m, n), w.device())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn max_rel_err(a: &Tensor, b: &Tensor) -> f32 {
+        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+        a.iter()
+            .zip(&b)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs() / scale))
+    }
+
+    #[test]
+    fn few_row_products_equal_candle_matmul() {
+        let device = Device::Cpu;
+        for (m, k, n) in [(1, 768, 2304), (3, 64, 1000), (4, 17, 33)] {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &device).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (k, n), &device).unwrap();
+            let bias = Tensor::randn(0f32, 1.0, n, &device).unwrap();
+            let want = x.matmul(&w).unwrap().broadcast_add(&bias).unwrap();
+            let got = few_rows_matmul(&x, &w, Some(&bias)).unwrap();
+            assert!(max_rel_err(&got, &want) < 1e-5, "[{m}, {k}] × [{k}, {n}]");
+            let w_t = w.t().unwrap().contiguous().unwrap();
+            let want = x.matmul(&w).unwrap();
+            let got = few_rows_matmul_t(&x, &w_t).unwrap();
+            assert!(max_rel_err(&got, &want) < 1e-5, "[{m}, {k}] × [{n}, {k}]ᵀ");
+        }
+    }
+
+    #[test]
+    fn fused_linear_equals_matmul_bias_and_residual() {
+        let device = Device::Cpu;
+        for (m, k, n) in [(543, 512, 1536), (5, 3, 7), (0, 4, 4)] {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &device).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (k, n), &device).unwrap();
+            let bias = Tensor::randn(0f32, 1.0, n, &device).unwrap();
+            let residual = Tensor::randn(0f32, 1.0, (m, n), &device).unwrap();
+            let product = x.matmul(&w).unwrap();
+            let want = (product.broadcast_add(&bias).unwrap() + &residual).unwrap();
+            let got = linear(&x, &w, Some(&bias), Some(&residual)).unwrap();
+            assert_eq!(got.dims(), [m, n]);
+            if m > 0 {
+                assert!(max_rel_err(&got, &want) < 1e-5, "[{m}, {k}] × [{k}, {n}]");
+                let got = linear(&x, &w, None, None).unwrap();
+                assert!(max_rel_err(&got, &product) < 1e-5, "no bias");
+            }
+        }
     }
 }

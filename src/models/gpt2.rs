@@ -5,7 +5,7 @@
 //! transformers 5 writes `transformer.h.0.attn...`: both load.
 
 use super::attention::{attend, KvCache};
-use super::{Activation, Dense};
+use super::{cpu_kernels, Activation, Dense};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
@@ -114,11 +114,11 @@ impl Block {
         )?
         .transpose(1, 2)?
         .reshape((batch, new, hidden))?;
-        let xs = (xs + self.attn_proj.forward(&attended)?)?;
+        let xs = self.attn_proj.forward_residual(&attended, xs)?;
         let mlp = self
             .activation
             .forward(&self.c_fc.forward(&self.ln_2.forward(&xs)?)?)?;
-        xs + self.mlp_proj.forward(&mlp)?
+        self.mlp_proj.forward_residual(&mlp, &xs)
     }
 }
 
@@ -221,9 +221,12 @@ impl Gpt2 {
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let dims = hidden.dims().to_vec();
         let rows = hidden.elem_count() / self.config.n_embd;
-        let logits = hidden
-            .reshape((rows, self.config.n_embd))?
-            .matmul(&self.wte.t()?)?;
+        let hidden = hidden.reshape((rows, self.config.n_embd))?;
+        let logits = if rows <= cpu_kernels::FEW_ROWS && cpu_kernels::applies(&hidden) {
+            cpu_kernels::few_rows_matmul_t(&hidden, &self.wte)?
+        } else {
+            hidden.matmul(&self.wte.t()?)?
+        };
         let mut out_dims = dims;
         let last = out_dims.len() - 1;
         out_dims[last] = self.config.vocab_size;

@@ -40,9 +40,7 @@ impl Activation {
 
     pub fn forward(self, xs: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Self::QuickGelu if xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32 => {
-                cpu_kernels::quick_gelu(xs)
-            }
+            Self::QuickGelu if cpu_kernels::applies(xs) => cpu_kernels::quick_gelu(xs),
             Self::QuickGelu => xs.broadcast_mul(&candle_nn::ops::sigmoid(&(xs * 1.702)?)?),
             Self::Gelu => xs.gelu_erf(),
             Self::GeluTanh => xs.gelu(),
@@ -112,18 +110,51 @@ impl Dense {
         })
     }
 
+    /// `xs` [..., in] → [..., out].
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_inner(xs, None)
+    }
+
+    /// `residual + self.forward(xs)`, in one pass over the output on CPU. `residual` has the
+    /// output's shape.
+    pub fn forward_residual(&self, xs: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_inner(xs, Some(residual))
+    }
+
+    fn forward_inner(&self, xs: &Tensor, residual: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let dims = xs.dims();
         let in_dim = dims[dims.len() - 1];
         let rows = xs.elem_count() / in_dim;
-        let out = xs.reshape((rows, in_dim))?.matmul(&self.weight_in_out)?;
-        let out = match &self.bias {
-            Some(bias) => out.broadcast_add(bias)?,
-            None => out,
-        };
+        let out_dim = self.weight_in_out.dim(1)?;
         let mut out_dims = dims.to_vec();
         let last = out_dims.len() - 1;
-        out_dims[last] = out.dim(1)?;
+        out_dims[last] = out_dim;
+        let xs = xs.reshape((rows, in_dim))?;
+        let out = if !cpu_kernels::applies(&xs) {
+            let out = xs.matmul(&self.weight_in_out)?;
+            let out = match &self.bias {
+                Some(bias) => out.broadcast_add(bias)?,
+                None => out,
+            };
+            match residual {
+                Some(residual) => (out + residual.reshape((rows, out_dim))?)?,
+                None => out,
+            }
+        } else if rows <= cpu_kernels::FEW_ROWS {
+            let out = cpu_kernels::few_rows_matmul(&xs, &self.weight_in_out, self.bias.as_ref())?;
+            match residual {
+                Some(residual) => (out + residual.reshape((rows, out_dim))?)?,
+                None => out,
+            }
+        } else {
+            let residual = residual.map(|r| r.reshape((rows, out_dim))).transpose()?;
+            cpu_kernels::linear(
+                &xs,
+                &self.weight_in_out,
+                self.bias.as_ref(),
+                residual.as_ref(),
+            )?
+        };
         out.reshape(out_dims)
     }
 }
@@ -146,62 +177,199 @@ pub(crate) fn read_config<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<
     })
 }
 
-/// The safetensors files of a checkpoint: `model.safetensors`, or the shards listed in
-/// `model.safetensors.index.json`.
-pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let single = dir.join("model.safetensors");
-    if single.is_file() {
-        return Ok(vec![single]);
+/// How a library names its weight files: transformers writes `model.safetensors` and
+/// `pytorch_model.bin`, diffusers `diffusion_pytorch_model.{safetensors,bin}`.
+#[derive(Debug, Clone, Copy)]
+pub struct WeightNames {
+    pub safetensors: &'static str,
+    pub pytorch: &'static str,
+}
+
+/// transformers' names (`model.safetensors`, `pytorch_model.bin` and their sharded indexes).
+pub const TRANSFORMERS_WEIGHTS: WeightNames = WeightNames {
+    safetensors: "model",
+    pytorch: "pytorch_model",
+};
+
+/// diffusers' names for UNet and VAE weights.
+pub const DIFFUSERS_WEIGHTS: WeightNames = WeightNames {
+    safetensors: "diffusion_pytorch_model",
+    pytorch: "diffusion_pytorch_model",
+};
+
+impl WeightNames {
+    /// The weight files a checkpoint may have, in the order transformers and diffusers prefer
+    /// them: safetensors (single, then sharded index) before PyTorch pickles. A `variant` such as
+    /// `fp16` is inserted as diffusers' `_add_variant` does: `model.fp16.safetensors`,
+    /// `model.safetensors.index.fp16.json`.
+    pub fn candidates(&self, variant: Option<&str>) -> Vec<String> {
+        let v = variant.map(|v| format!(".{v}")).unwrap_or_default();
+        vec![
+            format!("{}{v}.safetensors", self.safetensors),
+            format!("{}.safetensors.index{v}.json", self.safetensors),
+            format!("{}{v}.bin", self.pytorch),
+            format!("{}.bin.index{v}.json", self.pytorch),
+        ]
     }
-    let index = dir.join("model.safetensors.index.json");
-    if index.is_file() {
-        let text = std::fs::read_to_string(&index)
-            .with_context(|| format!("cannot read {}", index.display()))?;
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not valid JSON", index.display()))?;
-        let map = json
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .with_context(|| format!("{} has no weight_map", index.display()))?;
-        let mut shards: Vec<PathBuf> = map
-            .values()
-            .filter_map(|v| v.as_str())
-            .map(|name| dir.join(name))
-            .collect();
-        shards.sort();
-        shards.dedup();
-        return Ok(shards);
-    }
-    if dir.join("pytorch_model.bin").is_file() {
+}
+
+/// The files (relative to the checkpoint directory) that a sharded checkpoint's index names in
+/// its `weight_map`, sorted and without repeats.
+pub fn shard_names(index: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(index)
+        .with_context(|| format!("cannot read {}", index.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", index.display()))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .with_context(|| format!("{} has no weight_map", index.display()))?;
+    let mut shards: Vec<String> = map
+        .values()
+        .filter_map(|v| v.as_str())
+        .map(str::to_string)
+        .collect();
+    shards.sort();
+    shards.dedup();
+    if let Some(bad) = shards
+        .iter()
+        .find(|s| s.starts_with('/') || s.split('/').any(|part| part == ".."))
+    {
         bail!(
-            "{} holds only pytorch_model.bin; clipsteer reads safetensors: convert it with transformers (model.save_pretrained(dir, safe_serialization=True))",
-            dir.display()
+            "{} names a shard outside its directory: {bad}",
+            index.display()
         );
     }
+    Ok(shards)
+}
+
+/// The weight files of a checkpoint in `dir`: the first of [`WeightNames::candidates`] present,
+/// an index replaced by the shards it lists.
+///
+/// Errors: none present (naming the weight-like files the directory does have, e.g. TensorFlow
+/// or Flax weights that clipsteer does not read), or an unreadable index.
+pub fn find_weights(dir: &Path, names: WeightNames, variant: Option<&str>) -> Result<Vec<PathBuf>> {
+    for candidate in names.candidates(variant) {
+        let path = dir.join(&candidate);
+        if !path.is_file() {
+            continue;
+        }
+        if candidate.ends_with(".json") {
+            return Ok(shard_names(&path)?
+                .into_iter()
+                .map(|shard| dir.join(shard))
+                .collect());
+        }
+        return Ok(vec![path]);
+    }
+    let mut present: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| {
+                    [
+                        ".safetensors",
+                        ".bin",
+                        ".h5",
+                        ".msgpack",
+                        ".ckpt",
+                        ".pt",
+                        ".pth",
+                        ".onnx",
+                        ".gguf",
+                        ".index.json",
+                    ]
+                    .iter()
+                    .any(|ext| name.ends_with(ext))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    present.sort();
     bail!(
-        "no model.safetensors in {}: is it a model directory in the Hugging Face layout?",
-        dir.display()
+        "no weights clipsteer reads in {} (looked for {}); it has: {}",
+        dir.display(),
+        names.candidates(variant).join(", "),
+        if present.is_empty() {
+            "no weight files".to_string()
+        } else {
+            present.join(", ")
+        }
     )
 }
 
-/// Memory-maps a checkpoint's safetensors, turning a truncated or corrupt file into one clear error.
+/// The weight files of a transformers checkpoint: safetensors when present, else PyTorch.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    find_weights(dir, TRANSFORMERS_WEIGHTS, None)
+}
+
+/// Weights of a transformers checkpoint, read as f32 whatever dtype they are stored in.
 pub(crate) fn load_weights(dir: &Path, device: &Device) -> Result<VarBuilder<'static>> {
-    let files = weight_files(dir)?;
-    for file in &files {
+    load_weight_files(&weight_files(dir)?, device)
+}
+
+/// A VarBuilder over checkpoint files, all safetensors (memory-mapped) or all PyTorch `.bin`
+/// (read with candle's pickle reader, which loads tensors without running pickled code).
+/// Tensors stored as f16 or bf16 are converted to f32 as they are read, so every model computes
+/// in f32 on the CPU whatever the checkpoint's dtype.
+///
+/// Errors: a truncated or corrupt file, a legacy (non-zip) PyTorch pickle, mixed formats.
+pub fn load_weight_files(files: &[PathBuf], device: &Device) -> Result<VarBuilder<'static>> {
+    let is_bin = |f: &PathBuf| f.extension().is_some_and(|e| e == "bin");
+    if !files.is_empty() && files.iter().all(is_bin) {
+        let mut tensors = std::collections::HashMap::new();
+        for file in files {
+            for (name, tensor) in read_pytorch(file)? {
+                tensors.insert(name, tensor);
+            }
+        }
+        return Ok(VarBuilder::from_tensors(
+            tensors,
+            candle_core::DType::F32,
+            device,
+        ));
+    }
+    if files.iter().any(is_bin) {
+        bail!("a checkpoint mixes safetensors and PyTorch shards; clipsteer reads one format per checkpoint");
+    }
+    for file in files {
         // Validate the header against the file length before mmap, so that a truncated download
         // is reported as such rather than as a failure deep inside a model constructor.
         check_safetensors(file)?;
     }
+    let described = files
+        .first()
+        .and_then(|f| f.parent())
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
     // SAFETY: the files are mmapped read-only; clipsteer never writes to them while they are mapped.
-    let vb =
-        unsafe { VarBuilder::from_mmaped_safetensors(&files, candle_core::DType::F32, device) }
-            .with_context(|| {
-                format!(
-            "cannot read weights in {}: the file may be truncated or corrupt; download it again",
-            dir.display()
-        )
-            })?;
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(files, candle_core::DType::F32, device) }
+        .with_context(|| {
+            format!("cannot read weights in {described}: the file may be truncated or corrupt; download it again")
+        })?;
     Ok(vb)
+}
+
+/// Every tensor of a `torch.save` file in the zip format (torch >= 1.6), by name.
+fn read_pytorch(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if magic != *b"PK\x03\x04" {
+        bail!(
+            "{} is a PyTorch checkpoint in the legacy (pre-1.6, non-zip) format, which clipsteer does not read; convert it with python -c \"import torch; torch.save(torch.load('{0}', weights_only=True), '{0}')\" or save the model again with transformers (save_pretrained writes safetensors)",
+            path.display()
+        );
+    }
+    candle_core::pickle::read_all(path).with_context(|| {
+        format!(
+            "cannot read PyTorch weights {}: the file may be truncated or corrupt; download it again",
+            path.display()
+        )
+    })
 }
 
 fn check_safetensors(path: &Path) -> Result<()> {

@@ -316,7 +316,12 @@ fn run_started(
                 result.token_ids.len(),
                 result.similarity
             );
-            done_json(image_name, &result, seconds)
+            let mut done = done_json(image_name, &result, seconds);
+            done["models"] = crate::events::models_json(&[
+                ("lm", &models.lm_name),
+                ("encoder", &models.clip_name),
+            ]);
+            done
         }
         Err(e) => match e.downcast_ref::<Abort>() {
             Some(Abort::ClientGone) => {

@@ -1,42 +1,107 @@
-//! The blocklist: no streamed step and no final text ever contains a blocked word.
+//! The blocklist: no streamed step and no final text ever contains a blocked word, however it is
+//! written.
 //!
 //! Each candidate is checked on the whole text it would produce, so a token that completes a
-//! blocked word begun by earlier tokens ("ca" + "t"), or that carries one in whole, is dropped
-//! before scoring. Matching is case-insensitive; by default on whole words (the end of the text
-//! counts as a word boundary, so a word is blocked as soon as it is complete), or on any
-//! substring with `substrings`.
+//! blocked word begun by earlier tokens ("ca" + "t", or "d" + U+200B + "og"), or that carries one in
+//! whole, is dropped before scoring. Text and words are compared in a normalised form
+//! ([`normalize_for_matching`]) so that a filter which normalises its input, as moderation filters
+//! do, finds nothing either: compatibility forms (fullwidth, mathematical letters), case,
+//! invisible characters, whitespace runs and confusable letters all fold away. Matching is on
+//! whole words of the normalised text by default (the end of the text counts as a word boundary,
+//! so a word is blocked as soon as it is complete), or on any substring with `substrings`.
 
 use anyhow::{bail, Context, Result};
 use std::path::Path;
+use unicode_normalization::UnicodeNormalization;
 
 #[derive(Debug, Clone, Default)]
 pub struct Blocklist {
+    /// The words as given (trimmed, lowercased), for messages and reports.
     words: Vec<String>,
+    /// Their normalised forms, in the same order.
+    keys: Vec<String>,
     substrings: bool,
 }
 
+/// The form the blocklist compares, applied alike to blocked words and to text:
+///
+/// 1. NFKC (UAX #15): fullwidth `ｄｏｇ`, mathematical `𝐝𝐨𝐠`, ligatures and the no-break spaces
+///    become their plain forms;
+/// 2. full Unicode case folding (CaseFolding.txt, statuses C and F): `STRASSE` and `straße` both
+///    become `strasse`, `İ` becomes `i` + U+0307;
+/// 3. the UTS #39 skeleton (confusables.txt): NFD, default-ignorable code points (U+200B, the soft
+///    hyphen, joiners, variation selectors…) removed, each character replaced by its prototype
+///    (Cyrillic `о` → `o`, `0` → `O`, `m` → `rn`), NFD again;
+/// 4. full case folding again, since prototypes may be capitals (`0` → `O`);
+/// 5. U+0307 COMBINING DOT ABOVE dropped after `i` or `j`, whose own dot it repeats (this is what
+///    folding makes of `İ`, so that `İSTANBUL` matches `istanbul`);
+/// 6. every run of White_Space characters (tab, newline, the Unicode spaces) becomes one space.
+///
+/// The crates are unicode-normalization (NFKC), caseless (case folding) and unicode-security
+/// (skeleton, with the default-ignorable set), all from the unicode-rs project.
+pub fn normalize_for_matching(text: &str) -> String {
+    let folded = caseless::default_case_fold_str(&text.nfkc().collect::<String>());
+    let skeleton: String = unicode_security::skeleton(&folded).collect();
+    let folded = caseless::default_case_fold_str(&skeleton);
+    let mut out = String::with_capacity(folded.len());
+    let mut previous: Option<char> = None;
+    for c in folded.chars() {
+        if c == '\u{307}' && matches!(previous, Some('i' | 'j')) {
+            continue;
+        }
+        if c.is_whitespace() {
+            if previous != Some(' ') {
+                out.push(' ');
+            }
+            previous = Some(' ');
+            continue;
+        }
+        out.push(c);
+        previous = Some(c);
+    }
+    out
+}
+
+/// A word character for whole-word matching: letters and numbers (Alphabetic, Numeric), combining
+/// marks (which belong to the letter before them in NFD) and connector punctuation, as in UTS #18's
+/// `\w`.
+fn is_word_char(c: char) -> bool {
+    c.is_alphanumeric()
+        || unicode_normalization::char::is_combining_mark(c)
+        || matches!(c, '_' | '\u{203F}' | '\u{2040}' | '\u{2054}')
+}
+
 impl Blocklist {
-    /// Words are trimmed and lowercased; an empty word is an error.
+    /// Words are trimmed; matching ignores case and every difference that
+    /// [`normalize_for_matching`] folds away. A word that is empty once normalised is an error.
     pub fn new<I, S>(words: I, substrings: bool) -> Result<Self>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let mut list = Vec::new();
+        let mut list = Self {
+            substrings,
+            ..Self::default()
+        };
         for word in words {
             let word = word.as_ref().trim();
-            if word.is_empty() {
-                bail!("a blocked word is empty: separate words with commas, e.g. --block cat,dog");
+            let key = normalize_for_matching(word).trim().to_string();
+            if key.is_empty() {
+                bail!(
+                    "a blocked word is empty{}: separate words with commas, e.g. --block cat,dog",
+                    if word.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" once invisible characters are removed ({word:?})")
+                    }
+                );
             }
-            let lower = word.to_lowercase();
-            if !list.contains(&lower) {
-                list.push(lower);
+            if !list.keys.contains(&key) {
+                list.words.push(word.to_lowercase());
+                list.keys.push(key);
             }
         }
-        Ok(Self {
-            words: list,
-            substrings,
-        })
+        Ok(list)
     }
 
     /// Reads a blocklist file: one word or phrase per line, commas also separate, `#` starts a
@@ -58,33 +123,36 @@ impl Blocklist {
         self.words.is_empty()
     }
 
+    /// The blocked words as given (trimmed and lowercased).
     pub fn words(&self) -> &[String] {
         &self.words
     }
 
-    /// The first blocked word that `text` contains, if any.
+    /// The first blocked word (as given) that `text` contains once both are normalised, if any.
     pub fn find_in(&self, text: &str) -> Option<&str> {
         if self.words.is_empty() {
             return None;
         }
-        let lower = text.to_lowercase();
-        self.words
+        let normalised = normalize_for_matching(text);
+        self.keys
             .iter()
-            .map(String::as_str)
-            .find(|word| self.contains(&lower, word))
+            .position(|key| self.contains(&normalised, key))
+            .map(|i| self.words[i].as_str())
     }
 
-    fn contains(&self, lower: &str, word: &str) -> bool {
+    fn contains(&self, text: &str, key: &str) -> bool {
         if self.substrings {
-            return lower.contains(word);
+            return text.contains(key);
         }
-        let is_word_char = |c: char| c.is_alphanumeric() || c == '_';
-        lower.match_indices(word).any(|(start, matched)| {
-            let before = lower[..start].chars().next_back();
-            let after = lower[start + matched.len()..].chars().next();
-            // A blocked word that itself starts or ends with punctuation needs no boundary there.
-            let starts_word = word.chars().next().is_some_and(is_word_char);
-            let ends_word = word.chars().next_back().is_some_and(is_word_char);
+        // A blocked word that itself starts or ends with punctuation needs no boundary there.
+        let starts_word = key.chars().next().is_some_and(is_word_char);
+        let ends_word = key.chars().next_back().is_some_and(is_word_char);
+        // Every start, overlapping ones included: in "ba.a.a" the blocked "a.a" that stands alone is
+        // the second occurrence, which a non-overlapping search skips.
+        let starts = text.char_indices().map(|(i, _)| i);
+        starts.filter(|&i| text[i..].starts_with(key)).any(|start| {
+            let before = text[..start].chars().next_back();
+            let after = text[start + key.len()..].chars().next();
             (!starts_word || !before.is_some_and(is_word_char))
                 && (!ends_word || !after.is_some_and(is_word_char))
         })

@@ -1,8 +1,9 @@
 #![allow(dead_code)]
 //! Shared helpers for the integration tests: fixture paths and error measures.
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
+use std::path::Path;
 use std::path::PathBuf;
 
 pub fn root() -> PathBuf {
@@ -155,4 +156,47 @@ pub fn assert_round_trips(lm: &impl clipsteer::steer::CausalLm, cases: &[serde_j
         assert_eq!(lm.encode(text).unwrap(), want, "ids of {text:?}");
         assert_eq!(lm.decode(&want).unwrap(), text, "decode of {text:?}");
     }
+}
+
+/// Writes `src`'s tensors cast to `dtype` as safetensors at `dst`, as torch's `.to(dtype)`
+/// rounds (to nearest even, in candle as in torch).
+pub fn cast_safetensors(src: &Path, dst: &Path, dtype: DType) {
+    let tensors = candle_core::safetensors::load(src, &Device::Cpu).unwrap();
+    let cast: HashMap<String, Tensor> = tensors
+        .into_iter()
+        .map(|(k, v)| {
+            let v = if v.dtype().is_float() {
+                v.to_dtype(dtype).unwrap()
+            } else {
+                v
+            };
+            (k, v)
+        })
+        .collect();
+    candle_core::safetensors::save(&cast, dst).unwrap();
+}
+
+/// Splits `src` into two safetensors shards and an index in `dir`, named as transformers names them.
+pub fn shard_safetensors(src: &Path, dir: &Path) {
+    let tensors = candle_core::safetensors::load(src, &Device::Cpu).unwrap();
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let half = names.len() / 2;
+    let mut weight_map = serde_json::Map::new();
+    for (i, part) in [&names[..half], &names[half..]].into_iter().enumerate() {
+        let shard = format!("model-{:05}-of-00002.safetensors", i + 1);
+        let subset: HashMap<String, Tensor> = part
+            .iter()
+            .map(|k| ((*k).clone(), tensors[*k].clone()))
+            .collect();
+        candle_core::safetensors::save(&subset, dir.join(&shard)).unwrap();
+        for k in part {
+            weight_map.insert((*k).clone(), serde_json::json!(shard));
+        }
+    }
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        serde_json::json!({"metadata": {}, "weight_map": weight_map}).to_string(),
+    )
+    .unwrap();
 }

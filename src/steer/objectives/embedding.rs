@@ -143,18 +143,34 @@ impl Scorer for ClipScorer {
         texts: &[String],
         target: &[f32],
     ) -> Result<ScoreBatch> {
+        // Equal texts are tokenized once, and texts that tokenize alike are embedded once.
+        let mut unique_texts: Vec<&str> = Vec::new();
+        let mut text_slot: HashMap<&str, usize> = HashMap::new();
+        let text_slots: Vec<usize> = texts
+            .iter()
+            .map(|text| {
+                *text_slot.entry(text.as_str()).or_insert_with(|| {
+                    unique_texts.push(text);
+                    unique_texts.len() - 1
+                })
+            })
+            .collect();
         let mut distinct: Vec<Vec<u32>> = Vec::new();
         let mut slot_of: HashMap<Vec<u32>, usize> = HashMap::new();
-        let mut slots = Vec::with_capacity(texts.len());
-        for text in texts {
-            let ids = self.tokenizer.encode(text)?;
-            let next = distinct.len();
-            let slot = *slot_of.entry(ids.clone()).or_insert(next);
-            if slot == next {
-                distinct.push(ids);
-            }
-            slots.push(slot);
-        }
+        let id_slots: Vec<usize> = self
+            .tokenizer
+            .encode_batch(&unique_texts)?
+            .into_iter()
+            .map(|ids| {
+                let next = distinct.len();
+                let slot = *slot_of.entry(ids.clone()).or_insert(next);
+                if slot == next {
+                    distinct.push(ids);
+                }
+                slot
+            })
+            .collect();
+        let slots: Vec<usize> = text_slots.iter().map(|&t| id_slots[t]).collect();
         let embedded = self.model.text_features_with_prefix(prefix, &distinct)?;
         let target = Tensor::new(target, self.model.device())?;
         let cosines = crate::models::clip::cosine_to(&embedded.features, &target)?;
