@@ -7,10 +7,13 @@ use crate::attack::{run_attack, AttackObjective, AttackSpec};
 use crate::events::{attack_done_json, attack_step_json, step_json};
 use crate::image::DecodeLimits;
 use crate::load::load_clip;
+use crate::merge::merge;
+use crate::pipeline::collect_inputs;
 use crate::pipeline::{
     run_batch, select_device, BatchEvent, BlockArgs, DescribeSpec, Describer, DeviceChoice,
     InputSpec, Preset, TargetSpec, DEFAULT_CLIP, DEFAULT_LM,
 };
+use crate::sidecar::CaptionFiles;
 use crate::steer::describe::{BeamParams, MagicParams, Sampling, ScoredText, StepEvent, Strategy};
 use crate::steer::search::attack::{AttackOptions, Proposal};
 use anyhow::{bail, Result};
@@ -18,7 +21,7 @@ use candle_core::Device;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -55,6 +58,26 @@ pub enum Command {
     Attack(Box<AttackArgs>),
     /// Serve a web page and an API that describe uploaded images live.
     Serve(Box<crate::server::ServeArgs>),
+    /// Join the part files of a sharded `describe --out` run into one file, in input order, and
+    /// report images missing, described twice or failed (exit 1 if any).
+    Merge(MergeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// Part files written by `describe --out` (e.g. results/part-*.jsonl).
+    #[arg(required = true, value_name = "PART")]
+    pub parts: Vec<PathBuf>,
+    /// The merged file; replaced atomically.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: PathBuf,
+    /// The run's images, given as to describe (files or folders): checks that each one is
+    /// described exactly once and orders the output as describe did.
+    #[arg(long, num_args = 1.., value_name = "IMAGE_OR_DIR")]
+    pub inputs: Vec<PathBuf>,
+    /// Print the report as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -222,6 +245,20 @@ pub struct DescribeArgs {
     /// With --scorer-cmd: seconds the program may take per batch.
     #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
     pub scorer_timeout: f64,
+    /// Write each image's caption to a .txt file beside it (photo.jpg → photo.txt): the
+    /// generated text without the prompt, on one line, as kohya_ss and other LoRA trainers read.
+    #[arg(long)]
+    pub write_txt: bool,
+    /// With --write-txt: text put before each caption, joined with a space (trigger words).
+    #[arg(long, requires = "write_txt", value_name = "TEXT")]
+    pub txt_prefix: Option<String>,
+    /// With --write-txt: text put after each caption, joined with a space.
+    #[arg(long, requires = "write_txt", value_name = "TEXT")]
+    pub txt_suffix: Option<String>,
+    /// With --write-txt: replace caption files that exist (otherwise each is an error for its
+    /// image, found before any work is spent on it).
+    #[arg(long, requires = "write_txt")]
+    pub overwrite: bool,
 }
 
 #[derive(Args, Debug)]
@@ -272,6 +309,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Evade(args) => crate::evade::run(*args, &device),
         Command::Serve(args) => crate::server::run(*args, &device),
         Command::Attack(args) => run_attack_command(*args, &device),
+        Command::Merge(args) => run_merge(args),
         Command::Bench(args) => {
             let options = crate::bench::BenchOptions {
                 arch: args.clip,
@@ -404,7 +442,13 @@ impl DescribeArgs {
         InputSpec {
             images: self.images.clone(),
             shard: self.shard,
-            resume_from: self.out.clone().filter(|_| self.resume),
+            out: self.out.clone(),
+            resume: self.resume,
+            captions: self.write_txt.then(|| CaptionFiles {
+                prefix: self.txt_prefix.clone(),
+                suffix: self.txt_suffix.clone(),
+                overwrite: self.overwrite,
+            }),
         }
     }
 }
@@ -412,8 +456,18 @@ impl DescribeArgs {
 fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
     let spec = args.spec()?;
     let options = spec.options()?;
-    let inputs = args.inputs().plan()?;
-    if inputs.is_empty() {
+    let mut plan = args.inputs().plan()?;
+    if plan.trimmed_bytes > 0 {
+        if let Some(path) = plan.part_path() {
+            eprintln!(
+                "note: cut a partial last line ({} bytes) off {}: a run was killed mid-write",
+                plan.trimmed_bytes,
+                path.display()
+            );
+        }
+    }
+    let inputs = plan.inputs.len();
+    if inputs == 0 {
         eprintln!("nothing to describe: every input is already done or the shard is empty");
         return Ok(0);
     }
@@ -424,9 +478,9 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
     }
     let describer = Describer::load(&spec, &args.targets(), !args.images.is_empty(), device)?;
 
-    let progress = Progress::new(inputs.len());
+    let progress = Progress::new(inputs);
     let stdout = std::io::stdout();
-    let summary = run_batch(&describer, &inputs, args.out.as_deref(), |event| {
+    let summary = run_batch(&describer, &mut plan, |event| {
         match event {
             BatchEvent::Step { image, event } => {
                 if args.json {
@@ -448,7 +502,7 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
                     println!("{line}");
                 } else {
                     progress.println(&match image {
-                        Some(image) if inputs.len() > 1 => {
+                        Some(image) if inputs > 1 => {
                             format!("{image}\t{:.4}\t{}", result.similarity, result.text)
                         }
                         _ => result.text.clone(),
@@ -477,8 +531,11 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
         Ok(())
     })?;
     progress.finish();
+    if args.write_txt {
+        eprintln!("wrote {} caption files", summary.captions_written);
+    }
     if summary.failed > 0 {
-        eprintln!("{} of {} inputs failed", summary.failed, inputs.len());
+        eprintln!("{} of {inputs} inputs failed", summary.failed);
         return Ok(1);
     }
     Ok(0)
@@ -776,5 +833,79 @@ impl Progress {
         if let Some(bar) = &self.overall {
             bar.finish_and_clear();
         }
+    }
+}
+
+/// `clipsteer merge`: the report goes to stderr (or stdout as JSON); exit 1 unless complete.
+fn run_merge(args: MergeArgs) -> Result<i32> {
+    let inputs = (!args.inputs.is_empty()).then(|| collect_inputs(&args.inputs));
+    let report = merge(&args.parts, inputs.as_deref(), &args.output)?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print_merge_report(&report, &args.output);
+    }
+    Ok(if report.complete() { 0 } else { 1 })
+}
+
+fn print_merge_report(report: &crate::merge::MergeReport, output: &Path) {
+    const SHOWN: usize = 20;
+    let inputs = if report.inputs > 0 {
+        format!("{} of {} inputs described", report.described, report.inputs)
+    } else {
+        format!(
+            "{} images described (give --inputs to check for missing ones)",
+            report.described
+        )
+    };
+    eprintln!(
+        "merged {} parts into {}: {inputs}; {} failed, {} missing, {} duplicated, {} unexpected, {} unreadable lines",
+        report.parts,
+        output.display(),
+        report.failed.len(),
+        report.missing.len(),
+        report.duplicated.len(),
+        report.unexpected.len(),
+        report.corrupt.len()
+    );
+    let list = |kind: &str, items: Vec<String>| {
+        for item in items.iter().take(SHOWN) {
+            eprintln!("{kind}: {item}");
+        }
+        if items.len() > SHOWN {
+            eprintln!(
+                "{kind}: … and {} more (--json lists all)",
+                items.len() - SHOWN
+            );
+        }
+    };
+    list(
+        "failed",
+        report
+            .failed
+            .iter()
+            .map(|(image, error)| format!("{image}: {error}"))
+            .collect(),
+    );
+    list("missing", report.missing.clone());
+    list(
+        "duplicated",
+        report
+            .duplicated
+            .iter()
+            .map(|(image, count)| format!("{image} ({count} done lines)"))
+            .collect(),
+    );
+    list(
+        "unexpected",
+        report
+            .unexpected
+            .iter()
+            .map(|image| format!("{image} (not among --inputs; left out)"))
+            .collect(),
+    );
+    list("unreadable", report.corrupt.clone());
+    for part in &report.partial {
+        eprintln!("note: {part} ends in a partial line (a task killed mid-write; describe --resume trims it)");
     }
 }

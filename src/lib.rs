@@ -14,9 +14,13 @@ pub mod events;
 pub mod hub;
 pub mod image;
 pub mod load;
+pub mod merge;
 pub mod models;
+pub mod parts;
 pub mod pipeline;
 pub mod server;
+pub mod settings;
+pub mod sidecar;
 pub mod steer;
 pub mod tokenize;
 

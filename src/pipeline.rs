@@ -1,11 +1,14 @@
 //! The describe pipeline behind every face (the command line, `serve`, `evade`, and the Python
 //! package to come): defaults, the device, model loading, target building, and the batch loop
-//! over inputs (directories, shards, `--resume`, the `--out` file). A face parses its own
+//! over inputs (directories, shards, `--resume`, the locked `--out` part file, caption files). A face parses its own
 //! arguments into these types and shows progress its own way; what is computed lives here.
 
 use crate::events::{done_json, error_json};
 use crate::image::DecodeLimits;
 use crate::load::{load_encoder, load_lm};
+use crate::parts::{PartContents, PartWriter};
+use crate::settings::{RunSettings, TargetSettings};
+use crate::sidecar::CaptionFiles;
 use crate::steer::constraints::Blocklist;
 use crate::steer::describe::{
     describe, describe_with, validate, BeamParams, DescribeOptions, DescribeResult, MagicParams,
@@ -15,12 +18,11 @@ use crate::steer::lm::LanguageModel;
 use crate::steer::objectives::command::CommandScorer;
 use crate::steer::scorer::Encoder;
 use crate::steer::target::{combine, TargetPart};
-use crate::steer::Scorer;
-use anyhow::{bail, Context, Result};
+use crate::steer::{CausalLm, Scorer};
+use anyhow::{bail, Result};
 use candle_core::Device;
 use serde_json::Value;
-use std::collections::HashSet;
-use std::io::Write;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// The language model describe uses when none is named.
@@ -318,34 +320,6 @@ pub fn collect_inputs(paths: &[PathBuf]) -> Vec<PathBuf> {
     out
 }
 
-/// Images already finished in an out file. A partial last line (a run killed mid-write) is cut
-/// off so that the file stays valid JSON lines.
-pub fn finished_images(out: &Path) -> Result<HashSet<String>> {
-    let mut done = HashSet::new();
-    let Ok(bytes) = std::fs::read(out) else {
-        return Ok(done);
-    };
-    let complete = match bytes.iter().rposition(|&b| b == b'\n') {
-        Some(last_newline) => last_newline + 1,
-        None => 0,
-    };
-    if complete < bytes.len() {
-        let file = std::fs::OpenOptions::new().write(true).open(out)?;
-        file.set_len(complete as u64)
-            .with_context(|| format!("cannot trim the partial last line of {}", out.display()))?;
-    }
-    for line in String::from_utf8_lossy(&bytes[..complete]).lines() {
-        if let Ok(value) = serde_json::from_str::<serde_json::Value>(line) {
-            if value["event"] == "done" {
-                if let Some(image) = value["image"].as_str() {
-                    done.insert(image.to_string());
-                }
-            }
-        }
-    }
-    Ok(done)
-}
-
 /// One job of a batch: an image, or `None` for a job steered by the text targets alone.
 pub type Input = Option<PathBuf>;
 
@@ -354,25 +328,50 @@ pub fn input_label(input: &Input) -> Option<String> {
     input.as_ref().map(|p| p.display().to_string())
 }
 
-/// Which inputs a batch runs.
+/// Which inputs a batch runs and where its results go.
 #[derive(Debug, Clone, Default)]
 pub struct InputSpec {
     /// Image files or directories; empty: one job steered by the text targets alone.
     pub images: Vec<PathBuf>,
     /// Take inputs `i` with `i mod N = I` (0-based `(I, N)`).
     pub shard: Option<(usize, usize)>,
-    /// Skip inputs that already have a `done` line in this out file.
-    pub resume_from: Option<PathBuf>,
+    /// The part file each input's `done` or `error` line is appended to (locked while the batch
+    /// runs, so that two tasks never write one file).
+    pub out: Option<PathBuf>,
+    /// Skip inputs that already have a `done` line in `out`.
+    pub resume: bool,
+    /// Write each image's caption to a `.txt` file beside it (`describe --write-txt`).
+    pub captions: Option<CaptionFiles>,
 }
 
 impl InputSpec {
-    /// The inputs to run, in order: directories expanded, the shard taken, finished ones
-    /// skipped. Empty when there is nothing left to do.
-    pub fn plan(&self) -> Result<Vec<Input>> {
+    /// The batch to run: directories expanded, the shard taken, the part file locked and
+    /// finished inputs skipped, inputs whose caption file cannot be written refused. Its
+    /// `inputs` are empty when there is nothing left to do.
+    pub fn plan(&self) -> Result<BatchPlan> {
+        if self.captions.is_some() && self.images.is_empty() {
+            bail!("--write-txt writes a caption file beside each image: give images to describe");
+        }
+        let all_images = collect_inputs(&self.images);
+        // Refused before any work: caption files that would collide. Decided on the whole
+        // input list, so that every shard agrees.
+        let mut refused: HashMap<PathBuf, String> = HashMap::new();
+        if self.captions.is_some() {
+            for (image, others) in crate::sidecar::collisions(&all_images) {
+                let others: Vec<String> = others.iter().map(|o| o.display().to_string()).collect();
+                let message = format!(
+                    "{} and {} would share the caption file {}; rename one",
+                    image.display(),
+                    others.join(", "),
+                    crate::sidecar::caption_path(&image).display()
+                );
+                refused.insert(image, message);
+            }
+        }
         let mut inputs: Vec<Input> = if self.images.is_empty() {
             vec![None]
         } else {
-            collect_inputs(&self.images).into_iter().map(Some).collect()
+            all_images.into_iter().map(Some).collect()
         };
         if let Some((index, count)) = self.shard {
             inputs = inputs
@@ -382,11 +381,71 @@ impl InputSpec {
                 .map(|(_, p)| p)
                 .collect();
         }
-        if let Some(out) = &self.resume_from {
-            let done = finished_images(out)?;
-            inputs.retain(|input| !done.contains(&input_label(input).unwrap_or_default()));
+        // Locked before it is read, so that no other task can write between the read and the run.
+        let mut part = match &self.out {
+            Some(path) => Some(PartWriter::open(path)?),
+            None => None,
+        };
+        let mut existing = None;
+        let mut trimmed_bytes = 0;
+        if let Some(part) = part.as_mut() {
+            let contents = part.read_existing()?;
+            trimmed_bytes = contents.trimmed_bytes;
+            if self.resume {
+                inputs.retain(|input| {
+                    !contents
+                        .done
+                        .contains(&input_label(input).unwrap_or_default())
+                });
+                existing = Some(contents);
+            }
         }
-        Ok(inputs)
+        if let Some(captions) = &self.captions {
+            for image in inputs.iter().flatten() {
+                if let Some(why) = captions.refusal(image) {
+                    refused.entry(image.clone()).or_insert(why);
+                }
+            }
+            if !inputs.is_empty() {
+                crate::sidecar::check_writable(
+                    inputs
+                        .iter()
+                        .flatten()
+                        .filter(|image| !refused.contains_key(*image))
+                        .map(PathBuf::as_path),
+                )?;
+            }
+        }
+        Ok(BatchPlan {
+            inputs,
+            refused,
+            part,
+            existing,
+            captions: self.captions.clone(),
+            trimmed_bytes,
+        })
+    }
+}
+
+/// A batch ready to run (from [`InputSpec::plan`]).
+#[derive(Debug)]
+pub struct BatchPlan {
+    /// The inputs to run, in order.
+    pub inputs: Vec<Input>,
+    /// Inputs refused before any work, with the reason; each becomes an `error` line.
+    pub refused: HashMap<PathBuf, String>,
+    part: Option<PartWriter>,
+    /// What a resumed part file already holds: its settings must match the run's.
+    existing: Option<PartContents>,
+    captions: Option<CaptionFiles>,
+    /// Bytes of a partial last line cut off the part file (a run killed mid-write).
+    pub trimmed_bytes: u64,
+}
+
+impl BatchPlan {
+    /// The part file, if the batch writes one.
+    pub fn part_path(&self) -> Option<&Path> {
+        self.part.as_ref().map(PartWriter::path)
     }
 }
 
@@ -406,6 +465,10 @@ pub struct Describer {
     /// Where each model came from (id, revision, resolved commit; or a local path), recorded in
     /// every `done` event so that a result can be reproduced.
     pub models: Value,
+    /// What decides the text (models by commit, a fingerprint of the options and targets),
+    /// recorded in every `done` and `error` line so that `merge` and `--resume` can refuse
+    /// parts made with other settings.
+    pub settings: Value,
 }
 
 impl Describer {
@@ -414,13 +477,16 @@ impl Describer {
     /// weight is then the image's).
     pub fn load(
         spec: &DescribeSpec,
-        targets: &TargetSpec,
+        target_spec: &TargetSpec,
         has_image: bool,
         device: &Device,
     ) -> Result<Self> {
         let options = spec.options()?;
         if let Some((command, _)) = &spec.scorer_cmd {
-            if has_image || !targets.target_text.is_empty() || !targets.avoid_text.is_empty() {
+            if has_image
+                || !target_spec.target_text.is_empty()
+                || !target_spec.avoid_text.is_empty()
+            {
                 bail!("describe --scorer-cmd steers by the program alone: leave out images, --target-text and --avoid-text (or leave out --scorer-cmd)");
             }
             if command.trim().is_empty() {
@@ -429,28 +495,45 @@ impl Describer {
         }
         let lm = load_lm(&spec.lm, device)?;
         validate(&lm, &options)?;
+        let encoder_spec = spec.encoder_spec();
         let (objective, models) = match &spec.scorer_cmd {
             Some((command, timeout)) => (
                 DescribeObjective::Command(CommandScorer::start(command, *timeout)?),
                 crate::events::models_json(&[("lm", &spec.lm)]),
             ),
             None => {
-                let encoder = load_encoder(&spec.encoder_spec(), device)?;
-                let targets = Targets::prepare(targets, &encoder, has_image)?;
+                let encoder = load_encoder(&encoder_spec, device)?;
+                let targets = Targets::prepare(target_spec, &encoder, has_image)?;
                 (
                     DescribeObjective::Embedding { encoder, targets },
-                    crate::events::models_json(&[
-                        ("lm", &spec.lm),
-                        ("encoder", &spec.encoder_spec()),
-                    ]),
+                    crate::events::models_json(&[("lm", &spec.lm), ("encoder", &encoder_spec)]),
                 )
             }
         };
+        // After loading, so that hub models are named by the commit they resolved to. A
+        // --scorer-cmd run records the command in place of the encoder.
+        let scorer = match &spec.scorer_cmd {
+            Some((command, _)) => format!("scorer-cmd:{command}"),
+            None => encoder_spec.clone(),
+        };
+        let settings = RunSettings::for_describe(
+            &spec.lm,
+            &scorer,
+            &options,
+            TargetSettings {
+                image: has_image,
+                target_texts: &target_spec.target_text,
+                avoid_texts: &target_spec.avoid_text,
+                weights: &target_spec.target_weight,
+            },
+        )
+        .to_json();
         Ok(Self {
             lm,
             options,
             objective,
             models,
+            settings,
         })
     }
 
@@ -501,43 +584,59 @@ pub enum BatchEvent<'a> {
 pub struct BatchSummary {
     pub described: usize,
     pub failed: usize,
+    /// Caption files written (`--write-txt`).
+    pub captions_written: usize,
 }
 
-/// Describes every input in order. A failing input gives a `Failed` event and the batch goes
-/// on; `out` (appended to, one whole line per input) gets each `done` or `error` line. An error
-/// from `observer` or from writing `out` ends the batch.
+/// Describes every input of `plan` in order. A failing input gives a `Failed` event and the
+/// batch goes on; the part file (one whole line per input) gets each `done` or `error` line,
+/// after the image's caption file when the plan writes them. A resumed part file made with other
+/// settings is refused before any work. An error from `observer` or from writing ends the batch.
 pub fn run_batch(
     describer: &Describer,
-    inputs: &[Input],
-    out: Option<&Path>,
+    plan: &mut BatchPlan,
     mut observer: impl FnMut(BatchEvent) -> Result<()>,
 ) -> Result<BatchSummary> {
-    let mut out_file = match out {
-        Some(path) => Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("cannot open --out {}", path.display()))?,
-        ),
-        None => None,
-    };
+    if let (Some(part), Some(existing)) = (&plan.part, &plan.existing) {
+        existing.check_settings(part.path(), &describer.settings)?;
+    }
     let mut summary = BatchSummary::default();
-    for input in inputs {
+    for input in &plan.inputs {
         let image = input_label(input);
         let started = std::time::Instant::now();
-        let outcome = describer.describe(input.as_deref(), |event| {
-            observer(BatchEvent::Step {
-                image: image.as_deref(),
-                event,
-            })
-        });
+        let refused = input.as_ref().and_then(|path| plan.refused.get(path));
+        let outcome = match refused {
+            Some(why) => Err(anyhow::anyhow!("{why}")),
+            None => describer.describe(input.as_deref(), |event| {
+                observer(BatchEvent::Step {
+                    image: image.as_deref(),
+                    event,
+                })
+            }),
+        };
+        // The caption file is written before the done line, so that a done line means its
+        // caption file is in place; a caption that cannot be written makes the image an error.
+        let outcome = match (outcome, &plan.captions, input) {
+            (Ok(result), Some(captions), Some(path)) => {
+                crate::sidecar::generated_part(&result.text, &describer.options.prompt, || {
+                    describer.lm.decode(&result.token_ids)
+                })
+                .and_then(|generated| captions.caption(&generated))
+                .and_then(|caption| captions.write(path, &caption))
+                .map(|_| {
+                    summary.captions_written += 1;
+                    result
+                })
+            }
+            (outcome, _, _) => outcome,
+        };
         let line = match outcome {
             Ok(result) => {
                 summary.described += 1;
                 let mut line =
                     done_json(image.as_deref(), &result, started.elapsed().as_secs_f64());
                 line["models"] = describer.models.clone();
+                line["settings"] = describer.settings.clone();
                 observer(BatchEvent::Done {
                     image: image.as_deref(),
                     result: &result,
@@ -548,7 +647,8 @@ pub fn run_batch(
             Err(e) => {
                 summary.failed += 1;
                 let message = crate::error_line(&e);
-                let line = error_json(image.as_deref(), &message);
+                let mut line = error_json(image.as_deref(), &message);
+                line["settings"] = describer.settings.clone();
                 observer(BatchEvent::Failed {
                     image: image.as_deref(),
                     message: &message,
@@ -558,10 +658,8 @@ pub fn run_batch(
                 line
             }
         };
-        if let Some(file) = out_file.as_mut() {
-            // One write per line, so that a killed run leaves at most one partial line.
-            file.write_all(format!("{line}\n").as_bytes())?;
-            file.flush()?;
+        if let Some(part) = plan.part.as_mut() {
+            part.append(&line)?;
         }
     }
     Ok(summary)

@@ -344,11 +344,97 @@ pub fn load_weight_files(files: &[PathBuf], device: &Device) -> Result<VarBuilde
         .map(|d| d.display().to_string())
         .unwrap_or_default();
     // SAFETY: the files are mmapped read-only; clipsteer never writes to them while they are mapped.
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(files, candle_core::DType::F32, device) }
+    let mapped = unsafe { candle_core::safetensors::MmapedSafetensors::multi(files) }
         .with_context(|| {
             format!("cannot read weights in {described}: the file may be truncated or corrupt; download it again")
         })?;
-    Ok(vb)
+    Ok(VarBuilder::from_backend(
+        Box::new(ReleasingMmap::new(mapped)),
+        candle_core::DType::F32,
+        device.clone(),
+    ))
+}
+
+/// Memory-mapped safetensors that hand the file's pages back to the kernel after each tensor is
+/// copied out. Every tensor is copied into memory of its own as it is read, and the mapped pages
+/// it was read from would otherwise stay resident until the whole model is built: loading CLIP
+/// B/32 after GPT-2 would peak at 1.7 GB instead of 1.1 GB.
+struct ReleasingMmap {
+    inner: candle_core::safetensors::MmapedSafetensors,
+    /// (start, length) of each mapping of the files, from /proc/self/maps; empty where that
+    /// cannot be read, and then nothing is released.
+    ranges: Vec<(usize, usize)>,
+}
+
+impl ReleasingMmap {
+    fn new(inner: candle_core::safetensors::MmapedSafetensors) -> Self {
+        // Only the mappings that hold this checkpoint's tensors: another thread may map the same
+        // file, and its mapping may be gone (and the addresses reused) before this one is done.
+        let tensor_addresses: Vec<usize> = inner
+            .tensors()
+            .iter()
+            .map(|(_, view)| view.data().as_ptr() as usize)
+            .collect();
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+        let ranges = maps
+            .lines()
+            .filter_map(|line| {
+                let (start, end) = line.split_whitespace().next()?.split_once('-')?;
+                let start = usize::from_str_radix(start, 16).ok()?;
+                let end = usize::from_str_radix(end, 16).ok()?;
+                Some((start, end.checked_sub(start)?))
+            })
+            .filter(|&(start, len)| {
+                tensor_addresses
+                    .iter()
+                    .any(|&a| a >= start && a < start + len)
+            })
+            .collect();
+        Self { inner, ranges }
+    }
+
+    fn release(&self) {
+        for &(start, len) in &self.ranges {
+            // SAFETY: a private, read-only file mapping that `inner` owns and keeps mapped;
+            // MADV_DONTNEED only drops its resident pages, which the kernel reads back from the
+            // file on the next access.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, len, libc::MADV_DONTNEED);
+            }
+        }
+    }
+}
+
+impl candle_nn::var_builder::SimpleBackend for ReleasingMmap {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        h: candle_nn::Init,
+        dtype: candle_core::DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let tensor =
+            candle_nn::var_builder::SimpleBackend::get(&self.inner, s, name, h, dtype, dev);
+        self.release();
+        tensor
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: candle_core::DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let tensor =
+            candle_nn::var_builder::SimpleBackend::get_unchecked(&self.inner, name, dtype, dev);
+        self.release();
+        tensor
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        candle_nn::var_builder::SimpleBackend::contains_tensor(&self.inner, name)
+    }
 }
 
 /// Every tensor of a `torch.save` file in the zip format (torch >= 1.6), by name.

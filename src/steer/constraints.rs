@@ -128,6 +128,11 @@ impl Blocklist {
         &self.words
     }
 
+    /// Whether any substring matches, not only whole words.
+    pub fn matches_substrings(&self) -> bool {
+        self.substrings
+    }
+
     /// The first blocked word (as given) that `text` contains once both are normalised, if any.
     pub fn find_in(&self, text: &str) -> Option<&str> {
         if self.words.is_empty() {

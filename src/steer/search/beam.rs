@@ -6,6 +6,7 @@ use crate::steer::describe::{validate, Candidate, DescribeOptions, DescribeResul
 use crate::steer::objectives::Objective;
 use crate::steer::CausalLm;
 use anyhow::Result;
+use std::rc::Rc;
 
 /// Beam search settings.
 #[derive(Debug, Clone, Copy)]
@@ -27,7 +28,7 @@ impl Default for BeamParams {
 }
 
 /// One hypothesis of the beam.
-struct Hypothesis<C> {
+struct Hypothesis<C, P> {
     /// Prompt included.
     ids: Vec<u32>,
     text: String,
@@ -37,6 +38,10 @@ struct Hypothesis<C> {
     similarity: f32,
     /// The LM state after `ids`, and its next-token logits; None once finished.
     state: Option<(C, Vec<f32>)>,
+    /// The objective's prefix of the parent's scored text (shared by its children): this
+    /// hypothesis's own prefix extends it by the positions the new token changed instead of
+    /// encoding the whole text again. None for the root.
+    parent_prefix: Option<Rc<P>>,
 }
 
 /// What the beam ranks by, and the final rerank too: similarity plus `fluency` × the mean
@@ -73,8 +78,8 @@ pub fn run<L: CausalLm, O: Objective>(
     let prompt_ids = validate(lm, options)?;
     let scored_part = ScoredPart::new(lm, &prompt_ids, options.scored_text)?;
     let params = options.beam;
-    let generated = |h: &Hypothesis<L::Cache>| h.ids.len() - prompt_ids.len();
-    let score_of = |h: &Hypothesis<L::Cache>| {
+    let generated = |h: &Hypothesis<L::Cache, O::Prefix>| h.ids.len() - prompt_ids.len();
+    let score_of = |h: &Hypothesis<L::Cache, O::Prefix>| {
         beam_score(h.similarity, h.log_prob, generated(h), params.fluency)
     };
     let mut clock = std::time::Instant::now();
@@ -88,15 +93,17 @@ pub fn run<L: CausalLm, O: Objective>(
         log_prob: 0.0,
         similarity: f32::NAN,
         state: Some((cache, logits)),
+        parent_prefix: None,
     }];
     let mut lm_seconds = clock.elapsed().as_secs_f64();
-    let mut finished: Vec<Hypothesis<L::Cache>> = Vec::new();
+    let mut finished: Vec<Hypothesis<L::Cache, O::Prefix>> = Vec::new();
     let mut stop_reason = None;
     for step in 0..options.max_tokens {
         clock = std::time::Instant::now();
         let mut expansions = Vec::new();
         let mut positions_computed = 0;
         let mut ranked_total = 0;
+        let mut prefixes: Vec<Option<Rc<O::Prefix>>> = (0..live.len()).map(|_| None).collect();
         for (parent, hypothesis) in live.iter().enumerate() {
             let Some((_, logits)) = &hypothesis.state else {
                 continue;
@@ -115,8 +122,11 @@ pub fn run<L: CausalLm, O: Objective>(
                 &options.blocklist,
                 &scored_part,
             )?;
-            let step_prefix = objective.prefix(&hypothesis.scored_text, None)?;
+            let step_prefix = Rc::new(
+                objective.prefix(&hypothesis.scored_text, hypothesis.parent_prefix.as_deref())?,
+            );
             let scores = objective.score(&step_prefix, &allowed.scored)?;
+            prefixes[parent] = Some(step_prefix);
             positions_computed += scores.positions_computed;
             let length = generated(hypothesis) + 1;
             for (i, (phrase, scored_text)) in
@@ -206,6 +216,7 @@ pub fn run<L: CausalLm, O: Objective>(
                     log_prob: expansion.log_prob,
                     similarity: expansion.similarity,
                     state: None,
+                    parent_prefix: None,
                 });
                 newly_finished += 1;
                 if newly_finished == params.width {
@@ -245,6 +256,7 @@ pub fn run<L: CausalLm, O: Objective>(
                         lm.keep_branch(&branches.cache, row)?,
                         branches.logits[row].clone(),
                     )),
+                    parent_prefix: prefixes[parent].clone(),
                 });
             }
         }
