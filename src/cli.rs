@@ -3,7 +3,8 @@
 //! Argument parsing only: every command turns its flags into the library's types
 //! ([`crate::pipeline`] for describe) and shows progress; the work happens there.
 
-use crate::events::step_json;
+use crate::attack::{run_attack, AttackObjective, AttackSpec};
+use crate::events::{attack_done_json, attack_step_json, step_json};
 use crate::image::DecodeLimits;
 use crate::load::load_clip;
 use crate::merge::merge;
@@ -14,6 +15,7 @@ use crate::pipeline::{
 };
 use crate::sidecar::CaptionFiles;
 use crate::steer::describe::{BeamParams, MagicParams, Sampling, ScoredText, StepEvent, Strategy};
+use crate::steer::search::attack::{AttackOptions, Proposal};
 use anyhow::{bail, Result};
 use candle_core::Device;
 use clap::{Args, Parser, Subcommand};
@@ -51,6 +53,9 @@ pub enum Command {
     /// Filter evasion: describe an image without blocked words, regenerate it from the
     /// description, and report how much of the image survived (JSON + HTML).
     Evade(Box<crate::evade::EvadeArgs>),
+    /// Attack a language model: an attacker LM writes a suffix after an instruction that steers
+    /// a victim LM's answer toward a target (BEAST-style beam search).
+    Attack(Box<AttackArgs>),
     /// Serve a web page and an API that describe uploaded images live.
     Serve(Box<crate::server::ServeArgs>),
     /// Join the part files of a sharded `describe --out` run into one file, in input order, and
@@ -145,7 +150,7 @@ pub struct BenchArgs {
 pub struct DescribeArgs {
     /// Image files, or directories searched recursively for .jpg/.jpeg/.png/.webp. May be
     /// left out when --target-text gives the target.
-    #[arg(required_unless_present = "target_text")]
+    #[arg(required_unless_present_any = ["target_text", "scorer_cmd"])]
     pub images: Vec<PathBuf>,
     /// Language model: a GPT-2 directory in the HF layout, a hub id, or a llama-family .gguf file.
     #[arg(long, default_value = DEFAULT_LM)]
@@ -232,6 +237,14 @@ pub struct DescribeArgs {
     /// Take the deterministic share I of N (0 ≤ I < N) of the inputs, e.g. --shard 0/4.
     #[arg(long, value_parser = parse_shard)]
     pub shard: Option<(usize, usize)>,
+    /// Steer by a program instead of an embedding: for each step it reads one line
+    /// {"items":[{"text":…},…]} (the candidate texts after the prompt) and answers one line
+    /// {"scores":[…]}, higher is better.
+    #[arg(long, value_name = "CMD", conflicts_with_all = ["images", "target_text", "avoid_text"])]
+    pub scorer_cmd: Option<String>,
+    /// With --scorer-cmd: seconds the program may take per batch.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+    pub scorer_timeout: f64,
     /// Write each image's caption to a .txt file beside it (photo.jpg → photo.txt): the
     /// generated text without the prompt, on one line, as kohya_ss and other LoRA trainers read.
     #[arg(long)]
@@ -295,6 +308,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Generate(args) => crate::diffusion::cli::run_generate(*args, &device),
         Command::Evade(args) => crate::evade::run(*args, &device),
         Command::Serve(args) => crate::server::run(*args, &device),
+        Command::Attack(args) => run_attack_command(*args, &device),
         Command::Merge(args) => run_merge(args),
         Command::Bench(args) => {
             let options = crate::bench::BenchOptions {
@@ -406,6 +420,13 @@ impl DescribeArgs {
             }),
             prefilter: self.prefilter,
             blocklist: self.blocking.to_blocklist()?,
+            scorer_cmd: match &self.scorer_cmd {
+                Some(command) => Some((
+                    command.clone(),
+                    seconds("--scorer-timeout", self.scorer_timeout)?,
+                )),
+                None => None,
+            },
         })
     }
 
@@ -520,6 +541,199 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
     Ok(0)
 }
 
+/// How the attacker proposes tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProposalArg {
+    /// Seeded draws without replacement from the attacker's top-p distribution at --temperature.
+    Sample,
+    /// The attacker's --candidates most probable tokens (deterministic).
+    TopK,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("objective").required(true).args(["target_response", "scorer_cmd", "target_text"])))]
+pub struct AttackArgs {
+    /// The attacker LM, which writes the suffix: a llama-family .gguf file, or a GPT-2 directory
+    /// or hub id.
+    #[arg(long = "lm", value_name = "ATTACKER")]
+    pub attacker: String,
+    /// The victim LM [default: the attacker, as in BEAST]. It receives the prompt's text inside
+    /// its own chat template, tokenised by its own tokenizer.
+    #[arg(long)]
+    pub victim: Option<String>,
+    /// The user's request; the prompt is this text, verbatim, followed by the suffix.
+    #[arg(long)]
+    pub instruction: String,
+    /// Steer toward this answer: the victim's mean log-probability of it, teacher-forced.
+    /// Success: the victim's greedy answer starts with it.
+    #[arg(long, value_name = "TEXT")]
+    pub target_response: Option<String>,
+    /// A program that scores prompts and the victim's answers (JSON lines on stdin/stdout; see
+    /// README).
+    #[arg(long, value_name = "CMD")]
+    pub scorer_cmd: Option<String>,
+    /// With --scorer-cmd: succeed once the best prompt scores at least this.
+    #[arg(long, value_name = "SCORE", requires = "scorer_cmd")]
+    pub success_score: Option<f32>,
+    /// With --scorer-cmd: seconds the program may take per batch.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 60.0,
+        requires = "scorer_cmd"
+    )]
+    pub scorer_timeout: f64,
+    /// Steer the victim's greedy answer toward this text by cosine under --encoder.
+    #[arg(long, value_name = "TEXT", requires = "encoder")]
+    pub target_text: Option<String>,
+    /// The encoder for --target-text: CLIP or a sentence-transformers model.
+    #[arg(long, value_name = "MODEL", requires = "target_text")]
+    pub encoder: Option<String>,
+    #[command(flatten)]
+    pub blocking: BlockArgs,
+    /// Prompts kept each step.
+    #[arg(long, default_value_t = AttackOptions::new("").beam_width)]
+    pub beam_width: usize,
+    /// Tokens drawn from the attacker per prompt each step.
+    #[arg(long, default_value_t = AttackOptions::new("").candidates)]
+    pub candidates: usize,
+    /// Suffix tokens at most.
+    #[arg(long, default_value_t = AttackOptions::new("").max_tokens)]
+    pub max_tokens: usize,
+    /// How candidates are drawn.
+    #[arg(long, value_enum, default_value_t = ProposalArg::Sample)]
+    pub proposal: ProposalArg,
+    /// Nucleus mass for --proposal sample.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Attacker temperature for --proposal sample.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    /// Random seed for --proposal sample.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Weight of the attacker's mean log-probability of the suffix (nats/token) added to the
+    /// objective; higher reads more naturally.
+    #[arg(long, default_value_t = 0.0)]
+    pub readability: f32,
+    /// Tokens of the victim's greedy answer to generate and show.
+    #[arg(long, default_value_t = 32)]
+    pub response_tokens: usize,
+    /// Seconds after which the best prompt so far is the result.
+    #[arg(long, value_name = "SECONDS")]
+    pub time_limit: Option<f64>,
+    /// The victim's chat template, overriding its own: a tokenizer_config.json, a directory
+    /// holding one, a .gguf file, or a Jinja file.
+    #[arg(long, value_name = "PATH")]
+    pub chat_template: Option<PathBuf>,
+    /// JSON lines on stdout: a "step" event per step, then a "done" event.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl AttackArgs {
+    fn spec(&self) -> Result<AttackSpec> {
+        let objective = match (&self.target_response, &self.scorer_cmd, &self.target_text, &self.encoder) {
+            (Some(target), None, None, _) => AttackObjective::TargetResponse(target.clone()),
+            (None, Some(command), None, _) => AttackObjective::Command {
+                command: command.clone(),
+                timeout: seconds("--scorer-timeout", self.scorer_timeout)?,
+                success_score: self.success_score,
+            },
+            (None, None, Some(text), Some(encoder)) => AttackObjective::TargetText {
+                text: text.clone(),
+                encoder: encoder.clone(),
+            },
+            _ => bail!("give exactly one objective: --target-response, --scorer-cmd, or --target-text with --encoder"),
+        };
+        let proposal = match self.proposal {
+            ProposalArg::Sample => Proposal::Sample {
+                top_p: self.top_p,
+                temperature: self.temperature,
+                seed: self.seed,
+            },
+            ProposalArg::TopK => Proposal::TopK,
+        };
+        let options = AttackOptions {
+            beam_width: self.beam_width,
+            candidates: self.candidates,
+            max_tokens: self.max_tokens,
+            proposal,
+            readability: self.readability,
+            time_limit: self
+                .time_limit
+                .map(|s| seconds("--time-limit", s))
+                .transpose()?,
+            blocklist: self.blocking.to_blocklist()?,
+            response_tokens: self.response_tokens,
+            ..AttackOptions::new(&self.instruction)
+        };
+        Ok(AttackSpec {
+            attacker: self.attacker.clone(),
+            victim: self.victim.clone(),
+            chat_template: self.chat_template.clone(),
+            objective,
+            options,
+        })
+    }
+}
+
+fn seconds(flag: &str, value: f64) -> Result<std::time::Duration> {
+    if !(value.is_finite() && value > 0.0) {
+        bail!("{flag} must be a positive number of seconds, got {value}");
+    }
+    Ok(std::time::Duration::from_secs_f64(value))
+}
+
+fn run_attack_command(args: AttackArgs, device: &Device) -> Result<i32> {
+    let spec = args.spec()?;
+    let live = Progress::new(1);
+    let stdout = std::io::stdout();
+    let report = run_attack(&spec, device, |step| {
+        if args.json {
+            let mut lock = stdout.lock();
+            writeln!(lock, "{}", attack_step_json(step))?;
+            lock.flush()?;
+        }
+        let head = format!(
+            "[step {} · score {:.4} · {:.0} s] ",
+            step.step + 1,
+            step.score,
+            step.seconds
+        );
+        live.line(&head, &step.prompt);
+        Ok(())
+    })?;
+    live.finish();
+    let result = &report.result;
+    if args.json {
+        println!("{}", attack_done_json(&report));
+    } else {
+        println!("{}", result.prompt);
+        eprintln!(
+            "{} after {} steps in {:.1} s · score {:.4}{}",
+            if result.success {
+                "success"
+            } else {
+                "no success"
+            },
+            result.steps,
+            result.seconds,
+            result.score,
+            match (report.baseline_nll, report.target_nll) {
+                (Some(before), Some(after)) =>
+                    format!(" · target NLL {before:.3} → {after:.3} nats/token"),
+                _ => String::new(),
+            }
+        );
+        eprintln!("victim: {}", result.response.replace('\n', " "));
+        if let Some(reason) = &result.stop_reason {
+            eprintln!("note: {reason}");
+        }
+    }
+    Ok(if result.success { 0 } else { 1 })
+}
+
 /// Columns of the terminal on stderr (80 when unknown).
 fn terminal_width() -> usize {
     #[cfg(unix)]
@@ -570,19 +784,24 @@ impl Progress {
     }
 
     fn step(&self, event: &StepEvent, max_tokens: usize) {
-        if self.live.is_hidden() {
-            return;
-        }
         let head = format!(
             "[{}/{max_tokens} · sim {:.4}] ",
             event.step + 1,
             event.similarity
         );
+        self.line(&head, &event.text);
+    }
+
+    /// Shows `head` and then as much of the end of `text` as fits on one line.
+    fn line(&self, head: &str, text: &str) {
+        if self.live.is_hidden() {
+            return;
+        }
         // One line that never wraps: when the text outgrows the terminal, show its growing end.
         let room = terminal_width()
             .saturating_sub(head.chars().count() + 1)
             .max(10);
-        let text = event.text.replace(['\n', '\r', '\t'], " ");
+        let text = text.replace(['\n', '\r', '\t'], " ");
         let count = text.chars().count();
         let shown: String = if count > room {
             std::iter::once('…')

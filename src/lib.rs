@@ -4,6 +4,7 @@
 //! The library is the product; the command line ([`cli`]), [`server`] and [`evade`] are faces
 //! over [`pipeline`] and [`steer`], and no library module imports a face.
 
+pub mod attack;
 pub mod bench;
 pub mod cli;
 pub mod clipscore;

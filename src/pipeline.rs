@@ -11,10 +11,11 @@ use crate::settings::{RunSettings, TargetSettings};
 use crate::sidecar::CaptionFiles;
 use crate::steer::constraints::Blocklist;
 use crate::steer::describe::{
-    describe, validate, BeamParams, DescribeOptions, DescribeResult, MagicParams, Sampling,
-    ScoredText, StepEvent, Strategy,
+    describe, describe_with, validate, BeamParams, DescribeOptions, DescribeResult, MagicParams,
+    Sampling, ScoredText, StepEvent, Strategy,
 };
 use crate::steer::lm::LanguageModel;
+use crate::steer::objectives::command::CommandScorer;
 use crate::steer::scorer::Encoder;
 use crate::steer::target::{combine, TargetPart};
 use crate::steer::{CausalLm, Scorer};
@@ -221,6 +222,9 @@ pub struct DescribeSpec {
     pub sampling: Option<Sampling>,
     pub prefilter: Option<usize>,
     pub blocklist: Blocklist,
+    /// Steer by this program instead of an embedding (`--scorer-cmd`), with its per-batch
+    /// timeout.
+    pub scorer_cmd: Option<(String, std::time::Duration)>,
 }
 
 impl DescribeSpec {
@@ -241,6 +245,7 @@ impl DescribeSpec {
             sampling: None,
             prefilter: None,
             blocklist: Blocklist::default(),
+            scorer_cmd: None,
         }
     }
 
@@ -444,12 +449,19 @@ impl BatchPlan {
     }
 }
 
-/// Loaded models, options and targets: describes one input at a time.
+/// What describe steers toward.
+pub enum DescribeObjective {
+    /// The cosine with a target embedding: the image (per input) and the text targets.
+    Embedding { encoder: Encoder, targets: Targets },
+    /// A `--scorer-cmd` program scoring the candidate texts alone.
+    Command(CommandScorer),
+}
+
+/// Loaded models, options and objective: describes one input at a time.
 pub struct Describer {
     pub lm: LanguageModel,
-    pub encoder: Encoder,
     pub options: DescribeOptions,
-    pub targets: Targets,
+    pub objective: DescribeObjective,
     /// Where each model came from (id, revision, resolved commit; or a local path), recorded in
     /// every `done` event so that a result can be reproduced.
     pub models: Value,
@@ -460,8 +472,9 @@ pub struct Describer {
 }
 
 impl Describer {
-    /// Loads the LM and the encoder, checks the options against the LM, and embeds the text
-    /// targets. `has_image`: whether inputs are images (the first weight is then the image's).
+    /// Loads the LM and the encoder (or starts `spec.scorer_cmd`), checks the options against
+    /// the LM, and embeds the text targets. `has_image`: whether inputs are images (the first
+    /// weight is then the image's).
     pub fn load(
         spec: &DescribeSpec,
         target_spec: &TargetSpec,
@@ -469,16 +482,43 @@ impl Describer {
         device: &Device,
     ) -> Result<Self> {
         let options = spec.options()?;
+        if let Some((command, _)) = &spec.scorer_cmd {
+            if has_image
+                || !target_spec.target_text.is_empty()
+                || !target_spec.avoid_text.is_empty()
+            {
+                bail!("describe --scorer-cmd steers by the program alone: leave out images, --target-text and --avoid-text (or leave out --scorer-cmd)");
+            }
+            if command.trim().is_empty() {
+                bail!("--scorer-cmd is empty: give the program to run");
+            }
+        }
         let lm = load_lm(&spec.lm, device)?;
-        let encoder = load_encoder(&spec.encoder_spec(), device)?;
         validate(&lm, &options)?;
-        let targets = Targets::prepare(target_spec, &encoder, has_image)?;
         let encoder_spec = spec.encoder_spec();
-        let models = crate::events::models_json(&[("lm", &spec.lm), ("encoder", &encoder_spec)]);
-        // After loading, so that hub models are named by the commit they resolved to.
+        let (objective, models) = match &spec.scorer_cmd {
+            Some((command, timeout)) => (
+                DescribeObjective::Command(CommandScorer::start(command, *timeout)?),
+                crate::events::models_json(&[("lm", &spec.lm)]),
+            ),
+            None => {
+                let encoder = load_encoder(&encoder_spec, device)?;
+                let targets = Targets::prepare(target_spec, &encoder, has_image)?;
+                (
+                    DescribeObjective::Embedding { encoder, targets },
+                    crate::events::models_json(&[("lm", &spec.lm), ("encoder", &encoder_spec)]),
+                )
+            }
+        };
+        // After loading, so that hub models are named by the commit they resolved to. A
+        // --scorer-cmd run records the command in place of the encoder.
+        let scorer = match &spec.scorer_cmd {
+            Some((command, _)) => format!("scorer-cmd:{command}"),
+            None => encoder_spec.clone(),
+        };
         let settings = RunSettings::for_describe(
             &spec.lm,
-            &encoder_spec,
+            &scorer,
             &options,
             TargetSettings {
                 image: has_image,
@@ -490,9 +530,8 @@ impl Describer {
         .to_json();
         Ok(Self {
             lm,
-            encoder,
             options,
-            targets,
+            objective,
             models,
             settings,
         })
@@ -504,8 +543,15 @@ impl Describer {
         image: Option<&Path>,
         on_step: impl FnMut(&StepEvent) -> Result<()>,
     ) -> Result<DescribeResult> {
-        let target = self.targets.for_input(&self.encoder, image)?;
-        describe(&self.lm, &self.encoder, &target, &self.options, on_step)
+        match &self.objective {
+            DescribeObjective::Embedding { encoder, targets } => {
+                let target = targets.for_input(encoder, image)?;
+                describe(&self.lm, encoder, &target, &self.options, on_step)
+            }
+            DescribeObjective::Command(command) => {
+                describe_with(&self.lm, command, &self.options, on_step)
+            }
+        }
     }
 }
 

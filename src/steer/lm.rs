@@ -216,6 +216,42 @@ macro_rules! causal_lm_impl {
             fn eos_token_id(&self) -> Option<u32> {
                 self.model.config().eos_token_id
             }
+
+            fn truncate_cache(&self, cache: &KvCache, len: usize) -> Result<KvCache> {
+                if cache.batch_size() > 1 {
+                    anyhow::bail!(
+                        "truncate_cache needs a one-row cache, got {} rows",
+                        cache.batch_size()
+                    );
+                }
+                Ok(cache.truncate(len)?)
+            }
+
+            fn continuation_log_probs(
+                &self,
+                cache: &KvCache,
+                contexts: &[Vec<u32>],
+                continuations: &[Vec<u32>],
+            ) -> Result<Vec<Vec<f32>>> {
+                continuation_log_probs(
+                    |input, cache| self.model.hidden_states(input, cache),
+                    |hidden| self.model.logits(hidden),
+                    self.model.device(),
+                    cache,
+                    contexts,
+                    continuations,
+                )
+            }
+
+            fn special_token_ids(&self) -> Vec<u32> {
+                let mut ids: Vec<u32> = self
+                    .tokenizer
+                    .get_added_tokens_decoder()
+                    .into_keys()
+                    .collect();
+                ids.sort_unstable();
+                ids
+            }
         }
 
         impl $ty {
@@ -238,6 +274,82 @@ macro_rules! causal_lm_impl {
             }
         }
     };
+}
+
+/// [`CausalLm::continuation_log_probs`] for any model with `hidden_states` [batch, new, hidden]
+/// over a [`KvCache`] and `logits` over hidden states.
+fn continuation_log_probs(
+    hidden_states: impl Fn(&Tensor, &mut KvCache) -> Result<Tensor>,
+    logits: impl Fn(&Tensor) -> Result<Tensor>,
+    device: &Device,
+    cache: &KvCache,
+    contexts: &[Vec<u32>],
+    continuations: &[Vec<u32>],
+) -> Result<Vec<Vec<f32>>> {
+    if contexts.len() != continuations.len() {
+        anyhow::bail!(
+            "{} contexts for {} continuations",
+            contexts.len(),
+            continuations.len()
+        );
+    }
+    if contexts.is_empty() {
+        return Ok(Vec::new());
+    }
+    if contexts.iter().any(|c| c.is_empty()) {
+        anyhow::bail!("every row needs at least one context token before its continuation");
+    }
+    if cache.batch_size() > 1 {
+        anyhow::bail!(
+            "continuation_log_probs needs a one-row cache, got {} rows",
+            cache.batch_size()
+        );
+    }
+    let rows = contexts.len();
+    // The last continuation token is only predicted, never fed.
+    let fed: Vec<Vec<u32>> = contexts
+        .iter()
+        .zip(continuations)
+        .map(|(context, continuation)| {
+            let mut row = context.clone();
+            row.extend(&continuation[..continuation.len().saturating_sub(1)]);
+            row
+        })
+        .collect();
+    let width = fed.iter().map(Vec::len).max().unwrap_or(1);
+    let mut flat = Vec::with_capacity(rows * width);
+    for row in &fed {
+        flat.extend(row);
+        // Right padding: causal attention keeps it from changing any real position.
+        flat.extend(std::iter::repeat_n(0, width - row.len()));
+    }
+    let mut positions = Vec::new();
+    let mut targets = Vec::new();
+    for (i, (context, continuation)) in contexts.iter().zip(continuations).enumerate() {
+        for (j, &token) in continuation.iter().enumerate() {
+            positions.push((i * width + context.len() - 1 + j) as u32);
+            targets.push(token);
+        }
+    }
+    let mut branched = cache.fork(&vec![0; rows])?;
+    let input = Tensor::from_vec(flat, (rows, width), device)?;
+    let hidden = hidden_states(&input, &mut branched)?;
+    let hidden_size = hidden.dim(2)?;
+    let picked = hidden
+        .reshape((rows * width, hidden_size))?
+        .index_select(&Tensor::new(positions.as_slice(), device)?, 0)?;
+    let log_probs = candle_nn::ops::log_softmax(&logits(&picked)?, candle_core::D::Minus1)?;
+    let chosen = log_probs
+        .gather(&Tensor::new(targets.as_slice(), device)?.unsqueeze(1)?, 1)?
+        .squeeze(1)?
+        .to_vec1::<f32>()?;
+    let mut out = Vec::with_capacity(rows);
+    let mut at = 0;
+    for continuation in continuations {
+        out.push(chosen[at..at + continuation.len()].to_vec());
+        at += continuation.len();
+    }
+    Ok(out)
 }
 
 causal_lm_impl!(GgufLm, |lm| lm.model.config().context, |lm| lm
@@ -304,5 +416,20 @@ impl CausalLm for LanguageModel {
     }
     fn eos_token_id(&self) -> Option<u32> {
         self.inner().eos_token_id()
+    }
+    fn truncate_cache(&self, cache: &KvCache, len: usize) -> Result<KvCache> {
+        self.inner().truncate_cache(cache, len)
+    }
+    fn continuation_log_probs(
+        &self,
+        cache: &KvCache,
+        contexts: &[Vec<u32>],
+        continuations: &[Vec<u32>],
+    ) -> Result<Vec<Vec<f32>>> {
+        self.inner()
+            .continuation_log_probs(cache, contexts, continuations)
+    }
+    fn special_token_ids(&self) -> Vec<u32> {
+        self.inner().special_token_ids()
     }
 }

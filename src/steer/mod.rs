@@ -3,11 +3,13 @@
 //!
 //! One room per idea:
 //! - [`objectives`]: what to steer toward ([`Objective`]; embeddings through [`Scorer`]);
-//! - [`search`]: how (the seed loop, MAGIC, beam search), one file each;
+//! - [`search`]: how (the seed loop, MAGIC, beam search, the attack beam), one file each;
 //! - [`constraints`]: what may never be written (the blocklist);
+//! - [`chat_template`]: chat templates, rendered as transformers renders them;
 //! - [`describe`]: the describe API over them (options, events, results);
 //! - [`lm`]: language models behind [`CausalLm`].
 
+pub mod chat_template;
 pub mod constraints;
 pub mod describe;
 pub mod lm;
@@ -55,6 +57,21 @@ pub trait CausalLm {
         None
     }
     fn vocab_size(&self) -> usize;
+    /// A one-row cache holding only the first `len` positions of `cache`.
+    fn truncate_cache(&self, cache: &Self::Cache, len: usize) -> Result<Self::Cache>;
+    /// Teacher forcing, batched: row `i` continues the one-row `cache` with `contexts[i]` (at
+    /// least one token) and then `continuations[i]`, all rows in one forward (right-padded, which
+    /// causal attention makes harmless). Returns, per row, the natural-log probability of each
+    /// continuation token given everything before it.
+    fn continuation_log_probs(
+        &self,
+        cache: &Self::Cache,
+        contexts: &[Vec<u32>],
+        continuations: &[Vec<u32>],
+    ) -> Result<Vec<Vec<f32>>>;
+    /// Ids of the tokenizer's added tokens (chat markers, end of text): text never contains
+    /// them by accident, so a search that writes text a user could type leaves them out.
+    fn special_token_ids(&self) -> Vec<u32>;
 }
 
 /// What [`CausalLm::branch`] returns.

@@ -4,10 +4,15 @@
 //! - [`embedding`]: cosine similarity of a text's embedding (CLIP or a sentence encoder) with a
 //!   target embedding ([`embedding::Embedding`] over any [`embedding::Scorer`]).
 //! - [`target`]: how image and text targets combine into that target embedding.
+//! - [`victim`]: a victim LM's answer to a prompt: the likelihood of a target response
+//!   (BEAST), or the similarity of its greedy answer to a text.
+//! - [`command`]: any program, over a JSON-lines protocol (`--scorer-cmd`).
 
+pub mod command;
 pub mod embedding;
 pub mod sentence;
 pub mod target;
+pub mod victim;
 
 use anyhow::Result;
 

@@ -1,7 +1,9 @@
 //! Searches: how a language model's candidates are chosen by an objective. One file each:
-//! [`seed`] (the original demo's greedy loop), [`magic`] (MAGIC), [`beam`] (beam search). This
-//! module holds what they share: ranking, the blocklist check, and step events.
+//! [`seed`] (the original demo's greedy loop), [`magic`] (MAGIC), [`beam`] (beam search),
+//! [`attack`] (the attack beam, after BEAST). This module holds what they share: ranking, the
+//! blocklist check, and step events.
 
+pub mod attack;
 pub mod beam;
 pub mod magic;
 pub mod seed;

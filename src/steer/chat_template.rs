@@ -1,0 +1,357 @@
+//! Chat templates: the Jinja program a chat model ships with to turn messages into the one text
+//! it was trained on. Rendered with minijinja exactly as transformers'
+//! `tokenizer.apply_chat_template(messages, add_generation_prompt=True)` does: the same
+//! environment settings (`trim_blocks`, `lstrip_blocks`, no kept trailing newline), the same
+//! variables (`messages`, `add_generation_prompt`, and the special tokens such as `bos_token`),
+//! the same helpers (`raise_exception`, `strftime_now`, `tojson`) and Python's string methods
+//! (`.strip()`, `.startswith()`, … through minijinja-contrib's pycompat). transformers then
+//! tokenises the rendered text with `add_special_tokens=False`; so does [`ChatTemplate`]'s user.
+
+use anyhow::{bail, Context, Result};
+use candle_core::quantized::gguf_file;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// One message of a conversation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Message {
+    /// "system", "user" or "assistant".
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn user(content: &str) -> Self {
+        Self {
+            role: "user".to_string(),
+            content: content.to_string(),
+        }
+    }
+}
+
+/// A chat template and the special tokens it may refer to.
+#[derive(Debug, Clone)]
+pub struct ChatTemplate {
+    source: String,
+    /// `bos_token`, `eos_token`, … as transformers passes them (its `special_tokens_map`).
+    special_tokens: BTreeMap<String, String>,
+}
+
+/// Marks where a user message goes, to split a rendered prompt around it. Private-use code
+/// points: no template writes them, and no user text is expected to contain them.
+const SLOT: &str = "\u{F8FF}\u{F8FE}clipsteer-user\u{F8FE}\u{F8FF}";
+
+impl ChatTemplate {
+    /// A template from its Jinja source; it is compiled once here so that a broken template is
+    /// reported before any model runs.
+    pub fn new(source: &str, special_tokens: BTreeMap<String, String>) -> Result<Self> {
+        let template = Self {
+            source: source.to_string(),
+            special_tokens,
+        };
+        let env = environment();
+        env.template_from_str(&template.source).map_err(|e| {
+            anyhow::anyhow!(
+                "the chat template does not compile: {}",
+                e.to_string().replace('\n', " ")
+            )
+        })?;
+        Ok(template)
+    }
+
+    /// The template of a GGUF file (`tokenizer.chat_template`), with its bos/eos/unk/pad tokens
+    /// (`tokenizer.ggml.*_token_id`). Reads only the file's metadata.
+    pub fn from_gguf(path: &Path) -> Result<Self> {
+        let mut file =
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let content = gguf_file::Content::read(&mut file)
+            .map_err(|e| anyhow::anyhow!("{} is not a valid GGUF file ({e})", path.display()))?;
+        let Some(source) = content
+            .metadata
+            .get("tokenizer.chat_template")
+            .and_then(|v| v.to_string().ok())
+        else {
+            bail!(
+                "{} has no tokenizer.chat_template; give one with --chat-template (a tokenizer_config.json or a .jinja file)",
+                path.display()
+            );
+        };
+        let tokens: Vec<String> = match content.metadata.get("tokenizer.ggml.tokens") {
+            Some(v) => v
+                .to_vec()?
+                .iter()
+                .map(|t| t.to_string().cloned().unwrap_or_default())
+                .collect(),
+            None => Vec::new(),
+        };
+        let mut special = BTreeMap::new();
+        for name in ["bos", "eos", "unk", "pad"] {
+            let key = format!("tokenizer.ggml.{name}_token_id");
+            if let Some(id) = content.metadata.get(&key).and_then(|v| v.to_u32().ok()) {
+                if let Some(token) = tokens.get(id as usize) {
+                    special.insert(format!("{name}_token"), token.clone());
+                }
+            }
+        }
+        Self::new(source, special)
+    }
+
+    /// The template of a Hugging Face `tokenizer_config.json` (`chat_template`, a string or the
+    /// list of named templates, of which "default" is used), with its special tokens.
+    pub fn from_tokenizer_config(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let config: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", path.display()))?;
+        let source = match &config["chat_template"] {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Array(named) => named
+                .iter()
+                .find(|t| t["name"] == "default")
+                .and_then(|t| t["template"].as_str())
+                .map(String::from)
+                .with_context(|| {
+                    format!("{}: chat_template has no \"default\" entry", path.display())
+                })?,
+            _ => {
+                // Newer checkpoints keep the template beside the config.
+                let jinja = path.with_file_name("chat_template.jinja");
+                std::fs::read_to_string(&jinja).with_context(|| {
+                    format!(
+                        "{} has no chat_template (and there is no {}); give one with --chat-template",
+                        path.display(),
+                        jinja.display()
+                    )
+                })?
+            }
+        };
+        let mut special = BTreeMap::new();
+        for name in [
+            "bos_token",
+            "eos_token",
+            "unk_token",
+            "pad_token",
+            "sep_token",
+            "cls_token",
+            "mask_token",
+        ] {
+            // A plain string, or an AddedToken object {"content": ...}.
+            let value = &config[name];
+            let token = value.as_str().or_else(|| value["content"].as_str());
+            if let Some(token) = token {
+                special.insert(name.to_string(), token.to_string());
+            }
+        }
+        Self::new(&source, special)
+    }
+
+    /// A template from a file: a `tokenizer_config.json`, a directory holding one, a `.gguf`
+    /// file, or a bare Jinja template (any other file).
+    pub fn from_path(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            return Self::from_tokenizer_config(&path.join("tokenizer_config.json"));
+        }
+        let extension = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        match extension.as_deref() {
+            Some("gguf") => Self::from_gguf(path),
+            Some("json") => Self::from_tokenizer_config(path),
+            _ => {
+                let source = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read chat template {}", path.display()))?;
+                Self::new(&source, BTreeMap::new())
+            }
+        }
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The text of `messages`, as `apply_chat_template(messages, tokenize=False,
+    /// add_generation_prompt=…)`.
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        let env = environment();
+        let mut context: BTreeMap<&str, minijinja::Value> = self
+            .special_tokens
+            .iter()
+            .map(|(k, v)| (k.as_str(), minijinja::Value::from(v.as_str())))
+            .collect();
+        context.insert("messages", minijinja::Value::from_serialize(messages));
+        context.insert(
+            "add_generation_prompt",
+            minijinja::Value::from(add_generation_prompt),
+        );
+        env.render_str(&self.source, context).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot render the chat template: {}",
+                e.to_string().replace('\n', " ")
+            )
+        })
+    }
+
+    /// The prompt a model receives for one user message, ready for its answer (default system
+    /// prompt included, when the template has one).
+    pub fn user_prompt(&self, user: &str) -> Result<String> {
+        self.render(&[Message::user(user)], true)
+    }
+
+    /// The rendered prompt of one user message split around that message: (before, after), so
+    /// that `before + user + after` is [`ChatTemplate::user_prompt`]'s text.
+    pub fn user_slot(&self) -> Result<(String, String)> {
+        let rendered = self.user_prompt(SLOT)?;
+        let mut parts = rendered.split(SLOT);
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(before), Some(after), None) => Ok((before.to_string(), after.to_string())),
+            _ => bail!(
+                "the chat template does not write the user message exactly once, as is; the attack needs it to"
+            ),
+        }
+    }
+}
+
+fn environment() -> minijinja::Environment<'static> {
+    let mut env = minijinja::Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.set_keep_trailing_newline(false);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function(
+        "raise_exception",
+        |message: String| -> std::result::Result<minijinja::Value, minijinja::Error> {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                message,
+            ))
+        },
+    );
+    env.add_function("strftime_now", |format: String| -> String {
+        strftime_now(&format)
+    });
+    // transformers' tojson is Python's json.dumps(ensure_ascii=False): ", " and ": " between
+    // items, no HTML escaping (minijinja's own escapes quotes and angle brackets).
+    env.add_filter(
+        "tojson",
+        |value: minijinja::Value,
+         kwargs: minijinja::value::Kwargs|
+         -> std::result::Result<String, minijinja::Error> {
+            let indent: Option<usize> = kwargs.get("indent")?;
+            let _: Option<bool> = kwargs.get("ensure_ascii")?;
+            let _: Option<bool> = kwargs.get("sort_keys")?;
+            kwargs.assert_all_used()?;
+            let json = serde_json::to_value(&value).map_err(|e| {
+                minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string())
+            })?;
+            let mut out = String::new();
+            python_json(&json, indent, 0, &mut out);
+            Ok(out)
+        },
+    );
+    env
+}
+
+/// `json.dumps(value, ensure_ascii=False, indent=indent)` as Python writes it.
+fn python_json(value: &serde_json::Value, indent: Option<usize>, depth: usize, out: &mut String) {
+    use serde_json::Value;
+    let newline = |out: &mut String, depth: usize| {
+        if let Some(width) = indent {
+            out.push('\n');
+            out.push_str(&" ".repeat(width * depth));
+        }
+    };
+    let separator = if indent.is_some() { "," } else { ", " };
+    match value {
+        Value::Array(items) if !items.is_empty() => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(separator);
+                }
+                newline(out, depth + 1);
+                python_json(item, indent, depth + 1, out);
+            }
+            newline(out, depth);
+            out.push(']');
+        }
+        Value::Object(map) if !map.is_empty() => {
+            out.push('{');
+            for (i, (key, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(separator);
+                }
+                newline(out, depth + 1);
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push_str(": ");
+                python_json(item, indent, depth + 1, out);
+            }
+            newline(out, depth);
+            out.push('}');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// The current UTC date and time in a strftime `format`, for templates that print today's date
+/// (Llama 3's). Covers the directives such templates use.
+fn strftime_now(format: &str) -> String {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let days = seconds.div_euclid(86_400);
+    let secs = seconds.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    let month_name = MONTHS[(month - 1) as usize];
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('d') => out.push_str(&format!("{day:02}")),
+            Some('m') => out.push_str(&format!("{month:02}")),
+            Some('Y') => out.push_str(&year.to_string()),
+            Some('y') => out.push_str(&format!("{:02}", year % 100)),
+            Some('B') => out.push_str(month_name),
+            Some('b') => out.push_str(&month_name[..3]),
+            Some('H') => out.push_str(&format!("{:02}", secs / 3600)),
+            Some('M') => out.push_str(&format!("{:02}", secs % 3600 / 60)),
+            Some('S') => out.push_str(&format!("{:02}", secs % 60)),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}

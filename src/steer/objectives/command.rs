@@ -1,0 +1,207 @@
+//! Any scoring function, in any language, as a subprocess (`--scorer-cmd CMD`).
+//!
+//! The protocol is JSON lines. CMD is started once, through `sh -c`. For each batch clipsteer
+//! writes one line `{"items":[{"text": …, "response": …}, …]}` to its stdin and reads one line
+//! `{"scores":[…]}` from its stdout: one finite number per item, in the same order, higher is
+//! better. `response` (the victim's greedy answer) is present only in `attack`. The program's
+//! stderr is passed through. A program that exits, writes a malformed line, returns the wrong
+//! number of scores or a non-finite one, or stays silent past the timeout ends the run with a
+//! one-line error that names it.
+
+use super::{Objective, ScoreBatch};
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::cell::RefCell;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::Duration;
+
+/// How long a batch may take by default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One item sent to the program.
+#[derive(Debug, Clone, Serialize)]
+pub struct Item<'a> {
+    pub text: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response: Option<&'a str>,
+}
+
+/// A running scorer program.
+pub struct CommandScorer {
+    command: String,
+    timeout: Duration,
+    state: RefCell<Running>,
+}
+
+struct Running {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<std::io::Result<String>>,
+}
+
+impl CommandScorer {
+    /// Starts `command` with `sh -c`. `timeout` bounds each batch.
+    pub fn start(command: &str, timeout: Duration) -> Result<Self> {
+        if command.trim().is_empty() {
+            bail!("--scorer-cmd is empty: give the program to run, e.g. --scorer-cmd 'python3 score.py'");
+        }
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("cannot start scorer command '{command}'"))?;
+        let stdin = child.stdin.take();
+        let stdout = child
+            .stdout
+            .take()
+            .context("the scorer command has no stdout")?;
+        let (sender, lines) = mpsc::channel();
+        // A thread reads, so that a silent program can be timed out instead of blocking.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let failed = line.is_err();
+                if sender.send(line).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Self {
+            command: command.to_string(),
+            timeout,
+            state: RefCell::new(Running {
+                child,
+                stdin,
+                lines,
+            }),
+        })
+    }
+
+    pub fn command(&self) -> &str {
+        &self.command
+    }
+
+    /// Scores `items`: one finite number per item, in order.
+    pub fn score_items(&self, items: &[Item]) -> Result<Vec<f32>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut state = self.state.borrow_mut();
+        let request = serde_json::to_string(&serde_json::json!({ "items": items }))?;
+        let written = match state.stdin.as_mut() {
+            Some(stdin) => stdin
+                .write_all(request.as_bytes())
+                .and_then(|_| stdin.write_all(b"\n"))
+                .and_then(|_| stdin.flush()),
+            None => Err(std::io::ErrorKind::BrokenPipe.into()),
+        };
+        if written.is_err() {
+            return Err(self.exited(&mut state));
+        }
+        let line = match state.lines.recv_timeout(self.timeout) {
+            Ok(Ok(line)) => line,
+            Ok(Err(e)) => bail!("scorer command '{}': cannot read its output: {e}", self.command),
+            Err(RecvTimeoutError::Disconnected) => return Err(self.exited(&mut state)),
+            Err(RecvTimeoutError::Timeout) => bail!(
+                "scorer command '{}' did not answer within {} s; make it print one {{\"scores\":[…]}} line per input line and flush, or raise --scorer-timeout",
+                self.command,
+                self.timeout.as_secs_f64()
+            ),
+        };
+        self.parse(&line, items.len())
+    }
+
+    fn parse(&self, line: &str, expected: usize) -> Result<Vec<f32>> {
+        let shown: String = line.chars().take(80).collect();
+        let malformed = || {
+            anyhow::anyhow!(
+                "scorer command '{}' wrote a malformed line ({shown:?}); each answer must be one line {{\"scores\":[numbers]}}",
+                self.command
+            )
+        };
+        let value: serde_json::Value = serde_json::from_str(line).map_err(|_| malformed())?;
+        let scores = value["scores"].as_array().ok_or_else(malformed)?;
+        if scores.len() != expected {
+            bail!(
+                "scorer command '{}' returned {} scores for {expected} items; answer one score per item, in order",
+                self.command,
+                scores.len()
+            );
+        }
+        scores
+            .iter()
+            .enumerate()
+            .map(|(i, s)| match s.as_f64() {
+                Some(x) if x.is_finite() && (x as f32).is_finite() => Ok(x as f32),
+                _ => bail!(
+                    "scorer command '{}' returned {s} for item {i}; every score must be a finite number",
+                    self.command
+                ),
+            })
+            .collect()
+    }
+
+    fn exited(&self, state: &mut Running) -> anyhow::Error {
+        // The pipe closes a moment before the process is reaped.
+        let mut status = None;
+        for _ in 0..50 {
+            if let Ok(Some(s)) = state.child.try_wait() {
+                status = Some(s);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let how = match status {
+            Some(s) => format!("exited ({s})"),
+            None => "closed its output".to_string(),
+        };
+        anyhow::anyhow!(
+            "scorer command '{}' {how} before answering; it must keep running and answer every line",
+            self.command
+        )
+    }
+}
+
+impl Drop for CommandScorer {
+    fn drop(&mut self) {
+        let state = self.state.get_mut();
+        // Closing stdin lets a well-behaved program end on its own; then make sure it has.
+        state.stdin.take();
+        for _ in 0..20 {
+            if let Ok(Some(_)) = state.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = state.child.kill();
+        let _ = state.child.wait();
+    }
+}
+
+/// In describe, the program scores the candidate texts alone.
+impl Objective for CommandScorer {
+    type Prefix = ();
+
+    fn prefix(&self, _text: &str, _previous: Option<&()>) -> Result<()> {
+        Ok(())
+    }
+
+    fn score(&self, _prefix: &(), texts: &[String]) -> Result<ScoreBatch> {
+        let items: Vec<Item> = texts
+            .iter()
+            .map(|text| Item {
+                text,
+                response: None,
+            })
+            .collect();
+        Ok(ScoreBatch {
+            similarities: self.score_items(&items)?,
+            positions_computed: 0,
+            distinct: texts.len(),
+        })
+    }
+}

@@ -1,0 +1,296 @@
+//! Objectives on a victim language model's answer to a prompt.
+//!
+//! The victim receives what a real deployment would send it: the candidate prompt as the user
+//! message, rendered by the victim's own chat template and tokenised by the victim's own
+//! tokenizer ([`Victim::prompt_ids`]). Token ids never cross from the attacker to the victim.
+//!
+//! - [`TargetResponse`]: the victim's mean log-probability of a target response, teacher-forced
+//!   after the templated prompt (BEAST's objective). All candidates of a step run in one batched
+//!   forward that continues the victim's KV cache of their shared beginning.
+//! - [`ResponseSimilarity`]: the cosine of the victim's greedy answer with a text target.
+//! - [`ResponseCommand`]: a `--scorer-cmd` program shown each prompt with the victim's answer.
+
+use super::command::{CommandScorer, Item};
+use super::{Objective, ScoreBatch, Scorer};
+use crate::steer::chat_template::ChatTemplate;
+use crate::steer::CausalLm;
+use anyhow::{bail, Result};
+use std::cell::RefCell;
+
+/// A victim: a language model and its chat template.
+pub struct Victim<'a, L: CausalLm> {
+    pub lm: &'a L,
+    pub template: ChatTemplate,
+    /// The rendered template before the user message.
+    before_user: String,
+}
+
+impl<'a, L: CausalLm> Victim<'a, L> {
+    pub fn new(lm: &'a L, template: ChatTemplate) -> Result<Self> {
+        let (before_user, _) = template.user_slot()?;
+        Ok(Self {
+            lm,
+            template,
+            before_user,
+        })
+    }
+
+    /// The ids the victim receives for the user message `text`: its chat template rendered with
+    /// the generation prompt and tokenised without added special tokens, as transformers'
+    /// `apply_chat_template([{"role":"user","content":text}], add_generation_prompt=True)`.
+    pub fn prompt_ids(&self, text: &str) -> Result<Vec<u32>> {
+        self.lm.encode(&self.template.user_prompt(text)?)
+    }
+
+    /// The victim's greedy answer to the user message `text`: up to `max_tokens` tokens, ending
+    /// before its end-of-text token. Returns the text and its ids.
+    pub fn greedy_answer(&self, text: &str, max_tokens: usize) -> Result<(String, Vec<u32>)> {
+        let ids = self.prompt_ids(text)?;
+        let mut cache = self.lm.new_cache();
+        let mut logits = self.lm.next_logits(&ids, &mut cache)?;
+        let mut answer = Vec::new();
+        let stop = self.lm.eos_token_id();
+        for i in 0..max_tokens {
+            let token = argmax(&logits)?;
+            if Some(token) == stop || ids.len() + answer.len() >= self.lm.context_len() {
+                break;
+            }
+            answer.push(token);
+            if i + 1 < max_tokens {
+                logits = self.lm.next_logits(&[token], &mut cache)?;
+            }
+        }
+        Ok((self.lm.decode(&answer)?, answer))
+    }
+
+    /// The victim's KV cache after the beginning of the prompt of `text` that any longer user
+    /// message shares with it: the template's head and `text`, less its last token (which a
+    /// continuation may merge with).
+    fn prefix(
+        &self,
+        text: &str,
+        previous: Option<&VictimPrefix<L::Cache>>,
+    ) -> Result<VictimPrefix<L::Cache>> {
+        let mut ids = self.lm.encode(&format!("{}{text}", self.before_user))?;
+        ids.pop();
+        let (mut cache, reused) = match previous {
+            Some(previous) => {
+                let shared = common_prefix(&previous.ids, &ids);
+                (self.lm.truncate_cache(&previous.cache, shared)?, shared)
+            }
+            None => (self.lm.new_cache(), 0),
+        };
+        if reused < ids.len() {
+            self.lm.next_logits(&ids[reused..], &mut cache)?;
+        }
+        Ok(VictimPrefix { ids, cache })
+    }
+
+    /// Per prompt, the log-probability of each token of `continuation` teacher-forced after the
+    /// templated prompt of each text, in batches of rows that continue `prefix` in one forward.
+    fn continuation_log_probs(
+        &self,
+        prefix: &VictimPrefix<L::Cache>,
+        texts: &[String],
+        continuation: &[u32],
+    ) -> Result<Vec<Vec<f32>>> {
+        let prompts: Vec<Vec<u32>> = texts
+            .iter()
+            .map(|t| self.prompt_ids(t))
+            .collect::<Result<_>>()?;
+        // A text whose tokens differ from the prefix's before its end (a merge at the boundary)
+        // shortens what all rows reuse; the scores stay exact.
+        let shared = prompts
+            .iter()
+            .map(|p| common_prefix(&prefix.ids, p).min(p.len().saturating_sub(1)))
+            .min()
+            .unwrap_or(0);
+        let cache = if shared == prefix.ids.len() {
+            prefix.cache.clone()
+        } else {
+            self.lm.truncate_cache(&prefix.cache, shared)?
+        };
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in prompts.chunks(ROWS_PER_FORWARD) {
+            let contexts: Vec<Vec<u32>> = chunk.iter().map(|p| p[shared..].to_vec()).collect();
+            let continuations = vec![continuation.to_vec(); chunk.len()];
+            out.extend(
+                self.lm
+                    .continuation_log_probs(&cache, &contexts, &continuations)?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// The ids of `text` as the victim would write it after its generation prompt.
+    pub fn response_ids(&self, text: &str) -> Result<Vec<u32>> {
+        self.lm.encode(text)
+    }
+}
+
+/// Rows of one batched forward: bounds memory (rows × positions × hidden, and rows × target
+/// tokens × vocabulary for the logits).
+const ROWS_PER_FORWARD: usize = 64;
+
+/// The victim's cache after a shared beginning of the templated prompts.
+pub struct VictimPrefix<C> {
+    ids: Vec<u32>,
+    cache: C,
+}
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// The index of the largest value; the first wins ties.
+fn argmax(values: &[f32]) -> Result<u32> {
+    if values.iter().any(|v| v.is_nan()) {
+        bail!("the victim produced NaN logits");
+    }
+    let mut best = 0;
+    for (i, v) in values.iter().enumerate() {
+        if *v > values[best] {
+            best = i;
+        }
+    }
+    Ok(best as u32)
+}
+
+/// The victim's mean log-probability (nats per token) of `target`, teacher-forced after the
+/// templated prompt: BEAST's objective. Higher is better; its negation is the target NLL.
+pub struct TargetResponse<'v, 'a, L: CausalLm> {
+    victim: &'v Victim<'a, L>,
+    target: String,
+    target_ids: Vec<u32>,
+    /// The cache of the first prefix asked for, reused by the others (the instruction's).
+    base: RefCell<Option<VictimPrefix<L::Cache>>>,
+}
+
+impl<'v, 'a, L: CausalLm> TargetResponse<'v, 'a, L> {
+    pub fn new(victim: &'v Victim<'a, L>, target: &str) -> Result<Self> {
+        let target_ids = victim.response_ids(target)?;
+        if target_ids.is_empty() {
+            bail!("--target-response is empty: give the answer the victim should start with");
+        }
+        Ok(Self {
+            victim,
+            target: target.to_string(),
+            target_ids,
+            base: RefCell::new(None),
+        })
+    }
+
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    pub fn target_ids(&self) -> &[u32] {
+        &self.target_ids
+    }
+
+    /// Mean negative log-likelihood of the target after the user message `text` (nats/token).
+    pub fn target_nll(&self, text: &str) -> Result<f64> {
+        let prefix = self.prefix(text, None)?;
+        let scores = self.score(&prefix, &[text.to_string()])?;
+        Ok(-(scores.similarities[0] as f64))
+    }
+}
+
+impl<L: CausalLm> Objective for TargetResponse<'_, '_, L>
+where
+    L::Cache: Clone,
+{
+    type Prefix = VictimPrefix<L::Cache>;
+
+    fn prefix(
+        &self,
+        text: &str,
+        previous: Option<&Self::Prefix>,
+    ) -> Result<VictimPrefix<L::Cache>> {
+        let mut base = self.base.borrow_mut();
+        let prefix = self.victim.prefix(text, previous.or(base.as_ref()))?;
+        if base.is_none() {
+            *base = Some(VictimPrefix {
+                ids: prefix.ids.clone(),
+                cache: prefix.cache.clone(),
+            });
+        }
+        Ok(prefix)
+    }
+
+    fn score(&self, prefix: &Self::Prefix, texts: &[String]) -> Result<ScoreBatch> {
+        let rows = self
+            .victim
+            .continuation_log_probs(prefix, texts, &self.target_ids)?;
+        let similarities = rows
+            .iter()
+            .map(|lp| (lp.iter().map(|&x| x as f64).sum::<f64>() / lp.len() as f64) as f32)
+            .collect();
+        Ok(ScoreBatch {
+            similarities,
+            positions_computed: 0,
+            distinct: texts.len(),
+        })
+    }
+}
+
+/// The cosine of the victim's greedy answer (`response_tokens` tokens) with a unit-length
+/// target embedding in `scorer`'s space (`--target-text T --encoder M`).
+pub struct ResponseSimilarity<'v, 'a, L: CausalLm, S: Scorer> {
+    pub victim: &'v Victim<'a, L>,
+    pub scorer: &'v S,
+    pub target: Vec<f32>,
+    pub response_tokens: usize,
+}
+
+impl<L: CausalLm, S: Scorer> Objective for ResponseSimilarity<'_, '_, L, S> {
+    type Prefix = ();
+
+    fn prefix(&self, _text: &str, _previous: Option<&()>) -> Result<()> {
+        Ok(())
+    }
+
+    fn score(&self, _prefix: &(), texts: &[String]) -> Result<ScoreBatch> {
+        let responses = texts
+            .iter()
+            .map(|t| Ok(self.victim.greedy_answer(t, self.response_tokens)?.0))
+            .collect::<Result<Vec<_>>>()?;
+        let empty = self.scorer.prefix("", None)?;
+        self.scorer.similarities(&empty, &responses, &self.target)
+    }
+}
+
+/// A `--scorer-cmd` program scoring each prompt with the victim's greedy answer to it.
+pub struct ResponseCommand<'v, 'a, L: CausalLm> {
+    pub victim: &'v Victim<'a, L>,
+    pub command: &'v CommandScorer,
+    pub response_tokens: usize,
+}
+
+impl<L: CausalLm> Objective for ResponseCommand<'_, '_, L> {
+    type Prefix = ();
+
+    fn prefix(&self, _text: &str, _previous: Option<&()>) -> Result<()> {
+        Ok(())
+    }
+
+    fn score(&self, _prefix: &(), texts: &[String]) -> Result<ScoreBatch> {
+        let responses = texts
+            .iter()
+            .map(|t| Ok(self.victim.greedy_answer(t, self.response_tokens)?.0))
+            .collect::<Result<Vec<_>>>()?;
+        let items: Vec<Item> = texts
+            .iter()
+            .zip(&responses)
+            .map(|(text, response)| Item {
+                text,
+                response: Some(response),
+            })
+            .collect();
+        Ok(ScoreBatch {
+            similarities: self.command.score_items(&items)?,
+            positions_computed: 0,
+            distinct: texts.len(),
+        })
+    }
+}

@@ -1,0 +1,516 @@
+//! The attack beam (BEAST: Sadasivan et al., "Fast Adversarial Attacks on Language Models In
+//! One GPU Minute", ICML 2024): an attacker LM writes an adversarial suffix after an
+//! instruction, token by token. Each step keeps `beam_width` prompts; every prompt draws
+//! `candidates` next tokens from the attacker's own distribution (seeded top-p with a
+//! temperature, or the deterministic top-k), and the `beam_width` best of all extensions by the
+//! objective (plus `readability` × the attacker's mean log-probability of the suffix) go on.
+//! After each step the best prompt's greedy answer from the victim is checked, and the search
+//! stops as soon as it succeeds.
+
+use super::log_softmax;
+use crate::steer::constraints::Blocklist;
+use crate::steer::objectives::victim::Victim;
+use crate::steer::objectives::Objective;
+use crate::steer::CausalLm;
+use anyhow::{bail, Result};
+use rand::{Rng, SeedableRng};
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+/// How the attacker proposes each prompt's next tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Proposal {
+    /// Draw without replacement from the attacker's distribution, at `temperature`, restricted to
+    /// its nucleus of mass `top_p` (BEAST's sampling), from a ChaCha8 stream seeded with `seed`.
+    Sample {
+        top_p: f32,
+        temperature: f32,
+        seed: u64,
+    },
+    /// The attacker's most probable tokens (deterministic).
+    TopK,
+}
+
+/// Attack beam settings. Defaults: [`AttackOptions::new`].
+#[derive(Debug, Clone)]
+pub struct AttackOptions {
+    /// The user's request; the prompt is this text followed by the suffix.
+    pub instruction: String,
+    /// Prompts kept each step (BEAST's k1).
+    pub beam_width: usize,
+    /// Tokens drawn per prompt each step (BEAST's k2).
+    pub candidates: usize,
+    /// Suffix tokens at most.
+    pub max_tokens: usize,
+    pub proposal: Proposal,
+    /// Weight of the attacker's mean log-probability of the suffix (nats/token) added to the
+    /// objective: higher keeps the suffix more readable.
+    pub readability: f32,
+    /// Ends the search with the best prompt so far.
+    pub time_limit: Option<Duration>,
+    /// Words the suffix may not contain (the instruction may not contain them either).
+    pub blocklist: Blocklist,
+    /// Tokens of the victim's greedy answer that the success check and the result show.
+    pub response_tokens: usize,
+}
+
+impl AttackOptions {
+    /// The defaults: beam width 5, 10 candidates, 32 suffix tokens at most, top-p 1 at
+    /// temperature 1 (BEAST samples the attacker's full distribution), seed 0, readability 0,
+    /// 32 response tokens, no time limit.
+    pub fn new(instruction: &str) -> Self {
+        Self {
+            instruction: instruction.to_string(),
+            beam_width: 5,
+            candidates: 10,
+            max_tokens: 32,
+            proposal: Proposal::Sample {
+                top_p: 1.0,
+                temperature: 1.0,
+                seed: 0,
+            },
+            readability: 0.0,
+            time_limit: None,
+            blocklist: Blocklist::default(),
+            response_tokens: 32,
+        }
+    }
+}
+
+/// When the attack has succeeded.
+#[derive(Debug, Clone)]
+pub enum Success {
+    /// The victim's greedy answer starts with this text (leading whitespace ignored).
+    ResponseStartsWith(String),
+    /// The best prompt's objective reaches this score.
+    ScoreAtLeast(f32),
+    /// Never: run to the budget and keep the best.
+    Never,
+}
+
+impl Success {
+    /// Answer tokens the check needs: the target's own length and one more (so that a longer
+    /// first word is not mistaken for the target); None: the whole `--response-tokens`.
+    fn tokens_needed<V: CausalLm>(&self, victim: &Victim<V>) -> Result<Option<usize>> {
+        Ok(match self {
+            Success::ResponseStartsWith(target) => Some(victim.response_ids(target)?.len() + 1),
+            _ => None,
+        })
+    }
+
+    pub fn check(&self, response: &str, score: f32) -> bool {
+        match self {
+            Success::ResponseStartsWith(target) => {
+                response.trim_start().starts_with(target.trim_start())
+            }
+            Success::ScoreAtLeast(threshold) => score >= *threshold,
+            Success::Never => false,
+        }
+    }
+}
+
+/// A candidate of one step, as shown in step events.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AttackCandidate {
+    pub suffix: String,
+    /// Objective plus readability term.
+    pub score: f32,
+}
+
+/// What happened in one step.
+#[derive(Debug, Clone)]
+pub struct AttackStep {
+    pub step: usize,
+    /// The best prompt so far: the instruction, then the suffix.
+    pub prompt: String,
+    pub suffix: String,
+    /// Its objective (without the readability term).
+    pub score: f32,
+    /// The victim's greedy answer to it.
+    pub response: String,
+    pub success: bool,
+    /// The best candidates of this step, best first (up to 5).
+    pub top: Vec<AttackCandidate>,
+    /// Seconds since the search began.
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct AttackResult {
+    /// The instruction, verbatim, then the suffix.
+    pub prompt: String,
+    pub suffix: String,
+    /// The suffix as the attacker wrote it (attacker token ids).
+    pub suffix_ids: Vec<u32>,
+    /// The victim's greedy answer to `prompt`.
+    pub response: String,
+    pub success: bool,
+    /// The objective of `prompt`.
+    pub score: f32,
+    pub steps: usize,
+    pub seconds: f64,
+    /// Why the search ended without success, if it did.
+    pub stop_reason: Option<String>,
+}
+
+struct Beam<C> {
+    suffix_ids: Vec<u32>,
+    suffix: String,
+    /// Sum of the attacker's log-probabilities of the suffix tokens.
+    log_prob: f64,
+    score: f32,
+    cache: C,
+    logits: Vec<f32>,
+}
+
+struct Extension {
+    parent: usize,
+    token: u32,
+    suffix: String,
+    log_prob: f64,
+    objective: f32,
+    total: f32,
+}
+
+/// Checks options before any model runs.
+pub fn validate(options: &AttackOptions) -> Result<()> {
+    if options.instruction.trim().is_empty() {
+        bail!("--instruction is empty: give the request the suffix is appended to");
+    }
+    if let Some(word) = options.blocklist.find_in(&options.instruction) {
+        bail!("the instruction contains the blocked word '{word}'; change the instruction or the blocklist");
+    }
+    if options.beam_width == 0 {
+        bail!("--beam-width must be at least 1");
+    }
+    if options.candidates == 0 {
+        bail!("--candidates must be at least 1");
+    }
+    if options.max_tokens == 0 {
+        bail!("--max-tokens must be at least 1");
+    }
+    if !(options.readability.is_finite() && options.readability >= 0.0) {
+        bail!(
+            "--readability must be a number ≥ 0, got {}",
+            options.readability
+        );
+    }
+    if let Proposal::Sample {
+        top_p, temperature, ..
+    } = options.proposal
+    {
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            bail!("--top-p must be in (0, 1], got {top_p}");
+        }
+        if !(temperature.is_finite() && temperature > 0.0) {
+            bail!("--temperature must be a positive number, got {temperature}");
+        }
+    }
+    Ok(())
+}
+
+/// Draws up to `count` distinct tokens from `logits`, skipping `excluded`.
+fn propose(
+    logits: &[f32],
+    count: usize,
+    proposal: Proposal,
+    excluded: &HashSet<u32>,
+    rng: &mut rand_chacha::ChaCha8Rng,
+) -> Result<Vec<u32>> {
+    if logits.iter().any(|x| x.is_nan()) {
+        bail!("the attacker produced NaN logits");
+    }
+    let mut order: Vec<u32> = (0..logits.len() as u32)
+        .filter(|t| !excluded.contains(t))
+        .collect();
+    order.sort_by(|&a, &b| {
+        logits[b as usize]
+            .total_cmp(&logits[a as usize])
+            .then(a.cmp(&b))
+    });
+    match proposal {
+        Proposal::TopK => Ok(order.into_iter().take(count).collect()),
+        Proposal::Sample {
+            top_p, temperature, ..
+        } => {
+            let max = logits[order[0] as usize] as f64;
+            let weights: Vec<f64> = order
+                .iter()
+                .map(|&t| ((logits[t as usize] as f64 - max) / temperature as f64).exp())
+                .collect();
+            let total: f64 = weights.iter().sum();
+            // The nucleus: the most probable tokens whose mass reaches top_p.
+            let mut mass = 0.0;
+            let mut nucleus = 0;
+            for w in &weights {
+                nucleus += 1;
+                mass += w / total;
+                if mass >= top_p as f64 {
+                    break;
+                }
+            }
+            let mut pool: Vec<(u32, f64)> =
+                order.iter().copied().zip(weights).take(nucleus).collect();
+            let mut drawn = Vec::with_capacity(count.min(pool.len()));
+            while drawn.len() < count && !pool.is_empty() {
+                let total: f64 = pool.iter().map(|(_, w)| w).sum();
+                let mut u = rng.random::<f64>() * total;
+                let mut pick = pool.len() - 1;
+                for (i, (_, w)) in pool.iter().enumerate() {
+                    if u < *w {
+                        pick = i;
+                        break;
+                    }
+                    u -= w;
+                }
+                drawn.push(pool.swap_remove(pick).0);
+            }
+            Ok(drawn)
+        }
+    }
+}
+
+/// Runs the attack beam. `attacker_context` is the attacker's own text before the suffix: its
+/// chat template's head with the instruction as the start of the user message. `success`
+/// decides when to stop; `on_step` sees every step.
+#[allow(clippy::too_many_arguments)]
+pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
+    attacker: &A,
+    attacker_context: &str,
+    victim: &Victim<V>,
+    objective: &O,
+    success: &Success,
+    options: &AttackOptions,
+    mut on_step: impl FnMut(&AttackStep) -> Result<()>,
+) -> Result<AttackResult> {
+    validate(options)?;
+    let started = Instant::now();
+    let context_ids = attacker.encode(attacker_context)?;
+    if context_ids.is_empty() {
+        bail!("the attacker's context is empty");
+    }
+    if context_ids.len() + options.max_tokens > attacker.context_len() {
+        bail!(
+            "the instruction ({} attacker tokens with the template) plus --max-tokens ({}) exceeds the attacker's context of {} tokens",
+            context_ids.len(),
+            options.max_tokens,
+            attacker.context_len()
+        );
+    }
+    // Special tokens would let the suffix write the chat template's own markers.
+    let excluded: HashSet<u32> = attacker.special_token_ids().into_iter().collect();
+    let seed = match options.proposal {
+        Proposal::Sample { seed, .. } => seed,
+        Proposal::TopK => 0,
+    };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let instruction = options.instruction.as_str();
+    let prompt_of = |suffix: &str| format!("{instruction}{suffix}");
+
+    let mut cache = attacker.new_cache();
+    let logits = attacker.next_logits(&context_ids, &mut cache)?;
+    let base_prefix = objective.prefix(instruction, None)?;
+    let start_score = objective.score(&base_prefix, &[instruction.to_string()])?;
+    let mut beams = vec![Beam {
+        suffix_ids: Vec::new(),
+        suffix: String::new(),
+        log_prob: 0.0,
+        score: start_score.similarities[0],
+        cache,
+        logits,
+    }];
+    let check_tokens = success
+        .tokens_needed(victim)?
+        .map_or(options.response_tokens, |n| n.min(options.response_tokens));
+    let (response, _) = victim.greedy_answer(instruction, options.response_tokens)?;
+    let mut best = (
+        String::new(),
+        Vec::new(),
+        start_score.similarities[0],
+        response,
+    );
+    let mut stop_reason = None;
+    let mut steps = 0;
+    if success.check(&best.3, best.2) {
+        return Ok(finish(instruction, best, true, 0, started, None));
+    }
+    for step in 0..options.max_tokens {
+        if let Some(limit) = options.time_limit {
+            if started.elapsed() >= limit {
+                stop_reason = Some(format!(
+                    "time limit of {} s reached after {step} steps",
+                    limit.as_secs_f64()
+                ));
+                break;
+            }
+        }
+        let mut extensions: Vec<Extension> = Vec::new();
+        let mut seen: HashSet<String> = HashSet::new();
+        for (parent, beam) in beams.iter().enumerate() {
+            let log_probs = log_softmax(&beam.logits);
+            let drawn = propose(
+                &beam.logits,
+                options.candidates,
+                options.proposal,
+                &excluded,
+                &mut rng,
+            )?;
+            let mut ids = beam.suffix_ids.clone();
+            ids.push(0);
+            for token in drawn {
+                *ids.last_mut().expect("ids is non-empty") = token;
+                let suffix = attacker.decode(&ids)?;
+                let prompt = prompt_of(&suffix);
+                // A blocked word may also span the instruction's end and the suffix's start.
+                if options.blocklist.find_in(&prompt).is_some() || !seen.insert(suffix.clone()) {
+                    continue;
+                }
+                extensions.push(Extension {
+                    parent,
+                    token,
+                    suffix,
+                    log_prob: beam.log_prob + log_probs[token as usize],
+                    objective: f32::NAN,
+                    total: f32::NAN,
+                });
+            }
+        }
+        if extensions.is_empty() {
+            stop_reason = Some(format!(
+                "stopped after {step} tokens: every candidate would write a blocked word; raise --candidates or change the blocklist"
+            ));
+            break;
+        }
+        let texts: Vec<String> = extensions.iter().map(|e| prompt_of(&e.suffix)).collect();
+        let prefix = objective.prefix(instruction, Some(&base_prefix))?;
+        let scores = objective.score(&prefix, &texts)?.similarities;
+        let length = (step + 1) as f64;
+        for (extension, score) in extensions.iter_mut().zip(scores) {
+            extension.objective = score;
+            extension.total = score + options.readability * (extension.log_prob / length) as f32;
+        }
+        let mut order: Vec<usize> = (0..extensions.len()).collect();
+        // Best first; ties keep the earlier parent and draw (a stable sort).
+        order.sort_by(|&a, &b| extensions[b].total.total_cmp(&extensions[a].total));
+        let top: Vec<AttackCandidate> = order
+            .iter()
+            .take(5)
+            .map(|&i| AttackCandidate {
+                suffix: extensions[i].suffix.clone(),
+                score: extensions[i].total,
+            })
+            .collect();
+        order.truncate(options.beam_width);
+
+        // The next beams, grouped by parent so that each parent's children share one forward.
+        let mut next = Vec::with_capacity(order.len());
+        let mut parents: Vec<usize> = order.iter().map(|&i| extensions[i].parent).collect();
+        parents.sort_unstable();
+        parents.dedup();
+        for parent in parents {
+            let children: Vec<usize> = order
+                .iter()
+                .copied()
+                .filter(|&i| extensions[i].parent == parent)
+                .collect();
+            let tokens: Vec<u32> = children.iter().map(|&i| extensions[i].token).collect();
+            let branches = attacker.branch(&beams[parent].cache, &tokens)?;
+            for (row, &i) in children.iter().enumerate() {
+                let extension = &extensions[i];
+                let mut suffix_ids = beams[parent].suffix_ids.clone();
+                suffix_ids.push(extension.token);
+                next.push((
+                    i,
+                    Beam {
+                        suffix_ids,
+                        suffix: extension.suffix.clone(),
+                        log_prob: extension.log_prob,
+                        score: extension.objective,
+                        cache: attacker.keep_branch(&branches.cache, row)?,
+                        logits: branches.logits[row].clone(),
+                    },
+                ));
+            }
+        }
+        // Keep the beams in rank order.
+        next.sort_by_key(|(i, _)| order.iter().position(|o| o == i));
+        beams = next.into_iter().map(|(_, beam)| beam).collect();
+        steps = step + 1;
+
+        let leader = &beams[0];
+        let prompt = prompt_of(&leader.suffix);
+        let (mut response, _) = victim.greedy_answer(&prompt, check_tokens)?;
+        let succeeded = success.check(&response, leader.score);
+        if leader.score >= best.2 || succeeded {
+            best = (
+                leader.suffix.clone(),
+                leader.suffix_ids.clone(),
+                leader.score,
+                response.clone(),
+            );
+        }
+        on_step(&AttackStep {
+            step,
+            prompt: prompt.clone(),
+            suffix: leader.suffix.clone(),
+            score: leader.score,
+            response: response.clone(),
+            success: succeeded,
+            top,
+            seconds: started.elapsed().as_secs_f64(),
+        })?;
+        if succeeded {
+            if check_tokens < options.response_tokens {
+                response = victim.greedy_answer(&prompt, options.response_tokens)?.0;
+            }
+            let best = (
+                leader.suffix.clone(),
+                leader.suffix_ids.clone(),
+                leader.score,
+                response,
+            );
+            return Ok(finish(instruction, best, true, steps, started, None));
+        }
+    }
+    if stop_reason.is_none() {
+        stop_reason = Some(format!(
+            "no success within --max-tokens {}",
+            options.max_tokens
+        ));
+    }
+    if check_tokens < options.response_tokens {
+        // The steps showed only the start of the answer that the check needed.
+        best.3 = victim
+            .greedy_answer(&prompt_of(&best.0), options.response_tokens)?
+            .0;
+    }
+    Ok(finish(
+        instruction,
+        best,
+        false,
+        steps,
+        started,
+        stop_reason,
+    ))
+}
+
+fn finish(
+    instruction: &str,
+    (suffix, suffix_ids, score, response): (String, Vec<u32>, f32, String),
+    success: bool,
+    steps: usize,
+    started: Instant,
+    stop_reason: Option<String>,
+) -> AttackResult {
+    AttackResult {
+        prompt: format!("{instruction}{suffix}"),
+        suffix,
+        suffix_ids,
+        response,
+        success,
+        score,
+        steps,
+        seconds: started.elapsed().as_secs_f64(),
+        stop_reason,
+    }
+}

@@ -1,0 +1,315 @@
+//! The attack end to end on a real model: SmolLM2-135M-Instruct is attacker and victim
+//! (scripts/fetch-small-models.sh), on the harmless pairs of tests/fixtures/attack-pairs.json;
+//! and the --scorer-cmd protocol's failure modes. docs/ATTACK.md has the full measurement
+//! (examples/attack_pairs.rs).
+
+mod common;
+
+use candle_core::Device;
+use clipsteer::steer::chat_template::ChatTemplate;
+use clipsteer::steer::objectives::command::CommandScorer;
+use clipsteer::steer::objectives::victim::{TargetResponse, Victim};
+use clipsteer::steer::objectives::Objective;
+use clipsteer::steer::{CausalLm, GgufLm};
+use common::*;
+use std::time::Duration;
+
+fn smollm2_path() -> std::path::PathBuf {
+    let path = root().join(".cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        path.is_file(),
+        "run scripts/fetch-small-models.sh first (no model at {})",
+        path.display()
+    );
+    path
+}
+
+fn pairs() -> Vec<(String, String)> {
+    let all: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("attack-pairs.json")).unwrap())
+            .unwrap();
+    ["tune", "held_out"]
+        .iter()
+        .flat_map(|split| all[split].as_array().unwrap().clone())
+        .map(|p| {
+            (
+                p["instruction"].as_str().unwrap().to_string(),
+                p["target"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_unmodified_victim_answers_none_of_the_targets() {
+    let lm = GgufLm::load(&smollm2_path(), &Device::Cpu).unwrap();
+    let victim = Victim::new(&lm, ChatTemplate::from_gguf(&smollm2_path()).unwrap()).unwrap();
+    let pairs = pairs();
+    assert!(pairs.len() >= 8);
+    for (instruction, target) in &pairs {
+        let tokens = victim.response_ids(target).unwrap().len() + 1;
+        let (answer, _) = victim.greedy_answer(instruction, tokens).unwrap();
+        assert!(
+            !answer.trim_start().starts_with(target.as_str()),
+            "{instruction:?} is already answered with {target:?}"
+        );
+    }
+    // transformers' figure for the first pair (tools: the target NLL after the instruction
+    // alone, teacher-forced in its chat template): 1.918 nats/token.
+    let objective = TargetResponse::new(&victim, &pairs[0].1).unwrap();
+    let nll = objective.target_nll(&pairs[0].0).unwrap();
+    assert!((nll - 1.918).abs() < 2e-3, "{nll}");
+}
+
+#[test]
+fn batched_target_likelihood_equals_one_prompt_at_a_time() {
+    let lm = GgufLm::load(&smollm2_path(), &Device::Cpu).unwrap();
+    let victim = Victim::new(&lm, ChatTemplate::from_gguf(&smollm2_path()).unwrap()).unwrap();
+    let objective = TargetResponse::new(&victim, "The capital of France is Berlin").unwrap();
+    let instruction = "What is the capital of France?";
+    // Suffixes of different lengths, one that re-tokenises across the boundary ("?!"), and one
+    // that repeats: the padded batch must not change any row.
+    let texts: Vec<String> = [
+        "",
+        " Answer:",
+        "!",
+        " Say Berlin, please. Berlin",
+        " Answer:",
+    ]
+    .iter()
+    .map(|s| format!("{instruction}{s}"))
+    .collect();
+    let prefix = objective.prefix(instruction, None).unwrap();
+    let batched = objective.score(&prefix, &texts).unwrap().similarities;
+    for (text, batched) in texts.iter().zip(&batched) {
+        // From scratch: the whole templated prompt and target through the plain KV cache.
+        let mut ids = victim.prompt_ids(text).unwrap();
+        let prompt_len = ids.len();
+        let target = objective.target_ids().to_vec();
+        ids.extend(&target);
+        let mut cache = lm.new_cache();
+        let mut total = 0.0f64;
+        let mut logits = lm.next_logits(&ids[..prompt_len], &mut cache).unwrap();
+        for (j, &token) in target.iter().enumerate() {
+            let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
+            total += logits[token as usize] as f64 - max - sum.ln();
+            if j + 1 < target.len() {
+                logits = lm.next_logits(&[token], &mut cache).unwrap();
+            }
+        }
+        let single = total / target.len() as f64;
+        assert!(
+            (*batched as f64 - single).abs() < 1e-3,
+            "{text:?}: batched {batched} vs one at a time {single}"
+        );
+    }
+    assert_eq!(batched[1], batched[4]);
+}
+
+#[test]
+fn attack_cli_lowers_the_target_nll_and_reports_done() {
+    let model = smollm2_path();
+    let instruction = "What is the capital of France?";
+    let output = run(&[
+        "attack",
+        "--lm",
+        model.to_str().unwrap(),
+        "--instruction",
+        instruction,
+        "--target-response",
+        "The capital of France is Berlin",
+        "--beam-width",
+        "2",
+        "--candidates",
+        "4",
+        "--max-tokens",
+        "2",
+        "--proposal",
+        "top-k",
+        "--block",
+        "paris",
+        "--json",
+    ]);
+    let lines: Vec<serde_json::Value> = stdout(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let done = lines.last().unwrap();
+    assert_eq!(done["event"], "done", "{}", stderr(&output));
+    let steps: Vec<&serde_json::Value> = lines.iter().filter(|l| l["event"] == "step").collect();
+    assert_eq!(steps.len() as u64, done["steps"].as_u64().unwrap());
+    for step in &steps {
+        assert!(step["prompt"].as_str().unwrap().starts_with(instruction));
+        assert!(!step["top"].as_array().unwrap().is_empty());
+    }
+    let prompt = done["prompt"].as_str().unwrap();
+    let suffix = done["suffix"].as_str().unwrap();
+    assert_eq!(prompt, format!("{instruction}{suffix}"));
+    assert!(!suffix.to_lowercase().contains("paris"), "{suffix:?}");
+    let (after, before) = (
+        done["target_nll"].as_f64().unwrap(),
+        done["baseline_nll"].as_f64().unwrap(),
+    );
+    assert!((before - 1.918).abs() < 2e-3, "{before}");
+    assert!(after < before, "target NLL {before} → {after}");
+    assert!((done["score"].as_f64().unwrap() + after).abs() < 1e-3);
+    let success = done["success"].as_bool().unwrap();
+    assert_eq!(output.status.code(), Some(if success { 0 } else { 1 }));
+    assert_eq!(
+        success,
+        done["response"]
+            .as_str()
+            .unwrap()
+            .trim_start()
+            .starts_with("The capital of France is Berlin")
+    );
+}
+
+#[test]
+fn attack_refuses_bad_input_with_one_line() {
+    let model = smollm2_path();
+    let model = model.to_str().unwrap();
+    for (args, wanted) in [
+        (
+            vec![
+                "--instruction",
+                "Name a cat.",
+                "--target-response",
+                "Rex",
+                "--block",
+                "cat",
+            ],
+            "blocked word 'cat'",
+        ),
+        (
+            vec![
+                "--instruction",
+                "Hi",
+                "--target-response",
+                "Rex",
+                "--beam-width",
+                "0",
+            ],
+            "--beam-width",
+        ),
+        (
+            vec![
+                "--instruction",
+                "Hi",
+                "--target-response",
+                "Rex",
+                "--time-limit",
+                "0",
+            ],
+            "--time-limit",
+        ),
+    ] {
+        let mut all = vec!["attack", "--lm", model];
+        all.extend(args);
+        let output = run(&all);
+        assert_eq!(output.status.code(), Some(1));
+        let err = stderr(&output);
+        assert!(err.contains(wanted), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+}
+
+fn items(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("text {i}")).collect()
+}
+
+fn score(command: &str, n: usize, timeout: Duration) -> anyhow::Result<Vec<f32>> {
+    let scorer = CommandScorer::start(command, timeout)?;
+    let prefix = scorer.prefix("", None)?;
+    Ok(scorer.score(&prefix, &items(n))?.similarities)
+}
+
+#[test]
+fn scorer_command_protocol_and_its_failures() {
+    let second = Duration::from_secs(1);
+    // A well-behaved program: one answer line per request line, in order.
+    let good = r#"while read -r line; do n=$(printf '%s' "$line" | grep -o '"text"' | wc -l); s=""; for i in $(seq $n); do s="$s${s:+,}$i"; done; echo "{\"scores\":[$s]}"; done"#;
+    assert_eq!(
+        score(good, 3, Duration::from_secs(10)).unwrap(),
+        vec![1.0, 2.0, 3.0]
+    );
+    let scorer = CommandScorer::start(good, Duration::from_secs(10)).unwrap();
+    for n in [1, 4, 2] {
+        assert_eq!(scorer.score(&(), &items(n)).unwrap().similarities.len(), n);
+    }
+    for (command, wanted) in [
+        ("exit 3", "exited"),
+        ("read -r line; echo not json", "malformed"),
+        (
+            "read -r line; echo '{\"scores\":[1]}'",
+            "returned 1 scores for 2 items",
+        ),
+        ("read -r line; echo '{\"scores\":[NaN, 1]}'", "malformed"),
+        (
+            "read -r line; echo '{\"scores\":[null, 1]}'",
+            "finite number",
+        ),
+        ("read -r line; echo '{\"scores\":[1e999, 1]}'", "malformed"),
+        ("sleep 5", "did not answer within 1 s"),
+    ] {
+        let started = std::time::Instant::now();
+        let error = score(command, 2, second).unwrap_err();
+        let line = clipsteer::error_line(&error);
+        assert!(line.contains(wanted), "{command}: {line}");
+        assert!(line.contains(command), "{command}: {line}");
+        assert!(!line.contains('\n'));
+        assert!(started.elapsed() < Duration::from_secs(4), "{command}");
+    }
+}
+
+#[test]
+fn describe_steers_by_a_scorer_command_alone() {
+    // The program prefers texts with more letter e's: the chosen text has more than greedy's.
+    let program = r#"import json, sys
+for line in sys.stdin:
+    items = json.loads(line)["items"]
+    print(json.dumps({"scores": [t["text"].count("e") for t in items]}), flush=True)
+"#;
+    let dir = std::env::temp_dir().join(format!("clipsteer-scorer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("score.py");
+    std::fs::write(&script, program).unwrap();
+    let command = format!("python3 {}", script.display());
+    let output = run(&[
+        "describe",
+        "--lm",
+        &f("gpt2-tiny"),
+        "--scorer-cmd",
+        &command,
+        "--max-tokens",
+        "4",
+        "--top-k",
+        "20",
+        "--json",
+    ]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let lines: Vec<serde_json::Value> = stdout(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let steps: Vec<&serde_json::Value> = lines.iter().filter(|l| l["event"] == "step").collect();
+    assert_eq!(steps.len(), 4);
+    for step in steps {
+        // Each step took the candidate the program scored highest.
+        let best = step["top"][0]["similarity"].as_f64().unwrap();
+        assert_eq!(step["similarity"].as_f64().unwrap(), best);
+    }
+    // With images or text targets it is an error, not a silent mix.
+    let output = run(&[
+        "describe",
+        "--lm",
+        &f("gpt2-tiny"),
+        "--scorer-cmd",
+        "cat",
+        "--target-text",
+        "a cat",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+}
