@@ -152,6 +152,44 @@ impl CausalLm for Gemma3Lm {
         let c = self.model.config();
         c.end_of_turn_id.or(c.eos_token_id)
     }
+
+    fn truncate_cache(&self, cache: &KvCache, len: usize) -> Result<KvCache> {
+        if cache.batch_size() > 1 {
+            anyhow::bail!(
+                "truncate_cache needs a one-row cache, got {} rows",
+                cache.batch_size()
+            );
+        }
+        Ok(cache.truncate(len)?)
+    }
+
+    /// Right padding is harmless here as in the llama path: the sliding-window layers mask
+    /// causally too, so no real position attends to a pad.
+    fn continuation_log_probs(
+        &self,
+        cache: &KvCache,
+        contexts: &[Vec<u32>],
+        continuations: &[Vec<u32>],
+    ) -> Result<Vec<Vec<f32>>> {
+        continuation_log_probs(
+            |input, cache| Ok(self.model.hidden_states(input, cache)?),
+            |hidden| Ok(self.model.logits(hidden)?),
+            self.model.device(),
+            cache,
+            contexts,
+            continuations,
+        )
+    }
+
+    fn special_token_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self
+            .tokenizer
+            .get_added_tokens_decoder()
+            .into_keys()
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
 }
 
 /// One implementation of [`CausalLm`] for models that expose `hidden_states` and `logits`.
