@@ -172,8 +172,8 @@ impl CausalLm for Gemma3Lm {
         continuations: &[Vec<u32>],
     ) -> Result<Vec<Vec<f32>>> {
         continuation_log_probs(
-            |input, cache| Ok(self.model.hidden_states(input, cache)?),
-            |hidden| Ok(self.model.logits(hidden)?),
+            |input, cache| self.model.hidden_states(input, cache),
+            |hidden| self.model.logits(hidden),
             self.model.device(),
             cache,
             contexts,
