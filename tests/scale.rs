@@ -78,7 +78,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         let path = entry.unwrap().path();
         if path.is_dir() {
             out.extend(walk(&path));
-        } else if !path.extension().is_some_and(|e| e == "txt") {
+        } else if path.extension().is_none_or(|e| e != "txt") {
             out.push(path);
         }
     }
