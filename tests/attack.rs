@@ -221,8 +221,9 @@ fn items(n: usize) -> Vec<String> {
 
 fn score(command: &str, n: usize, timeout: Duration) -> anyhow::Result<Vec<f32>> {
     let scorer = CommandScorer::start(command, timeout)?;
-    let prefix = scorer.prefix("", None)?;
-    Ok(scorer.score(&prefix, &items(n))?.similarities)
+    // The command scorer keeps no prefix state: its prefix is ().
+    scorer.prefix("", None)?;
+    Ok(scorer.score(&(), &items(n))?.similarities)
 }
 
 #[test]
