@@ -321,6 +321,20 @@ fn run_started(
                 ("lm", &models.lm_name),
                 ("encoder", &models.clip_name),
             ]);
+            // The same record as describe's done lines, so that served and batch results can
+            // be told apart by their settings (an upload is one image, with no text targets).
+            done["settings"] = crate::settings::RunSettings::for_describe(
+                &models.lm_name,
+                &models.clip_name,
+                options,
+                crate::settings::TargetSettings {
+                    image: true,
+                    target_texts: &[],
+                    avoid_texts: &[],
+                    weights: &[],
+                },
+            )
+            .to_json();
             done
         }
         Err(e) => match e.downcast_ref::<Abort>() {
