@@ -154,13 +154,7 @@ impl CausalLm for Gemma3Lm {
     }
 
     fn truncate_cache(&self, cache: &KvCache, len: usize) -> Result<KvCache> {
-        if cache.batch_size() > 1 {
-            anyhow::bail!(
-                "truncate_cache needs a one-row cache, got {} rows",
-                cache.batch_size()
-            );
-        }
-        Ok(cache.truncate(len)?)
+        truncate_one_row(cache, len)
     }
 
     /// Right padding is harmless here as in the llama path: the sliding-window layers mask
@@ -182,13 +176,7 @@ impl CausalLm for Gemma3Lm {
     }
 
     fn special_token_ids(&self) -> Vec<u32> {
-        let mut ids: Vec<u32> = self
-            .tokenizer
-            .get_added_tokens_decoder()
-            .into_keys()
-            .collect();
-        ids.sort_unstable();
-        ids
+        added_token_ids(&self.tokenizer)
     }
 }
 
@@ -256,13 +244,7 @@ macro_rules! causal_lm_impl {
             }
 
             fn truncate_cache(&self, cache: &KvCache, len: usize) -> Result<KvCache> {
-                if cache.batch_size() > 1 {
-                    anyhow::bail!(
-                        "truncate_cache needs a one-row cache, got {} rows",
-                        cache.batch_size()
-                    );
-                }
-                Ok(cache.truncate(len)?)
+                truncate_one_row(cache, len)
             }
 
             fn continuation_log_probs(
@@ -282,13 +264,7 @@ macro_rules! causal_lm_impl {
             }
 
             fn special_token_ids(&self) -> Vec<u32> {
-                let mut ids: Vec<u32> = self
-                    .tokenizer
-                    .get_added_tokens_decoder()
-                    .into_keys()
-                    .collect();
-                ids.sort_unstable();
-                ids
+                added_token_ids(&self.tokenizer)
             }
         }
 
@@ -312,6 +288,24 @@ macro_rules! causal_lm_impl {
             }
         }
     };
+}
+
+/// [`CausalLm::truncate_cache`] for the GGUF models' [`KvCache`].
+fn truncate_one_row(cache: &KvCache, len: usize) -> Result<KvCache> {
+    if cache.batch_size() > 1 {
+        anyhow::bail!(
+            "truncate_cache needs a one-row cache, got {} rows",
+            cache.batch_size()
+        );
+    }
+    Ok(cache.truncate(len)?)
+}
+
+/// [`CausalLm::special_token_ids`]: the tokenizer's added tokens, sorted.
+fn added_token_ids(tokenizer: &tokenizers::Tokenizer) -> Vec<u32> {
+    let mut ids: Vec<u32> = tokenizer.get_added_tokens_decoder().into_keys().collect();
+    ids.sort_unstable();
+    ids
 }
 
 /// [`CausalLm::continuation_log_probs`] for any model with `hidden_states` [batch, new, hidden]
