@@ -10,8 +10,8 @@ use crate::load::load_clip;
 use crate::merge::merge;
 use crate::pipeline::collect_inputs;
 use crate::pipeline::{
-    run_batch, select_device, BatchEvent, BlockArgs, DescribeSpec, Describer, DeviceChoice,
-    InputSpec, Preset, TargetSpec, DEFAULT_CLIP, DEFAULT_LM,
+    run_batch, seconds, select_device, BatchEvent, BlockArgs, DescribeSpec, Describer,
+    DeviceChoice, InputSpec, Preset, TargetSpec, DEFAULT_CLIP, DEFAULT_LM,
 };
 use crate::sidecar::CaptionFiles;
 use crate::steer::describe::{BeamParams, MagicParams, Sampling, ScoredText, StepEvent, Strategy};
@@ -676,13 +676,6 @@ impl AttackArgs {
             options,
         })
     }
-}
-
-fn seconds(flag: &str, value: f64) -> Result<std::time::Duration> {
-    if !(value.is_finite() && value > 0.0) {
-        bail!("{flag} must be a positive number of seconds, got {value}");
-    }
-    Ok(std::time::Duration::from_secs_f64(value))
 }
 
 fn run_attack_command(args: AttackArgs, device: &Device) -> Result<i32> {

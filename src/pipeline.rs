@@ -4,7 +4,7 @@
 //! arguments into these types and shows progress its own way; what is computed lives here.
 
 use crate::events::{done_json, error_json};
-use crate::image::DecodeLimits;
+use crate::image::{load_image, DecodeLimits};
 use crate::load::{load_encoder, load_lm};
 use crate::parts::{PartContents, PartWriter};
 use crate::settings::{RunSettings, TargetSettings};
@@ -21,9 +21,11 @@ use crate::steer::target::{combine, TargetPart};
 use crate::steer::{CausalLm, Scorer};
 use anyhow::{bail, Result};
 use candle_core::Device;
+use image::DynamicImage;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The language model describe uses when none is named.
 pub const DEFAULT_LM: &str = "openai-community/gpt2";
@@ -183,12 +185,11 @@ impl Targets {
     }
 
     /// The unit-length target for one input: the image (if any) and the text parts, combined.
-    pub fn for_input(&self, encoder: &Encoder, image: Option<&Path>) -> Result<Vec<f32>> {
+    pub fn for_image(&self, encoder: &Encoder, image: Option<&DynamicImage>) -> Result<Vec<f32>> {
         match image {
-            Some(path) => {
-                let embedding = encoder.image_target(path, DecodeLimits::default())?;
+            Some(image) => {
                 let mut parts = vec![TargetPart {
-                    embedding,
+                    embedding: crate::steer::normalize(&encoder.image_embedding(image)?),
                     weight: self.image_weight,
                 }];
                 parts.extend(self.text_parts.iter().cloned());
@@ -280,6 +281,133 @@ impl DescribeSpec {
         }
         Ok(options)
     }
+}
+
+/// describe's options by the command line's names (flags with underscores), for faces that take
+/// them as data: the Python package's keyword arguments arrive as this JSON object. Unknown names
+/// and wrong types are errors; what is left out takes the command line's default.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DescribeRequest {
+    pub prompt: Option<String>,
+    pub strategy: Option<String>,
+    pub top_k: Option<usize>,
+    pub max_tokens: Option<usize>,
+    pub magic_alpha: Option<f32>,
+    pub magic_beta: Option<f32>,
+    pub magic_scale: Option<f32>,
+    pub beam_width: Option<usize>,
+    pub beam_fluency: Option<f32>,
+    #[serde(default)]
+    pub no_sentence_stop: bool,
+    pub score_text: Option<String>,
+    #[serde(default)]
+    pub sample: bool,
+    pub temperature: Option<f64>,
+    pub seed: Option<u64>,
+    pub prefilter: Option<usize>,
+    #[serde(default)]
+    pub block: Vec<String>,
+    pub blocklist: Option<PathBuf>,
+    #[serde(default)]
+    pub block_substrings: bool,
+    #[serde(default)]
+    pub target_text: Vec<String>,
+    #[serde(default)]
+    pub avoid_text: Vec<String>,
+    #[serde(default)]
+    pub target_weight: Vec<f32>,
+    pub scorer_cmd: Option<String>,
+    /// Seconds.
+    pub scorer_timeout: Option<f64>,
+}
+
+impl DescribeRequest {
+    /// Parses a JSON object of options; the error names the offending option.
+    pub fn from_json(json: &str) -> Result<Self> {
+        serde_json::from_str(json).map_err(|e| anyhow::anyhow!("bad option: {e}"))
+    }
+
+    /// The spec and targets these options ask for, over models loaded from `lm` and `encoder`
+    /// with `preset` (the defaults the command line applies).
+    pub fn to_spec(&self, preset: Option<Preset>) -> Result<(DescribeSpec, TargetSpec)> {
+        let strategy = match &self.strategy {
+            Some(name) => value_enum::<Strategy>("strategy", name)?,
+            None => Strategy::Seed,
+        };
+        let mut spec =
+            DescribeSpec::new(self.prompt.as_deref().unwrap_or("An image of "), strategy);
+        spec.preset = preset;
+        spec.top_k = self.top_k;
+        if let Some(n) = self.max_tokens {
+            spec.max_tokens = n;
+        }
+        let magic = MagicParams::default();
+        spec.magic = MagicParams {
+            alpha: self.magic_alpha.unwrap_or(magic.alpha),
+            beta: self.magic_beta.unwrap_or(magic.beta),
+            scale: self.magic_scale.or(magic.scale),
+        };
+        if let Some(width) = self.beam_width {
+            spec.beam.width = width;
+        }
+        if let Some(fluency) = self.beam_fluency {
+            spec.beam.fluency = fluency;
+        }
+        spec.no_sentence_stop = self.no_sentence_stop;
+        spec.score_text = match &self.score_text {
+            Some(name) => Some(value_enum::<ScoredText>("score_text", name)?),
+            None => None,
+        };
+        if !self.sample && (self.temperature.is_some() || self.seed.is_some()) {
+            bail!("temperature and seed apply with sample=True only");
+        }
+        spec.sampling = self.sample.then(|| Sampling {
+            temperature: self.temperature.unwrap_or(0.05),
+            seed: self.seed.unwrap_or(0),
+        });
+        spec.prefilter = self.prefilter;
+        spec.blocklist = BlockArgs {
+            block: self.block.clone(),
+            blocklist: self.blocklist.clone(),
+            block_substrings: self.block_substrings,
+        }
+        .to_blocklist()?;
+        if let Some(command) = &self.scorer_cmd {
+            let timeout = seconds("scorer_timeout", self.scorer_timeout.unwrap_or(60.0))?;
+            spec.scorer_cmd = Some((command.clone(), timeout));
+        }
+        let targets = TargetSpec {
+            target_text: self.target_text.clone(),
+            avoid_text: self.avoid_text.clone(),
+            target_weight: self.target_weight.clone(),
+        };
+        Ok((spec, targets))
+    }
+}
+
+/// A duration given in seconds by the option `name`: a positive, finite number.
+pub fn seconds(name: &str, value: f64) -> Result<std::time::Duration> {
+    if !(value.is_finite() && value > 0.0) {
+        bail!("{name} must be a positive number of seconds, got {value}");
+    }
+    Ok(std::time::Duration::from_secs_f64(value))
+}
+
+/// A value of a command-line enum by its command-line name.
+pub fn value_enum<T: clap::ValueEnum>(option: &str, name: &str) -> Result<T> {
+    T::from_str(name, false).map_err(|_| {
+        let names: Vec<String> = T::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_string()))
+            .collect();
+        anyhow::anyhow!("{option} '{name}' is not one of: {}", names.join(", "))
+    })
+}
+
+/// Preset by its command-line name (`"seed"`).
+pub fn preset_named(name: &str) -> Result<Preset> {
+    value_enum("preset", name)
 }
 
 /// Expands files and directories (recursively, sorted) into the list of images to describe.
@@ -449,22 +577,70 @@ impl BatchPlan {
     }
 }
 
+/// The models a describer runs, loaded once. Describers with different options share them
+/// through an `Arc`: the Python package's `Describer` loads its models once and builds a
+/// [`Describer`] per call.
+pub struct DescribeModels {
+    pub lm: LanguageModel,
+    /// CLIP or a sentence encoder; None when a `--scorer-cmd` program steers instead.
+    pub encoder: Option<Encoder>,
+    /// What each was loaded from (a path, or a hub id with its revision).
+    pub lm_spec: String,
+    pub encoder_spec: Option<String>,
+}
+
+impl DescribeModels {
+    /// Loads the LM and, when `encoder` is given, the encoder.
+    pub fn load(lm: &str, encoder: Option<&str>, device: &Device) -> Result<Self> {
+        let loaded_lm = load_lm(lm, device)?;
+        let loaded_encoder = match encoder {
+            Some(spec) => Some(load_encoder(spec, device)?),
+            None => None,
+        };
+        Ok(Self {
+            lm: loaded_lm,
+            encoder: loaded_encoder,
+            lm_spec: lm.to_string(),
+            encoder_spec: encoder.map(str::to_string),
+        })
+    }
+
+    /// The encoder, or an error saying these models were loaded without one.
+    pub fn encoder(&self) -> Result<&Encoder> {
+        self.encoder
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("no encoder was loaded: give one to embed or score"))
+    }
+
+    /// Where each model came from ([`crate::events::models_json`]), after loading so that hub
+    /// models are named by the commit they resolved to.
+    pub fn provenance(&self) -> Value {
+        match &self.encoder_spec {
+            Some(encoder) => {
+                crate::events::models_json(&[("lm", &self.lm_spec), ("encoder", encoder)])
+            }
+            None => crate::events::models_json(&[("lm", &self.lm_spec)]),
+        }
+    }
+}
+
 /// What describe steers toward.
 pub enum DescribeObjective {
-    /// The cosine with a target embedding: the image (per input) and the text targets.
-    Embedding { encoder: Encoder, targets: Targets },
+    /// The cosine with a target embedding under the models' encoder: the image (per input) and
+    /// the text targets.
+    Embedding(Targets),
     /// A `--scorer-cmd` program scoring the candidate texts alone.
     Command(CommandScorer),
 }
 
 /// Loaded models, options and objective: describes one input at a time.
 pub struct Describer {
-    pub lm: LanguageModel,
+    pub models: Arc<DescribeModels>,
     pub options: DescribeOptions,
     pub objective: DescribeObjective,
     /// Where each model came from (id, revision, resolved commit; or a local path), recorded in
     /// every `done` event so that a result can be reproduced.
-    pub models: Value,
+    pub provenance: Value,
     /// What decides the text (models by commit, a fingerprint of the options and targets),
     /// recorded in every `done` and `error` line so that `merge` and `--resume` can refuse
     /// parts made with other settings.
@@ -472,52 +648,53 @@ pub struct Describer {
 }
 
 impl Describer {
-    /// Loads the LM and the encoder (or starts `spec.scorer_cmd`), checks the options against
-    /// the LM, and embeds the text targets. `has_image`: whether inputs are images (the first
-    /// weight is then the image's).
+    /// Loads the LM and the encoder (or, with `spec.scorer_cmd`, the LM alone), then
+    /// [`Describer::new`].
     pub fn load(
         spec: &DescribeSpec,
         target_spec: &TargetSpec,
         has_image: bool,
         device: &Device,
     ) -> Result<Self> {
+        spec.options()?;
+        check_scorer_cmd(spec, target_spec, has_image)?;
+        let encoder = spec.scorer_cmd.is_none().then(|| spec.encoder_spec());
+        let models = DescribeModels::load(&spec.lm, encoder.as_deref(), device)?;
+        Self::new(Arc::new(models), spec, target_spec, has_image)
+    }
+
+    /// A describer over already loaded models: checks the options against the LM, embeds the
+    /// text targets (or starts `spec.scorer_cmd`). `spec.lm` and `spec.encoder` are not
+    /// consulted: the models' own specs are recorded. `has_image`: whether inputs are images
+    /// (the first weight is then the image's).
+    pub fn new(
+        models: Arc<DescribeModels>,
+        spec: &DescribeSpec,
+        target_spec: &TargetSpec,
+        has_image: bool,
+    ) -> Result<Self> {
         let options = spec.options()?;
-        if let Some((command, _)) = &spec.scorer_cmd {
-            if has_image
-                || !target_spec.target_text.is_empty()
-                || !target_spec.avoid_text.is_empty()
-            {
-                bail!("describe --scorer-cmd steers by the program alone: leave out images, --target-text and --avoid-text (or leave out --scorer-cmd)");
-            }
-            if command.trim().is_empty() {
-                bail!("--scorer-cmd is empty: give the program to run");
-            }
-        }
-        let lm = load_lm(&spec.lm, device)?;
-        validate(&lm, &options)?;
-        let encoder_spec = spec.encoder_spec();
-        let (objective, models) = match &spec.scorer_cmd {
+        check_scorer_cmd(spec, target_spec, has_image)?;
+        validate(&models.lm, &options)?;
+        let (objective, scorer) = match &spec.scorer_cmd {
             Some((command, timeout)) => (
                 DescribeObjective::Command(CommandScorer::start(command, *timeout)?),
-                crate::events::models_json(&[("lm", &spec.lm)]),
+                format!("scorer-cmd:{command}"),
             ),
             None => {
-                let encoder = load_encoder(&encoder_spec, device)?;
-                let targets = Targets::prepare(target_spec, &encoder, has_image)?;
-                (
-                    DescribeObjective::Embedding { encoder, targets },
-                    crate::events::models_json(&[("lm", &spec.lm), ("encoder", &encoder_spec)]),
-                )
+                let encoder = models.encoder()?;
+                let targets = Targets::prepare(target_spec, encoder, has_image)?;
+                let name = models.encoder_spec.clone().unwrap_or_default();
+                (DescribeObjective::Embedding(targets), name)
             }
         };
-        // After loading, so that hub models are named by the commit they resolved to. A
-        // --scorer-cmd run records the command in place of the encoder.
-        let scorer = match &spec.scorer_cmd {
-            Some((command, _)) => format!("scorer-cmd:{command}"),
-            None => encoder_spec.clone(),
+        // A --scorer-cmd run records the command in place of the encoder.
+        let provenance = match &spec.scorer_cmd {
+            Some(_) => crate::events::models_json(&[("lm", &models.lm_spec)]),
+            None => models.provenance(),
         };
         let settings = RunSettings::for_describe(
-            &spec.lm,
+            &models.lm_spec,
             &scorer,
             &options,
             TargetSettings {
@@ -529,30 +706,64 @@ impl Describer {
         )
         .to_json();
         Ok(Self {
-            lm,
+            models,
             options,
             objective,
-            models,
+            provenance,
             settings,
         })
     }
 
-    /// Describes one input, calling `on_step` after every step.
+    pub fn lm(&self) -> &LanguageModel {
+        &self.models.lm
+    }
+
+    /// Describes one input (an image file, or `None` for the text targets alone), calling
+    /// `on_step` after every step.
     pub fn describe(
         &self,
         image: Option<&Path>,
         on_step: impl FnMut(&StepEvent) -> Result<()>,
     ) -> Result<DescribeResult> {
+        match image {
+            Some(path) => {
+                let decoded = load_image(path, DecodeLimits::default())?;
+                self.describe_image(Some(&decoded), on_step)
+            }
+            None => self.describe_image(None, on_step),
+        }
+    }
+
+    /// Describes a decoded image (pixels as [`crate::image::load_image`] gives them), or the
+    /// text targets alone.
+    pub fn describe_image(
+        &self,
+        image: Option<&DynamicImage>,
+        on_step: impl FnMut(&StepEvent) -> Result<()>,
+    ) -> Result<DescribeResult> {
         match &self.objective {
-            DescribeObjective::Embedding { encoder, targets } => {
-                let target = targets.for_input(encoder, image)?;
-                describe(&self.lm, encoder, &target, &self.options, on_step)
+            DescribeObjective::Embedding(targets) => {
+                let encoder = self.models.encoder()?;
+                let target = targets.for_image(encoder, image)?;
+                describe(&self.models.lm, encoder, &target, &self.options, on_step)
             }
             DescribeObjective::Command(command) => {
-                describe_with(&self.lm, command, &self.options, on_step)
+                describe_with(&self.models.lm, command, &self.options, on_step)
             }
         }
     }
+}
+
+fn check_scorer_cmd(spec: &DescribeSpec, target_spec: &TargetSpec, has_image: bool) -> Result<()> {
+    if let Some((command, _)) = &spec.scorer_cmd {
+        if has_image || !target_spec.target_text.is_empty() || !target_spec.avoid_text.is_empty() {
+            bail!("describe --scorer-cmd steers by the program alone: leave out images, --target-text and --avoid-text (or leave out --scorer-cmd)");
+        }
+        if command.trim().is_empty() {
+            bail!("--scorer-cmd is empty: give the program to run");
+        }
+    }
+    Ok(())
 }
 
 /// What a batch reports as it goes.
@@ -619,7 +830,7 @@ pub fn run_batch(
         let outcome = match (outcome, &plan.captions, input) {
             (Ok(result), Some(captions), Some(path)) => {
                 crate::sidecar::generated_part(&result.text, &describer.options.prompt, || {
-                    describer.lm.decode(&result.token_ids)
+                    describer.lm().decode(&result.token_ids)
                 })
                 .and_then(|generated| captions.caption(&generated))
                 .and_then(|caption| captions.write(path, &caption))
@@ -635,7 +846,7 @@ pub fn run_batch(
                 summary.described += 1;
                 let mut line =
                     done_json(image.as_deref(), &result, started.elapsed().as_secs_f64());
-                line["models"] = describer.models.clone();
+                line["models"] = describer.provenance.clone();
                 line["settings"] = describer.settings.clone();
                 observer(BatchEvent::Done {
                     image: image.as_deref(),

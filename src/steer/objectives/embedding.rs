@@ -194,6 +194,10 @@ pub enum Encoder {
     Sentence(Box<super::sentence::SentenceScorer>),
 }
 
+fn text_only() -> anyhow::Error {
+    anyhow::anyhow!("this encoder embeds text only: steer it with --target-text instead of images")
+}
+
 pub enum EncoderPrefix {
     Clip(TextPrefix),
     Sentence,
@@ -213,15 +217,12 @@ impl Encoder {
         }
     }
 
-    /// The unit-length target for an image file; only CLIP embeds images.
-    pub fn image_target(&self, path: &Path, limits: DecodeLimits) -> Result<Vec<f32>> {
+    /// Projected, unnormalised image features of a decoded image, as `get_image_features`;
+    /// only CLIP embeds images.
+    pub fn image_embedding(&self, image: &image::DynamicImage) -> Result<Vec<f32>> {
         match self {
-            Self::Clip(clip) => image_target(clip, path, limits),
-            Self::Sentence(_) => {
-                anyhow::bail!(
-                    "this encoder embeds text only: steer it with --target-text instead of images"
-                )
-            }
+            Self::Clip(clip) => clip.image_embedding(image),
+            Self::Sentence(_) => Err(text_only()),
         }
     }
 }
