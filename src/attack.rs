@@ -5,12 +5,14 @@ use crate::hub::{self, ModelKind};
 use crate::load::{load_encoder, load_lm};
 use crate::steer::chat_template::ChatTemplate;
 use crate::steer::lm::LanguageModel;
-use crate::steer::objectives::command::CommandScorer;
+use crate::steer::objectives::command::{CommandScorer, ItemScorer};
 use crate::steer::objectives::victim::{
     ResponseCommand, ResponseSimilarity, TargetResponse, Victim,
 };
 use crate::steer::objectives::{normalize, Objective, Scorer};
-use crate::steer::search::attack::{run, AttackOptions, AttackResult, AttackStep, Success};
+use crate::steer::search::attack::{
+    run, AttackOptions, AttackResult, AttackStep, Proposal, Success,
+};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use std::path::{Path, PathBuf};
@@ -32,6 +34,22 @@ pub enum AttackObjective {
     /// The cosine of the victim's greedy answer with `text` under `encoder`; success: the answer
     /// starts with `text`.
     TargetText { text: String, encoder: String },
+    /// An in-process scoring function (the Python package's callables), shown what a
+    /// `--scorer-cmd` program is shown; success: the score reaches `success_score`, if given.
+    Scorer {
+        scorer: SharedScorer,
+        success_score: Option<f32>,
+    },
+}
+
+/// An in-process [`ItemScorer`], shared with the caller that made it.
+#[derive(Clone)]
+pub struct SharedScorer(pub std::sync::Arc<dyn ItemScorer + Send + Sync>);
+
+impl std::fmt::Debug for SharedScorer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedScorer(..)")
+    }
 }
 
 /// Everything `attack` needs.
@@ -46,6 +64,137 @@ pub struct AttackSpec {
     pub chat_template: Option<PathBuf>,
     pub objective: AttackObjective,
     pub options: AttackOptions,
+}
+
+/// attack's options by the command line's names (flags with underscores), for faces that take
+/// them as data (the Python package's keyword arguments, as a JSON object). Unknown names and
+/// wrong types are errors; what is left out takes the command line's default.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttackRequest {
+    pub instruction: String,
+    pub target_response: Option<String>,
+    pub scorer_cmd: Option<String>,
+    /// Seconds.
+    pub scorer_timeout: Option<f64>,
+    pub success_score: Option<f32>,
+    pub target_text: Option<String>,
+    pub encoder: Option<String>,
+    #[serde(default)]
+    pub block: Vec<String>,
+    pub blocklist: Option<PathBuf>,
+    #[serde(default)]
+    pub block_substrings: bool,
+    pub beam_width: Option<usize>,
+    pub candidates: Option<usize>,
+    pub max_tokens: Option<usize>,
+    /// "sample" or "top-k".
+    pub proposal: Option<String>,
+    pub top_p: Option<f32>,
+    pub temperature: Option<f32>,
+    pub seed: Option<u64>,
+    pub readability: Option<f32>,
+    pub response_tokens: Option<usize>,
+    /// Seconds.
+    pub time_limit: Option<f64>,
+}
+
+impl AttackRequest {
+    /// Parses a JSON object of options; the error names the offending option.
+    pub fn from_json(json: &str) -> Result<Self> {
+        serde_json::from_str(json).map_err(|e| anyhow::anyhow!("bad option: {e}"))
+    }
+
+    /// The options and objective these ask for; `scorer`, an in-process scoring function, is
+    /// one more way to give the objective.
+    pub fn to_spec(
+        &self,
+        scorer: Option<SharedScorer>,
+    ) -> Result<(AttackObjective, AttackOptions)> {
+        let given = [
+            self.target_response.is_some(),
+            self.scorer_cmd.is_some(),
+            self.target_text.is_some(),
+            scorer.is_some(),
+        ];
+        if given.iter().filter(|&&g| g).count() != 1 {
+            bail!("give exactly one objective: target_response, scorer_cmd, target_text (with encoder), or a scoring function");
+        }
+        if self.success_score.is_some() && self.scorer_cmd.is_none() && scorer.is_none() {
+            bail!("success_score applies to a scoring program or function only");
+        }
+        let objective = if let Some(target) = &self.target_response {
+            AttackObjective::TargetResponse(target.clone())
+        } else if let Some(command) = &self.scorer_cmd {
+            AttackObjective::Command {
+                command: command.clone(),
+                timeout: crate::pipeline::seconds(
+                    "scorer_timeout",
+                    self.scorer_timeout.unwrap_or(60.0),
+                )?,
+                success_score: self.success_score,
+            }
+        } else if let Some(text) = &self.target_text {
+            let Some(encoder) = &self.encoder else {
+                bail!("target_text needs an encoder to compare the victim's answer with it");
+            };
+            AttackObjective::TargetText {
+                text: text.clone(),
+                encoder: encoder.clone(),
+            }
+        } else {
+            AttackObjective::Scorer {
+                scorer: scorer.context("no objective")?,
+                success_score: self.success_score,
+            }
+        };
+        let defaults = AttackOptions::new(&self.instruction);
+        let proposal = match self.proposal.as_deref() {
+            None | Some("sample") => {
+                let (top_p, temperature, seed) = match defaults.proposal {
+                    Proposal::Sample {
+                        top_p,
+                        temperature,
+                        seed,
+                    } => (top_p, temperature, seed),
+                    Proposal::TopK => (1.0, 1.0, 0),
+                };
+                Proposal::Sample {
+                    top_p: self.top_p.unwrap_or(top_p),
+                    temperature: self.temperature.unwrap_or(temperature),
+                    seed: self.seed.unwrap_or(seed),
+                }
+            }
+            Some("top-k") => {
+                if self.top_p.is_some() || self.temperature.is_some() || self.seed.is_some() {
+                    bail!("top_p, temperature and seed apply to proposal='sample' only");
+                }
+                Proposal::TopK
+            }
+            Some(other) => bail!("proposal '{other}' is not one of: sample, top-k"),
+        };
+        let options = AttackOptions {
+            beam_width: self.beam_width.unwrap_or(defaults.beam_width),
+            candidates: self.candidates.unwrap_or(defaults.candidates),
+            max_tokens: self.max_tokens.unwrap_or(defaults.max_tokens),
+            proposal,
+            readability: self.readability.unwrap_or(defaults.readability),
+            time_limit: self
+                .time_limit
+                .map(|s| crate::pipeline::seconds("time_limit", s))
+                .transpose()?,
+            blocklist: crate::pipeline::BlockArgs {
+                block: self.block.clone(),
+                blocklist: self.blocklist.clone(),
+                block_substrings: self.block_substrings,
+            }
+            .to_blocklist()?,
+            response_tokens: self.response_tokens.unwrap_or(defaults.response_tokens),
+            ..defaults
+        };
+        crate::steer::search::attack::validate(&options)?;
+        Ok((objective, options))
+    }
 }
 
 /// The result, with the target's likelihood before and after when the objective has a target.
@@ -90,36 +239,86 @@ pub fn run_attack(
     on_step: impl FnMut(&AttackStep) -> Result<()>,
 ) -> Result<AttackReport> {
     crate::steer::search::attack::validate(&spec.options)?;
-    let attacker = load_lm(&spec.attacker, device)?;
-    let victim_spec = spec.victim.as_deref().unwrap_or(&spec.attacker);
-    let separate_victim = match &spec.victim {
-        Some(v) if v != &spec.attacker => Some(load_lm(v, device)?),
-        _ => None,
-    };
-    let victim_lm = separate_victim.as_ref().unwrap_or(&attacker);
-    let template = match &spec.chat_template {
-        Some(path) => ChatTemplate::from_path(path)?,
-        None => chat_template_of(victim_spec)
-            .with_context(|| format!("the victim '{victim_spec}' needs a chat template"))?,
-    };
-    // The attacker writes inside its own template when it has one.
-    let attacker_template = if spec.victim.is_none() || victim_spec == spec.attacker {
-        Some(template.clone())
-    } else {
-        chat_template_of(&spec.attacker).ok()
-    };
-    let context = attacker_context(attacker_template.as_ref(), &spec.options.instruction)?;
-    let victim = Victim::new(victim_lm, template)?;
-    let mut report = attack_with(&attacker, &context, &victim, spec, device, on_step)?;
-    let mut models = vec![
-        ("attacker", spec.attacker.as_str()),
-        ("victim", victim_spec),
-    ];
-    if let AttackObjective::TargetText { encoder, .. } = &spec.objective {
-        models.push(("encoder", encoder.as_str()));
+    let models = AttackModels::load(
+        &spec.attacker,
+        spec.victim.as_deref(),
+        spec.chat_template.as_deref(),
+        device,
+    )?;
+    models.attack(spec, device, on_step)
+}
+
+/// The attacker and the victim with its chat template, loaded once for any number of attacks
+/// (the Python package's `Attacker`).
+pub struct AttackModels {
+    attacker: LanguageModel,
+    /// None: the attacker is the victim.
+    separate_victim: Option<LanguageModel>,
+    attacker_spec: String,
+    victim_spec: String,
+    template: ChatTemplate,
+    attacker_template: Option<ChatTemplate>,
+}
+
+impl AttackModels {
+    /// `victim` None: the attacker (as BEAST). `chat_template` overrides the victim's own.
+    pub fn load(
+        attacker: &str,
+        victim: Option<&str>,
+        chat_template: Option<&Path>,
+        device: &Device,
+    ) -> Result<Self> {
+        let victim_spec = victim.unwrap_or(attacker);
+        let separate = victim_spec != attacker;
+        let attacker_lm = load_lm(attacker, device)?;
+        let separate_victim = if separate {
+            Some(load_lm(victim_spec, device)?)
+        } else {
+            None
+        };
+        let template = match chat_template {
+            Some(path) => ChatTemplate::from_path(path)?,
+            None => chat_template_of(victim_spec)
+                .with_context(|| format!("the victim '{victim_spec}' needs a chat template"))?,
+        };
+        // The attacker writes inside its own template when it has one.
+        let attacker_template = if separate {
+            chat_template_of(attacker).ok()
+        } else {
+            Some(template.clone())
+        };
+        Ok(Self {
+            attacker: attacker_lm,
+            separate_victim,
+            attacker_spec: attacker.to_string(),
+            victim_spec: victim_spec.to_string(),
+            template,
+            attacker_template,
+        })
     }
-    report.models = crate::events::models_json(&models);
-    Ok(report)
+
+    /// Runs one attack with these models (`spec`'s model fields are not consulted).
+    pub fn attack(
+        &self,
+        spec: &AttackSpec,
+        device: &Device,
+        on_step: impl FnMut(&AttackStep) -> Result<()>,
+    ) -> Result<AttackReport> {
+        crate::steer::search::attack::validate(&spec.options)?;
+        let victim_lm = self.separate_victim.as_ref().unwrap_or(&self.attacker);
+        let context = attacker_context(self.attacker_template.as_ref(), &spec.options.instruction)?;
+        let victim = Victim::new(victim_lm, self.template.clone())?;
+        let mut report = attack_with(&self.attacker, &context, &victim, spec, device, on_step)?;
+        let mut models = vec![
+            ("attacker", self.attacker_spec.as_str()),
+            ("victim", self.victim_spec.as_str()),
+        ];
+        if let AttackObjective::TargetText { encoder, .. } = &spec.objective {
+            models.push(("encoder", encoder.as_str()));
+        }
+        report.models = crate::events::models_json(&models);
+        Ok(report)
+    }
 }
 
 fn attack_with(
@@ -154,25 +353,28 @@ fn attack_with(
             success_score,
         } => {
             let command = CommandScorer::start(command, *timeout)?;
-            let objective = ResponseCommand {
+            scored_by(
+                attacker,
+                context,
                 victim,
-                command: &command,
-                response_tokens: options.response_tokens,
-            };
-            let success = match success_score {
-                Some(s) => Success::ScoreAtLeast(*s),
-                None => Success::Never,
-            };
-            let result = run(
-                attacker, context, victim, &objective, &success, options, on_step,
-            )?;
-            Ok(AttackReport {
-                result,
-                target_nll: None,
-                baseline_nll: None,
-                models: serde_json::Value::Null,
-            })
+                &command,
+                *success_score,
+                options,
+                on_step,
+            )
         }
+        AttackObjective::Scorer {
+            scorer,
+            success_score,
+        } => scored_by(
+            attacker,
+            context,
+            victim,
+            scorer.0.as_ref(),
+            *success_score,
+            options,
+            on_step,
+        ),
         AttackObjective::TargetText { text, encoder } => {
             if text.trim().is_empty() {
                 bail!("--target-text is empty: give the answer to steer the victim toward");
@@ -199,6 +401,36 @@ fn attack_with(
             })
         }
     }
+}
+
+/// An attack scored by a function of each prompt and the victim's greedy answer to it.
+fn scored_by(
+    attacker: &LanguageModel,
+    context: &str,
+    victim: &Victim<LanguageModel>,
+    scorer: &dyn ItemScorer,
+    success_score: Option<f32>,
+    options: &AttackOptions,
+    on_step: impl FnMut(&AttackStep) -> Result<()>,
+) -> Result<AttackReport> {
+    let objective = ResponseCommand {
+        victim,
+        command: scorer,
+        response_tokens: options.response_tokens,
+    };
+    let success = match success_score {
+        Some(s) => Success::ScoreAtLeast(s),
+        None => Success::Never,
+    };
+    let result = run(
+        attacker, context, victim, &objective, &success, options, on_step,
+    )?;
+    Ok(AttackReport {
+        result,
+        target_nll: None,
+        baseline_nll: None,
+        models: serde_json::Value::Null,
+    })
 }
 
 /// A score of `objective` for one text, for callers that check a single prompt.

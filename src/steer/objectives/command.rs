@@ -28,6 +28,36 @@ pub struct Item<'a> {
     pub response: Option<&'a str>,
 }
 
+/// Any scoring function of items: one finite number per item, in order, higher is better. A
+/// program ([`CommandScorer`]) is one; an in-process function (the Python package's callables)
+/// is another.
+pub trait ItemScorer {
+    fn score_items(&self, items: &[Item]) -> Result<Vec<f32>>;
+}
+
+/// A scoring function's answer, checked: exactly `expected` finite numbers. `who` names the
+/// function in the one-line error.
+pub fn checked_scores(
+    who: &str,
+    scores: &[serde_json::Value],
+    expected: usize,
+) -> Result<Vec<f32>> {
+    if scores.len() != expected {
+        bail!(
+            "{who} returned {} scores for {expected} items; answer one score per item, in order",
+            scores.len()
+        );
+    }
+    scores
+        .iter()
+        .enumerate()
+        .map(|(i, s)| match s.as_f64() {
+            Some(x) if x.is_finite() && (x as f32).is_finite() => Ok(x as f32),
+            _ => bail!("{who} returned {s} for item {i}; every score must be a finite number"),
+        })
+        .collect()
+}
+
 /// A running scorer program.
 pub struct CommandScorer {
     command: String,
@@ -87,6 +117,49 @@ impl CommandScorer {
 
     /// Scores `items`: one finite number per item, in order.
     pub fn score_items(&self, items: &[Item]) -> Result<Vec<f32>> {
+        ItemScorer::score_items(self, items)
+    }
+
+    fn parse(&self, line: &str, expected: usize) -> Result<Vec<f32>> {
+        let shown: String = line.chars().take(80).collect();
+        let malformed = || {
+            anyhow::anyhow!(
+                "scorer command '{}' wrote a malformed line ({shown:?}); each answer must be one line {{\"scores\":[numbers]}}",
+                self.command
+            )
+        };
+        let value: serde_json::Value = serde_json::from_str(line).map_err(|_| malformed())?;
+        let scores = value["scores"].as_array().ok_or_else(malformed)?;
+        checked_scores(
+            &format!("scorer command '{}'", self.command),
+            scores,
+            expected,
+        )
+    }
+
+    fn exited(&self, state: &mut Running) -> anyhow::Error {
+        // The pipe closes a moment before the process is reaped.
+        let mut status = None;
+        for _ in 0..50 {
+            if let Ok(Some(s)) = state.child.try_wait() {
+                status = Some(s);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let how = match status {
+            Some(s) => format!("exited ({s})"),
+            None => "closed its output".to_string(),
+        };
+        anyhow::anyhow!(
+            "scorer command '{}' {how} before answering; it must keep running and answer every line",
+            self.command
+        )
+    }
+}
+
+impl ItemScorer for CommandScorer {
+    fn score_items(&self, items: &[Item]) -> Result<Vec<f32>> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
@@ -113,56 +186,6 @@ impl CommandScorer {
             ),
         };
         self.parse(&line, items.len())
-    }
-
-    fn parse(&self, line: &str, expected: usize) -> Result<Vec<f32>> {
-        let shown: String = line.chars().take(80).collect();
-        let malformed = || {
-            anyhow::anyhow!(
-                "scorer command '{}' wrote a malformed line ({shown:?}); each answer must be one line {{\"scores\":[numbers]}}",
-                self.command
-            )
-        };
-        let value: serde_json::Value = serde_json::from_str(line).map_err(|_| malformed())?;
-        let scores = value["scores"].as_array().ok_or_else(malformed)?;
-        if scores.len() != expected {
-            bail!(
-                "scorer command '{}' returned {} scores for {expected} items; answer one score per item, in order",
-                self.command,
-                scores.len()
-            );
-        }
-        scores
-            .iter()
-            .enumerate()
-            .map(|(i, s)| match s.as_f64() {
-                Some(x) if x.is_finite() && (x as f32).is_finite() => Ok(x as f32),
-                _ => bail!(
-                    "scorer command '{}' returned {s} for item {i}; every score must be a finite number",
-                    self.command
-                ),
-            })
-            .collect()
-    }
-
-    fn exited(&self, state: &mut Running) -> anyhow::Error {
-        // The pipe closes a moment before the process is reaped.
-        let mut status = None;
-        for _ in 0..50 {
-            if let Ok(Some(s)) = state.child.try_wait() {
-                status = Some(s);
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let how = match status {
-            Some(s) => format!("exited ({s})"),
-            None => "closed its output".to_string(),
-        };
-        anyhow::anyhow!(
-            "scorer command '{}' {how} before answering; it must keep running and answer every line",
-            self.command
-        )
     }
 }
 

@@ -10,7 +10,7 @@
 //! - [`ResponseSimilarity`]: the cosine of the victim's greedy answer with a text target.
 //! - [`ResponseCommand`]: a `--scorer-cmd` program shown each prompt with the victim's answer.
 
-use super::command::{CommandScorer, Item};
+use super::command::{Item, ItemScorer};
 use super::{Objective, ScoreBatch, Scorer};
 use crate::steer::chat_template::ChatTemplate;
 use crate::steer::CausalLm;
@@ -260,10 +260,11 @@ impl<L: CausalLm, S: Scorer> Objective for ResponseSimilarity<'_, '_, L, S> {
     }
 }
 
-/// A `--scorer-cmd` program scoring each prompt with the victim's greedy answer to it.
+/// A scoring function (a `--scorer-cmd` program, a Python callable) scoring each prompt with the
+/// victim's greedy answer to it.
 pub struct ResponseCommand<'v, 'a, L: CausalLm> {
     pub victim: &'v Victim<'a, L>,
-    pub command: &'v CommandScorer,
+    pub command: &'v dyn ItemScorer,
     pub response_tokens: usize,
 }
 
