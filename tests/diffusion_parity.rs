@@ -81,7 +81,10 @@ fn two_dpm_steps_and_the_decoded_image_match_diffusers() {
             negative,
             guidance,
             scheduler.as_mut(),
-            |done, total| progress.push((done, total)),
+            |done, total| {
+                progress.push((done, total));
+                Ok(())
+            },
         )
         .expect("denoise");
     assert_eq!(progress, vec![(1, 2), (2, 2)]);

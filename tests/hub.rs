@@ -411,7 +411,7 @@ fn diffusers_pipelines_load_fp16_variants_bins_and_sharded_unets() {
             scheduler: clipsteer::diffusion::SchedulerKind::DpmPlusPlus2M,
         };
         pipeline
-            .generate(&options, |_, _| {})
+            .generate(&options, |_, _| Ok(()))
             .unwrap()
             .image
             .into_raw()

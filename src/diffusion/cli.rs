@@ -111,6 +111,7 @@ pub fn generate_with_progress(
     let generated = pipeline.generate(options, |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
+        Ok(())
     });
     bar.finish_and_clear();
     Ok(generated?.image)

@@ -280,7 +280,8 @@ impl StableDiffusion {
     }
 
     /// Denoises `latents` [1, C, h, w] (already pure noise) with classifier-free guidance.
-    /// `on_step(done, total)` runs after every step.
+    /// `on_step(done, total)` runs after every step; an error from it ends the run (a caller
+    /// that was interrupted).
     pub fn denoise(
         &self,
         latents: &Tensor,
@@ -288,7 +289,7 @@ impl StableDiffusion {
         negative: &str,
         guidance: f64,
         scheduler: &mut dyn Scheduler,
-        mut on_step: impl FnMut(usize, usize),
+        mut on_step: impl FnMut(usize, usize) -> Result<()>,
     ) -> Result<Tensor> {
         let guided = guidance > 1.0;
         let conditional = self.encode_prompt(prompt)?;
@@ -315,7 +316,7 @@ impl StableDiffusion {
                 noise_pred
             };
             latents = scheduler.step(&noise_pred, t, &latents)?;
-            on_step(i + 1, timesteps.len());
+            on_step(i + 1, timesteps.len())?;
         }
         Ok(latents)
     }
@@ -336,7 +337,7 @@ impl StableDiffusion {
     pub fn generate(
         &self,
         options: &GenerateOptions,
-        on_step: impl FnMut(usize, usize),
+        on_step: impl FnMut(usize, usize) -> Result<()>,
     ) -> Result<Generated> {
         self.check_size(options.width, options.height)?;
         let factor = self.downscale();
