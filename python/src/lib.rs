@@ -690,6 +690,8 @@ fn diffusion_args(
 
 #[pymodule]
 fn _clipsteer(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // A library prints nothing unless asked: no download progress bars on stderr.
+    clipsteer::hub::set_progress(false);
     m.add_class::<Models>()?;
     m.add_class::<AttackerModels>()?;
     m.add_class::<Diffusion>()?;
