@@ -8,12 +8,12 @@
 //! GIL released and checks for signals every 100 ms (Ctrl-C raises `KeyboardInterrupt` and stops
 //! the worker), and a `Run` dropped or closed halfway stops its worker at the next step.
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 use candle_core::Device;
 use clipsteer::attack::{AttackModels, AttackRequest, AttackSpec, SharedScorer};
 use clipsteer::clipscore::{clip_scores, Convention};
 use clipsteer::diffusion::cli::DiffusionArgs;
-use clipsteer::diffusion::{SchedulerKind, StableDiffusion};
+use clipsteer::diffusion::StableDiffusion;
 use clipsteer::events::{attack_done_json, attack_step_json, done_json, step_json};
 use clipsteer::image::{decode_image_bytes, load_image, DecodeLimits};
 use clipsteer::pipeline::{
@@ -586,17 +586,13 @@ impl Diffusion {
     fn new(py: Python<'_>, model: String, variant: Option<String>, device: &str) -> PyResult<Self> {
         let device = device_named(device)?;
         check_local(&model, "Stable Diffusion model")?;
-        let args = diffusion_args(
-            &model,
-            variant.clone(),
-            1,
-            "dpm++2m",
-            7.5,
-            8,
-            0,
-            String::new(),
-        )?;
-        let pipeline = py.detach(|| args.load(&device)).map_err(runtime_err)?;
+        let pipeline = py
+            .detach(|| -> Result<StableDiffusion> {
+                let dir = clipsteer::diffusion::resolve(&model, variant.as_deref())?;
+                StableDiffusion::load_variant(&dir, variant.as_deref(), &device)
+                    .with_context(|| format!("cannot load Stable Diffusion model '{model}'"))
+            })
+            .map_err(runtime_err)?;
         Ok(Self {
             pipeline: Arc::new(pipeline),
             model,
@@ -618,16 +614,19 @@ impl Diffusion {
         seed: u64,
         negative: String,
     ) -> PyResult<(u32, u32, Bound<'py, PyBytes>)> {
-        let args = diffusion_args(
-            &self.model,
-            self.variant.clone(),
+        let args = DiffusionArgs {
+            model: self.model.clone(),
+            variant: self.variant.clone(),
             steps,
-            scheduler,
+            scheduler: value_enum("scheduler", scheduler).map_err(value_err)?,
             guidance,
             size,
             seed,
             negative,
-        )?;
+        };
+        // The command line's checks, its flag names read as the keyword arguments they are here.
+        args.validate()
+            .map_err(|e| value_err(anyhow!(clipsteer::error_line(&e).replace("--", ""))))?;
         self.pipeline.check_size(size, size).map_err(value_err)?;
         let options = args.options(&prompt);
         let pipeline = self.pipeline.clone();
@@ -659,33 +658,6 @@ impl Diffusion {
         let pixels = image.into_raw();
         Ok((width, height, PyBytes::new(py, &pixels)))
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn diffusion_args(
-    model: &str,
-    variant: Option<String>,
-    steps: usize,
-    scheduler: &str,
-    guidance: f64,
-    size: usize,
-    seed: u64,
-    negative: String,
-) -> PyResult<DiffusionArgs> {
-    let scheduler: SchedulerKind = value_enum("scheduler", scheduler).map_err(value_err)?;
-    let args = DiffusionArgs {
-        model: model.to_string(),
-        variant,
-        steps,
-        scheduler,
-        guidance,
-        size,
-        seed,
-        negative,
-    };
-    args.validate()
-        .map_err(|e| value_err(anyhow!(clipsteer::error_line(&e).replace("--", ""))))?;
-    Ok(args)
 }
 
 #[pymodule]
