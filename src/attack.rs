@@ -102,7 +102,7 @@ pub struct AttackRequest {
 impl AttackRequest {
     /// Parses a JSON object of options; the error names the offending option.
     pub fn from_json(json: &str) -> Result<Self> {
-        serde_json::from_str(json).map_err(|e| anyhow::anyhow!("bad option: {e}"))
+        crate::pipeline::options_from_json(json)
     }
 
     /// The options and objective these ask for; `scorer`, an in-process scoring function, is

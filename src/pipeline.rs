@@ -104,9 +104,15 @@ pub struct BlockArgs {
 }
 
 impl BlockArgs {
-    /// The words of --block and --blocklist together.
+    /// The words of --block and --blocklist together. Each --block value is comma-separated (the
+    /// command line has split it already; options given as data are split here).
     pub fn to_blocklist(&self) -> Result<Blocklist> {
-        let mut words = self.block.clone();
+        let mut words: Vec<String> = self
+            .block
+            .iter()
+            .flat_map(|w| w.split(','))
+            .map(str::to_string)
+            .collect();
         if let Some(path) = &self.blocklist {
             words.extend(Blocklist::read_file(path)?);
         }
@@ -325,7 +331,7 @@ pub struct DescribeRequest {
 impl DescribeRequest {
     /// Parses a JSON object of options; the error names the offending option.
     pub fn from_json(json: &str) -> Result<Self> {
-        serde_json::from_str(json).map_err(|e| anyhow::anyhow!("bad option: {e}"))
+        options_from_json(json)
     }
 
     /// The spec and targets these options ask for, over models loaded from `lm` and `encoder`
@@ -384,6 +390,24 @@ impl DescribeRequest {
         };
         Ok((spec, targets))
     }
+}
+
+/// Options given as a JSON object, parsed into `T`; an error names the option it is about
+/// (serde_path_to_error) and says nothing of JSON positions, which the caller never wrote.
+pub fn options_from_json<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
+    let mut deserializer = serde_json::Deserializer::from_str(json);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let inner = e.inner().to_string();
+        let inner = inner
+            .split(" at line ")
+            .next()
+            .unwrap_or(&inner)
+            .to_string();
+        match e.path().to_string().as_str() {
+            "." => anyhow::anyhow!("bad option: {inner}"),
+            path => anyhow::anyhow!("option {path}: {inner}"),
+        }
+    })
 }
 
 /// A duration given in seconds by the option `name`: a positive, finite number.
@@ -683,7 +707,14 @@ impl Describer {
             ),
             None => {
                 let encoder = models.encoder()?;
+                if has_image && matches!(encoder, Encoder::Sentence(_)) {
+                    bail!("this encoder embeds text only: steer it with --target-text instead of images");
+                }
                 let targets = Targets::prepare(target_spec, encoder, has_image)?;
+                if !has_image {
+                    // Checked now, not at the first step: no target, or weights that cancel.
+                    combine(&targets.text_parts)?;
+                }
                 let name = models.encoder_spec.clone().unwrap_or_default();
                 (DescribeObjective::Embedding(targets), name)
             }

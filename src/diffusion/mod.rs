@@ -368,8 +368,16 @@ impl StableDiffusion {
     }
 }
 
+/// The largest image side `generate` makes. Stable Diffusion 1.x and 2.x are trained at 512 and
+/// 768; memory grows with the square of the latent positions in attention, and an allocation
+/// that fails aborts the process, so sizes past this are refused up front.
+pub const MAX_SIZE: usize = 1024;
+
 pub fn check_size(width: usize, height: usize, factor: usize) -> Result<()> {
     for (what, value) in [("width", width), ("height", height)] {
+        if value > MAX_SIZE {
+            bail!("image {what} {value} is over the limit of {MAX_SIZE} pixels; Stable Diffusion 1.x/2.x generate at 512 or 768");
+        }
         if value == 0 || !value.is_multiple_of(factor) {
             bail!(
                 "image {what} {value} is not a positive multiple of {factor}: pick e.g. {} (the VAE works on {factor}×{factor} pixel blocks)",
