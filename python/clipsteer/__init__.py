@@ -115,23 +115,40 @@ def _convert_to_rgb(image: "PIL.Image.Image") -> "PIL.Image.Image":  # noqa: F82
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
-_LIST_OPTIONS = ("target_text", "avoid_text", "target_weight", "block")
+# Options that take several values; one value may be given alone. `block` is comma-separated as
+# on the command line ("cat,dog" blocks both).
+_DESCRIBE_LISTS = ("target_text", "avoid_text", "target_weight", "block")
+_ATTACK_LISTS = ("block",)
 
 
-def _options_json(options: Dict[str, Any]) -> str:
+def _plain(name: str, value: Any) -> Any:
+    """A value as JSON takes it: numpy scalars and arrays as Python numbers and lists, paths as
+    text; a non-finite float is an error that names the option."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    elif isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, float) and not np.isfinite(value):
+        raise ValueError(f"option {name}: must be a finite number, got {value}")
+    if isinstance(value, (list, tuple)):
+        return [_plain(name, v) for v in value]
+    return value
+
+
+def _options_json(options: Dict[str, Any], lists: Sequence[str]) -> str:
     """Keyword arguments as the JSON object the core parses (unknown names are its errors)."""
     out: Dict[str, Any] = {}
     for name, value in options.items():
         if value is None:
             continue
-        if name in _LIST_OPTIONS and isinstance(value, (str, int, float)):
+        if name in lists and isinstance(value, (str, int, float, np.generic)):
             value = [value]
-        if isinstance(value, os.PathLike):
-            value = os.fspath(value)
-        out[name] = value
+        out[name] = _plain(name, value)
     try:
-        return json.dumps(out)
-    except TypeError as error:
+        return json.dumps(out, allow_nan=False)
+    except (TypeError, ValueError) as error:
         raise ValueError(f"bad option: {error}") from None
 
 
@@ -169,8 +186,12 @@ class Describer:
         preset: Optional[str] = None,
     ) -> None:
         self.lm = os.fspath(lm) if lm is not None else DEFAULT_LM
-        self.encoder = os.fspath(encoder) if encoder is not None else None
-        self._models = _clipsteer.Models(self.lm, self.encoder, device, preset)
+        self._models = _clipsteer.Models(
+            self.lm, os.fspath(encoder) if encoder is not None else None, device, preset
+        )
+        self.encoder: str = self._models.encoder
+        """The encoder loaded (the preset's or the default when none was named)."""
+        self.device = device
 
     def stream(self, image: Optional[ImageLike] = None, **options: Any) -> Iterator[Dict[str, Any]]:
         """Describes ``image`` step by step: a generator of ``step`` dicts, then the ``done``
@@ -194,7 +215,7 @@ class Describer:
         ``settings``, and ``stop_reason`` when it ended before ``max_tokens``.
         """
         image_arg = _image_bytes(image) if image is not None else None
-        return _events(self._models.describe(image_arg, _options_json(options)))
+        return _events(self._models.describe(image_arg, _options_json(options, _DESCRIBE_LISTS)))
 
     def describe(self, image: Optional[ImageLike] = None, **options: Any) -> Dict[str, Any]:
         """Describes ``image``: the ``done`` dict of :meth:`stream` (same options)."""
@@ -218,6 +239,9 @@ class Describer:
         texts = list(texts)
         if not all(isinstance(t, str) for t in texts):
             raise ValueError("embed_text takes a string or a list of strings")
+        if not texts:
+            _, dim = self._models.embed_text([""])
+            return np.zeros((0, dim), dtype=np.float32)
         data, dim = self._models.embed_text(texts)
         return np.frombuffer(data, dtype="<f4").reshape(len(texts), dim).astype(np.float32)
 
@@ -254,7 +278,7 @@ class Describer:
         return json.loads(scores)
 
     def __repr__(self) -> str:
-        return f"Describer(lm={self.lm!r}, encoder={self.encoder!r})"
+        return f"Describer(lm={self.lm!r}, encoder={self.encoder!r}, device={self.device!r})"
 
 
 class Attacker:
@@ -280,9 +304,12 @@ class Attacker:
         device: str = "cpu",
     ) -> None:
         self.lm = os.fspath(lm)
-        self.victim = os.fspath(victim) if victim is not None else None
+        self.victim = os.fspath(victim) if victim is not None else self.lm
+        self.device = device
         template = os.fspath(chat_template) if chat_template is not None else None
-        self._models = _clipsteer.AttackerModels(self.lm, self.victim, template, device)
+        self._models = _clipsteer.AttackerModels(
+            self.lm, os.fspath(victim) if victim is not None else None, template, device
+        )
 
     def stream(
         self,
@@ -315,7 +342,7 @@ class Attacker:
         if objective is not None and not callable(objective):
             raise ValueError("objective must be a callable: list[str] -> list[float]")
         options["instruction"] = instruction
-        return _events(self._models.attack(_options_json(options), objective))
+        return _events(self._models.attack(_options_json(options, _ATTACK_LISTS), objective))
 
     def attack(
         self,
@@ -331,7 +358,7 @@ class Attacker:
         return done
 
     def __repr__(self) -> str:
-        return f"Attacker(lm={self.lm!r}, victim={self.victim!r})"
+        return f"Attacker(lm={self.lm!r}, victim={self.victim!r}, device={self.device!r})"
 
 
 @functools.lru_cache(maxsize=1)
@@ -363,8 +390,15 @@ def generate(
     """
     from PIL import Image
 
+    for name, value in (("steps", steps), ("size", size), ("seed", seed)):
+        value = _plain(name, value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    guidance = _plain("guidance", guidance)
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)):
+        raise ValueError(f"guidance must be a number, got {guidance!r}")
     pipeline = _diffusion(os.fspath(model), variant, device)
     width, height, pixels = pipeline.generate(
-        prompt, steps, scheduler, float(guidance), size, seed, negative
+        prompt, int(steps), scheduler, float(guidance), int(size), int(seed), negative
     )
     return Image.frombytes("RGB", (width, height), pixels)

@@ -16,16 +16,22 @@ def _thumbnail(image: Any) -> str:
     """An <img> of the input, at most 256 pixels wide, or "" for a text target."""
     if image is None:
         return ""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
-    from . import _from_array
+    from . import _PNG_MODES, _convert_to_rgb, _from_array
 
     if isinstance(image, Image.Image):
         picture = image.copy()
     elif hasattr(image, "shape"):
         picture = _from_array(image)
     else:
-        picture = Image.open(image)
+        try:
+            with Image.open(image) as opened:
+                picture = ImageOps.exif_transpose(opened)
+        except Exception:
+            return ""  # the core reads more than Pillow (and has read this one): no thumbnail
+    if picture.mode not in _PNG_MODES or picture.mode == "I;16":
+        picture = _convert_to_rgb(picture)
     picture.thumbnail((256, 256))
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
@@ -55,16 +61,21 @@ def _render(thumbnail: str, event: Dict[str, Any]) -> str:
 
 def show(describer: "Describer", image: Optional["ImageLike"], options: Dict[str, Any]) -> Dict[str, Any]:
     try:
+        from IPython import get_ipython
         from IPython.display import HTML, display
     except ImportError:
+        get_ipython = None
+    if get_ipython is None or get_ipython() is None:
         raise RuntimeError(
-            "Describer.show needs IPython (run it in Jupyter); use describe() or stream() elsewhere"
-        ) from None
+            "Describer.show draws in Jupyter (IPython); use describe() or stream() elsewhere"
+        )
+    # Arguments are checked (and the work started) before anything is drawn.
+    events = describer.stream(image, **options)
     thumbnail = _thumbnail(image)
     handle = display(HTML(_render(thumbnail, {"text": "…"})), display_id=True)
     done: Dict[str, Any] = {}
     last_top: list = []
-    for event in describer.stream(image, **options):
+    for event in events:
         if event.get("event") == "step":
             last_top = event.get("top", [])
         else:

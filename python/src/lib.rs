@@ -44,7 +44,7 @@ enum Kind {
 /// The exception for `error`, carrying the command line's one-line message: `FileNotFoundError`
 /// when a file is missing, else `kind`'s.
 fn py_err(error: &anyhow::Error, kind: Kind) -> PyErr {
-    let message = clipsteer::error_line(error);
+    let message = keyword_names(&clipsteer::error_line(error));
     let missing = error.chain().any(|cause| {
         cause
             .downcast_ref::<std::io::Error>()
@@ -57,6 +57,30 @@ fn py_err(error: &anyhow::Error, kind: Kind) -> PyErr {
         Kind::Value => PyValueError::new_err(message),
         Kind::Runtime => PyRuntimeError::new_err(message),
     }
+}
+
+/// The library's messages name command-line flags (`--max-tokens`); here they are keyword
+/// arguments (`max_tokens`).
+fn keyword_names(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find("--") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        let flag_len = after
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '-'))
+            .unwrap_or(after.len());
+        let flag = &after[..flag_len];
+        if flag.starts_with(|c: char| c.is_ascii_lowercase()) {
+            out.push_str(&flag.replace('-', "_"));
+        } else {
+            out.push_str("--");
+            out.push_str(flag);
+        }
+        rest = &after[flag_len..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn value_err(error: anyhow::Error) -> PyErr {
@@ -105,6 +129,12 @@ impl ImageArg {
                 "image must be a path, a PIL.Image.Image, or a numpy uint8 array (H, W[, C])",
             )
         })?;
+        if path.is_dir() {
+            return Err(PyValueError::new_err(format!(
+                "{} is a directory: give one image (the command line describes folders)",
+                path.display()
+            )));
+        }
         if !path.is_file() {
             return Err(PyFileNotFoundError::new_err(format!(
                 "no image at {}",
@@ -319,6 +349,12 @@ impl Models {
             models: Arc::new(models),
             preset,
         })
+    }
+
+    /// The encoder loaded.
+    #[getter]
+    fn encoder(&self) -> Option<String> {
+        self.models.encoder_spec.clone()
     }
 
     /// Starts describing `image` (None: the text targets alone) with `options`, a JSON object
@@ -624,9 +660,7 @@ impl Diffusion {
             seed,
             negative,
         };
-        // The command line's checks, its flag names read as the keyword arguments they are here.
-        args.validate()
-            .map_err(|e| value_err(anyhow!(clipsteer::error_line(&e).replace("--", ""))))?;
+        args.validate().map_err(value_err)?;
         self.pipeline.check_size(size, size).map_err(value_err)?;
         let options = args.options(&prompt);
         let pipeline = self.pipeline.clone();

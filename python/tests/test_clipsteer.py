@@ -145,6 +145,24 @@ def test_numpy_arrays_embed_as_the_same_pixels(describer):
     np.testing.assert_array_equal(describer.embed_image(array[:, :, None]), describer.embed_image(grey))
 
 
+def test_options_as_python_users_give_them(describer):
+    image = IMAGES / "photo_80x53.jpg"
+    as_list = describer.describe(image, max_tokens=4, block=["the", "in"])
+    # A string is comma-separated, as --block is on the command line.
+    assert describer.describe(image, max_tokens=4, block="the,in")["token_ids"] == as_list["token_ids"]
+    with pytest.raises(ValueError, match="blocked word 'image'"):
+        describer.describe(image, block="cat,image")
+    # numpy scalars, as notebooks hold them.
+    assert describer.describe(image, max_tokens=np.int64(4), block=["the", "in"])["token_ids"] == as_list["token_ids"]
+    assert describer.embed_text([]).shape == (0, describer.embed_text("x").shape[1])
+    assert "clip-tiny-gelu" in repr(describer)
+
+
+def test_show_outside_jupyter_says_so(describer):
+    with pytest.raises(RuntimeError, match="Jupyter"):
+        describer.show(IMAGES / "photo_80x53.jpg", max_tokens=2)
+
+
 def test_bad_numpy_arrays_are_value_errors(describer):
     with pytest.raises(ValueError, match="uint8"):
         describer.embed_image(np.zeros((8, 8, 3), dtype=np.float32))
@@ -225,10 +243,16 @@ def test_errors_are_the_python_exceptions_users_expect(describer, tmp_path):
         describer.describe(image, max_token=3)
     with pytest.raises(ValueError, match="strategy 'greedy' is not one of: seed, magic, beam"):
         describer.describe(image, strategy="greedy")
-    with pytest.raises(ValueError, match="--top-k must be between 1"):
+    with pytest.raises(ValueError, match="top_k must be between 1"):
         describer.describe(image, top_k=0)
-    with pytest.raises(ValueError, match="invalid type"):
+    with pytest.raises(ValueError, match="option max_tokens: invalid type: string \"many\""):
         describer.describe(image, max_tokens="many")
+    with pytest.raises(ValueError, match="option temperature: must be a finite number"):
+        describer.describe(image, sample=True, temperature=float("nan"))
+    with pytest.raises(ValueError, match="no target: give an image or target_text"):
+        describer.describe(max_tokens=3)
+    with pytest.raises(ValueError, match="is a directory"):
+        describer.describe(IMAGES)
     with pytest.raises(ValueError, match="blocked word 'image'"):
         describer.describe(image, block="image")
     with pytest.raises(FileNotFoundError, match="no image at"):
@@ -410,6 +434,13 @@ def test_an_objective_that_raises_raises_itself(attacker):
         attacker.attack("Say something.", target_response="Sure", block="something")
 
 
+def test_attack_toward_a_text_through_an_encoder(attacker):
+    done = attacker.attack(
+        "Say something.", target_text="Sure, here it is", encoder=str(FIXTURES / "minilm-tiny"), max_tokens=2
+    )
+    assert done["prompt"].startswith("Say something.") and done["target_nll"] > 0
+
+
 def test_attack_toward_a_target_response_reports_nll(attacker):
     done = attacker.attack("Say something.", target_response="Sure, here", max_tokens=2)
     assert done["baseline_nll"] > 0 and done["target_nll"] > 0
@@ -434,3 +465,7 @@ def test_generate_returns_the_cli_image(tmp_path):
         np.testing.assert_array_equal(np.asarray(image), np.asarray(cli.convert("RGB")))
     with pytest.raises(ValueError, match="multiple of 8"):
         clipsteer.generate("x", model=sd, size=30)
+    with pytest.raises(ValueError, match="over the limit of 1024"):
+        clipsteer.generate("x", model=sd, size=10**6)
+    with pytest.raises(ValueError, match="non-negative integer"):
+        clipsteer.generate("x", model=sd, seed=-1)
