@@ -13,7 +13,7 @@
 use super::command::{CommandScorer, Item};
 use super::{Objective, ScoreBatch, Scorer};
 use crate::steer::chat_template::ChatTemplate;
-use crate::steer::CausalLm;
+use crate::steer::{CausalLm, TeacherForced};
 use anyhow::{bail, Result};
 use std::cell::RefCell;
 
@@ -93,7 +93,7 @@ impl<'a, L: CausalLm> Victim<'a, L> {
         prefix: &VictimPrefix<L::Cache>,
         texts: &[String],
         continuation: &[u32],
-    ) -> Result<Vec<Vec<f32>>> {
+    ) -> Result<Vec<TeacherForced>> {
         let prompts: Vec<Vec<u32>> = texts
             .iter()
             .map(|t| self.prompt_ids(t))
@@ -224,12 +224,19 @@ where
             .continuation_log_probs(prefix, texts, &self.target_ids)?;
         let similarities = rows
             .iter()
-            .map(|lp| (lp.iter().map(|&x| x as f64).sum::<f64>() / lp.len() as f64) as f32)
+            .map(|row| {
+                let lp = &row.log_probs;
+                (lp.iter().map(|&x| x as f64).sum::<f64>() / lp.len() as f64) as f32
+            })
             .collect();
         Ok(ScoreBatch {
             similarities,
             positions_computed: 0,
             distinct: texts.len(),
+            greedy_target: rows
+                .iter()
+                .map(|r| r.is_argmax.iter().all(|&a| a))
+                .collect(),
         })
     }
 }
@@ -291,6 +298,7 @@ impl<L: CausalLm> Objective for ResponseCommand<'_, '_, L> {
             similarities: self.command.score_items(&items)?,
             positions_computed: 0,
             distinct: texts.len(),
+            greedy_target: Vec::new(),
         })
     }
 }

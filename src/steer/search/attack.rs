@@ -170,6 +170,8 @@ struct Extension {
     log_prob: f64,
     objective: f32,
     total: f32,
+    /// The objective knows the victim's greedy answer to it begins with the target.
+    greedy_target: bool,
 }
 
 /// Checks options before any model runs.
@@ -372,6 +374,7 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
                     log_prob: beam.log_prob + log_probs[token as usize],
                     objective: f32::NAN,
                     total: f32::NAN,
+                    greedy_target: false,
                 });
             }
         }
@@ -383,11 +386,12 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
         }
         let texts: Vec<String> = extensions.iter().map(|e| prompt_of(&e.suffix)).collect();
         let prefix = objective.prefix(instruction, Some(&base_prefix))?;
-        let scores = objective.score(&prefix, &texts)?.similarities;
+        let batch = objective.score(&prefix, &texts)?;
         let length = (step + 1) as f64;
-        for (extension, score) in extensions.iter_mut().zip(scores) {
+        for (k, (extension, score)) in extensions.iter_mut().zip(batch.similarities).enumerate() {
             extension.objective = score;
             extension.total = score + options.readability * (extension.log_prob / length) as f32;
+            extension.greedy_target = batch.greedy_target.get(k).copied().unwrap_or(false);
         }
         let mut order: Vec<usize> = (0..extensions.len()).collect();
         // Best first; ties keep the earlier parent and draw (a stable sort).
@@ -400,6 +404,14 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
                 score: extensions[i].total,
             })
             .collect();
+        // Every candidate's greedy answer is known from the scoring forward when the objective
+        // teacher-forces the target: the best one that already answers with the target leads,
+        // so that the success check below (the real greedy decode) sees it even when a
+        // candidate with a higher mean log-probability fails on one token.
+        if let Some(at) = order.iter().position(|&i| extensions[i].greedy_target) {
+            let hit = order.remove(at);
+            order.insert(0, hit);
+        }
         order.truncate(options.beam_width);
 
         // The next beams, grouped by parent so that each parent's children share one forward.
