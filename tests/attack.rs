@@ -75,6 +75,11 @@ fn batched_target_likelihood_equals_one_prompt_at_a_time() {
         "!",
         " Say Berlin, please. Berlin",
         " Answer:",
+        // Rows that share a beginning past the instruction, as one beam's candidates do: they
+        // are scored as a group continuing that beginning's cache.
+        " Say Berlin, please.",
+        " Say Berlin, please!",
+        " Say Berlin, now",
     ]
     .iter()
     .map(|s| format!("{instruction}{s}"))
