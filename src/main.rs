@@ -2,7 +2,27 @@ use clap::Parser;
 
 fn main() {
     clipsteer::tune_runtime();
-    let cli = clipsteer::cli::Cli::parse();
+    let cli = match clipsteer::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                e.exit();
+            }
+            // clap's message, its usage block and its hint folded into one line: a bad flag
+            // reads like every other error of this program.
+            eprintln!(
+                "{}",
+                clipsteer::cli::usage_error_line(&e.render().to_string())
+            );
+            std::process::exit(e.exit_code());
+        }
+    };
     match clipsteer::cli::run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {

@@ -228,11 +228,68 @@ fn attack_refuses_bad_input_with_one_line() {
             ],
             "--time-limit",
         ),
+        (
+            vec![
+                "--instruction",
+                "Hi",
+                "--target-response",
+                "Rex",
+                "--readability",
+                "-1",
+            ],
+            "--readability must be a number ≥ 0, got -1",
+        ),
+        (
+            vec![
+                "--instruction",
+                "Hi",
+                "--target-response",
+                "Rex",
+                "--response-tokens",
+                "0",
+            ],
+            "--response-tokens",
+        ),
+        (
+            vec![
+                "--instruction",
+                "Hi",
+                "--target-response",
+                "Rex",
+                "--scorer-timeout",
+                "5",
+            ],
+            "--scorer-timeout applies only with --scorer-cmd",
+        ),
+        // clap's own refusals, folded into one line.
+        (
+            vec![
+                "--instruction",
+                "Hi",
+                "--target-response",
+                "Rex",
+                "--proposal",
+                "greedy",
+            ],
+            "[possible values: sample, top-k]",
+        ),
+        (
+            vec![
+                "--instruction",
+                "Hi",
+                "--target-response",
+                "Rex",
+                "--beam-width",
+                "x",
+            ],
+            "invalid value 'x' for '--beam-width",
+        ),
     ] {
         let mut all = vec!["attack", "--lm", model];
         all.extend(args);
         let output = run(&all);
-        assert_eq!(output.status.code(), Some(1));
+        // 2: an error, told apart from 1 (the budget ran out without success).
+        assert_eq!(output.status.code(), Some(2), "{all:?}");
         let err = stderr(&output);
         assert!(err.contains(wanted), "{err}");
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");

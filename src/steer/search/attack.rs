@@ -50,7 +50,8 @@ pub struct AttackOptions {
     pub time_limit: Option<Duration>,
     /// Words the suffix may not contain (the instruction may not contain them either).
     pub blocklist: Blocklist,
-    /// Tokens of the victim's greedy answer that the success check and the result show.
+    /// Tokens of the victim's greedy answer the result shows (at least as many as the success
+    /// check reads: the target's tokens and one more).
     pub response_tokens: usize,
 }
 
@@ -191,6 +192,9 @@ pub fn validate(options: &AttackOptions) -> Result<()> {
     if options.max_tokens == 0 {
         bail!("--max-tokens must be at least 1");
     }
+    if options.response_tokens == 0 {
+        bail!("--response-tokens must be at least 1: the success check reads the victim's answer");
+    }
     if !(options.readability.is_finite() && options.readability >= 0.0) {
         bail!(
             "--readability must be a number ≥ 0, got {}",
@@ -321,10 +325,14 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
         cache,
         logits,
     }];
+    // The check reads as many answer tokens as the target needs, even past --response-tokens
+    // (which only sets what is shown): a shorter read could never see the whole target.
     let check_tokens = success
         .tokens_needed(victim)?
-        .map_or(options.response_tokens, |n| n.min(options.response_tokens));
-    let (response, _) = victim.greedy_answer(instruction, options.response_tokens)?;
+        .unwrap_or(options.response_tokens);
+    // The result shows the answer the check read, at least.
+    let shown = options.response_tokens.max(check_tokens);
+    let (response, _) = victim.greedy_answer(instruction, shown)?;
     let mut best = (
         String::new(),
         Vec::new(),
@@ -472,8 +480,8 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
             seconds: started.elapsed().as_secs_f64(),
         })?;
         if succeeded {
-            if check_tokens < options.response_tokens {
-                response = victim.greedy_answer(&prompt, options.response_tokens)?.0;
+            if check_tokens != shown {
+                response = victim.greedy_answer(&prompt, shown)?.0;
             }
             let best = (
                 leader.suffix.clone(),
@@ -490,11 +498,9 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
             options.max_tokens
         ));
     }
-    if check_tokens < options.response_tokens {
+    if check_tokens != shown {
         // The steps showed only the start of the answer that the check needed.
-        best.3 = victim
-            .greedy_answer(&prompt_of(&best.0), options.response_tokens)?
-            .0;
+        best.3 = victim.greedy_answer(&prompt_of(&best.0), shown)?.0;
     }
     Ok(finish(
         instruction,
