@@ -58,6 +58,10 @@ pub struct AttackReport {
     pub baseline_nll: Option<f64>,
     /// Where each model came from ([`crate::events::models_json`]): attacker, victim, encoder.
     pub models: serde_json::Value,
+    /// The instruction, verbatim.
+    pub instruction: String,
+    /// The answer steered toward (`--target-response` or `--target-text`); None for a command.
+    pub target: Option<String>,
 }
 
 /// The chat template a model's files carry: a GGUF's `tokenizer.chat_template`, or the
@@ -119,6 +123,13 @@ pub fn run_attack(
         models.push(("encoder", encoder.as_str()));
     }
     report.models = crate::events::models_json(&models);
+    report.instruction = spec.options.instruction.clone();
+    report.target = match &spec.objective {
+        AttackObjective::TargetResponse(text) | AttackObjective::TargetText { text, .. } => {
+            Some(text.clone())
+        }
+        AttackObjective::Command { .. } => None,
+    };
     Ok(report)
 }
 
@@ -146,6 +157,8 @@ fn attack_with(
                 target_nll: Some(target_nll),
                 baseline_nll: Some(baseline_nll),
                 models: serde_json::Value::Null,
+                instruction: String::new(),
+                target: None,
             })
         }
         AttackObjective::Command {
@@ -171,6 +184,8 @@ fn attack_with(
                 target_nll: None,
                 baseline_nll: None,
                 models: serde_json::Value::Null,
+                instruction: String::new(),
+                target: None,
             })
         }
         AttackObjective::TargetText { text, encoder } => {
@@ -196,6 +211,8 @@ fn attack_with(
                 target_nll: Some(target_nll),
                 baseline_nll: Some(baseline_nll),
                 models: serde_json::Value::Null,
+                instruction: String::new(),
+                target: None,
             })
         }
     }

@@ -167,6 +167,8 @@ fn attack_cli_lowers_the_target_nll_and_reports_done() {
         assert!(step["prompt"].as_str().unwrap().starts_with(instruction));
         assert!(!step["top"].as_array().unwrap().is_empty());
     }
+    assert_eq!(done["instruction"], instruction);
+    assert_eq!(done["target"], "The capital of France is Berlin");
     let prompt = done["prompt"].as_str().unwrap();
     let suffix = done["suffix"].as_str().unwrap();
     assert_eq!(prompt, format!("{instruction}{suffix}"));
