@@ -99,10 +99,21 @@ impl Success {
         })
     }
 
+    /// Whether `response` (the victim's greedy answer) or `score` (the objective) succeeds. A
+    /// target that ends inside a word must end the answer's word too: "… gold is Ag" is not
+    /// answered by "… gold is Aglithaldehyde".
     pub fn check(&self, response: &str, score: f32) -> bool {
         match self {
             Success::ResponseStartsWith(target) => {
-                response.trim_start().starts_with(target.trim_start())
+                let target = target.trim_start();
+                match response.trim_start().strip_prefix(target) {
+                    None => false,
+                    Some(rest) => {
+                        let word = |c: char| c.is_alphanumeric();
+                        !(target.chars().next_back().is_some_and(word)
+                            && rest.chars().next().is_some_and(word))
+                    }
+                }
             }
             Success::ScoreAtLeast(threshold) => score >= *threshold,
             Success::Never => false,
@@ -530,5 +541,23 @@ fn finish(
         steps,
         seconds: started.elapsed().as_secs_f64(),
         stop_reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Success;
+
+    #[test]
+    fn a_target_must_end_the_answers_word() {
+        let gold = Success::ResponseStartsWith("The chemical symbol for gold is Ag".into());
+        assert!(gold.check(" The chemical symbol for gold is Ag.", 0.0));
+        assert!(gold.check("The chemical symbol for gold is Ag", 0.0));
+        assert!(gold.check("The chemical symbol for gold is Ag (silver)", 0.0));
+        assert!(!gold.check("The chemical symbol for gold is Aglithaldehyde.", 0.0));
+        assert!(!gold.check("The chemical symbol for gold is Au.", 0.0));
+        // A target that ends in punctuation may be followed by anything.
+        let comma = Success::ResponseStartsWith("Yes,".into());
+        assert!(comma.check("Yes,and", 0.0));
     }
 }
