@@ -207,6 +207,10 @@ pub struct AttackReport {
     pub baseline_nll: Option<f64>,
     /// Where each model came from ([`crate::events::models_json`]): attacker, victim, encoder.
     pub models: serde_json::Value,
+    /// The instruction, verbatim.
+    pub instruction: String,
+    /// The answer steered toward (`--target-response` or `--target-text`); None for a command.
+    pub target: Option<String>,
 }
 
 /// The chat template a model's files carry: a GGUF's `tokenizer.chat_template`, or the
@@ -317,6 +321,13 @@ impl AttackModels {
             models.push(("encoder", encoder.as_str()));
         }
         report.models = crate::events::models_json(&models);
+        report.instruction = spec.options.instruction.clone();
+        report.target = match &spec.objective {
+            AttackObjective::TargetResponse(text) | AttackObjective::TargetText { text, .. } => {
+                Some(text.clone())
+            }
+            AttackObjective::Command { .. } | AttackObjective::Scorer { .. } => None,
+        };
         Ok(report)
     }
 }
@@ -345,6 +356,8 @@ fn attack_with(
                 target_nll: Some(target_nll),
                 baseline_nll: Some(baseline_nll),
                 models: serde_json::Value::Null,
+                instruction: String::new(),
+                target: None,
             })
         }
         AttackObjective::Command {
@@ -398,6 +411,8 @@ fn attack_with(
                 target_nll: Some(target_nll),
                 baseline_nll: Some(baseline_nll),
                 models: serde_json::Value::Null,
+                instruction: String::new(),
+                target: None,
             })
         }
     }
@@ -430,6 +445,8 @@ fn scored_by(
         target_nll: None,
         baseline_nll: None,
         models: serde_json::Value::Null,
+        instruction: String::new(),
+        target: None,
     })
 }
 

@@ -552,6 +552,8 @@ pub enum ProposalArg {
 
 #[derive(Args, Debug)]
 #[command(group(clap::ArgGroup::new("objective").required(true).args(["target_response", "scorer_cmd", "target_text"])))]
+// "-1" is a (bad) value, answered by the flag's own check, not an unknown argument.
+#[command(allow_negative_numbers = true)]
 pub struct AttackArgs {
     /// The attacker LM, which writes the suffix: a llama-family .gguf file, or a GPT-2 directory
     /// or hub id.
@@ -575,14 +577,9 @@ pub struct AttackArgs {
     /// With --scorer-cmd: succeed once the best prompt scores at least this.
     #[arg(long, value_name = "SCORE", requires = "scorer_cmd")]
     pub success_score: Option<f32>,
-    /// With --scorer-cmd: seconds the program may take per batch.
-    #[arg(
-        long,
-        value_name = "SECONDS",
-        default_value_t = 60.0,
-        requires = "scorer_cmd"
-    )]
-    pub scorer_timeout: f64,
+    /// With --scorer-cmd: seconds the program may take per batch [default: 60].
+    #[arg(long, value_name = "SECONDS", requires = "scorer_cmd")]
+    pub scorer_timeout: Option<f64>,
     /// Steer the victim's greedy answer toward this text by cosine under --encoder.
     #[arg(long, value_name = "TEXT", requires = "encoder")]
     pub target_text: Option<String>,
@@ -604,20 +601,20 @@ pub struct AttackArgs {
     #[arg(long, value_enum, default_value_t = ProposalArg::Sample)]
     pub proposal: ProposalArg,
     /// Nucleus mass for --proposal sample.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = default_sample().0)]
     pub top_p: f32,
     /// Attacker temperature for --proposal sample.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = default_sample().1)]
     pub temperature: f32,
     /// Random seed for --proposal sample.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = default_sample().2)]
     pub seed: u64,
     /// Weight of the attacker's mean log-probability of the suffix (nats/token) added to the
     /// objective; higher reads more naturally.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = AttackOptions::new("").readability)]
     pub readability: f32,
     /// Tokens of the victim's greedy answer to generate and show.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = AttackOptions::new("").response_tokens)]
     pub response_tokens: usize,
     /// Seconds after which the best prompt so far is the result.
     #[arg(long, value_name = "SECONDS")]
@@ -631,13 +628,38 @@ pub struct AttackArgs {
     pub json: bool,
 }
 
+/// The library's default proposal settings: (top-p, temperature, seed).
+fn default_sample() -> (f32, f32, u64) {
+    match AttackOptions::new("").proposal {
+        Proposal::Sample {
+            top_p,
+            temperature,
+            seed,
+        } => (top_p, temperature, seed),
+        Proposal::TopK => (1.0, 1.0, 0),
+    }
+}
+
 impl AttackArgs {
     fn spec(&self) -> Result<AttackSpec> {
+        // clap's `requires` lets these through beside the required objective group; a flag
+        // that would be silently ignored is an error instead.
+        if self.scorer_cmd.is_none() {
+            if self.scorer_timeout.is_some() {
+                bail!("--scorer-timeout applies only with --scorer-cmd");
+            }
+            if self.success_score.is_some() {
+                bail!("--success-score applies only with --scorer-cmd");
+            }
+        }
+        if self.encoder.is_some() && self.target_text.is_none() {
+            bail!("--encoder applies only with --target-text");
+        }
         let objective = match (&self.target_response, &self.scorer_cmd, &self.target_text, &self.encoder) {
             (Some(target), None, None, _) => AttackObjective::TargetResponse(target.clone()),
             (None, Some(command), None, _) => AttackObjective::Command {
                 command: command.clone(),
-                timeout: seconds("--scorer-timeout", self.scorer_timeout)?,
+                timeout: seconds("--scorer-timeout", self.scorer_timeout.unwrap_or(60.0))?,
                 success_score: self.success_score,
             },
             (None, None, Some(text), Some(encoder)) => AttackObjective::TargetText {
@@ -678,7 +700,19 @@ impl AttackArgs {
     }
 }
 
+/// `attack`'s exit codes: 0 success, 1 the budget ran out, 2 an error (as grep and diff), so a
+/// script tells a failed attack from a failed run.
 fn run_attack_command(args: AttackArgs, device: &Device) -> Result<i32> {
+    match attack_command(args, device) {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            eprintln!("error: {}", crate::error_line(&e));
+            Ok(2)
+        }
+    }
+}
+
+fn attack_command(args: AttackArgs, device: &Device) -> Result<i32> {
     let spec = args.spec()?;
     let live = Progress::new(1);
     let stdout = std::io::stdout();
@@ -901,4 +935,27 @@ fn print_merge_report(report: &crate::merge::MergeReport, output: &Path) {
     for part in &report.partial {
         eprintln!("note: {part} ends in a partial line (a task killed mid-write; describe --resume trims it)");
     }
+}
+
+/// A clap error message as one line: its lines joined, the usage block and the "For more
+/// information" hint replaced by a pointer to --help.
+pub fn usage_error_line(rendered: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    let mut in_usage = false;
+    for line in rendered.lines() {
+        let line = line.trim();
+        if line.starts_with("Usage:") {
+            in_usage = true;
+            continue;
+        }
+        if line.is_empty() {
+            in_usage = false;
+            continue;
+        }
+        if in_usage || line.starts_with("For more information") {
+            continue;
+        }
+        parts.push(line);
+    }
+    format!("{} (see --help)", parts.join(" "))
 }

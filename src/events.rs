@@ -65,6 +65,8 @@ pub fn attack_done_json(report: &AttackReport) -> Value {
     let result = &report.result;
     let mut done = json!({
         "event": "done",
+        "instruction": report.instruction,
+        "target": report.target,
         "prompt": result.prompt,
         "suffix": result.suffix,
         "response": result.response,

@@ -37,3 +37,23 @@ pub fn error_line(error: &anyhow::Error) -> String {
         .collect();
     parts.join(": ").replace('\n', " ")
 }
+
+/// Process-wide settings that decide CPU throughput, as the `clipsteer` binary sets them. Call it
+/// first in `main`, before any other thread starts (it sets an environment variable and malloc
+/// thresholds), so that a program using the library measures what the binary does.
+pub fn tune_runtime() {
+    // candle's elementwise thread pool spins 25,000 times before parking after every op; on a
+    // small machine that spinning steals a core from the matmul threads. Keep it brief unless
+    // the user chose otherwise.
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "200");
+    }
+    // Activations of a steering step are a few MB each and die within the step: keep freed
+    // memory in the heap instead of returning it to the kernel, which then re-zeroes every page.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator thresholds; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
+}

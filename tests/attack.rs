@@ -75,13 +75,31 @@ fn batched_target_likelihood_equals_one_prompt_at_a_time() {
         "!",
         " Say Berlin, please. Berlin",
         " Answer:",
+        // Rows that share a beginning past the instruction, as one beam's candidates do: they
+        // are scored as a group continuing that beginning's cache.
+        " Say Berlin, please.",
+        " Say Berlin, please!",
+        " Say Berlin, now",
     ]
     .iter()
     .map(|s| format!("{instruction}{s}"))
     .collect();
     let prefix = objective.prefix(instruction, None).unwrap();
-    let batched = objective.score(&prefix, &texts).unwrap().similarities;
-    for (text, batched) in texts.iter().zip(&batched) {
+    let batch = objective.score(&prefix, &texts).unwrap();
+    let batched = batch.similarities;
+    // One text the victim already answers with the target, so that the greedy flag is seen true.
+    let echo = "Reply with exactly: The capital of France is Berlin";
+    let greedy_echo = objective
+        .score(&objective.prefix(echo, None).unwrap(), &[echo.to_string()])
+        .unwrap()
+        .greedy_target;
+    let (answer, _) = victim.greedy_answer(echo, 8).unwrap();
+    assert!(
+        answer.starts_with("The capital of France is Berlin"),
+        "{answer:?}"
+    );
+    assert_eq!(greedy_echo, vec![true]);
+    for ((text, batched), greedy) in texts.iter().zip(&batched).zip(&batch.greedy_target) {
         // From scratch: the whole templated prompt and target through the plain KV cache.
         let mut ids = victim.prompt_ids(text).unwrap();
         let prompt_len = ids.len();
@@ -89,8 +107,13 @@ fn batched_target_likelihood_equals_one_prompt_at_a_time() {
         ids.extend(&target);
         let mut cache = lm.new_cache();
         let mut total = 0.0f64;
+        let mut all_argmax = true;
         let mut logits = lm.next_logits(&ids[..prompt_len], &mut cache).unwrap();
         for (j, &token) in target.iter().enumerate() {
+            let best = (0..logits.len())
+                .max_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(b.cmp(&a)))
+                .unwrap();
+            all_argmax &= best == token as usize;
             let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
             let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
             total += logits[token as usize] as f64 - max - sum.ln();
@@ -99,6 +122,7 @@ fn batched_target_likelihood_equals_one_prompt_at_a_time() {
             }
         }
         let single = total / target.len() as f64;
+        assert_eq!(*greedy, all_argmax, "{text:?}: greedy flag");
         assert!(
             (*batched as f64 - single).abs() < 1e-3,
             "{text:?}: batched {batched} vs one at a time {single}"
@@ -143,6 +167,8 @@ fn attack_cli_lowers_the_target_nll_and_reports_done() {
         assert!(step["prompt"].as_str().unwrap().starts_with(instruction));
         assert!(!step["top"].as_array().unwrap().is_empty());
     }
+    assert_eq!(done["instruction"], instruction);
+    assert_eq!(done["target"], "The capital of France is Berlin");
     let prompt = done["prompt"].as_str().unwrap();
     let suffix = done["suffix"].as_str().unwrap();
     assert_eq!(prompt, format!("{instruction}{suffix}"));
@@ -204,11 +230,68 @@ fn attack_refuses_bad_input_with_one_line() {
             ],
             "--time-limit",
         ),
+        (
+            vec![
+                "--instruction",
+                "Hi",
+                "--target-response",
+                "Rex",
+                "--readability",
+                "-1",
+            ],
+            "--readability must be a number ≥ 0, got -1",
+        ),
+        (
+            vec![
+                "--instruction",
+                "Hi",
+                "--target-response",
+                "Rex",
+                "--response-tokens",
+                "0",
+            ],
+            "--response-tokens",
+        ),
+        (
+            vec![
+                "--instruction",
+                "Hi",
+                "--target-response",
+                "Rex",
+                "--scorer-timeout",
+                "5",
+            ],
+            "--scorer-timeout applies only with --scorer-cmd",
+        ),
+        // clap's own refusals, folded into one line.
+        (
+            vec![
+                "--instruction",
+                "Hi",
+                "--target-response",
+                "Rex",
+                "--proposal",
+                "greedy",
+            ],
+            "[possible values: sample, top-k]",
+        ),
+        (
+            vec![
+                "--instruction",
+                "Hi",
+                "--target-response",
+                "Rex",
+                "--beam-width",
+                "x",
+            ],
+            "invalid value 'x' for '--beam-width",
+        ),
     ] {
         let mut all = vec!["attack", "--lm", model];
         all.extend(args);
         let output = run(&all);
-        assert_eq!(output.status.code(), Some(1));
+        // 2: an error, told apart from 1 (the budget ran out without success).
+        assert_eq!(output.status.code(), Some(2), "{all:?}");
         let err = stderr(&output);
         assert!(err.contains(wanted), "{err}");
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");

@@ -1,6 +1,6 @@
 //! GPT-2 with its tokenizer behind [`CausalLm`].
 
-use super::{Branches, CausalLm};
+use super::{Branches, CausalLm, TeacherForced};
 use crate::models::attention::KvCache;
 use crate::models::gpt2::Gpt2;
 use crate::tokenize::{encode_plain, load_from_dir, TokenizerKind};
@@ -164,7 +164,7 @@ impl CausalLm for Gemma3Lm {
         cache: &KvCache,
         contexts: &[Vec<u32>],
         continuations: &[Vec<u32>],
-    ) -> Result<Vec<Vec<f32>>> {
+    ) -> Result<Vec<TeacherForced>> {
         continuation_log_probs(
             |input, cache| self.model.hidden_states(input, cache),
             |hidden| self.model.logits(hidden),
@@ -252,7 +252,7 @@ macro_rules! causal_lm_impl {
                 cache: &KvCache,
                 contexts: &[Vec<u32>],
                 continuations: &[Vec<u32>],
-            ) -> Result<Vec<Vec<f32>>> {
+            ) -> Result<Vec<TeacherForced>> {
                 continuation_log_probs(
                     |input, cache| self.model.hidden_states(input, cache),
                     |hidden| self.model.logits(hidden),
@@ -317,7 +317,7 @@ fn continuation_log_probs(
     cache: &KvCache,
     contexts: &[Vec<u32>],
     continuations: &[Vec<u32>],
-) -> Result<Vec<Vec<f32>>> {
+) -> Result<Vec<TeacherForced>> {
     if contexts.len() != continuations.len() {
         anyhow::bail!(
             "{} contexts for {} continuations",
@@ -375,10 +375,19 @@ fn continuation_log_probs(
         .gather(&Tensor::new(targets.as_slice(), device)?.unsqueeze(1)?, 1)?
         .squeeze(1)?
         .to_vec1::<f32>()?;
+    let argmax = log_probs.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?;
     let mut out = Vec::with_capacity(rows);
     let mut at = 0;
     for continuation in continuations {
-        out.push(chosen[at..at + continuation.len()].to_vec());
+        let span = at..at + continuation.len();
+        out.push(TeacherForced {
+            log_probs: chosen[span.clone()].to_vec(),
+            is_argmax: argmax[span.clone()]
+                .iter()
+                .zip(&targets[span])
+                .map(|(a, t)| a == t)
+                .collect(),
+        });
         at += continuation.len();
     }
     Ok(out)
@@ -457,7 +466,7 @@ impl CausalLm for LanguageModel {
         cache: &KvCache,
         contexts: &[Vec<u32>],
         continuations: &[Vec<u32>],
-    ) -> Result<Vec<Vec<f32>>> {
+    ) -> Result<Vec<TeacherForced>> {
         self.inner()
             .continuation_log_probs(cache, contexts, continuations)
     }

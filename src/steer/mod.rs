@@ -62,16 +62,28 @@ pub trait CausalLm {
     /// Teacher forcing, batched: row `i` continues the one-row `cache` with `contexts[i]` (at
     /// least one token) and then `continuations[i]`, all rows in one forward (right-padded, which
     /// causal attention makes harmless). Returns, per row, the natural-log probability of each
-    /// continuation token given everything before it.
+    /// continuation token given everything before it, and whether it was the most probable
+    /// token there.
     fn continuation_log_probs(
         &self,
         cache: &Self::Cache,
         contexts: &[Vec<u32>],
         continuations: &[Vec<u32>],
-    ) -> Result<Vec<Vec<f32>>>;
+    ) -> Result<Vec<TeacherForced>>;
     /// Ids of the tokenizer's added tokens (chat markers, end of text): text never contains
     /// them by accident, so a search that writes text a user could type leaves them out.
     fn special_token_ids(&self) -> Vec<u32>;
+}
+
+/// One row of [`CausalLm::continuation_log_probs`]: one entry per continuation token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TeacherForced {
+    /// ln p(token | everything before it), f32.
+    pub log_probs: Vec<f32>,
+    /// Whether the token was the model's most probable next token there: when every entry is
+    /// true, greedy decoding writes the continuation (up to near-ties, which the batched
+    /// forward's rounding may break differently from a one-row forward).
+    pub is_argmax: Vec<bool>,
 }
 
 /// What [`CausalLm::branch`] returns.

@@ -225,6 +225,7 @@ impl Objective for CommandScorer {
             similarities: self.score_items(&items)?,
             positions_computed: 0,
             distinct: texts.len(),
+            greedy_target: Vec::new(),
         })
     }
 }

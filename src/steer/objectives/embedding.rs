@@ -178,6 +178,7 @@ impl Scorer for ClipScorer {
             similarities: slots.iter().map(|&s| cosines[s]).collect(),
             positions_computed: embedded.positions_computed,
             distinct: distinct.len(),
+            greedy_target: Vec::new(),
         })
     }
 }

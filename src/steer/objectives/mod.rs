@@ -52,6 +52,10 @@ pub struct ScoreBatch {
     pub positions_computed: usize,
     /// Distinct token sequences embedded (identical ones are embedded once).
     pub distinct: usize,
+    /// Per text, whether the victim's greedy answer is known to begin with the target's tokens
+    /// (every target token is the argmax under teacher forcing): objectives that teacher-force
+    /// a target response fill it for free; empty for the others.
+    pub greedy_target: Vec<bool>,
 }
 
 /// Scales a vector to unit length.

@@ -117,6 +117,7 @@ impl Scorer for SentenceScorer {
             similarities: slots.iter().map(|&s| cosines[s]).collect(),
             positions_computed: positions,
             distinct: distinct.len(),
+            greedy_target: Vec::new(),
         })
     }
 }

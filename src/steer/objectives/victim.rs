@@ -13,7 +13,7 @@
 use super::command::{Item, ItemScorer};
 use super::{Objective, ScoreBatch, Scorer};
 use crate::steer::chat_template::ChatTemplate;
-use crate::steer::CausalLm;
+use crate::steer::{CausalLm, TeacherForced};
 use anyhow::{bail, Result};
 use std::cell::RefCell;
 
@@ -93,7 +93,7 @@ impl<'a, L: CausalLm> Victim<'a, L> {
         prefix: &VictimPrefix<L::Cache>,
         texts: &[String],
         continuation: &[u32],
-    ) -> Result<Vec<Vec<f32>>> {
+    ) -> Result<Vec<TeacherForced>> {
         let prompts: Vec<Vec<u32>> = texts
             .iter()
             .map(|t| self.prompt_ids(t))
@@ -110,16 +110,41 @@ impl<'a, L: CausalLm> Victim<'a, L> {
         } else {
             self.lm.truncate_cache(&prefix.cache, shared)?
         };
-        let mut out = Vec::with_capacity(texts.len());
-        for chunk in prompts.chunks(ROWS_PER_FORWARD) {
-            let contexts: Vec<Vec<u32>> = chunk.iter().map(|p| p[shared..].to_vec()).collect();
-            let continuations = vec![continuation.to_vec(); chunk.len()];
-            out.extend(
+        let mut out: Vec<Option<TeacherForced>> = vec![None; texts.len()];
+        // With nothing shared the cache is empty, and a model may add its own <bos> there.
+        let groups = if shared == 0 {
+            vec![(0, (0..prompts.len()).collect())]
+        } else {
+            share_groups(&prompts, shared)
+        };
+        for (group_shared, rows) in groups {
+            // The group's common beginning past `shared` goes through the victim once, not once
+            // per row: in the attack a group is one beam's candidates, which share the suffix.
+            let group_cache = if group_shared > shared {
+                let mut c = cache.clone();
                 self.lm
-                    .continuation_log_probs(&cache, &contexts, &continuations)?,
-            );
+                    .next_logits(&prompts[rows[0]][shared..group_shared], &mut c)?;
+                c
+            } else {
+                cache.clone()
+            };
+            for chunk in rows.chunks(ROWS_PER_FORWARD) {
+                let contexts: Vec<Vec<u32>> = chunk
+                    .iter()
+                    .map(|&i| prompts[i][group_shared..].to_vec())
+                    .collect();
+                let continuations = vec![continuation.to_vec(); chunk.len()];
+                let scored =
+                    self.lm
+                        .continuation_log_probs(&group_cache, &contexts, &continuations)?;
+                for (&i, row) in chunk.iter().zip(scored) {
+                    out[i] = Some(row);
+                }
+            }
         }
-        Ok(out)
+        out.into_iter()
+            .map(|row| row.ok_or_else(|| anyhow::anyhow!("a prompt was left unscored")))
+            .collect()
     }
 
     /// The ids of `text` as the victim would write it after its generation prompt.
@@ -136,6 +161,45 @@ const ROWS_PER_FORWARD: usize = 64;
 pub struct VictimPrefix<C> {
     ids: Vec<u32>,
     cache: C,
+}
+
+/// Groups rows (`prompts`, each longer than `shared` tokens, all sharing their first `shared`)
+/// so that each group's common beginning runs once: returns (tokens the group's rows share, at
+/// most each row's length less one; the rows' indices). Rows are taken in id order, and a row
+/// joins the group before it when that computes fewer positions than starting its own.
+fn share_groups(prompts: &[Vec<u32>], shared: usize) -> Vec<(usize, Vec<usize>)> {
+    let mut order: Vec<usize> = (0..prompts.len()).collect();
+    order.sort_by(|&a, &b| prompts[a].cmp(&prompts[b]));
+    let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
+    for i in order {
+        let row = &prompts[i];
+        let own = row.len().saturating_sub(1).max(shared);
+        if let Some((group_shared, members)) = groups.last_mut() {
+            let joint = common_prefix(&prompts[members[0]], row)
+                .min(own)
+                .min(*group_shared)
+                .max(shared);
+            // Positions computed either way: the group's prefix plus every row past it.
+            let members_past = |at: usize| {
+                members
+                    .iter()
+                    .map(|&m| prompts[m].len() - at)
+                    .sum::<usize>()
+            };
+            let joined = (joint - shared) + members_past(joint) + (row.len() - joint);
+            let apart = (*group_shared - shared)
+                + members_past(*group_shared)
+                + (own - shared)
+                + (row.len() - own);
+            if joined <= apart {
+                *group_shared = joint;
+                members.push(i);
+                continue;
+            }
+        }
+        groups.push((own, vec![i]));
+    }
+    groups
 }
 
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {
@@ -224,12 +288,19 @@ where
             .continuation_log_probs(prefix, texts, &self.target_ids)?;
         let similarities = rows
             .iter()
-            .map(|lp| (lp.iter().map(|&x| x as f64).sum::<f64>() / lp.len() as f64) as f32)
+            .map(|row| {
+                let lp = &row.log_probs;
+                (lp.iter().map(|&x| x as f64).sum::<f64>() / lp.len() as f64) as f32
+            })
             .collect();
         Ok(ScoreBatch {
             similarities,
             positions_computed: 0,
             distinct: texts.len(),
+            greedy_target: rows
+                .iter()
+                .map(|r| r.is_argmax.iter().all(|&a| a))
+                .collect(),
         })
     }
 }
@@ -292,6 +363,7 @@ impl<L: CausalLm> Objective for ResponseCommand<'_, '_, L> {
             similarities: self.command.score_items(&items)?,
             positions_computed: 0,
             distinct: texts.len(),
+            greedy_target: Vec::new(),
         })
     }
 }

@@ -50,7 +50,8 @@ pub struct AttackOptions {
     pub time_limit: Option<Duration>,
     /// Words the suffix may not contain (the instruction may not contain them either).
     pub blocklist: Blocklist,
-    /// Tokens of the victim's greedy answer that the success check and the result show.
+    /// Tokens of the victim's greedy answer the result shows (at least as many as the success
+    /// check reads: the target's tokens and one more).
     pub response_tokens: usize,
 }
 
@@ -98,10 +99,21 @@ impl Success {
         })
     }
 
+    /// Whether `response` (the victim's greedy answer) or `score` (the objective) succeeds. A
+    /// target that ends inside a word must end the answer's word too: "… gold is Ag" is not
+    /// answered by "… gold is Aglithaldehyde".
     pub fn check(&self, response: &str, score: f32) -> bool {
         match self {
             Success::ResponseStartsWith(target) => {
-                response.trim_start().starts_with(target.trim_start())
+                let target = target.trim_start();
+                match response.trim_start().strip_prefix(target) {
+                    None => false,
+                    Some(rest) => {
+                        let word = |c: char| c.is_alphanumeric();
+                        !(target.chars().next_back().is_some_and(word)
+                            && rest.chars().next().is_some_and(word))
+                    }
+                }
             }
             Success::ScoreAtLeast(threshold) => score >= *threshold,
             Success::Never => false,
@@ -170,6 +182,8 @@ struct Extension {
     log_prob: f64,
     objective: f32,
     total: f32,
+    /// The objective knows the victim's greedy answer to it begins with the target.
+    greedy_target: bool,
 }
 
 /// Checks options before any model runs.
@@ -188,6 +202,9 @@ pub fn validate(options: &AttackOptions) -> Result<()> {
     }
     if options.max_tokens == 0 {
         bail!("--max-tokens must be at least 1");
+    }
+    if options.response_tokens == 0 {
+        bail!("--response-tokens must be at least 1: the success check reads the victim's answer");
     }
     if !(options.readability.is_finite() && options.readability >= 0.0) {
         bail!(
@@ -319,10 +336,14 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
         cache,
         logits,
     }];
+    // The check reads as many answer tokens as the target needs, even past --response-tokens
+    // (which only sets what is shown): a shorter read could never see the whole target.
     let check_tokens = success
         .tokens_needed(victim)?
-        .map_or(options.response_tokens, |n| n.min(options.response_tokens));
-    let (response, _) = victim.greedy_answer(instruction, options.response_tokens)?;
+        .unwrap_or(options.response_tokens);
+    // The result shows the answer the check read, at least.
+    let shown = options.response_tokens.max(check_tokens);
+    let (response, _) = victim.greedy_answer(instruction, shown)?;
     let mut best = (
         String::new(),
         Vec::new(),
@@ -372,6 +393,7 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
                     log_prob: beam.log_prob + log_probs[token as usize],
                     objective: f32::NAN,
                     total: f32::NAN,
+                    greedy_target: false,
                 });
             }
         }
@@ -383,11 +405,12 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
         }
         let texts: Vec<String> = extensions.iter().map(|e| prompt_of(&e.suffix)).collect();
         let prefix = objective.prefix(instruction, Some(&base_prefix))?;
-        let scores = objective.score(&prefix, &texts)?.similarities;
+        let batch = objective.score(&prefix, &texts)?;
         let length = (step + 1) as f64;
-        for (extension, score) in extensions.iter_mut().zip(scores) {
+        for (k, (extension, score)) in extensions.iter_mut().zip(batch.similarities).enumerate() {
             extension.objective = score;
             extension.total = score + options.readability * (extension.log_prob / length) as f32;
+            extension.greedy_target = batch.greedy_target.get(k).copied().unwrap_or(false);
         }
         let mut order: Vec<usize> = (0..extensions.len()).collect();
         // Best first; ties keep the earlier parent and draw (a stable sort).
@@ -400,6 +423,14 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
                 score: extensions[i].total,
             })
             .collect();
+        // Every candidate's greedy answer is known from the scoring forward when the objective
+        // teacher-forces the target: the best one that already answers with the target leads,
+        // so that the success check below (the real greedy decode) sees it even when a
+        // candidate with a higher mean log-probability fails on one token.
+        if let Some(at) = order.iter().position(|&i| extensions[i].greedy_target) {
+            let hit = order.remove(at);
+            order.insert(0, hit);
+        }
         order.truncate(options.beam_width);
 
         // The next beams, grouped by parent so that each parent's children share one forward.
@@ -460,8 +491,8 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
             seconds: started.elapsed().as_secs_f64(),
         })?;
         if succeeded {
-            if check_tokens < options.response_tokens {
-                response = victim.greedy_answer(&prompt, options.response_tokens)?.0;
+            if check_tokens != shown {
+                response = victim.greedy_answer(&prompt, shown)?.0;
             }
             let best = (
                 leader.suffix.clone(),
@@ -478,11 +509,9 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
             options.max_tokens
         ));
     }
-    if check_tokens < options.response_tokens {
+    if check_tokens != shown {
         // The steps showed only the start of the answer that the check needed.
-        best.3 = victim
-            .greedy_answer(&prompt_of(&best.0), options.response_tokens)?
-            .0;
+        best.3 = victim.greedy_answer(&prompt_of(&best.0), shown)?.0;
     }
     Ok(finish(
         instruction,
@@ -512,5 +541,23 @@ fn finish(
         steps,
         seconds: started.elapsed().as_secs_f64(),
         stop_reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Success;
+
+    #[test]
+    fn a_target_must_end_the_answers_word() {
+        let gold = Success::ResponseStartsWith("The chemical symbol for gold is Ag".into());
+        assert!(gold.check(" The chemical symbol for gold is Ag.", 0.0));
+        assert!(gold.check("The chemical symbol for gold is Ag", 0.0));
+        assert!(gold.check("The chemical symbol for gold is Ag (silver)", 0.0));
+        assert!(!gold.check("The chemical symbol for gold is Aglithaldehyde.", 0.0));
+        assert!(!gold.check("The chemical symbol for gold is Au.", 0.0));
+        // A target that ends in punctuation may be followed by anything.
+        let comma = Success::ResponseStartsWith("Yes,".into());
+        assert!(comma.check("Yes,and", 0.0));
     }
 }
