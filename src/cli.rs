@@ -411,6 +411,7 @@ impl DescribeArgs {
             beam: BeamParams {
                 width: self.beam_width,
                 fluency: self.beam_fluency,
+                ..BeamParams::default()
             },
             no_sentence_stop: self.no_sentence_stop,
             score_text: self.score_text,

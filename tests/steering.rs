@@ -819,6 +819,7 @@ fn a_beam_with_room_for_every_path_returns_the_best_scoring_text() {
     opts.beam = BeamParams {
         width: k.pow(depth as u32),
         fluency,
+        ..BeamParams::default()
     };
     opts.scored_text = ScoredText::Generated;
     let mut steps = 0;
@@ -863,6 +864,7 @@ fn a_width_one_beam_without_fluency_is_greedy_by_similarity() {
     beam.beam = BeamParams {
         width: 1,
         fluency: 0.0,
+        ..BeamParams::default()
     };
     let greedy = describe(&lm, &scorer, &target, &seed, |_| Ok(())).unwrap();
     assert!(
