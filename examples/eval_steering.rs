@@ -67,6 +67,9 @@ struct Args {
     /// Beam: lookahead tokens (text and greedy completion scored together).
     #[arg(long)]
     lookahead: Option<usize>,
+    /// Beam: steps before --max-tokens in which a hypothesis may end with "." outside its top-k.
+    #[arg(long)]
+    close_within: Option<usize>,
     /// generated or full (prompt + text).
     #[arg(long)]
     score_text: Option<String>,
@@ -196,6 +199,9 @@ fn main() -> Result<()> {
     if let Some(l) = args.lookahead {
         options.beam.lookahead = l;
     }
+    if let Some(c) = args.close_within {
+        options.beam.close_within = c;
+    }
     match args.score_text.as_deref() {
         None => {}
         Some("generated") => options.scored_text = ScoredText::Generated,
@@ -317,7 +323,7 @@ fn main() -> Result<()> {
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     println!(
-        "{label} [{} ×{}]: cos {:.3}  nll {:.2}  tokens {:.1}  leaks {leaks}  unfinished {unfinished}  s/case {:.1}  (top-k {}, width {}, fluency {}, diversity {}, lookahead {}, α {}, β {}, scale {:?}, scored {:?})",
+        "{label} [{} ×{}]: cos {:.3}  nll {:.2}  tokens {:.1}  leaks {leaks}  unfinished {unfinished}  s/case {:.1}  (top-k {}, width {}, fluency {}, diversity {}, lookahead {}, close within {}, α {}, β {}, scale {:?}, scored {:?})",
         args.split,
         cosines.len(),
         mean(&cosines),
@@ -329,6 +335,7 @@ fn main() -> Result<()> {
         options.beam.fluency,
         options.beam.diversity,
         options.beam.lookahead,
+        options.beam.close_within,
         options.magic.alpha,
         options.magic.beta,
         options.magic.scale,

@@ -25,6 +25,11 @@ pub struct BeamParams {
     /// together, similarity and mean log-probability alike. The text a hypothesis keeps, and the
     /// final rerank, are its own. 0: off.
     pub lookahead: usize,
+    /// In the last this many steps before --max-tokens, every live hypothesis may also end with
+    /// a period even when "." is not among its LM top-k (at its true log-probability), and at
+    /// --max-tokens every such ended text joins the finished ones: with sentences asked for, the
+    /// answer then ends as a sentence instead of being cut mid-clause. 0: off.
+    pub close_within: usize,
 }
 
 impl Default for BeamParams {
@@ -34,6 +39,7 @@ impl Default for BeamParams {
             fluency: 0.1,
             diversity: 0.0,
             lookahead: 0,
+            close_within: 0,
         }
     }
 }
@@ -116,6 +122,11 @@ pub fn run<L: CausalLm, O: Objective>(
     let mut lm_seconds = clock.elapsed().as_secs_f64();
     let mut finished: Vec<Hypothesis<L::Cache, O::Prefix>> = Vec::new();
     let mut stop_reason = None;
+    // The token a closing hypothesis ends with: "." when it is one token.
+    let period = match lm.encode(".")?.as_slice() {
+        [id] if params.close_within > 0 && options.stop_at_sentence_end => Some(*id),
+        _ => None,
+    };
     for step in 0..options.max_tokens {
         clock = std::time::Instant::now();
         let mut expansions = Vec::new();
@@ -132,7 +143,13 @@ pub fn run<L: CausalLm, O: Objective>(
             let eos = lm.eos_token_id();
             // Ending adds no text, so it needs no scoring; an empty text cannot end.
             let ends_text = eos.filter(|e| step > 0 && ranked.contains(e));
-            let ranked: Vec<u32> = ranked.into_iter().filter(|&c| Some(c) != eos).collect();
+            let mut ranked: Vec<u32> = ranked.into_iter().filter(|&c| Some(c) != eos).collect();
+            if let Some(period) = period {
+                let closing = step > 0 && step + params.close_within >= options.max_tokens;
+                if closing && !ranked.contains(&period) {
+                    ranked.push(period);
+                }
+            }
             let allowed = allowed_candidates(
                 lm,
                 &hypothesis.ids,
@@ -256,6 +273,7 @@ pub fn run<L: CausalLm, O: Objective>(
 
         // The next beam, grouped by parent so that each parent's children share one LM forward.
         let mut kept: Vec<usize> = Vec::new();
+        let mut pushed: Vec<usize> = Vec::new();
         let mut newly_finished = 0;
         for &i in &order {
             if kept.len() == params.width {
@@ -280,11 +298,31 @@ pub fn run<L: CausalLm, O: Objective>(
                     ended: sentence_done,
                 });
                 newly_finished += 1;
+                pushed.push(i);
                 if newly_finished == params.width {
                     break;
                 }
             } else {
                 kept.push(i);
+            }
+        }
+        if period.is_some() && step + 1 == options.max_tokens {
+            for (i, expansion) in expansions.iter().enumerate() {
+                if !finishes[i].1 || expansion.ends_text || pushed.contains(&i) {
+                    continue;
+                }
+                let mut ids = live[expansion.parent].ids.clone();
+                ids.push(expansion.token);
+                finished.push(Hypothesis {
+                    ids,
+                    text: expansion.phrase.clone(),
+                    scored_text: expansion.scored_text.clone(),
+                    log_prob: expansion.log_prob,
+                    similarity: expansion.similarity,
+                    state: None,
+                    parent_prefix: None,
+                    ended: true,
+                });
             }
         }
         clock = std::time::Instant::now();
