@@ -180,6 +180,10 @@ pub struct DescribeArgs {
     /// Tokens to generate.
     #[arg(long, default_value_t = 25)]
     pub max_tokens: usize,
+    /// The search. seed, the default, is the original demo's loop token for token (the
+    /// reference the parity tests pin); beam is the one recommended for fluent, on-target text,
+    /// with an instruction-tuned LM's chat template as --prompt (held-out figures:
+    /// docs/STEERING.md).
     #[arg(long, value_enum, default_value_t = Strategy::Seed)]
     pub strategy: Strategy,
     /// MAGIC: weight α of the degeneration penalty.
