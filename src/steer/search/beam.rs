@@ -39,7 +39,9 @@ impl Default for BeamParams {
             fluency: 0.1,
             diversity: 0.0,
             lookahead: 0,
-            close_within: 0,
+            // Chosen on the tuning half of eval/targets.jsonl and confirmed on the held-out half
+            // (docs/STEERING.md): it ends the texts that were cut, at no cost in cosine or NLL.
+            close_within: 8,
         }
     }
 }
