@@ -18,7 +18,7 @@ use candle_core::Device;
 use clap::Parser;
 use clipsteer::load::load_lm;
 use clipsteer::steer::constraints::Blocklist;
-use clipsteer::steer::describe::{describe, DescribeOptions, Strategy};
+use clipsteer::steer::describe::{describe, DescribeOptions, ScoredText, Strategy};
 use clipsteer::steer::lm::LanguageModel;
 use clipsteer::steer::{normalize, Scorer, SentenceScorer};
 use std::io::Write;
@@ -61,9 +61,26 @@ struct Args {
     beta: Option<f32>,
     #[arg(long)]
     scale: Option<f32>,
-    /// Only the first N cases of the split (to iterate quickly).
+    /// Beam: sibling-rank penalty γ.
+    #[arg(long)]
+    diversity: Option<f32>,
+    /// Beam: lookahead tokens (text and greedy completion scored together).
+    #[arg(long)]
+    lookahead: Option<usize>,
+    /// Beam: steps before --max-tokens in which a hypothesis may end with "." outside its top-k.
+    #[arg(long)]
+    close_within: Option<usize>,
+    /// generated or full (prompt + text).
+    #[arg(long)]
+    score_text: Option<String>,
+    /// Only the first N cases of the split (to iterate quickly; with --resume, the first N not
+    /// yet in --out).
     #[arg(long)]
     limit: Option<usize>,
+    /// Skip the cases --out already holds under this --label, and report the means over all of
+    /// the label's cases there: a long run goes in chunks (--limit per command) that add up.
+    #[arg(long, requires = "out")]
+    resume: bool,
     /// Append one JSON line per case here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -144,9 +161,6 @@ fn main() -> Result<()> {
     let lm = load_lm(&args.lm, &device)?;
     let scorer = SentenceScorer::load(&args.encoder, &device)?;
     let mut cases = read_cases(&args.targets, &args.split)?;
-    if let Some(limit) = args.limit {
-        cases.truncate(limit);
-    }
     let prompt = prompt_for(&lm, &args.prompt);
     let (strategy, unguided) = match args.strategy.as_str() {
         "seed" => (Strategy::Seed, false),
@@ -179,6 +193,21 @@ fn main() -> Result<()> {
     if let Some(s) = args.scale {
         options.magic.scale = Some(s);
     }
+    if let Some(d) = args.diversity {
+        options.beam.diversity = d;
+    }
+    if let Some(l) = args.lookahead {
+        options.beam.lookahead = l;
+    }
+    if let Some(c) = args.close_within {
+        options.beam.close_within = c;
+    }
+    match args.score_text.as_deref() {
+        None => {}
+        Some("generated") => options.scored_text = ScoredText::Generated,
+        Some("full") => options.scored_text = ScoredText::Full,
+        Some(other) => bail!("--score-text is generated or full, got {other}"),
+    }
     let label = args.label.clone().unwrap_or_else(|| {
         format!(
             "{} {} {}",
@@ -190,6 +219,37 @@ fn main() -> Result<()> {
                 .unwrap_or_default()
         )
     });
+    // Earlier chunks of this label: (id, cosine, nll, tokens, leaked, ended, seconds).
+    let mut earlier: Vec<(usize, f64, f64, f64, bool, bool, f64)> = Vec::new();
+    if let (true, Some(path)) = (args.resume, &args.out) {
+        if path.exists() {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                let v: serde_json::Value = serde_json::from_str(line)?;
+                if v["label"] != label.as_str() || v["split"] != args.split.as_str() {
+                    continue;
+                }
+                let id = v["id"].as_u64().context("id")? as usize;
+                if earlier.iter().any(|e| e.0 == id) {
+                    continue;
+                }
+                earlier.push((
+                    id,
+                    v["cosine"].as_f64().context("cosine")?,
+                    v["nll"].as_f64().context("nll")?,
+                    v["tokens"].as_f64().context("tokens")?,
+                    !v["leaks"].as_array().context("leaks")?.is_empty(),
+                    v["ended"].as_bool().context("ended")?,
+                    v["seconds"].as_f64().context("seconds")?,
+                ));
+            }
+        }
+        cases.retain(|c| !earlier.iter().any(|e| e.0 == c.id));
+    }
+    if let Some(limit) = args.limit {
+        cases.truncate(limit);
+    }
     let mut out = match &args.out {
         Some(path) => Some(
             std::fs::OpenOptions::new()
@@ -203,6 +263,14 @@ fn main() -> Result<()> {
     let (mut cosines, mut nlls, mut lengths, mut seconds) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut leaks, mut unfinished) = (0, 0);
+    for e in &earlier {
+        cosines.push(e.1);
+        nlls.push(e.2);
+        lengths.push(e.3);
+        leaks += usize::from(e.4);
+        unfinished += usize::from(!e.5);
+        seconds.push(e.6);
+    }
     for case in &cases {
         let target = normalize(&scorer.embed_text(&case.target)?);
         let mut options = options.clone();
@@ -255,9 +323,9 @@ fn main() -> Result<()> {
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     println!(
-        "{label} [{} ×{}]: cos {:.3}  nll {:.2}  tokens {:.1}  leaks {leaks}  unfinished {unfinished}  s/case {:.1}  (top-k {}, width {}, fluency {}, α {}, β {}, scale {:?})",
+        "{label} [{} ×{}]: cos {:.3}  nll {:.2}  tokens {:.1}  leaks {leaks}  unfinished {unfinished}  s/case {:.1}  (top-k {}, width {}, fluency {}, diversity {}, lookahead {}, close within {}, α {}, β {}, scale {:?}, scored {:?})",
         args.split,
-        cases.len(),
+        cosines.len(),
         mean(&cosines),
         mean(&nlls),
         mean(&lengths),
@@ -265,9 +333,13 @@ fn main() -> Result<()> {
         options.top_k,
         options.beam.width,
         options.beam.fluency,
+        options.beam.diversity,
+        options.beam.lookahead,
+        options.beam.close_within,
         options.magic.alpha,
         options.magic.beta,
         options.magic.scale,
+        options.scored_text,
     );
     Ok(())
 }

@@ -69,6 +69,7 @@ fn run(
         beam: BeamParams {
             width: env_f32("E2E_WIDTH", 4.0) as usize,
             fluency: env_f32("E2E_FLUENCY", 0.1),
+            ..BeamParams::default()
         },
         scored_text: if std::env::var("E2E_SCORED").as_deref() == Ok("full") {
             ScoredText::Full

@@ -180,6 +180,10 @@ pub struct DescribeArgs {
     /// Tokens to generate.
     #[arg(long, default_value_t = 25)]
     pub max_tokens: usize,
+    /// The search. seed, the default, is the original demo's loop token for token (the
+    /// reference the parity tests pin); beam is the one recommended for fluent, on-target text,
+    /// with an instruction-tuned LM's chat template as --prompt (held-out figures:
+    /// docs/STEERING.md).
     #[arg(long, value_enum, default_value_t = Strategy::Seed)]
     pub strategy: Strategy,
     /// MAGIC: weight α of the degeneration penalty.
@@ -199,6 +203,20 @@ pub struct DescribeArgs {
     /// more fluent, lower more on target.
     #[arg(long, default_value_t = BeamParams::default().fluency)]
     pub beam_fluency: f32,
+    /// Beam: sibling-rank penalty γ; a hypothesis's r-th best child competes at its score − γ·r
+    /// (Li et al. 2016). 0 turns it off.
+    #[arg(long, default_value_t = BeamParams::default().diversity)]
+    pub beam_diversity: f32,
+    /// Beam: rank each step's best 2 × width candidates by their text and the LM's greedy
+    /// completion of up to this many tokens, scored together. 0 turns it off (about 3× slower
+    /// per token; it did not help on docs/STEERING.md's tuning half).
+    #[arg(long, default_value_t = BeamParams::default().lookahead)]
+    pub beam_lookahead: usize,
+    /// Beam: in the last this many steps before --max-tokens, a hypothesis may also end with "."
+    /// outside its top-k, so that the answer ends as a sentence instead of being cut. 0 turns it
+    /// off.
+    #[arg(long, default_value_t = BeamParams::default().close_within)]
+    pub beam_close_within: usize,
     /// With --strategy magic or beam: go on to --max-tokens instead of stopping at the end of a
     /// sentence.
     #[arg(long)]
@@ -411,6 +429,9 @@ impl DescribeArgs {
             beam: BeamParams {
                 width: self.beam_width,
                 fluency: self.beam_fluency,
+                diversity: self.beam_diversity,
+                lookahead: self.beam_lookahead,
+                close_within: self.beam_close_within,
             },
             no_sentence_stop: self.no_sentence_stop,
             score_text: self.score_text,

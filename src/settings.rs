@@ -125,7 +125,13 @@ fn options_record(options: &DescribeOptions, targets: TargetSettings<'_>) -> Val
             "beta": options.magic.beta,
             "scale": options.magic.scale,
         },
-        "beam": {"width": options.beam.width, "fluency": options.beam.fluency},
+        "beam": {
+            "width": options.beam.width,
+            "fluency": options.beam.fluency,
+            "diversity": options.beam.diversity,
+            "lookahead": options.beam.lookahead,
+            "close_within": options.beam.close_within,
+        },
         "sentence_stop": options.stop_at_sentence_end,
         "score_text": format!("{:?}", options.scored_text).to_lowercase(),
         "targets": {

@@ -324,7 +324,11 @@ fn invalid_options_are_clear_errors() {
     .contains("--temperature"));
     let beam = |width, fluency| DescribeOptions {
         strategy: Strategy::Beam,
-        beam: clipsteer::steer::describe::BeamParams { width, fluency },
+        beam: clipsteer::steer::describe::BeamParams {
+            width,
+            fluency,
+            ..Default::default()
+        },
         ..base.clone()
     };
     assert!(err(beam(0, 0.1)).contains("--beam-width"));

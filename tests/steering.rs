@@ -819,6 +819,7 @@ fn a_beam_with_room_for_every_path_returns_the_best_scoring_text() {
     opts.beam = BeamParams {
         width: k.pow(depth as u32),
         fluency,
+        ..BeamParams::default()
     };
     opts.scored_text = ScoredText::Generated;
     let mut steps = 0;
@@ -863,6 +864,7 @@ fn a_width_one_beam_without_fluency_is_greedy_by_similarity() {
     beam.beam = BeamParams {
         width: 1,
         fluency: 0.0,
+        ..BeamParams::default()
     };
     let greedy = describe(&lm, &scorer, &target, &seed, |_| Ok(())).unwrap();
     assert!(
@@ -925,6 +927,74 @@ fn generated_text_scoring_and_log_prob_hold_when_recomputed() {
                 (result.mean_nll() + log_prob / ids.len().saturating_sub(prompt_ids.len()) as f64)
                     .abs()
                     < 1e-3
+            );
+        }
+    }
+}
+
+/// The beam's diversity penalty and lookahead only change which hypotheses it keeps: the result
+/// still reports its own text's similarity and log-probability (not its completion's), the
+/// states the lookahead stepped are the ones the beam goes on from, and no text it streams or
+/// returns holds a blocked word.
+#[test]
+fn beam_diversity_and_lookahead_keep_results_honest_and_words_blocked() {
+    let lm = lm();
+    let scorer = scorer();
+    let target = target_of(&scorer, "crop32.png");
+    let prompt = "Here is";
+    let prompt_ids = lm.encode(prompt).unwrap();
+    let free = {
+        let opts = options(prompt, 10, 6, Strategy::Beam, Blocklist::default());
+        describe(&lm, &scorer, &target, &opts, |_| Ok(())).unwrap()
+    };
+    // Block a word the unblocked beam writes, so that blocking bites.
+    let word = free.text[prompt.len()..]
+        .split(|c: char| !c.is_alphanumeric())
+        .find(|w| w.len() >= 2)
+        .expect("the fixture beam writes a word")
+        .to_string();
+    for (diversity, lookahead) in [(0.0, 3), (0.05, 0), (0.05, 2)] {
+        for blocked in [false, true] {
+            let blocklist = if blocked {
+                Blocklist::new([&word], false).unwrap()
+            } else {
+                Blocklist::default()
+            };
+            let mut opts = options(prompt, 10, 6, Strategy::Beam, blocklist);
+            opts.scored_text = ScoredText::Generated;
+            opts.beam.width = 3;
+            opts.beam.diversity = diversity;
+            opts.beam.lookahead = lookahead;
+            let mut texts = Vec::new();
+            let result = describe(&lm, &scorer, &target, &opts, |event| {
+                texts.push(event.text.clone());
+                Ok(())
+            })
+            .unwrap();
+            texts.push(result.text.clone());
+            let case = format!("diversity {diversity}, lookahead {lookahead}, blocked {blocked}");
+            if blocked {
+                for text in &texts {
+                    assert!(!contains_blocked(text, &word, false), "{case}: {text:?}");
+                }
+            }
+            let seen = lm.decode(&result.token_ids).unwrap();
+            let want = similarity_of(&scorer, &seen, &target);
+            assert!(
+                (result.similarity - want).abs() < 1e-5,
+                "{case}: {} vs {want}",
+                result.similarity
+            );
+            let mut ids = prompt_ids.clone();
+            let mut log_prob = 0.0;
+            for &token in &result.token_ids {
+                log_prob += log_prob_after(&lm, &ids, token);
+                ids.push(token);
+            }
+            assert!(
+                (result.log_prob - log_prob).abs() < 1e-3,
+                "{case}: {} vs {log_prob}",
+                result.log_prob
             );
         }
     }

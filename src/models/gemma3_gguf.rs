@@ -29,16 +29,21 @@ use std::path::Path;
 use tokenizers::Tokenizer;
 
 /// Gemma 3's chat template (Jinja), as the instruction-tuned checkpoints' tokenizer_config.json
-/// ships it, for GGUF files that carry none (`tokenizer.chat_template`): the base gemma-3-270m
-/// conversion has none. A user turn renders as
+/// ships it, byte for byte (its string literals hold real newlines, not `\n` escapes), for GGUF
+/// files that carry none (`tokenizer.chat_template`): the base gemma-3-270m conversion has none,
+/// so there is no file to load it from. A user turn renders as
 /// `<bos><start_of_turn>user\n{text}<end_of_turn>\n<start_of_turn>model\n`; a system message is
 /// folded into the first user turn, since Gemma has no system role.
 pub const CHAT_TEMPLATE: &str = r#"{{ bos_token }}
 {%- if messages[0]['role'] == 'system' -%}
     {%- if messages[0]['content'] is string -%}
-        {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+        {%- set first_user_prefix = messages[0]['content'] + '
+
+' -%}
     {%- else -%}
-        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}
+        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '
+
+' -%}
     {%- endif -%}
     {%- set loop_messages = messages[1:] -%}
 {%- else -%}
@@ -54,7 +59,8 @@ pub const CHAT_TEMPLATE: &str = r#"{{ bos_token }}
     {%- else -%}
         {%- set role = message['role'] -%}
     {%- endif -%}
-    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else "") }}
+    {{ '<start_of_turn>' + role + '
+' + (first_user_prefix if loop.first else "") }}
     {%- if message['content'] is string -%}
         {{ message['content'] | trim }}
     {%- elif message['content'] is iterable -%}
@@ -68,10 +74,12 @@ pub const CHAT_TEMPLATE: &str = r#"{{ bos_token }}
     {%- else -%}
         {{ raise_exception("Invalid content type") }}
     {%- endif -%}
-    {{ '<end_of_turn>\n' }}
+    {{ '<end_of_turn>
+' }}
 {%- endfor -%}
 {%- if add_generation_prompt -%}
-    {{'<start_of_turn>model\n'}}
+    {{'<start_of_turn>model
+'}}
 {%- endif -%}
 "#;
 
@@ -549,4 +557,39 @@ pub fn gemma_tokenizer_from_gguf(content: &gguf_file::Content) -> Result<Tokeniz
     tokenizer.add_special_tokens(&added(3, true));
     tokenizer.add_tokens(&added(4, false));
     Ok(tokenizer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CHAT_TEMPLATE;
+    use crate::steer::chat_template::{ChatTemplate, Message};
+    use std::collections::BTreeMap;
+
+    /// Expected texts: Jinja2 (trim_blocks, lstrip_blocks, as transformers' apply_chat_template)
+    /// rendering Gemma 3's tokenizer_config.json template on the same messages.
+    #[test]
+    fn chat_template_renders_as_gemma_3s_own() {
+        let specials = BTreeMap::from([("bos_token".to_string(), "<bos>".to_string())]);
+        let template = ChatTemplate::new(CHAT_TEMPLATE, specials).unwrap();
+        assert_eq!(
+            template.render(&[Message::user("Hi  ")], true).unwrap(),
+            "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
+        );
+        let conversation = [
+            Message {
+                role: "system".to_string(),
+                content: "Be brief.".to_string(),
+            },
+            Message::user("Hi"),
+            Message {
+                role: "assistant".to_string(),
+                content: "Hello.".to_string(),
+            },
+            Message::user(" x "),
+        ];
+        assert_eq!(
+            template.render(&conversation, false).unwrap(),
+            "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n<start_of_turn>user\nx<end_of_turn>\n"
+        );
+    }
 }

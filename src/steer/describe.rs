@@ -185,6 +185,12 @@ pub fn validate<L: CausalLm>(lm: &L, options: &DescribeOptions) -> Result<Vec<u3
                 options.beam.fluency
             );
         }
+        if !(options.beam.diversity.is_finite() && options.beam.diversity >= 0.0) {
+            bail!(
+                "--beam-diversity must be a number ≥ 0, got {}",
+                options.beam.diversity
+            );
+        }
     }
     if let Some(sampling) = options.sampling {
         if !(sampling.temperature.is_finite() && sampling.temperature > 0.0) {
