@@ -304,6 +304,9 @@ pub struct DescribeRequest {
     pub magic_scale: Option<f32>,
     pub beam_width: Option<usize>,
     pub beam_fluency: Option<f32>,
+    pub beam_diversity: Option<f32>,
+    pub beam_lookahead: Option<usize>,
+    pub beam_close_within: Option<usize>,
     #[serde(default)]
     pub no_sentence_stop: bool,
     pub score_text: Option<String>,
@@ -359,6 +362,15 @@ impl DescribeRequest {
         }
         if let Some(fluency) = self.beam_fluency {
             spec.beam.fluency = fluency;
+        }
+        if let Some(diversity) = self.beam_diversity {
+            spec.beam.diversity = diversity;
+        }
+        if let Some(lookahead) = self.beam_lookahead {
+            spec.beam.lookahead = lookahead;
+        }
+        if let Some(close_within) = self.beam_close_within {
+            spec.beam.close_within = close_within;
         }
         spec.no_sentence_stop = self.no_sentence_stop;
         spec.score_text = match &self.score_text {

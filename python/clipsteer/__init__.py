@@ -201,7 +201,8 @@ class Describer:
         describe's: ``prompt`` (``"An image of "``), ``strategy`` (``"seed"``, ``"magic"``,
         ``"beam"``), ``top_k``, ``max_tokens`` (25), ``target_text``, ``avoid_text``,
         ``target_weight``, ``block`` (words never to write), ``blocklist`` (a file),
-        ``block_substrings``, ``beam_width``, ``beam_fluency``, ``magic_alpha``,
+        ``block_substrings``, ``beam_width``, ``beam_fluency``, ``beam_diversity``,
+        ``beam_lookahead``, ``beam_close_within``, ``magic_alpha``,
         ``magic_beta``, ``magic_scale``, ``no_sentence_stop``, ``score_text``, ``sample``,
         ``temperature``, ``seed``, ``prefilter``, ``scorer_cmd``, ``scorer_timeout``.
 
