@@ -719,9 +719,6 @@ impl Describer {
             ),
             None => {
                 let encoder = models.encoder()?;
-                if has_image && matches!(encoder, Encoder::Sentence(_)) {
-                    bail!("this encoder embeds text only: steer it with --target-text instead of images");
-                }
                 let targets = Targets::prepare(target_spec, encoder, has_image)?;
                 if !has_image {
                     // Checked now, not at the first step: no target, or weights that cancel.
