@@ -20,7 +20,7 @@ use clap::Parser;
 use clipsteer::attack::{chat_template_of, run_attack, AttackObjective, AttackSpec};
 use clipsteer::load::load_lm;
 use clipsteer::steer::objectives::victim::Victim;
-use clipsteer::steer::search::attack::{AttackOptions, Proposal, Success};
+use clipsteer::steer::search::attack::{AttackOptions, Proposal, Success, DEFAULT_SAMPLE};
 use clipsteer::steer::CausalLm;
 use rand::{Rng, SeedableRng};
 use std::io::Write;
@@ -102,14 +102,7 @@ fn main() -> Result<()> {
         }),
     };
     let defaults = AttackOptions::new("");
-    let (default_top_p, default_temperature, default_seed) = match defaults.proposal {
-        Proposal::Sample {
-            top_p,
-            temperature,
-            seed,
-        } => (top_p, temperature, seed),
-        Proposal::TopK => (1.0, 1.0, 0),
-    };
+    let (default_top_p, default_temperature, default_seed) = DEFAULT_SAMPLE;
     let mut out = match &args.out {
         Some(path) => Some(
             std::fs::OpenOptions::new()

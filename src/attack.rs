@@ -151,14 +151,7 @@ impl AttackRequest {
         let defaults = AttackOptions::new(&self.instruction);
         let proposal = match self.proposal.as_deref() {
             None | Some("sample") => {
-                let (top_p, temperature, seed) = match defaults.proposal {
-                    Proposal::Sample {
-                        top_p,
-                        temperature,
-                        seed,
-                    } => (top_p, temperature, seed),
-                    Proposal::TopK => (1.0, 1.0, 0),
-                };
+                let (top_p, temperature, seed) = crate::steer::search::attack::DEFAULT_SAMPLE;
                 Proposal::Sample {
                     top_p: self.top_p.unwrap_or(top_p),
                     temperature: self.temperature.unwrap_or(temperature),

@@ -15,7 +15,7 @@ use crate::pipeline::{
 };
 use crate::sidecar::CaptionFiles;
 use crate::steer::describe::{BeamParams, MagicParams, Sampling, ScoredText, StepEvent, Strategy};
-use crate::steer::search::attack::{AttackOptions, Proposal};
+use crate::steer::search::attack::{AttackOptions, Proposal, DEFAULT_SAMPLE};
 use anyhow::{bail, Result};
 use candle_core::Device;
 use clap::{Args, Parser, Subcommand};
@@ -622,13 +622,13 @@ pub struct AttackArgs {
     #[arg(long, value_enum, default_value_t = ProposalArg::Sample)]
     pub proposal: ProposalArg,
     /// Nucleus mass for --proposal sample.
-    #[arg(long, default_value_t = default_sample().0)]
+    #[arg(long, default_value_t = DEFAULT_SAMPLE.0)]
     pub top_p: f32,
     /// Attacker temperature for --proposal sample.
-    #[arg(long, default_value_t = default_sample().1)]
+    #[arg(long, default_value_t = DEFAULT_SAMPLE.1)]
     pub temperature: f32,
     /// Random seed for --proposal sample.
-    #[arg(long, default_value_t = default_sample().2)]
+    #[arg(long, default_value_t = DEFAULT_SAMPLE.2)]
     pub seed: u64,
     /// Weight of the attacker's mean log-probability of the suffix (nats/token) added to the
     /// objective; higher reads more naturally.
@@ -647,18 +647,6 @@ pub struct AttackArgs {
     /// JSON lines on stdout: a "step" event per step, then a "done" event.
     #[arg(long)]
     pub json: bool,
-}
-
-/// The library's default proposal settings: (top-p, temperature, seed).
-fn default_sample() -> (f32, f32, u64) {
-    match AttackOptions::new("").proposal {
-        Proposal::Sample {
-            top_p,
-            temperature,
-            seed,
-        } => (top_p, temperature, seed),
-        Proposal::TopK => (1.0, 1.0, 0),
-    }
 }
 
 impl AttackArgs {

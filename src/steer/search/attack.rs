@@ -31,6 +31,10 @@ pub enum Proposal {
     TopK,
 }
 
+/// The default proposal's (top-p, temperature, seed): BEAST samples the attacker's full
+/// distribution.
+pub const DEFAULT_SAMPLE: (f32, f32, u64) = (1.0, 1.0, 0);
+
 /// Attack beam settings. Defaults: [`AttackOptions::new`].
 #[derive(Debug, Clone)]
 pub struct AttackOptions {
@@ -65,10 +69,13 @@ impl AttackOptions {
             beam_width: 5,
             candidates: 10,
             max_tokens: 32,
-            proposal: Proposal::Sample {
-                top_p: 1.0,
-                temperature: 1.0,
-                seed: 0,
+            proposal: {
+                let (top_p, temperature, seed) = DEFAULT_SAMPLE;
+                Proposal::Sample {
+                    top_p,
+                    temperature,
+                    seed,
+                }
             },
             readability: 0.0,
             time_limit: None,
