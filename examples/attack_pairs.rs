@@ -103,15 +103,14 @@ fn main() -> Result<()> {
     };
     let defaults = AttackOptions::new("");
     let (default_top_p, default_temperature, default_seed) = DEFAULT_SAMPLE;
-    let mut out = match &args.out {
-        Some(path) => Some(
+    let mut out = (args.out.as_ref())
+        .map(|path| {
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(path)?,
-        ),
-        None => None,
-    };
+                .open(path)
+        })
+        .transpose()?;
     for half in ["tune", "held_out"] {
         if args.split != "all" && args.split != half {
             continue;

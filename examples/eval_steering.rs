@@ -250,15 +250,14 @@ fn main() -> Result<()> {
     if let Some(limit) = args.limit {
         cases.truncate(limit);
     }
-    let mut out = match &args.out {
-        Some(path) => Some(
+    let mut out = (args.out.as_ref())
+        .map(|path| {
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(path)?,
-        ),
-        None => None,
-    };
+                .open(path)
+        })
+        .transpose()?;
     let prompt_text_len = prompt.len();
     let (mut cosines, mut nlls, mut lengths, mut seconds) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());

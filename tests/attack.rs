@@ -318,9 +318,11 @@ fn scorer_command_protocol_and_its_failures() {
         score(good, 3, Duration::from_secs(10)).unwrap(),
         vec![1.0, 2.0, 3.0]
     );
+    // One program answers request after request, of any size.
     let scorer = CommandScorer::start(good, Duration::from_secs(10)).unwrap();
     for n in [1, 4, 2] {
-        assert_eq!(scorer.score(&(), &items(n)).unwrap().similarities.len(), n);
+        let scores = scorer.score(&(), &items(n)).unwrap().similarities;
+        assert_eq!(scores, (1..=n).map(|i| i as f32).collect::<Vec<_>>());
     }
     for (command, wanted) in [
         ("exit 3", "exited"),
@@ -347,6 +349,72 @@ fn scorer_command_protocol_and_its_failures() {
     }
 }
 
+/// `clipsteer describe --json --lm LM …` steered by the Python `program` as --scorer-cmd; its
+/// JSON lines.
+fn describe_by_program(program: &str, lm_and_args: &[&str]) -> Vec<serde_json::Value> {
+    // Tests run on threads of one process: each call gets its own folder.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("clipsteer-scorer-{}-{call}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("score.py");
+    std::fs::write(&script, program).unwrap();
+    let command = format!("python3 {}", script.display());
+    let mut args = vec!["describe", "--json", "--scorer-cmd", &command, "--lm"];
+    args.extend_from_slice(lm_and_args);
+    let output = run(&args);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    stdout(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The LM's special tokens other than its end of text are markup, not text: no strategy writes
+/// one, even for an objective that wants nothing else. The tiny Gemma's whole vocabulary is
+/// offered each step (top-k = its 559 tokens), its control tokens included.
+#[test]
+fn no_strategy_writes_markup_even_when_the_objective_wants_it() {
+    let program = r#"import json, sys
+marks = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>"]
+for line in sys.stdin:
+    items = json.loads(line)["items"]
+    print(json.dumps({"scores": [sum(t["text"].count(m) for m in marks) + 1e-3 * len(t["text"]) for t in items]}), flush=True)
+"#;
+    let gemma = f("gemma3-tiny.gguf");
+    for strategy in ["seed", "magic", "beam"] {
+        let lines = describe_by_program(
+            program,
+            &[
+                &gemma,
+                "--prompt",
+                "A",
+                "--strategy",
+                strategy,
+                "--max-tokens",
+                "3",
+                "--top-k",
+                "559",
+            ],
+        );
+        let texts: Vec<&str> = lines.iter().filter_map(|l| l["text"].as_str()).collect();
+        assert!(texts.len() >= 2, "{strategy}: {lines:?}");
+        for text in texts {
+            for mark in [
+                "<pad>",
+                "<eos>",
+                "<bos>",
+                "<unk>",
+                "<mask>",
+                "<start_of_turn>",
+            ] {
+                assert!(!text.contains(mark), "{strategy} wrote {mark}: {text:?}");
+            }
+        }
+    }
+}
+
 #[test]
 fn describe_steers_by_a_scorer_command_alone() {
     // The program prefers texts with more letter e's: the chosen text has more than greedy's.
@@ -355,29 +423,10 @@ for line in sys.stdin:
     items = json.loads(line)["items"]
     print(json.dumps({"scores": [t["text"].count("e") for t in items]}), flush=True)
 "#;
-    let dir = std::env::temp_dir().join(format!("clipsteer-scorer-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let script = dir.join("score.py");
-    std::fs::write(&script, program).unwrap();
-    let command = format!("python3 {}", script.display());
-    let output = run(&[
-        "describe",
-        "--lm",
-        &f("gpt2-tiny"),
-        "--scorer-cmd",
-        &command,
-        "--max-tokens",
-        "4",
-        "--top-k",
-        "20",
-        "--json",
-    ]);
-    std::fs::remove_dir_all(&dir).unwrap();
-    assert!(output.status.success(), "{}", stderr(&output));
-    let lines: Vec<serde_json::Value> = stdout(&output)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = describe_by_program(
+        program,
+        &[&f("gpt2-tiny"), "--max-tokens", "4", "--top-k", "20"],
+    );
     let steps: Vec<&serde_json::Value> = lines.iter().filter(|l| l["event"] == "step").collect();
     assert_eq!(steps.len(), 4);
     for step in steps {

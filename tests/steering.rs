@@ -6,7 +6,7 @@ use candle_core::Device;
 use clipsteer::steer::constraints::Blocklist;
 use clipsteer::steer::describe::{
     beam_score, describe, ends_sentence, magic_scores, top_k, BeamParams, DescribeOptions,
-    MagicParams, ScoredText, Strategy,
+    DescribeResult, MagicParams, ScoredText, Strategy,
 };
 use clipsteer::steer::target::{combine, TargetPart};
 use clipsteer::steer::{normalize, CausalLm, ClipScorer, Gpt2Lm, Scorer};
@@ -772,6 +772,37 @@ fn similarity_of(scorer: &ClipScorer, text: &str, target: &[f32]) -> f32 {
 /// With a beam wide enough to keep every path, beam search is exhaustive: its answer must be the
 /// best of all k^n texts by similarity + fluency × mean log-prob, each enumerated and scored here
 /// from scratch (fresh forward passes, whole-text embeddings).
+/// The result reports the similarity of `seen` (the text the encoder saw) and the LM's own
+/// log-probability of its tokens, recomputed one token at a time; returns that log-probability.
+fn assert_reported_honestly(
+    lm: &Gpt2Lm,
+    scorer: &ClipScorer,
+    target: &[f32],
+    prompt_ids: &[u32],
+    seen: &str,
+    result: &DescribeResult,
+    case: &str,
+) -> f64 {
+    let want = similarity_of(scorer, seen, target);
+    assert!(
+        (result.similarity - want).abs() < 1e-5,
+        "{case}: similarity {} vs {want}",
+        result.similarity
+    );
+    let mut ids = prompt_ids.to_vec();
+    let mut log_prob = 0.0;
+    for &token in &result.token_ids {
+        log_prob += log_prob_after(lm, &ids, token);
+        ids.push(token);
+    }
+    assert!(
+        (result.log_prob - log_prob).abs() < 1e-3,
+        "{case}: log-prob {} vs {log_prob}",
+        result.log_prob
+    );
+    log_prob
+}
+
 #[test]
 fn a_beam_with_room_for_every_path_returns_the_best_scoring_text() {
     let lm = lm();
@@ -906,27 +937,12 @@ fn generated_text_scoring_and_log_prob_hold_when_recomputed() {
                 ScoredText::Full => result.text.clone(),
                 ScoredText::Generated => lm.decode(&result.token_ids).unwrap(),
             };
-            let want = similarity_of(&scorer, &seen, &target);
+            let case = format!("{strategy:?} {scored_text:?}");
+            let log_prob =
+                assert_reported_honestly(&lm, &scorer, &target, &prompt_ids, &seen, &result, &case);
             assert!(
-                (result.similarity - want).abs() < 1e-5,
-                "{strategy:?} {scored_text:?}: {} vs {want}",
-                result.similarity
-            );
-            let mut ids = prompt_ids.clone();
-            let mut log_prob = 0.0;
-            for &token in &result.token_ids {
-                log_prob += log_prob_after(&lm, &ids, token);
-                ids.push(token);
-            }
-            assert!(
-                (result.log_prob - log_prob).abs() < 1e-3,
-                "{strategy:?}: {} vs {log_prob}",
-                result.log_prob
-            );
-            assert!(
-                (result.mean_nll() + log_prob / ids.len().saturating_sub(prompt_ids.len()) as f64)
-                    .abs()
-                    < 1e-3
+                (result.mean_nll() + log_prob / result.token_ids.len().max(1) as f64).abs() < 1e-3,
+                "{case}"
             );
         }
     }
@@ -979,23 +995,7 @@ fn beam_diversity_and_lookahead_keep_results_honest_and_words_blocked() {
                 }
             }
             let seen = lm.decode(&result.token_ids).unwrap();
-            let want = similarity_of(&scorer, &seen, &target);
-            assert!(
-                (result.similarity - want).abs() < 1e-5,
-                "{case}: {} vs {want}",
-                result.similarity
-            );
-            let mut ids = prompt_ids.clone();
-            let mut log_prob = 0.0;
-            for &token in &result.token_ids {
-                log_prob += log_prob_after(&lm, &ids, token);
-                ids.push(token);
-            }
-            assert!(
-                (result.log_prob - log_prob).abs() < 1e-3,
-                "{case}: {} vs {log_prob}",
-                result.log_prob
-            );
+            assert_reported_honestly(&lm, &scorer, &target, &prompt_ids, &seen, &result, &case);
         }
     }
 }

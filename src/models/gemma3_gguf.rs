@@ -542,11 +542,18 @@ pub fn gemma_tokenizer_from_gguf(content: &gguf_file::Content) -> Result<Tokeniz
         DecoderWrapper::ByteFallback(ByteFallback::new()),
         DecoderWrapper::Fuse(Fuse::new()),
     ])));
-    let added = |kind: i32, special: bool| -> Vec<AddedToken> {
+    // The GGUF stores the image markers as user-defined, like the newline runs, but they are
+    // markup: transformers' Gemma 3 tokenizer marks them special.
+    const IMAGE_MARKERS: [&str; 3] = ["<start_of_image>", "<end_of_image>", "<image_soft_token>"];
+    let added = |special: bool| -> Vec<AddedToken> {
         tokens
             .iter()
             .zip(&types)
-            .filter(|(_, &t)| t == kind)
+            .filter(|(token, &t)| match t {
+                3 => special,
+                4 => IMAGE_MARKERS.contains(&token.as_str()) == special,
+                _ => false,
+            })
             .map(|(token, _)| {
                 AddedToken::from(token.clone(), special)
                     .normalized(false)
@@ -554,8 +561,8 @@ pub fn gemma_tokenizer_from_gguf(content: &gguf_file::Content) -> Result<Tokeniz
             })
             .collect()
     };
-    tokenizer.add_special_tokens(&added(3, true));
-    tokenizer.add_tokens(&added(4, false));
+    tokenizer.add_special_tokens(&added(true));
+    tokenizer.add_tokens(&added(false));
     Ok(tokenizer)
 }
 

@@ -301,9 +301,13 @@ fn truncate_one_row(cache: &KvCache, len: usize) -> Result<KvCache> {
     Ok(cache.truncate(len)?)
 }
 
-/// [`CausalLm::special_token_ids`]: the tokenizer's added tokens, sorted.
+/// [`CausalLm::special_token_ids`]: the tokenizer's special added tokens, sorted. Added tokens
+/// that are not special are text (Gemma's runs of newlines and spaces, its HTML tags).
 fn added_token_ids(tokenizer: &tokenizers::Tokenizer) -> Vec<u32> {
-    let mut ids: Vec<u32> = tokenizer.get_added_tokens_decoder().into_keys().collect();
+    let mut ids: Vec<u32> = (tokenizer.get_added_tokens_decoder().into_iter())
+        .filter(|(_, token)| token.special)
+        .map(|(id, _)| id)
+        .collect();
     ids.sort_unstable();
     ids
 }

@@ -70,8 +70,9 @@ pub trait CausalLm {
         contexts: &[Vec<u32>],
         continuations: &[Vec<u32>],
     ) -> Result<Vec<TeacherForced>>;
-    /// Ids of the tokenizer's added tokens (chat markers, end of text): text never contains
-    /// them by accident, so a search that writes text a user could type leaves them out.
+    /// Ids of the tokenizer's special tokens (chat and image markers, end of text): text never
+    /// contains them by accident, so a search that writes text a user could type leaves them
+    /// out.
     fn special_token_ids(&self) -> Vec<u32>;
 }
 

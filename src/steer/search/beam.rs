@@ -1,7 +1,9 @@
 //! Beam search over the LM's top-k, ranked by the objective plus a fluency weight on the mean
 //! log-probability.
 
-use super::{all_blocked, allowed_candidates, ends_sentence, log_softmax, top_k, ScoredPart};
+use super::{
+    all_blocked, allowed_candidates, ends_sentence, log_softmax, markup_ids, top_k, ScoredPart,
+};
 use crate::steer::describe::{validate, Candidate, DescribeOptions, DescribeResult, StepEvent};
 use crate::steer::objectives::Objective;
 use crate::steer::CausalLm;
@@ -65,6 +67,27 @@ struct Hypothesis<C, P> {
     ended: bool,
 }
 
+impl<C, P> Hypothesis<C, P> {
+    /// `expansion` of the hypothesis with `parent_ids`, finished: an expansion that ends the text
+    /// adds no token.
+    fn finished<E>(expansion: &Expansion<E>, parent_ids: &[u32], ended: bool) -> Self {
+        let mut ids = parent_ids.to_vec();
+        if !expansion.ends_text {
+            ids.push(expansion.token);
+        }
+        Hypothesis {
+            ids,
+            text: expansion.phrase.clone(),
+            scored_text: expansion.scored_text.clone(),
+            log_prob: expansion.log_prob,
+            similarity: expansion.similarity,
+            state: None,
+            parent_prefix: None,
+            ended,
+        }
+    }
+}
+
 /// What the beam ranks by, and the final rerank too: similarity plus `fluency` × the mean
 /// per-token log-probability of the generated tokens.
 pub fn beam_score(similarity: f32, log_prob: f64, generated: usize, fluency: f32) -> f32 {
@@ -102,6 +125,7 @@ pub fn run<L: CausalLm, O: Objective>(
 ) -> Result<DescribeResult> {
     let prompt_ids = validate(lm, options)?;
     let scored_part = ScoredPart::new(lm, &prompt_ids, options.scored_text)?;
+    let markup = markup_ids(lm);
     let params = options.beam;
     let generated = |h: &Hypothesis<L::Cache, O::Prefix>| h.ids.len() - prompt_ids.len();
     let score_of = |h: &Hypothesis<L::Cache, O::Prefix>| {
@@ -156,6 +180,7 @@ pub fn run<L: CausalLm, O: Objective>(
                 lm,
                 &hypothesis.ids,
                 &ranked,
+                &markup,
                 &options.blocklist,
                 &scored_part,
             )?;
@@ -284,21 +309,11 @@ pub fn run<L: CausalLm, O: Objective>(
             let expansion = &expansions[i];
             let (finishes_here, sentence_done) = finishes[i];
             if finishes_here {
-                let parent = &live[expansion.parent];
-                let mut ids = parent.ids.clone();
-                if !expansion.ends_text {
-                    ids.push(expansion.token);
-                }
-                finished.push(Hypothesis {
-                    ids,
-                    text: expansion.phrase.clone(),
-                    scored_text: expansion.scored_text.clone(),
-                    log_prob: expansion.log_prob,
-                    similarity: expansion.similarity,
-                    state: None,
-                    parent_prefix: None,
-                    ended: sentence_done,
-                });
+                finished.push(Hypothesis::finished(
+                    expansion,
+                    &live[expansion.parent].ids,
+                    sentence_done,
+                ));
                 newly_finished += 1;
                 pushed.push(i);
                 if newly_finished == params.width {
@@ -313,18 +328,11 @@ pub fn run<L: CausalLm, O: Objective>(
                 if !finishes[i].1 || expansion.ends_text || pushed.contains(&i) {
                     continue;
                 }
-                let mut ids = live[expansion.parent].ids.clone();
-                ids.push(expansion.token);
-                finished.push(Hypothesis {
-                    ids,
-                    text: expansion.phrase.clone(),
-                    scored_text: expansion.scored_text.clone(),
-                    log_prob: expansion.log_prob,
-                    similarity: expansion.similarity,
-                    state: None,
-                    parent_prefix: None,
-                    ended: true,
-                });
+                finished.push(Hypothesis::finished(
+                    expansion,
+                    &live[expansion.parent].ids,
+                    true,
+                ));
             }
         }
         clock = std::time::Instant::now();

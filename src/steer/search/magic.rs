@@ -3,7 +3,7 @@
 
 use super::{
     all_blocked, allowed_candidates, argmax_first, chosen_event, cosine, ends_sentence,
-    log_softmax, top_k, Allowed, ScoredPart,
+    log_softmax, markup_ids, top_k, Allowed, ScoredPart,
 };
 use crate::steer::describe::{validate, DescribeOptions, DescribeResult, StepEvent};
 use crate::steer::objectives::Objective;
@@ -67,6 +67,7 @@ pub fn run<L: CausalLm, O: Objective>(
 ) -> Result<DescribeResult> {
     let prompt_ids = validate(lm, options)?;
     let scored_part = ScoredPart::new(lm, &prompt_ids, options.scored_text)?;
+    let markup = markup_ids(lm);
     let mut cache = lm.new_cache();
     let mut ids = prompt_ids.clone();
     let mut clock = std::time::Instant::now();
@@ -90,7 +91,7 @@ pub fn run<L: CausalLm, O: Objective>(
             mut phrases,
             mut scored,
             ranks,
-        } = allowed_candidates(lm, &ids, &ranked, &options.blocklist, &scored_part)?;
+        } = allowed_candidates(lm, &ids, &ranked, &markup, &options.blocklist, &scored_part)?;
         if candidates.is_empty() {
             stop_reason = Some(all_blocked(step, ranked.len()));
             break;

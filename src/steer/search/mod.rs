@@ -14,6 +14,7 @@ use super::objectives::ScoreBatch;
 use super::CausalLm;
 use anyhow::{bail, Result};
 use rand::Rng;
+use std::collections::HashSet;
 
 /// A token's log-probability under next-token `logits`.
 pub(crate) fn token_log_prob(logits: &[f32], token: u32) -> f64 {
@@ -117,12 +118,25 @@ impl ScoredPart {
     }
 }
 
-/// Drops every candidate whose text would contain a blocked word. The blocklist sees the whole
-/// text, so words completed across token boundaries are caught too.
+/// The LM's special (added) tokens other than its end of text: markup such as ChatML's
+/// `<|im_start|>` or Gemma's `<start_of_image>`, which is not text. No description may contain
+/// one: decoded, it would be scored by its literal spelling. GPT-2's only special token is its
+/// end of text, so the reference loop's candidates are unchanged.
+pub(crate) fn markup_ids<L: CausalLm>(lm: &L) -> HashSet<u32> {
+    let eos = lm.eos_token_id();
+    (lm.special_token_ids().into_iter())
+        .filter(|&id| Some(id) != eos)
+        .collect()
+}
+
+/// Drops every candidate that is `markup` (see [`markup_ids`]) or whose text would contain a
+/// blocked word. The blocklist sees the whole text, so words completed across token boundaries
+/// are caught too.
 pub(crate) fn allowed_candidates<L: CausalLm>(
     lm: &L,
     ids: &[u32],
     ranked: &[u32],
+    markup: &HashSet<u32>,
     blocklist: &Blocklist,
     scored_part: &ScoredPart,
 ) -> Result<Allowed> {
@@ -135,6 +149,9 @@ pub(crate) fn allowed_candidates<L: CausalLm>(
     let mut extended = ids.to_vec();
     extended.push(0);
     for (rank, &candidate) in ranked.iter().enumerate() {
+        if markup.contains(&candidate) {
+            continue;
+        }
         *extended.last_mut().expect("extended is non-empty") = candidate;
         let phrase = lm.decode(&extended)?;
         if blocklist.find_in(&phrase).is_none() {

@@ -3,8 +3,8 @@
 //! and keeps the best (ties to the higher LM rank) or samples from softmax(score / T).
 
 use super::{
-    all_blocked, allowed_candidates, argmax_first, chosen_event, sample_softmax, token_log_prob,
-    top_k, Allowed, ScoredPart,
+    all_blocked, allowed_candidates, argmax_first, chosen_event, markup_ids, sample_softmax,
+    token_log_prob, top_k, Allowed, ScoredPart,
 };
 use crate::steer::describe::{validate, DescribeOptions, DescribeResult, StepEvent};
 use crate::steer::objectives::Objective;
@@ -74,6 +74,7 @@ pub fn run<L: CausalLm, O: Objective>(
 ) -> Result<DescribeResult> {
     let prompt_ids = validate(lm, options)?;
     let scored_part = ScoredPart::new(lm, &prompt_ids, options.scored_text)?;
+    let markup = markup_ids(lm);
     let mut rng = options
         .sampling
         .map(|s| rand_chacha::ChaCha8Rng::seed_from_u64(s.seed));
@@ -97,7 +98,7 @@ pub fn run<L: CausalLm, O: Objective>(
             mut phrases,
             mut scored,
             ..
-        } = allowed_candidates(lm, &ids, &ranked, &options.blocklist, &scored_part)?;
+        } = allowed_candidates(lm, &ids, &ranked, &markup, &options.blocklist, &scored_part)?;
         if candidates.is_empty() {
             stop_reason = Some(all_blocked(step, ranked.len()));
             break;
