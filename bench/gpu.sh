@@ -12,6 +12,9 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/clipsteer}
 OUT=${OUT:-.}
 STEPS=${STEPS:-25}
+# The tokenizer files travel with the checkout; a binary built elsewhere would look for them under
+# the path it was built in.
+ASSETS=${ASSETS:-$PWD/assets/tokenizers}
 if [ -z "${SKIP_BUILD:-}" ]; then
   if [ -z "${CUDA_COMPUTE_CAP:-}" ]; then
     CUDA_COMPUTE_CAP=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n1 | tr -d .)
@@ -20,6 +23,6 @@ if [ -z "${SKIP_BUILD:-}" ]; then
   cargo build --release --features cuda
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv | tee "$OUT/gpu-info.txt"
-"$BIN" --device cuda bench --clip h14 --top-k 2500 --steps "$STEPS" | tee "$OUT/gpu-bench-h14-k2500.txt"
-"$BIN" --device cuda bench --clip b32 --top-k 200 --steps "$STEPS" | tee "$OUT/gpu-bench-b32-k200.txt"
-"$BIN" --device cuda bench --clip h14 --top-k 2500 --steps "$STEPS" --json > "$OUT/gpu-bench-h14-k2500.json"
+"$BIN" --device cuda bench --assets "$ASSETS" --clip h14 --top-k 2500 --steps "$STEPS" | tee "$OUT/gpu-bench-h14-k2500.txt"
+"$BIN" --device cuda bench --assets "$ASSETS" --clip b32 --top-k 200 --steps "$STEPS" | tee "$OUT/gpu-bench-b32-k200.txt"
+"$BIN" --device cuda bench --assets "$ASSETS" --clip h14 --top-k 2500 --steps "$STEPS" --json > "$OUT/gpu-bench-h14-k2500.json"
