@@ -30,7 +30,8 @@ pub struct BeamParams {
     /// In the last this many steps before --max-tokens, every live hypothesis may also end with
     /// a period even when "." is not among its LM top-k (at its true log-probability), and at
     /// --max-tokens every such ended text joins the finished ones: with sentences asked for, the
-    /// answer then ends as a sentence instead of being cut mid-clause. 0: off.
+    /// answer then ends as a sentence instead of being cut mid-clause. A text ended this way is
+    /// the answer only when no hypothesis ended on its own ([`Ending`]). 0: off.
     pub close_within: usize,
 }
 
@@ -63,14 +64,27 @@ struct Hypothesis<C, P> {
     /// hypothesis's own prefix extends it by the positions the new token changed instead of
     /// encoding the whole text again. None for the root.
     parent_prefix: Option<Rc<P>>,
-    /// Finished at the end of a sentence or of the text, not cut by --max-tokens.
-    ended: bool,
+    /// How it finished; [`Ending::Cut`] while live.
+    ending: Ending,
+}
+
+/// How a hypothesis finished. With sentences asked for, the final rerank takes the best of the
+/// highest kind present: a text the LM ended itself beats one ended by `close_within`'s offer,
+/// which beats one cut at --max-tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Ending {
+    /// Cut at --max-tokens (or still live).
+    Cut,
+    /// Ended by the period `close_within` offers outside the LM's top-k.
+    Offered,
+    /// Ended by the LM's end of text or a sentence end from its own top-k.
+    Own,
 }
 
 impl<C, P> Hypothesis<C, P> {
     /// `expansion` of the hypothesis with `parent_ids`, finished: an expansion that ends the text
     /// adds no token.
-    fn finished<E>(expansion: &Expansion<E>, parent_ids: &[u32], ended: bool) -> Self {
+    fn finished<E>(expansion: &Expansion<E>, parent_ids: &[u32], ending: Ending) -> Self {
         let mut ids = parent_ids.to_vec();
         if !expansion.ends_text {
             ids.push(expansion.token);
@@ -83,9 +97,23 @@ impl<C, P> Hypothesis<C, P> {
             similarity: expansion.similarity,
             state: None,
             parent_prefix: None,
-            ended,
+            ending,
         }
     }
+}
+
+/// The answer among the hypotheses' `(ending, score)`: the best score. With sentences asked for,
+/// only among those of the highest [`Ending`] present: a text cut by --max-tokens mid-clause used
+/// to win the rerank by piling on target words, and a text ended by close_within's offer is
+/// often a clause cut with a period. Ties go to the later one. None when there are none.
+fn pick_answer(endings: &[(Ending, f32)], sentences: bool) -> Option<usize> {
+    let wanted = match sentences {
+        true => endings.iter().map(|e| e.0).max()?,
+        false => Ending::Cut,
+    };
+    (0..endings.len())
+        .filter(|&i| endings[i].0 >= wanted)
+        .max_by(|&a, &b| endings[a].1.total_cmp(&endings[b].1))
 }
 
 /// What the beam ranks by, and the final rerank too: similarity plus `fluency` × the mean
@@ -98,6 +126,8 @@ pub fn beam_score(similarity: f32, log_prob: f64, generated: usize, fluency: f32
 struct Expansion<C> {
     parent: usize,
     token: u32,
+    /// The period close_within offered outside the LM's top-k.
+    offered: bool,
     /// The LM chose to end the text: the parent finishes as it is.
     ends_text: bool,
     phrase: String,
@@ -143,7 +173,7 @@ pub fn run<L: CausalLm, O: Objective>(
         similarity: f32::NAN,
         state: Some((cache, logits)),
         parent_prefix: None,
-        ended: false,
+        ending: Ending::Cut,
     }];
     let mut lm_seconds = clock.elapsed().as_secs_f64();
     let mut finished: Vec<Hypothesis<L::Cache, O::Prefix>> = Vec::new();
@@ -170,10 +200,12 @@ pub fn run<L: CausalLm, O: Objective>(
             // Ending adds no text, so it needs no scoring; an empty text cannot end.
             let ends_text = eos.filter(|e| step > 0 && ranked.contains(e));
             let mut ranked: Vec<u32> = ranked.into_iter().filter(|&c| Some(c) != eos).collect();
+            let mut offered = None;
             if let Some(period) = period {
                 let closing = step > 0 && step + params.close_within >= options.max_tokens;
                 if closing && !ranked.contains(&period) {
                     ranked.push(period);
+                    offered = Some(period);
                 }
             }
             let allowed = allowed_candidates(
@@ -200,6 +232,7 @@ pub fn run<L: CausalLm, O: Objective>(
                 expansions.push(Expansion {
                     parent,
                     token,
+                    offered: offered == Some(token),
                     ends_text: false,
                     phrase,
                     scored_text,
@@ -214,6 +247,7 @@ pub fn run<L: CausalLm, O: Objective>(
                 expansions.push(Expansion {
                     parent,
                     token: eos,
+                    offered: false,
                     ends_text: true,
                     phrase: hypothesis.text.clone(),
                     scored_text: hypothesis.scored_text.clone(),
@@ -235,9 +269,14 @@ pub fn run<L: CausalLm, O: Objective>(
         for expansion in &expansions {
             let token_text = lm.decode(&[expansion.token])?;
             let sentence_done = options.stop_at_sentence_end && ends_sentence(&token_text);
+            let ending = match (expansion.ends_text || sentence_done, expansion.offered) {
+                (false, _) => Ending::Cut,
+                (true, true) => Ending::Offered,
+                (true, false) => Ending::Own,
+            };
             finishes.push((
-                expansion.ends_text || sentence_done || step + 1 == options.max_tokens,
-                expansion.ends_text || sentence_done,
+                ending != Ending::Cut || step + 1 == options.max_tokens,
+                ending,
             ));
         }
         rank_expansions(&mut expansions, params.diversity);
@@ -307,12 +346,12 @@ pub fn run<L: CausalLm, O: Objective>(
                 break;
             }
             let expansion = &expansions[i];
-            let (finishes_here, sentence_done) = finishes[i];
+            let (finishes_here, ending) = finishes[i];
             if finishes_here {
                 finished.push(Hypothesis::finished(
                     expansion,
                     &live[expansion.parent].ids,
-                    sentence_done,
+                    ending,
                 ));
                 newly_finished += 1;
                 pushed.push(i);
@@ -325,13 +364,13 @@ pub fn run<L: CausalLm, O: Objective>(
         }
         if period.is_some() && step + 1 == options.max_tokens {
             for (i, expansion) in expansions.iter().enumerate() {
-                if !finishes[i].1 || expansion.ends_text || pushed.contains(&i) {
+                if finishes[i].1 == Ending::Cut || expansion.ends_text || pushed.contains(&i) {
                     continue;
                 }
                 finished.push(Hypothesis::finished(
                     expansion,
                     &live[expansion.parent].ids,
-                    true,
+                    finishes[i].1,
                 ));
             }
         }
@@ -384,7 +423,7 @@ pub fn run<L: CausalLm, O: Objective>(
                     similarity: expansion.similarity,
                     state: Some(state),
                     parent_prefix: prefixes[parent].clone(),
-                    ended: false,
+                    ending: Ending::Cut,
                 });
             }
         }
@@ -421,14 +460,12 @@ pub fn run<L: CausalLm, O: Objective>(
             break;
         }
     }
-    // With sentences asked for, a text cut by --max-tokens mid-clause is the answer only when no
-    // hypothesis ended: a cut one used to win the rerank by piling on target words.
-    let prefer_ended = options.stop_at_sentence_end && finished.iter().any(|h| h.ended);
-    let best = finished
-        .into_iter()
-        .chain(live)
-        .filter(|h| h.ids.len() > prompt_ids.len() && (h.ended || !prefer_ended))
-        .max_by(|a, b| score_of(a).total_cmp(&score_of(b)));
+    let mut contenders: Vec<_> = (finished.into_iter().chain(live))
+        .filter(|h| h.ids.len() > prompt_ids.len())
+        .collect();
+    let endings: Vec<(Ending, f32)> = contenders.iter().map(|h| (h.ending, score_of(h))).collect();
+    let best =
+        pick_answer(&endings, options.stop_at_sentence_end).map(|i| contenders.swap_remove(i));
     Ok(match best {
         Some(best) => DescribeResult {
             token_ids: best.ids[prompt_ids.len()..].to_vec(),
@@ -565,4 +602,28 @@ fn look_ahead<L: CausalLm, O: Objective>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{pick_answer, Ending};
+
+    #[test]
+    fn the_answer_is_the_best_of_the_highest_ending_present() {
+        use Ending::*;
+        let all = [
+            (Cut, 0.9),
+            (Offered, 0.8),
+            (Own, 0.5),
+            (Own, 0.6),
+            (Cut, 0.95),
+        ];
+        assert_eq!(pick_answer(&all, true), Some(3));
+        assert_eq!(pick_answer(&all, false), Some(4));
+        assert_eq!(pick_answer(&all[..2], true), Some(1));
+        assert_eq!(pick_answer(&[(Cut, 0.1), (Cut, 0.3)], true), Some(1));
+        // Ties go to the later one, as Iterator::max_by does.
+        assert_eq!(pick_answer(&[(Own, 0.5), (Own, 0.5)], true), Some(1));
+        assert_eq!(pick_answer(&[], true), None);
+    }
 }
