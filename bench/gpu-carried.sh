@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # On a lent GPU host with the NVIDIA driver and PyTorch's CUDA 13 wheels but no Rust: unpack a
 # CUDA build made elsewhere by bench/cuda-build.sh, put the host's CUDA libraries on the loader's
-# path, and run bench/gpu.sh with it. The binary travels as BIN_XZ (default
-# target-cuda/clipsteer.xz); results go to $OUT.
+# path, and run bench/gpu.sh (or the script named as the argument) with it. The binary travels as
+# BIN_XZ (default target-cuda/clipsteer.xz); results go to $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OUT=${OUT:-.}
@@ -18,5 +18,6 @@ ldd /tmp/clipsteer | tee -a "$OUT/env.txt" | grep -E "not found|cuda|cublas|cura
 # A two-step run first: it shows at once whether the kernels load.
 timeout 120 /tmp/clipsteer --device cuda bench --assets assets/tokenizers --clip b32 --top-k 200 \
   --steps 2 2>&1 | tail -n 15 | tee "$OUT/smoke.txt"
-SKIP_BUILD=1 BIN=/tmp/clipsteer timeout "${BENCH_TIMEOUT:-360}" bench/gpu.sh 2>&1 | tail -n 60
-echo "gpu.sh rc=${PIPESTATUS[0]}"
+# bench/gpu.sh unless another script is named (bench/gpu-compare.sh).
+SKIP_BUILD=1 BIN=/tmp/clipsteer timeout "${BENCH_TIMEOUT:-360}" "${@:-bench/gpu.sh}" 2>&1 | tail -n 60
+echo "${1:-bench/gpu.sh} rc=${PIPESTATUS[0]}"
