@@ -335,6 +335,12 @@ fn fifty_concurrent_clients_each_complete_or_get_429() {
     // The first 6 to arrive (2 running, 4 waiting) are always admitted.
     assert!(completed >= 6, "{completed} completed");
     assert!(server.is_running());
+    // A job's slot is released when its worker returns, just after its last event is sent: a
+    // client can read "done" a moment before that.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while server.health()["admitted"] != 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert_eq!(server.health()["admitted"], 0);
     let (rss_after, peak) = server.memory_kib();
     eprintln!("server RSS: {rss_before} KiB before, {rss_after} KiB after, peak {peak} KiB; {completed} completed, {refused} refused");
