@@ -66,7 +66,7 @@ def main():
             sync()
             step_ms.append((time.perf_counter() - t0) * 1e3)
         caption = time.perf_counter() - start
-    report = {"top_k": args.top_k, "steps": args.steps, "threads": args.threads,
+    report = {"prompt": args.prompt, "top_k": args.top_k, "steps": args.steps, "threads": args.threads,
               "median_step_ms": statistics.median(step_ms), "caption_seconds": caption, "step_ms": step_ms,
               "token_ids": ids[len(prompt_ids):], "text": gpt2_tok.decode(ids), "torch": torch.__version__,
               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
