@@ -37,7 +37,8 @@ struct Args {
     encoder: PathBuf,
     #[arg(long, default_value = "eval/targets.jsonl")]
     targets: PathBuf,
-    /// tuning, held-out or all.
+    /// tuning, held-out, fresh (ids 48–63, written after the ending rules were judged on the
+    /// held-out half, to confirm them on targets no rule was shaped on) or all.
     #[arg(long, default_value = "tuning")]
     split: String,
     /// caption ("A picture of"), chat (the LM's chat template asking for one sentence), or any
