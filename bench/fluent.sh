@@ -6,6 +6,8 @@
 # same text (the same work) for every case.
 #
 #   BEFORE=path/to/old/clipsteer AFTER=target/release/clipsteer ROUNDS=2 CASES=3 bench/fluent.sh
+# AFTER_ARGS adds flags to the newer build's runs only, to turn off a behaviour the older build
+# lacks so that both do the same work (e.g. AFTER_ARGS="--beam-close-within 0").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BEFORE=${BEFORE:?give BEFORE=path/to/older/clipsteer}
@@ -13,6 +15,7 @@ AFTER=${AFTER:-target/release/clipsteer}
 ROUNDS=${ROUNDS:-2}; CASES=${CASES:-3}
 LM=${LM:-.cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}
 ENCODER=${ENCODER:-.cache/models/all-minilm-l6-v2}
+read -r -a after_args <<< "${AFTER_ARGS:-}"
 out=$(mktemp -d)
 python3 - "$CASES" > "$out/cases.tsv" <<'PY'
 import json, sys
@@ -25,9 +28,10 @@ for round in $(seq "$ROUNDS"); do
   while IFS=$'\t' read -r id target block; do
     for strategy in magic beam; do
       for side in before after; do
-        bin=$BEFORE; [ "$side" = after ] && bin=$AFTER
+        bin=$BEFORE; extra=()
+        [ "$side" = after ] && { bin=$AFTER; extra=("${after_args[@]}"); }
         "$bin" --device cpu describe --lm "$LM" --encoder "$ENCODER" --target-text "$target" \
-          --block "$block" --strategy "$strategy" --prompt "A picture of" --json \
+          --block "$block" --strategy "$strategy" --prompt "A picture of" --json "${extra[@]}" \
           | tail -1 > "$out/$side-$strategy-$id-$round.json"
       done
     done

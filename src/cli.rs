@@ -213,8 +213,8 @@ pub struct DescribeArgs {
     #[arg(long, default_value_t = BeamParams::default().lookahead)]
     pub beam_lookahead: usize,
     /// Beam: in the last this many steps before --max-tokens, a hypothesis may also end with "."
-    /// outside its top-k, so that the answer ends as a sentence instead of being cut. 0 turns it
-    /// off.
+    /// outside its top-k, and every sentence end there stays a candidate answer, so that the
+    /// answer ends as a sentence instead of being cut. 0 turns it off.
     #[arg(long, default_value_t = BeamParams::default().close_within)]
     pub beam_close_within: usize,
     /// With --strategy magic or beam: go on to --max-tokens instead of stopping at the end of a

@@ -28,10 +28,11 @@ pub struct BeamParams {
     /// final rerank, are its own. 0: off.
     pub lookahead: usize,
     /// In the last this many steps before --max-tokens, every live hypothesis may also end with
-    /// a period even when "." is not among its LM top-k (at its true log-probability), and at
-    /// --max-tokens every such ended text joins the finished ones: with sentences asked for, the
-    /// answer then ends as a sentence instead of being cut mid-clause. A text ended this way is
-    /// the answer only when no hypothesis ended on its own ([`Ending`]). 0: off.
+    /// a period even when "." is not among its LM top-k (at its true log-probability), and every
+    /// text ended in those steps, by the LM or by that period, joins the finished ones even when
+    /// it did not win a beam slot: with sentences asked for, the answer then ends as a sentence
+    /// instead of being cut mid-clause. A text ended by the offered period is the answer only
+    /// when no hypothesis ended on its own ([`Ending`]). 0: off.
     pub close_within: usize,
 }
 
@@ -114,6 +115,13 @@ fn pick_answer(endings: &[(Ending, f32)], sentences: bool) -> Option<usize> {
     (0..endings.len())
         .filter(|&i| endings[i].0 >= wanted)
         .max_by(|&a, &b| endings[a].1.total_cmp(&endings[b].1))
+}
+
+/// Whether `step` (from 0) is in the closing window of `close_within` steps before `max_tokens`:
+/// there a period is offered to every live hypothesis, and every sentence end joins the finished
+/// ones whether or not it won a beam slot. An empty text cannot end, so step 0 never closes.
+fn closing(step: usize, close_within: usize, max_tokens: usize) -> bool {
+    step > 0 && step + close_within >= max_tokens
 }
 
 /// What the beam ranks by, and the final rerank too: similarity plus `fluency` × the mean
@@ -202,8 +210,9 @@ pub fn run<L: CausalLm, O: Objective>(
             let mut ranked: Vec<u32> = ranked.into_iter().filter(|&c| Some(c) != eos).collect();
             let mut offered = None;
             if let Some(period) = period {
-                let closing = step > 0 && step + params.close_within >= options.max_tokens;
-                if closing && !ranked.contains(&period) {
+                if closing(step, params.close_within, options.max_tokens)
+                    && !ranked.contains(&period)
+                {
                     ranked.push(period);
                     offered = Some(period);
                 }
@@ -362,9 +371,12 @@ pub fn run<L: CausalLm, O: Objective>(
                 kept.push(i);
             }
         }
-        if period.is_some() && step + 1 == options.max_tokens {
+        // In the closing window every sentence end joins the finished ones, not only those that
+        // won a beam slot: the final rerank can then prefer a clause the LM closed itself a few
+        // steps back over a period offered after a dangling word at --max-tokens.
+        if period.is_some() && closing(step, params.close_within, options.max_tokens) {
             for (i, expansion) in expansions.iter().enumerate() {
-                if finishes[i].1 == Ending::Cut || expansion.ends_text || pushed.contains(&i) {
+                if finishes[i].1 == Ending::Cut || pushed.contains(&i) {
                     continue;
                 }
                 finished.push(Hypothesis::finished(
@@ -606,7 +618,21 @@ fn look_ahead<L: CausalLm, O: Objective>(
 
 #[cfg(test)]
 mod tests {
-    use super::{pick_answer, Ending};
+    use super::{closing, pick_answer, Ending};
+
+    #[test]
+    fn the_closing_window_is_the_last_close_within_steps_after_the_first() {
+        let window = |close_within, max_tokens| -> Vec<usize> {
+            (0..max_tokens)
+                .filter(|&step| closing(step, close_within, max_tokens))
+                .collect()
+        };
+        assert_eq!(window(8, 32), (24..32).collect::<Vec<_>>());
+        assert_eq!(window(1, 32), vec![31]);
+        assert_eq!(window(0, 32), Vec::<usize>::new());
+        // A window longer than the text starts at step 1: an empty text cannot end.
+        assert_eq!(window(8, 4), vec![1, 2, 3]);
+    }
 
     #[test]
     fn the_answer_is_the_best_of_the_highest_ending_present() {
