@@ -29,10 +29,11 @@ pub struct BeamParams {
     pub lookahead: usize,
     /// In the last this many steps before --max-tokens, every live hypothesis may also end with
     /// a period even when "." is not among its LM top-k (at its true log-probability), and every
-    /// text ended in those steps, by the LM or by that period, joins the finished ones even when
-    /// it did not win a beam slot: with sentences asked for, the answer then ends as a sentence
+    /// text that ends with a sentence mark in those steps (its LM's or that period) joins the
+    /// finished ones even when it did not win a beam slot: with sentences asked for, the answer then ends as a sentence
     /// instead of being cut mid-clause. A text ended by the offered period is the answer only
-    /// when no hypothesis ended on its own ([`Ending`]). 0: off.
+    /// when no hypothesis ended on its own ([`Ending`]), and among such texts that period's
+    /// log-probability counts in full ([`answer_score`]). 0: off.
     pub close_within: usize,
 }
 
@@ -67,6 +68,8 @@ struct Hypothesis<C, P> {
     parent_prefix: Option<Rc<P>>,
     /// How it finished; [`Ending::Cut`] while live.
     ending: Ending,
+    /// The LM's log-probability of the token that ended it (nats); 0 while live.
+    ending_log_prob: f64,
 }
 
 /// How a hypothesis finished. With sentences asked for, the final rerank takes the best of the
@@ -99,6 +102,7 @@ impl<C, P> Hypothesis<C, P> {
             state: None,
             parent_prefix: None,
             ending,
+            ending_log_prob: expansion.token_log_prob,
         }
     }
 }
@@ -124,6 +128,18 @@ fn closing(step: usize, close_within: usize, max_tokens: usize) -> bool {
     step > 0 && step + close_within >= max_tokens
 }
 
+/// A finished text's score in the final rerank: its [`beam_score`], and for a text ended by the
+/// period close_within offered outside the top-k, plus `fluency` × that period's log-probability
+/// (nats). Such a period is a forced stop, and the mean log-probability dilutes its cost n-fold:
+/// counted in full, it makes the stop the LM finds most plausible win over a period after a
+/// dangling word ("…their machinery he wielding.").
+fn answer_score(ending: Ending, score: f32, ending_log_prob: f64, fluency: f32) -> f32 {
+    match ending {
+        Ending::Offered => score + fluency * ending_log_prob as f32,
+        Ending::Cut | Ending::Own => score,
+    }
+}
+
 /// What the beam ranks by, and the final rerank too: similarity plus `fluency` × the mean
 /// per-token log-probability of the generated tokens.
 pub fn beam_score(similarity: f32, log_prob: f64, generated: usize, fluency: f32) -> f32 {
@@ -138,6 +154,8 @@ struct Expansion<C> {
     offered: bool,
     /// The LM chose to end the text: the parent finishes as it is.
     ends_text: bool,
+    /// The LM's log-probability of `token` after the parent (nats).
+    token_log_prob: f64,
     phrase: String,
     scored_text: String,
     log_prob: f64,
@@ -182,6 +200,7 @@ pub fn run<L: CausalLm, O: Objective>(
         state: Some((cache, logits)),
         parent_prefix: None,
         ending: Ending::Cut,
+        ending_log_prob: 0.0,
     }];
     let mut lm_seconds = clock.elapsed().as_secs_f64();
     let mut finished: Vec<Hypothesis<L::Cache, O::Prefix>> = Vec::new();
@@ -243,6 +262,7 @@ pub fn run<L: CausalLm, O: Objective>(
                     token,
                     offered: offered == Some(token),
                     ends_text: false,
+                    token_log_prob: log_probs[token as usize],
                     phrase,
                     scored_text,
                     log_prob,
@@ -258,6 +278,7 @@ pub fn run<L: CausalLm, O: Objective>(
                     token: eos,
                     offered: false,
                     ends_text: true,
+                    token_log_prob: log_probs[eos as usize],
                     phrase: hypothesis.text.clone(),
                     scored_text: hypothesis.scored_text.clone(),
                     log_prob: hypothesis.log_prob,
@@ -371,12 +392,14 @@ pub fn run<L: CausalLm, O: Objective>(
                 kept.push(i);
             }
         }
-        // In the closing window every sentence end joins the finished ones, not only those that
-        // won a beam slot: the final rerank can then prefer a clause the LM closed itself a few
+        // In the closing window every sentence end (a sentence mark, the LM's or the offered
+        // period) joins the finished ones, not only those that won a beam slot: the final rerank can then prefer a clause the LM closed itself a few
         // steps back over a period offered after a dangling word at --max-tokens.
         if period.is_some() && closing(step, params.close_within, options.max_tokens) {
             for (i, expansion) in expansions.iter().enumerate() {
-                if finishes[i].1 == Ending::Cut || pushed.contains(&i) {
+                // The LM's end of text leaves the parent's text as it was, often with no
+                // sentence mark: only a slot in the beam makes it an answer.
+                if finishes[i].1 == Ending::Cut || expansion.ends_text || pushed.contains(&i) {
                     continue;
                 }
                 finished.push(Hypothesis::finished(
@@ -436,6 +459,7 @@ pub fn run<L: CausalLm, O: Objective>(
                     state: Some(state),
                     parent_prefix: prefixes[parent].clone(),
                     ending: Ending::Cut,
+                    ending_log_prob: 0.0,
                 });
             }
         }
@@ -475,7 +499,13 @@ pub fn run<L: CausalLm, O: Objective>(
     let mut contenders: Vec<_> = (finished.into_iter().chain(live))
         .filter(|h| h.ids.len() > prompt_ids.len())
         .collect();
-    let endings: Vec<(Ending, f32)> = contenders.iter().map(|h| (h.ending, score_of(h))).collect();
+    let endings: Vec<(Ending, f32)> = contenders
+        .iter()
+        .map(|h| {
+            let score = answer_score(h.ending, score_of(h), h.ending_log_prob, params.fluency);
+            (h.ending, score)
+        })
+        .collect();
     let best =
         pick_answer(&endings, options.stop_at_sentence_end).map(|i| contenders.swap_remove(i));
     Ok(match best {
@@ -618,7 +648,26 @@ fn look_ahead<L: CausalLm, O: Objective>(
 
 #[cfg(test)]
 mod tests {
-    use super::{closing, pick_answer, Ending};
+    use super::{answer_score, closing, pick_answer, Ending};
+
+    #[test]
+    fn a_forced_stop_pays_its_periods_log_probability_in_full() {
+        // Two texts ended by an offered period: the one with the likelier period wins the
+        // rerank although its mean score is lower; texts that ended otherwise are untouched.
+        let dangling = answer_score(Ending::Offered, 0.80, -9.0, 0.1);
+        let clause = answer_score(Ending::Offered, 0.75, -4.0, 0.1);
+        assert!((dangling - (0.80 - 0.9)).abs() < 1e-6 && (clause - (0.75 - 0.4)).abs() < 1e-6);
+        assert_eq!(
+            pick_answer(
+                &[(Ending::Offered, dangling), (Ending::Offered, clause)],
+                true
+            ),
+            Some(1)
+        );
+        assert_eq!(answer_score(Ending::Own, 0.8, -9.0, 0.1), 0.8);
+        assert_eq!(answer_score(Ending::Cut, 0.8, -9.0, 0.1), 0.8);
+        assert_eq!(answer_score(Ending::Offered, 0.8, -9.0, 0.0), 0.8);
+    }
 
     #[test]
     fn the_closing_window_is_the_last_close_within_steps_after_the_first() {
