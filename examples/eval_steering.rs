@@ -37,8 +37,9 @@ struct Args {
     encoder: PathBuf,
     #[arg(long, default_value = "eval/targets.jsonl")]
     targets: PathBuf,
-    /// tuning, held-out, fresh (ids 48–63, written after the ending rules were judged on the
-    /// held-out half, to confirm them on targets no rule was shaped on) or all.
+    /// tuning, held-out, fresh (ids 48–63) or fresh2 (ids 64–79), or all. The fresh splits were
+    /// written later, each before any run on it, to confirm rules on targets none was shaped
+    /// on (eval/README.md).
     #[arg(long, default_value = "tuning")]
     split: String,
     /// caption ("A picture of"), chat (the LM's chat template asking for one sentence), or any

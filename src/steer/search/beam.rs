@@ -8,6 +8,7 @@ use crate::steer::describe::{validate, Candidate, DescribeOptions, DescribeResul
 use crate::steer::objectives::Objective;
 use crate::steer::CausalLm;
 use anyhow::Result;
+use std::collections::HashSet;
 use std::rc::Rc;
 
 /// Beam search settings.
@@ -463,8 +464,20 @@ pub fn run<L: CausalLm, O: Objective>(
                 });
             }
         }
-        lm_seconds += clock.elapsed().as_secs_f64();
         live = next_live;
+        if period.is_some() && closing(step, params.close_within, options.max_tokens) {
+            let room = options.max_tokens - (step + 1);
+            finished.extend(sentence_completions(
+                lm,
+                objective,
+                &live,
+                room,
+                &markup,
+                &options.blocklist,
+                &scored_part,
+            )?);
+        }
+        lm_seconds += clock.elapsed().as_secs_f64();
 
         let leader = live
             .iter()
@@ -644,6 +657,86 @@ fn look_ahead<L: CausalLm, O: Objective>(
         }
     }
     Ok(())
+}
+
+/// Each live hypothesis continued by its LM's greedy choice (the best of its top 5 that is
+/// neither markup nor its end of text and writes no blocked word) for at most `room` tokens,
+/// until a token ends a sentence: the texts that end so, scored, finished as the LM's own
+/// ending ([`Ending::Own`]). In the closing window these give the final rerank a sentence the LM
+/// itself would end within --max-tokens whenever one exists, where the beam's own hypotheses,
+/// ranked by similarity, keep adding words up to the limit. Texts that reach `room` or the end
+/// of text without a sentence mark are dropped.
+fn sentence_completions<L: CausalLm, O: Objective>(
+    lm: &L,
+    objective: &O,
+    live: &[Hypothesis<L::Cache, O::Prefix>],
+    room: usize,
+    markup: &HashSet<u32>,
+    blocklist: &crate::steer::constraints::Blocklist,
+    scored_part: &ScoredPart,
+) -> Result<Vec<Hypothesis<L::Cache, O::Prefix>>> {
+    let mut ended = Vec::new();
+    for hypothesis in live {
+        let (Some((cache, logits)), Some(prefix)) = (&hypothesis.state, &hypothesis.parent_prefix)
+        else {
+            continue;
+        };
+        let mut cache = cache.clone();
+        let mut logits = logits.clone();
+        let mut ids = hypothesis.ids.clone();
+        let mut log_prob = hypothesis.log_prob;
+        let mut last_log_prob = 0.0;
+        let mut ends = false;
+        for n in 0..room {
+            let log_probs = log_softmax(&logits);
+            let mut next = None;
+            for candidate in top_k(&logits, 5)? {
+                if Some(candidate) == lm.eos_token_id() {
+                    break;
+                }
+                if markup.contains(&candidate) {
+                    continue;
+                }
+                ids.push(candidate);
+                let blocked = blocklist.find_in(&lm.decode(&ids)?).is_some();
+                ids.pop();
+                if !blocked {
+                    next = Some(candidate);
+                    break;
+                }
+            }
+            let Some(next) = next else { break };
+            ids.push(next);
+            last_log_prob = log_probs[next as usize];
+            log_prob += last_log_prob;
+            if ends_sentence(&lm.decode(&[next])?) {
+                ends = true;
+                break;
+            }
+            if n + 1 < room {
+                logits = lm.next_logits(&[next], &mut cache)?;
+            }
+        }
+        if !ends {
+            continue;
+        }
+        let text = lm.decode(&ids)?;
+        let scored_text = scored_part.of(lm, &ids, &text)?;
+        // The parent's prefix: the completed text extends it as the hypothesis's own text does.
+        let similarity = objective.score(prefix, std::slice::from_ref(&scored_text))?;
+        ended.push(Hypothesis {
+            ids,
+            text,
+            scored_text,
+            log_prob,
+            similarity: similarity.similarities[0],
+            state: None,
+            parent_prefix: None,
+            ending: Ending::Own,
+            ending_log_prob: last_log_prob,
+        });
+    }
+    Ok(ended)
 }
 
 #[cfg(test)]
