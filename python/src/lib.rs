@@ -571,11 +571,8 @@ impl AttackerModels {
             .clone()
             .map(|s| SharedScorer(s as Arc<dyn ItemScorer + Send + Sync>));
         let (objective, options) = request.to_spec(shared).map_err(value_err)?;
-        if let Some(word) = options.blocklist.find_in(&options.instruction) {
-            return Err(PyValueError::new_err(format!(
-                "the instruction contains the blocked word '{word}'; change the instruction or the blocklist"
-            )));
-        }
+        // Every bad option is the caller's ValueError now, not a RuntimeError from the stream.
+        clipsteer::steer::search::attack::validate(&options).map_err(value_err)?;
         let spec = AttackSpec {
             attacker: String::new(),
             victim: None,

@@ -432,6 +432,11 @@ def test_an_objective_that_raises_raises_itself(attacker):
         attacker.attack("Say something.")
     with pytest.raises(ValueError, match="blocked word"):
         attacker.attack("Say something.", target_response="Sure", block="something")
+    # Bad options are the caller's error, raised before the attack starts.
+    with pytest.raises(ValueError, match="beam_width must be at least 1"):
+        attacker.attack("Say something.", target_response="Sure", beam_width=0)
+    with pytest.raises(ValueError, match="top_p must be in"):
+        attacker.attack("Say something.", target_response="Sure", top_p=1.5, seed=1)
 
 
 def test_attack_toward_a_text_through_an_encoder(attacker):
