@@ -999,3 +999,45 @@ fn beam_diversity_and_lookahead_keep_results_honest_and_words_blocked() {
         }
     }
 }
+
+/// With sentences asked for, beam's closing window ends every answer as a sentence (its own
+/// sentence mark, the LM's greedy completion to one, or the offered period), and whichever of
+/// these the answer is, it reports its own text's similarity and log-probability and writes no
+/// blocked word.
+#[test]
+fn a_beam_asked_for_sentences_ends_its_answer_and_reports_it_honestly() {
+    let lm = lm();
+    let scorer = scorer();
+    let blocklist = Blocklist::new(["the", "and"], false).unwrap();
+    for (prompt, image) in [
+        ("An image of ", "crop32.png"),
+        ("Here is", "odd_47x61.png"),
+        ("A photo of", "crop32.png"),
+    ] {
+        let target = target_of(&scorer, image);
+        let prompt_ids = lm.encode(prompt).unwrap();
+        let mut opts = options(prompt, 8, 12, Strategy::Beam, blocklist.clone());
+        opts.stop_at_sentence_end = true;
+        opts.scored_text = ScoredText::Generated;
+        opts.beam = BeamParams {
+            width: 3,
+            close_within: 12,
+            ..BeamParams::default()
+        };
+        let result = describe(&lm, &scorer, &target, &opts, |_| Ok(())).unwrap();
+        let case = format!("{prompt:?}: {:?}", result.text);
+        let last = *result.token_ids.last().expect("a text");
+        let ended_by_eos = result.token_ids.len() < 12;
+        assert!(
+            ended_by_eos || ends_sentence(&lm.decode(&[last]).unwrap()),
+            "{case}: cut at the limit"
+        );
+        let seen = lm.decode(&result.token_ids).unwrap();
+        assert_reported_honestly(&lm, &scorer, &target, &prompt_ids, &seen, &result, &case);
+        assert_eq!(
+            blocklist.find_in(&result.text[prompt.len()..]),
+            None,
+            "{case}"
+        );
+    }
+}
