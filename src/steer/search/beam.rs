@@ -29,12 +29,13 @@ pub struct BeamParams {
     /// final rerank, are its own. 0: off.
     pub lookahead: usize,
     /// In the last this many steps before --max-tokens, every live hypothesis may also end with
-    /// a period even when "." is not among its LM top-k (at its true log-probability), and every
+    /// a period even when "." is not among its LM top-k (at its true log-probability); every
     /// text that ends with a sentence mark in those steps (its LM's or that period) joins the
-    /// finished ones even when it did not win a beam slot: with sentences asked for, the answer then ends as a sentence
-    /// instead of being cut mid-clause. A text ended by the offered period is the answer only
-    /// when no hypothesis ended on its own ([`Ending`]), and among such texts that period's
-    /// log-probability counts in full ([`answer_score`]). 0: off.
+    /// finished ones even when it did not win a beam slot, and so does each live hypothesis's
+    /// greedy completion to a sentence end within --max-tokens: with sentences asked for, the
+    /// answer then ends as a sentence instead of being cut mid-clause. A text ended by the
+    /// offered period is the answer only when no hypothesis ended on its own ([`Ending`]), and
+    /// among such texts that period's log-probability counts in full ([`answer_score`]). 0: off.
     pub close_within: usize,
 }
 
@@ -335,6 +336,7 @@ pub fn run<L: CausalLm, O: Objective>(
                     fluency: params.fluency,
                     diversity: params.diversity,
                     blocklist: &options.blocklist,
+                    markup: &markup,
                     scored_part: &scored_part,
                     stop_at_sentence_end: options.stop_at_sentence_end,
                 },
@@ -394,8 +396,9 @@ pub fn run<L: CausalLm, O: Objective>(
             }
         }
         // In the closing window every sentence end (a sentence mark, the LM's or the offered
-        // period) joins the finished ones, not only those that won a beam slot: the final rerank can then prefer a clause the LM closed itself a few
-        // steps back over a period offered after a dangling word at --max-tokens.
+        // period) joins the finished ones, not only those that won a beam slot: the final rerank
+        // can then prefer a clause the LM closed a few steps back over a period offered after a
+        // dangling word at --max-tokens.
         if period.is_some() && closing(step, params.close_within, options.max_tokens) {
             for (i, expansion) in expansions.iter().enumerate() {
                 // The LM's end of text leaves the parent's text as it was, often with no
@@ -572,15 +575,17 @@ struct LookaheadContext<'a> {
     fluency: f32,
     diversity: f32,
     blocklist: &'a crate::steer::constraints::Blocklist,
+    markup: &'a HashSet<u32>,
     scored_part: &'a ScoredPart,
     stop_at_sentence_end: bool,
 }
 
 /// Re-ranks `contenders` by their text and its greedy completion together: each is stepped by
-/// the LM (its state kept for the beam), completed greedily by up to `tokens` tokens (the best
-/// of the LM's top 5 that writes no blocked word; the end of a sentence or of the text stops
-/// it), and its rank becomes [`beam_score`] of the completed text's similarity and the mean
-/// log-probability of its generated tokens with the completion's, less its sibling penalty.
+/// the LM (its state kept for the beam), completed greedily by up to `tokens` tokens
+/// ([`greedy_allowed`]: the best of the LM's top 5 that is no markup and writes no blocked word;
+/// the end of a sentence or of the text stops it), and its rank becomes [`beam_score`] of the
+/// completed text's similarity and the mean log-probability of its generated tokens with the
+/// completion's, less its sibling penalty.
 fn look_ahead<L: CausalLm, O: Objective>(
     lm: &L,
     objective: &O,
@@ -616,19 +621,8 @@ fn look_ahead<L: CausalLm, O: Objective>(
             let mut log_prob = 0.0;
             for n in 0..context.tokens {
                 let log_probs = log_softmax(&logits);
-                let mut next = None;
-                for candidate in top_k(&logits, 5)? {
-                    if Some(candidate) == lm.eos_token_id() {
-                        break;
-                    }
-                    ids.push(candidate);
-                    let blocked = context.blocklist.find_in(&lm.decode(&ids)?).is_some();
-                    ids.pop();
-                    if !blocked {
-                        next = Some(candidate);
-                        break;
-                    }
-                }
+                let next =
+                    greedy_allowed(lm, &logits, &mut ids, context.markup, context.blocklist)?;
                 let Some(next) = next else { break };
                 ids.push(next);
                 log_prob += log_probs[next as usize];
@@ -657,6 +651,33 @@ fn look_ahead<L: CausalLm, O: Objective>(
         }
     }
     Ok(())
+}
+
+/// The LM's greedy next token after `ids` in a completion: the best of its top 5 by `logits`
+/// that is not markup and writes no blocked word. None when its end of text comes first, or none
+/// of the five is allowed. `ids` is as it was on return.
+fn greedy_allowed<L: CausalLm>(
+    lm: &L,
+    logits: &[f32],
+    ids: &mut Vec<u32>,
+    markup: &HashSet<u32>,
+    blocklist: &crate::steer::constraints::Blocklist,
+) -> Result<Option<u32>> {
+    for candidate in top_k(logits, 5)? {
+        if Some(candidate) == lm.eos_token_id() {
+            return Ok(None);
+        }
+        if markup.contains(&candidate) {
+            continue;
+        }
+        ids.push(candidate);
+        let blocked = blocklist.find_in(&lm.decode(ids)?).is_some();
+        ids.pop();
+        if !blocked {
+            return Ok(Some(candidate));
+        }
+    }
+    Ok(None)
 }
 
 /// Each live hypothesis continued by its LM's greedy choice (the best of its top 5 that is
@@ -689,23 +710,9 @@ fn sentence_completions<L: CausalLm, O: Objective>(
         let mut ends = false;
         for n in 0..room {
             let log_probs = log_softmax(&logits);
-            let mut next = None;
-            for candidate in top_k(&logits, 5)? {
-                if Some(candidate) == lm.eos_token_id() {
-                    break;
-                }
-                if markup.contains(&candidate) {
-                    continue;
-                }
-                ids.push(candidate);
-                let blocked = blocklist.find_in(&lm.decode(&ids)?).is_some();
-                ids.pop();
-                if !blocked {
-                    next = Some(candidate);
-                    break;
-                }
-            }
-            let Some(next) = next else { break };
+            let Some(next) = greedy_allowed(lm, &logits, &mut ids, markup, blocklist)? else {
+                break;
+            };
             ids.push(next);
             last_log_prob = log_probs[next as usize];
             log_prob += last_log_prob;
