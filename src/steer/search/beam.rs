@@ -214,6 +214,8 @@ pub fn run<L: CausalLm, O: Objective>(
     };
     for step in 0..options.max_tokens {
         clock = std::time::Instant::now();
+        let closing_step =
+            period.is_some() && closing(step, params.close_within, options.max_tokens);
         let mut expansions = Vec::new();
         let mut positions_computed = 0;
         let mut ranked_total = 0;
@@ -231,9 +233,7 @@ pub fn run<L: CausalLm, O: Objective>(
             let mut ranked: Vec<u32> = ranked.into_iter().filter(|&c| Some(c) != eos).collect();
             let mut offered = None;
             if let Some(period) = period {
-                if closing(step, params.close_within, options.max_tokens)
-                    && !ranked.contains(&period)
-                {
+                if closing_step && !ranked.contains(&period) {
                     ranked.push(period);
                     offered = Some(period);
                 }
@@ -399,7 +399,7 @@ pub fn run<L: CausalLm, O: Objective>(
         // period) joins the finished ones, not only those that won a beam slot: the final rerank
         // can then prefer a clause the LM closed a few steps back over a period offered after a
         // dangling word at --max-tokens.
-        if period.is_some() && closing(step, params.close_within, options.max_tokens) {
+        if closing_step {
             for (i, expansion) in expansions.iter().enumerate() {
                 // The LM's end of text leaves the parent's text as it was, often with no
                 // sentence mark: only a slot in the beam makes it an answer.
@@ -468,7 +468,7 @@ pub fn run<L: CausalLm, O: Objective>(
             }
         }
         live = next_live;
-        if period.is_some() && closing(step, params.close_within, options.max_tokens) {
+        if closing_step {
             let room = options.max_tokens - (step + 1);
             finished.extend(sentence_completions(
                 lm,
@@ -615,27 +615,21 @@ fn look_ahead<L: CausalLm, O: Objective>(
         for (row, &i) in children.iter().enumerate() {
             let mut ids = live[parent].ids.clone();
             ids.push(expansions[i].token);
-            let mut cache = lm.keep_branch(&branches.cache, row)?;
-            let mut logits = branches.logits[row].clone();
+            let cache = lm.keep_branch(&branches.cache, row)?;
+            let logits = branches.logits[row].clone();
             expansions[i].state = Some((cache.clone(), logits.clone()));
-            let mut log_prob = 0.0;
-            for n in 0..context.tokens {
-                let log_probs = log_softmax(&logits);
-                let next =
-                    greedy_allowed(lm, &logits, &mut ids, context.markup, context.blocklist)?;
-                let Some(next) = next else { break };
-                ids.push(next);
-                log_prob += log_probs[next as usize];
-                if context.stop_at_sentence_end && ends_sentence(&lm.decode(&[next])?) {
-                    break;
-                }
-                if n + 1 < context.tokens {
-                    logits = lm.next_logits(&[next], &mut cache)?;
-                }
-            }
+            let completion = complete_greedily(
+                lm,
+                (cache, logits),
+                &mut ids,
+                context.tokens,
+                context.stop_at_sentence_end,
+                context.markup,
+                context.blocklist,
+            )?;
             let text = lm.decode(&ids)?;
             completed.push(context.scored_part.of(lm, &ids, &text)?);
-            completion_log_probs.push((log_prob, ids.len() - context.prompt_len));
+            completion_log_probs.push((completion.log_prob, ids.len() - context.prompt_len));
         }
         let scores = objective.score(prefix, &completed)?;
         for (n, &i) in children.iter().enumerate() {
@@ -680,6 +674,54 @@ fn greedy_allowed<L: CausalLm>(
     Ok(None)
 }
 
+/// What [`complete_greedily`] added.
+struct Completion {
+    /// Sum of the completion's log-probabilities (nats).
+    log_prob: f64,
+    /// Its last token's log-probability (nats); 0 when it added none.
+    last_log_prob: f64,
+    /// Whether its last token ends a sentence.
+    ended_sentence: bool,
+}
+
+/// Extends `ids` by its LM's greedy completion from `state` (the cache after `ids` and the next
+/// logits): up to `tokens` tokens by [`greedy_allowed`], stopping at the LM's end of text or,
+/// with `sentences`, after a token that ends a sentence. Lookahead and the closing window's
+/// completions both take this.
+fn complete_greedily<L: CausalLm>(
+    lm: &L,
+    state: (L::Cache, Vec<f32>),
+    ids: &mut Vec<u32>,
+    tokens: usize,
+    sentences: bool,
+    markup: &HashSet<u32>,
+    blocklist: &crate::steer::constraints::Blocklist,
+) -> Result<Completion> {
+    let (mut cache, mut logits) = state;
+    let mut completion = Completion {
+        log_prob: 0.0,
+        last_log_prob: 0.0,
+        ended_sentence: false,
+    };
+    for n in 0..tokens {
+        let log_probs = log_softmax(&logits);
+        let Some(next) = greedy_allowed(lm, &logits, ids, markup, blocklist)? else {
+            break;
+        };
+        ids.push(next);
+        completion.last_log_prob = log_probs[next as usize];
+        completion.log_prob += completion.last_log_prob;
+        if sentences && ends_sentence(&lm.decode(&[next])?) {
+            completion.ended_sentence = true;
+            break;
+        }
+        if n + 1 < tokens {
+            logits = lm.next_logits(&[next], &mut cache)?;
+        }
+    }
+    Ok(completion)
+}
+
 /// Each live hypothesis continued by its LM's greedy choice (the best of its top 5 that is
 /// neither markup nor its end of text and writes no blocked word) for at most `room` tokens,
 /// until a token ends a sentence: the texts that end so, scored, finished as the LM's own
@@ -702,29 +744,10 @@ fn sentence_completions<L: CausalLm, O: Objective>(
         else {
             continue;
         };
-        let mut cache = cache.clone();
-        let mut logits = logits.clone();
         let mut ids = hypothesis.ids.clone();
-        let mut log_prob = hypothesis.log_prob;
-        let mut last_log_prob = 0.0;
-        let mut ends = false;
-        for n in 0..room {
-            let log_probs = log_softmax(&logits);
-            let Some(next) = greedy_allowed(lm, &logits, &mut ids, markup, blocklist)? else {
-                break;
-            };
-            ids.push(next);
-            last_log_prob = log_probs[next as usize];
-            log_prob += last_log_prob;
-            if ends_sentence(&lm.decode(&[next])?) {
-                ends = true;
-                break;
-            }
-            if n + 1 < room {
-                logits = lm.next_logits(&[next], &mut cache)?;
-            }
-        }
-        if !ends {
+        let state = (cache.clone(), logits.clone());
+        let completion = complete_greedily(lm, state, &mut ids, room, true, markup, blocklist)?;
+        if !completion.ended_sentence {
             continue;
         }
         let text = lm.decode(&ids)?;
@@ -735,12 +758,12 @@ fn sentence_completions<L: CausalLm, O: Objective>(
             ids,
             text,
             scored_text,
-            log_prob,
+            log_prob: hypothesis.log_prob + completion.log_prob,
             similarity: similarity.similarities[0],
             state: None,
             parent_prefix: None,
             ending: Ending::Own,
-            ending_log_prob: last_log_prob,
+            ending_log_prob: completion.last_log_prob,
         });
     }
     Ok(ended)
