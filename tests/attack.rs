@@ -85,7 +85,21 @@ fn batched_target_likelihood_equals_one_prompt_at_a_time() {
     .map(|s| format!("{instruction}{s}"))
     .collect();
     let prefix = objective.prefix(instruction, None).unwrap();
-    let batch = objective.score(&prefix, &texts).unwrap();
+    let mut batch = objective.score(&prefix, &texts).unwrap();
+    // Two beams' candidates: two groups whose shared beginnings have one length, so that the
+    // beginnings run in one batched forward and then all four rows together, each continuing its
+    // own group's cache. (Scored apart from the rows above, which would join one short group.)
+    let groups: Vec<String> = [" Paris", " Rome"]
+        .iter()
+        .flat_map(|city| {
+            [", now", ", then"]
+                .map(|end| format!("{instruction}{city} is a very nice and old city{end}"))
+        })
+        .collect();
+    let grouped = objective.score(&prefix, &groups).unwrap();
+    let texts: Vec<String> = texts.into_iter().chain(groups).collect();
+    batch.similarities.extend(grouped.similarities);
+    batch.greedy_target.extend(grouped.greedy_target);
     let batched = batch.similarities;
     // One text the victim already answers with the target, so that the greedy flag is seen true.
     let echo = "Reply with exactly: The capital of France is Berlin";

@@ -162,6 +162,7 @@ impl CausalLm for Gemma3Lm {
     fn continuation_log_probs(
         &self,
         cache: &KvCache,
+        cache_rows: &[usize],
         contexts: &[Vec<u32>],
         continuations: &[Vec<u32>],
     ) -> Result<Vec<TeacherForced>> {
@@ -169,9 +170,18 @@ impl CausalLm for Gemma3Lm {
             |input, cache| self.model.hidden_states(input, cache),
             |hidden| self.model.logits(hidden),
             self.model.device(),
-            cache,
+            (cache, cache_rows),
             contexts,
             continuations,
+        )
+    }
+
+    fn extend_rows(&self, cache: &KvCache, ids: &[Vec<u32>]) -> Result<KvCache> {
+        extend_rows(
+            |input, cache| self.model.hidden_states(input, cache),
+            self.model.device(),
+            cache,
+            ids,
         )
     }
 
@@ -250,6 +260,7 @@ macro_rules! causal_lm_impl {
             fn continuation_log_probs(
                 &self,
                 cache: &KvCache,
+                cache_rows: &[usize],
                 contexts: &[Vec<u32>],
                 continuations: &[Vec<u32>],
             ) -> Result<Vec<TeacherForced>> {
@@ -257,9 +268,18 @@ macro_rules! causal_lm_impl {
                     |input, cache| self.model.hidden_states(input, cache),
                     |hidden| self.model.logits(hidden),
                     self.model.device(),
-                    cache,
+                    (cache, cache_rows),
                     contexts,
                     continuations,
+                )
+            }
+
+            fn extend_rows(&self, cache: &KvCache, ids: &[Vec<u32>]) -> Result<KvCache> {
+                extend_rows(
+                    |input, cache| self.model.hidden_states(input, cache),
+                    self.model.device(),
+                    cache,
+                    ids,
                 )
             }
 
@@ -318,15 +338,16 @@ fn continuation_log_probs(
     hidden_states: impl Fn(&Tensor, &mut KvCache) -> Result<Tensor>,
     logits: impl Fn(&Tensor) -> Result<Tensor>,
     device: &Device,
-    cache: &KvCache,
+    (cache, cache_rows): (&KvCache, &[usize]),
     contexts: &[Vec<u32>],
     continuations: &[Vec<u32>],
 ) -> Result<Vec<TeacherForced>> {
-    if contexts.len() != continuations.len() {
+    if contexts.len() != continuations.len() || contexts.len() != cache_rows.len() {
         anyhow::bail!(
-            "{} contexts for {} continuations",
+            "{} contexts for {} continuations and {} cache rows",
             contexts.len(),
-            continuations.len()
+            continuations.len(),
+            cache_rows.len()
         );
     }
     if contexts.is_empty() {
@@ -334,12 +355,6 @@ fn continuation_log_probs(
     }
     if contexts.iter().any(|c| c.is_empty()) {
         anyhow::bail!("every row needs at least one context token before its continuation");
-    }
-    if cache.batch_size() > 1 {
-        anyhow::bail!(
-            "continuation_log_probs needs a one-row cache, got {} rows",
-            cache.batch_size()
-        );
     }
     let rows = contexts.len();
     // The last continuation token is only predicted, never fed.
@@ -367,7 +382,7 @@ fn continuation_log_probs(
             targets.push(token);
         }
     }
-    let mut branched = cache.fork(&vec![0; rows])?;
+    let mut branched = cache.fork(cache_rows)?;
     let input = Tensor::from_vec(flat, (rows, width), device)?;
     let hidden = hidden_states(&input, &mut branched)?;
     let hidden_size = hidden.dim(2)?;
@@ -395,6 +410,29 @@ fn continuation_log_probs(
         at += continuation.len();
     }
     Ok(out)
+}
+
+/// [`CausalLm::extend_rows`] for any model with `hidden_states` over a [`KvCache`].
+fn extend_rows(
+    hidden_states: impl Fn(&Tensor, &mut KvCache) -> Result<Tensor>,
+    device: &Device,
+    cache: &KvCache,
+    ids: &[Vec<u32>],
+) -> Result<KvCache> {
+    let width = ids.first().map(Vec::len).unwrap_or(0);
+    if width == 0 || ids.iter().any(|row| row.len() != width) {
+        anyhow::bail!("extend_rows needs rows of one non-zero length");
+    }
+    if cache.batch_size() > 1 {
+        anyhow::bail!(
+            "extend_rows needs a one-row cache, got {} rows",
+            cache.batch_size()
+        );
+    }
+    let mut rows = cache.fork(&vec![0; ids.len()])?;
+    let input = Tensor::from_vec(ids.concat(), (ids.len(), width), device)?;
+    hidden_states(&input, &mut rows)?;
+    Ok(rows)
 }
 
 causal_lm_impl!(GgufLm, |lm| lm.model.config().context, |lm| lm
@@ -468,11 +506,15 @@ impl CausalLm for LanguageModel {
     fn continuation_log_probs(
         &self,
         cache: &KvCache,
+        cache_rows: &[usize],
         contexts: &[Vec<u32>],
         continuations: &[Vec<u32>],
     ) -> Result<Vec<TeacherForced>> {
         self.inner()
-            .continuation_log_probs(cache, contexts, continuations)
+            .continuation_log_probs(cache, cache_rows, contexts, continuations)
+    }
+    fn extend_rows(&self, cache: &KvCache, ids: &[Vec<u32>]) -> Result<KvCache> {
+        self.inner().extend_rows(cache, ids)
     }
     fn special_token_ids(&self) -> Vec<u32> {
         self.inner().special_token_ids()

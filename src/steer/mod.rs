@@ -59,17 +59,21 @@ pub trait CausalLm {
     fn vocab_size(&self) -> usize;
     /// A one-row cache holding only the first `len` positions of `cache`.
     fn truncate_cache(&self, cache: &Self::Cache, len: usize) -> Result<Self::Cache>;
-    /// Teacher forcing, batched: row `i` continues the one-row `cache` with `contexts[i]` (at
-    /// least one token) and then `continuations[i]`, all rows in one forward (right-padded, which
-    /// causal attention makes harmless). Returns, per row, the natural-log probability of each
-    /// continuation token given everything before it, and whether it was the most probable
-    /// token there.
+    /// Teacher forcing, batched: row `i` continues row `cache_rows[i]` of `cache` with
+    /// `contexts[i]` (at least one token) and then `continuations[i]`, all rows in one forward
+    /// (right-padded, which causal attention makes harmless). Returns, per row, the natural-log
+    /// probability of each continuation token given everything before it, and whether it was the
+    /// most probable token there.
     fn continuation_log_probs(
         &self,
         cache: &Self::Cache,
+        cache_rows: &[usize],
         contexts: &[Vec<u32>],
         continuations: &[Vec<u32>],
     ) -> Result<Vec<TeacherForced>>;
+    /// Row `i` of the result continues the one-row `cache` with `ids[i]`; every row has the same
+    /// length. One batched forward, and no logits: the cache is what is wanted.
+    fn extend_rows(&self, cache: &Self::Cache, ids: &[Vec<u32>]) -> Result<Self::Cache>;
     /// Ids of the tokenizer's special tokens (chat and image markers, end of text): text never
     /// contains them by accident, so a search that writes text a user could type leaves them
     /// out.

@@ -117,27 +117,49 @@ impl<'a, L: CausalLm> Victim<'a, L> {
         } else {
             share_groups(&prompts, shared)
         };
+        // Groups whose shared beginnings have one length run those beginnings in one forward,
+        // and then all their rows together: a group is one beam's candidates (about ten rows),
+        // far too few for gemm to run well on their own.
+        let mut by_length: std::collections::BTreeMap<usize, Vec<Vec<usize>>> =
+            std::collections::BTreeMap::new();
         for (group_shared, rows) in groups {
-            // The group's common beginning past `shared` goes through the victim once, not once
-            // per row: in the attack a group is one beam's candidates, which share the suffix.
-            let group_cache = if group_shared > shared {
-                let mut c = cache.clone();
-                self.lm
-                    .next_logits(&prompts[rows[0]][shared..group_shared], &mut c)?;
-                c
+            by_length.entry(group_shared).or_default().push(rows);
+        }
+        for (group_shared, groups) in by_length {
+            let (group_cache, group_rows): (L::Cache, Vec<usize>) = if group_shared > shared {
+                // The group's common beginning past `shared` goes through the victim once, not
+                // once per row: in the attack a group is one beam's candidates, which share the
+                // suffix.
+                let beginnings: Vec<Vec<u32>> = groups
+                    .iter()
+                    .map(|rows| prompts[rows[0]][shared..group_shared].to_vec())
+                    .collect();
+                (
+                    self.lm.extend_rows(&cache, &beginnings)?,
+                    (0..groups.len()).collect(),
+                )
             } else {
-                cache.clone()
+                (cache.clone(), vec![0; groups.len()])
             };
+            let rows: Vec<(usize, usize)> = groups
+                .iter()
+                .zip(&group_rows)
+                .flat_map(|(rows, &cache_row)| rows.iter().map(move |&i| (i, cache_row)))
+                .collect();
             for chunk in rows.chunks(ROWS_PER_FORWARD) {
                 let contexts: Vec<Vec<u32>> = chunk
                     .iter()
-                    .map(|&i| prompts[i][group_shared..].to_vec())
+                    .map(|&(i, _)| prompts[i][group_shared..].to_vec())
                     .collect();
+                let cache_rows: Vec<usize> = chunk.iter().map(|&(_, row)| row).collect();
                 let continuations = vec![continuation.to_vec(); chunk.len()];
-                let scored =
-                    self.lm
-                        .continuation_log_probs(&group_cache, &contexts, &continuations)?;
-                for (&i, row) in chunk.iter().zip(scored) {
+                let scored = self.lm.continuation_log_probs(
+                    &group_cache,
+                    &cache_rows,
+                    &contexts,
+                    &continuations,
+                )?;
+                for (&(i, _), row) in chunk.iter().zip(scored) {
                     out[i] = Some(row);
                 }
             }
