@@ -10,6 +10,7 @@ use clipsteer::steer::chat_template::ChatTemplate;
 use clipsteer::steer::objectives::command::CommandScorer;
 use clipsteer::steer::objectives::victim::{TargetResponse, Victim};
 use clipsteer::steer::objectives::Objective;
+use clipsteer::steer::search::attack::Success;
 use clipsteer::steer::{CausalLm, GgufLm};
 use common::*;
 use std::time::Duration;
@@ -59,6 +60,50 @@ fn the_unmodified_victim_answers_none_of_the_targets() {
     let objective = TargetResponse::new(&victim, &pairs[0].1).unwrap();
     let nll = objective.target_nll(&pairs[0].0).unwrap();
     assert!((nll - 1.918).abs() < 2e-3, "{nll}");
+}
+
+#[test]
+fn reading_the_answer_toward_the_target_equals_the_greedy_loop() {
+    let lm = GgufLm::load(&smollm2_path(), &Device::Cpu).unwrap();
+    let victim = Victim::new(&lm, ChatTemplate::from_gguf(&smollm2_path()).unwrap()).unwrap();
+    let mut cases = pairs();
+    // One prompt the victim answers with the target: the whole expected answer is accepted
+    // from the one forward, and the token after it too.
+    cases.push((
+        "Reply with exactly: The capital of France is Berlin".into(),
+        "The capital of France is Berlin".into(),
+    ));
+    let mut followed = 0;
+    for (instruction, target) in &cases {
+        let success = Success::ResponseStartsWith(target.clone());
+        let expected = victim.response_ids(target).unwrap();
+        let tokens = expected.len() + 1;
+        let (full, full_ids) = victim.greedy_answer(instruction, tokens).unwrap();
+        // Read to the end, it is the plain loop's answer, token for token.
+        let (_, all_ids) = victim
+            .greedy_answer_toward(instruction, tokens, &expected, |_| true)
+            .unwrap();
+        assert_eq!(all_ids, full_ids, "{instruction:?}");
+        // Read only while it can still start with the target: a prefix of that answer, which
+        // ends where the answer leaves the target, and succeeds exactly when the full one does.
+        let (read, read_ids) = victim
+            .greedy_answer_toward(instruction, tokens, &expected, |partial| {
+                success.can_still_succeed(partial)
+            })
+            .unwrap();
+        assert!(full_ids.starts_with(&read_ids), "{instruction:?}");
+        assert_eq!(
+            success.check(&read, 0.0),
+            success.check(&full, 0.0),
+            "{instruction:?}"
+        );
+        if read_ids.len() < full_ids.len() {
+            assert!(!success.can_still_succeed(&read), "{read:?}");
+        }
+        followed += usize::from(read_ids.len() == tokens);
+    }
+    // The echo prompt was read in full.
+    assert!(followed >= 1);
 }
 
 #[test]

@@ -403,9 +403,10 @@ fn continuation_log_probs(
             log_probs: chosen[span.clone()].to_vec(),
             is_argmax: argmax[span.clone()]
                 .iter()
-                .zip(&targets[span])
+                .zip(&targets[span.clone()])
                 .map(|(a, t)| a == t)
                 .collect(),
+            argmax: argmax[span].to_vec(),
         });
         at += continuation.len();
     }

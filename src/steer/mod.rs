@@ -89,6 +89,8 @@ pub struct TeacherForced {
     /// true, greedy decoding writes the continuation (up to near-ties, which the batched
     /// forward's rounding may break differently from a one-row forward).
     pub is_argmax: Vec<bool>,
+    /// The model's most probable token at each continuation position (the first, on ties).
+    pub argmax: Vec<u32>,
 }
 
 /// What [`CausalLm::branch`] returns.

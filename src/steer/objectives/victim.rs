@@ -63,6 +63,75 @@ impl<'a, L: CausalLm> Victim<'a, L> {
         Ok((self.lm.decode(&answer)?, answer))
     }
 
+    /// The start of the victim's greedy answer to the user message `text`, read only as far as
+    /// it can still begin with `expected` (the ids of an expected answer): `expected` is checked
+    /// in one teacher-forced forward, whose argmax at each position is the greedy token there
+    /// for as long as the answer follows `expected` (and one token past it); reading then goes
+    /// on one token at a time while `go_on(answer so far)` holds, up to `max_tokens` tokens in
+    /// all. An answer that has left `expected` for good costs one forward instead of
+    /// `max_tokens` one-token steps. Returns the text and its ids, ending before an
+    /// end-of-text token.
+    ///
+    /// The batched forward rounds differently from one-token steps, so at a near-tie (logits
+    /// equal to about 1e-6) it may pick the other token; [`Self::greedy_answer`] is the plain
+    /// loop.
+    pub fn greedy_answer_toward(
+        &self,
+        text: &str,
+        max_tokens: usize,
+        expected: &[u32],
+        go_on: impl Fn(&str) -> bool,
+    ) -> Result<(String, Vec<u32>)> {
+        let ids = self.prompt_ids(text)?;
+        let draft = &expected[..expected.len().min(max_tokens.saturating_sub(1))];
+        if max_tokens == 0 || ids.len() + draft.len() + 1 > self.lm.context_len() {
+            return self.greedy_answer(text, max_tokens);
+        }
+        let stop = self.lm.eos_token_id();
+        // The last continuation token is only predicted: its argmax is the token after `draft`.
+        let mut continuation = draft.to_vec();
+        continuation.push(0);
+        let forced = self
+            .lm
+            .continuation_log_probs(
+                &self.lm.new_cache(),
+                &[0],
+                std::slice::from_ref(&ids),
+                &[continuation],
+            )?
+            .pop()
+            .ok_or_else(|| anyhow::anyhow!("the victim scored no row"))?;
+        let mut answer = Vec::new();
+        for (j, &token) in forced.argmax.iter().enumerate() {
+            if Some(token) == stop || ids.len() + answer.len() >= self.lm.context_len() {
+                return Ok((self.lm.decode(&answer)?, answer));
+            }
+            answer.push(token);
+            if answer.len() == max_tokens || draft.get(j).is_some_and(|&d| d != token) {
+                break;
+            }
+        }
+        if answer.len() == max_tokens || !go_on(&self.lm.decode(&answer)?) {
+            return Ok((self.lm.decode(&answer)?, answer));
+        }
+        let mut cache = self.lm.new_cache();
+        let mut fed = ids.clone();
+        fed.extend(&answer);
+        let mut logits = self.lm.next_logits(&fed, &mut cache)?;
+        while answer.len() < max_tokens {
+            let token = argmax(&logits)?;
+            if Some(token) == stop || ids.len() + answer.len() >= self.lm.context_len() {
+                break;
+            }
+            answer.push(token);
+            if answer.len() == max_tokens || !go_on(&self.lm.decode(&answer)?) {
+                break;
+            }
+            logits = self.lm.next_logits(&[token], &mut cache)?;
+        }
+        Ok((self.lm.decode(&answer)?, answer))
+    }
+
     /// The victim's KV cache after the beginning of the prompt of `text` that any longer user
     /// message shares with it: the template's head and `text`, less its last token (which a
     /// continuation may merge with).

@@ -106,6 +106,21 @@ impl Success {
         })
     }
 
+    /// Whether an answer that starts with `partial` can still succeed: false once it has left
+    /// the target's text for good (a partial UTF-8 character at its end is given the benefit of
+    /// the doubt). Always true for the other criteria, which read the whole answer.
+    pub fn can_still_succeed(&self, partial: &str) -> bool {
+        match self {
+            Success::ResponseStartsWith(target) => {
+                let (target, partial) = (target.trim_start(), partial.trim_start());
+                partial.ends_with('\u{FFFD}')
+                    || target.starts_with(partial)
+                    || partial.starts_with(target)
+            }
+            _ => true,
+        }
+    }
+
     /// Whether `response` (the victim's greedy answer) or `score` (the objective) succeeds. A
     /// target that ends inside a word must end the answer's word too: "… gold is Ag" is not
     /// answered by "… gold is Aglithaldehyde".
@@ -348,6 +363,12 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
     let check_tokens = success
         .tokens_needed(victim)?
         .unwrap_or(options.response_tokens);
+    // The success check reads the leader's answer only while it can still start with the
+    // target (Victim::greedy_answer_toward): most answers leave it within a few tokens.
+    let target_ids = match success {
+        Success::ResponseStartsWith(target) => Some(victim.response_ids(target)?),
+        _ => None,
+    };
     // The result shows the answer the check read, at least.
     let shown = options.response_tokens.max(check_tokens);
     let (response, _) = victim.greedy_answer(instruction, shown)?;
@@ -477,7 +498,14 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
 
         let leader = &beams[0];
         let prompt = prompt_of(&leader.suffix);
-        let (mut response, _) = victim.greedy_answer(&prompt, check_tokens)?;
+        let (mut response, _) = match (success, &target_ids) {
+            (Success::ResponseStartsWith(_), Some(target_ids)) => {
+                victim.greedy_answer_toward(&prompt, check_tokens, target_ids, |partial| {
+                    success.can_still_succeed(partial)
+                })?
+            }
+            _ => victim.greedy_answer(&prompt, check_tokens)?,
+        };
         let succeeded = success.check(&response, leader.score);
         if leader.score >= best.2 || succeeded {
             best = (
@@ -498,7 +526,7 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
             seconds: started.elapsed().as_secs_f64(),
         })?;
         if succeeded {
-            if check_tokens != shown {
+            if check_tokens != shown || target_ids.is_some() {
                 response = victim.greedy_answer(&prompt, shown)?.0;
             }
             let best = (
@@ -516,7 +544,7 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
             options.max_tokens
         ));
     }
-    if check_tokens != shown {
+    if check_tokens != shown || target_ids.is_some() {
         // The steps showed only the start of the answer that the check needed.
         best.3 = victim.greedy_answer(&prompt_of(&best.0), shown)?.0;
     }
@@ -566,5 +594,22 @@ mod tests {
         // A target that ends in punctuation may be followed by anything.
         let comma = Success::ResponseStartsWith("Yes,".into());
         assert!(comma.check("Yes,and", 0.0));
+    }
+
+    #[test]
+    fn an_answer_can_still_succeed_until_it_leaves_the_target() {
+        let gold = Success::ResponseStartsWith(" The chemical symbol for gold is Ag".into());
+        for partial in ["", " The", "The chemical symbol for gold is A", "The chem"] {
+            assert!(gold.can_still_succeed(partial), "{partial:?}");
+        }
+        // Past the target: the word-boundary check still needs what follows.
+        assert!(gold.can_still_succeed("The chemical symbol for gold is Aglith"));
+        // A partial UTF-8 character decodes as U+FFFD until its last byte arrives.
+        assert!(gold.can_still_succeed("The chemical symbol for gold is \u{FFFD}"));
+        for partial in ["The chemical symbol for gold is Au", "A", "The chemistry"] {
+            assert!(!gold.can_still_succeed(partial), "{partial:?}");
+        }
+        assert!(Success::Never.can_still_succeed("anything"));
+        assert!(Success::ScoreAtLeast(0.5).can_still_succeed("anything"));
     }
 }
