@@ -45,20 +45,34 @@ impl<'a, L: CausalLm> Victim<'a, L> {
     /// The victim's greedy answer to the user message `text`: up to `max_tokens` tokens, ending
     /// before its end-of-text token. Returns the text and its ids.
     pub fn greedy_answer(&self, text: &str, max_tokens: usize) -> Result<(String, Vec<u32>)> {
-        let ids = self.prompt_ids(text)?;
+        self.greedy_from(&self.prompt_ids(text)?, Vec::new(), max_tokens, |_| true)
+    }
+
+    /// Greedy decoding, one token at a time, after the prompt `ids` and the answer's first
+    /// tokens `answer`, while `go_on(answer so far)` holds, up to `max_tokens` answer tokens,
+    /// ending before an end-of-text token. Returns the text and its ids.
+    fn greedy_from(
+        &self,
+        ids: &[u32],
+        mut answer: Vec<u32>,
+        max_tokens: usize,
+        go_on: impl Fn(&str) -> bool,
+    ) -> Result<(String, Vec<u32>)> {
         let mut cache = self.lm.new_cache();
-        let mut logits = self.lm.next_logits(&ids, &mut cache)?;
-        let mut answer = Vec::new();
+        let mut fed = ids.to_vec();
+        fed.extend(&answer);
+        let mut logits = self.lm.next_logits(&fed, &mut cache)?;
         let stop = self.lm.eos_token_id();
-        for i in 0..max_tokens {
+        while answer.len() < max_tokens {
             let token = argmax(&logits)?;
             if Some(token) == stop || ids.len() + answer.len() >= self.lm.context_len() {
                 break;
             }
             answer.push(token);
-            if i + 1 < max_tokens {
-                logits = self.lm.next_logits(&[token], &mut cache)?;
+            if answer.len() == max_tokens || !go_on(&self.lm.decode(&answer)?) {
+                break;
             }
+            logits = self.lm.next_logits(&[token], &mut cache)?;
         }
         Ok((self.lm.decode(&answer)?, answer))
     }
@@ -101,9 +115,10 @@ impl<'a, L: CausalLm> Victim<'a, L> {
             )?
             .pop()
             .ok_or_else(|| anyhow::anyhow!("the victim scored no row"))?;
+        // The length check above keeps every accepted token within the context.
         let mut answer = Vec::new();
         for (j, &token) in forced.argmax.iter().enumerate() {
-            if Some(token) == stop || ids.len() + answer.len() >= self.lm.context_len() {
+            if Some(token) == stop {
                 return Ok((self.lm.decode(&answer)?, answer));
             }
             answer.push(token);
@@ -114,22 +129,7 @@ impl<'a, L: CausalLm> Victim<'a, L> {
         if answer.len() == max_tokens || !go_on(&self.lm.decode(&answer)?) {
             return Ok((self.lm.decode(&answer)?, answer));
         }
-        let mut cache = self.lm.new_cache();
-        let mut fed = ids.clone();
-        fed.extend(&answer);
-        let mut logits = self.lm.next_logits(&fed, &mut cache)?;
-        while answer.len() < max_tokens {
-            let token = argmax(&logits)?;
-            if Some(token) == stop || ids.len() + answer.len() >= self.lm.context_len() {
-                break;
-            }
-            answer.push(token);
-            if answer.len() == max_tokens || !go_on(&self.lm.decode(&answer)?) {
-                break;
-            }
-            logits = self.lm.next_logits(&[token], &mut cache)?;
-        }
-        Ok((self.lm.decode(&answer)?, answer))
+        self.greedy_from(&ids, answer, max_tokens, go_on)
     }
 
     /// The victim's KV cache after the beginning of the prompt of `text` that any longer user

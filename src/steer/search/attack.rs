@@ -498,13 +498,13 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
 
         let leader = &beams[0];
         let prompt = prompt_of(&leader.suffix);
-        let (mut response, _) = match (success, &target_ids) {
-            (Success::ResponseStartsWith(_), Some(target_ids)) => {
+        let (mut response, _) = match &target_ids {
+            Some(target_ids) => {
                 victim.greedy_answer_toward(&prompt, check_tokens, target_ids, |partial| {
                     success.can_still_succeed(partial)
                 })?
             }
-            _ => victim.greedy_answer(&prompt, check_tokens)?,
+            None => victim.greedy_answer(&prompt, check_tokens)?,
         };
         let succeeded = success.check(&response, leader.score);
         if leader.score >= best.2 || succeeded {
