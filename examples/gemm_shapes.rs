@@ -37,13 +37,7 @@ fn main() -> candle_core::Result<()> {
         let bias = Tensor::randn(0f32, 1.0, n, &device)?;
         let flops = 2.0 * (m * k * n) as f64;
         let candle = best_seconds(|| x.matmul(&w)?.broadcast_add(&bias));
-        let ours = best_seconds(|| {
-            if m <= cpu_kernels::FEW_ROWS {
-                cpu_kernels::few_rows_matmul(&x, &w, Some(&bias))
-            } else {
-                cpu_kernels::linear(&x, &w, Some(&bias), None)
-            }
-        });
+        let ours = best_seconds(|| cpu_kernels::linear(&x, &w, Some(&bias), None));
         rows.push(serde_json::json!({
             "shape": name, "m": m, "k": k, "n": n,
             "candle_gflops": flops / candle / 1e9,

@@ -196,92 +196,6 @@ fn axpy(w: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// Rows at or below which [`few_rows_matmul`] replaces gemm: a product this thin is bound by
-/// reading the weights, which gemm does on one thread.
-pub const FEW_ROWS: usize = 4;
-
-/// `x` [m, k] times `w` [k, n] (contiguous, in × out), plus `bias` [n], for a few rows `m`: the
-/// output columns are split into blocks across the thread pool, each block streaming its slice
-/// of `w` once for all rows. GPT-2's one-token step reads all its weights this way (≈500 MB a
-/// token at 124M parameters); gemm would read them on a single core. Returns [m, n].
-pub fn few_rows_matmul(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let (m, k) = x.dims2()?;
-    let (k2, n) = w.dims2()?;
-    if k != k2 {
-        candle_core::bail!("few_rows_matmul: x is [{m}, {k}] but w is [{k2}, {n}]")
-    }
-    let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
-    let x = x.flatten_all()?.to_vec1::<f32>()?;
-    let blocks = column_blocks(n);
-    let parts: Vec<Vec<f32>> = with_f32_slice(w, |w| {
-        Ok(blocks
-            .par_iter()
-            .map(|&(c0, c1)| {
-                let width = c1 - c0;
-                let mut acc = vec![0f32; m * width];
-                if let Some(bias) = &bias {
-                    for row in acc.chunks_exact_mut(width) {
-                        row.copy_from_slice(&bias[c0..c1]);
-                    }
-                }
-                for kk in 0..k {
-                    let w_row = &w[kk * n + c0..kk * n + c1];
-                    for (r, row) in acc.chunks_exact_mut(width).enumerate() {
-                        axpy(x[r * k + kk], w_row, row);
-                    }
-                }
-                acc
-            })
-            .collect())
-    })?;
-    let mut out = vec![0f32; m * n];
-    for (&(c0, c1), part) in blocks.iter().zip(&parts) {
-        for (r, row) in part.chunks_exact(c1 - c0).enumerate() {
-            out[r * n + c0..r * n + c1].copy_from_slice(row);
-        }
-    }
-    Tensor::from_vec(out, (m, n), w.device())
-}
-
-/// `x` [m, k] times the transpose of `w` [n, k] (contiguous, out × in: an embedding matrix used
-/// as a tied LM head), for a few rows, with the output columns split across the thread pool.
-/// Returns [m, n].
-pub fn few_rows_matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let (m, k) = x.dims2()?;
-    let (n, k2) = w.dims2()?;
-    if k != k2 {
-        candle_core::bail!("few_rows_matmul_t: x is [{m}, {k}] but w is [{n}, {k2}]")
-    }
-    let x = x.flatten_all()?.to_vec1::<f32>()?;
-    let mut out_t = vec![0f32; n * m];
-    with_f32_slice(w, |w| {
-        out_t
-            .par_chunks_mut(1024 * m)
-            .zip(w.par_chunks(1024 * k))
-            .for_each(|(out, w)| {
-                for (o, w_row) in out.chunks_exact_mut(m).zip(w.chunks_exact(k)) {
-                    for (r, o) in o.iter_mut().enumerate() {
-                        *o = dot(&x[r * k..(r + 1) * k], w_row);
-                    }
-                }
-            });
-        Ok(())
-    })?;
-    let out = Tensor::from_vec(out_t, (n, m), w.device())?;
-    out.t()?.contiguous()
-}
-
-/// Column ranges for [`few_rows_matmul`]: about four blocks per thread (so that a thread slowed
-/// by another process does not hold the rest up), each a multiple of 16 columns.
-fn column_blocks(n: usize) -> Vec<(usize, usize)> {
-    let threads = rayon::current_num_threads().max(1);
-    let width = n.div_ceil(4 * threads).next_multiple_of(16).max(64);
-    (0..n)
-        .step_by(width)
-        .map(|c0| (c0, (c0 + width).min(n)))
-        .collect()
-}
-
 /// `residual + x·w + bias` for `x` [m, k] and `w` [k, n] (contiguous, in × out), with gemm
 /// accumulating into a destination that already holds the residual and the bias: one pass over
 /// the output instead of a matmul, a bias add and a residual add, each of which candle runs as
@@ -387,23 +301,6 @@ mod tests {
         a.iter()
             .zip(&b)
             .fold(0f32, |m, (x, y)| m.max((x - y).abs() / scale))
-    }
-
-    #[test]
-    fn few_row_products_equal_candle_matmul() {
-        let device = Device::Cpu;
-        for (m, k, n) in [(1, 768, 2304), (3, 64, 1000), (4, 17, 33)] {
-            let x = Tensor::randn(0f32, 1.0, (m, k), &device).unwrap();
-            let w = Tensor::randn(0f32, 1.0, (k, n), &device).unwrap();
-            let bias = Tensor::randn(0f32, 1.0, n, &device).unwrap();
-            let want = x.matmul(&w).unwrap().broadcast_add(&bias).unwrap();
-            let got = few_rows_matmul(&x, &w, Some(&bias)).unwrap();
-            assert!(max_rel_err(&got, &want) < 1e-5, "[{m}, {k}] × [{k}, {n}]");
-            let w_t = w.t().unwrap().contiguous().unwrap();
-            let want = x.matmul(&w).unwrap();
-            let got = few_rows_matmul_t(&x, &w_t).unwrap();
-            assert!(max_rel_err(&got, &want) < 1e-5, "[{m}, {k}] × [{n}, {k}]ᵀ");
-        }
     }
 
     #[test]

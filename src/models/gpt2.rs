@@ -5,7 +5,7 @@
 //! transformers 5 writes `transformer.h.0.attn...`: both load.
 
 use super::attention::{attend, KvCache};
-use super::{cpu_kernels, Activation, Dense};
+use super::{Activation, Dense};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
@@ -222,11 +222,7 @@ impl Gpt2 {
         let dims = hidden.dims().to_vec();
         let rows = hidden.elem_count() / self.config.n_embd;
         let hidden = hidden.reshape((rows, self.config.n_embd))?;
-        let logits = if rows <= cpu_kernels::FEW_ROWS && cpu_kernels::applies(&hidden) {
-            cpu_kernels::few_rows_matmul_t(&hidden, &self.wte)?
-        } else {
-            hidden.matmul(&self.wte.t()?)?
-        };
+        let logits = hidden.matmul(&self.wte.t()?)?;
         let mut out_dims = dims;
         let last = out_dims.len() - 1;
         out_dims[last] = self.config.vocab_size;

@@ -141,12 +141,6 @@ impl Dense {
                 Some(residual) => (out + residual.reshape((rows, out_dim))?)?,
                 None => out,
             }
-        } else if rows <= cpu_kernels::FEW_ROWS {
-            let out = cpu_kernels::few_rows_matmul(&xs, &self.weight_in_out, self.bias.as_ref())?;
-            match residual {
-                Some(residual) => (out + residual.reshape((rows, out_dim))?)?,
-                None => out,
-            }
         } else {
             let residual = residual.map(|r| r.reshape((rows, out_dim))).transpose()?;
             cpu_kernels::linear(
