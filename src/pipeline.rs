@@ -422,10 +422,19 @@ pub fn options_from_json<T: serde::de::DeserializeOwned>(json: &str) -> Result<T
     })
 }
 
-/// A duration given in seconds by the option `name`: a positive, finite number.
+/// The largest time limit or timeout accepted: about 31 years.
+pub const MAX_SECONDS: f64 = 1e9;
+
+/// A duration given in seconds by the option `name`: a positive, finite number of at most
+/// [`MAX_SECONDS`].
 pub fn seconds(name: &str, value: f64) -> Result<std::time::Duration> {
     if !(value.is_finite() && value > 0.0) {
         bail!("{name} must be a positive number of seconds, got {value}");
+    }
+    // Deadlines are Instant + Duration, which panics past the clock's range: a bound far beyond
+    // any run keeps every such sum valid.
+    if value > MAX_SECONDS {
+        bail!("{name} must be at most {MAX_SECONDS:e} seconds, got {value:e}");
     }
     Ok(std::time::Duration::from_secs_f64(value))
 }

@@ -290,6 +290,18 @@ fn attack_refuses_bad_input_with_one_line() {
             "--time-limit",
         ),
         (
+            // Past Instant's range as a deadline: an error, not a panic.
+            vec![
+                "--instruction",
+                "Hi",
+                "--target-response",
+                "Rex",
+                "--time-limit",
+                "1e300",
+            ],
+            "--time-limit must be at most 1e9 seconds, got 1e300",
+        ),
+        (
             vec![
                 "--instruction",
                 "Hi",
@@ -406,6 +418,23 @@ fn scorer_command_protocol_and_its_failures() {
         assert!(!line.contains('\n'));
         assert!(started.elapsed() < Duration::from_secs(4), "{command}");
     }
+}
+
+#[test]
+fn a_scorer_that_times_out_is_ended_with_everything_it_started() {
+    // sh forks the program here (it does not exec a background job), so killing sh alone would
+    // leave it running, holding the terminal's output open.
+    let pid_file = std::env::temp_dir().join(format!("clipsteer-orphan-{}", std::process::id()));
+    let command = format!("sleep 30 & echo $! > {}; wait", pid_file.display());
+    let error = score(&command, 1, Duration::from_secs(1)).unwrap_err();
+    assert!(clipsteer::error_line(&error).contains("did not answer within 1 s"));
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    std::fs::remove_file(&pid_file).unwrap();
+    // Gone, or a zombie waiting for a reaper: not sleeping.
+    std::thread::sleep(Duration::from_millis(200));
+    let state = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
+    let state = state.rsplit(") ").next().unwrap_or("").chars().next();
+    assert!(matches!(state, None | Some('Z') | Some('X')), "{state:?}");
 }
 
 /// `clipsteer describe --json --lm LM …` steered by the Python `program` as --scorer-cmd; its

@@ -192,6 +192,18 @@ pub fn validate<L: CausalLm>(lm: &L, options: &DescribeOptions) -> Result<Vec<u3
             );
         }
     }
+    if options.strategy == Strategy::Magic {
+        let magic = &options.magic;
+        for (flag, value) in [("--magic-alpha", magic.alpha), ("--magic-beta", magic.beta)]
+            .into_iter()
+            .chain(magic.scale.map(|scale| ("--magic-scale", scale)))
+        {
+            // A NaN weight makes every candidate's score NaN, and the first would win silently.
+            if !value.is_finite() {
+                bail!("{flag} must be a finite number, got {value}");
+            }
+        }
+    }
     if let Some(sampling) = options.sampling {
         if !(sampling.temperature.is_finite() && sampling.temperature > 0.0) {
             bail!(

@@ -77,12 +77,20 @@ impl CommandScorer {
         if command.trim().is_empty() {
             bail!("--scorer-cmd is empty: give the program to run, e.g. --scorer-cmd 'python3 score.py'");
         }
-        let mut child = Command::new("sh")
+        let mut shell = Command::new("sh");
+        shell
             .arg("-c")
             .arg(command)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        // Its own process group, so that ending it ends what `sh` started too (a pipeline, or a
+        // program sh did not exec): killing sh alone would orphan a program still holding our
+        // terminal's output open. (Ctrl-C then reaches only clipsteer; the program sees its
+        // stdin close.)
+        #[cfg(unix)]
+        std::os::unix::process::CommandExt::process_group(&mut shell, 0);
+        let mut child = shell
             .spawn()
             .with_context(|| format!("cannot start scorer command '{command}'"))?;
         let stdin = child.stdin.take();
@@ -199,6 +207,14 @@ impl Drop for CommandScorer {
                 return;
             }
             std::thread::sleep(Duration::from_millis(10));
+        }
+        #[cfg(unix)]
+        if let Ok(group) = libc::pid_t::try_from(state.child.id()) {
+            // SAFETY: kill(2) with a negative pid signals the process group made in `start`,
+            // whose leader is our child and not yet reaped (so the id is not reused).
+            unsafe {
+                libc::kill(-group, libc::SIGKILL);
+            }
         }
         let _ = state.child.kill();
         let _ = state.child.wait();

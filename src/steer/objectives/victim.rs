@@ -99,7 +99,7 @@ impl<'a, L: CausalLm> Victim<'a, L> {
         let ids = self.prompt_ids(text)?;
         let draft = &expected[..expected.len().min(max_tokens.saturating_sub(1))];
         if max_tokens == 0 || ids.len() + draft.len() + 1 > self.lm.context_len() {
-            return self.greedy_answer(text, max_tokens);
+            return self.greedy_from(&ids, Vec::new(), max_tokens, |_| true);
         }
         let stop = self.lm.eos_token_id();
         // The last continuation token is only predicted: its argmax is the token after `draft`.
