@@ -378,10 +378,10 @@ fn time_loop<L: CausalLm>(
         "prefilter_agreement": agreement.as_ref().map(|(_, agreed, total)| json!({"agreed": agreed, "steps": total})),
     });
     if options.json {
-        println!("{report}");
+        outln!("{report}");
         return Ok(());
     }
-    println!(
+    outln!(
         "clipsteer bench: {} + CLIP {}, {:?}, top-k {}, {} steps, {} threads, {:?}",
         models.lm,
         models.clip,
@@ -391,13 +391,19 @@ fn time_loop<L: CausalLm>(
         candle_core::utils::get_num_threads(),
         device
     );
-    println!("matmul peak (2048³ f32): {peak:.1} GFLOP/s; models built in {build_seconds:.1} s; image tower {:.0} ms", image_seconds * 1e3);
-    println!(
+    outln!("matmul peak (2048³ f32): {peak:.1} GFLOP/s; models built in {build_seconds:.1} s; image tower {:.0} ms", image_seconds * 1e3);
+    outln!(
         "{:>4} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
-        "step", "lm ms", "score ms", "rest ms", "total ms", "positions", "GFLOP/s"
+        "step",
+        "lm ms",
+        "score ms",
+        "rest ms",
+        "total ms",
+        "positions",
+        "GFLOP/s"
     );
     for row in &rows {
-        println!(
+        outln!(
             "{:>4} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9} {:>10.1}",
             row["step"],
             row["lm_ms"].as_f64().unwrap_or(0.0),
@@ -409,24 +415,24 @@ fn time_loop<L: CausalLm>(
         );
     }
     let s = &report["median_step"];
-    println!(
+    outln!(
         "median step: {:.1} ms (lm {:.1}, score {:.1}, rest {:.1}); {} positions; scoring {:.1} GFLOP/s = {:.0}% of peak",
         s["total_ms"].as_f64().unwrap_or(0.0), s["lm_ms"].as_f64().unwrap_or(0.0), s["score_ms"].as_f64().unwrap_or(0.0),
         s["rest_ms"].as_f64().unwrap_or(0.0), s["positions"], s["score_gflops"].as_f64().unwrap_or(0.0), score_share * 100.0
     );
     if let Some((_, agreed, total)) = &agreement {
-        println!(
+        outln!(
             "prefilter {}: top-1 agreement with exact mode {agreed}/{total} steps ({:.1}%)",
             options.prefilter.unwrap_or(0),
             100.0 * *agreed as f64 / (*total).max(1) as f64
         );
     } else if let Some(keep) = options.prefilter {
-        println!(
+        outln!(
             "mode: APPROXIMATE --prefilter {keep} (only {keep} of {} candidates scored in context)",
             options.top_k
         );
     }
-    println!(
+    outln!(
         "caption: {caption_seconds:.2} s for {} steps; peak RSS {}",
         options.steps,
         peak_rss_mib()

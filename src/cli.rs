@@ -364,7 +364,7 @@ fn embed(args: EmbedArgs, device: &Device) -> Result<i32> {
         (None, Some(image)) => scorer.image_embedding_from_path(image, DecodeLimits::default())?,
         _ => bail!("give exactly one of --text or --image"),
     };
-    println!("{}", json!({ "embedding": embedding }));
+    outln!("{}", json!({ "embedding": embedding }));
     Ok(0)
 }
 
@@ -392,20 +392,20 @@ fn score(args: ScoreArgs, device: &Device) -> Result<i32> {
             Convention::Hessel { prefix } => prefix.as_str(),
             Convention::Torchmetrics => "",
         };
-        println!(
+        outln!(
             "{}",
             json!({"image": args.image.display().to_string(), "convention": convention.name(),
                    "prefix": prefix, "scores": rows})
         );
     } else {
-        println!(
+        outln!(
             "{:>9}  {:>7}  caption ({})",
             "clipscore",
             "cosine",
             convention.name()
         );
         for s in &scores {
-            println!("{:>9.4}  {:>7.4}  {}", s.clipscore, s.cosine, s.caption);
+            outln!("{:>9.4}  {:>7.4}  {}", s.clipscore, s.cosine, s.caption);
         }
     }
     Ok(0)
@@ -480,7 +480,7 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
     let mut plan = args.inputs().plan()?;
     if plan.trimmed_bytes > 0 {
         if let Some(path) = plan.part_path() {
-            eprintln!(
+            errln!(
                 "note: cut a partial last line ({} bytes) off {}: a run was killed mid-write",
                 plan.trimmed_bytes,
                 path.display()
@@ -489,7 +489,7 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
     }
     let inputs = plan.inputs.len();
     if inputs == 0 {
-        eprintln!("nothing to describe: every input is already done or the shard is empty");
+        errln!("nothing to describe: every input is already done or the shard is empty");
         return Ok(0);
     }
 
@@ -520,7 +520,7 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
                     progress.println_err(&format!("note: {reason}"));
                 }
                 if args.json {
-                    println!("{line}");
+                    outln!("{line}");
                 } else {
                     progress.println(&match image {
                         Some(image) if inputs > 1 => {
@@ -538,7 +538,7 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
                 names_input,
             } => {
                 if args.json {
-                    println!("{line}");
+                    outln!("{line}");
                 } else if names_input {
                     // The message names the file already (image decoding errors do).
                     progress.println_err(&format!("error: {message}"));
@@ -553,10 +553,10 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
     })?;
     progress.finish();
     if args.write_txt {
-        eprintln!("wrote {} caption files", summary.captions_written);
+        errln!("wrote {} caption files", summary.captions_written);
     }
     if summary.failed > 0 {
-        eprintln!("{} of {inputs} inputs failed", summary.failed);
+        errln!("{} of {inputs} inputs failed", summary.failed);
         return Ok(1);
     }
     Ok(0)
@@ -715,7 +715,7 @@ fn run_attack_command(args: AttackArgs, device: &Device) -> Result<i32> {
     match attack_command(args, device) {
         Ok(code) => Ok(code),
         Err(e) => {
-            eprintln!("error: {}", crate::error_line(&e));
+            errln!("error: {}", crate::error_line(&e));
             Ok(2)
         }
     }
@@ -743,10 +743,10 @@ fn attack_command(args: AttackArgs, device: &Device) -> Result<i32> {
     live.finish();
     let result = &report.result;
     if args.json {
-        println!("{}", attack_done_json(&report));
+        outln!("{}", attack_done_json(&report));
     } else {
-        println!("{}", result.prompt);
-        eprintln!(
+        outln!("{}", result.prompt);
+        errln!(
             "{} after {} steps in {:.1} s · score {:.4}{}",
             if result.success {
                 "success"
@@ -762,9 +762,9 @@ fn attack_command(args: AttackArgs, device: &Device) -> Result<i32> {
                 _ => String::new(),
             }
         );
-        eprintln!("victim: {}", result.response.replace('\n', " "));
+        errln!("victim: {}", result.response.replace('\n', " "));
         if let Some(reason) = &result.stop_reason {
-            eprintln!("note: {reason}");
+            errln!("note: {reason}");
         }
     }
     Ok(if result.success { 0 } else { 1 })
@@ -854,7 +854,7 @@ impl Progress {
     }
 
     fn println_err(&self, line: &str) {
-        self.multi.suspend(|| eprintln!("{line}"));
+        self.multi.suspend(|| errln!("{line}"));
     }
 
     fn image_done(&self) {
@@ -877,7 +877,7 @@ fn run_merge(args: MergeArgs) -> Result<i32> {
     let inputs = (!args.inputs.is_empty()).then(|| collect_inputs(&args.inputs));
     let report = merge(&args.parts, inputs.as_deref(), &args.output)?;
     if args.json {
-        println!("{}", report.to_json());
+        outln!("{}", report.to_json());
     } else {
         print_merge_report(&report, &args.output);
     }
@@ -894,7 +894,7 @@ fn print_merge_report(report: &crate::merge::MergeReport, output: &Path) {
             report.described
         )
     };
-    eprintln!(
+    errln!(
         "merged {} parts into {}: {inputs}; {} failed, {} missing, {} duplicated, {} unexpected, {} unreadable lines",
         report.parts,
         output.display(),
@@ -906,10 +906,10 @@ fn print_merge_report(report: &crate::merge::MergeReport, output: &Path) {
     );
     let list = |kind: &str, items: Vec<String>| {
         for item in items.iter().take(SHOWN) {
-            eprintln!("{kind}: {item}");
+            errln!("{kind}: {item}");
         }
         if items.len() > SHOWN {
-            eprintln!(
+            errln!(
                 "{kind}: … and {} more (--json lists all)",
                 items.len() - SHOWN
             );
@@ -942,7 +942,7 @@ fn print_merge_report(report: &crate::merge::MergeReport, output: &Path) {
     );
     list("unreadable", report.corrupt.clone());
     for part in &report.partial {
-        eprintln!("note: {part} ends in a partial line (a task killed mid-write; describe --resume trims it)");
+        errln!("note: {part} ends in a partial line (a task killed mid-write; describe --resume trims it)");
     }
 }
 

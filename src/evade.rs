@@ -249,8 +249,8 @@ pub fn run(args: EvadeArgs, device: &Device) -> Result<i32> {
     write_atomically(&paths.image2, &image2_png)?;
     write_atomically(&paths.json, format!("{:#}\n", report).as_bytes())?;
     write_atomically(&paths.html, html.as_bytes())?;
-    println!("{report}");
-    eprintln!(
+    outln!("{report}");
+    errln!(
         "wrote {} and {}: sim(image 1, description) {:.4}, sim(image 1, image 2) {:.4}{}; blocklist check {}",
         paths.html.display(),
         paths.json.display(),

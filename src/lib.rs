@@ -4,6 +4,43 @@
 //! The library is the product; the command line ([`cli`]), [`server`] and [`evade`] are faces
 //! over [`pipeline`] and [`steer`], and no library module imports a face.
 
+/// `println!` for a face's results on stdout: when the reader has gone (`clipsteer … | head`),
+/// the process ends quietly with 141, as a tool killed by SIGPIPE would, instead of panicking.
+/// SIGPIPE itself stays ignored, so that a scoring program that exits is reported as an error.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::print_line(format_args!($($arg)*))
+    };
+}
+
+/// `eprintln!` that cannot panic: with stderr closed (`clipsteer … 2>&1 | head`) a message is
+/// dropped, where `eprintln!` would panic, and a panic while a progress bar is drawn aborts.
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::print_err_line(format_args!($($arg)*))
+    };
+}
+
+#[doc(hidden)]
+pub fn print_err_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_fmt(args).and_then(|()| err.write_all(b"\n"));
+}
+
+#[doc(hidden)]
+pub fn print_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        errln!("error: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 pub mod attack;
 pub mod bench;
 pub mod cli;

@@ -16,17 +16,17 @@ fn main() {
             }
             // clap's message, its usage block and its hint folded into one line: a bad flag
             // reads like every other error of this program.
-            eprintln!(
+            clipsteer::print_err_line(format_args!(
                 "{}",
                 clipsteer::cli::usage_error_line(&e.render().to_string())
-            );
+            ));
             std::process::exit(e.exit_code());
         }
     };
     match clipsteer::cli::run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("error: {}", clipsteer::error_line(&e));
+            clipsteer::print_err_line(format_args!("error: {}", clipsteer::error_line(&e)));
             std::process::exit(1);
         }
     }

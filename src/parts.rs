@@ -155,7 +155,7 @@ fn lock_exclusive(file: &File, path: &Path) -> Result<()> {
     }
     // No lock support here (Lustre without -o flock, NFS without lockd): say so and go on, as
     // refusing would make the file system unusable for batches.
-    eprintln!(
+    errln!(
         "note: cannot lock {} ({error}); make sure no other task writes to it",
         path.display()
     );

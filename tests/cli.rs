@@ -298,6 +298,31 @@ fn describe_json_events_have_the_documented_shape() {
 }
 
 #[test]
+fn a_reader_that_leaves_ends_the_run_quietly() {
+    // `clipsteer describe --json … | head -1`: the pipe closes after the first event.
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    // More events than a pipe buffers (≈ 200 KB), so the writer must meet the closed pipe.
+    let image = f("images/crop32.png");
+    let mut extra = vec![image.as_str(); 10];
+    extra.push("--json");
+    let mut child = bin()
+        .args(describe_args(20, 40, &extra))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with(r#"{"event":"step""#), "{first}");
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(141), "{}", stderr(&output));
+    assert!(!stderr(&output).contains("panicked"), "{}", stderr(&output));
+}
+
+#[test]
 fn describe_errors_are_one_line() {
     assert_one_line_error(
         &bin()
@@ -312,6 +337,24 @@ fn describe_errors_are_one_line() {
             .output()
             .unwrap(),
         "context",
+    );
+    // A NaN weight would make every MAGIC score NaN and let the first candidate win silently.
+    assert_one_line_error(
+        &bin()
+            .args(describe_args(
+                20,
+                4,
+                &[
+                    &f("images/crop32.png"),
+                    "--strategy",
+                    "magic",
+                    "--magic-beta",
+                    "nan",
+                ],
+            ))
+            .output()
+            .unwrap(),
+        "--magic-beta must be a finite number, got NaN",
     );
     let missing = bin()
         .args(describe_args(20, 8, &["/no/such/image.png"]))

@@ -210,7 +210,7 @@ pub fn run_generate(args: GenerateArgs, device: &Device) -> Result<i32> {
         Some(crate::hub::ModelOrigin::Local { path }) => path,
         None => args.diffusion.model.clone(),
     };
-    eprintln!(
+    errln!(
         "wrote {} ({}×{}, {} steps of {}, seed {}, {:.1}s, model {model})",
         args.output.display(),
         image.width(),

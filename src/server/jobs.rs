@@ -12,7 +12,8 @@ use crate::events::{done_json, error_json, step_json};
 use crate::image::{decode_image_bytes, DecodeLimits};
 use crate::steer::describe::{describe, DescribeOptions};
 use crate::steer::lm::LanguageModel;
-use crate::steer::{normalize, ClipScorer};
+use crate::steer::target::{combine, TargetPart};
+use crate::steer::ClipScorer;
 use axum::http::StatusCode;
 use serde_json::Value;
 use std::panic::AssertUnwindSafe;
@@ -83,7 +84,7 @@ impl Drop for Withdraw {
             Err(poisoned) => poisoned.into_inner().take(),
         };
         if withdrawn.is_some() {
-            eprintln!("job withdrawn: the client left while it waited in the queue");
+            errln!("job withdrawn: the client left while it waited in the queue");
         }
     }
 }
@@ -135,7 +136,7 @@ impl Pool {
                     running.fetch_sub(1, Ordering::SeqCst);
                 });
             if let Err(e) = spawned {
-                eprintln!("warning: cannot start worker {index}: {e}");
+                errln!("warning: cannot start worker {index}: {e}");
             }
         }
         Self {
@@ -218,7 +219,7 @@ fn run_job(models: &Models, job: Job, limits: DecodeLimits) {
     // Dropped at the end of this function, whatever happens: the queue place is given back.
     let _permit = permit;
     if start.is_closed() {
-        eprintln!("job skipped: the client disconnected while it waited in the queue");
+        errln!("job skipped: the client disconnected while it waited in the queue");
         return;
     }
     if Instant::now() >= start_by {
@@ -277,11 +278,18 @@ fn run_started(
     if let Err(message) = check_proportions(decoded.width(), decoded.height()) {
         return reject(start, ApiError::bad_request(message));
     }
-    let target = match models.clip.image_embedding(&decoded) {
-        Ok(embedding) => normalize(&embedding),
+    // The same target the CLI builds for an image alone (combine normalises twice, and a
+    // second normalisation can move the last bit), so that both faces score alike.
+    let target = match models.clip.image_embedding(&decoded).and_then(|embedding| {
+        combine(&[TargetPart {
+            embedding,
+            weight: 1.0,
+        }])
+    }) {
+        Ok(target) => target,
         Err(e) => {
             let message = crate::error_line(&e);
-            eprintln!("error: embedding an upload: {message}");
+            errln!("error: embedding an upload: {message}");
             return reject(
                 start,
                 ApiError::internal(format!("cannot embed the image: {message}")),
@@ -311,7 +319,7 @@ fn run_started(
     let seconds = started.elapsed().as_secs_f64();
     let last = match result {
         Ok(result) => {
-            eprintln!(
+            errln!(
                 "job done: {} tokens in {seconds:.1} s, similarity {:.4}",
                 result.token_ids.len(),
                 result.similarity
@@ -339,7 +347,7 @@ fn run_started(
         }
         Err(e) => match e.downcast_ref::<Abort>() {
             Some(Abort::ClientGone) => {
-                eprintln!("job cancelled after {seconds:.1} s: the client disconnected");
+                errln!("job cancelled after {seconds:.1} s: the client disconnected");
                 return;
             }
             Some(Abort::TimeLimit) => error_json(

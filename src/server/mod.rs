@@ -86,9 +86,7 @@ pub fn run(args: ServeArgs, device: &Device) -> Result<i32> {
     if args.queue > 100_000 {
         bail!("--queue must be at most 100000");
     }
-    if !(args.timeout.is_finite() && args.timeout > 0.0) {
-        bail!("--timeout must be a positive number of seconds");
-    }
+    let timeout = crate::pipeline::seconds("--timeout", args.timeout)?;
     if args.max_upload_mb == 0 {
         bail!("--max-upload-mb must be at least 1");
     }
@@ -130,7 +128,7 @@ pub fn run(args: ServeArgs, device: &Device) -> Result<i32> {
         SERVE_DECODE_LIMITS,
     );
     if !address.ip().is_loopback() && token.is_none() {
-        eprintln!(
+        errln!(
             "warning: serving {} without --token: anyone who can reach this port can use it",
             address.ip()
         );
@@ -140,13 +138,14 @@ pub fn run(args: ServeArgs, device: &Device) -> Result<i32> {
         pool,
         token,
         max_upload_bytes: (args.max_upload_mb as usize).saturating_mul(1 << 20),
-        timeout: Duration::from_secs_f64(args.timeout),
+        timeout,
         param_limits: ParamLimits::default(),
     });
     let app = router(state);
-    eprintln!(
+    errln!(
         "clipsteer serve: listening on http://{address}/ ({} workers, queue {})",
-        args.workers, args.queue
+        args.workers,
+        args.queue
     );
     runtime.block_on(async move {
         axum::serve(
@@ -178,7 +177,7 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
-    eprintln!("clipsteer serve: shutting down");
+    errln!("clipsteer serve: shutting down");
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
