@@ -111,6 +111,7 @@ fn batched_target_likelihood_equals_one_prompt_at_a_time() {
     let lm = GgufLm::load(&smollm2_path(), &Device::Cpu).unwrap();
     let victim = Victim::new(&lm, ChatTemplate::from_gguf(&smollm2_path()).unwrap()).unwrap();
     let objective = TargetResponse::new(&victim, "The capital of France is Berlin").unwrap();
+    let word_ending = victim.word_ending_tokens().unwrap();
     let instruction = "What is the capital of France?";
     // Suffixes of different lengths, one that re-tokenises across the boundary ("?!"), and one
     // that repeats: the padded batch must not change any row.
@@ -176,11 +177,22 @@ fn batched_target_likelihood_equals_one_prompt_at_a_time() {
             let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
             let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
             total += logits[token as usize] as f64 - max - sum.ln();
-            if j + 1 < target.len() {
-                logits = lm.next_logits(&[token], &mut cache).unwrap();
-            }
+            logits = lm.next_logits(&[token], &mut cache).unwrap();
         }
-        let single = total / target.len() as f64;
+        // The target ends inside a word ("Berlin"), so the objective also scores the next token
+        // ending it: ln of the mass of the word-ending tokens, one more term of the mean.
+        let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
+        let ending: f64 = word_ending
+            .iter()
+            .map(|&t| (logits[t as usize] as f64 - max).exp())
+            .sum();
+        total += ending.ln() - sum.ln();
+        let next = (0..logits.len())
+            .max_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(b.cmp(&a)))
+            .unwrap();
+        all_argmax &= word_ending.contains(&(next as u32));
+        let single = total / (target.len() + 1) as f64;
         assert_eq!(*greedy, all_argmax, "{text:?}: greedy flag");
         assert!(
             (*batched as f64 - single).abs() < 1e-3,
@@ -188,6 +200,26 @@ fn batched_target_likelihood_equals_one_prompt_at_a_time() {
         );
     }
     assert_eq!(batched[1], batched[4]);
+
+    // The word-end term is the difference from BEAST's objective: the word-ending tokens are
+    // those whose text begins with neither a letter nor a digit.
+    assert!(word_ending.contains(&victim.response_ids(".").unwrap()[0]));
+    assert!(!word_ending.contains(&victim.response_ids("el").unwrap()[0]));
+    let text = &texts[1];
+    let nll = objective.target_nll(text).unwrap();
+    assert!((batched[1] as f64 + nll).abs() > 1e-3, "{nll}");
+    // A target that ends in punctuation has no such term: the objective is BEAST's mean
+    // log-probability of its tokens, the negated target NLL.
+    let dotted = TargetResponse::new(&victim, "The capital of France is Berlin.").unwrap();
+    let score = dotted
+        .score(
+            &dotted.prefix(text, None).unwrap(),
+            std::slice::from_ref(text),
+        )
+        .unwrap()
+        .similarities[0];
+    let nll = dotted.target_nll(text).unwrap();
+    assert!((score as f64 + nll).abs() < 1e-5, "{score} vs {nll}");
 }
 
 #[test]
@@ -238,7 +270,21 @@ fn attack_cli_lowers_the_target_nll_and_reports_done() {
     );
     assert!((before - 1.918).abs() < 2e-3, "{before}");
     assert!(after < before, "target NLL {before} → {after}");
-    assert!((done["score"].as_f64().unwrap() + after).abs() < 1e-3);
+    // The score is the objective: "Berlin" ends inside a word, so it is not the negated target
+    // NLL but the mean with the word-end term, as the library scores the prompt.
+    let lm = GgufLm::load(&smollm2_path(), &Device::Cpu).unwrap();
+    let victim = Victim::new(&lm, ChatTemplate::from_gguf(&smollm2_path()).unwrap()).unwrap();
+    let objective = TargetResponse::new(&victim, "The capital of France is Berlin").unwrap();
+    let expected = objective
+        .score(
+            &objective.prefix(prompt, None).unwrap(),
+            &[prompt.to_string()],
+        )
+        .unwrap()
+        .similarities[0] as f64;
+    let score = done["score"].as_f64().unwrap();
+    assert!((score - expected).abs() < 1e-3, "{score} vs {expected}");
+    assert!((score + after).abs() > 1e-3, "{score} vs {after}");
     let success = done["success"].as_bool().unwrap();
     assert_eq!(output.status.code(), Some(if success { 0 } else { 1 }));
     assert_eq!(
@@ -300,6 +346,17 @@ fn attack_refuses_bad_input_with_one_line() {
                 "1e300",
             ],
             "--time-limit must be at most 1e9 seconds, got 1e300",
+        ),
+        (
+            vec![
+                "--instruction",
+                "Hi",
+                "--scorer-cmd",
+                "cat",
+                "--success-score",
+                "nan",
+            ],
+            "--success-score must be a finite number, got NaN",
         ),
         (
             vec![

@@ -1,6 +1,6 @@
 //! GPT-2 with its tokenizer behind [`CausalLm`].
 
-use super::{Branches, CausalLm, TeacherForced};
+use super::{After, Branches, CausalLm, TeacherForced};
 use crate::models::attention::KvCache;
 use crate::models::gpt2::Gpt2;
 use crate::tokenize::{encode_plain, load_from_dir, TokenizerKind};
@@ -165,14 +165,15 @@ impl CausalLm for Gemma3Lm {
         cache_rows: &[usize],
         contexts: &[Vec<u32>],
         continuations: &[Vec<u32>],
+        after: Option<&[u32]>,
     ) -> Result<Vec<TeacherForced>> {
         continuation_log_probs(
             |input, cache| self.model.hidden_states(input, cache),
             |hidden| self.model.logits(hidden),
             self.model.device(),
             (cache, cache_rows),
-            contexts,
-            continuations,
+            (contexts, continuations),
+            after,
         )
     }
 
@@ -263,14 +264,15 @@ macro_rules! causal_lm_impl {
                 cache_rows: &[usize],
                 contexts: &[Vec<u32>],
                 continuations: &[Vec<u32>],
+                after: Option<&[u32]>,
             ) -> Result<Vec<TeacherForced>> {
                 continuation_log_probs(
                     |input, cache| self.model.hidden_states(input, cache),
                     |hidden| self.model.logits(hidden),
                     self.model.device(),
                     (cache, cache_rows),
-                    contexts,
-                    continuations,
+                    (contexts, continuations),
+                    after,
                 )
             }
 
@@ -339,8 +341,8 @@ fn continuation_log_probs(
     logits: impl Fn(&Tensor) -> Result<Tensor>,
     device: &Device,
     (cache, cache_rows): (&KvCache, &[usize]),
-    contexts: &[Vec<u32>],
-    continuations: &[Vec<u32>],
+    (contexts, continuations): (&[Vec<u32>], &[Vec<u32>]),
+    after: Option<&[u32]>,
 ) -> Result<Vec<TeacherForced>> {
     if contexts.len() != continuations.len() || contexts.len() != cache_rows.len() {
         anyhow::bail!(
@@ -356,14 +358,22 @@ fn continuation_log_probs(
     if contexts.iter().any(|c| c.is_empty()) {
         anyhow::bail!("every row needs at least one context token before its continuation");
     }
+    if after.is_some_and(|set| set.is_empty()) {
+        anyhow::bail!("the set of tokens after the continuation is empty");
+    }
     let rows = contexts.len();
-    // The last continuation token is only predicted, never fed.
+    // The last continuation token is only predicted, never fed, unless the position after it is
+    // asked about too.
+    let fed_of = |continuation: &[u32]| match after {
+        Some(_) => continuation.len(),
+        None => continuation.len().saturating_sub(1),
+    };
     let fed: Vec<Vec<u32>> = contexts
         .iter()
         .zip(continuations)
         .map(|(context, continuation)| {
             let mut row = context.clone();
-            row.extend(&continuation[..continuation.len().saturating_sub(1)]);
+            row.extend(&continuation[..fed_of(continuation)]);
             row
         })
         .collect();
@@ -374,12 +384,15 @@ fn continuation_log_probs(
         // Right padding: causal attention keeps it from changing any real position.
         flat.extend(std::iter::repeat_n(0, width - row.len()));
     }
+    // Per row, its continuation's positions and then, with `after`, the one after them (whose
+    // target is a placeholder: only its argmax and the set's mass are read).
     let mut positions = Vec::new();
     let mut targets = Vec::new();
+    let extra = usize::from(after.is_some());
     for (i, (context, continuation)) in contexts.iter().zip(continuations).enumerate() {
-        for (j, &token) in continuation.iter().enumerate() {
+        for j in 0..continuation.len() + extra {
             positions.push((i * width + context.len() - 1 + j) as u32);
-            targets.push(token);
+            targets.push(continuation.get(j).copied().unwrap_or(0));
         }
     }
     let mut branched = cache.fork(cache_rows)?;
@@ -395,22 +408,42 @@ fn continuation_log_probs(
         .squeeze(1)?
         .to_vec1::<f32>()?;
     let argmax = log_probs.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?;
-    let mut out = Vec::with_capacity(rows);
-    let mut at = 0;
-    for continuation in continuations {
-        let span = at..at + continuation.len();
-        out.push(TeacherForced {
+    let spans: Vec<std::ops::Range<usize>> = continuations
+        .iter()
+        .scan(0, |at, continuation| {
+            let span = *at..*at + continuation.len();
+            *at = span.end + extra;
+            Some(span)
+        })
+        .collect();
+    let masses = match after {
+        Some(set) => {
+            let last: Vec<u32> = spans.iter().map(|span| span.end as u32).collect();
+            log_probs
+                .index_select(&Tensor::new(last.as_slice(), device)?, 0)?
+                .index_select(&Tensor::new(set, device)?, 1)?
+                .log_sum_exp(1)?
+                .to_vec1::<f32>()?
+        }
+        None => Vec::new(),
+    };
+    Ok(spans
+        .into_iter()
+        .enumerate()
+        .map(|(i, span)| TeacherForced {
             log_probs: chosen[span.clone()].to_vec(),
             is_argmax: argmax[span.clone()]
                 .iter()
                 .zip(&targets[span.clone()])
                 .map(|(a, t)| a == t)
                 .collect(),
-            argmax: argmax[span].to_vec(),
-        });
-        at += continuation.len();
-    }
-    Ok(out)
+            argmax: argmax[span.clone()].to_vec(),
+            after: masses.get(i).map(|&log_mass| After {
+                log_mass,
+                argmax: argmax[span.end],
+            }),
+        })
+        .collect())
 }
 
 /// [`CausalLm::extend_rows`] for any model with `hidden_states` over a [`KvCache`].
@@ -510,9 +543,10 @@ impl CausalLm for LanguageModel {
         cache_rows: &[usize],
         contexts: &[Vec<u32>],
         continuations: &[Vec<u32>],
+        after: Option<&[u32]>,
     ) -> Result<Vec<TeacherForced>> {
         self.inner()
-            .continuation_log_probs(cache, cache_rows, contexts, continuations)
+            .continuation_log_probs(cache, cache_rows, contexts, continuations, after)
     }
     fn extend_rows(&self, cache: &KvCache, ids: &[Vec<u32>]) -> Result<KvCache> {
         self.inner().extend_rows(cache, ids)

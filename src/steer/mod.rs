@@ -63,13 +63,16 @@ pub trait CausalLm {
     /// `contexts[i]` (at least one token) and then `continuations[i]`, all rows in one forward
     /// (right-padded, which causal attention makes harmless). Returns, per row, the natural-log
     /// probability of each continuation token given everything before it, and whether it was the
-    /// most probable token there.
+    /// most probable token there. With `after` (token ids), each row also tells how likely the
+    /// token after its whole continuation is to be one of them ([`TeacherForced::after`]), which
+    /// costs one more position per row.
     fn continuation_log_probs(
         &self,
         cache: &Self::Cache,
         cache_rows: &[usize],
         contexts: &[Vec<u32>],
         continuations: &[Vec<u32>],
+        after: Option<&[u32]>,
     ) -> Result<Vec<TeacherForced>>;
     /// Row `i` of the result continues the one-row `cache` with `ids[i]`; every row has the same
     /// length. One batched forward, and no logits: the cache is what is wanted.
@@ -91,6 +94,17 @@ pub struct TeacherForced {
     pub is_argmax: Vec<bool>,
     /// The model's most probable token at each continuation position (the first, on ties).
     pub argmax: Vec<u32>,
+    /// The position after the whole continuation, when the call named a set of tokens.
+    pub after: Option<After>,
+}
+
+/// The next token after a teacher-forced continuation ([`TeacherForced::after`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct After {
+    /// ln Σ p(t | context, continuation) over the tokens t of the set asked about, f32.
+    pub log_mass: f32,
+    /// The model's most probable token there (the first, on ties), in the set or not.
+    pub argmax: u32,
 }
 
 /// What [`CausalLm::branch`] returns.

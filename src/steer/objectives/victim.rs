@@ -112,6 +112,7 @@ impl<'a, L: CausalLm> Victim<'a, L> {
                 &[0],
                 std::slice::from_ref(&ids),
                 &[continuation],
+                None,
             )?
             .pop()
             .ok_or_else(|| anyhow::anyhow!("the victim scored no row"))?;
@@ -162,6 +163,7 @@ impl<'a, L: CausalLm> Victim<'a, L> {
         prefix: &VictimPrefix<L::Cache>,
         texts: &[String],
         continuation: &[u32],
+        after: Option<&[u32]>,
     ) -> Result<Vec<TeacherForced>> {
         let prompts: Vec<Vec<u32>> = texts
             .iter()
@@ -227,6 +229,7 @@ impl<'a, L: CausalLm> Victim<'a, L> {
                     &cache_rows,
                     &contexts,
                     &continuations,
+                    after,
                 )?;
                 for (&(i, _), row) in chunk.iter().zip(scored) {
                     out[i] = Some(row);
@@ -242,6 +245,41 @@ impl<'a, L: CausalLm> Victim<'a, L> {
     pub fn response_ids(&self, text: &str) -> Result<Vec<u32>> {
         self.lm.encode(text)
     }
+
+    /// The tokens that cannot continue a word when they follow one: those whose text does not
+    /// begin with a letter or digit ([`continues_word`]), special tokens included (their text
+    /// begins with a marker such as `<`). A token that decodes to U+FFFD alone (part of a UTF-8
+    /// character, which may be a letter) or does not decode counts as continuing. Sorted.
+    pub fn word_ending_tokens(&self) -> Result<Vec<u32>> {
+        let mut ending = Vec::new();
+        for id in 0..self.lm.vocab_size() as u32 {
+            if let Ok(text) = self.lm.decode(&[id]) {
+                if text
+                    .chars()
+                    .next()
+                    .is_some_and(|c| !continues_word(c) && c != '\u{FFFD}')
+                {
+                    ending.push(id);
+                }
+            }
+        }
+        if ending.is_empty() {
+            bail!("the victim's vocabulary has no token that ends a word");
+        }
+        Ok(ending)
+    }
+}
+
+/// Whether `c`, written right after a word, continues it: a letter or digit in any script.
+/// The attack's success check reads answers with this rule: "… gold is Ag" is not answered by
+/// "… gold is Aglithaldehyde".
+pub fn continues_word(c: char) -> bool {
+    c.is_alphanumeric()
+}
+
+/// Whether `text` ends inside a word, so that what follows it must not continue the word.
+pub fn ends_inside_word(text: &str) -> bool {
+    text.chars().next_back().is_some_and(continues_word)
 }
 
 /// Rows of one batched forward: bounds memory (rows × positions × hidden, and rows × target
@@ -311,12 +349,23 @@ fn argmax(values: &[f32]) -> Result<u32> {
     Ok(best as u32)
 }
 
-/// The victim's mean log-probability (nats per token) of `target`, teacher-forced after the
-/// templated prompt: BEAST's objective. Higher is better; its negation is the target NLL.
+/// The victim's mean log-probability (nats per token) of answering with `target`,
+/// teacher-forced after the templated prompt: BEAST's objective, over whole words. Higher is
+/// better.
+///
+/// Where `target` ends inside a word ([`ends_inside_word`]), the answer must also end that word
+/// there to count as the target (the attack's success check), so the token after the target is
+/// scored too: the mean runs over the target's n tokens and one more term, ln Σ p(t) over the
+/// tokens t that end a word ([`Victim::word_ending_tokens`]). This differs from BEAST, which
+/// scores the target's tokens alone; where `target` ends in a space or punctuation the two agree.
+/// [`TargetResponse::target_nll`] is the target's tokens alone in both cases.
 pub struct TargetResponse<'v, 'a, L: CausalLm> {
     victim: &'v Victim<'a, L>,
     target: String,
     target_ids: Vec<u32>,
+    /// The tokens that end the target's last word, when it ends inside one; with them, a mask
+    /// over the vocabulary.
+    word_end: Option<(Vec<u32>, Vec<bool>)>,
     /// The cache of the first prefix asked for, reused by the others (the instruction's).
     base: RefCell<Option<VictimPrefix<L::Cache>>>,
 }
@@ -327,10 +376,21 @@ impl<'v, 'a, L: CausalLm> TargetResponse<'v, 'a, L> {
         if target_ids.is_empty() {
             bail!("--target-response is empty: give the answer the victim should start with");
         }
+        let word_end = if ends_inside_word(target) {
+            let ending = victim.word_ending_tokens()?;
+            let mut mask = vec![false; victim.lm.vocab_size()];
+            for &id in &ending {
+                mask[id as usize] = true;
+            }
+            Some((ending, mask))
+        } else {
+            None
+        };
         Ok(Self {
             victim,
             target: target.to_string(),
             target_ids,
+            word_end,
             base: RefCell::new(None),
         })
     }
@@ -343,11 +403,26 @@ impl<'v, 'a, L: CausalLm> TargetResponse<'v, 'a, L> {
         &self.target_ids
     }
 
-    /// Mean negative log-likelihood of the target after the user message `text` (nats/token).
+    /// Mean negative log-likelihood of the target's tokens after the user message `text`
+    /// (nats/token): BEAST's loss, without the word-end term of the objective.
     pub fn target_nll(&self, text: &str) -> Result<f64> {
         let prefix = self.prefix(text, None)?;
-        let scores = self.score(&prefix, &[text.to_string()])?;
-        Ok(-(scores.similarities[0] as f64))
+        let rows = self.rows(&prefix, &[text.to_string()])?;
+        let lp = &rows[0].log_probs;
+        Ok(-lp.iter().map(|&x| x as f64).sum::<f64>() / lp.len() as f64)
+    }
+
+    fn rows(
+        &self,
+        prefix: &VictimPrefix<L::Cache>,
+        texts: &[String],
+    ) -> Result<Vec<TeacherForced>> {
+        self.victim.continuation_log_probs(
+            prefix,
+            texts,
+            &self.target_ids,
+            self.word_end.as_ref().map(|(ending, _)| ending.as_slice()),
+        )
     }
 }
 
@@ -374,23 +449,35 @@ where
     }
 
     fn score(&self, prefix: &Self::Prefix, texts: &[String]) -> Result<ScoreBatch> {
-        let rows = self
-            .victim
-            .continuation_log_probs(prefix, texts, &self.target_ids)?;
+        let rows = self.rows(prefix, texts)?;
         let similarities = rows
             .iter()
             .map(|row| {
-                let lp = &row.log_probs;
-                (lp.iter().map(|&x| x as f64).sum::<f64>() / lp.len() as f64) as f32
+                let terms = row
+                    .log_probs
+                    .iter()
+                    .map(|&x| x as f64)
+                    .chain(row.after.as_ref().map(|after| after.log_mass as f64));
+                let (sum, count) = terms.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+                (sum / count as f64) as f32
             })
             .collect();
         Ok(ScoreBatch {
             similarities,
             positions_computed: 0,
             distinct: texts.len(),
+            // Greedy decoding writes the target, and then a token that ends its word.
             greedy_target: rows
                 .iter()
-                .map(|r| r.is_argmax.iter().all(|&a| a))
+                .map(|r| {
+                    r.is_argmax.iter().all(|&a| a)
+                        && match (&r.after, &self.word_end) {
+                            (Some(after), Some((_, mask))) => {
+                                mask.get(after.argmax as usize).copied().unwrap_or(false)
+                            }
+                            _ => true,
+                        }
+                })
                 .collect(),
         })
     }

@@ -9,7 +9,7 @@
 
 use super::log_softmax;
 use crate::steer::constraints::Blocklist;
-use crate::steer::objectives::victim::Victim;
+use crate::steer::objectives::victim::{continues_word, ends_inside_word, Victim};
 use crate::steer::objectives::Objective;
 use crate::steer::CausalLm;
 use anyhow::{bail, Result};
@@ -131,9 +131,8 @@ impl Success {
                 match response.trim_start().strip_prefix(target) {
                     None => false,
                     Some(rest) => {
-                        let word = |c: char| c.is_alphanumeric();
-                        !(target.chars().next_back().is_some_and(word)
-                            && rest.chars().next().is_some_and(word))
+                        !(ends_inside_word(target)
+                            && rest.chars().next().is_some_and(continues_word))
                     }
                 }
             }
@@ -387,8 +386,9 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
         if let Some(limit) = options.time_limit {
             if started.elapsed() >= limit {
                 stop_reason = Some(format!(
-                    "time limit of {} s reached after {step} steps",
-                    limit.as_secs_f64()
+                    "time limit of {} s reached after {step} step{}",
+                    limit.as_secs_f64(),
+                    if step == 1 { "" } else { "s" }
                 ));
                 break;
             }
