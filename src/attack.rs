@@ -229,13 +229,33 @@ pub fn attacker_context(template: Option<&ChatTemplate>, instruction: &str) -> R
     })
 }
 
+/// Checks a spec's options and objective before any model loads.
+pub fn validate(spec: &AttackSpec) -> Result<()> {
+    crate::steer::search::attack::validate(&spec.options)?;
+    if let AttackObjective::Command {
+        success_score: Some(score),
+        ..
+    }
+    | AttackObjective::Scorer {
+        success_score: Some(score),
+        ..
+    } = &spec.objective
+    {
+        // NaN compares false forever: the run would spend its whole budget and report failure.
+        if !score.is_finite() {
+            bail!("--success-score must be a finite number, got {score}");
+        }
+    }
+    Ok(())
+}
+
 /// Loads the models, runs the attack, and measures the target's likelihood before and after.
 pub fn run_attack(
     spec: &AttackSpec,
     device: &Device,
     on_step: impl FnMut(&AttackStep) -> Result<()>,
 ) -> Result<AttackReport> {
-    crate::steer::search::attack::validate(&spec.options)?;
+    validate(spec)?;
     let models = AttackModels::load(
         &spec.attacker,
         spec.victim.as_deref(),
@@ -301,7 +321,7 @@ impl AttackModels {
         device: &Device,
         on_step: impl FnMut(&AttackStep) -> Result<()>,
     ) -> Result<AttackReport> {
-        crate::steer::search::attack::validate(&spec.options)?;
+        validate(spec)?;
         let victim_lm = self.separate_victim.as_ref().unwrap_or(&self.attacker);
         let context = attacker_context(self.attacker_template.as_ref(), &spec.options.instruction)?;
         let victim = Victim::new(victim_lm, self.template.clone())?;

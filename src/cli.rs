@@ -148,7 +148,7 @@ pub struct BenchArgs {
 
 #[derive(Args, Debug)]
 pub struct DescribeArgs {
-    /// Image files, or directories searched recursively for .jpg/.jpeg/.png/.webp. May be
+    /// Image files, or directories searched recursively for .jpg/.jpeg/.png/.webp/.gif/.bmp. May be
     /// left out when --target-text gives the target.
     #[arg(required_unless_present_any = ["target_text", "scorer_cmd"])]
     pub images: Vec<PathBuf>,
@@ -747,13 +747,14 @@ fn attack_command(args: AttackArgs, device: &Device) -> Result<i32> {
     } else {
         outln!("{}", result.prompt);
         errln!(
-            "{} after {} steps in {:.1} s · score {:.4}{}",
+            "{} after {} step{} in {:.1} s · score {:.4}{}",
             if result.success {
                 "success"
             } else {
                 "no success"
             },
             result.steps,
+            if result.steps == 1 { "" } else { "s" },
             result.seconds,
             result.score,
             match (report.baseline_nll, report.target_nll) {
