@@ -455,7 +455,11 @@ pub fn preset_named(name: &str) -> Result<Preset> {
     value_enum("preset", name)
 }
 
-/// Expands files and directories (recursively, sorted) into the list of images to describe.
+/// The extensions a directory is searched for, as shown to users.
+const IMAGE_EXTENSIONS_SHOWN: &str = ".jpg .jpeg .png .webp .gif .bmp";
+
+/// Expands files and directories (recursively, sorted) into the list of images to describe:
+/// files ending in the extensions the image decoder reads, in any case.
 pub fn collect_inputs(paths: &[PathBuf]) -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
@@ -473,7 +477,7 @@ pub fn collect_inputs(paths: &[PathBuf]) -> Vec<PathBuf> {
                 .map(|e| {
                     matches!(
                         e.to_ascii_lowercase().as_str(),
-                        "jpg" | "jpeg" | "png" | "webp"
+                        "jpg" | "jpeg" | "png" | "webp" | "gif" | "bmp"
                     )
                 })
                 .unwrap_or(false)
@@ -526,6 +530,18 @@ impl InputSpec {
             bail!("--write-txt writes a caption file beside each image: give images to describe");
         }
         let all_images = collect_inputs(&self.images);
+        if !self.images.is_empty() && all_images.is_empty() {
+            let dirs: Vec<String> = self
+                .images
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            bail!(
+                "no images in {}: directories are searched for {}; give image files by name for other extensions",
+                dirs.join(", "),
+                IMAGE_EXTENSIONS_SHOWN
+            );
+        }
         // Refused before any work: caption files that would collide. Decided on the whole
         // input list, so that every shard agrees.
         let mut refused: HashMap<PathBuf, String> = HashMap::new();

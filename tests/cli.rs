@@ -298,6 +298,43 @@ fn describe_json_events_have_the_documented_shape() {
 }
 
 #[test]
+fn directories_are_searched_for_every_format_the_decoder_reads() {
+    let dir = std::env::temp_dir().join(format!("clipsteer-dir-scan-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("empty")).unwrap();
+    let empty = dir.join("empty");
+    // Nothing to describe is an error that says where it looked, not "already done".
+    let output = bin()
+        .args(describe_args(5, 2, &[empty.to_str().unwrap()]))
+        .output()
+        .unwrap();
+    assert_one_line_error(&output, "no images in");
+    assert!(stderr(&output).contains(".gif .bmp"), "{}", stderr(&output));
+    // GIF and BMP decode, so a directory of them is described.
+    let picture = image::open(f("images/crop32.png")).unwrap().to_rgb8();
+    picture.save(dir.join("a.gif")).unwrap();
+    picture.save(dir.join("b.BMP")).unwrap();
+    std::fs::write(dir.join("notes.txt"), "not an image").unwrap();
+    let output = bin()
+        .args(describe_args(5, 2, &[dir.to_str().unwrap(), "--json"]))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let done: Vec<String> = stdout(&output)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["event"] == "done")
+        .map(|e| e["image"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(done.len(), 2, "{done:?}");
+    assert!(
+        done[0].ends_with("a.gif") && done[1].ends_with("b.BMP"),
+        "{done:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn a_reader_that_leaves_ends_the_run_quietly() {
     // `clipsteer describe --json … | head -1`: the pipe closes after the first event.
     use std::io::{BufRead, BufReader};
