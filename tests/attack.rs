@@ -348,6 +348,11 @@ fn attack_refuses_bad_input_with_one_line() {
             "--time-limit must be at most 1e9 seconds, got 1e300",
         ),
         (
+            // Whitespace alone: every answer would start with it.
+            vec!["--instruction", "Hi", "--target-response", " \n "],
+            "--target-response is empty",
+        ),
+        (
             vec![
                 "--instruction",
                 "Hi",
@@ -454,6 +459,8 @@ fn scorer_command_protocol_and_its_failures() {
     }
     for (command, wanted) in [
         ("exit 3", "exited"),
+        ("clipsteer-no-such-scorer-program", "was not found"),
+        ("/dev/null", "could not be run"),
         ("read -r line; echo not json", "malformed"),
         (
             "read -r line; echo '{\"scores\":[1]}'",

@@ -156,6 +156,19 @@ impl CommandScorer {
             std::thread::sleep(Duration::from_millis(10));
         }
         let how = match status {
+            // sh's codes for a program it could not find or run (POSIX, "Exit Status").
+            Some(s) if s.code() == Some(127) => {
+                return anyhow::anyhow!(
+                    "scorer command '{}' was not found (sh exited with 127); check the program's name and PATH",
+                    self.command
+                );
+            }
+            Some(s) if s.code() == Some(126) => {
+                return anyhow::anyhow!(
+                    "scorer command '{}' could not be run (sh exited with 126); check that it is executable",
+                    self.command
+                );
+            }
             Some(s) => format!("exited ({s})"),
             None => "closed its output".to_string(),
         };

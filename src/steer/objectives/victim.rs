@@ -373,7 +373,9 @@ pub struct TargetResponse<'v, 'a, L: CausalLm> {
 impl<'v, 'a, L: CausalLm> TargetResponse<'v, 'a, L> {
     pub fn new(victim: &'v Victim<'a, L>, target: &str) -> Result<Self> {
         let target_ids = victim.response_ids(target)?;
-        if target_ids.is_empty() {
+        // Whitespace alone would be an empty target to the success check, which ignores the
+        // answer's leading whitespace: every answer would succeed.
+        if target_ids.is_empty() || target.trim().is_empty() {
             bail!("--target-response is empty: give the answer the victim should start with");
         }
         let word_end = if ends_inside_word(target) {
