@@ -169,7 +169,7 @@ fn batched_target_likelihood_equals_one_prompt_at_a_time() {
         let mut total = 0.0f64;
         let mut all_argmax = true;
         let mut logits = lm.next_logits(&ids[..prompt_len], &mut cache).unwrap();
-        for (j, &token) in target.iter().enumerate() {
+        for &token in &target {
             let best = (0..logits.len())
                 .max_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(b.cmp(&a)))
                 .unwrap();
