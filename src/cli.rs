@@ -595,8 +595,14 @@ pub struct AttackArgs {
     /// README).
     #[arg(long, value_name = "CMD")]
     pub scorer_cmd: Option<String>,
-    /// With --scorer-cmd: succeed once the best prompt scores at least this.
-    #[arg(long, value_name = "SCORE", requires = "scorer_cmd")]
+    /// With --scorer-cmd: succeed once the best prompt scores at least this (a finite number;
+    /// negative ones too, e.g. a log-probability).
+    #[arg(
+        long,
+        value_name = "SCORE",
+        requires = "scorer_cmd",
+        allow_hyphen_values = true
+    )]
     pub success_score: Option<f32>,
     /// With --scorer-cmd: seconds the program may take per batch [default: 60].
     #[arg(long, value_name = "SECONDS", requires = "scorer_cmd")]

@@ -364,6 +364,18 @@ fn attack_refuses_bad_input_with_one_line() {
             "--success-score must be a finite number, got NaN",
         ),
         (
+            // Taken as the value it is, not as a flag "-i".
+            vec![
+                "--instruction",
+                "Hi",
+                "--scorer-cmd",
+                "cat",
+                "--success-score",
+                "-inf",
+            ],
+            "--success-score must be a finite number, got -inf",
+        ),
+        (
             vec![
                 "--instruction",
                 "Hi",
