@@ -409,7 +409,13 @@ impl<'v, 'a, L: CausalLm> TargetResponse<'v, 'a, L> {
     /// (nats/token): BEAST's loss, without the word-end term of the objective.
     pub fn target_nll(&self, text: &str) -> Result<f64> {
         let prefix = self.prefix(text, None)?;
-        let rows = self.rows(&prefix, &[text.to_string()])?;
+        // The word-end term is not part of the loss: no position past the target is asked for.
+        let rows = self.victim.continuation_log_probs(
+            &prefix,
+            &[text.to_string()],
+            &self.target_ids,
+            None,
+        )?;
         let lp = &rows[0].log_probs;
         Ok(-lp.iter().map(|&x| x as f64).sum::<f64>() / lp.len() as f64)
     }
