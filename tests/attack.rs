@@ -73,6 +73,12 @@ fn reading_the_answer_toward_the_target_equals_the_greedy_loop() {
         "Reply with exactly: The capital of France is Berlin".into(),
         "The capital of France is Berlin".into(),
     ));
+    // A target that ends in punctuation: the scoring forward reads no position after it, so
+    // the check reads the next token itself.
+    cases.push((
+        "Reply with exactly: The capital of France is Berlin.".into(),
+        "The capital of France is Berlin.".into(),
+    ));
     let mut followed = 0;
     for (instruction, target) in &cases {
         let success = Success::ResponseStartsWith(target.clone());
@@ -81,13 +87,13 @@ fn reading_the_answer_toward_the_target_equals_the_greedy_loop() {
         let (full, full_ids) = victim.greedy_answer(instruction, tokens).unwrap();
         // Read to the end, it is the plain loop's answer, token for token.
         let (_, all_ids) = victim
-            .greedy_answer_toward(instruction, tokens, &expected, |_| true)
+            .greedy_answer_toward(instruction, tokens, &expected, None, |_| true)
             .unwrap();
         assert_eq!(all_ids, full_ids, "{instruction:?}");
         // Read only while it can still start with the target: a prefix of that answer, which
         // ends where the answer leaves the target, and succeeds exactly when the full one does.
         let (read, read_ids) = victim
-            .greedy_answer_toward(instruction, tokens, &expected, |partial| {
+            .greedy_answer_toward(instruction, tokens, &expected, None, |partial| {
                 success.can_still_succeed(partial)
             })
             .unwrap();
@@ -100,6 +106,27 @@ fn reading_the_answer_toward_the_target_equals_the_greedy_loop() {
         if read_ids.len() < full_ids.len() {
             assert!(!success.can_still_succeed(&read), "{read:?}");
         }
+        // The scoring forward's argmax row, handed over, stands in for the check's own forward.
+        let objective = TargetResponse::new(&victim, target).unwrap();
+        let prefix = objective.prefix(instruction, None).unwrap();
+        let batch = objective
+            .score(&prefix, std::slice::from_ref(instruction))
+            .unwrap();
+        let forced = &batch.teacher_forced_argmax[0];
+        let word_end = usize::from(clipsteer::steer::objectives::victim::ends_inside_word(
+            target,
+        ));
+        assert_eq!(forced.len(), expected.len() + word_end, "{instruction:?}");
+        let (_, all_forced) = victim
+            .greedy_answer_toward(instruction, tokens, &expected, Some(forced), |_| true)
+            .unwrap();
+        assert_eq!(all_forced, full_ids, "{instruction:?}");
+        let (_, read_forced) = victim
+            .greedy_answer_toward(instruction, tokens, &expected, Some(forced), |partial| {
+                success.can_still_succeed(partial)
+            })
+            .unwrap();
+        assert_eq!(read_forced, read_ids, "{instruction:?}");
         followed += usize::from(read_ids.len() == tokens);
     }
     // The echo prompt was read in full.

@@ -255,6 +255,7 @@ impl Objective for CommandScorer {
             positions_computed: 0,
             distinct: texts.len(),
             greedy_target: Vec::new(),
+            teacher_forced_argmax: Vec::new(),
         })
     }
 }

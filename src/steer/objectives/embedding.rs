@@ -179,6 +179,7 @@ impl Scorer for ClipScorer {
             positions_computed: embedded.positions_computed,
             distinct: distinct.len(),
             greedy_target: Vec::new(),
+            teacher_forced_argmax: Vec::new(),
         })
     }
 }

@@ -40,6 +40,12 @@ pub trait Objective {
     fn softmax_scale(&self) -> f32 {
         1.0
     }
+
+    /// The victim token ids the objective teacher-forces after every prompt, when it does
+    /// ([`victim::TargetResponse`]): what its [`ScoreBatch::teacher_forced_argmax`] rows follow.
+    fn teacher_forced(&self) -> Option<&[u32]> {
+        None
+    }
 }
 
 /// Scores of one batch and what computing them cost.
@@ -56,6 +62,12 @@ pub struct ScoreBatch {
     /// (every target token is the argmax under teacher forcing): objectives that teacher-force
     /// a target response fill it for free; empty for the others.
     pub greedy_target: Vec<bool>,
+    /// Per text, the victim's most probable token at each position of the teacher-forced target
+    /// ([`Objective::teacher_forced`]), and at the position after it where the objective reads
+    /// that one too: the start of the greedy answer for as long as it follows the target, and
+    /// then its first token off it. [`victim::Victim::greedy_answer_toward`] takes it to skip
+    /// its own forward. Empty for objectives that do not teacher-force a target.
+    pub teacher_forced_argmax: Vec<Vec<u32>>,
 }
 
 /// Scales a vector to unit length.

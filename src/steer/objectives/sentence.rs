@@ -118,6 +118,7 @@ impl Scorer for SentenceScorer {
             positions_computed: positions,
             distinct: distinct.len(),
             greedy_target: Vec::new(),
+            teacher_forced_argmax: Vec::new(),
         })
     }
 }

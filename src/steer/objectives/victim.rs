@@ -86,6 +86,11 @@ impl<'a, L: CausalLm> Victim<'a, L> {
     /// `max_tokens` one-token steps. Returns the text and its ids, ending before an
     /// end-of-text token.
     ///
+    /// `forced`, when given, is that forward's argmax row already computed: the objective's
+    /// scoring forward of this very prompt teacher-forcing `expected`
+    /// ([`ScoreBatch::teacher_forced_argmax`] of [`TargetResponse`]), so the check costs no
+    /// forward of its own while the answer leaves `expected` within it.
+    ///
     /// The batched forward rounds differently from one-token steps, so at a near-tie (logits
     /// equal to about 1e-6) it may pick the other token; [`Self::greedy_answer`] is the plain
     /// loop.
@@ -94,6 +99,7 @@ impl<'a, L: CausalLm> Victim<'a, L> {
         text: &str,
         max_tokens: usize,
         expected: &[u32],
+        forced: Option<&[u32]>,
         go_on: impl Fn(&str) -> bool,
     ) -> Result<(String, Vec<u32>)> {
         let ids = self.prompt_ids(text)?;
@@ -102,23 +108,29 @@ impl<'a, L: CausalLm> Victim<'a, L> {
             return self.greedy_from(&ids, Vec::new(), max_tokens, |_| true);
         }
         let stop = self.lm.eos_token_id();
-        // The last continuation token is only predicted: its argmax is the token after `draft`.
-        let mut continuation = draft.to_vec();
-        continuation.push(0);
-        let forced = self
-            .lm
-            .continuation_log_probs(
-                &self.lm.new_cache(),
-                &[0],
-                std::slice::from_ref(&ids),
-                &[continuation],
-                None,
-            )?
-            .pop()
-            .ok_or_else(|| anyhow::anyhow!("the victim scored no row"))?;
+        let forced = match forced {
+            Some(forced) => forced.to_vec(),
+            None => {
+                // The last continuation token is only predicted: its argmax is the token after
+                // `draft`.
+                let mut continuation = draft.to_vec();
+                continuation.push(0);
+                self.lm
+                    .continuation_log_probs(
+                        &self.lm.new_cache(),
+                        &[0],
+                        std::slice::from_ref(&ids),
+                        &[continuation],
+                        None,
+                    )?
+                    .pop()
+                    .ok_or_else(|| anyhow::anyhow!("the victim scored no row"))?
+                    .argmax
+            }
+        };
         // The length check above keeps every accepted token within the context.
         let mut answer = Vec::new();
-        for (j, &token) in forced.argmax.iter().enumerate() {
+        for (j, &token) in forced.iter().enumerate() {
             if Some(token) == stop {
                 return Ok((self.lm.decode(&answer)?, answer));
             }
@@ -456,6 +468,10 @@ where
         Ok(prefix)
     }
 
+    fn teacher_forced(&self) -> Option<&[u32]> {
+        Some(&self.target_ids)
+    }
+
     fn score(&self, prefix: &Self::Prefix, texts: &[String]) -> Result<ScoreBatch> {
         let rows = self.rows(prefix, texts)?;
         let similarities = rows
@@ -485,6 +501,14 @@ where
                             }
                             _ => true,
                         }
+                })
+                .collect(),
+            teacher_forced_argmax: rows
+                .iter()
+                .map(|r| {
+                    let mut ids = r.argmax.clone();
+                    ids.extend(r.after.as_ref().map(|after| after.argmax));
+                    ids
                 })
                 .collect(),
         })
@@ -550,6 +574,7 @@ impl<L: CausalLm> Objective for ResponseCommand<'_, '_, L> {
             positions_computed: 0,
             distinct: texts.len(),
             greedy_target: Vec::new(),
+            teacher_forced_argmax: Vec::new(),
         })
     }
 }

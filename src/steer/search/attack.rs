@@ -460,6 +460,14 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
             order.insert(0, hit);
         }
         order.truncate(options.beam_width);
+        // The leader's argmax under teacher forcing of the target the check reads, from the
+        // scoring forward, spares the check a forward of its own.
+        let leader_forced = match (&target_ids, objective.teacher_forced()) {
+            (Some(checked), Some(forced)) if checked.as_slice() == forced => {
+                batch.teacher_forced_argmax.get(order[0]).cloned()
+            }
+            _ => None,
+        };
 
         // The next beams, grouped by parent so that each parent's children share one forward.
         let mut next = Vec::with_capacity(order.len());
@@ -499,11 +507,13 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
         let leader = &beams[0];
         let prompt = prompt_of(&leader.suffix);
         let (mut response, _) = match &target_ids {
-            Some(target_ids) => {
-                victim.greedy_answer_toward(&prompt, check_tokens, target_ids, |partial| {
-                    success.can_still_succeed(partial)
-                })?
-            }
+            Some(target_ids) => victim.greedy_answer_toward(
+                &prompt,
+                check_tokens,
+                target_ids,
+                leader_forced.as_deref(),
+                |partial| success.can_still_succeed(partial),
+            )?,
             None => victim.greedy_answer(&prompt, check_tokens)?,
         };
         let succeeded = success.check(&response, leader.score);
