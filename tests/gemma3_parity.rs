@@ -163,6 +163,62 @@ fn branches_past_the_window_match_transformers() {
     }
 }
 
+/// Branching rows off several parents past the window in one forward (the attack beam's step)
+/// gives each row the logits of the full forward over its parent's sequence and its token, and
+/// a kept row continues like that sequence.
+#[test]
+fn rows_branched_off_several_parents_match_full_forwards() {
+    let lm = lm();
+    let reference = reference("gemma3-tiny");
+    let ids = ids_of(&reference["seq_1_ids"]);
+    let at = 20;
+    // Two parents of one length that differ after their <bos>.
+    let other: Vec<u32> = ids[..1]
+        .iter()
+        .chain(ids[1..at].iter().rev())
+        .copied()
+        .collect();
+    let parents_ids = [ids[..at].to_vec(), other];
+    let caches: Vec<_> = parents_ids
+        .iter()
+        .map(|p| {
+            let mut cache = lm.new_cache();
+            lm.next_logits(p, &mut cache).unwrap();
+            cache
+        })
+        .collect();
+    let parents = [1, 0, 1, 0];
+    let tokens = [ids[at], ids[at], ids[at + 3], ids[at + 7]];
+    let rows = lm
+        .branch_rows(&caches.iter().collect::<Vec<_>>(), &parents, &tokens)
+        .unwrap();
+    for (row, (logits, cache)) in rows.into_iter().enumerate() {
+        let mut sequence = parents_ids[parents[row]].clone();
+        sequence.push(tokens[row]);
+        let input = Tensor::new(sequence.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let full = forward(&input).squeeze(0).unwrap().i(at).unwrap();
+        let err = rel_err(&Tensor::new(logits, &Device::Cpu).unwrap(), &full);
+        assert!(err <= TOL, "row {row} rel err {err}");
+        // Eight more tokens, past the window of 8 from the branch point.
+        let mut kept = cache;
+        for step in 1..=8 {
+            let next = ids[at + step];
+            sequence.push(next);
+            let logits = lm.next_logits(&[next], &mut kept).unwrap();
+            let input = Tensor::new(sequence.as_slice(), &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            let full = forward(&input).squeeze(0).unwrap().i(at + step).unwrap();
+            let err = rel_err(&Tensor::new(logits, &Device::Cpu).unwrap(), &full);
+            assert!(err <= TOL, "row {row} step {step} rel err {err}");
+        }
+    }
+}
+
 /// The LM feeds `<bos>` before a prompt that lacks it, as transformers' tokenizer adds it, and
 /// the prompt still decodes to itself.
 #[test]

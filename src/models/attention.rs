@@ -113,6 +113,57 @@ impl KvCache {
         })
     }
 
+    /// A cache whose row `i` continues the one-row cache `caches[rows[i]]`, for one batched
+    /// forward over rows of different histories (the attack beam's children of several
+    /// parents). Every cache must hold the same number of positions. With one cache this is
+    /// [`Self::fork`] (its positions stay shared); otherwise each row's keys and values are
+    /// copied, [rows, heads, len, head_dim] per layer.
+    pub fn stack(caches: &[&KvCache], rows: &[usize]) -> Result<Self> {
+        let Some(first) = caches.first() else {
+            candle_core::bail!("stack: no caches")
+        };
+        if let Some(&bad) = rows.iter().find(|&&r| r >= caches.len()) {
+            candle_core::bail!("stack: row {bad} out of range for {} caches", caches.len())
+        }
+        for cache in caches {
+            if cache.batch > 1 || cache.len != first.len || cache.layers.len() != first.layers.len()
+            {
+                candle_core::bail!(
+                    "stack needs one-row caches of one length, got {} rows of {} positions and {} of {}",
+                    cache.batch,
+                    cache.len,
+                    first.batch,
+                    first.len
+                )
+            }
+        }
+        if caches.len() == 1 || first.is_empty() {
+            return first.fork(&vec![0; rows.len()]);
+        }
+        let mut layers = Vec::with_capacity(first.layers.len());
+        for index in 0..first.layers.len() {
+            let kvs = caches
+                .iter()
+                .map(|cache| {
+                    cache.single_row_kv(index)?.ok_or_else(|| {
+                        candle_core::Error::Msg("stack: a cache layer is empty".to_string())
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let keys: Vec<&Tensor> = rows.iter().map(|&r| &kvs[r].0).collect();
+            let values: Vec<&Tensor> = rows.iter().map(|&r| &kvs[r].1).collect();
+            layers.push(LayerKv {
+                shared: None,
+                own: Some((Tensor::stack(&keys, 0)?, Tensor::stack(&values, 0)?)),
+            });
+        }
+        Ok(Self {
+            layers,
+            len: first.len,
+            batch: rows.len(),
+        })
+    }
+
     /// The first `len` positions of this cache.
     pub fn truncate(&self, len: usize) -> Result<Self> {
         if len > self.len {

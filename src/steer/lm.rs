@@ -125,6 +125,24 @@ impl CausalLm for Gemma3Lm {
         Ok(cache.fork(&[row])?)
     }
 
+    fn branch_rows(
+        &self,
+        caches: &[&KvCache],
+        parents: &[usize],
+        tokens: &[u32],
+    ) -> Result<Vec<(Vec<f32>, KvCache)>> {
+        if caches.iter().any(|cache| cache.is_empty()) {
+            anyhow::bail!("branch needs a cache that holds the prompt");
+        }
+        branch_rows(
+            |input, cache| self.model.hidden_states(input, cache),
+            |hidden| self.model.logits(hidden),
+            self.model.device(),
+            (caches, parents),
+            tokens,
+        )
+    }
+
     fn encode(&self, text: &str) -> Result<Vec<u32>> {
         encode_plain(&self.tokenizer, text)
     }
@@ -227,6 +245,21 @@ macro_rules! causal_lm_impl {
 
             fn keep_branch(&self, cache: &KvCache, row: usize) -> Result<KvCache> {
                 Ok(cache.fork(&[row])?)
+            }
+
+            fn branch_rows(
+                &self,
+                caches: &[&KvCache],
+                parents: &[usize],
+                tokens: &[u32],
+            ) -> Result<Vec<(Vec<f32>, KvCache)>> {
+                branch_rows(
+                    |input, cache| self.model.hidden_states(input, cache),
+                    |hidden| self.model.logits(hidden),
+                    self.model.device(),
+                    (caches, parents),
+                    tokens,
+                )
             }
 
             fn encode(&self, text: &str) -> Result<Vec<u32>> {
@@ -446,6 +479,32 @@ fn continuation_log_probs(
         .collect())
 }
 
+/// [`CausalLm::branch_rows`] for any model with `hidden_states` over a [`KvCache`]: one
+/// forward over the stacked parents.
+fn branch_rows(
+    hidden_states: impl Fn(&Tensor, &mut KvCache) -> Result<Tensor>,
+    logits: impl Fn(&Tensor) -> Result<Tensor>,
+    device: &Device,
+    (caches, parents): (&[&KvCache], &[usize]),
+    tokens: &[u32],
+) -> Result<Vec<(Vec<f32>, KvCache)>> {
+    if parents.len() != tokens.len() {
+        anyhow::bail!("{} parents for {} tokens", parents.len(), tokens.len());
+    }
+    if tokens.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut rows = KvCache::stack(caches, parents)?;
+    let input = Tensor::new(tokens, device)?.unsqueeze(1)?;
+    let hidden = hidden_states(&input, &mut rows)?;
+    let logits = logits(&hidden)?.squeeze(1)?.to_vec2::<f32>()?;
+    logits
+        .into_iter()
+        .enumerate()
+        .map(|(row, logits)| Ok((logits, rows.fork(&[row])?)))
+        .collect()
+}
+
 /// [`CausalLm::extend_rows`] for any model with `hidden_states` over a [`KvCache`].
 fn extend_rows(
     hidden_states: impl Fn(&Tensor, &mut KvCache) -> Result<Tensor>,
@@ -518,6 +577,14 @@ impl CausalLm for LanguageModel {
     }
     fn keep_branch(&self, cache: &KvCache, row: usize) -> Result<KvCache> {
         self.inner().keep_branch(cache, row)
+    }
+    fn branch_rows(
+        &self,
+        caches: &[&KvCache],
+        parents: &[usize],
+        tokens: &[u32],
+    ) -> Result<Vec<(Vec<f32>, KvCache)>> {
+        self.inner().branch_rows(caches, parents, tokens)
     }
     fn encode(&self, text: &str) -> Result<Vec<u32>> {
         self.inner().encode(text)

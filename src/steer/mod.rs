@@ -50,6 +50,41 @@ pub trait CausalLm {
     fn branch(&self, cache: &Self::Cache, candidates: &[u32]) -> Result<Branches<Self::Cache>>;
     /// Row `row` of a branched cache, as a one-row cache.
     fn keep_branch(&self, cache: &Self::Cache, row: usize) -> Result<Self::Cache>;
+    /// [`Self::branch`] over several caches at once: row `i` appends `tokens[i]` to the one-row
+    /// cache `caches[parents[i]]` (all of one length). Returns, per row, the next-token logits
+    /// after its token ([vocab], f32) and its own one-row cache. Models whose caches stack run
+    /// every row in one forward (one pass over the weights instead of one per parent); this
+    /// default branches each parent on its own.
+    fn branch_rows(
+        &self,
+        caches: &[&Self::Cache],
+        parents: &[usize],
+        tokens: &[u32],
+    ) -> Result<Vec<(Vec<f32>, Self::Cache)>> {
+        if parents.len() != tokens.len() {
+            anyhow::bail!("{} parents for {} tokens", parents.len(), tokens.len());
+        }
+        let mut out: Vec<Option<(Vec<f32>, Self::Cache)>> = vec![None; tokens.len()];
+        for (parent, cache) in caches.iter().enumerate() {
+            let rows: Vec<usize> = (0..parents.len())
+                .filter(|&i| parents[i] == parent)
+                .collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let branch_tokens: Vec<u32> = rows.iter().map(|&i| tokens[i]).collect();
+            let branches = self.branch(cache, &branch_tokens)?;
+            for (row, &i) in rows.iter().enumerate() {
+                out[i] = Some((
+                    branches.logits[row].clone(),
+                    self.keep_branch(&branches.cache, row)?,
+                ));
+            }
+        }
+        out.into_iter()
+            .map(|row| row.ok_or_else(|| anyhow::anyhow!("a row names no cache")))
+            .collect()
+    }
     /// Positions the model can attend over.
     fn context_len(&self) -> usize;
     /// The token that ends a text, if the model has one.

@@ -469,39 +469,28 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
             _ => None,
         };
 
-        // The next beams, grouped by parent so that each parent's children share one forward.
-        let mut next = Vec::with_capacity(order.len());
-        let mut parents: Vec<usize> = order.iter().map(|&i| extensions[i].parent).collect();
-        parents.sort_unstable();
-        parents.dedup();
-        for parent in parents {
-            let children: Vec<usize> = order
-                .iter()
-                .copied()
-                .filter(|&i| extensions[i].parent == parent)
-                .collect();
-            let tokens: Vec<u32> = children.iter().map(|&i| extensions[i].token).collect();
-            let branches = attacker.branch(&beams[parent].cache, &tokens)?;
-            for (row, &i) in children.iter().enumerate() {
+        // The next beams, in rank order: every parent's children in one attacker forward.
+        let caches: Vec<&A::Cache> = beams.iter().map(|beam| &beam.cache).collect();
+        let parents: Vec<usize> = order.iter().map(|&i| extensions[i].parent).collect();
+        let tokens: Vec<u32> = order.iter().map(|&i| extensions[i].token).collect();
+        let branched = attacker.branch_rows(&caches, &parents, &tokens)?;
+        beams = order
+            .iter()
+            .zip(branched)
+            .map(|(&i, (logits, cache))| {
                 let extension = &extensions[i];
-                let mut suffix_ids = beams[parent].suffix_ids.clone();
+                let mut suffix_ids = beams[extension.parent].suffix_ids.clone();
                 suffix_ids.push(extension.token);
-                next.push((
-                    i,
-                    Beam {
-                        suffix_ids,
-                        suffix: extension.suffix.clone(),
-                        log_prob: extension.log_prob,
-                        score: extension.objective,
-                        cache: attacker.keep_branch(&branches.cache, row)?,
-                        logits: branches.logits[row].clone(),
-                    },
-                ));
-            }
-        }
-        // Keep the beams in rank order.
-        next.sort_by_key(|(i, _)| order.iter().position(|o| o == i));
-        beams = next.into_iter().map(|(_, beam)| beam).collect();
+                Beam {
+                    suffix_ids,
+                    suffix: extension.suffix.clone(),
+                    log_prob: extension.log_prob,
+                    score: extension.objective,
+                    cache,
+                    logits,
+                }
+            })
+            .collect();
         steps = step + 1;
 
         let leader = &beams[0];
