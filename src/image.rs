@@ -111,6 +111,12 @@ pub fn decode_image_bytes(bytes: &[u8], limits: DecodeLimits) -> Result<DynamicI
     };
     match format {
         image::ImageFormat::Gif => gif_first_frame(bytes, limits).context("cannot decode image"),
+        image::ImageFormat::Jpeg if !jpeg_is_complete(bytes) => bail!(
+            "the JPEG is truncated (it ends before its end-of-image marker); copy or download it again"
+        ),
+        image::ImageFormat::WebP if !webp_is_complete(bytes) => bail!(
+            "the WebP is truncated (shorter than its RIFF header says); copy or download it again"
+        ),
         image::ImageFormat::Jpeg => match four_channel_jpeg(bytes, limits) {
             Ok(Some(image)) => Ok(image),
             Ok(None) => decode(
@@ -125,6 +131,56 @@ pub fn decode_image_bytes(bytes: &[u8], limits: DecodeLimits) -> Result<DynamicI
             limits,
         )
         .context("cannot decode image"),
+    }
+}
+
+/// Whether a JPEG holds its end-of-image marker (0xFF 0xD9) after its first scan begins.
+/// Pillow refuses one that does not ("image file is truncated", as `LOAD_TRUNCATED_IMAGES` is off
+/// by default), while zune-jpeg decodes what there is and fills the rest with grey: a cut-off
+/// download would be described as a picture nobody has. The marker segments are walked to the
+/// first start-of-scan (0xFF 0xDA), so that an EXIF thumbnail's own end marker does not count;
+/// inside scan data every 0xFF byte is stuffed or a restart marker, so 0xFF 0xD9 there is the
+/// end. Bytes after the end (a phone's appended video) are allowed, as Pillow allows them.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let has_end = |from: usize| {
+        bytes[from.min(bytes.len())..]
+            .windows(2)
+            .any(|w| w == [0xFF, 0xD9])
+    };
+    // After the start-of-image marker.
+    let mut at = 2;
+    while at + 1 < bytes.len() {
+        if bytes[at] != 0xFF {
+            // Not a segment where one should be: leave the verdict to the end marker alone.
+            return has_end(at);
+        }
+        match bytes[at + 1] {
+            // Fill bytes before a marker.
+            0xFF => at += 1,
+            0xDA => return has_end(at + 2),
+            // Markers without a length.
+            0x01 | 0xD0..=0xD8 => at += 2,
+            _ => {
+                let Some(length) = bytes.get(at + 2..at + 4) else {
+                    return false;
+                };
+                at += 2 + u16::from_be_bytes([length[0], length[1]]) as usize;
+            }
+        }
+    }
+    false
+}
+
+/// Whether a WebP holds all the bytes its RIFF header announces. libwebp, under Pillow, refuses
+/// one that is shorter; image-webp decodes it when only the last chunk's padding or its final
+/// bytes are missing.
+fn webp_is_complete(bytes: &[u8]) -> bool {
+    match bytes.get(4..8) {
+        Some(size) => {
+            let size = u32::from_le_bytes([size[0], size[1], size[2], size[3]]) as u64;
+            bytes.len() as u64 >= 8 + size
+        }
+        None => false,
     }
 }
 

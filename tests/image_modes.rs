@@ -278,3 +278,54 @@ fn decoding_keeps_its_limits_on_the_new_paths() {
         );
     }
 }
+
+/// A file cut short (an interrupted download or copy) is refused where Pillow refuses it, with
+/// one line naming the file; where Pillow decodes it, so does clipsteer. Pillow's verdicts
+/// (`Image.open(…).convert("RGB")`, `LOAD_TRUNCATED_IMAGES` off, its default) on these fixtures:
+/// every file cut to half its bytes fails; a JPEG or WebP without its last one or two bytes fails
+/// (a JPEG's end-of-image marker; fewer bytes than a WebP's RIFF header says); a PNG or GIF
+/// without them decodes (the IEND chunk's checksum, the GIF trailer).
+#[test]
+fn truncated_files_are_refused_where_pillow_refuses_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wrong = Vec::new();
+    for name in names() {
+        let bytes = std::fs::read(fixture(&format!("image_modes/{name}"))).unwrap();
+        let strict = name.ends_with(".jpg") || name.ends_with(".webp");
+        for (cut, keep, pillow_refuses) in [
+            ("half", bytes.len() / 2, true),
+            ("less 1", bytes.len() - 1, strict),
+            ("less 2", bytes.len() - 2, strict),
+        ] {
+            let path = dir.path().join(format!("cut-{name}"));
+            std::fs::write(&path, &bytes[..keep]).unwrap();
+            match load_image(&path, DecodeLimits::default()) {
+                Ok(_) if pillow_refuses => wrong.push(format!("{name} ({cut}) decoded")),
+                Ok(_) => {}
+                Err(e) => {
+                    let line = clipsteer::error_line(&e);
+                    if !pillow_refuses {
+                        wrong.push(format!("{name} ({cut}): {line}"));
+                    }
+                    assert!(
+                        line.contains(&format!("cut-{name}")) && !line.contains('\n'),
+                        "{name} ({cut}): {line}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "where Pillow decides otherwise: {wrong:#?}"
+    );
+    // Bytes after the end-of-image marker are not a truncation (Pillow reads past them too).
+    let bytes = std::fs::read(fixture("image_modes/baseline444.jpg")).unwrap();
+    let path = dir.path().join("appended.jpg");
+    std::fs::write(
+        &path,
+        [bytes.as_slice(), b"\x00\xff\xda appended video"].concat(),
+    )
+    .unwrap();
+    load_image(&path, DecodeLimits::default()).unwrap();
+}
