@@ -203,6 +203,18 @@ fn summarize(rows: &[serde_json::Value]) -> Result<()> {
         }
         let n = part.len();
         let count = |key: &str| part.iter().filter(|r| r[key] == true).count();
+        // The limit is checked between steps, so a step begun before it can end past it: such
+        // a success is not one within the limit.
+        let in_time = |r: &&serde_json::Value| {
+            r["seconds"].as_f64().unwrap_or(f64::INFINITY)
+                <= r["settings"]["time_limit"]
+                    .as_f64()
+                    .unwrap_or(f64::INFINITY)
+        };
+        let late = part
+            .iter()
+            .filter(|r| r["success"] == true && !in_time(r))
+            .count();
         let mean = |key: &str| {
             part.iter()
                 .map(|r| r[key].as_f64().unwrap_or(f64::NAN))
@@ -220,8 +232,13 @@ fn summarize(rows: &[serde_json::Value]) -> Result<()> {
             (seconds[n / 2 - 1] + seconds[n / 2]) / 2.0
         };
         println!(
-            "{half}: success {}/{n} · median {median:.1} s/prompt · no suffix {}/{n} · random suffix {}/{n} · mean target NLL {:.3} -> {:.3} nats/token",
-            count("success"),
+            "{half}: success {}/{n} within the time limit{} · median {median:.1} s/prompt · no suffix {}/{n} · random suffix {}/{n} · mean target NLL {:.3} -> {:.3} nats/token",
+            count("success") - late,
+            if late > 0 {
+                format!(" ({late} more past it)")
+            } else {
+                String::new()
+            },
             count("no_suffix_success"),
             count("random_suffix_success"),
             mean("nll_before"),
