@@ -85,6 +85,16 @@ pub fn tune_runtime() {
     if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
         std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "200");
     }
+    // candle asks for its thread count at every matmul, and without RAYON_NUM_THREADS it counts
+    // physical cores anew each time by parsing /proc/cpuinfo: hundreds of times a forward, on
+    // the calling thread while the others wait (7 % of an attack step on a 2-core VM). Its own
+    // answer, pinned once, saves that. Rayon's global pool is built first, so that it keeps
+    // rayon's default size (logical CPUs) as before.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let _ = rayon::ThreadPoolBuilder::new().build_global();
+        let threads = candle_core::utils::get_num_threads();
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
     // Activations of a steering step are a few MB each and die within the step: keep freed
     // memory in the heap instead of returning it to the kernel, which then re-zeroes every page.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
