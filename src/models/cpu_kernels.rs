@@ -190,6 +190,150 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     sum
 }
 
+/// What [`log_softmax_picks`] reads off each row of logits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogSoftmaxPicks {
+    /// Per row r, log_softmax(row)[targets[r]] (nats).
+    pub picked: Vec<f32>,
+    /// Per row, the argmax of log_softmax(row): the first index of the largest value.
+    pub argmax: Vec<u32>,
+    /// Per row of `mass_rows`, in its order, ln Σ_{t ∈ set} softmax(row)[t] (nats).
+    pub set_mass: Vec<f32>,
+}
+
+/// Reads what teacher-forced scoring needs off `logits` [rows, vocab] (f32 on the CPU): each
+/// row's log-probability of its target, its argmax, and for the rows `mass_rows` the
+/// log-probability mass of the tokens `set`. Rows run in parallel and the [rows, vocab]
+/// log-softmax is never written out: candle's `log_softmax`, `gather`, `argmax` and
+/// `log_sum_exp` make five passes over it (a few hundred MB a step in the attack), mostly on
+/// one thread, and page-fault a fresh temporary for each.
+///
+/// The arithmetic is candle's, in candle's order: m = max, x − m, exp, the sum in the
+/// 4 × 8-lane order of candle's AVX2 `vec_sum` (sequential without AVX2, as candle), ln; the
+/// log-softmax is (x − m) − ln Σ; the set's mass is ln Σ exp(v − max v) + max v over its
+/// log-softmax values. So the results are bit for bit those of
+/// `candle_nn::ops::log_softmax` and the ops after it (a test pins this), and seeded searches
+/// keep their trajectories. Errors: a target or set id outside the vocabulary, a mass row
+/// outside the rows, `targets` not one per row, or an empty set.
+pub fn log_softmax_picks(
+    logits: &Tensor,
+    targets: &[u32],
+    set: Option<&[u32]>,
+    mass_rows: &[u32],
+) -> Result<LogSoftmaxPicks> {
+    let (rows, vocab) = logits.dims2()?;
+    if targets.len() != rows {
+        candle_core::bail!(
+            "log_softmax_picks: {} targets for {rows} rows",
+            targets.len()
+        )
+    }
+    if vocab == 0 {
+        candle_core::bail!("log_softmax_picks: empty vocabulary")
+    }
+    if let Some(bad) = targets.iter().find(|&&t| t as usize >= vocab) {
+        candle_core::bail!("log_softmax_picks: target {bad} outside the vocabulary of {vocab}")
+    }
+    let set = match (set, mass_rows.is_empty()) {
+        (_, true) => &[][..],
+        (Some(set), false) if !set.is_empty() => set,
+        _ => candle_core::bail!("log_softmax_picks: mass rows without a set of tokens"),
+    };
+    if let Some(bad) = set.iter().find(|&&t| t as usize >= vocab) {
+        candle_core::bail!("log_softmax_picks: set token {bad} outside the vocabulary of {vocab}")
+    }
+    let mut wants_mass = vec![false; rows];
+    for &r in mass_rows {
+        match wants_mass.get_mut(r as usize) {
+            Some(flag) => *flag = true,
+            None => candle_core::bail!("log_softmax_picks: mass row {r} outside 0..{rows}"),
+        }
+    }
+    let avx2 = has_avx2();
+    let per_row: Vec<(f32, u32, f32)> = with_f32_slice(logits, |data| {
+        Ok(data
+            .par_chunks(vocab)
+            .zip(targets.par_iter())
+            .zip(wants_mass.par_iter())
+            .map(|((row, &target), &mass)| {
+                let max = first_max(row.iter().copied()).1;
+                let log_total = candle_sum(row.iter().map(|&x| (x - max).exp()), avx2).ln();
+                let log_prob = |x: f32| (x - max) - log_total;
+                let argmax = first_max(row.iter().map(|&x| log_prob(x))).0 as u32;
+                let set_mass = if mass {
+                    let values = || set.iter().map(|&t| log_prob(row[t as usize]));
+                    let top = first_max(values()).1;
+                    candle_sum(values().map(|v| (v - top).exp()), avx2).ln() + top
+                } else {
+                    f32::NAN
+                };
+                (log_prob(row[target as usize]), argmax, set_mass)
+            })
+            .collect())
+    })?;
+    let set_mass = mass_rows.iter().map(|&r| per_row[r as usize].2).collect();
+    let (picked, argmax) = per_row.iter().map(|&(p, a, _)| (p, a)).unzip();
+    Ok(LogSoftmaxPicks {
+        picked,
+        argmax,
+        set_mass,
+    })
+}
+
+/// (index, value) of the first largest value, as candle's `max`/`argmax` fold: a later value
+/// replaces the current one only when strictly larger. The iterator must not be empty.
+fn first_max(values: impl Iterator<Item = f32>) -> (usize, f32) {
+    let mut best = (0, f32::NAN);
+    for (i, v) in values.enumerate() {
+        if i == 0 || best.1 < v {
+            best = (i, v);
+        }
+    }
+    best
+}
+
+fn has_avx2() -> bool {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    {
+        std::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+    {
+        false
+    }
+}
+
+/// The sum of `values` in the order of candle's f32 `vec_sum`: on AVX2, four 8-lane
+/// accumulators over blocks of 32, reduced pairwise and then across lanes, then the tail one by
+/// one; otherwise one by one. (candle's NEON and wasm orders are not reproduced: there the
+/// result may differ from candle's in the last bits.)
+fn candle_sum(values: impl ExactSizeIterator<Item = f32>, avx2: bool) -> f32 {
+    if !avx2 {
+        return values.fold(0f32, |sum, v| sum + v);
+    }
+    let len = values.len();
+    let blocked = len & !31;
+    let mut values = values;
+    let mut acc = [[0f32; 8]; 4];
+    for _ in 0..blocked / 32 {
+        for lanes in acc.iter_mut() {
+            for lane in lanes.iter_mut() {
+                *lane += values.next().unwrap_or(0.0);
+            }
+        }
+    }
+    let mut x0 = [0f32; 8];
+    for l in 0..8 {
+        x0[l] = (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]);
+    }
+    let t0: [f32; 4] = std::array::from_fn(|l| x0[l] + x0[l + 4]);
+    let mut sum = (t0[0] + t0[1]) + (t0[2] + t0[3]);
+    for v in values {
+        sum += v;
+    }
+    sum
+}
+
 fn axpy(w: f32, x: &[f32], y: &mut [f32]) {
     for (y, x) in y.iter_mut().zip(x) {
         *y += w * x;
@@ -321,5 +465,81 @@ mod tests {
                 assert!(max_rel_err(&got, &product) < 1e-5, "no bias");
             }
         }
+    }
+    /// The fused kernel against candle's ops that it replaces, bit for bit: vocabularies with
+    /// and without a tail past the 32-wide blocks, ties (the first index wins), and large logits.
+    #[test]
+    fn log_softmax_picks_equal_candles_ops_bit_for_bit() {
+        let device = Device::Cpu;
+        for (rows, vocab) in [(7, 1000), (3, 49152), (5, 37), (2, 5)] {
+            let mut logits = (Tensor::randn(0f32, 4.0, (rows, vocab), &device).unwrap() + 30.0)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            // A tie for the largest value: candle keeps the first.
+            let top = logits[0].iter().cloned().fold(f32::MIN, f32::max) + 1.0;
+            logits[0][vocab / 2] = top;
+            logits[0][vocab - 1] = top;
+            let logits = Tensor::new(logits, &device).unwrap();
+            let targets: Vec<u32> = (0..rows).map(|r| ((r * 7919) % vocab) as u32).collect();
+            let set: Vec<u32> = (0..vocab as u32).filter(|t| t % 3 == 1).collect();
+            let mass_rows: Vec<u32> = (0..rows as u32).rev().step_by(2).collect();
+            let got = log_softmax_picks(&logits, &targets, Some(&set), &mass_rows).unwrap();
+
+            let log_probs = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1).unwrap();
+            let picked = log_probs
+                .gather(
+                    &Tensor::new(targets.as_slice(), &device)
+                        .unwrap()
+                        .unsqueeze(1)
+                        .unwrap(),
+                    1,
+                )
+                .unwrap()
+                .squeeze(1)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let argmax = log_probs
+                .argmax(candle_core::D::Minus1)
+                .unwrap()
+                .to_vec1::<u32>()
+                .unwrap();
+            let set_mass = log_probs
+                .index_select(&Tensor::new(mass_rows.as_slice(), &device).unwrap(), 0)
+                .unwrap()
+                .index_select(&Tensor::new(set.as_slice(), &device).unwrap(), 1)
+                .unwrap()
+                .log_sum_exp(1)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got.picked), bits(&picked), "[{rows}, {vocab}] picked");
+            assert_eq!(got.argmax, argmax, "[{rows}, {vocab}] argmax");
+            assert_eq!(
+                bits(&got.set_mass),
+                bits(&set_mass),
+                "[{rows}, {vocab}] set mass"
+            );
+            if vocab == 1000 {
+                assert_eq!(got.argmax[0], (vocab / 2) as u32, "the first of a tie");
+            }
+        }
+    }
+
+    #[test]
+    fn log_softmax_picks_refuses_bad_ids() {
+        let logits = Tensor::zeros((2, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(log_softmax_picks(&logits, &[0, 4], None, &[]).is_err());
+        assert!(log_softmax_picks(&logits, &[0], None, &[]).is_err());
+        assert!(log_softmax_picks(&logits, &[0, 1], Some(&[9]), &[0]).is_err());
+        assert!(log_softmax_picks(&logits, &[0, 1], Some(&[1]), &[2]).is_err());
+        assert!(log_softmax_picks(&logits, &[0, 1], None, &[0]).is_err());
+        let ok = log_softmax_picks(&logits, &[0, 1], Some(&[1, 2]), &[1]).unwrap();
+        // Uniform over 4: ln ¼ each, ln ½ for two tokens.
+        assert_eq!(ok.picked, vec![(0.25f32).ln(); 2]);
+        assert!((ok.set_mass[0] - 0.5f32.ln()).abs() < 1e-6);
+        assert_eq!(ok.argmax, vec![0, 0]);
     }
 }

@@ -2,6 +2,7 @@
 
 use super::{After, Branches, CausalLm, TeacherForced};
 use crate::models::attention::KvCache;
+use crate::models::cpu_kernels::{self, LogSoftmaxPicks};
 use crate::models::gpt2::Gpt2;
 use crate::tokenize::{encode_plain, load_from_dir, TokenizerKind};
 use anyhow::{Context, Result};
@@ -435,12 +436,6 @@ fn continuation_log_probs(
     let picked = hidden
         .reshape((rows * width, hidden_size))?
         .index_select(&Tensor::new(positions.as_slice(), device)?, 0)?;
-    let log_probs = candle_nn::ops::log_softmax(&logits(&picked)?, candle_core::D::Minus1)?;
-    let chosen = log_probs
-        .gather(&Tensor::new(targets.as_slice(), device)?.unsqueeze(1)?, 1)?
-        .squeeze(1)?
-        .to_vec1::<f32>()?;
-    let argmax = log_probs.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?;
     let spans: Vec<std::ops::Range<usize>> = continuations
         .iter()
         .scan(0, |at, continuation| {
@@ -449,17 +444,15 @@ fn continuation_log_probs(
             Some(span)
         })
         .collect();
-    let masses = match after {
-        Some(set) => {
-            let last: Vec<u32> = spans.iter().map(|span| span.end as u32).collect();
-            log_probs
-                .index_select(&Tensor::new(last.as_slice(), device)?, 0)?
-                .index_select(&Tensor::new(set, device)?, 1)?
-                .log_sum_exp(1)?
-                .to_vec1::<f32>()?
-        }
+    let last: Vec<u32> = match after {
+        Some(_) => spans.iter().map(|span| span.end as u32).collect(),
         None => Vec::new(),
     };
+    let LogSoftmaxPicks {
+        picked: chosen,
+        argmax,
+        set_mass: masses,
+    } = log_softmax_picks(&logits(&picked)?, &targets, after, &last)?;
     Ok(spans
         .into_iter()
         .enumerate()
@@ -477,6 +470,41 @@ fn continuation_log_probs(
             }),
         })
         .collect())
+}
+
+/// [`cpu_kernels::log_softmax_picks`] on any device: the fused kernel on the CPU, candle's ops
+/// (which it reproduces bit for bit there) elsewhere.
+pub(crate) fn log_softmax_picks(
+    logits: &Tensor,
+    targets: &[u32],
+    set: Option<&[u32]>,
+    mass_rows: &[u32],
+) -> Result<LogSoftmaxPicks> {
+    if cpu_kernels::applies(logits) {
+        return Ok(cpu_kernels::log_softmax_picks(
+            logits, targets, set, mass_rows,
+        )?);
+    }
+    let device = logits.device();
+    let log_probs = candle_nn::ops::log_softmax(logits, candle_core::D::Minus1)?;
+    let picked = log_probs
+        .gather(&Tensor::new(targets, device)?.unsqueeze(1)?, 1)?
+        .squeeze(1)?
+        .to_vec1::<f32>()?;
+    let argmax = log_probs.argmax(candle_core::D::Minus1)?.to_vec1::<u32>()?;
+    let set_mass = match set {
+        Some(set) if !mass_rows.is_empty() => log_probs
+            .index_select(&Tensor::new(mass_rows, device)?, 0)?
+            .index_select(&Tensor::new(set, device)?, 1)?
+            .log_sum_exp(1)?
+            .to_vec1::<f32>()?,
+        _ => Vec::new(),
+    };
+    Ok(LogSoftmaxPicks {
+        picked,
+        argmax,
+        set_mass,
+    })
 }
 
 /// [`CausalLm::branch_rows`] for any model with `hidden_states` over a [`KvCache`]: one
