@@ -5,6 +5,7 @@
 //! stored once (batch 1), and every row's queries are matched against them in one large matmul
 //! instead of copying the prefix per row.
 
+use super::cpu_kernels;
 use candle_core::{Result, Tensor, D};
 
 /// Cached keys and values of one attention layer, each [batch, heads, positions, head_dim].
@@ -348,13 +349,13 @@ pub(crate) fn attention(
 ) -> Result<Tensor> {
     let (batch, heads, new, head_dim) = q.dims4()?;
     let own_len = own_k.dim(2)?;
-    let mut own_scores = (q.matmul(&own_k.t()?)? * scale)?;
+    let mut own_scores = (cpu_kernels::batched_matmul(q, &own_k.t()?)? * scale)?;
     if causal && new > 1 {
         own_scores = own_scores.broadcast_add(&causal_mask(new, own_len, q.device())?)?;
     }
     let Some((shared_k, shared_v)) = shared else {
         let weights = candle_nn::ops::softmax_last_dim(&own_scores)?;
-        return weights.matmul(own_v);
+        return cpu_kernels::batched_matmul(&weights, own_v);
     };
     let shared_len = shared_k.dim(1)?;
     let q_rows = q
@@ -380,5 +381,5 @@ pub(crate) fn attention(
         .reshape((heads, batch, new, head_dim))?
         .transpose(0, 1)?;
     let own_weights = weights.narrow(3, shared_len, own_len)?.contiguous()?;
-    own_weights.matmul(own_v)? + from_shared
+    cpu_kernels::batched_matmul(&own_weights, own_v)? + from_shared
 }

@@ -190,6 +190,85 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     sum
 }
 
+/// `a.matmul(b)` for batches of small products: `a` [..., m, k] and `b` [..., k, n] with the same
+/// batch dimensions. candle runs a batch's products one after another on the calling thread
+/// when each is too small for gemm to thread (attention's per-row products: 450 of 14 × 64 ×
+/// 90 in an attack step's layer), and the other cores wait; here the products of the batch run
+/// in parallel, each through the very gemm call candle makes (gemm threads none of them either
+/// way), so the result is bit for bit candle's. Anything else (other devices or dtypes,
+/// products large enough for gemm to thread, one product, batch strides that do not flatten)
+/// goes to candle's `matmul`.
+pub fn batched_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let rank = a.rank();
+    if !(applies(a) && applies(b) && rank >= 3 && b.rank() == rank) {
+        return a.matmul(b);
+    }
+    let (dims_a, dims_b) = (a.dims(), b.dims());
+    let (m, k, n) = (dims_a[rank - 2], dims_a[rank - 1], dims_b[rank - 1]);
+    let batch: usize = dims_a[..rank - 2].iter().product();
+    // gemm rounds n up to its register tile when it weighs the work; 64 covers every tile.
+    let small = m * n.next_multiple_of(64) * k < gemm::get_threading_threshold();
+    if dims_a[..rank - 2] != dims_b[..rank - 2] || dims_b[rank - 2] != k || batch < 2 || !small {
+        return a.matmul(b);
+    }
+    // The batch dimensions must flatten to one stride, as candle's own batched matmul needs.
+    let batch_stride = |t: &Tensor| -> Option<usize> {
+        let (stride, dims) = (t.stride(), t.dims());
+        (0..rank - 3)
+            .all(|i| stride[i] == stride[i + 1] * dims[i + 1])
+            .then_some(stride[rank - 3])
+    };
+    let (Some(skip_a), Some(skip_b)) = (batch_stride(a), batch_stride(b)) else {
+        return a.matmul(b);
+    };
+    let (storage_a, layout_a) = a.storage_and_layout();
+    let (storage_b, layout_b) = b.storage_and_layout();
+    let (Storage::Cpu(cpu_a), Storage::Cpu(cpu_b)) = (&*storage_a, &*storage_b) else {
+        return a.matmul(b);
+    };
+    let (lhs, rhs) = (cpu_a.as_slice::<f32>()?, cpu_b.as_slice::<f32>()?);
+    let (start_a, start_b) = (layout_a.start_offset(), layout_b.start_offset());
+    let (sa, sb) = (layout_a.stride(), layout_b.stride());
+    let (lhs_rs, lhs_cs) = (sa[rank - 2] as isize, sa[rank - 1] as isize);
+    let (rhs_rs, rhs_cs) = (sb[rank - 2] as isize, sb[rank - 1] as isize);
+    let mut dst = vec![0f32; batch * m * n];
+    if m * n > 0 {
+        dst.par_chunks_mut(m * n).enumerate().for_each(|(i, out)| {
+            let lhs = &lhs[start_a + i * skip_a..];
+            let rhs = &rhs[start_b + i * skip_b..];
+            // SAFETY: the layouts describe views inside these storages (candle checked them
+            // when the views were made), `out` holds m·n elements, row-major, and the
+            // arguments are those of candle's CPU matmul with its parallelism resolved.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    out.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    lhs.as_ptr(),
+                    lhs_cs,
+                    lhs_rs,
+                    rhs.as_ptr(),
+                    rhs_cs,
+                    rhs_rs,
+                    0f32,
+                    1f32,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                )
+            }
+        });
+    }
+    let mut out_dims = dims_a.to_vec();
+    out_dims[rank - 1] = n;
+    Tensor::from_vec(dst, out_dims, a.device())
+}
+
 /// What [`log_softmax_picks`] reads off each row of logits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogSoftmaxPicks {
@@ -541,5 +620,40 @@ mod tests {
         assert_eq!(ok.picked, vec![(0.25f32).ln(); 2]);
         assert!((ok.set_mass[0] - 0.5f32.ln()).abs() < 1e-6);
         assert_eq!(ok.argmax, vec![0, 0]);
+    }
+    /// The parallel batch of small products against candle's matmul, bit for bit, with a
+    /// transposed right side as attention passes it, and a large product that goes to candle.
+    #[test]
+    fn batched_matmul_equals_candles_bit_for_bit() {
+        let device = Device::Cpu;
+        let bits = |t: &Tensor| {
+            t.flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect::<Vec<_>>()
+        };
+        let q = Tensor::randn(0f32, 1.0, (50, 9, 14, 64), &device).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (50, 9, 90, 64), &device).unwrap();
+        let got = batched_matmul(&q, &k.t().unwrap()).unwrap();
+        let want = q.matmul(&k.t().unwrap()).unwrap();
+        assert_eq!(got.dims(), [50, 9, 14, 90]);
+        assert_eq!(bits(&got), bits(&want));
+        let w = Tensor::randn(0f32, 1.0, (50, 9, 14, 90), &device).unwrap();
+        let got = batched_matmul(&w, &k).unwrap();
+        assert_eq!(bits(&got), bits(&w.matmul(&k).unwrap()));
+        // A narrowed (non-zero offset) left side.
+        let narrowed = w.narrow(3, 10, 64).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (50, 9, 64, 8), &device).unwrap();
+        let got = batched_matmul(&narrowed, &v).unwrap();
+        assert_eq!(bits(&got), bits(&narrowed.matmul(&v).unwrap()));
+        // Large enough for gemm to thread: candle's matmul itself.
+        let big = Tensor::randn(0f32, 1.0, (2, 256, 256), &device).unwrap();
+        let got = batched_matmul(&big, &big).unwrap();
+        assert_eq!(bits(&got), bits(&big.matmul(&big).unwrap()));
+        // Mismatched shapes: candle's error.
+        assert!(batched_matmul(&q, &k).is_err());
     }
 }
