@@ -305,19 +305,28 @@ fn parse_shard(value: &str) -> std::result::Result<(usize, usize), String> {
     Ok((i, n))
 }
 
+impl Cli {
+    /// Sets RAYON_NUM_THREADS from `bench --threads`. Rayon and candle read it when their pools
+    /// start, so call this before [`crate::tune_runtime`] (which starts rayon's pool) and any
+    /// work, as `main` does; [`run`] calls it again, to the same effect.
+    pub fn set_thread_count(&self) -> Result<()> {
+        if let Command::Bench(BenchArgs {
+            threads: Some(threads),
+            ..
+        }) = &self.command
+        {
+            if *threads == 0 {
+                bail!("--threads must be at least 1");
+            }
+            std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+        }
+        Ok(())
+    }
+}
+
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
-    if let Command::Bench(BenchArgs {
-        threads: Some(threads),
-        ..
-    }) = &cli.command
-    {
-        if *threads == 0 {
-            bail!("--threads must be at least 1");
-        }
-        // Read by rayon and by candle's matmul when their pools start, so set before any work.
-        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    }
+    cli.set_thread_count()?;
     let device = select_device(cli.device)?;
     match cli.command {
         Command::Embed(args) => embed(args, &device),
@@ -500,14 +509,11 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
     let describer = Describer::load(&spec, &args.targets(), !args.images.is_empty(), device)?;
 
     let progress = Progress::new(inputs);
-    let stdout = std::io::stdout();
     let summary = run_batch(&describer, &mut plan, |event| {
         match event {
             BatchEvent::Step { image, event } => {
                 if args.json {
-                    let mut lock = stdout.lock();
-                    writeln!(lock, "{}", step_json(image, event))?;
-                    lock.flush()?;
+                    crate::write_stdout_line(format_args!("{}", step_json(image, event)))?;
                 }
                 progress.step(event, options.max_tokens);
             }
@@ -730,12 +736,9 @@ fn run_attack_command(args: AttackArgs, device: &Device) -> Result<i32> {
 fn attack_command(args: AttackArgs, device: &Device) -> Result<i32> {
     let spec = args.spec()?;
     let live = Progress::new(1);
-    let stdout = std::io::stdout();
     let report = run_attack(&spec, device, |step| {
         if args.json {
-            let mut lock = stdout.lock();
-            writeln!(lock, "{}", attack_step_json(step))?;
-            lock.flush()?;
+            crate::write_stdout_line(format_args!("{}", attack_step_json(step)))?;
         }
         let head = format!(
             "[step {} · score {:.4} · {:.0} s] ",
@@ -748,10 +751,11 @@ fn attack_command(args: AttackArgs, device: &Device) -> Result<i32> {
     })?;
     live.finish();
     let result = &report.result;
+    // A failed write is an error (exit 2), not the budget's exit 1.
     if args.json {
-        outln!("{}", attack_done_json(&report));
+        crate::write_stdout_line(format_args!("{}", attack_done_json(&report)))?;
     } else {
-        outln!("{}", result.prompt);
+        crate::write_stdout_line(format_args!("{}", result.prompt))?;
         errln!(
             "{} after {} step{} in {:.1} s · score {:.4}{}",
             if result.success {
@@ -857,7 +861,7 @@ impl Progress {
     }
 
     fn println(&self, line: &str) {
-        let _ = self.multi.suspend(|| writeln!(std::io::stdout(), "{line}"));
+        self.multi.suspend(|| outln!("{line}"));
     }
 
     fn println_err(&self, line: &str) {

@@ -30,14 +30,28 @@ pub fn print_err_line(args: std::fmt::Arguments<'_>) {
 
 #[doc(hidden)]
 pub fn print_line(args: std::fmt::Arguments<'_>) {
+    if let Err(e) = write_stdout_line(args) {
+        errln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Writes one line of a face's results to stdout and flushes it. When the reader has gone
+/// (`clipsteer … | head`) the process ends quietly with 141, as a tool killed by SIGPIPE would;
+/// any other failure (a full disk, `> /dev/full`) is an error that names stdout, for the face to
+/// end with its own error code.
+pub fn write_stdout_line(args: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(141);
-        }
-        errln!("error: cannot write to stdout: {e}");
-        std::process::exit(1);
+    let written = (out.write_fmt(args))
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    match written {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(141),
+        Err(e) => anyhow::bail!(
+            "cannot write to stdout: {e}; check where the output is redirected (a full disk?)"
+        ),
     }
 }
 

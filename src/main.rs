@@ -1,7 +1,8 @@
 use clap::Parser;
 
 fn main() {
-    clipsteer::tune_runtime();
+    // Parsing starts no thread, so `bench --threads` can still size the pools that
+    // tune_runtime starts.
     let cli = match clipsteer::cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -23,6 +24,11 @@ fn main() {
             std::process::exit(e.exit_code());
         }
     };
+    if let Err(e) = cli.set_thread_count() {
+        clipsteer::print_err_line(format_args!("error: {}", clipsteer::error_line(&e)));
+        std::process::exit(1);
+    }
+    clipsteer::tune_runtime();
     match clipsteer::cli::run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
