@@ -70,6 +70,17 @@ impl PartWriter {
             .create(true)
             .open(path)
             .with_context(|| format!("cannot open --out {}", path.display()))?;
+        // The part file is read back (for --resume and the settings check), trimmed and locked:
+        // a device, pipe or socket would be read forever (/dev/zero) or refuse the seek.
+        let metadata = file
+            .metadata()
+            .with_context(|| format!("cannot open --out {}", path.display()))?;
+        if !metadata.is_file() {
+            bail!(
+                "--out {} is not a regular file: give the path of a file to create or extend (write the events to stdout with --json instead)",
+                path.display()
+            );
+        }
         lock_exclusive(&file, path)?;
         Ok(Self {
             file,
@@ -171,6 +182,28 @@ fn lock_exclusive(_file: &File, _path: &Path) -> Result<()> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_device_or_directory_is_refused_as_out() {
+        let dir = std::env::temp_dir();
+        for path in [
+            Path::new("/dev/null"),
+            Path::new("/dev/zero"),
+            dir.as_path(),
+        ] {
+            if !path.exists() {
+                continue;
+            }
+            let error = PartWriter::open(path).unwrap_err();
+            let message = format!("{error:#}");
+            assert!(
+                message.contains("is not a regular file") || message.contains("cannot open"),
+                "{path:?}: {message}"
+            );
+        }
+        let error = PartWriter::open(Path::new("/dev/zero")).unwrap_err();
+        assert!(format!("{error:#}").contains("is not a regular file"));
+    }
 
     fn temp_path(tag: &str) -> PathBuf {
         std::env::temp_dir().join(format!(
