@@ -352,6 +352,18 @@ fn attack_refuses_bad_input_with_one_line() {
             "--beam-width",
         ),
         (
+            // More draws than the vocabulary: refused before a step of hours begins.
+            vec![
+                "--instruction",
+                "Hi",
+                "--target-response",
+                "Rex",
+                "--candidates",
+                "1000000",
+            ],
+            "--candidates 1000000 exceeds the",
+        ),
+        (
             vec![
                 "--instruction",
                 "Hi",
@@ -512,6 +524,11 @@ fn scorer_command_protocol_and_its_failures() {
         ),
         ("read -r line; echo '{\"scores\":[1e999, 1]}'", "malformed"),
         ("sleep 5", "did not answer within 1 s"),
+        (
+            // Output without end is cut at the line cap, not read until memory runs out.
+            "read -r line; head -c 20000000 /dev/zero | tr '\\0' x",
+            "a line longer than 16 MiB",
+        ),
     ] {
         let started = std::time::Instant::now();
         let error = score(command, 2, second).unwrap_err();

@@ -101,8 +101,15 @@ impl CommandScorer {
         let (sender, lines) = mpsc::channel();
         // A thread reads, so that a silent program can be timed out instead of blocking.
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let failed = line.is_err();
+            let mut reader = BufReader::new(stdout);
+            loop {
+                let line = read_bounded_line(&mut reader);
+                let failed = !matches!(line, Ok(Some(_)));
+                let line = match line {
+                    Ok(None) => break,
+                    Ok(Some(line)) => Ok(line),
+                    Err(e) => Err(e),
+                };
                 if sender.send(line).is_err() || failed {
                     break;
                 }
@@ -208,6 +215,41 @@ impl ItemScorer for CommandScorer {
         };
         self.parse(&line, items.len())
     }
+}
+
+/// The longest answer line read: a batch's scores take a few kB, and a program that writes
+/// without end (`yes`, a runaway loop) would otherwise be read into memory until none is left.
+const MAX_LINE_BYTES: u64 = 16 << 20;
+
+/// The next line of the program's output without its line ending (`\n` or `\r\n`, as
+/// `BufRead::lines`), None at the end; an error past [`MAX_LINE_BYTES`] or for invalid UTF-8.
+fn read_bounded_line(reader: &mut impl BufRead) -> std::io::Result<Option<String>> {
+    use std::io::{Error, ErrorKind, Read};
+    let mut bytes = Vec::new();
+    if reader
+        .take(MAX_LINE_BYTES + 1)
+        .read_until(b'\n', &mut bytes)?
+        == 0
+    {
+        return Ok(None);
+    }
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+    } else if bytes.len() as u64 > MAX_LINE_BYTES {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!(
+                "a line longer than {} MiB; answer each batch with one {{\"scores\":[…]}} line",
+                MAX_LINE_BYTES >> 20
+            ),
+        ));
+    }
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|_| Error::new(ErrorKind::InvalidData, "stream did not contain valid UTF-8"))
 }
 
 impl Drop for CommandScorer {

@@ -337,6 +337,15 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
     }
     // Special tokens would let the suffix write the chat template's own markers.
     let excluded: HashSet<u32> = attacker.special_token_ids().into_iter().collect();
+    // More draws than the attacker has tokens would score its whole vocabulary per beam, a step
+    // of hours that the time limit (checked between steps) cannot cut short.
+    let proposable = attacker.vocab_size().saturating_sub(excluded.len());
+    if options.candidates > proposable {
+        bail!(
+            "--candidates {} exceeds the {proposable} tokens the attacker can propose; BEAST uses 10-15",
+            options.candidates
+        );
+    }
     let seed = match options.proposal {
         Proposal::Sample { seed, .. } => seed,
         Proposal::TopK => 0,
