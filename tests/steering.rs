@@ -83,7 +83,9 @@ mod oracle {
             'ν' => "v",
             'ı' => "i",
             _ if c.is_ascii() => return None,
-            '\u{300}'..='\u{30F}' => return None, // the accents used here have no prototype
+            '\u{336}' => "\u{335}",
+            '\u{321}' => "\u{326}",
+            '\u{300}'..='\u{30F}' | '\u{334}' | '\u{338}' | '\u{20DD}' => return None, // no prototype
             _ if !strict => return None,
             _ => panic!(
                 "the oracle has no confusables entry for {c:?} (U+{:04X})",
@@ -114,8 +116,12 @@ mod oracle {
         let white = CodePointSetData::new::<WhiteSpace>();
         let chars: Vec<char> = folded.chars().collect();
         let mut out = String::new();
-        for (i, &c) in chars.iter().enumerate() {
-            if c == '\u{307}' && i > 0 && (chars[i - 1] == 'i' || chars[i - 1] == 'j') {
+        let category = CodePointMapData::<GeneralCategory>::new();
+        for &c in &chars {
+            if matches!(
+                category.get(c),
+                GeneralCategory::NonspacingMark | GeneralCategory::EnclosingMark
+            ) {
                 continue;
             }
             if white.contains(c) {
@@ -206,7 +212,17 @@ fn blocklist_matches_whole_words_case_insensitively() {
 #[test]
 fn blocked_words_are_found_in_every_disguise() {
     let cases: &[(&str, &[&str])] = &[
-        ("café", &["cafe\u{301}", "CAFÉ", "CAFE\u{301}"]),
+        ("café", &["cafe\u{301}", "CAFÉ", "CAFE\u{301}", "cafe"]),
+        // Accents, strike-through and Zalgo overlays, an enclosing circle.
+        (
+            "fruit",
+            &[
+                "f\u{336}r\u{336}u\u{336}i\u{336}t\u{336}",
+                "frúít",
+                "f\u{334}\u{321}ruit\u{338}",
+                "fru\u{20DD}it",
+            ],
+        ),
         (
             "dog",
             &[
@@ -288,6 +304,9 @@ mod disguise {
     const INVISIBLE: &[char] = &[
         '\u{200B}', '\u{200C}', '\u{200D}', '\u{2060}', '\u{AD}', '\u{FEFF}', '\u{34F}',
     ];
+    const MARKS: &[char] = &[
+        '\u{336}', '\u{334}', '\u{338}', '\u{301}', '\u{321}', '\u{20DD}',
+    ];
     const SPACES: &[&str] = &[
         "\u{A0}", "\t", "  ", "\u{2003}", "\u{3000}", "\u{202F}", "\n", " \t ",
     ];
@@ -353,6 +372,13 @@ mod disguise {
                     ' ' => out.push_str(SPACES[rng.random_range(0..SPACES.len())]),
                     _ => out.push(c),
                 },
+                8 => {
+                    // Strike-through, overlays, accents and an enclosing circle after a letter.
+                    out.push(c);
+                    if c.is_alphanumeric() {
+                        out.push(MARKS[rng.random_range(0..MARKS.len())]);
+                    }
+                }
                 6 => match c {
                     'é' => out.push_str("e\u{301}"),
                     'k' => out.push('\u{212A}'), // KELVIN SIGN

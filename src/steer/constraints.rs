@@ -6,13 +6,15 @@
 //! whole, is dropped before scoring. Text and words are compared in a normalised form
 //! ([`normalize_for_matching`]) so that a filter which normalises its input, as moderation filters
 //! do, finds nothing either: compatibility forms (fullwidth, mathematical letters), case,
-//! invisible characters, whitespace runs and confusable letters all fold away. Matching is on
-//! whole words of the normalised text by default (the end of the text counts as a word boundary,
-//! so a word is blocked as soon as it is complete), or on any substring with `substrings`.
+//! invisible characters, accents and overlay marks, whitespace runs and confusable letters all fold
+//! away. Matching is on whole words of the normalised text by default (the end of the text counts
+//! as a word boundary, so a word is blocked as soon as it is complete), or on any substring with
+//! `substrings`.
 
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 use unicode_normalization::UnicodeNormalization;
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 #[derive(Debug, Clone, Default)]
 pub struct Blocklist {
@@ -33,12 +35,17 @@ pub struct Blocklist {
 ///    hyphen, joiners, variation selectors…) removed, each character replaced by its prototype
 ///    (Cyrillic `о` → `o`, `0` → `O`, `m` → `rn`), NFD again;
 /// 4. full case folding again, since prototypes may be capitals (`0` → `O`);
-/// 5. U+0307 COMBINING DOT ABOVE dropped after `i` or `j`, whose own dot it repeats (this is what
-///    folding makes of `İ`, so that `İSTANBUL` matches `istanbul`);
+/// 5. every nonspacing or enclosing mark (General_Category Mn, Me) dropped: accents (`dóg`,
+///    `d` + U+0301 + `og`), strike-through and overlays (`d̶o̶g̶`, U+0336), Zalgo stacks, enclosing
+///    circles, and the U+0307 that folding makes of `İ` (so `İSTANBUL` matches `istanbul`).
+///    Filters that strip diacritics would read `dóg` as `dog`, so the blocklist does too; the
+///    price is that words differing only in such marks are one word to it (`café` blocks `cafe`).
+///    Spacing marks (Mc, such as most Indic vowel signs) stay;
 /// 6. every run of White_Space characters (tab, newline, the Unicode spaces) becomes one space.
 ///
-/// The crates are unicode-normalization (NFKC), caseless (case folding) and unicode-security
-/// (skeleton, with the default-ignorable set), all from the unicode-rs project.
+/// The crates are unicode-normalization (NFKC), caseless (case folding), unicode-security
+/// (skeleton, with the default-ignorable set) and unicode-properties (General_Category), all from
+/// the unicode-rs project.
 pub fn normalize_for_matching(text: &str) -> String {
     let folded = caseless::default_case_fold_str(&text.nfkc().collect::<String>());
     let skeleton: String = unicode_security::skeleton(&folded).collect();
@@ -46,7 +53,10 @@ pub fn normalize_for_matching(text: &str) -> String {
     let mut out = String::with_capacity(folded.len());
     let mut previous: Option<char> = None;
     for c in folded.chars() {
-        if c == '\u{307}' && matches!(previous, Some('i' | 'j')) {
+        if matches!(
+            c.general_category(),
+            GeneralCategory::NonspacingMark | GeneralCategory::EnclosingMark
+        ) {
             continue;
         }
         if c.is_whitespace() {
