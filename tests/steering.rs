@@ -86,6 +86,7 @@ mod oracle {
             '\u{336}' => "\u{335}",
             '\u{321}' => "\u{326}",
             '\u{300}'..='\u{30F}' | '\u{334}' | '\u{338}' | '\u{20DD}' => return None, // no prototype
+            '\u{80}'..='\u{9F}' => return None, // C1 controls: none
             _ if !strict => return None,
             _ => panic!(
                 "the oracle has no confusables entry for {c:?} (U+{:04X})",
@@ -121,7 +122,8 @@ mod oracle {
             if matches!(
                 category.get(c),
                 GeneralCategory::NonspacingMark | GeneralCategory::EnclosingMark
-            ) {
+            ) || (category.get(c) == GeneralCategory::Control && !white.contains(c))
+            {
                 continue;
             }
             if white.contains(c) {
@@ -213,6 +215,8 @@ fn blocklist_matches_whole_words_case_insensitively() {
 fn blocked_words_are_found_in_every_disguise() {
     let cases: &[(&str, &[&str])] = &[
         ("café", &["cafe\u{301}", "CAFÉ", "CAFE\u{301}", "cafe"]),
+        // Controls that print as nothing.
+        ("dog", &["d\u{1}og", "d\u{7f}og", "do\u{9f}g", "d\u{8}og"]),
         // Accents, strike-through and Zalgo overlays, an enclosing circle.
         (
             "fruit",
@@ -263,6 +267,20 @@ fn blocked_words_are_found_in_every_disguise() {
             );
         }
     }
+    // Terminal escape sequences, which a terminal acts on instead of printing.
+    let list = Blocklist::new(["dog"], false).unwrap();
+    for text in [
+        "a d\u{1b}[1mog",
+        "a do\u{1b}[0;31mg here",
+        "d\u{1b}]0;title\u{7}og",
+        "d\u{1b}]8;;http://x\u{1b}\\og",
+        "d\u{9b}4mog",
+    ] {
+        assert_eq!(list.find_in(text), Some("dog"), "{text:?}");
+    }
+    // An unterminated sequence swallows the rest, as on a terminal.
+    assert_eq!(list.find_in("dog\u{1b}[1"), Some("dog"));
+    assert_eq!(list.find_in("d\u{1b}[og"), None);
     // Harmless text stays allowed.
     let list = Blocklist::new(["hot dog", "dog"], false).unwrap();
     for text in [

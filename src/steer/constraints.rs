@@ -27,6 +27,7 @@ pub struct Blocklist {
 
 /// The form the blocklist compares, applied alike to blocked words and to text:
 ///
+/// 0. terminal control sequences removed ([`strip_terminal_escapes`]);
 /// 1. NFKC (UAX #15): fullwidth `ｄｏｇ`, mathematical `𝐝𝐨𝐠`, ligatures and the no-break spaces
 ///    become their plain forms;
 /// 2. full Unicode case folding (CaseFolding.txt, statuses C and F): `STRASSE` and `straße` both
@@ -41,18 +42,26 @@ pub struct Blocklist {
 ///    Filters that strip diacritics would read `dóg` as `dog`, so the blocklist does too; the
 ///    price is that words differing only in such marks are one word to it (`café` blocks `cafe`).
 ///    Spacing marks (Mc, such as most Indic vowel signs) stay;
-/// 6. every run of White_Space characters (tab, newline, the Unicode spaces) becomes one space.
+/// 6. control characters that are not White_Space (U+0001–U+0008, ESC, DEL, the C1 controls)
+///    dropped: they print as nothing, so `d` + U+0001 + `og` reads as `dog`;
+/// 7. every run of White_Space characters (tab, newline, the Unicode spaces) becomes one space.
 ///
 /// The crates are unicode-normalization (NFKC), caseless (case folding), unicode-security
 /// (skeleton, with the default-ignorable set) and unicode-properties (General_Category), all from
 /// the unicode-rs project.
 pub fn normalize_for_matching(text: &str) -> String {
+    let text = strip_terminal_escapes(text);
     let folded = caseless::default_case_fold_str(&text.nfkc().collect::<String>());
     let skeleton: String = unicode_security::skeleton(&folded).collect();
     let folded = caseless::default_case_fold_str(&skeleton);
     let mut out = String::with_capacity(folded.len());
     let mut previous: Option<char> = None;
     for c in folded.chars() {
+        // Controls that are not white space (U+0001, DEL, C1) print as nothing, so
+        // "d" + U+0001 + "og" reads as "dog".
+        if c.is_control() && !c.is_whitespace() {
+            continue;
+        }
         if matches!(
             c.general_category(),
             GeneralCategory::NonspacingMark | GeneralCategory::EnclosingMark
@@ -70,6 +79,49 @@ pub fn normalize_for_matching(text: &str) -> String {
         previous = Some(c);
     }
     out
+}
+
+/// `text` without ECMA-48 control sequences (ESC `[` … final byte, or the one-character CSI
+/// U+009B …) and operating-system commands (ESC `]` … BEL or ESC `\\`), which a terminal acts on
+/// instead of printing: "d" + ESC "[1m" + "og" shows as "dog". An unterminated sequence runs to
+/// the end of the text, as a terminal would swallow it.
+fn strip_terminal_escapes(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains(['\u{1b}', '\u{9b}']) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        let csi = match c {
+            '\u{9b}' => true,
+            '\u{1b}' if chars.peek() == Some(&'[') => {
+                chars.next();
+                true
+            }
+            '\u{1b}' if chars.peek() == Some(&']') => {
+                // OSC: up to BEL or ESC \ (string terminator).
+                chars.next();
+                while let Some(c) = chars.next() {
+                    if c == '\u{7}' || (c == '\u{1b}' && chars.next_if_eq(&'\\').is_some()) {
+                        break;
+                    }
+                }
+                continue;
+            }
+            _ => false,
+        };
+        if csi {
+            // Parameter and intermediate bytes, then one final byte in @..~.
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// A word character for whole-word matching: letters and numbers (Alphabetic, Numeric), combining
