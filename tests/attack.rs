@@ -541,6 +541,19 @@ fn scorer_command_protocol_and_its_failures() {
 }
 
 #[test]
+fn a_scorer_that_does_not_read_is_timed_out_too() {
+    // 20,000 items (~400 kB) fill the pipe of a program that never reads: the write must not
+    // block past the timeout.
+    let started = std::time::Instant::now();
+    let error = score("sleep 30", 20_000, Duration::from_secs(1)).unwrap_err();
+    assert!(
+        clipsteer::error_line(&error).contains("did not answer within 1 s"),
+        "{error:#}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
 fn a_scorer_that_times_out_is_ended_with_everything_it_started() {
     // sh forks the program here (it does not exec a background job), so killing sh alone would
     // leave it running, holding the terminal's output open.

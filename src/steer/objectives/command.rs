@@ -13,8 +13,8 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::cell::RefCell;
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::Duration;
 
 /// How long a batch may take by default.
@@ -67,7 +67,8 @@ pub struct CommandScorer {
 
 struct Running {
     child: Child,
-    stdin: Option<ChildStdin>,
+    /// Requests for the writer thread, which owns the program's stdin (None once closed).
+    requests: Option<Sender<Vec<u8>>>,
     lines: Receiver<std::io::Result<String>>,
 }
 
@@ -93,7 +94,26 @@ impl CommandScorer {
         let mut child = shell
             .spawn()
             .with_context(|| format!("cannot start scorer command '{command}'"))?;
-        let stdin = child.stdin.take();
+        let stdin = child
+            .stdin
+            .take()
+            .context("the scorer command has no stdin")?;
+        // A thread writes too: a program that stops reading fills the pipe, and a blocked write
+        // on this thread would outlast --scorer-timeout (a request of a few thousand items is
+        // larger than the pipe). The answer's timeout now covers writing and answering alike.
+        let (requests, pending) = mpsc::channel::<Vec<u8>>();
+        std::thread::spawn(move || {
+            let mut stdin = stdin;
+            for request in pending {
+                if stdin
+                    .write_all(&request)
+                    .and_then(|()| stdin.flush())
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
         let stdout = child
             .stdout
             .take()
@@ -120,7 +140,7 @@ impl CommandScorer {
             timeout,
             state: RefCell::new(Running {
                 child,
-                stdin,
+                requests: Some(requests),
                 lines,
             }),
         })
@@ -192,15 +212,11 @@ impl ItemScorer for CommandScorer {
             return Ok(Vec::new());
         }
         let mut state = self.state.borrow_mut();
-        let request = serde_json::to_string(&serde_json::json!({ "items": items }))?;
-        let written = match state.stdin.as_mut() {
-            Some(stdin) => stdin
-                .write_all(request.as_bytes())
-                .and_then(|_| stdin.write_all(b"\n"))
-                .and_then(|_| stdin.flush()),
-            None => Err(std::io::ErrorKind::BrokenPipe.into()),
-        };
-        if written.is_err() {
+        let mut request = serde_json::to_vec(&serde_json::json!({ "items": items }))?;
+        request.push(b'\n');
+        // The writer thread is gone only after a failed write: the program has closed its input.
+        let sent = (state.requests.as_ref()).is_some_and(|writer| writer.send(request).is_ok());
+        if !sent {
             return Err(self.exited(&mut state));
         }
         let line = match state.lines.recv_timeout(self.timeout) {
@@ -256,7 +272,7 @@ impl Drop for CommandScorer {
     fn drop(&mut self) {
         let state = self.state.get_mut();
         // Closing stdin lets a well-behaved program end on its own; then make sure it has.
-        state.stdin.take();
+        state.requests.take();
         for _ in 0..20 {
             if let Ok(Some(_)) = state.child.try_wait() {
                 return;
