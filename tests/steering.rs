@@ -82,6 +82,7 @@ mod oracle {
             'α' => "a",
             'ν' => "v",
             'ı' => "i",
+            'ԍ' => "\u{262}",
             _ if c.is_ascii() => return None,
             '\u{336}' => "\u{335}",
             '\u{321}' => "\u{326}",
@@ -99,6 +100,36 @@ mod oracle {
         CaseMapper::new().fold_string(s).into_owned()
     }
 
+    /// The letter-like symbols named after one Latin letter (tests/fixtures/letter-symbols.tsv,
+    /// from Unicode's names), as that letter in lowercase.
+    pub fn letter_symbols() -> Vec<(char, char)> {
+        include_str!("fixtures/letter-symbols.tsv")
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .map(|line| {
+                let (code, letter) = line.split_once('\t').unwrap();
+                let c = char::from_u32(u32::from_str_radix(code, 16).unwrap()).unwrap();
+                (c, letter.chars().next().unwrap().to_ascii_lowercase())
+            })
+            .collect()
+    }
+
+    fn letters(s: &str) -> (String, bool) {
+        let table = letter_symbols();
+        let mut changed = false;
+        let out = s
+            .chars()
+            .map(|c| match table.iter().find(|(symbol, _)| *symbol == c) {
+                Some(&(_, letter)) => {
+                    changed = true;
+                    letter
+                }
+                None => c,
+            })
+            .collect();
+        (out, changed)
+    }
+
     fn skeleton(s: &str, strict: bool) -> String {
         let nfd = DecomposingNormalizer::new_nfd();
         let ignorable = CodePointSetData::new::<DefaultIgnorableCodePoint>();
@@ -113,7 +144,11 @@ mod oracle {
 
     pub fn normalize(text: &str, strict: bool) -> String {
         let nfkc = ComposingNormalizer::new_nfkc().normalize(text).into_owned();
-        let folded = fold(&skeleton(&fold(&nfkc), strict));
+        let (lettered, _) = letters(&fold(&nfkc));
+        let folded = match letters(&fold(&skeleton(&lettered, strict))) {
+            (folded, true) => fold(&skeleton(&folded, strict)),
+            (folded, false) => folded,
+        };
         let white = CodePointSetData::new::<WhiteSpace>();
         let chars: Vec<char> = folded.chars().collect();
         let mut out = String::new();
@@ -278,6 +313,46 @@ fn blocked_words_are_found_in_every_disguise() {
     ] {
         assert_eq!(list.find_in(text), Some("dog"), "{text:?}");
     }
+    // Letter-like symbols that NFKC and confusables.txt leave alone, and Cyrillic `ԍ`, whose
+    // prototype is the small capital `ɢ`.
+    for text in [
+        "ᴅᴏɢ",
+        "🅓🅞🅖",
+        "🅳🅾🅶",
+        "🇩🇴🇬",
+        "ᴅ\u{200B}ᴏɢ",
+        "🅳\u{FE0F}🅾\u{FE0F}🅶\u{FE0F}",
+        "do\u{50D}",
+        "Doɢ",
+    ] {
+        assert_eq!(
+            list.find_in(&format!("a {text} here")),
+            Some("dog"),
+            "{text:?}"
+        );
+        assert!(
+            contains_blocked_strict(text, "dog", false),
+            "oracle: {text:?}"
+        );
+    }
+    assert_eq!(
+        Blocklist::new(["sir"], false).unwrap().find_in("ꜱɪƦ"),
+        Some("sir"),
+        "`Ʀ` folds to the small capital `ʀ`"
+    );
+    // The Hangul fillers are drawn as a blank but removed by the skeleton: both readings count.
+    for (word, text) in [
+        ("dog", "a\u{3164}dog\u{3164}runs"),
+        ("dog", "d\u{3164}og"),
+        ("dog", "a\u{FFA0}dog"),
+        ("hot dog", "hot\u{3164}dog"),
+        ("hotdog", "hot\u{3164}dog"),
+        ("dog", "dog\u{115F}s"),
+    ] {
+        let list = Blocklist::new([word], false).unwrap();
+        assert_eq!(list.find_in(text), Some(word), "{word:?} in {text:?}");
+    }
+    assert_eq!(list.find_in("a\u{3164}doge\u{3164}runs"), None);
     // An unterminated sequence swallows the rest, as on a terminal.
     assert_eq!(list.find_in("dog\u{1b}[1"), Some("dog"));
     assert_eq!(list.find_in("d\u{1b}[og"), None);
@@ -347,9 +422,32 @@ mod disguise {
         char::from_u32(base).unwrap()
     }
 
+    /// `c` as a small capital, a negative circled or squared capital, or a regional indicator
+    /// (`family` 0–3), when it is a Latin letter that has one.
+    fn letter_symbol(c: char, family: usize) -> char {
+        if !c.is_ascii_alphabetic() {
+            return c;
+        }
+        let first = [None, Some(0x1F150), Some(0x1F170), Some(0x1F1E6)][family];
+        match first {
+            Some(first) => {
+                char::from_u32(first + (c.to_ascii_lowercase() as u32 - 'a' as u32)).unwrap()
+            }
+            None => super::oracle::letter_symbols()
+                .into_iter()
+                .find(|&(symbol, letter)| {
+                    letter == c.to_ascii_lowercase()
+                        && !(0x1F100..0x1F200).contains(&(symbol as u32))
+                })
+                .map_or(c, |(symbol, _)| symbol),
+        }
+    }
+
     /// One disguise, chosen at random, applied to each character with probability `p`.
     pub fn apply(text: &str, rng: &mut impl Rng) -> String {
-        let kind = rng.random_range(0..9);
+        let kind = rng.random_range(0..10);
+        // Kind 9 writes letters as one family of letter-like symbols.
+        let family = rng.random_range(0..4);
         let p = rng.random_range(0.2..1.0);
         let mut out = String::new();
         let text = if kind == 2 && rng.random_bool(0.5) {
@@ -404,10 +502,39 @@ mod disguise {
                     _ => out.push(c),
                 },
                 7 => out.extend(c.to_uppercase()),
+                9 => out.push(letter_symbol(c, family)),
                 _ => out.push(c),
             }
         }
         out
+    }
+}
+
+/// Every letter-like symbol that Unicode names after one Latin letter reads as that letter, and
+/// the other symbols of their blocks stay what they are.
+#[test]
+fn letter_like_symbols_read_as_the_letter_they_are_named_after() {
+    use clipsteer::steer::constraints::normalize_for_matching;
+    let table = oracle::letter_symbols();
+    assert_eq!(table.len(), 103, "25 small capitals and 3 × 26 symbols");
+    for &(symbol, letter) in &table {
+        assert_eq!(
+            normalize_for_matching(&symbol.to_string()),
+            normalize_for_matching(&letter.to_string()),
+            "U+{:04X} reads as {letter:?}",
+            symbol as u32
+        );
+    }
+    // Neighbours with other names are not read as one letter: CROSSED NEGATIVE SQUARED LATIN
+    // CAPITAL LETTER P, NEGATIVE SQUARED IC, LATIN LETTER SMALL CAPITAL OE and AE (which
+    // confusables.txt spells "oe" and "ae").
+    for c in ['\u{1F18A}', '\u{1F18B}', '\u{0276}', '\u{1D01}'] {
+        let normalised = normalize_for_matching(&c.to_string());
+        assert!(
+            !(normalised.len() == 1 && normalised.chars().all(|n| n.is_ascii_alphabetic())),
+            "U+{:04X} became {normalised:?}",
+            c as u32
+        );
     }
 }
 

@@ -6,7 +6,8 @@
 //! whole, is dropped before scoring. Text and words are compared in a normalised form
 //! ([`normalize_for_matching`]) so that a filter which normalises its input, as moderation filters
 //! do, finds nothing either: compatibility forms (fullwidth, mathematical letters), case,
-//! invisible characters, accents and overlay marks, whitespace runs and confusable letters all fold
+//! invisible characters, accents and overlay marks, whitespace runs, confusable letters and
+//! letter-like symbols (small capitals, negative squared capitals, regional indicators) all fold
 //! away. Matching is on whole words of the normalised text by default (the end of the text counts
 //! as a word boundary, so a word is blocked as soon as it is complete), or on any substring with
 //! `substrings`.
@@ -31,7 +32,9 @@ pub struct Blocklist {
 /// 1. NFKC (UAX #15): fullwidth `ｄｏｇ`, mathematical `𝐝𝐨𝐠`, ligatures and the no-break spaces
 ///    become their plain forms;
 /// 2. full Unicode case folding (CaseFolding.txt, statuses C and F): `STRASSE` and `straße` both
-///    become `strasse`, `İ` becomes `i` + U+0307;
+///    become `strasse`, `İ` becomes `i` + U+0307; then letter-like symbols that neither NFKC nor
+///    confusables.txt maps become their Latin letter ([`fold_letter_symbol`]: small capitals
+///    `ᴅᴏɢ`, negative circled `🅓🅞🅖` and squared `🅳🅾🅶` capitals, regional indicators `🇩🇴🇬`);
 /// 3. the UTS #39 skeleton (confusables.txt): NFD, default-ignorable code points (U+200B, the soft
 ///    hyphen, joiners, variation selectors…) removed, each character replaced by its prototype
 ///    (Cyrillic `о` → `o`, `0` → `O`, `m` → `rn`), NFD again;
@@ -51,9 +54,19 @@ pub struct Blocklist {
 /// the unicode-rs project.
 pub fn normalize_for_matching(text: &str) -> String {
     let text = strip_terminal_escapes(text);
-    let folded = caseless::default_case_fold_str(&text.nfkc().collect::<String>());
+    // After NFKC and folding, so that `ᶦ` (NFKC: `ɪ`) and `Ʀ` (folds to `ʀ`) are letters too.
+    let (folded, _) = fold_letter_symbols(caseless::default_case_fold_str(
+        &text.nfkc().collect::<String>(),
+    ));
     let skeleton: String = unicode_security::skeleton(&folded).collect();
-    let folded = caseless::default_case_fold_str(&skeleton);
+    // Some prototypes are small capitals themselves (Cyrillic `ԍ` → `ɢ`); their letters take
+    // the skeleton once more, which changes nothing that is already a skeleton.
+    let folded = match fold_letter_symbols(caseless::default_case_fold_str(&skeleton)) {
+        (folded, false) => folded,
+        (folded, true) => caseless::default_case_fold_str(
+            &unicode_security::skeleton(&folded).collect::<String>(),
+        ),
+    };
     let mut out = String::with_capacity(folded.len());
     let mut previous: Option<char> = None;
     for c in folded.chars() {
@@ -79,6 +92,74 @@ pub fn normalize_for_matching(text: &str) -> String {
         previous = Some(c);
     }
     out
+}
+
+/// The Latin letter (lowercase) that a letter-like symbol is named after, for the symbols that
+/// read as that letter but have no compatibility decomposition (so NFKC keeps them) and no
+/// prototype in confusables.txt (so the skeleton keeps them): every character whose Unicode name is
+/// `LATIN LETTER SMALL CAPITAL X`, `NEGATIVE CIRCLED LATIN CAPITAL LETTER X`, `NEGATIVE SQUARED
+/// LATIN CAPITAL LETTER X` or `REGIONAL INDICATOR SYMBOL LETTER X` for a single letter X
+/// (UnicodeData.txt; the tests check this table against those names). The circled, squared and
+/// parenthesised capitals without "NEGATIVE" decompose under NFKC and need no entry.
+fn fold_letter_symbol(c: char) -> Option<char> {
+    let offset = |first: u32| char::from_u32('a' as u32 + (c as u32 - first));
+    match c as u32 {
+        0x1F150..=0x1F169 => offset(0x1F150),
+        0x1F170..=0x1F189 => offset(0x1F170),
+        0x1F1E6..=0x1F1FF => offset(0x1F1E6),
+        _ => SMALL_CAPITALS
+            .iter()
+            .find(|&&(small, _)| small == c)
+            .map(|&(_, letter)| letter),
+    }
+}
+
+/// `text` with [`fold_letter_symbol`] applied, and whether it changed anything.
+fn fold_letter_symbols(text: String) -> (String, bool) {
+    if !text.chars().any(|c| fold_letter_symbol(c).is_some()) {
+        return (text, false);
+    }
+    let text = text
+        .chars()
+        .map(|c| fold_letter_symbol(c).unwrap_or(c))
+        .collect();
+    (text, true)
+}
+
+/// `LATIN LETTER SMALL CAPITAL X` for each single letter X that has one (there is none for X).
+const SMALL_CAPITALS: [(char, char); 25] = [
+    ('\u{1D00}', 'a'),
+    ('\u{0299}', 'b'),
+    ('\u{1D04}', 'c'),
+    ('\u{1D05}', 'd'),
+    ('\u{1D07}', 'e'),
+    ('\u{A730}', 'f'),
+    ('\u{0262}', 'g'),
+    ('\u{029C}', 'h'),
+    ('\u{026A}', 'i'),
+    ('\u{1D0A}', 'j'),
+    ('\u{1D0B}', 'k'),
+    ('\u{029F}', 'l'),
+    ('\u{1D0D}', 'm'),
+    ('\u{0274}', 'n'),
+    ('\u{1D0F}', 'o'),
+    ('\u{1D18}', 'p'),
+    ('\u{A7AF}', 'q'),
+    ('\u{0280}', 'r'),
+    ('\u{A731}', 's'),
+    ('\u{1D1B}', 't'),
+    ('\u{1D1C}', 'u'),
+    ('\u{1D20}', 'v'),
+    ('\u{1D21}', 'w'),
+    ('\u{028F}', 'y'),
+    ('\u{1D22}', 'z'),
+];
+
+/// The Hangul fillers (U+115F, U+1160, U+3164, U+FFA0) are default-ignorable, so the skeleton
+/// removes them, yet fonts draw them as a blank as wide as a letter: `a`+U+3164+`dog` shows as
+/// "a dog". A text holding one is judged on both readings, filler removed and filler as a space.
+fn is_hangul_filler(c: char) -> bool {
+    matches!(c, '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}')
 }
 
 /// `text` without ECMA-48 control sequences (ESC `[` … final byte, or the one-character CSI
@@ -195,15 +276,28 @@ impl Blocklist {
         self.substrings
     }
 
-    /// The first blocked word (as given) that `text` contains once both are normalised, if any.
+    /// The first blocked word (as given) that `text` contains once both are normalised, if any. A
+    /// text holding a Hangul filler is also judged with each filler read as a space
+    /// ([`is_hangul_filler`]).
     pub fn find_in(&self, text: &str) -> Option<&str> {
         if self.words.is_empty() {
             return None;
         }
         let normalised = normalize_for_matching(text);
+        let spaced = text.contains(is_hangul_filler).then(|| {
+            normalize_for_matching(
+                &text
+                    .chars()
+                    .map(|c| if is_hangul_filler(c) { ' ' } else { c })
+                    .collect::<String>(),
+            )
+        });
         self.keys
             .iter()
-            .position(|key| self.contains(&normalised, key))
+            .position(|key| {
+                self.contains(&normalised, key)
+                    || spaced.as_ref().is_some_and(|t| self.contains(t, key))
+            })
             .map(|i| self.words[i].as_str())
     }
 
