@@ -243,6 +243,14 @@ fn blocklist_matches_whole_words_case_insensitively() {
         Blocklist::read_file(&file).unwrap(),
         vec!["cat", "dog", "bird"]
     );
+    // A byte-order mark, as Windows editors write, is not part of the first word.
+    std::fs::write(&file, "\u{FEFF}cat\r\ndog\r\n").unwrap();
+    assert_eq!(Blocklist::read_file(&file).unwrap(), vec!["cat", "dog"]);
+    // A file with no word would block nothing: an error that says so.
+    std::fs::write(&file, "# nothing yet\n\n , \n").unwrap();
+    let message = Blocklist::read_file(&file).unwrap_err().to_string();
+    assert!(message.contains("has no words"), "{message}");
+    assert!(!message.contains('\n'), "one line: {message}");
 }
 
 /// The disguises of issue 12: each is refused when the plain word is blocked.

@@ -247,19 +247,31 @@ impl Blocklist {
         Ok(list)
     }
 
-    /// Reads a blocklist file: one word or phrase per line, commas also separate, `#` starts a
-    /// comment.
+    /// Reads a blocklist file: UTF-8 (a leading byte-order mark is skipped), one word or phrase
+    /// per line, commas also separate, `#` starts a comment.
+    ///
+    /// Errors: an unreadable file, and a file with no word in it (only comments or blank lines),
+    /// which would otherwise block nothing without a word said.
     pub fn read_file(path: &Path) -> Result<Vec<String>> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read blocklist {}", path.display()))?;
-        Ok(text
+        let words: Vec<String> = text
+            .strip_prefix('\u{FEFF}')
+            .unwrap_or(&text)
             .lines()
             .map(|line| line.split('#').next().unwrap_or(""))
             .flat_map(|line| line.split(','))
             .map(str::trim)
             .filter(|w| !w.is_empty())
             .map(String::from)
-            .collect())
+            .collect();
+        if words.is_empty() {
+            bail!(
+                "blocklist {} has no words (only comments or blank lines): write one word or phrase per line",
+                path.display()
+            );
+        }
+        Ok(words)
     }
 
     pub fn is_empty(&self) -> bool {
