@@ -89,6 +89,20 @@ pub fn error_line(error: &anyhow::Error) -> String {
     parts.join(": ").replace('\n', " ")
 }
 
+/// The number of threads candle computes for itself at each matmul when RAYON_NUM_THREADS is
+/// unset (physical cores, by parsing /proc/cpuinfo on Linux, each time), after building rayon's
+/// global pool at its default size (logical CPUs) if nothing has built it yet. Setting
+/// RAYON_NUM_THREADS to this value afterwards changes no pool's size and spares candle the
+/// count.
+///
+/// [`tune_runtime`] sets it for the command line. The Python package calls this at import and
+/// sets the variable through `os.environ` (the host's own way to change its environment, since
+/// other threads of an interpreter may read it).
+pub fn default_thread_count() -> usize {
+    let _ = rayon::ThreadPoolBuilder::new().build_global();
+    candle_core::utils::get_num_threads()
+}
+
 /// Process-wide settings that decide CPU throughput, as the `clipsteer` binary sets them. Call it
 /// first in `main`, before any other thread starts (it sets an environment variable and malloc
 /// thresholds), so that a program using the library measures what the binary does.
@@ -105,9 +119,7 @@ pub fn tune_runtime() {
     // answer, pinned once, saves that. Rayon's global pool is built first, so that it keeps
     // rayon's default size (logical CPUs) as before.
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let _ = rayon::ThreadPoolBuilder::new().build_global();
-        let threads = candle_core::utils::get_num_threads();
-        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+        std::env::set_var("RAYON_NUM_THREADS", default_thread_count().to_string());
     }
     // Activations of a steering step are a few MB each and die within the step: keep freed
     // memory in the heap instead of returning it to the kernel, which then re-zeroes every page.

@@ -33,6 +33,14 @@ import numpy as np
 
 from . import _clipsteer
 
+# What the command line's start-up does for CPU throughput (clipsteer::tune_runtime), short of its
+# malloc thresholds, which belong to the host process: candle's elementwise pool spins briefly
+# before it parks, and its thread count is computed once here instead of at every matmul (where,
+# unset, it parses /proc/cpuinfo each time). A value the user set is kept.
+os.environ.setdefault("CANDLE_BARRIER_POOL_SPIN_LIMIT", "200")
+if "RAYON_NUM_THREADS" not in os.environ:
+    os.environ["RAYON_NUM_THREADS"] = str(_clipsteer._default_thread_count())
+
 __all__ = [
     "Describer",
     "Attacker",

@@ -7,6 +7,10 @@ DEFAULT_LM: str
 DEFAULT_CLIP: str
 DEFAULT_DIFFUSION_MODEL: str
 
+def _default_thread_count() -> int:
+    """candle's own thread count, computed once (physical cores); __init__.py pins
+    RAYON_NUM_THREADS to it."""
+
 class Run(Iterator[str]):
     """A describe or attack on a worker thread: JSON events, the last one `done`."""
     def __iter__(self) -> "Run": ...

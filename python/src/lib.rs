@@ -691,10 +691,17 @@ impl Diffusion {
     }
 }
 
+/// See [`clipsteer::default_thread_count`]; `clipsteer/__init__.py` pins RAYON_NUM_THREADS to it.
+#[pyfunction]
+fn _default_thread_count() -> usize {
+    clipsteer::default_thread_count()
+}
+
 #[pymodule]
 fn _clipsteer(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // A library prints nothing unless asked: no download progress bars on stderr.
     clipsteer::hub::set_progress(false);
+    m.add_function(wrap_pyfunction!(_default_thread_count, m)?)?;
     m.add_class::<Models>()?;
     m.add_class::<AttackerModels>()?;
     m.add_class::<Diffusion>()?;

@@ -474,3 +474,26 @@ def test_generate_returns_the_cli_image(tmp_path):
         clipsteer.generate("x", model=sd, size=10**6)
     with pytest.raises(ValueError, match="non-negative integer"):
         clipsteer.generate("x", model=sd, seed=-1)
+
+
+def test_import_pins_the_thread_count_once_and_keeps_the_users():
+    """As the command line does at start (clipsteer::tune_runtime): candle's thread count is
+    computed once at import instead of at every matmul, and a value the user set stays."""
+    script = (
+        "import os, clipsteer; "
+        "print(os.environ['RAYON_NUM_THREADS'], os.environ['CANDLE_BARRIER_POOL_SPIN_LIMIT'], "
+        "clipsteer._clipsteer._default_thread_count())"
+    )
+    pinned = ("RAYON_NUM_THREADS", "CANDLE_BARRIER_POOL_SPIN_LIMIT")
+    env = {k: v for k, v in os.environ.items() if k not in pinned}
+    threads, spin, counted = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert int(threads) >= 1
+    assert threads == counted
+    assert spin == "200"
+    env.update(RAYON_NUM_THREADS="3", CANDLE_BARRIER_POOL_SPIN_LIMIT="7")
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["3", "7", "3"]
