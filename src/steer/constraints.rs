@@ -103,14 +103,37 @@ pub fn normalize_for_matching(text: &str) -> String {
 /// parenthesised capitals without "NEGATIVE" decompose under NFKC and need no entry.
 fn fold_letter_symbol(c: char) -> Option<char> {
     let offset = |first: u32| char::from_u32('a' as u32 + (c as u32 - first));
-    match c as u32 {
-        0x1F150..=0x1F169 => offset(0x1F150),
-        0x1F170..=0x1F189 => offset(0x1F170),
-        0x1F1E6..=0x1F1FF => offset(0x1F1E6),
-        _ => SMALL_CAPITALS
-            .iter()
-            .find(|&&(small, _)| small == c)
-            .map(|&(_, letter)| letter),
+    match c {
+        '\u{1F150}'..='\u{1F169}' => offset(0x1F150),
+        '\u{1F170}'..='\u{1F189}' => offset(0x1F170),
+        '\u{1F1E6}'..='\u{1F1FF}' => offset(0x1F1E6),
+        // LATIN LETTER SMALL CAPITAL X for each single letter X that has one (there is none for X).
+        '\u{1D00}' => Some('a'),
+        '\u{0299}' => Some('b'),
+        '\u{1D04}' => Some('c'),
+        '\u{1D05}' => Some('d'),
+        '\u{1D07}' => Some('e'),
+        '\u{A730}' => Some('f'),
+        '\u{0262}' => Some('g'),
+        '\u{029C}' => Some('h'),
+        '\u{026A}' => Some('i'),
+        '\u{1D0A}' => Some('j'),
+        '\u{1D0B}' => Some('k'),
+        '\u{029F}' => Some('l'),
+        '\u{1D0D}' => Some('m'),
+        '\u{0274}' => Some('n'),
+        '\u{1D0F}' => Some('o'),
+        '\u{1D18}' => Some('p'),
+        '\u{A7AF}' => Some('q'),
+        '\u{0280}' => Some('r'),
+        '\u{A731}' => Some('s'),
+        '\u{1D1B}' => Some('t'),
+        '\u{1D1C}' => Some('u'),
+        '\u{1D20}' => Some('v'),
+        '\u{1D21}' => Some('w'),
+        '\u{028F}' => Some('y'),
+        '\u{1D22}' => Some('z'),
+        _ => None,
     }
 }
 
@@ -125,35 +148,6 @@ fn fold_letter_symbols(text: String) -> (String, bool) {
         .collect();
     (text, true)
 }
-
-/// `LATIN LETTER SMALL CAPITAL X` for each single letter X that has one (there is none for X).
-const SMALL_CAPITALS: [(char, char); 25] = [
-    ('\u{1D00}', 'a'),
-    ('\u{0299}', 'b'),
-    ('\u{1D04}', 'c'),
-    ('\u{1D05}', 'd'),
-    ('\u{1D07}', 'e'),
-    ('\u{A730}', 'f'),
-    ('\u{0262}', 'g'),
-    ('\u{029C}', 'h'),
-    ('\u{026A}', 'i'),
-    ('\u{1D0A}', 'j'),
-    ('\u{1D0B}', 'k'),
-    ('\u{029F}', 'l'),
-    ('\u{1D0D}', 'm'),
-    ('\u{0274}', 'n'),
-    ('\u{1D0F}', 'o'),
-    ('\u{1D18}', 'p'),
-    ('\u{A7AF}', 'q'),
-    ('\u{0280}', 'r'),
-    ('\u{A731}', 's'),
-    ('\u{1D1B}', 't'),
-    ('\u{1D1C}', 'u'),
-    ('\u{1D20}', 'v'),
-    ('\u{1D21}', 'w'),
-    ('\u{028F}', 'y'),
-    ('\u{1D22}', 'z'),
-];
 
 /// The Hangul fillers (U+115F, U+1160, U+3164, U+FFA0) are default-ignorable, so the skeleton
 /// removes them, yet fonts draw them as a blank as wide as a letter: `a`+U+3164+`dog` shows as
