@@ -122,14 +122,8 @@ impl CommandScorer {
         // A thread reads, so that a silent program can be timed out instead of blocking.
         std::thread::spawn(move || {
             let mut reader = BufReader::new(stdout);
-            loop {
-                let line = read_bounded_line(&mut reader);
-                let failed = !matches!(line, Ok(Some(_)));
-                let line = match line {
-                    Ok(None) => break,
-                    Ok(Some(line)) => Ok(line),
-                    Err(e) => Err(e),
-                };
+            while let Some(line) = read_bounded_line(&mut reader).transpose() {
+                let failed = line.is_err();
                 if sender.send(line).is_err() || failed {
                     break;
                 }
