@@ -419,107 +419,6 @@ fn axpy(w: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// Rows at or below which [`Product::run`] splits the output columns across threads.
-const FEW_ROWS: usize = 4;
-
-/// A product `dst = alpha·dst + lhs·rhs` as gemm takes it: `lhs` [m, k] and `rhs` [k, n] as
-/// pointers with their (column, row) strides in elements; `dst` is contiguous [m, n].
-struct Product {
-    lhs: *const f32,
-    lhs_strides: (isize, isize),
-    rhs: *const f32,
-    rhs_strides: (isize, isize),
-    /// Whether `dst` holds values to keep (gemm ignores `alpha` otherwise).
-    read_dst: bool,
-    alpha: f32,
-}
-
-// SAFETY: `Product::run`'s tasks only read `lhs` and `rhs`, which its caller keeps valid.
-unsafe impl Sync for Product {}
-
-/// `dst`'s address, shared by `Product::run`'s tasks, each of which writes its own columns.
-#[derive(Clone, Copy)]
-struct DstPtr(*mut f32);
-// SAFETY: the tasks write disjoint columns.
-unsafe impl Send for DstPtr {}
-unsafe impl Sync for DstPtr {}
-
-impl DstPtr {
-    // A method, so that closures capture the whole (Send) wrapper, not its raw pointer field.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
-impl Product {
-    /// Runs the product on the thread pool. For a few rows (GPT-2's one-token step and its
-    /// tied LM head) gemm takes its gemv path, which runs on one thread whatever parallelism
-    /// it is given, so the step read its 0.5 GB of weights at one core's memory bandwidth
-    /// (10 GB/s on the 2-vCPU EPYC of docs/BENCHMARKS.md; 19–21 GB/s with both cores reading).
-    /// Here the output columns are split into one contiguous block per thread, each the same
-    /// gemm call on its slice of `rhs`. Each output is the same sum in the same order as in
-    /// one call, so the result is bit for bit gemm's (a test pins this): the blocks start at
-    /// multiples of 64 columns, where gemv's vector lanes start anyway, and each is wider
-    /// than the 16 × 16 outputs below which gemm switches kernels. Larger products go to
-    /// gemm's own threading.
-    ///
-    /// # Safety
-    /// `lhs` and `rhs` must address m·k and k·n elements through their strides, valid for
-    /// the call, and `dst` must hold m·n.
-    unsafe fn run(&self, m: usize, n: usize, k: usize, dst: &mut [f32], threads: usize) {
-        let block = n.div_ceil(threads.max(1)).next_multiple_of(64);
-        // gemm computes products of at most 16 × 16 outputs with another kernel, so every
-        // block must be wider: the last block takes the remainder past the others.
-        let blocks = n / block;
-        let split = threads > 1 && m <= FEW_ROWS && blocks >= 2 && m * block > 16 * 16;
-        let dst = DstPtr(dst.as_mut_ptr());
-        let run_block = |start: usize, width: usize, parallelism| {
-            // SAFETY: columns start..start + width of dst and of rhs, inside what the caller
-            // vouched for; no other block writes them.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    width,
-                    k,
-                    dst.get().add(start),
-                    1,
-                    n as isize,
-                    self.read_dst,
-                    self.lhs,
-                    self.lhs_strides.0,
-                    self.lhs_strides.1,
-                    self.rhs.offset(start as isize * self.rhs_strides.0),
-                    self.rhs_strides.0,
-                    self.rhs_strides.1,
-                    self.alpha,
-                    1f32,
-                    false,
-                    false,
-                    false,
-                    parallelism,
-                )
-            }
-        };
-        if split {
-            (0..blocks).into_par_iter().for_each(|i| {
-                let width = if i + 1 == blocks {
-                    n - i * block
-                } else {
-                    block
-                };
-                run_block(i * block, width, gemm::Parallelism::None)
-            });
-        } else {
-            let parallelism = if threads > 1 {
-                gemm::Parallelism::Rayon(threads)
-            } else {
-                gemm::Parallelism::None
-            };
-            run_block(0, n, parallelism);
-        }
-    }
-}
-
 /// `residual + x·w + bias` for `x` [m, k] and `w` [k, n] (contiguous, in × out), with gemm
 /// accumulating into a destination that already holds the residual and the bias: one pass over
 /// the output instead of a matmul, a bias add and a residual add, each of which candle runs as
@@ -573,52 +472,42 @@ pub fn linear(
         (None, None) => vec![0f32; m * n],
     };
     let read_dst = bias.is_some() || residual.is_some();
+    let threads = candle_core::utils::get_num_threads();
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
     with_f32_slice(x, |x| {
         with_f32_slice(w, |w| {
-            let product = Product {
-                lhs: x.as_ptr(),
-                lhs_strides: (1, k as isize),
-                rhs: w.as_ptr(),
-                rhs_strides: (1, n as isize),
-                read_dst,
-                alpha: 1.0,
-            };
             // SAFETY: the three slices hold m·k, k·n and m·n elements, row-major, as the
-            // strides say; dst is exclusively borrowed.
-            unsafe { product.run(m, n, k, &mut dst, candle_core::utils::get_num_threads()) };
+            // strides below say; dst is exclusively borrowed.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    dst.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    read_dst,
+                    x.as_ptr(),
+                    1,
+                    k as isize,
+                    w.as_ptr(),
+                    1,
+                    n as isize,
+                    1f32,
+                    1f32,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                )
+            };
             Ok(())
         })
     })?;
-    Tensor::from_vec(dst, (m, n), w.device())
-}
-
-/// `x` [m, k] times the transpose of `w` [n, k] (contiguous, out × in: an embedding matrix
-/// used as a tied LM head), as candle's `x.matmul(&w.t())` computes it, bit for bit, with a
-/// few rows' output columns split across threads (see [`Product::run`]). Returns [m, n].
-pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let (m, k) = x.dims2()?;
-    let (n, k2) = w.dims2()?;
-    if k != k2 {
-        candle_core::bail!("matmul_t: x is [{m}, {k}] but w is [{n}, {k2}]")
-    }
-    let mut dst = vec![0f32; m * n];
-    if m > 0 && n > 0 && k > 0 {
-        with_f32_slice(x, |x| {
-            with_f32_slice(w, |w| {
-                let product = Product {
-                    lhs: x.as_ptr(),
-                    lhs_strides: (1, k as isize),
-                    rhs: w.as_ptr(),
-                    rhs_strides: (k as isize, 1),
-                    read_dst: false,
-                    alpha: 0.0,
-                };
-                // SAFETY: x holds m·k and w n·k elements, row-major; wᵀ's strides are (k, 1).
-                unsafe { product.run(m, n, k, &mut dst, candle_core::utils::get_num_threads()) };
-                Ok(())
-            })
-        })?;
-    }
     Tensor::from_vec(dst, (m, n), w.device())
 }
 
@@ -656,89 +545,6 @@ mod tests {
             }
         }
     }
-    /// A few rows' product split by output columns across threads equals the one gemm call,
-    /// bit for bit, for GPT-2's shapes (its Conv1D layers and its tied LM head) and for widths
-    /// that leave a tail past the last 64-column block.
-    #[test]
-    fn few_row_products_split_across_threads_equal_one_gemm_call_bit_for_bit() {
-        let device = Device::Cpu;
-        let shapes = [
-            (1, 768, 2304),
-            (1, 768, 3072),
-            (1, 3072, 768),
-            (1, 768, 50257),
-            (3, 64, 1000),
-            (4, 17, 333),
-        ];
-        for (m, k, n) in shapes {
-            let x = Tensor::randn(0f32, 1.0, (m, k), &device).unwrap();
-            let w = Tensor::randn(0f32, 1.0, (k, n), &device).unwrap();
-            let w_t = w.t().unwrap().contiguous().unwrap();
-            let init = Tensor::randn(0f32, 1.0, (m, n), &device).unwrap();
-            let x_data = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let (w_data, w_t_data) = (
-                w.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                w_t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            );
-            // As `linear` runs it (in × out, accumulating) and as `matmul_t` does (out × in).
-            let products = [
-                Product {
-                    lhs: x_data.as_ptr(),
-                    lhs_strides: (1, k as isize),
-                    rhs: w_data.as_ptr(),
-                    rhs_strides: (1, n as isize),
-                    read_dst: true,
-                    alpha: 1.0,
-                },
-                Product {
-                    lhs: x_data.as_ptr(),
-                    lhs_strides: (1, k as isize),
-                    rhs: w_t_data.as_ptr(),
-                    rhs_strides: (k as isize, 1),
-                    read_dst: false,
-                    alpha: 0.0,
-                },
-            ];
-            for (which, product) in products.iter().enumerate() {
-                let run = |threads| {
-                    let mut dst = init.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                    // SAFETY: the vectors hold m·k, k·n and m·n elements as the strides say.
-                    unsafe { product.run(m, n, k, &mut dst, threads) };
-                    dst
-                };
-                let one_call = run(1);
-                for threads in [2, 3, 8] {
-                    let split = run(threads);
-                    assert!(
-                        one_call
-                            .iter()
-                            .zip(&split)
-                            .all(|(a, b)| a.to_bits() == b.to_bits()),
-                        "product {which}, [{m}, {k}] × [{k}, {n}], {threads} threads"
-                    );
-                }
-            }
-            // The tied head equals candle's matmul with the transposed view, bit for bit.
-            let want = x.matmul(&w_t.t().unwrap()).unwrap();
-            let got = matmul_t(&x, &w_t).unwrap();
-            let (want, got) = (
-                want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            );
-            assert!(
-                want.iter()
-                    .zip(&got)
-                    .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "matmul_t [{m}, {k}] × [{n}, {k}]ᵀ"
-            );
-        }
-        assert!(matmul_t(
-            &Tensor::zeros((2, 3), candle_core::DType::F32, &device).unwrap(),
-            &Tensor::zeros((4, 5), candle_core::DType::F32, &device).unwrap()
-        )
-        .is_err());
-    }
-
     /// The fused kernel against candle's ops that it replaces, bit for bit: vocabularies with
     /// and without a tail past the 32-wide blocks, ties (the first index wins), and large logits.
     #[test]

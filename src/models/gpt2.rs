@@ -222,11 +222,7 @@ impl Gpt2 {
         let dims = hidden.dims().to_vec();
         let rows = hidden.elem_count() / self.config.n_embd;
         let hidden = hidden.reshape((rows, self.config.n_embd))?;
-        let logits = if super::cpu_kernels::applies(&hidden) {
-            super::cpu_kernels::matmul_t(&hidden, &self.wte)?
-        } else {
-            hidden.matmul(&self.wte.t()?)?
-        };
+        let logits = hidden.matmul(&self.wte.t()?)?;
         let mut out_dims = dims;
         let last = out_dims.len() - 1;
         out_dims[last] = self.config.vocab_size;
