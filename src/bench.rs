@@ -175,6 +175,10 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 pub fn run(options: &BenchOptions, device: &Device) -> Result<()> {
+    // The loop's own check would name describe's --max-tokens, which bench does not have.
+    if options.steps == 0 {
+        anyhow::bail!("--steps must be at least 1");
+    }
     if options.check_agreement && options.strategy != Strategy::Seed {
         anyhow::bail!(
             "--check-agreement measures the seed loop's choices: use it with --strategy seed"

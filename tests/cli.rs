@@ -127,6 +127,20 @@ fn broken_model_directories_give_one_line_errors() {
         &f("clip-tiny-gelu"),
     ]);
     assert_one_line_error(&lm_missing, "config.json");
+    // An encoder given as the LM is named as what it is, not by a GPT-2 field it lacks.
+    for (dir, kind) in [("clip-tiny-gelu", "'clip'"), ("minilm-tiny", "'bert'")] {
+        assert_one_line_error(
+            &run(&[
+                "describe",
+                &f("images/crop32.png"),
+                "--lm",
+                &f(dir),
+                "--clip",
+                &f("clip-tiny-gelu"),
+            ]),
+            &format!("holds a {kind} model (config.json model_type), not a GPT-2 language model"),
+        );
+    }
 
     // Weights that do not fit config.json, with RUST_BACKTRACE set: candle's backtrace must
     // not end up in the message.
@@ -242,6 +256,11 @@ fn unknown_flag_values_are_rejected() {
     let output = run(&["describe", &f("images/crop32.png"), "--shard", "2/2"]);
     assert!(!output.status.success());
     assert!(stderr(&output).contains("0 ≤ I < N"));
+    // bench names its own flag, not the describe flag it maps to.
+    assert_one_line_error(
+        &run(&["bench", "--steps", "0"]),
+        "--steps must be at least 1",
+    );
 }
 
 fn describe_args(top_k: usize, max_tokens: usize, extra: &[&str]) -> Vec<String> {

@@ -134,8 +134,25 @@ pub struct Gpt2 {
 
 impl Gpt2 {
     /// Loads config.json and model.safetensors from a directory in the HF layout.
+    ///
+    /// Errors: a config.json whose `model_type` is not GPT-2's (a CLIP or BERT directory
+    /// given as the LM) says which model it is, rather than which GPT-2 field it lacks.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let config: Gpt2Config = super::read_config(dir)?;
+        let raw: serde_json::Value = super::read_config(dir)?;
+        if let Some(model_type) = raw.get("model_type").and_then(|t| t.as_str()) {
+            if model_type != "gpt2" {
+                bail!(
+                    "{} holds a '{model_type}' model (config.json model_type), not a GPT-2 language model: give a GPT-2 family checkpoint (gpt2, distilgpt2, gpt2-medium, …) or a llama or Gemma 3 .gguf file",
+                    dir.display()
+                );
+            }
+        }
+        let config: Gpt2Config = serde_json::from_value(raw).with_context(|| {
+            format!(
+                "{} is not a valid config for this model type",
+                dir.join("config.json").display()
+            )
+        })?;
         let vb = super::load_weights(dir, device)?;
         Self::from_varbuilder(config, vb)
             .with_context(|| format!("{} is not a GPT-2 checkpoint", dir.display()))
