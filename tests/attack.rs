@@ -517,12 +517,22 @@ fn scorer_command_protocol_and_its_failures() {
             "read -r line; echo '{\"scores\":[1]}'",
             "returned 1 scores for 2 items",
         ),
-        ("read -r line; echo '{\"scores\":[NaN, 1]}'", "malformed"),
+        (
+            "read -r line; echo '{\"scores\":[NaN, 1]}'",
+            "wrote a score that is not a finite number",
+        ),
+        (
+            "read -r line; echo '{\"scores\":[-Infinity, 1]}'",
+            "wrote a score that is not a finite number",
+        ),
         (
             "read -r line; echo '{\"scores\":[null, 1]}'",
             "finite number",
         ),
-        ("read -r line; echo '{\"scores\":[1e999, 1]}'", "malformed"),
+        (
+            "read -r line; echo '{\"scores\":[1e999, 1]}'",
+            "wrote a score that is not a finite number",
+        ),
         ("sleep 5", "did not answer within 1 s"),
         (
             // Output without end is cut at the line cap, not read until memory runs out.

@@ -157,7 +157,20 @@ impl CommandScorer {
                 self.command
             )
         };
-        let value: serde_json::Value = serde_json::from_str(line).map_err(|_| malformed())?;
+        let value: serde_json::Value = serde_json::from_str(line).map_err(|e| {
+            // Python's json.dumps writes NaN, Infinity and -Infinity for non-finite floats,
+            // which JSON lacks; 1e999 parses in Python but is out of an f64's range.
+            let non_finite = e.to_string().starts_with("number out of range")
+                || ["NaN", "Infinity"].iter().any(|word| line.contains(word));
+            if non_finite {
+                anyhow::anyhow!(
+                    "scorer command '{}' wrote a score that is not a finite number ({shown:?}); every score must be a finite number (Python's json writes NaN and Infinity for non-finite floats)",
+                    self.command
+                )
+            } else {
+                malformed()
+            }
+        })?;
         let scores = value["scores"].as_array().ok_or_else(malformed)?;
         checked_scores(
             &format!("scorer command '{}'", self.command),
