@@ -147,12 +147,8 @@ impl Gpt2 {
                 );
             }
         }
-        let config: Gpt2Config = serde_json::from_value(raw).with_context(|| {
-            format!(
-                "{} is not a valid config for this model type",
-                dir.join("config.json").display()
-            )
-        })?;
+        let config: Gpt2Config =
+            serde_json::from_value(raw).with_context(|| super::invalid_config(dir))?;
         let vb = super::load_weights(dir, device)?;
         Self::from_varbuilder(config, vb)
             .with_context(|| format!("{} is not a GPT-2 checkpoint", dir.display()))

@@ -164,12 +164,15 @@ pub(crate) fn read_config<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<
             dir.display()
         )
     })?;
-    serde_json::from_str(&text).with_context(|| {
-        format!(
-            "{} is not a valid config for this model type",
-            path.display()
-        )
-    })
+    serde_json::from_str(&text).with_context(|| invalid_config(dir))
+}
+
+/// The context of a config.json in `dir` that does not describe the model being loaded.
+pub(crate) fn invalid_config(dir: &Path) -> String {
+    format!(
+        "{} is not a valid config for this model type",
+        dir.join("config.json").display()
+    )
 }
 
 /// How a library names its weight files: transformers writes `model.safetensors` and
