@@ -378,7 +378,11 @@ fn attack_with(
             timeout,
             success_score,
         } => {
-            let command = CommandScorer::start(command, *timeout)?;
+            let command = CommandScorer::start(command, *timeout)?.with_deadline(
+                options
+                    .time_limit
+                    .map(|limit| std::time::Instant::now() + limit),
+            );
             scored_by(
                 attacker,
                 context,

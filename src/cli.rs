@@ -255,8 +255,9 @@ pub struct DescribeArgs {
     #[arg(long, value_parser = parse_shard)]
     pub shard: Option<(usize, usize)>,
     /// Steer by a program instead of an embedding: for each step it reads one line
-    /// {"items":[{"text":…},…]} (the candidate texts after the prompt) and answers one line
-    /// {"scores":[…]}, higher is better.
+    /// {"items":[{"text":…},…]} (the candidate texts as --score-text says: with the prompt for
+    /// seed, the generated text alone for magic and beam) and answers one line {"scores":[…]},
+    /// higher is better.
     #[arg(long, value_name = "CMD", conflicts_with_all = ["images", "target_text", "avoid_text"])]
     pub scorer_cmd: Option<String>,
     /// With --scorer-cmd: seconds the program may take per batch.
@@ -477,6 +478,7 @@ impl DescribeArgs {
                 prefix: self.txt_prefix.clone(),
                 suffix: self.txt_suffix.clone(),
                 overwrite: self.overwrite,
+                adopt_identical: self.resume,
             }),
         }
     }
@@ -486,6 +488,7 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
     let spec = args.spec()?;
     let options = spec.options()?;
     let mut plan = args.inputs().plan()?;
+    plan.check_planned_settings(&spec.planned_settings(&args.targets(), !args.images.is_empty())?)?;
     if plan.trimmed_bytes > 0 {
         if let Some(path) = plan.part_path() {
             errln!(
@@ -959,7 +962,7 @@ fn print_merge_report(report: &crate::merge::MergeReport, output: &Path) {
 /// A clap error message as one line: its lines joined, the usage block and the "For more
 /// information" hint replaced by a pointer to --help.
 pub fn usage_error_line(rendered: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
+    let mut parts: Vec<String> = Vec::new();
     let mut in_usage = false;
     for line in rendered.lines() {
         let line = line.trim();
@@ -974,7 +977,19 @@ pub fn usage_error_line(rendered: &str) -> String {
         if in_usage || line.starts_with("For more information") {
             continue;
         }
-        parts.push(line);
+        // clap's tip ("to pass '-1' as a value, use '-- -1'") fits positional arguments only:
+        // after `--`, an option's value becomes an input. `--flag=-1` works for both.
+        if let Some(value) = line
+            .strip_prefix("tip: to pass '")
+            .and_then(|rest| rest.split_once("' as a value"))
+            .map(|(value, _)| value)
+        {
+            parts.push(format!(
+                "tip: to give '{value}' as an option's value, join them with '=': --OPTION={value}"
+            ));
+            continue;
+        }
+        parts.push(line.to_string());
     }
     format!("{} (see --help)", parts.join(" "))
 }

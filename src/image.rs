@@ -87,7 +87,10 @@ pub fn load_image(path: &Path, limits: DecodeLimits) -> Result<DynamicImage> {
 }
 
 fn read_and_decode(path: &Path, limits: DecodeLimits) -> Result<DynamicImage> {
-    let size = std::fs::metadata(path).context("cannot open image")?.len();
+    // Opened without blocking and checked to be a regular file: a FIFO or device among the
+    // inputs must fail at once, not hang the batch.
+    let file = crate::files::open_regular(path, "it")?;
+    let size = file.metadata().context("cannot open image")?.len();
     if size > limits.max_alloc_bytes {
         bail!(
             "the file is {} MiB, over the limit of {} MiB",
@@ -95,7 +98,12 @@ fn read_and_decode(path: &Path, limits: DecodeLimits) -> Result<DynamicImage> {
             limits.max_alloc_bytes >> 20
         );
     }
-    let bytes = std::fs::read(path).context("cannot read image")?;
+    let mut bytes = Vec::with_capacity(size as usize);
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(file, limits.max_alloc_bytes),
+        &mut bytes,
+    )
+    .context("cannot read image")?;
     decode_image_bytes(&bytes, limits)
 }
 

@@ -21,6 +21,33 @@ macro_rules! errln {
     };
 }
 
+/// Returns a [`UsageError`] from the enclosing function: `usage_bail!("--top-k must be …")`.
+#[macro_export]
+macro_rules! usage_bail {
+    ($($arg:tt)*) => {
+        return Err(anyhow::Error::new($crate::UsageError(format!($($arg)*))))
+    };
+}
+
+/// An error in what was asked for (a flag's value, flags that do not go together), found before
+/// any work: the command line exits 2 for it, as clap does for its own usage errors, and 1 only
+/// when the work itself failed.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Whether `error` (or any error it wraps) is a [`UsageError`].
+pub fn is_usage_error(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| cause.is::<UsageError>())
+}
+
 #[doc(hidden)]
 pub fn print_err_line(args: std::fmt::Arguments<'_>) {
     use std::io::Write;
@@ -62,12 +89,14 @@ pub mod clipscore;
 pub mod diffusion;
 pub mod evade;
 pub mod events;
+pub mod files;
 pub mod hub;
 pub mod image;
 pub mod load;
 pub mod merge;
 pub mod models;
 pub mod parts;
+pub mod pathkey;
 pub mod pipeline;
 pub mod server;
 pub mod settings;

@@ -26,14 +26,15 @@ fn main() {
     };
     if let Err(e) = cli.set_thread_count() {
         clipsteer::print_err_line(format_args!("error: {}", clipsteer::error_line(&e)));
-        std::process::exit(1);
+        std::process::exit(2);
     }
     clipsteer::tune_runtime();
     match clipsteer::cli::run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             clipsteer::print_err_line(format_args!("error: {}", clipsteer::error_line(&e)));
-            std::process::exit(1);
+            // 2 for a bad flag, as clap's own usage errors; 1 when the work failed.
+            std::process::exit(if clipsteer::is_usage_error(&e) { 2 } else { 1 });
         }
     }
 }

@@ -18,13 +18,14 @@
 //!   `output`: readers see the old file or the whole new one.
 //!
 //! Image paths are matched after making them absolute against the current directory (no
-//!   symlinks resolved): run merge from the directory describe ran in, or give absolute paths.
+//! symlinks resolved; names that are not UTF-8 by their exact bytes, [`crate::pathkey`]): run
+//! merge from the directory describe ran in, or give absolute paths.
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -85,6 +86,7 @@ impl MergeReport {
 struct LineHead {
     event: Option<String>,
     image: Option<String>,
+    image_hex: Option<String>,
     error: Option<String>,
     #[serde(default)]
     settings: Value,
@@ -106,9 +108,23 @@ struct Entry {
     last_error: Option<(LineRef, String)>,
 }
 
-/// The key images are matched by: the path made absolute, lexically.
+/// The key images are matched by ([`crate::pathkey::key`]).
 fn key(image: &Path) -> PathBuf {
-    std::path::absolute(image).unwrap_or_else(|_| image.to_path_buf())
+    crate::pathkey::key(image)
+}
+
+/// Opens a part for reading, refusing what is not a regular file and a part that a running
+/// `describe --out` still holds (its exclusive lock, [`crate::parts::PartWriter`]): merging it
+/// would silently miss the lines still to come.
+fn open_part(part: &Path) -> Result<std::fs::File> {
+    let file = crate::files::open_regular(part, &format!("part {}", part.display()))?;
+    if crate::parts::held_by_writer(&file) {
+        bail!(
+            "part {} is still being written by a running describe (it holds the file's lock); merge once that task has finished",
+            part.display()
+        );
+    }
+    Ok(file)
 }
 
 /// Merges `parts` into `output`. `inputs`, when given, is the run's list of images as describe
@@ -125,9 +141,17 @@ pub fn merge(parts: &[PathBuf], inputs: Option<&[PathBuf]>, output: &Path) -> Re
     let mut first_seen: Vec<PathBuf> = Vec::new();
     let mut settings_seen: Option<(Value, String)> = None;
 
+    let what = format!("merge -o {}", output.display());
+    crate::files::destination(output, &what)?;
+    let files: Vec<std::fs::File> = parts
+        .iter()
+        .map(|part| open_part(part))
+        .collect::<Result<_>>()?;
     for (part_index, part) in parts.iter().enumerate() {
-        let bytes =
-            std::fs::read(part).with_context(|| format!("cannot read part {}", part.display()))?;
+        let mut bytes = Vec::new();
+        (&files[part_index])
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("cannot read part {}", part.display()))?;
         let complete = bytes
             .iter()
             .rposition(|&b| b == b'\n')
@@ -188,7 +212,9 @@ pub fn merge(parts: &[PathBuf], inputs: Option<&[PathBuf]>, output: &Path) -> Re
                 ),
                 Some(_) => {}
             }
-            let image_key = key(Path::new(&image));
+            let named = json!({"image": image, "image_hex": head.image_hex});
+            let image_key =
+                crate::pathkey::from_line(&named).unwrap_or_else(|| key(Path::new(&image)));
             let entry = entries.entry(image_key.clone()).or_insert_with(|| {
                 first_seen.push(image_key);
                 Entry {
@@ -214,7 +240,7 @@ pub fn merge(parts: &[PathBuf], inputs: Option<&[PathBuf]>, output: &Path) -> Re
                 let input_key = key(input);
                 if seen.insert(input_key.clone()) {
                     if !entries.contains_key(&input_key) {
-                        report.missing.push(input.display().to_string());
+                        report.missing.push(crate::pathkey::label(input));
                     }
                     wanted.push(input_key);
                 }
@@ -234,59 +260,43 @@ pub fn merge(parts: &[PathBuf], inputs: Option<&[PathBuf]>, output: &Path) -> Re
         }
     };
 
-    let files: Vec<std::fs::File> = parts
-        .iter()
-        .map(|p| {
-            std::fs::File::open(p).with_context(|| format!("cannot read part {}", p.display()))
-        })
-        .collect::<Result<_>>()?;
-    let dir = match output.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    let write_context = || format!("cannot write {}", output.display());
-    let temp = tempfile::Builder::new()
-        .prefix(".clipsteer-merge-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .with_context(write_context)?;
-    let mut writer = std::io::BufWriter::new(temp);
     let mut buffer = Vec::new();
-    for image_key in &order {
-        let Some(entry) = entries.get(image_key) else {
-            continue;
-        };
-        let line = match (entry.done.first(), &entry.last_error) {
-            (Some(done), _) => {
-                report.described += 1;
-                if entry.done.len() > 1 {
-                    report
-                        .duplicated
-                        .push((entry.image.clone(), entry.done.len()));
+    let mut read_error = None;
+    crate::files::write_replacing(output, &what, |writer| {
+        for image_key in &order {
+            let Some(entry) = entries.get(image_key) else {
+                continue;
+            };
+            let line = match (entry.done.first(), &entry.last_error) {
+                (Some(done), _) => {
+                    report.described += 1;
+                    if entry.done.len() > 1 {
+                        report
+                            .duplicated
+                            .push((entry.image.clone(), entry.done.len()));
+                    }
+                    *done
                 }
-                *done
+                (None, Some((error, message))) => {
+                    report.failed.push((entry.image.clone(), message.clone()));
+                    *error
+                }
+                (None, None) => continue,
+            };
+            buffer.resize(line.len, 0);
+            if let Err(e) = files[line.part].read_exact_at(&mut buffer, line.start) {
+                read_error = Some(line.part);
+                return Err(e);
             }
-            (None, Some((error, message))) => {
-                report.failed.push((entry.image.clone(), message.clone()));
-                *error
-            }
-            (None, None) => continue,
-        };
-        buffer.resize(line.len, 0);
-        files[line.part]
-            .read_exact_at(&mut buffer, line.start)
-            .with_context(|| format!("cannot read part {}", parts[line.part].display()))?;
-        writer.write_all(&buffer).with_context(write_context)?;
-        writer.write_all(b"\n").with_context(write_context)?;
-    }
-    let temp = writer
-        .into_inner()
-        .map_err(|e| e.into_error())
-        .with_context(write_context)?;
-    temp.as_file().sync_all().with_context(write_context)?;
-    temp.persist(output)
-        .map_err(|e| e.error)
-        .with_context(write_context)?;
+            writer.write_all(&buffer)?;
+            writer.write_all(b"\n")?;
+        }
+        Ok(())
+    })
+    .map_err(|e| match read_error {
+        Some(part) => e.context(format!("cannot read part {}", parts[part].display())),
+        None => e,
+    })?;
     Ok(report)
 }
 

@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 /// What a part file already holds, as its next run needs it.
 #[derive(Debug, Default)]
 pub struct PartContents {
-    /// Images with a `done` line.
-    pub done: HashSet<String>,
+    /// Images with a `done` line, by [`crate::pathkey`] key.
+    pub done: HashSet<PathBuf>,
     /// Distinct `settings` records of its `done` and `error` lines (`null` for lines written
     /// before records existed), each with the 1-based line it first appears on.
     pub settings: Vec<(Value, usize)>,
@@ -35,6 +35,22 @@ pub struct PartContents {
 }
 
 impl PartContents {
+    /// [`Self::check_settings`] before the models are loaded, against a planned record in which
+    /// a hub model is named by its id alone (its commit is known only once resolved): a recorded
+    /// `id@commit` agrees with `id`.
+    pub fn check_planned(&self, path: &Path, planned: &Value) -> Result<()> {
+        for (settings, line) in &self.settings {
+            if !crate::settings::RunSettings::agrees_with_planned(settings, planned) {
+                bail!(
+                    "{} was made with other settings ({}, from line {line}); use the same models and flags to add to it, or write to a new --out file",
+                    path.display(),
+                    crate::settings::RunSettings::describe_difference(settings, planned)
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Refuses to extend a part file made with other settings: `--resume` with changed flags or
     /// models would leave a file whose lines disagree.
     pub fn check_settings(&self, path: &Path, current: &Value) -> Result<()> {
@@ -64,6 +80,9 @@ impl PartWriter {
     /// Errors: the file cannot be opened, or another process holds the lock (one line that
     /// names the file and says to give each task its own part file).
     pub fn open(path: &Path) -> Result<Self> {
+        // Checked before opening: a FIFO, socket, folder or dangling link is refused as it is,
+        // and nothing is created at a dangling link's target.
+        crate::files::destination(path, &format!("--out {}", path.display()))?;
         let file = std::fs::OpenOptions::new()
             .read(true)
             .append(true)
@@ -93,6 +112,11 @@ impl PartWriter {
     }
 
     /// Reads what the file holds, first cutting off a partial last line left by a killed run.
+    ///
+    /// Only a part file is ever changed: every whole line must be a `done` or `error` line and
+    /// a partial last line must be the start of one, as [`Self::append`] writes them. Anything
+    /// else (a user's notes, an image, another program's JSON) is refused before a byte of it
+    /// is touched.
     pub fn read_existing(&mut self) -> Result<PartContents> {
         let mut bytes = Vec::new();
         self.file.seek(SeekFrom::Start(0))?;
@@ -103,10 +127,48 @@ impl PartWriter {
             .iter()
             .rposition(|&b| b == b'\n')
             .map_or(0, |last| last + 1);
+        let not_ours = |why: String| {
+            anyhow::Error::new(crate::UsageError(format!(
+                "--out {} is not a part file that clipsteer wrote ({why}), so it was left as it was; give a new file name for --out",
+                self.path.display()
+            )))
+        };
+        let tail = &bytes[complete..];
+        if !tail.is_empty() && !is_start_of_result_line(tail) {
+            return Err(not_ours(
+                "its last line is neither a whole line nor the start of a done or error line"
+                    .into(),
+            ));
+        }
         let mut contents = PartContents {
-            trimmed_bytes: (bytes.len() - complete) as u64,
+            trimmed_bytes: tail.len() as u64,
             ..PartContents::default()
         };
+        for (index, line) in bytes[..complete].split(|&b| b == b'\n').enumerate() {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let value = serde_json::from_slice::<Value>(line)
+                .ok()
+                .filter(|value| {
+                    matches!(
+                        value.get("event").and_then(Value::as_str),
+                        Some("done" | "error")
+                    )
+                })
+                .ok_or_else(|| {
+                    not_ours(format!("line {} is not a done or error line", index + 1))
+                })?;
+            let settings = value.get("settings").cloned().unwrap_or(Value::Null);
+            if !contents.settings.iter().any(|(s, _)| *s == settings) {
+                contents.settings.push((settings, index + 1));
+            }
+            if value.get("event").and_then(Value::as_str) == Some("done") {
+                if let Some(key) = crate::pathkey::from_line(&value) {
+                    contents.done.insert(key);
+                }
+            }
+        }
         if contents.trimmed_bytes > 0 {
             self.file.set_len(complete as u64).with_context(|| {
                 format!(
@@ -114,27 +176,6 @@ impl PartWriter {
                     self.path.display()
                 )
             })?;
-        }
-        for (index, line) in String::from_utf8_lossy(&bytes[..complete])
-            .lines()
-            .enumerate()
-        {
-            let Ok(value) = serde_json::from_str::<Value>(line) else {
-                continue;
-            };
-            let event = value.get("event").and_then(Value::as_str);
-            if !matches!(event, Some("done" | "error")) {
-                continue;
-            }
-            let settings = value.get("settings").cloned().unwrap_or(Value::Null);
-            if !contents.settings.iter().any(|(s, _)| *s == settings) {
-                contents.settings.push((settings, index + 1));
-            }
-            if event == Some("done") {
-                if let Some(image) = value.get("image").and_then(Value::as_str) {
-                    contents.done.insert(image.to_string());
-                }
-            }
         }
         Ok(contents)
     }
@@ -148,6 +189,16 @@ impl PartWriter {
             .and_then(|()| self.file.sync_data())
             .with_context(|| format!("cannot write --out {}", self.path.display()))
     }
+}
+
+/// Whether `tail` (text after the last newline) can be what a killed [`PartWriter::append`]
+/// left: the first bytes of one compact JSON `done` or `error` line.
+fn is_start_of_result_line(tail: &[u8]) -> bool {
+    const HEADS: [&[u8]; 2] = [b"{\"event\":\"done\",", b"{\"event\":\"error\","];
+    HEADS.iter().any(|head| {
+        let n = head.len().min(tail.len());
+        tail[..n] == head[..n]
+    })
 }
 
 #[cfg(unix)]
@@ -171,6 +222,25 @@ fn lock_exclusive(file: &File, path: &Path) -> Result<()> {
         path.display()
     );
     Ok(())
+}
+
+/// Whether another process holds `file`'s writer lock ([`PartWriter::open`]): a shared lock
+/// is tried and, when granted, released at once. False where the file system has no locks.
+#[cfg(unix)]
+pub fn held_by_writer(file: &File) -> bool {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: flock only takes a descriptor we own and flags; it touches no memory.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+        // SAFETY: as above.
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+        return false;
+    }
+    std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+}
+
+#[cfg(not(unix))]
+pub fn held_by_writer(_file: &File) -> bool {
+    false
 }
 
 #[cfg(not(unix))]
@@ -197,12 +267,12 @@ mod tests {
             let error = PartWriter::open(path).unwrap_err();
             let message = format!("{error:#}");
             assert!(
-                message.contains("is not a regular file") || message.contains("cannot open"),
+                message.contains("not a regular file") || message.contains("cannot open"),
                 "{path:?}: {message}"
             );
         }
         let error = PartWriter::open(Path::new("/dev/zero")).unwrap_err();
-        assert!(format!("{error:#}").contains("is not a regular file"));
+        assert!(format!("{error:#}").contains("is a device, not a regular file"));
     }
 
     fn temp_path(tag: &str) -> PathBuf {
@@ -239,7 +309,10 @@ mod tests {
         let mut writer = PartWriter::open(&path).unwrap();
         let contents = writer.read_existing().unwrap();
         assert_eq!(contents.trimmed_bytes, PARTIAL.len() as u64);
-        assert_eq!(contents.done, HashSet::from(["a.png".to_string()]));
+        assert_eq!(
+            contents.done,
+            HashSet::from([crate::pathkey::key(Path::new("a.png"))])
+        );
         assert_eq!(contents.settings, vec![(settings.clone(), 1)]);
         contents.check_settings(&path, &settings).unwrap();
         let other = json!({"lm": "a", "encoder": "c", "options": "0"});

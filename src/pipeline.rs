@@ -11,8 +11,8 @@ use crate::settings::{RunSettings, TargetSettings};
 use crate::sidecar::CaptionFiles;
 use crate::steer::constraints::Blocklist;
 use crate::steer::describe::{
-    describe, describe_with, validate, BeamParams, DescribeOptions, DescribeResult, MagicParams,
-    Sampling, ScoredText, StepEvent, Strategy,
+    check_values, describe, describe_with, validate, BeamParams, DescribeOptions, DescribeResult,
+    MagicParams, Sampling, ScoredText, StepEvent, Strategy,
 };
 use crate::steer::lm::LanguageModel;
 use crate::steer::objectives::command::CommandScorer;
@@ -23,7 +23,7 @@ use anyhow::{bail, Result};
 use candle_core::Device;
 use image::DynamicImage;
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -133,6 +133,26 @@ pub struct TargetSpec {
 }
 
 impl TargetSpec {
+    /// Checks the weights before any model is loaded: at most one per target, each a positive,
+    /// finite number (avoiding subtracts its weight, so a negative one would steer toward it).
+    pub fn check_values(&self, has_image: bool) -> Result<()> {
+        let wanted = usize::from(has_image) + self.target_text.len() + self.avoid_text.len();
+        if self.target_weight.len() > wanted {
+            crate::usage_bail!(
+                "{} --target-weight values for {wanted} targets (the image, then each --target-text, then each --avoid-text)",
+                self.target_weight.len()
+            );
+        }
+        if let Some(bad) = self
+            .target_weight
+            .iter()
+            .find(|w| !(w.is_finite() && **w > 0.0))
+        {
+            crate::usage_bail!("--target-weight must be a positive, finite number, got {bad}; to steer away from a text, give it as --avoid-text");
+        }
+        Ok(())
+    }
+
     /// The parts of a target that are the same for every image: the text targets, weighted.
     pub fn text_parts<S: Scorer + ?Sized>(
         &self,
@@ -265,7 +285,28 @@ impl DescribeSpec {
         })
     }
 
-    /// The loop's options, defaults filled in.
+    /// The settings record this run will carry, made before any model is loaded: hub models are
+    /// named by their spec, not yet by commit ([`RunSettings::agrees_with_planned`]).
+    pub fn planned_settings(&self, target_spec: &TargetSpec, has_image: bool) -> Result<Value> {
+        let scorer = match &self.scorer_cmd {
+            Some((command, _)) => format!("scorer-cmd:{command}"),
+            None => self.encoder_spec(),
+        };
+        Ok(RunSettings::for_describe(
+            &self.lm,
+            &scorer,
+            &self.options()?,
+            TargetSettings {
+                image: has_image,
+                target_texts: &target_spec.target_text,
+                avoid_texts: &target_spec.avoid_text,
+                weights: &target_spec.target_weight,
+            },
+        )
+        .to_json())
+    }
+
+    /// The loop's options, defaults filled in, their values checked ([`check_values`]).
     pub fn options(&self) -> Result<DescribeOptions> {
         let defaults = DescribeOptions::for_strategy(&self.prompt, self.strategy);
         let options = DescribeOptions {
@@ -283,8 +324,9 @@ impl DescribeSpec {
             ..defaults
         };
         if self.sampling.is_some() && self.strategy != Strategy::Seed {
-            bail!("--sample applies to --strategy seed only");
+            crate::usage_bail!("--sample applies to --strategy seed only");
         }
+        check_values(&options)?;
         Ok(options)
     }
 }
@@ -429,12 +471,12 @@ pub const MAX_SECONDS: f64 = 1e9;
 /// [`MAX_SECONDS`].
 pub fn seconds(name: &str, value: f64) -> Result<std::time::Duration> {
     if !(value.is_finite() && value > 0.0) {
-        bail!("{name} must be a positive number of seconds, got {value}");
+        crate::usage_bail!("{name} must be a positive number of seconds, got {value}");
     }
     // Deadlines are Instant + Duration, which panics past the clock's range: a bound far beyond
     // any run keeps every such sum valid.
     if value > MAX_SECONDS {
-        bail!("{name} must be at most {MAX_SECONDS:e} seconds, got {value:e}");
+        crate::usage_bail!("{name} must be at most {MAX_SECONDS:e} seconds, got {value:e}");
     }
     Ok(std::time::Duration::from_secs_f64(value))
 }
@@ -461,40 +503,85 @@ const IMAGE_EXTENSIONS_SHOWN: &str = ".jpg .jpeg .png .webp .gif .bmp";
 /// Expands files and directories (recursively, sorted) into the list of images to describe:
 /// files ending in the extensions the image decoder reads, in any case.
 pub fn collect_inputs(paths: &[PathBuf]) -> Vec<PathBuf> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    let mut walk = InputWalk::default();
+    for path in paths {
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.is_dir() => walk.dir(path, &meta),
+            Ok(meta) if meta.is_file() => walk.file(path, &meta),
+            // Named by the user but not a regular file (missing, a FIFO, a device): kept once, so
+            // that describing it says what is wrong with it, without ever opening it blocking.
+            _ => walk.other(path),
+        }
+    }
+    walk.out
+}
+
+/// A folder walk that takes every regular image file once, whatever links it holds: files and
+/// folders are known by their identity (device and inode), so a file reached by two names, a
+/// folder linked into itself or a link loop is visited once. FIFOs, sockets, devices and dangling
+/// links in folders are skipped; they are not images.
+#[derive(Default)]
+struct InputWalk {
+    files: HashSet<(u64, u64)>,
+    dirs: HashSet<(u64, u64)>,
+    others: HashSet<PathBuf>,
+    out: Vec<PathBuf>,
+}
+
+impl InputWalk {
+    fn file(&mut self, path: &Path, meta: &std::fs::Metadata) {
+        if self.files.insert(identity(meta)) {
+            self.out.push(path.to_path_buf());
+        }
+    }
+
+    fn other(&mut self, path: &Path) {
+        if self.others.insert(crate::pathkey::key(path)) {
+            self.out.push(path.to_path_buf());
+        }
+    }
+
+    fn dir(&mut self, dir: &Path, meta: &std::fs::Metadata) {
+        if !self.dirs.insert(identity(meta)) {
+            return;
+        }
         let Ok(entries) = std::fs::read_dir(dir) else {
-            out.push(dir.to_path_buf()); // reported as unreadable later
+            self.out.push(dir.to_path_buf()); // reported as unreadable later
             return;
         };
         let mut entries: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         entries.sort();
         for path in entries {
-            if path.is_dir() {
-                walk(&path, out);
-            } else if path
-                .extension()
-                .and_then(|e| e.to_str())
-                .map(|e| {
-                    matches!(
-                        e.to_ascii_lowercase().as_str(),
-                        "jpg" | "jpeg" | "png" | "webp" | "gif" | "bmp"
-                    )
-                })
-                .unwrap_or(false)
-            {
-                out.push(path);
+            match std::fs::metadata(&path) {
+                Ok(meta) if meta.is_dir() => self.dir(&path, &meta),
+                Ok(meta) if meta.is_file() && has_image_extension(&path) => self.file(&path, &meta),
+                _ => {}
             }
         }
     }
-    let mut out = Vec::new();
-    for path in paths {
-        if path.is_dir() {
-            walk(path, &mut out);
-        } else {
-            out.push(path.clone());
-        }
-    }
-    out
+}
+
+#[cfg(unix)]
+fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
+#[cfg(not(unix))]
+fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
+    // No inode numbers: every file counts as new (links are rare there).
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let _ = meta;
+    (0, NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
+fn has_image_extension(path: &Path) -> bool {
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+        matches!(
+            e.to_ascii_lowercase().as_str(),
+            "jpg" | "jpeg" | "png" | "webp" | "gif" | "bmp"
+        )
+    })
 }
 
 /// One job of a batch: an image, or `None` for a job steered by the text targets alone.
@@ -502,7 +589,7 @@ pub type Input = Option<PathBuf>;
 
 /// How an input is named in events and in the out file.
 pub fn input_label(input: &Input) -> Option<String> {
-    input.as_ref().map(|p| p.display().to_string())
+    input.as_deref().map(crate::pathkey::label)
 }
 
 /// Which inputs a batch runs and where its results go.
@@ -527,7 +614,9 @@ impl InputSpec {
     /// `inputs` are empty when there is nothing left to do.
     pub fn plan(&self) -> Result<BatchPlan> {
         if self.captions.is_some() && self.images.is_empty() {
-            bail!("--write-txt writes a caption file beside each image: give images to describe");
+            crate::usage_bail!(
+                "--write-txt writes a caption file beside each image: give images to describe"
+            );
         }
         let all_images = collect_inputs(&self.images);
         if !self.images.is_empty() && all_images.is_empty() {
@@ -536,7 +625,7 @@ impl InputSpec {
                 .iter()
                 .map(|p| p.display().to_string())
                 .collect();
-            bail!(
+            crate::usage_bail!(
                 "no images in {}: directories are searched for {}; give image files by name for other extensions",
                 dirs.join(", "),
                 IMAGE_EXTENSIONS_SHOWN
@@ -581,13 +670,14 @@ impl InputSpec {
             let contents = part.read_existing()?;
             trimmed_bytes = contents.trimmed_bytes;
             if self.resume {
-                inputs.retain(|input| {
-                    !contents
-                        .done
-                        .contains(&input_label(input).unwrap_or_default())
+                inputs.retain(|input| match input {
+                    Some(path) => !contents.done.contains(&crate::pathkey::key(path)),
+                    None => true,
                 });
-                existing = Some(contents);
             }
+            // Kept with or without --resume: lines appended to a part file must have its
+            // settings, or merge would refuse the file later.
+            existing = Some(contents);
         }
         if let Some(captions) = &self.captions {
             for image in inputs.iter().flatten() {
@@ -624,7 +714,7 @@ pub struct BatchPlan {
     /// Inputs refused before any work, with the reason; each becomes an `error` line.
     pub refused: HashMap<PathBuf, String>,
     part: Option<PartWriter>,
-    /// What a resumed part file already holds: its settings must match the run's.
+    /// What the part file already holds: its settings must match the run's.
     existing: Option<PartContents>,
     captions: Option<CaptionFiles>,
     /// Bytes of a partial last line cut off the part file (a run killed mid-write).
@@ -635,6 +725,16 @@ impl BatchPlan {
     /// The part file, if the batch writes one.
     pub fn part_path(&self) -> Option<&Path> {
         self.part.as_ref().map(PartWriter::path)
+    }
+
+    /// Refuses, before any model is loaded, a part file whose lines were made with other
+    /// settings than `planned` ([`DescribeSpec::planned_settings`]): the same answer whether inputs remain
+    /// or all are done. Hub models are compared by id here and by commit once loaded.
+    pub fn check_planned_settings(&self, planned: &Value) -> Result<()> {
+        if let (Some(part), Some(existing)) = (&self.part, &self.existing) {
+            existing.check_planned(part.path(), planned)?;
+        }
+        Ok(())
     }
 }
 
@@ -718,6 +818,7 @@ impl Describer {
         device: &Device,
     ) -> Result<Self> {
         spec.options()?;
+        target_spec.check_values(has_image)?;
         check_scorer_cmd(spec, target_spec, has_image)?;
         let encoder = spec.scorer_cmd.is_none().then(|| spec.encoder_spec());
         let models = DescribeModels::load(&spec.lm, encoder.as_deref(), device)?;
@@ -735,6 +836,7 @@ impl Describer {
         has_image: bool,
     ) -> Result<Self> {
         let options = spec.options()?;
+        target_spec.check_values(has_image)?;
         check_scorer_cmd(spec, target_spec, has_image)?;
         validate(&models.lm, &options)?;
         let (objective, scorer) = match &spec.scorer_cmd {
@@ -744,6 +846,13 @@ impl Describer {
             ),
             None => {
                 let encoder = models.encoder()?;
+                if has_image && matches!(encoder, Encoder::Sentence(_)) {
+                    // Said once, before the batch, instead of once per image.
+                    crate::usage_bail!(
+                        "{} embeds text only, so it cannot be steered toward images: give a CLIP model as --encoder, or --target-text without images",
+                        models.encoder_spec.as_deref().unwrap_or("the encoder")
+                    );
+                }
                 let targets = Targets::prepare(target_spec, encoder, has_image)?;
                 if !has_image {
                     // Checked now, not at the first step: no target, or weights that cancel.
@@ -822,10 +931,10 @@ impl Describer {
 fn check_scorer_cmd(spec: &DescribeSpec, target_spec: &TargetSpec, has_image: bool) -> Result<()> {
     if let Some((command, _)) = &spec.scorer_cmd {
         if has_image || !target_spec.target_text.is_empty() || !target_spec.avoid_text.is_empty() {
-            bail!("describe --scorer-cmd steers by the program alone: leave out images, --target-text and --avoid-text (or leave out --scorer-cmd)");
+            crate::usage_bail!("describe --scorer-cmd steers by the program alone: leave out images, --target-text and --avoid-text (or leave out --scorer-cmd)");
         }
         if command.trim().is_empty() {
-            bail!("--scorer-cmd is empty: give the program to run");
+            crate::usage_bail!("--scorer-cmd is empty: give the program to run");
         }
     }
     Ok(())
@@ -911,6 +1020,9 @@ pub fn run_batch(
                 summary.described += 1;
                 let mut line =
                     done_json(image.as_deref(), &result, started.elapsed().as_secs_f64());
+                if let Some(path) = input {
+                    crate::pathkey::annotate(&mut line, path);
+                }
                 line["models"] = describer.provenance.clone();
                 line["settings"] = describer.settings.clone();
                 observer(BatchEvent::Done {
@@ -924,6 +1036,9 @@ pub fn run_batch(
                 summary.failed += 1;
                 let message = crate::error_line(&e);
                 let mut line = error_json(image.as_deref(), &message);
+                if let Some(path) = input {
+                    crate::pathkey::annotate(&mut line, path);
+                }
                 line["settings"] = describer.settings.clone();
                 observer(BatchEvent::Failed {
                     image: image.as_deref(),

@@ -15,7 +15,7 @@
 //! The device and the thread count are left out: they change speed, not the settings asked for.
 
 use crate::hub::ModelOrigin;
-use crate::steer::describe::DescribeOptions;
+use crate::steer::describe::{DescribeOptions, Strategy};
 use serde_json::{json, Value};
 
 /// The targets a run steers toward, besides its options.
@@ -52,6 +52,27 @@ impl RunSettings {
             encoder: model_identity(encoder_spec),
             options: fingerprint(&options_record(options, targets)),
         }
+    }
+
+    /// Whether a recorded settings record agrees with a `planned` one, made by
+    /// [`Self::for_describe`] before loading, where a hub model not yet resolved is named by
+    /// its spec (`id` or `id@revision`) instead of `id@commit`. Options must be equal; a model
+    /// agrees when equal, or when both name the same hub id.
+    pub fn agrees_with_planned(recorded: &Value, planned: &Value) -> bool {
+        let field = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        if recorded.get("options") != planned.get("options") {
+            return false;
+        }
+        ["lm", "encoder"].iter().all(|k| {
+            match (field(recorded, k), field(planned, k)) {
+                (Some(r), Some(p)) if r == p => true,
+                // A hub id is never an absolute path; a local model is recorded absolute.
+                (Some(r), Some(p)) if !p.starts_with('/') && !p.starts_with("scorer-cmd:") => {
+                    r.split('@').next() == p.split('@').next()
+                }
+                (r, p) => r == p,
+            }
+        })
     }
 
     pub fn to_json(&self) -> Value {
@@ -120,18 +141,20 @@ fn options_record(options: &DescribeOptions, targets: TargetSettings<'_>) -> Val
         "prefilter": options.prefilter,
         "block": options.blocklist.words(),
         "block_substrings": options.blocklist.matches_substrings(),
-        "magic": {
+        // Only the chosen strategy's parameters: a --beam-width given to seed changes no text,
+        // so it must not make two runs' parts unmergeable.
+        "magic": (options.strategy == Strategy::Magic).then(|| json!({
             "alpha": options.magic.alpha,
             "beta": options.magic.beta,
             "scale": options.magic.scale,
-        },
-        "beam": {
+        })),
+        "beam": (options.strategy == Strategy::Beam).then(|| json!({
             "width": options.beam.width,
             "fluency": options.beam.fluency,
             "diversity": options.beam.diversity,
             "lookahead": options.beam.lookahead,
             "close_within": options.beam.close_within,
-        },
+        })),
         "sentence_stop": options.stop_at_sentence_end,
         "score_text": format!("{:?}", options.scored_text).to_lowercase(),
         "targets": {
@@ -231,6 +254,49 @@ mod tests {
         all.sort();
         all.dedup();
         assert_eq!(all.len(), changed.len() + 1, "{changed:?}");
+    }
+
+    #[test]
+    fn only_the_chosen_strategys_parameters_count() {
+        let print =
+            |o: &DescribeOptions| RunSettings::for_describe("gpt2", "clip", o, targets()).options;
+        let seed = DescribeOptions::for_strategy("An image of ", Strategy::Seed);
+        let mut unused = seed.clone();
+        unused.beam.width += 3;
+        unused.magic.alpha += 1.0;
+        assert_eq!(
+            print(&seed),
+            print(&unused),
+            "beam and magic flags do not change seed's text"
+        );
+        let beam = DescribeOptions::for_strategy("An image of ", Strategy::Beam);
+        let mut wider = beam.clone();
+        wider.beam.width += 3;
+        assert_ne!(print(&beam), print(&wider));
+        let mut magic_flag = beam.clone();
+        magic_flag.magic.alpha += 1.0;
+        assert_eq!(print(&beam), print(&magic_flag));
+    }
+
+    #[test]
+    fn a_planned_record_agrees_with_the_resolved_hub_commit_only_for_the_same_id() {
+        let recorded = json!({"lm": "openai-community/gpt2@607a30d783df", "encoder": "/m/clip", "options": "1"});
+        let agree = |planned: Value| RunSettings::agrees_with_planned(&recorded, &planned);
+        assert!(agree(
+            json!({"lm": "openai-community/gpt2", "encoder": "/m/clip", "options": "1"})
+        ));
+        assert!(agree(
+            json!({"lm": "openai-community/gpt2@main", "encoder": "/m/clip", "options": "1"})
+        ));
+        assert!(!agree(
+            json!({"lm": "distilgpt2", "encoder": "/m/clip", "options": "1"})
+        ));
+        assert!(!agree(
+            json!({"lm": "openai-community/gpt2", "encoder": "/m/clip2", "options": "1"})
+        ));
+        assert!(!agree(
+            json!({"lm": "openai-community/gpt2", "encoder": "/m/clip", "options": "2"})
+        ));
     }
 
     #[test]

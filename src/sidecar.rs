@@ -13,13 +13,16 @@
 //!   one from an earlier run) is an error for that image, found before any work is spent on it.
 //!   Images whose caption files would collide (`a.jpg` and `a.png` both map to `a.txt`) are
 //!   errors too, decided over the whole input list so that every shard agrees.
+//! - **Resumed runs know their own captions.** A run killed after writing a caption file but
+//!   before its `done` line leaves the file behind; `--resume` describes the image again and, if
+//!   the caption file holds exactly the caption it makes (same settings, same text), takes it as
+//!   its own instead of failing. A caption file with other text is still never replaced.
 //! - **Atomic.** The caption goes to a temporary file in the same folder, is synced, then linked
 //!   into place without replacing anything (or renamed over the old one with `overwrite`), so a
 //!   killed run leaves either no caption file or a whole one, never a truncated caption.
 
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeSet, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// How `--write-txt` writes caption files.
@@ -31,6 +34,9 @@ pub struct CaptionFiles {
     pub suffix: Option<String>,
     /// Replace caption files that already exist.
     pub overwrite: bool,
+    /// Take an existing caption file that holds exactly the caption made as this run's own
+    /// (set by `--resume`: a run killed between its caption file and its `done` line).
+    pub adopt_identical: bool,
 }
 
 /// The caption file of `image`: its extension replaced by `.txt` (added when it has none).
@@ -75,6 +81,12 @@ impl CaptionFiles {
     /// Why `image`'s caption file cannot be written, if it cannot: it exists (without
     /// `overwrite`), or it is the image itself.
     pub fn refusal(&self, image: &Path) -> Option<String> {
+        self.refusal_for(image, self.adopt_identical)
+    }
+
+    /// [`Self::refusal`]; `defer_existing`: an existing caption file is not refused yet (a
+    /// resumed run compares it with the caption it makes, in [`Self::write`]).
+    fn refusal_for(&self, image: &Path, defer_existing: bool) -> Option<String> {
         let target = caption_path(image);
         if target == image {
             return Some(format!(
@@ -82,7 +94,14 @@ impl CaptionFiles {
                 image.display()
             ));
         }
-        if !self.overwrite && target.symlink_metadata().is_ok() {
+        if self.overwrite {
+            // A FIFO, folder or dangling link in its place is refused before any work.
+            let what = format!("caption file {}", target.display());
+            return crate::files::destination(&target, &what)
+                .err()
+                .map(|e| crate::error_line(&e));
+        }
+        if !defer_existing && target.symlink_metadata().is_ok() {
             return Some(format!(
                 "caption file {} exists; pass --overwrite to replace it",
                 target.display()
@@ -91,40 +110,44 @@ impl CaptionFiles {
         None
     }
 
-    /// Writes `caption` (one line, a newline added) to `image`'s caption file atomically.
-    /// Returns the path written.
+    /// Writes `caption` (one line, a newline added) to `image`'s caption file atomically
+    /// ([`crate::files`]: a link is written through, a replaced file keeps its mode, a new one
+    /// follows the umask). Returns the path written.
+    ///
+    /// With `adopt_identical` (a resumed run), an existing caption file that already holds
+    /// exactly this caption is taken as the one a killed run wrote before its `done` line:
+    /// the same settings give the same caption, so nothing is written and it is not an error.
     pub fn write(&self, image: &Path, caption: &str) -> Result<PathBuf> {
         let target = caption_path(image);
-        if let Some(why) = self.refusal(image) {
+        // An existing file is found by the no-clobber link below, which cannot race.
+        if let Some(why) = self.refusal_for(image, true) {
             bail!(why);
         }
-        let dir = parent_dir(&target);
-        let context = || format!("cannot write caption file {}", target.display());
-        let mut temp = tempfile::Builder::new()
-            .prefix(".clipsteer-caption-")
-            .suffix(".tmp")
-            .tempfile_in(dir)
-            .with_context(context)?;
-        temp.write_all(caption.as_bytes())
-            .and_then(|()| temp.write_all(b"\n"))
-            .and_then(|()| temp.as_file().sync_all())
-            .with_context(context)?;
+        let line = format!("{caption}\n");
+        let what = format!("caption file {}", target.display());
         if self.overwrite {
-            temp.persist(&target)
-                .map_err(|e| e.error)
-                .with_context(context)?;
-        } else {
-            // Linked into place, so a file that appeared meanwhile is never replaced.
-            temp.persist_noclobber(&target)
-                .map_err(|e| e.error)
-                .with_context(|| {
-                    format!(
-                        "caption file {} exists; pass --overwrite to replace it",
-                        target.display()
-                    )
-                })?;
+            return crate::files::write_bytes_replacing(&target, &what, line.as_bytes());
         }
-        Ok(target)
+        match crate::files::write_new(&target, &what, |w| w.write_all(line.as_bytes())) {
+            Err(e) if e.is::<crate::files::AlreadyExists>() => {
+                if self.adopt_identical
+                    && crate::files::read_small_regular(&target, line.len())
+                        .is_some_and(|existing| existing == line.as_bytes())
+                {
+                    return Ok(target);
+                }
+                bail!(
+                    "caption file {} exists{}; pass --overwrite to replace it",
+                    target.display(),
+                    if self.adopt_identical {
+                        " with other text"
+                    } else {
+                        ""
+                    }
+                )
+            }
+            other => other,
+        }
     }
 }
 
@@ -201,7 +224,7 @@ mod tests {
         let trigger = CaptionFiles {
             prefix: Some("sks,".into()),
             suffix: Some(", best quality".into()),
-            overwrite: false,
+            ..CaptionFiles::default()
         };
         assert_eq!(
             trigger.caption(" a cat").unwrap(),

@@ -551,6 +551,29 @@ fn scorer_command_protocol_and_its_failures() {
 }
 
 #[test]
+fn the_run_time_limit_bounds_the_wait_for_a_silent_scorer() {
+    // --scorer-timeout 60 s, but the attack's --time-limit ends in 1 s: the wait ends with it,
+    // as a time limit (the search stops with its best so far), not as a scorer failure.
+    let started = std::time::Instant::now();
+    let scorer = CommandScorer::start("sleep 30", Duration::from_secs(60))
+        .unwrap()
+        .with_deadline(Some(started + Duration::from_secs(1)));
+    let error = scorer.score(&(), &items(2)).unwrap_err();
+    assert!(
+        error.is::<clipsteer::steer::objectives::command::TimeLimitReached>(),
+        "{error:#}"
+    );
+    assert!(clipsteer::error_line(&error).contains("time limit reached"));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // The program's late answer can never be read as another batch's.
+    assert!(scorer.score(&(), &items(1)).is_err());
+}
+
+#[test]
 fn a_scorer_that_does_not_read_is_timed_out_too() {
     // 20,000 items (~400 kB) fill the pipe of a program that never reads: the write must not
     // block past the timeout.

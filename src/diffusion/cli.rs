@@ -4,7 +4,6 @@ use super::{GenerateOptions, SchedulerKind, StableDiffusion, DEFAULT_MODEL};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Args;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The Stable Diffusion options of `generate` and `evade`.
@@ -55,10 +54,10 @@ impl DiffusionArgs {
     /// Checks what can be checked before any model is loaded.
     pub fn validate(&self) -> Result<()> {
         if self.steps == 0 {
-            bail!("--steps must be at least 1");
+            crate::usage_bail!("--steps must be at least 1");
         }
         if !self.guidance.is_finite() {
-            bail!("--guidance must be a finite number");
+            crate::usage_bail!("--guidance must be a finite number");
         }
         // Every SD VAE works on 8×8 pixel blocks; the loaded model is checked again.
         super::check_size(self.size, self.size, 8).map_err(|e| anyhow::anyhow!("--size: {e}"))
@@ -142,50 +141,16 @@ pub fn encode_image(image: &image::RgbImage, format: image::ImageFormat) -> Resu
     Ok(bytes.into_inner())
 }
 
-/// Fails early, before minutes of work, when `path` cannot be written into.
+/// Fails early, before minutes of work, when `path` cannot be written: its folder is missing,
+/// or it is a directory, FIFO, device or dangling link ([`crate::files::destination`]).
 pub fn check_output_dir(path: &Path) -> Result<()> {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    if !parent.is_dir() {
-        bail!(
-            "cannot write {}: directory {} does not exist; create it first",
-            path.display(),
-            parent.display()
-        );
-    }
-    if path.is_dir() {
-        bail!("{} is a directory; give a file name", path.display());
-    }
-    Ok(())
+    crate::files::destination(path, &path.display().to_string()).map(|_| ())
 }
 
-/// Writes `bytes` to a temporary file next to `path`, then renames it into place, so that an
-/// interrupted or failed run never leaves a half-written file under the final name.
+/// Writes `bytes` over `path` atomically, as [`crate::files::write_replacing`] does: a link is
+/// written through, a replaced file keeps its mode, a new one follows the umask.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .with_context(|| format!("{} has no file name", path.display()))?;
-    let temp = parent.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| -> Result<()> {
-        let mut file = std::fs::File::create(&temp)
-            .with_context(|| format!("cannot create {}", temp.display()))?;
-        file.write_all(bytes)
-            .and_then(|_| file.sync_all())
-            .with_context(|| format!("cannot write {}", temp.display()))?;
-        std::fs::rename(&temp, path)
-            .with_context(|| format!("cannot move {} to {}", temp.display(), path.display()))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    result
+    crate::files::write_bytes_replacing(path, &path.display().to_string(), bytes).map(|_| ())
 }
 
 pub fn run_generate(args: GenerateArgs, device: &Device) -> Result<i32> {

@@ -4,7 +4,7 @@
 use super::constraints::Blocklist;
 use super::objectives::{Embedding, Objective, Scorer};
 use super::CausalLm;
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 pub use super::search::beam::{beam_score, BeamParams};
 pub use super::search::magic::{magic_scores, MagicParams};
@@ -145,48 +145,72 @@ impl DescribeResult {
     }
 }
 
-/// Checks options against the LM before any work is done.
+/// Checks options against the LM before any work is done: [`check_values`], then what depends
+/// on the LM (its vocabulary and context length).
 pub fn validate<L: CausalLm>(lm: &L, options: &DescribeOptions) -> Result<Vec<u32>> {
+    check_values(options)?;
     let prompt_ids = lm.encode(&options.prompt)?;
     if prompt_ids.is_empty() {
-        bail!("the prompt is empty: give the LM some text to continue, e.g. --prompt \"An image of \"");
+        crate::usage_bail!("the prompt is empty: give the LM some text to continue, e.g. --prompt \"An image of \"");
     }
-    if options.top_k == 0 || options.top_k > lm.vocab_size() {
-        bail!(
+    if options.top_k > lm.vocab_size() {
+        crate::usage_bail!(
             "--top-k must be between 1 and the LM's vocabulary size ({}), got {}",
             lm.vocab_size(),
             options.top_k
         );
     }
-    if options.max_tokens == 0 {
-        bail!("--max-tokens must be at least 1");
-    }
     if prompt_ids.len() + options.max_tokens > lm.context_len() {
-        bail!(
+        crate::usage_bail!(
             "the prompt ({} tokens) plus --max-tokens ({}) exceeds the LM's context of {} tokens; shorten the prompt or lower --max-tokens",
             prompt_ids.len(),
             options.max_tokens,
             lm.context_len()
         );
     }
+    if options.strategy == Strategy::Beam
+        && prompt_ids.len() + options.max_tokens + options.beam.lookahead > lm.context_len()
+    {
+        crate::usage_bail!(
+            "the prompt ({} tokens) plus --max-tokens ({}) plus --beam-lookahead ({}) exceeds the LM's context of {} tokens; lower --beam-lookahead",
+            prompt_ids.len(),
+            options.max_tokens,
+            options.beam.lookahead,
+            lm.context_len()
+        );
+    }
+    Ok(prompt_ids)
+}
+
+/// Checks every option that needs no model: numbers in range and finite, a prompt free of
+/// blocked words. Run before any model is loaded, so a bad flag costs no loading time.
+pub fn check_values(options: &DescribeOptions) -> Result<()> {
+    if options.top_k == 0 {
+        crate::usage_bail!("--top-k must be between 1 and the LM's vocabulary size, got 0");
+    }
+    if options.max_tokens == 0 {
+        crate::usage_bail!("--max-tokens must be at least 1");
+    }
     if let Some(word) = options.blocklist.find_in(&options.prompt) {
-        bail!("the prompt contains the blocked word '{word}'; change the prompt or the blocklist");
+        crate::usage_bail!(
+            "the prompt contains the blocked word '{word}'; change the prompt or the blocklist"
+        );
     }
     if options.prefilter == Some(0) {
-        bail!("--prefilter must be at least 1");
+        crate::usage_bail!("--prefilter must be at least 1");
     }
     if options.strategy == Strategy::Beam {
         if options.beam.width == 0 {
-            bail!("--beam-width must be at least 1");
+            crate::usage_bail!("--beam-width must be at least 1");
         }
         if !(options.beam.fluency.is_finite() && options.beam.fluency >= 0.0) {
-            bail!(
+            crate::usage_bail!(
                 "--beam-fluency must be a number ≥ 0, got {}",
                 options.beam.fluency
             );
         }
         if !(options.beam.diversity.is_finite() && options.beam.diversity >= 0.0) {
-            bail!(
+            crate::usage_bail!(
                 "--beam-diversity must be a number ≥ 0, got {}",
                 options.beam.diversity
             );
@@ -200,19 +224,19 @@ pub fn validate<L: CausalLm>(lm: &L, options: &DescribeOptions) -> Result<Vec<u3
         {
             // A NaN weight makes every candidate's score NaN, and the first would win silently.
             if !value.is_finite() {
-                bail!("{flag} must be a finite number, got {value}");
+                crate::usage_bail!("{flag} must be a finite number, got {value}");
             }
         }
     }
     if let Some(sampling) = options.sampling {
         if !(sampling.temperature.is_finite() && sampling.temperature > 0.0) {
-            bail!(
+            crate::usage_bail!(
                 "--temperature must be a positive number, got {}",
                 sampling.temperature
             );
         }
     }
-    Ok(prompt_ids)
+    Ok(())
 }
 
 /// Runs `options.strategy` toward `target` (a unit vector in `scorer`'s embedding space),

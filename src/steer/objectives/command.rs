@@ -62,8 +62,23 @@ pub fn checked_scores(
 pub struct CommandScorer {
     command: String,
     timeout: Duration,
+    /// The run's own time limit (`attack --time-limit`): a batch is waited for no longer.
+    deadline: Option<std::time::Instant>,
     state: RefCell<Running>,
 }
+
+/// A batch was still unanswered when the run's time limit ran out ([`CommandScorer::with_deadline`]).
+/// The search ends with its best so far instead of failing.
+#[derive(Debug)]
+pub struct TimeLimitReached(pub String);
+
+impl std::fmt::Display for TimeLimitReached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TimeLimitReached {}
 
 struct Running {
     child: Child,
@@ -73,6 +88,13 @@ struct Running {
 }
 
 impl CommandScorer {
+    /// Waits for no batch past `deadline` (the run's time limit), besides the per-batch timeout:
+    /// a batch unanswered then ends with [`TimeLimitReached`].
+    pub fn with_deadline(mut self, deadline: Option<std::time::Instant>) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
     /// Starts `command` with `sh -c`. `timeout` bounds each batch.
     pub fn start(command: &str, timeout: Duration) -> Result<Self> {
         if command.trim().is_empty() {
@@ -132,6 +154,7 @@ impl CommandScorer {
         Ok(Self {
             command: command.to_string(),
             timeout,
+            deadline: None,
             state: RefCell::new(Running {
                 child,
                 requests: Some(requests),
@@ -226,10 +249,24 @@ impl ItemScorer for CommandScorer {
         if !sent {
             return Err(self.exited(&mut state));
         }
-        let line = match state.lines.recv_timeout(self.timeout) {
+        let left = self
+            .deadline
+            .map(|deadline| deadline.saturating_duration_since(std::time::Instant::now()));
+        let wait = left.map_or(self.timeout, |left| left.min(self.timeout));
+        let line = match state.lines.recv_timeout(wait) {
             Ok(Ok(line)) => line,
             Ok(Err(e)) => bail!("scorer command '{}': cannot read its output: {e}", self.command),
             Err(RecvTimeoutError::Disconnected) => return Err(self.exited(&mut state)),
+            Err(RecvTimeoutError::Timeout) if left.is_some_and(|left| left < self.timeout) => {
+                // The program still owes this batch's answer, which would be read as the next
+                // batch's: its input is closed, so that any later batch fails instead.
+                state.requests.take();
+                return Err(TimeLimitReached(format!(
+                    "time limit reached while scorer command '{}' was scoring a batch",
+                    self.command
+                ))
+                .into());
+            }
             Err(RecvTimeoutError::Timeout) => bail!(
                 "scorer command '{}' did not answer within {} s; make it print one {{\"scores\":[…]}} line per input line and flush, or raise --scorer-timeout",
                 self.command,

@@ -210,25 +210,27 @@ struct Extension {
 /// Checks options before any model runs.
 pub fn validate(options: &AttackOptions) -> Result<()> {
     if options.instruction.trim().is_empty() {
-        bail!("--instruction is empty: give the request the suffix is appended to");
+        crate::usage_bail!("--instruction is empty: give the request the suffix is appended to");
     }
     if let Some(word) = options.blocklist.find_in(&options.instruction) {
-        bail!("the instruction contains the blocked word '{word}'; change the instruction or the blocklist");
+        crate::usage_bail!("the instruction contains the blocked word '{word}'; change the instruction or the blocklist");
     }
     if options.beam_width == 0 {
-        bail!("--beam-width must be at least 1");
+        crate::usage_bail!("--beam-width must be at least 1");
     }
     if options.candidates == 0 {
-        bail!("--candidates must be at least 1");
+        crate::usage_bail!("--candidates must be at least 1");
     }
     if options.max_tokens == 0 {
-        bail!("--max-tokens must be at least 1");
+        crate::usage_bail!("--max-tokens must be at least 1");
     }
     if options.response_tokens == 0 {
-        bail!("--response-tokens must be at least 1: the success check reads the victim's answer");
+        crate::usage_bail!(
+            "--response-tokens must be at least 1: the success check reads the victim's answer"
+        );
     }
     if !(options.readability.is_finite() && options.readability >= 0.0) {
-        bail!(
+        crate::usage_bail!(
             "--readability must be a number ≥ 0, got {}",
             options.readability
         );
@@ -238,10 +240,10 @@ pub fn validate(options: &AttackOptions) -> Result<()> {
     } = options.proposal
     {
         if !(top_p > 0.0 && top_p <= 1.0) {
-            bail!("--top-p must be in (0, 1], got {top_p}");
+            crate::usage_bail!("--top-p must be in (0, 1], got {top_p}");
         }
         if !(temperature.is_finite() && temperature > 0.0) {
-            bail!("--temperature must be a positive number, got {temperature}");
+            crate::usage_bail!("--temperature must be a positive number, got {temperature}");
         }
     }
     Ok(())
@@ -442,7 +444,16 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
         }
         let texts: Vec<String> = extensions.iter().map(|e| prompt_of(&e.suffix)).collect();
         let prefix = objective.prefix(instruction, Some(&base_prefix))?;
-        let batch = objective.score(&prefix, &texts)?;
+        let batch = match objective.score(&prefix, &texts) {
+            Ok(batch) => batch,
+            // A scorer program still busy when the time is up: the run ends with what it has,
+            // as it would at the top of a step.
+            Err(e) if e.is::<crate::steer::objectives::command::TimeLimitReached>() => {
+                stop_reason = Some(crate::error_line(&e));
+                break;
+            }
+            Err(e) => return Err(e),
+        };
         let length = (step + 1) as f64;
         for (k, (extension, score)) in extensions.iter_mut().zip(batch.similarities).enumerate() {
             extension.objective = score;
