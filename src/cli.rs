@@ -414,7 +414,12 @@ fn score(args: ScoreArgs, device: &Device) -> Result<i32> {
             convention.name()
         );
         for s in &scores {
-            outln!("{:>9.4}  {:>7.4}  {}", s.clipscore, s.cosine, s.caption);
+            outln!(
+                "{:>9.4}  {:>7.4}  {}",
+                s.clipscore,
+                s.cosine,
+                crate::terminal_safe(&s.caption, false)
+            );
         }
     }
     Ok(0)
@@ -492,9 +497,9 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
     if plan.trimmed_bytes > 0 {
         if let Some(path) = plan.part_path() {
             errln!(
-                "note: cut a partial last line ({} bytes) off {}: a run was killed mid-write",
-                plan.trimmed_bytes,
-                path.display()
+                "note: {} ends in a partial line ({} bytes) from a run killed mid-write; it is cut before the first new result",
+                path.display(),
+                plan.trimmed_bytes
             );
         }
     }
@@ -530,11 +535,16 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
                 if args.json {
                     outln!("{line}");
                 } else {
+                    // A tab-separated record per image: names and texts may not break it, nor
+                    // reach the terminal as escapes (--json carries them exactly).
                     progress.println(&match image {
-                        Some(image) if inputs > 1 => {
-                            format!("{image}\t{:.4}\t{}", result.similarity, result.text)
-                        }
-                        _ => result.text.clone(),
+                        Some(image) if inputs > 1 => format!(
+                            "{}\t{:.4}\t{}",
+                            crate::terminal_safe(image, false),
+                            result.similarity,
+                            crate::terminal_safe(&result.text, false)
+                        ),
+                        _ => crate::terminal_safe(&result.text, true).into_owned(),
                     });
                 }
                 progress.image_done();
@@ -850,7 +860,7 @@ impl Progress {
         let room = terminal_width()
             .saturating_sub(head.chars().count() + 1)
             .max(10);
-        let text = text.replace(['\n', '\r', '\t'], " ");
+        let text = crate::terminal_safe(&text.replace(['\n', '\r', '\t'], " "), false).into_owned();
         let count = text.chars().count();
         let shown: String = if count > room {
             std::iter::once('…')

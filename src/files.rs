@@ -11,8 +11,10 @@
 //!   refused, as is a link to anything but a regular file;
 //! - a directory, FIFO, socket or device is refused before any work, and never opened, so a FIFO
 //!   cannot hang the run;
-//! - a replaced file keeps its permission bits; a new file gets 0666 less the umask, as `touch`
-//!   and a shell's `>` give.
+//! - a replaced file keeps its permission bits (less set-user-ID and set-group-ID) and, where
+//!   the process may, its owner and group; a new file gets 0666 less the umask, as `touch` and a
+//!   shell's `>` give. A file this process may not write (`chmod 444`) is refused, as `>` would
+//!   refuse it.
 //!
 //! A hard link to the replaced file keeps the old content, as with rsync and `sed -i`.
 
@@ -26,6 +28,8 @@ use std::path::{Path, PathBuf};
 pub struct Destination {
     pub path: PathBuf,
     pub mode: Option<u32>,
+    /// The replaced file's owner and group, given to the new file where allowed.
+    pub owner: Option<(u32, u32)>,
 }
 
 /// What kind of file-system object `metadata` describes, in the words `ls -l` users know.
@@ -77,6 +81,7 @@ pub fn destination(path: &Path, what: &str) -> Result<Destination> {
             return Ok(Destination {
                 path: path.to_path_buf(),
                 mode: None,
+                owner: None,
             });
         }
         Err(e) => return Err(e).with_context(|| format!("cannot write {what}")),
@@ -105,10 +110,47 @@ pub fn destination(path: &Path, what: &str) -> Result<Destination> {
         Ok(meta) => (path.to_path_buf(), meta),
     };
     let (path, meta) = target;
+    if !writable(&path) {
+        return Err(usage(format!(
+            "{what} is read-only (mode {:o}): make it writable (chmod u+w) to replace it, or give another file name",
+            permission_bits(&meta)
+        )));
+    }
     Ok(Destination {
         path,
-        mode: Some(permission_bits(&meta)),
+        // Set-user-ID and set-group-ID are dropped: a results file runs nothing, and the new
+        // file's owner may differ from the old one's.
+        mode: Some(permission_bits(&meta) & !0o6000),
+        owner: owner_of(&meta),
     })
+}
+
+/// Whether this process may write `path` (access(2), W_OK): a file the user made read-only is
+/// not replaced behind their back, as `>` would refuse it too.
+#[cfg(unix)]
+fn writable(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: access reads a NUL-terminated path we own.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+#[cfg(not(unix))]
+fn writable(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| !m.permissions().readonly())
+}
+
+#[cfg(unix)]
+fn owner_of(meta: &std::fs::Metadata) -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    Some((meta.uid(), meta.gid()))
+}
+
+#[cfg(not(unix))]
+fn owner_of(_meta: &std::fs::Metadata) -> Option<(u32, u32)> {
+    None
 }
 
 #[cfg(unix)]
@@ -156,6 +198,7 @@ pub fn write_new(
     let destination = Destination {
         path: path.to_path_buf(),
         mode: None,
+        owner: None,
     };
     let temp = write_temp(&destination, what, write)?;
     match temp.persist_noclobber(path) {
@@ -196,6 +239,14 @@ fn write_temp(
     let temp = builder
         .tempfile_in(parent_dir(&destination.path))
         .with_context(context)?;
+    #[cfg(unix)]
+    if let Some((uid, gid)) = destination.owner {
+        use std::os::unix::io::AsRawFd;
+        // Keeps the replaced file's owner and group where this process may (root, or a group
+        // the user is in); otherwise the new file is the user's own, as any new file would be.
+        // SAFETY: fchown takes a descriptor we own and two ids.
+        unsafe { libc::fchown(temp.as_file().as_raw_fd(), uid, gid) };
+    }
     #[cfg(unix)]
     if let Some(mode) = destination.mode {
         use std::os::unix::fs::PermissionsExt;

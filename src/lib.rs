@@ -51,8 +51,35 @@ pub fn is_usage_error(error: &anyhow::Error) -> bool {
 #[doc(hidden)]
 pub fn print_err_line(args: std::fmt::Arguments<'_>) {
     use std::io::Write;
+    // Messages quote file names and texts, which may hold terminal escapes: shown, not obeyed.
+    let line = args.to_string();
     let mut err = std::io::stderr().lock();
-    let _ = err.write_fmt(args).and_then(|()| err.write_all(b"\n"));
+    let _ = err
+        .write_all(terminal_safe(&line, false).as_bytes())
+        .and_then(|()| err.write_all(b"\n"));
+}
+
+/// `text` as a terminal may show it without acting on it: C0 and C1 controls (ESC and so every
+/// escape sequence, BEL, BS, CR), DEL and the bidi controls (U+061C, U+200E, U+200F, U+202A–U+202E, U+2066–U+2069, which reorder what
+/// follows) are written as `\u{..}` escapes. With `keep_layout`, tab and newline stay (a
+/// caption's own layout); without, they are escaped too, so that one record stays one line.
+pub fn terminal_safe(text: &str, keep_layout: bool) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        (c.is_control() && !(keep_layout && matches!(c, '\t' | '\n')))
+            || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 #[doc(hidden)]

@@ -127,6 +127,56 @@ fn open_part(part: &Path) -> Result<std::fs::File> {
     Ok(file)
 }
 
+/// Refuses an output that would lose something: one of the parts itself (the merge keeps one
+/// line per image, so lines of that part would be gone), a file a running describe still
+/// writes (its next lines would go to the replaced file), or an existing file that is not a file
+/// of results (an image, notes). A file of `done`/`error` lines, such as an earlier merge, may be
+/// replaced.
+fn check_output(
+    output: &Path,
+    what: &str,
+    parts: &[PathBuf],
+    files: &[std::fs::File],
+) -> Result<()> {
+    let Ok(existing) = std::fs::metadata(output) else {
+        return Ok(()); // new
+    };
+    for (part, file) in parts.iter().zip(files) {
+        if file.metadata().is_ok_and(|m| same_file(&m, &existing)) {
+            crate::usage_bail!(
+                "{what} is the part {} itself: write the merged file to a new name",
+                part.display()
+            );
+        }
+    }
+    let file = crate::files::open_regular(output, what)?;
+    if crate::parts::held_by_writer(&file) {
+        bail!("{what} is being written by a running describe (it holds the file's lock): write the merged file to another name");
+    }
+    let mut bytes = Vec::new();
+    (&file)
+        .take(existing.len().min(64 << 20))
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {what}"))?;
+    if let Some(why) = crate::parts::not_results(&bytes) {
+        crate::usage_bail!(
+            "{what} exists and is not a file of clipsteer results ({why}), so it was left as it was: give a new file name, or remove it first"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    (a.dev(), a.ino()) == (b.dev(), b.ino())
+}
+
+#[cfg(not(unix))]
+fn same_file(_a: &std::fs::Metadata, _b: &std::fs::Metadata) -> bool {
+    false
+}
+
 /// Merges `parts` into `output`. `inputs`, when given, is the run's list of images as describe
 /// expanded it (files, in order).
 ///
@@ -142,11 +192,12 @@ pub fn merge(parts: &[PathBuf], inputs: Option<&[PathBuf]>, output: &Path) -> Re
     let mut settings_seen: Option<(Value, String)> = None;
 
     let what = format!("merge -o {}", output.display());
-    crate::files::destination(output, &what)?;
+    let destination = crate::files::destination(output, &what)?;
     let files: Vec<std::fs::File> = parts
         .iter()
         .map(|part| open_part(part))
         .collect::<Result<_>>()?;
+    check_output(&destination.path, &what, parts, &files)?;
     for (part_index, part) in parts.iter().enumerate() {
         let mut bytes = Vec::new();
         (&files[part_index])

@@ -30,7 +30,7 @@ pub struct PartContents {
     /// Distinct `settings` records of its `done` and `error` lines (`null` for lines written
     /// before records existed), each with the 1-based line it first appears on.
     pub settings: Vec<(Value, usize)>,
-    /// Bytes of a partial last line that opening cut off (0 if none).
+    /// Bytes of a killed run's partial last line, cut off before the first new line (0 if none).
     pub trimmed_bytes: u64,
 }
 
@@ -41,7 +41,7 @@ impl PartContents {
     pub fn check_planned(&self, path: &Path, planned: &Value) -> Result<()> {
         for (settings, line) in &self.settings {
             if !crate::settings::RunSettings::agrees_with_planned(settings, planned) {
-                bail!(
+                crate::usage_bail!(
                     "{} was made with other settings ({}, from line {line}); use the same models and flags to add to it, or write to a new --out file",
                     path.display(),
                     crate::settings::RunSettings::describe_difference(settings, planned)
@@ -56,7 +56,7 @@ impl PartContents {
     pub fn check_settings(&self, path: &Path, current: &Value) -> Result<()> {
         for (settings, line) in &self.settings {
             if settings != current {
-                bail!(
+                crate::usage_bail!(
                     "{} was made with other settings ({}, from line {line}); resume with the same models and flags, or write to a new --out file",
                     path.display(),
                     crate::settings::RunSettings::describe_difference(settings, current)
@@ -72,6 +72,17 @@ impl PartContents {
 pub struct PartWriter {
     file: File,
     path: PathBuf,
+    /// What the first append must do first: cut a killed run's partial line (the length to keep),
+    /// or end a whole last line that lacks its newline. Deferred to the first append, so that a
+    /// run refused later (other settings, a model that does not load) leaves the file untouched.
+    repair: Repair,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repair {
+    None,
+    TruncateTo(u64),
+    AddNewline,
 }
 
 impl PartWriter {
@@ -104,6 +115,7 @@ impl PartWriter {
         Ok(Self {
             file,
             path: path.to_path_buf(),
+            repair: Repair::None,
         })
     }
 
@@ -111,12 +123,15 @@ impl PartWriter {
         &self.path
     }
 
-    /// Reads what the file holds, first cutting off a partial last line left by a killed run.
+    /// Reads what the file holds. A partial last line left by a killed run is cut off at the
+    /// first [`Self::append`], not here: a run refused after reading changes nothing.
     ///
-    /// Only a part file is ever changed: every whole line must be a `done` or `error` line and
-    /// a partial last line must be the start of one, as [`Self::append`] writes them. Anything
-    /// else (a user's notes, an image, another program's JSON) is refused before a byte of it
-    /// is touched.
+    /// Only a part file is ever changed: every whole line must be a `done` or `error` line (no
+    /// blank lines: the writer makes none), and a partial last line must be the start of one
+    /// after at least one whole line, as [`Self::append`] writes them. A last line that is a
+    /// whole `done` or `error` line without its newline is kept. Anything else (a user's notes,
+    /// an image, another program's JSON, a file holding only a fragment) is refused before a byte
+    /// of it is touched.
     pub fn read_existing(&mut self) -> Result<PartContents> {
         let mut bytes = Vec::new();
         self.file.seek(SeekFrom::Start(0))?;
@@ -127,38 +142,17 @@ impl PartWriter {
             .iter()
             .rposition(|&b| b == b'\n')
             .map_or(0, |last| last + 1);
+        let shown = self.path.display().to_string();
         let not_ours = |why: String| {
             anyhow::Error::new(crate::UsageError(format!(
-                "--out {} is not a part file that clipsteer wrote ({why}), so it was left as it was; give a new file name for --out",
-                self.path.display()
+                "--out {shown} is not a part file that clipsteer wrote ({why}), so it was left as it was; give a new file name for --out"
             )))
         };
-        let tail = &bytes[complete..];
-        if !tail.is_empty() && !is_start_of_result_line(tail) {
-            return Err(not_ours(
-                "its last line is neither a whole line nor the start of a done or error line"
-                    .into(),
-            ));
-        }
-        let mut contents = PartContents {
-            trimmed_bytes: tail.len() as u64,
-            ..PartContents::default()
-        };
-        for (index, line) in bytes[..complete].split(|&b| b == b'\n').enumerate() {
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            let value = serde_json::from_slice::<Value>(line)
-                .ok()
-                .filter(|value| {
-                    matches!(
-                        value.get("event").and_then(Value::as_str),
-                        Some("done" | "error")
-                    )
-                })
-                .ok_or_else(|| {
-                    not_ours(format!("line {} is not a done or error line", index + 1))
-                })?;
+        let mut contents = PartContents::default();
+        let mut record = |index: usize, line: &[u8]| -> Result<()> {
+            let value = result_line(line).ok_or_else(|| {
+                not_ours(format!("line {} is not a done or error line", index + 1))
+            })?;
             let settings = value.get("settings").cloned().unwrap_or(Value::Null);
             if !contents.settings.iter().any(|(s, _)| *s == settings) {
                 contents.settings.push((settings, index + 1));
@@ -168,27 +162,86 @@ impl PartWriter {
                     contents.done.insert(key);
                 }
             }
+            Ok(())
+        };
+        let whole_lines = if complete == 0 {
+            0
+        } else {
+            bytes[..complete - 1].split(|&b| b == b'\n').count()
+        };
+        if complete > 0 {
+            for (index, line) in bytes[..complete - 1].split(|&b| b == b'\n').enumerate() {
+                record(index, line)?;
+            }
         }
-        if contents.trimmed_bytes > 0 {
-            self.file.set_len(complete as u64).with_context(|| {
-                format!(
-                    "cannot trim the partial last line of {}",
-                    self.path.display()
-                )
-            })?;
+        let tail = &bytes[complete..];
+        self.repair = if tail.is_empty() {
+            Repair::None
+        } else if result_line(tail).is_some() {
+            record(whole_lines, tail)?;
+            Repair::AddNewline
+        } else if whole_lines > 0 && is_start_of_result_line(tail) {
+            Repair::TruncateTo(complete as u64)
+        } else if whole_lines == 0 && is_start_of_result_line(tail) {
+            return Err(not_ours(
+                "it holds only the start of a line; if a run was killed during its first write, delete the file".into(),
+            ));
+        } else {
+            return Err(not_ours(
+                "its last line is neither a whole line nor the start of a done or error line"
+                    .into(),
+            ));
+        };
+        if let Repair::TruncateTo(_) = self.repair {
+            contents.trimmed_bytes = tail.len() as u64;
         }
         Ok(contents)
     }
 
     /// Appends `line` and a newline with one write, then syncs the data to disk.
     pub fn append(&mut self, line: &Value) -> Result<()> {
-        let mut text = line.to_string();
+        let mut text = String::new();
+        match std::mem::replace(&mut self.repair, Repair::None) {
+            Repair::None => {}
+            Repair::AddNewline => text.push('\n'),
+            Repair::TruncateTo(length) => self.file.set_len(length).with_context(|| {
+                format!(
+                    "cannot trim the partial last line of {}",
+                    self.path.display()
+                )
+            })?,
+        }
+        text.push_str(&line.to_string());
         text.push('\n');
         self.file
             .write_all(text.as_bytes())
             .and_then(|()| self.file.sync_data())
             .with_context(|| format!("cannot write --out {}", self.path.display()))
     }
+}
+
+/// Why `bytes` is not a file of results (every line a whole `done` or `error` line, or empty),
+/// if it is not: what `merge -o` may replace.
+pub fn not_results(bytes: &[u8]) -> Option<String> {
+    if bytes.is_empty() {
+        return None;
+    }
+    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    body.split(|&b| b == b'\n')
+        .position(|line| result_line(line).is_none())
+        .map(|index| format!("line {} is not a done or error line", index + 1))
+}
+
+/// A whole `done` or `error` line as [`PartWriter::append`] writes them (a CR before the
+/// newline allowed, as a file that passed through Windows tools has), parsed.
+fn result_line(line: &[u8]) -> Option<Value> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    serde_json::from_slice::<Value>(line).ok().filter(|value| {
+        matches!(
+            value.get("event").and_then(Value::as_str),
+            Some("done" | "error")
+        )
+    })
 }
 
 /// Whether `tail` (text after the last newline) can be what a killed [`PartWriter::append`]

@@ -575,6 +575,12 @@ fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
     (0, NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
 }
 
+/// The identity (device, inode) of the file `path` leads to, links followed; None when there is
+/// none.
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|meta| identity(&meta))
+}
+
 fn has_image_extension(path: &Path) -> bool {
     path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
         matches!(
@@ -618,7 +624,18 @@ impl InputSpec {
                 "--write-txt writes a caption file beside each image: give images to describe"
             );
         }
-        let all_images = collect_inputs(&self.images);
+        let out_key = self.out.as_deref().map(crate::pathkey::key);
+        let out_identity = self.out.as_deref().and_then(file_identity);
+        let is_out = |path: &Path| {
+            out_key.as_ref() == Some(&crate::pathkey::key(path))
+                || (out_identity.is_some() && file_identity(path) == out_identity)
+        };
+        // The part file is a result, never an input (an --out named like an image inside the
+        // input folder would otherwise be described, and fail, on every resume).
+        let all_images: Vec<PathBuf> = collect_inputs(&self.images)
+            .into_iter()
+            .filter(|path| !is_out(path))
+            .collect();
         if !self.images.is_empty() && all_images.is_empty() {
             let dirs: Vec<String> = self
                 .images
@@ -635,6 +652,29 @@ impl InputSpec {
         // input list, so that every shard agrees.
         let mut refused: HashMap<PathBuf, String> = HashMap::new();
         if self.captions.is_some() {
+            // A caption file that is the part file, or that is (a link to) an input image, would
+            // destroy it when written: refused before any work.
+            let inputs: HashSet<(u64, u64)> =
+                all_images.iter().filter_map(|p| file_identity(p)).collect();
+            for image in &all_images {
+                let caption = crate::sidecar::caption_path(image);
+                if is_out(&caption) {
+                    crate::usage_bail!(
+                        "--out {} is the caption file of {}: give --out another name",
+                        caption.display(),
+                        image.display()
+                    );
+                }
+                if file_identity(&caption).is_some_and(|id| inputs.contains(&id)) {
+                    refused.insert(
+                        image.clone(),
+                        format!(
+                            "caption file {} is (a link to) an input image, which writing the caption would destroy; remove or rename it",
+                            caption.display()
+                        ),
+                    );
+                }
+            }
             for (image, others) in crate::sidecar::collisions(&all_images) {
                 let others: Vec<String> = others.iter().map(|o| o.display().to_string()).collect();
                 let message = format!(

@@ -95,11 +95,16 @@ impl CaptionFiles {
             ));
         }
         if self.overwrite {
-            // A FIFO, folder or dangling link in its place is refused before any work.
+            // A FIFO, folder or dangling link in its place is refused before any work, as is a
+            // link back to the image itself, which replacing would destroy.
             let what = format!("caption file {}", target.display());
-            return crate::files::destination(&target, &what)
-                .err()
-                .map(|e| crate::error_line(&e));
+            return match crate::files::destination(&target, &what) {
+                Err(e) => Some(crate::error_line(&e)),
+                Ok(destination) if same_file(&destination.path, image) => Some(format!(
+                    "{what} is a link to the image itself, which writing the caption would destroy; remove the link"
+                )),
+                Ok(_) => None,
+            };
         }
         if !defer_existing && target.symlink_metadata().is_ok() {
             return Some(format!(
@@ -191,6 +196,14 @@ pub fn check_writable<'a>(images: impl IntoIterator<Item = &'a Path>) -> Result<
             })?;
     }
     Ok(())
+}
+
+/// Whether `a` and `b` lead to one file (links followed).
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }
 
 fn parent_dir(path: &Path) -> &Path {

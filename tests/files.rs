@@ -253,7 +253,7 @@ fn a_part_file_is_extended_only_with_its_own_settings_and_its_own_partial_line_i
             ];
             args.extend(extra.iter().map(|s| os(s)));
             let output = run_describe(&args);
-            one_line_error(&output, 1, "was made with other settings");
+            one_line_error(&output, 2, "was made with other settings");
             assert!(stderr(&output).contains("options"), "{}", stderr(&output));
             assert_eq!(std::fs::read(&part).unwrap(), written);
         }
@@ -271,7 +271,11 @@ fn a_part_file_is_extended_only_with_its_own_settings_and_its_own_partial_line_i
         os("--resume"),
     ]);
     assert!(resumed.status.success(), "{}", stderr(&resumed));
-    assert!(stderr(&resumed).contains("cut a partial last line"));
+    assert!(
+        stderr(&resumed).contains("ends in a partial line"),
+        "{}",
+        stderr(&resumed)
+    );
     let done: Vec<String> = lines(&part)
         .iter()
         .map(|l| l["image"].as_str().unwrap().to_string())
@@ -301,7 +305,12 @@ fn merge_writes_through_links_keeps_modes_and_refuses_what_is_not_a_file() {
     let user = tmp.0.join("user");
     std::fs::create_dir(&user).unwrap();
     let target = user.join("results.jsonl");
-    std::fs::write(&target, "old results\n").unwrap();
+    // An earlier merge: a file of results, which merge may replace.
+    std::fs::write(
+        &target,
+        "{\"event\":\"error\",\"image\":\"old.png\",\"error\":\"x\"}\n",
+    )
+    .unwrap();
     std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
     let link = user.join("latest.jsonl");
     std::os::unix::fs::symlink("results.jsonl", &link).unwrap();
@@ -576,14 +585,8 @@ fn every_command_over_every_kind_of_file_system_object() {
             };
             let err = stderr(&output);
             assert!(!err.contains("panicked"), "{what} {kind}: {err}");
-            // merge -o onto a regular file (or a link to one) replaces it, as asked: the one
-            // change expected. The file is put back afterwards, mode included.
-            let writes_through = what == "merge -o"
-                && matches!(
-                    kind.as_str(),
-                    "file.png" | "link.png" | "unreadable.png" | "latin-1 name"
-                );
-            if succeeds || writes_through {
+            // merge -o onto an image (a regular file holding no results) is refused as well.
+            if succeeds {
                 assert!(output.status.success(), "{what} {kind}: {err}");
             } else {
                 assert!(!output.status.success(), "{what} {kind} must fail");
@@ -599,18 +602,6 @@ fn every_command_over_every_kind_of_file_system_object() {
                         "{what} {kind}: one line: {err}"
                     );
                 }
-            }
-            if writes_through {
-                let replaced = std::fs::canonicalize(path).unwrap();
-                let bits = mode(&replaced);
-                std::fs::set_permissions(&replaced, std::fs::Permissions::from_mode(0o644))
-                    .unwrap();
-                assert_eq!(
-                    std::fs::read(&replaced).unwrap(),
-                    std::fs::read(&part).unwrap()
-                );
-                std::fs::copy(fixture("images/crop32.png"), &replaced).unwrap();
-                std::fs::set_permissions(&replaced, std::fs::Permissions::from_mode(bits)).unwrap();
             }
             assert_eq!(
                 snapshot(&objects),
@@ -722,4 +713,228 @@ fn usage_errors_exit_2_and_numbers_are_checked_before_loading() {
         LIMIT,
     );
     one_line_error(&output, 2, "embeds text only");
+}
+
+#[test]
+fn merge_never_replaces_a_part_an_image_or_a_file_being_written() {
+    let tmp = TempDir::new("merge-guard");
+    let img = image(&tmp.0, "x.png");
+    let part = tmp.0.join("part.jsonl");
+    let output = run_describe(&[img.as_os_str(), os("--out"), part.as_os_str()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let link = tmp.0.join("link.jsonl");
+    std::os::unix::fs::symlink("part.jsonl", &link).unwrap();
+    let notes = tmp.0.join("notes.txt");
+    std::fs::write(&notes, "mine\n").unwrap();
+    let before = snapshot(&tmp.0);
+    for (output, needle) in [
+        (&part, "is the part"),
+        (&link, "is the part"),
+        (&img, "is not a file of clipsteer results"),
+        (&notes, "is not a file of clipsteer results"),
+    ] {
+        let result = run(
+            &[os("merge"), part.as_os_str(), os("-o"), output.as_os_str()],
+            LIMIT,
+        );
+        one_line_error(&result, 2, needle);
+        assert_eq!(snapshot(&tmp.0), before, "merge -o {output:?}");
+    }
+    // An output that a running describe holds: its next lines would go to a replaced file.
+    let other = tmp.0.join("other.jsonl");
+    std::fs::copy(&part, &other).unwrap();
+    let held = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&other)
+        .unwrap();
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: flock takes a descriptor we own.
+    assert_eq!(unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let result = run(
+        &[os("merge"), part.as_os_str(), os("-o"), other.as_os_str()],
+        LIMIT,
+    );
+    one_line_error(&result, 1, "is being written by a running describe");
+}
+
+#[test]
+fn a_replaced_file_keeps_its_owner_and_loses_set_id_bits() {
+    let tmp = TempDir::new("owner");
+    let img = image(&tmp.0, "x.png");
+    let part = tmp.0.join("part.jsonl");
+    let output = run_describe(&[img.as_os_str(), os("--out"), part.as_os_str()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let target = tmp.0.join("merged.jsonl");
+    std::fs::copy(&part, &target).unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o6755)).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        std::os::unix::fs::chown(&target, Some(1234), Some(1234)).unwrap();
+    }
+    let owner = std::fs::metadata(&target).unwrap().uid();
+    let result = run(
+        &[os("merge"), part.as_os_str(), os("-o"), target.as_os_str()],
+        LIMIT,
+    );
+    assert!(result.status.success(), "{}", stderr(&result));
+    let meta = std::fs::metadata(&target).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o755);
+    assert_eq!(meta.uid(), owner);
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        if root {
+            (1234, 1234)
+        } else {
+            (meta.uid(), meta.gid())
+        }
+    );
+}
+
+#[test]
+fn captions_never_overwrite_an_input_or_the_part_file() {
+    let tmp = TempDir::new("caption-guard");
+    let a = image(&tmp.0, "a.png");
+    let b = image(&tmp.0, "b.png");
+    // b.txt is a link to b.png itself; a.txt to the other input.
+    std::os::unix::fs::symlink("b.png", tmp.0.join("b.txt")).unwrap();
+    std::os::unix::fs::symlink("b.png", tmp.0.join("a.txt")).unwrap();
+    let before = snapshot(&tmp.0);
+    let output = run_describe(&[
+        a.as_os_str(),
+        b.as_os_str(),
+        os("--write-txt"),
+        os("--overwrite"),
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let err = stderr(&output);
+    assert_eq!(
+        err.matches("an input image, which writing the caption would destroy")
+            .count(),
+        2,
+        "{err}"
+    );
+    assert_eq!(snapshot(&tmp.0), before);
+
+    // --out is a caption file: refused before any work.
+    let tmp = TempDir::new("caption-out");
+    let a = image(&tmp.0, "a.png");
+    let output = run_describe(&[
+        a.as_os_str(),
+        os("--write-txt"),
+        os("--overwrite"),
+        os("--out"),
+        tmp.0.join("a.txt").as_os_str(),
+    ]);
+    one_line_error(&output, 2, "is the caption file of");
+    assert!(!tmp.0.join("a.txt").exists());
+}
+
+#[test]
+fn only_a_part_files_own_partial_line_is_cut_and_only_when_a_result_is_written() {
+    let tmp = TempDir::new("partial");
+    let img = image(&tmp.0, "x.png");
+    let img2 = image(&tmp.0, "y.png");
+    let part = tmp.0.join("part.jsonl");
+    let output = run_describe(&[img.as_os_str(), os("--out"), part.as_os_str()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let whole = std::fs::read(&part).unwrap();
+
+    // A partial line after whole ones, and a run refused for its settings: nothing is cut.
+    let mut killed = whole.clone();
+    killed.extend_from_slice(b"{\"event\":\"done\",\"ima");
+    std::fs::write(&part, &killed).unwrap();
+    let refused = run_describe(&[
+        img2.as_os_str(),
+        os("--out"),
+        part.as_os_str(),
+        os("--prompt"),
+        os("A photo of "),
+    ]);
+    one_line_error(&refused, 2, "other settings");
+    assert_eq!(std::fs::read(&part).unwrap(), killed);
+
+    // A whole last line without its newline is kept: the image is not described again.
+    std::fs::write(&part, &whole[..whole.len() - 1]).unwrap();
+    let resumed = run_describe(&[
+        img.as_os_str(),
+        img2.as_os_str(),
+        os("--out"),
+        part.as_os_str(),
+        os("--resume"),
+    ]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    let images: Vec<String> = lines(&part)
+        .iter()
+        .map(|l| l["image"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        images,
+        [img.display().to_string(), img2.display().to_string()]
+    );
+
+    // Fragments and blank lines alone are not a part file.
+    for content in [
+        &b"{"[..],
+        b"{\"event\":\"done\",\"image\":\"x\",\"text\":\"my notes",
+        b"\n\n",
+        b"  \n",
+    ] {
+        std::fs::write(&part, content).unwrap();
+        let output = run_describe(&[img.as_os_str(), os("--out"), part.as_os_str()]);
+        one_line_error(&output, 2, "is not a part file that clipsteer wrote");
+        assert_eq!(std::fs::read(&part).unwrap(), content);
+    }
+
+    // An --out inside the input folder, named like an image, is never an input.
+    let dir = tmp.0.join("imgs");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(fixture("images/crop32.png"), dir.join("a.png")).unwrap();
+    let inside = dir.join("zz.png");
+    for _ in 0..2 {
+        let output = run_describe(&[
+            dir.as_os_str(),
+            os("--out"),
+            inside.as_os_str(),
+            os("--resume"),
+        ]);
+        assert!(output.status.success(), "{}", stderr(&output));
+    }
+    let done = lines(&inside);
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(done[0]["event"], "done");
+}
+
+#[test]
+fn names_are_shown_without_their_terminal_escapes() {
+    let tmp = TempDir::new("escapes");
+    let dir = tmp.0.join("imgs");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(fixture("images/crop32.png"), dir.join("a.png")).unwrap();
+    std::fs::copy(
+        fixture("images/crop32.png"),
+        dir.join(name(
+            b"esc\x1b]0;PWNED\x07\x1b[31mred\xe2\x80\xaeline\nbreak.png",
+        )),
+    )
+    .unwrap();
+    std::fs::write(dir.join(name(b"bad\x1b[5m.png")), b"not an image").unwrap();
+    let output = run_describe(&[dir.as_os_str()]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    for stream in [&output.stdout, &output.stderr] {
+        assert!(
+            !stream.contains(&0x1b),
+            "{}",
+            String::from_utf8_lossy(stream)
+        );
+        assert!(!stream.contains(&0x07));
+        assert!(!String::from_utf8_lossy(stream).contains('\u{202e}'));
+    }
+    let out = stdout(&output);
+    // One line per image: the newline in the name is shown, not obeyed.
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(out.contains("esc\\u{1b}]0;PWNED\\u{7}"), "{out}");
+    let err = stderr(&output);
+    assert!(err.contains("bad\\u{1b}[5m.png"), "{err}");
 }
