@@ -1,7 +1,7 @@
 //! The describe API: options, step events and results of steering a language model toward an
 //! objective, and [`describe_with`], which runs the chosen search ([`super::search`]).
 
-use super::constraints::Blocklist;
+use super::constraints::{Blocklist, Refusal};
 use super::objectives::{Embedding, Objective, Scorer};
 use super::CausalLm;
 use anyhow::{bail, Result};
@@ -169,8 +169,15 @@ pub fn validate<L: CausalLm>(lm: &L, options: &DescribeOptions) -> Result<Vec<u3
             lm.context_len()
         );
     }
-    if let Some(word) = options.blocklist.find_in(&options.prompt) {
-        bail!("the prompt contains the blocked word '{word}'; change the prompt or the blocklist");
+    match options.blocklist.refusal(&options.prompt) {
+        Some(Refusal::Word(word)) => {
+            bail!(
+                "the prompt contains the blocked word '{word}'; change the prompt or the blocklist"
+            )
+        }
+        // The prompt is the start of every text the loops write, so its controls would be too.
+        Some(refusal) => bail!("the prompt contains {refusal}; remove it from the prompt"),
+        None => {}
     }
     if options.prefilter == Some(0) {
         bail!("--prefilter must be at least 1");
