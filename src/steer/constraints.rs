@@ -37,8 +37,8 @@
 //! A user's own prompt (or attack instruction) holding such a character is refused with a
 //! message that names it; one that hides a blocked word is reported by its word first, as any
 //! prompt with a blocked word is: [`Blocklist::find_in`] reads a text that holds refused
-//! characters in three ways ([`readings`]), and a word found in any of them counts. Those
-//! readings choose the message; the refusal is the guarantee.
+//! characters in each way a reader may draw it ([`readings`]), and a word found in any of them
+//! counts. Those readings choose the message; the refusal is the guarantee.
 
 use anyhow::{bail, Context, Result};
 use std::path::Path;
@@ -711,7 +711,8 @@ fn reordered_by_bidi_controls(text: &str) -> String {
     paragraphs.join("\n")
 }
 
-/// The explicit directional embeddings, overrides, isolates and their terminators (UAX #9 §2.1–2.4).
+/// The explicit directional embeddings, overrides, isolates and their terminators (UAX #9
+/// §2.1–2.4).
 fn is_bidi_embedding(c: char) -> bool {
     matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
