@@ -8,7 +8,7 @@ use crate::diffusion::cli::{
     check_output_dir, encode_image, generate_with_progress, write_atomically, DiffusionArgs,
 };
 use crate::image::DecodeLimits;
-use crate::steer::constraints::Blocklist;
+use crate::steer::constraints::{describe_control, Blocklist, Refusal};
 use crate::steer::describe::{describe, DescribeOptions, Strategy};
 use crate::steer::{normalize, ClipScorer};
 use anyhow::{bail, Context, Result};
@@ -164,7 +164,15 @@ pub fn run(args: EvadeArgs, device: &Device) -> Result<i32> {
     )?;
 
     // The guarantee, checked again on the final text independently of the steering loop.
-    let found = blocklist.find_in(&description).map(String::from);
+    let refusal = blocklist.refusal(&description);
+    let found = match refusal {
+        Some(Refusal::Word(word)) => Some(word.to_string()),
+        _ => None,
+    };
+    let control = match refusal {
+        Some(Refusal::Control(c)) => Some(describe_control(c)),
+        _ => None,
+    };
     let prompt_hits: Vec<&str> = match &args.prompt {
         Some(prompt) => blocklist
             .words()
@@ -198,8 +206,9 @@ pub fn run(args: EvadeArgs, device: &Device) -> Result<i32> {
         "description_token_ids": described.token_ids,
         "description_stop_reason": described.stop_reason,
         "blocklist_check": {
-            "passed": found.is_none(),
+            "passed": refusal.is_none(),
             "found": found,
+            "control": control,
         },
         "similarity": {
             "measure": "cosine of CLIP embeddings",
@@ -362,10 +371,15 @@ fn render_html(report: &Value, image1_png: &[u8], image2_png: &[u8]) -> String {
             "<p class=\"pass\">PASSED: no blocked word appears in the description ({}).</p>",
             text(&report["block_matching"])
         )
-    } else {
+    } else if report["blocklist_check"]["found"].is_string() {
         format!(
             "<p class=\"fail\">FAILED: the description contains the blocked word “{}”.</p>",
             text(&report["blocklist_check"]["found"])
+        )
+    } else {
+        format!(
+            "<p class=\"fail\">FAILED: the description contains the control character {}.</p>",
+            text(&report["blocklist_check"]["control"])
         )
     };
     let prompt_row = match report["prompt"].as_str() {

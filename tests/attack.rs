@@ -700,3 +700,35 @@ for line in sys.stdin:
     ]);
     assert_eq!(output.status.code(), Some(2));
 }
+
+/// The instruction is the start of every prompt the attack writes: one whose controls draw a
+/// blocked word is refused for the word, one with other controls for the control, and neither
+/// without a blocklist (issue 29). No model is needed: this is checked before any loads.
+#[test]
+fn an_instruction_holding_controls_is_refused_by_its_word_or_its_control() {
+    use clipsteer::steer::constraints::Blocklist;
+    use clipsteer::steer::search::attack::{validate, AttackOptions};
+    let with = |instruction: &str, block: &[&str]| {
+        let mut options = AttackOptions::new(instruction);
+        options.blocklist = Blocklist::new(block, false).unwrap();
+        validate(&options).err().map(|e| e.to_string())
+    };
+    for instruction in [
+        "Name a ca\u{8}\u{8}cat.",
+        "Name a \u{202E}tac\u{202C}.",
+        "Name a c\u{9d}0;x\u{7}at.",
+    ] {
+        assert_eq!(
+            with(instruction, &["cat"]).as_deref(),
+            Some("the instruction contains the blocked word 'cat'; change the instruction or the blocklist"),
+            "{instruction:?}"
+        );
+    }
+    let err = with("Name a pet.\u{1b}[2J", &["cat"]).unwrap();
+    assert!(
+        err.starts_with("the instruction contains U+001B (ESCAPE), which a terminal"),
+        "{err}"
+    );
+    assert_eq!(with("Name a pet.\u{1b}[2J", &[]), None);
+    assert_eq!(with("Name a pet.\r\nQuickly.", &["cat"]), None);
+}

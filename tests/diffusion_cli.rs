@@ -328,6 +328,7 @@ fn evade_keeps_blocked_words_out_and_writes_a_self_contained_report() {
     assert_ne!(description, free_text, "blocking changed nothing");
     assert_eq!(report["blocklist_check"]["passed"], true);
     assert!(report["blocklist_check"]["found"].is_null());
+    assert!(report["blocklist_check"]["control"].is_null());
     let expected_blocked: Vec<String> = blocked.iter().map(|w| w.to_lowercase()).collect();
     assert_eq!(report["blocked_words"], serde_json::json!(expected_blocked));
     assert_eq!(

@@ -3,7 +3,7 @@
 mod common;
 
 use candle_core::Device;
-use clipsteer::steer::constraints::Blocklist;
+use clipsteer::steer::constraints::{first_refused_control, Blocklist, Refusal};
 use clipsteer::steer::describe::{
     beam_score, describe, ends_sentence, magic_scores, top_k, BeamParams, DescribeOptions,
     DescribeResult, MagicParams, ScoredText, Strategy,
@@ -50,7 +50,7 @@ mod oracle {
     use icu_casemap::CaseMapper;
     use icu_normalizer::{ComposingNormalizer, DecomposingNormalizer};
     use icu_properties::props::{
-        Alphabetic, DefaultIgnorableCodePoint, GeneralCategory, WhiteSpace,
+        Alphabetic, BidiControl, DefaultIgnorableCodePoint, GeneralCategory, WhiteSpace,
     };
     use icu_properties::{CodePointMapData, CodePointSetData};
 
@@ -170,6 +170,24 @@ mod oracle {
             }
         }
         out
+    }
+
+    /// The first character a display may act on instead of drawing it, which a blocklist must
+    /// never write: from ICU's data, General_Category Control (but tab and line feed; a CR only
+    /// where a line feed follows), Line_Separator and Paragraph_Separator, and Bidi_Control.
+    pub fn refused(text: &str) -> Option<char> {
+        let category = CodePointMapData::<GeneralCategory>::new();
+        let bidi = CodePointSetData::new::<BidiControl>();
+        let chars: Vec<char> = text.chars().collect();
+        chars.iter().enumerate().find_map(|(i, &c)| {
+            let crlf = c == '\r' && chars.get(i + 1) == Some(&'\n');
+            let refused = match category.get(c) {
+                GeneralCategory::Control => !matches!(c, '\t' | '\n') && !crlf,
+                GeneralCategory::LineSeparator | GeneralCategory::ParagraphSeparator => true,
+                _ => bidi.contains(c),
+            };
+            refused.then_some(c)
+        })
     }
 
     /// UTS #18's \w: Alphabetic, numbers, marks, connector punctuation.
@@ -451,6 +469,97 @@ mod disguise {
         }
     }
 
+    /// What a display acts on instead of drawing (issue 29), which a blocklist refuses to write:
+    /// ECMA-48 escape sequences (nF with intermediates, Fp, Fe, Fs finals, single shifts),
+    /// control sequences and control strings (DCS, SOS, OSC, PM, APC) in their 7-bit and 8-bit
+    /// forms, ended by ST, by BEL or cut short by CAN and SUB; overprinting by BS and CR, cursor
+    /// movement and erasure; line breaks that some displays draw as nothing (VT, FF, NEL, IND, RI,
+    /// U+2028, U+2029); DEL, NUL and other C0 controls; every bidi control. And CR LF, which a
+    /// blocklist allows, so that the oracle and the product must agree on it too.
+    const DISPLAY: &[&str] = &[
+        "\u{1b}(B",
+        "\u{1b}7",
+        "\u{1b}8",
+        "\u{1b}#8",
+        "\u{1b}N",
+        "\u{1b}O",
+        "\u{1b}c",
+        "\u{1b}=",
+        "\u{1b}[1m",
+        "\u{1b}[D",
+        "\u{1b}[2D",
+        "\u{1b}[G",
+        "\u{1b}[3C",
+        "\u{1b}[K",
+        "\u{1b}[P",
+        "\u{1b}[?25l",
+        "\u{1b}[1\u{18}",
+        "\u{1b}[2\u{1a}",
+        "\u{1b}]0;t\u{7}",
+        "\u{1b}]8;;u\u{1b}\\",
+        "\u{1b}Pq\u{1b}\\",
+        "\u{1b}Xs\u{1b}\\",
+        "\u{1b}^p\u{1b}\\",
+        "\u{1b}_a\u{1b}\\",
+        "\u{90}q\u{9c}",
+        "\u{98}s\u{9c}",
+        "\u{9d}0;t\u{7}",
+        "\u{9d}0;t\u{9c}",
+        "\u{9d}0;t\u{1b}\\",
+        "\u{9e}p\u{9c}",
+        "\u{9f}a\u{9c}",
+        "\u{9b}4m",
+        "\u{9b}2D",
+        "\u{8e}",
+        "\u{8f}",
+        "\u{85}",
+        "\u{84}",
+        "\u{8d}",
+        "x\u{8}",
+        "\u{8}",
+        "\r",
+        "\u{b}",
+        "\u{c}",
+        "\u{18}",
+        "\u{1a}",
+        "\u{7f}",
+        "\u{1}",
+        "\u{0}",
+        "\u{2028}",
+        "\u{2029}",
+        "\u{202A}",
+        "\u{202B}",
+        "\u{202C}",
+        "\u{202D}",
+        "\u{202E}",
+        "\u{2066}",
+        "\u{2067}",
+        "\u{2068}",
+        "\u{2069}",
+        "\u{200E}",
+        "\u{200F}",
+        "\u{61C}",
+        "\r\n",
+        "\r\n",
+    ];
+
+    /// `text` with [`DISPLAY`]'s forms put after some of its characters, and sometimes a control
+    /// string left open at its end.
+    pub fn displayed(text: &str, rng: &mut impl Rng) -> String {
+        let p = rng.random_range(0.05..0.5);
+        let mut out = String::new();
+        for c in text.chars() {
+            out.push(c);
+            if rng.random_bool(p) {
+                out.push_str(DISPLAY[rng.random_range(0..DISPLAY.len())]);
+            }
+        }
+        if rng.random_bool(0.1) {
+            out.push_str(["\u{1b}P", "\u{90}", "\u{9d}", "\u{1b}]x"][rng.random_range(0..4)]);
+        }
+        out
+    }
+
     /// One disguise, chosen at random, applied to each character with probability `p`.
     pub fn apply(text: &str, rng: &mut impl Rng) -> String {
         let kind = rng.random_range(0..10);
@@ -547,9 +656,10 @@ fn letter_like_symbols_read_as_the_letter_they_are_named_after() {
 }
 
 /// Random blocklists; random texts of blocked words, near misses and harmless words; every
-/// disguise and compositions of them. The product refuses exactly what the independent oracle
-/// flags, on every prefix of every text (as the describe loops check a text after each token), and
-/// a disguise never changes the verdict on a text.
+/// disguise and compositions of them, and what a display acts on instead of drawing. The product
+/// refuses exactly what the independent oracle flags, on every prefix of every text (as the
+/// describe loops check a text after each token), names the same first refused control, and a
+/// disguise that leaves the text drawable never changes the verdict on it.
 #[test]
 fn the_blocklist_refuses_exactly_what_the_oracle_flags_under_every_disguise() {
     const WORDS: &[&str] = &[
@@ -559,7 +669,7 @@ fn the_blocklist_refuses_exactly_what_the_oracle_flags_under_every_disguise() {
     ];
     const GLUE: &[&str] = &[" ", " ", " ", ", ", ". ", "-", "!", "", " (", ") "];
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
-    let (mut flagged, mut disguised_flagged, mut checked) = (0, 0, 0);
+    let (mut flagged, mut disguised_flagged, mut displayed, mut checked) = (0, 0, 0, 0);
     for case in 0..400 {
         let substrings = rng.random_bool(0.2);
         let chosen: Vec<&str> = (0..rng.random_range(1..4))
@@ -589,38 +699,69 @@ fn the_blocklist_refuses_exactly_what_the_oracle_flags_under_every_disguise() {
         for _ in 0..rng.random_range(0..4) {
             text = disguise::apply(&text, &mut rng);
         }
-        let expected = blocked
-            .iter()
-            .position(|w| contains_blocked_strict(&text, w, substrings));
-        let got = list.find_in(&text);
+        if rng.random_bool(0.3) {
+            text = disguise::displayed(&text, &mut rng);
+        }
+        // What a display acts on is refused outright, whatever it would draw: the product and the
+        // oracle must name the same first character, on the text and on every prefix.
+        let allowed_by_oracle = |text: &str| {
+            oracle::refused(text).is_none()
+                && !blocked
+                    .iter()
+                    .any(|w| contains_blocked_strict(text, w, substrings))
+        };
+        let control = oracle::refused(&text);
         assert_eq!(
-            got.is_some(),
-            expected.is_some(),
-            "case {case}: {blocked:?} in {text:?} (from {plain:?}, substrings {substrings}): product {got:?}"
+            first_refused_control(&text),
+            control,
+            "case {case}: {text:?}"
         );
-        if let (Some(got), Some(i)) = (got, expected) {
-            // Duplicates (by normalised form) keep their first spelling, so this is the list's word.
+        assert_eq!(
+            list.allows(&text),
+            allowed_by_oracle(&text),
+            "case {case}: {blocked:?} in {text:?} (substrings {substrings})"
+        );
+        let got = list.refusal(&text);
+        if let Some(c) = control {
+            assert!(got.is_some(), "case {case}: {text:?} holds {c:?}");
+            displayed += 1;
+        } else {
+            let expected = blocked
+                .iter()
+                .position(|w| contains_blocked_strict(&text, w, substrings));
+            let got = list.find_in(&text);
             assert_eq!(
-                got,
-                blocked[i].trim().to_lowercase(),
-                "case {case}: the first blocked word, in list order"
+                got.is_some(),
+                expected.is_some(),
+                "case {case}: {blocked:?} in {text:?} (from {plain:?}, substrings {substrings}): product {got:?}"
+            );
+            if let (Some(got), Some(i)) = (got, expected) {
+                // Duplicates (by normalised form) keep their first spelling, so this is the list's
+                // word.
+                assert_eq!(
+                    got,
+                    blocked[i].trim().to_lowercase(),
+                    "case {case}: the first blocked word, in list order"
+                );
+            }
+            // The disguise changes nothing: the plain text gets the same verdict.
+            assert_eq!(
+                list.find_in(&plain).is_some(),
+                got.is_some(),
+                "case {case}: {blocked:?}: {plain:?} vs its disguise {text:?}"
             );
         }
-        // The disguise changes nothing: the plain text gets the same verdict.
-        assert_eq!(
-            list.find_in(&plain).is_some(),
-            got.is_some(),
-            "case {case}: {blocked:?}: {plain:?} vs its disguise {text:?}"
-        );
         // Every prefix, as the loops see the text grow.
         for (end, _) in text.char_indices().skip(1) {
             let prefix = &text[..end];
-            let oracle = blocked
-                .iter()
-                .any(|w| contains_blocked_strict(prefix, w, substrings));
             assert_eq!(
-                list.find_in(prefix).is_some(),
-                oracle,
+                first_refused_control(prefix),
+                oracle::refused(prefix),
+                "case {case}: {prefix:?}"
+            );
+            assert_eq!(
+                list.allows(prefix),
+                allowed_by_oracle(prefix),
                 "case {case}: {blocked:?} in prefix {prefix:?}"
             );
             checked += 1;
@@ -633,8 +774,8 @@ fn the_blocklist_refuses_exactly_what_the_oracle_flags_under_every_disguise() {
         }
     }
     assert!(
-        flagged >= 150 && disguised_flagged >= 100,
-        "only {flagged} texts flagged ({disguised_flagged} disguised): the test does not exercise the blocklist"
+        flagged >= 150 && disguised_flagged >= 100 && displayed >= 60,
+        "only {flagged} texts flagged ({disguised_flagged} disguised, {displayed} with controls): the test does not exercise the blocklist"
     );
     assert!(checked > 5000);
 }
@@ -1217,6 +1358,326 @@ fn a_beam_asked_for_sentences_ends_its_answer_and_reports_it_honestly() {
             blocklist.find_in(&result.text[prompt.len()..]),
             None,
             "{case}"
+        );
+    }
+}
+
+/// Issue 29: what a terminal or a bidi-aware display draws from letters that spell no blocked
+/// word. Each form is refused (no text holding it is ever written), and where a display would
+/// draw the blocked word the refusal names the word, as for a prompt.
+#[test]
+fn the_blocklist_refuses_what_a_display_acts_on_instead_of_drawing() {
+    use clipsteer::steer::constraints::is_refused_control;
+    let list = Blocklist::new(["dog"], false).unwrap();
+    let drawn_as_dog: &[(&str, &str)] = &[
+        // Escape sequences other than CSI and OSC (ECMA-35 nF, ECMA-48 Fp, Fe, Fs).
+        ("nF: designate G0", "d\u{1b}(Bog"),
+        ("nF: two intermediates", "d\u{1b}$)Aog"),
+        ("nF: DECALN", "d\u{1b}#8og"),
+        ("Fp: save cursor", "d\u{1b}7og"),
+        ("Fp: keypad mode", "d\u{1b}=og"),
+        ("Fe: SS2, 7-bit", "d\u{1b}Nog"),
+        ("Fe: SS3, 7-bit", "d\u{1b}Oog"),
+        ("SS2, 8-bit", "d\u{8e}og"),
+        ("SS3, 8-bit", "d\u{8f}og"),
+        ("Fs: index", "d\u{1b}`og"),
+        // Control sequences, 7-bit and 8-bit.
+        ("CSI SGR", "d\u{1b}[1mog"),
+        ("CSI, 8-bit", "d\u{9b}4mog"),
+        ("CSI private mode", "d\u{1b}[?25log"),
+        // Control strings, 7-bit and 8-bit, ended by ST in both forms or by BEL.
+        ("DCS 7-bit", "d\u{1b}Pq#0;2\u{1b}\\og"),
+        ("DCS 8-bit", "d\u{90}q#0;2\u{9c}og"),
+        ("SOS 7-bit", "d\u{1b}Xhidden\u{1b}\\og"),
+        ("SOS 8-bit", "d\u{98}hidden\u{9c}og"),
+        ("OSC 7-bit, BEL", "d\u{1b}]0;title\u{7}og"),
+        ("OSC 8-bit, BEL", "d\u{9d}0;title\u{7}og"),
+        ("OSC 8-bit, ST", "d\u{9d}0;title\u{9c}og"),
+        ("OSC 8-bit, ESC \\", "d\u{9d}8;;http://x\u{1b}\\og"),
+        ("PM 7-bit", "d\u{1b}^private\u{1b}\\og"),
+        ("PM 8-bit", "d\u{9e}private\u{9c}og"),
+        ("APC 7-bit", "d\u{1b}_app\u{1b}\\og"),
+        ("APC 8-bit", "d\u{9f}app\u{9c}og"),
+        // CAN and SUB cut a sequence or string short; what follows is drawn.
+        ("CAN in CSI", "d\u{1b}[1\u{18}og"),
+        ("SUB in OSC", "d\u{1b}]0;t\u{1a}og"),
+        ("CAN in DCS", "d\u{90}q\u{18}og"),
+        // An unterminated string swallows the rest of the text.
+        ("unterminated DCS", "dog\u{1b}Pq never ended"),
+        ("unterminated APC, 8-bit", "dog\u{9f}never ended"),
+        // Overprinting: backspace, carriage return, cursor movement and erasure.
+        ("BS", "dox\u{8}g"),
+        ("two BS", "dXg\u{8}\u{8}o"),
+        ("CR", "xog\rd"),
+        ("CUB", "dxg\u{1b}[2Do"),
+        ("CUB default", "dogx\u{1b}[D "),
+        ("CUB 8-bit", "dxg\u{9b}2Do"),
+        ("CHA", "xog\u{1b}[Gd"),
+        ("CHA 1", "xog\u{1b}[1Gd"),
+        ("HPA", "xog\u{1b}[1`d"),
+        ("CUP", "xog\u{1b}[1;1Hd"),
+        ("save and restore", "\u{1b}7xog\u{1b}8d"),
+        ("SCOSC/SCORC", "\u{1b}[sxog\u{1b}[ud"),
+        ("EL", "dogs\u{8}\u{1b}[K"),
+        ("ECH", "dogs\u{8}\u{1b}[X"),
+        ("DCH", "doXg\u{1b}[2D\u{1b}[P"),
+        ("CUU", "xog\n\u{1b}[Ad"),
+        ("RI", "xog\n\u{8d}d"),
+        // Line breaks that some displays draw as nothing.
+        ("NEL", "do\u{85}g"),
+        ("VT", "do\u{b}g"),
+        ("FF", "do\u{c}g"),
+        ("LINE SEPARATOR", "do\u{2028}g"),
+        ("PARAGRAPH SEPARATOR", "do\u{2029}g"),
+        // Bidi controls: overrides draw letters in reverse; the marks and isolates draw nothing.
+        ("RLO", "\u{202E}god"),
+        ("RLO … PDF", "a \u{202E}god\u{202C} here"),
+        ("RLO in RLI", "\u{2067}\u{202E}god\u{202C}\u{2069}"),
+        ("LRO in RLO", "\u{202E}\u{202D}dog\u{202C}\u{202C}"),
+        ("LRE", "d\u{202A}og"),
+        ("RLE", "d\u{202B}og"),
+        ("LRI", "d\u{2066}og"),
+        ("FSI", "d\u{2068}og\u{2069}"),
+        ("LRM", "d\u{200E}og"),
+        ("RLM", "d\u{200F}og"),
+        ("ALM", "d\u{61C}og"),
+        // Other C0 controls and DEL.
+        ("NUL", "d\u{0}og"),
+        ("DEL", "d\u{7f}og"),
+    ];
+    for (form, text) in drawn_as_dog {
+        assert!(!list.allows(text), "{form}: {text:?} allowed");
+        assert_eq!(
+            list.refusal(text),
+            Some(Refusal::Word("dog")),
+            "{form}: {text:?}"
+        );
+        assert!(
+            oracle::refused(text).is_some(),
+            "{form}: the oracle refuses {text:?} too"
+        );
+    }
+    // Controls with no blocked word drawn: refused all the same, by the first of them.
+    for (text, first) in [
+        ("a \u{1b}[1mcat", '\u{1b}'),
+        ("cat\u{8}", '\u{8}'),
+        ("cat\rbat", '\r'),
+        ("cat\r", '\r'),
+        ("\u{202E}tac", '\u{202E}'),
+        ("ca\u{85}t", '\u{85}'),
+        ("ca\u{2028}t", '\u{2028}'),
+        ("a\u{9b}1mb", '\u{9b}'),
+    ] {
+        assert_eq!(
+            list.refusal(text),
+            Some(Refusal::Control(first)),
+            "{text:?}"
+        );
+        assert!(!list.allows(text));
+        assert_eq!(first_refused_control(text), oracle::refused(text));
+    }
+    // What overprints nothing stays allowed: tab, line feed and CR LF.
+    for text in [
+        "a\tcat",
+        "a cat\nand a bird",
+        "a cat\r\nand a bird\r\n",
+        "do g",
+        "do\ng",
+    ] {
+        assert!(list.allows(text), "{text:?}");
+        assert_eq!(first_refused_control(text), None);
+    }
+    assert_eq!(
+        Blocklist::new(["hot dog"], false)
+            .unwrap()
+            .refusal("a hot\r\ndog"),
+        Some(Refusal::Word("hot dog"))
+    );
+    // A drawn reading never hides the plain text's word, and needs controls to be taken at all.
+    assert_eq!(
+        list.refusal("a dog\u{8}\u{8}\u{8}cat"),
+        Some(Refusal::Word("dog"))
+    );
+    assert_eq!(
+        list.find_in("d\u{1b}[og"),
+        None,
+        "CSI ends at `o`: `d` `g` drawn"
+    );
+    // With no blocklist nothing is refused: controls are text like any other.
+    assert!(Blocklist::default().allows("d\u{1b}[1mog\u{8}\r\u{202E}"));
+    assert!(is_refused_control('\u{1b}') && !is_refused_control('\n'));
+}
+
+/// Every code point is refused exactly when ICU's properties say it is a control (but tab and
+/// line feed), a line or paragraph separator, or a bidi control.
+#[test]
+fn refused_characters_are_exactly_the_controls_separators_and_bidi_controls() {
+    use clipsteer::steer::constraints::is_refused_control;
+    let mut refused = 0;
+    for c in (0..=0x10FFFF).filter_map(char::from_u32) {
+        let text = c.to_string();
+        assert_eq!(
+            is_refused_control(c),
+            oracle::refused(&text).is_some(),
+            "U+{:04X}",
+            c as u32
+        );
+        refused += usize::from(is_refused_control(c));
+    }
+    // 65 controls less tab and line feed, the two separators, 12 bidi controls.
+    assert_eq!(refused, 63 + 2 + 12);
+}
+
+/// A prompt is the start of every text describe writes: one that hides a blocked word among
+/// controls is refused for the word, as a plain one is, and one with controls but no such word
+/// is refused for the control it holds, before any model runs; without a blocklist both pass.
+#[test]
+fn prompts_holding_controls_are_refused_with_the_word_or_the_control() {
+    let lm = lm();
+    let scorer = scorer();
+    let target = target_of(&scorer, "crop32.png");
+    let block = || Blocklist::new(["dog"], false).unwrap();
+    for prompt in [
+        "A dox\u{8}g",
+        "A d\u{1b}(Bog",
+        "A \u{202E}god\u{202C}",
+        "A d\u{90}q\u{9c}og",
+        "A xog\u{1b}[3Dd",
+    ] {
+        let err = describe(
+            &lm,
+            &scorer,
+            &target,
+            &options(prompt, 5, 2, Strategy::Seed, block()),
+            |_| Ok(()),
+        )
+        .err()
+        .unwrap_or_else(|| panic!("{prompt:?} accepted"));
+        assert_eq!(
+            err.to_string(),
+            "the prompt contains the blocked word 'dog'; change the prompt or the blocklist",
+            "{prompt:?}"
+        );
+    }
+    let err = describe(
+        &lm,
+        &scorer,
+        &target,
+        &options("A photo\u{1b}[1m of", 5, 2, Strategy::Seed, block()),
+        |_| Ok(()),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.starts_with("the prompt contains U+001B (ESCAPE), which a terminal"),
+        "{err}"
+    );
+    assert!(!err.contains('\n'), "{err}");
+    // A CR LF in the prompt is a plain line break.
+    let result = describe(
+        &lm,
+        &scorer,
+        &target,
+        &options("A photo\r\nof", 5, 2, Strategy::Seed, block()),
+        |_| Ok(()),
+    )
+    .unwrap();
+    assert!(result.text.starts_with("A photo\r\nof"));
+    describe(
+        &lm,
+        &scorer,
+        &target,
+        &options(
+            "A photo\u{1b}[1m of",
+            5,
+            2,
+            Strategy::Seed,
+            Blocklist::default(),
+        ),
+        |_| Ok(()),
+    )
+    .unwrap();
+}
+
+/// Through the CLI, over GPT-2's whole vocabulary: a `--scorer-cmd` program that wants control
+/// characters (GPT-2 has a byte token for each C0 control and DEL, and writes C1 and bidi controls
+/// as two or three) and the word itself. Unblocked, describe writes controls; with `--block dog`
+/// no streamed or final text holds a control or the word, by the oracle, in every strategy.
+#[test]
+fn describe_over_the_whole_vocabulary_never_writes_controls_or_the_word() {
+    let program = r#"import json, re, sys
+def refused(c):
+    o = ord(c)
+    return (o < 32 and c not in "\t\n") or 0x7f <= o <= 0x9f or c in "\u2028\u2029\u061c\u200e\u200f" or 0x202a <= o <= 0x202e or 0x2066 <= o <= 0x2069
+def score(t):
+    controls = sum(map(refused, t))
+    letters = "".join(c for c in t if not refused(c)).lower()
+    words = re.findall(r"\w+", letters)
+    return 1000 * controls + 100 * words.count("dog") + sum(letters.count(c) for c in "dog")
+for line in sys.stdin:
+    items = json.loads(line)["items"]
+    print(json.dumps({"scores": [score(t["text"]) for t in items]}), flush=True)
+"#;
+    let tmp = TempDir::new("display-controls");
+    let script = tmp.0.join("score.py");
+    std::fs::write(&script, program).unwrap();
+    let command = format!("python3 {}", script.display());
+    let lm = f("gpt2-tiny");
+    let texts_of = |strategy: &str, block: bool| -> Vec<String> {
+        let mut args = vec![
+            "describe",
+            "--json",
+            "--scorer-cmd",
+            &command,
+            "--lm",
+            &lm,
+            "--prompt",
+            "A",
+            "--strategy",
+            strategy,
+            "--max-tokens",
+            // Every step decodes and checks all 50257 candidates (the beam's, twice as many).
+            if strategy == "beam" { "2" } else { "3" },
+            "--top-k",
+            "50257",
+        ];
+        if strategy == "beam" {
+            args.extend(["--beam-width", "2"]);
+        }
+        if block {
+            args.extend(["--block", "dog"]);
+        }
+        let output = run(&args);
+        assert!(output.status.success(), "{}", stderr(&output));
+        stdout(&output)
+            .lines()
+            .filter_map(|l| {
+                let line: serde_json::Value = serde_json::from_str(l).unwrap();
+                line["text"].as_str().map(String::from)
+            })
+            .collect()
+    };
+    for strategy in ["seed", "beam"] {
+        let free = texts_of(strategy, false);
+        assert!(
+            free.iter().any(|t| oracle::refused(t).is_some()),
+            "{strategy}: unblocked, the program's choice writes controls: {free:?}"
+        );
+        let blocked = texts_of(strategy, true);
+        assert!(blocked.len() >= 3, "{strategy}: {blocked:?}");
+        for text in &blocked {
+            assert_eq!(oracle::refused(text), None, "{strategy}: {text:?}");
+            assert!(
+                !contains_blocked(text, "dog", false),
+                "{strategy}: {text:?}"
+            );
+        }
+        // Blocked, the program still steers: the last text holds letters of the word it wants.
+        let last = blocked.last().unwrap();
+        assert!(
+            last.len() > 1 && last.contains(['d', 'o', 'g']),
+            "{strategy}: {last:?}"
         );
     }
 }

@@ -1,7 +1,7 @@
 //! The describe API: options, step events and results of steering a language model toward an
 //! objective, and [`describe_with`], which runs the chosen search ([`super::search`]).
 
-use super::constraints::Blocklist;
+use super::constraints::{Blocklist, Refusal};
 use super::objectives::{Embedding, Objective, Scorer};
 use super::CausalLm;
 use anyhow::Result;
@@ -191,10 +191,17 @@ pub fn check_values(options: &DescribeOptions) -> Result<()> {
     if options.max_tokens == 0 {
         crate::usage_bail!("--max-tokens must be at least 1");
     }
-    if let Some(word) = options.blocklist.find_in(&options.prompt) {
-        crate::usage_bail!(
-            "the prompt contains the blocked word '{word}'; change the prompt or the blocklist"
-        );
+    match options.blocklist.refusal(&options.prompt) {
+        Some(Refusal::Word(word)) => {
+            crate::usage_bail!(
+                "the prompt contains the blocked word '{word}'; change the prompt or the blocklist"
+            )
+        }
+        // The prompt is the start of every text the loops write, so its controls would be too.
+        Some(refusal) => {
+            crate::usage_bail!("the prompt contains {refusal}; remove it from the prompt")
+        }
+        None => {}
     }
     if options.prefilter == Some(0) {
         crate::usage_bail!("--prefilter must be at least 1");

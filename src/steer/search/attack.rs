@@ -8,7 +8,7 @@
 //! stops as soon as it succeeds.
 
 use super::log_softmax;
-use crate::steer::constraints::Blocklist;
+use crate::steer::constraints::{Blocklist, Refusal};
 use crate::steer::objectives::victim::{continues_word, ends_inside_word, Victim};
 use crate::steer::objectives::Objective;
 use crate::steer::CausalLm;
@@ -212,8 +212,10 @@ pub fn validate(options: &AttackOptions) -> Result<()> {
     if options.instruction.trim().is_empty() {
         crate::usage_bail!("--instruction is empty: give the request the suffix is appended to");
     }
-    if let Some(word) = options.blocklist.find_in(&options.instruction) {
-        crate::usage_bail!("the instruction contains the blocked word '{word}'; change the instruction or the blocklist");
+    match options.blocklist.refusal(&options.instruction) {
+        Some(Refusal::Word(word)) => crate::usage_bail!("the instruction contains the blocked word '{word}'; change the instruction or the blocklist"),
+        Some(refusal) => crate::usage_bail!("the instruction contains {refusal}; remove it"),
+        None => {}
     }
     if options.beam_width == 0 {
         crate::usage_bail!("--beam-width must be at least 1");
@@ -422,7 +424,7 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
                 let suffix = attacker.decode(&ids)?;
                 let prompt = prompt_of(&suffix);
                 // A blocked word may also span the instruction's end and the suffix's start.
-                if options.blocklist.find_in(&prompt).is_some() || !seen.insert(suffix.clone()) {
+                if !options.blocklist.allows(&prompt) || !seen.insert(suffix.clone()) {
                     continue;
                 }
                 extensions.push(Extension {
@@ -438,7 +440,7 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
         }
         if extensions.is_empty() {
             stop_reason = Some(format!(
-                "stopped after {step} tokens: every candidate would write a blocked word; raise --candidates or change the blocklist"
+                "stopped after {step} tokens: every candidate would write a blocked word or a refused control character; raise --candidates or change the blocklist"
             ));
             break;
         }

@@ -665,7 +665,7 @@ fn greedy_allowed<L: CausalLm>(
             continue;
         }
         ids.push(candidate);
-        let blocked = blocklist.find_in(&lm.decode(ids)?).is_some();
+        let blocked = !blocklist.allows(&lm.decode(ids)?);
         ids.pop();
         if !blocked {
             return Ok(Some(candidate));

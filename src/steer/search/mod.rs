@@ -129,9 +129,9 @@ pub(crate) fn markup_ids<L: CausalLm>(lm: &L) -> HashSet<u32> {
         .collect()
 }
 
-/// Drops every candidate that is `markup` (see [`markup_ids`]) or whose text would contain a
-/// blocked word. The blocklist sees the whole text, so words completed across token boundaries
-/// are caught too.
+/// Drops every candidate that is `markup` (see [`markup_ids`]) or whose text the blocklist does
+/// not allow (a blocked word, or a control character it refuses). The blocklist sees the whole
+/// text, so words completed across token boundaries are caught too.
 pub(crate) fn allowed_candidates<L: CausalLm>(
     lm: &L,
     ids: &[u32],
@@ -154,7 +154,7 @@ pub(crate) fn allowed_candidates<L: CausalLm>(
         }
         *extended.last_mut().expect("extended is non-empty") = candidate;
         let phrase = lm.decode(&extended)?;
-        if blocklist.find_in(&phrase).is_none() {
+        if blocklist.allows(&phrase) {
             allowed.ids.push(candidate);
             allowed.scored.push(scored_part.of(lm, &extended, &phrase)?);
             allowed.phrases.push(phrase);
@@ -166,7 +166,7 @@ pub(crate) fn allowed_candidates<L: CausalLm>(
 
 pub(crate) fn all_blocked(step: usize, ranked: usize) -> String {
     format!(
-        "stopped after {step} tokens: every one of the top {ranked} candidates would write a blocked word; raise --top-k or change the prompt"
+        "stopped after {step} tokens: every one of the top {ranked} candidates would write a blocked word or a refused control character; raise --top-k or change the prompt"
     )
 }
 
