@@ -829,7 +829,7 @@ fn token_mistakes_and_the_bearer_scheme() {
         if let Some(value) = env {
             command.env("CLIPSTEER_TOKEN", value);
         }
-        let output = command.output().unwrap();
+        let output = output_within(command, Duration::from_secs(30));
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
@@ -1017,7 +1017,7 @@ fn the_page_works_under_a_proxy_path_prefix() {
 #[test]
 fn serve_flag_mistakes_exit_2_with_the_real_cause() {
     let run = |args: &[&str]| {
-        let output = serve_command(args).output().unwrap();
+        let output = output_within(serve_command(args), Duration::from_secs(30));
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
         assert_eq!(stderr.lines().count(), 1, "{args:?}: one line: {stderr}");
         (output.status.code(), stderr)

@@ -47,6 +47,30 @@ pub fn serve_command(extra: &[&str]) -> Command {
     command
 }
 
+/// Runs a command that must end by itself (a refused flag): one still running after `limit` is
+/// killed and the test fails, instead of waiting on a server that started.
+pub fn output_within(mut command: Command, limit: Duration) -> std::process::Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start clipsteer");
+    let start = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("output");
+            panic!(
+                "still running after {limit:?}, so the mistake was not refused: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
+}
+
 impl Server {
     pub fn start(extra: &[&str]) -> Server {
         Self::start_with_env(extra, &[])
