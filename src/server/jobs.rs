@@ -27,8 +27,14 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 pub struct Models {
     pub lm: LanguageModel,
     pub clip: ClipScorer,
+    /// The models as clients see them (see [`super::public_model`]): never a path on the server.
     pub lm_name: String,
     pub clip_name: String,
+    /// The done event's `models` field.
+    pub provenance: Value,
+    /// The names the `settings` record gives the models.
+    pub lm_identity: String,
+    pub clip_identity: String,
 }
 
 pub struct Job {
@@ -325,13 +331,11 @@ fn run_started(
                 result.similarity
             );
             let mut done = done_json(image_name, &result, seconds);
-            done["models"] = crate::events::models_json(&[
-                ("lm", &models.lm_name),
-                ("encoder", &models.clip_name),
-            ]);
+            done["models"] = models.provenance.clone();
             // The same record as describe's done lines, so that served and batch results can
-            // be told apart by their settings (an upload is one image, with no text targets).
-            done["settings"] = crate::settings::RunSettings::for_describe(
+            // be told apart by their settings (an upload is one image, with no text targets);
+            // the models are named as clients see them.
+            let mut settings = crate::settings::RunSettings::for_describe(
                 &models.lm_name,
                 &models.clip_name,
                 options,
@@ -341,8 +345,10 @@ fn run_started(
                     avoid_texts: &[],
                     weights: &[],
                 },
-            )
-            .to_json();
+            );
+            settings.lm = models.lm_identity.clone();
+            settings.encoder = models.clip_identity.clone();
+            done["settings"] = settings.to_json();
             done
         }
         Err(e) => match e.downcast_ref::<Abort>() {

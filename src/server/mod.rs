@@ -3,6 +3,7 @@
 //! limits, cancellation when a client leaves, optional bearer token).
 
 pub mod error;
+pub mod guard;
 pub mod harness;
 pub mod jobs;
 pub mod params;
@@ -27,6 +28,7 @@ use params::{parse_params, DescribeParams, ParamLimits};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,21 +47,63 @@ pub struct ServeArgs {
     /// CLIP model: a local directory in the HF layout or a hub id.
     #[arg(long = "clip", visible_alias = "encoder", default_value = crate::pipeline::DEFAULT_CLIP, value_name = "MODEL")]
     pub clip: String,
-    /// Descriptions computed at once.
-    #[arg(long, default_value_t = 2)]
+    /// The language model's name as clients see it (health, done events); default: its hub id,
+    /// or the last part of its local path. Clients never see a path on the server.
+    #[arg(long, value_name = "NAME", value_parser = public_name)]
+    pub lm_name: Option<String>,
+    /// The CLIP model's name as clients see it, as --lm-name.
+    #[arg(long, value_name = "NAME", value_parser = public_name)]
+    pub clip_name: Option<String>,
+    /// Descriptions computed at once (1 to 256).
+    #[arg(long, default_value_t = 2, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
     pub workers: usize,
-    /// Requests that may wait for a worker; more are answered 429 with Retry-After.
-    #[arg(long, default_value_t = 8)]
+    /// Requests that may wait for a worker (at most 100000); more are answered 429 with
+    /// Retry-After.
+    #[arg(long, default_value_t = 8, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=100_000))]
     pub queue: usize,
     /// Largest upload accepted, in MB.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     pub max_upload_mb: u64,
-    /// Require `Authorization: Bearer T` on the API (default: $CLIPSTEER_TOKEN, if set).
-    #[arg(long, value_name = "T")]
+    /// Require `Authorization: Bearer T` on the API.
+    #[arg(
+        long,
+        value_name = "T",
+        env = "CLIPSTEER_TOKEN",
+        hide_env_values = true
+    )]
     pub token: Option<String>,
     /// Time limit of one request, from arrival to its last event, in seconds.
-    #[arg(long, default_value_t = 120.0, value_name = "SECONDS")]
+    #[arg(long, default_value_t = 120.0, value_name = "SECONDS", value_parser = positive_seconds)]
     pub timeout: f64,
+    /// Time an upload's body may take to arrive, in seconds; a slower one is answered 408. A
+    /// request takes its place in the queue only once its body has arrived.
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS", value_parser = positive_seconds)]
+    pub upload_timeout: f64,
+    /// Host names the server answers to besides its own address (and localhost, on loopback),
+    /// comma-separated: clip.example.org, .example.org (it and every name under it), * (any).
+    #[arg(long, env = "CLIPSTEER_ALLOWED_HOSTS", value_delimiter = ',', value_name = "NAMES", value_parser = guard::parse_allowed_host)]
+    pub allowed_hosts: Vec<String>,
+    /// Web pages (origins) besides the server's own that may use the API, comma-separated, e.g.
+    /// https://app.example.org; * allows any. They get CORS headers; others get 403.
+    #[arg(long, env = "CLIPSTEER_ALLOWED_ORIGINS", value_delimiter = ',', value_name = "ORIGINS", value_parser = guard::parse_allowed_origin)]
+    pub allowed_origins: Vec<String>,
+}
+
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| "expected a number of seconds, such as 30 or 2.5".to_string())?;
+    crate::pipeline::seconds("the value", value).map_err(|e| e.to_string())?;
+    Ok(value)
+}
+
+fn public_name(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if text.is_empty() || text.chars().count() > 200 || text.chars().any(char::is_control) {
+        return Err("give a name of 1 to 200 characters on one line, such as gpt2".into());
+    }
+    Ok(text.to_string())
 }
 
 /// Images larger than this are refused before their pixels are allocated.
@@ -75,51 +119,157 @@ pub struct AppState {
     pub token: Option<String>,
     pub max_upload_bytes: usize,
     pub timeout: Duration,
+    pub upload_timeout: Duration,
     pub param_limits: ParamLimits,
+    pub guard: guard::Guard,
+    /// Requests whose body is still arriving; they hold no place in the queue.
+    pub uploading: AtomicUsize,
+}
+
+/// How clients see a model: a hub model's provenance (id, revision, commit), a local model's
+/// name (the operator's, or the last part of its path). A path on the server's disk would tell
+/// every client how the machine is laid out.
+pub struct PublicModel {
+    pub name: String,
+    /// The `models` entry of done events.
+    pub record: serde_json::Value,
+    /// The `settings` record's name for the model.
+    pub identity: String,
+}
+
+pub fn public_model(spec: &str, chosen: Option<&str>) -> PublicModel {
+    match crate::hub::origin(spec) {
+        Some(crate::hub::ModelOrigin::Hub {
+            id,
+            revision,
+            commit,
+        }) => {
+            let name = chosen.map_or_else(|| id.clone(), str::to_string);
+            PublicModel {
+                record: serde_json::json!({"name": name, "id": id, "revision": revision, "commit": commit}),
+                identity: format!("{id}@{commit}"),
+                name,
+            }
+        }
+        _ => {
+            let name = chosen.map(str::to_string).unwrap_or_else(|| {
+                std::path::absolute(spec)
+                    .ok()
+                    .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .unwrap_or_else(|| "local model".to_string())
+            });
+            PublicModel {
+                record: serde_json::json!({ "name": name }),
+                identity: name.clone(),
+                name,
+            }
+        }
+    }
+}
+
+/// A mistake in serve's own flags: said in one line, exit status 2 as for clap's own.
+fn usage_error(message: &str) -> Result<i32> {
+    errln!("error: {}", error::one_line(message));
+    Ok(2)
+}
+
+/// The token as given (flag or environment). An empty one would silently turn authentication
+/// off, and characters a header cannot carry exactly would make every request fail.
+fn check_token(token: &str) -> Result<(), String> {
+    if token.is_empty() {
+        return Err("--token is empty (from the flag or $CLIPSTEER_TOKEN), which would leave the server open to anyone; give a token such as \"$(openssl rand -hex 16)\", or unset CLIPSTEER_TOKEN to serve without one".into());
+    }
+    if !token.chars().all(|c| c.is_ascii_graphic()) {
+        return Err("--token holds a space, a control or a non-ASCII character, which an Authorization header cannot carry exactly; use letters, digits and punctuation, e.g. \"$(openssl rand -hex 16)\"".into());
+    }
+    Ok(())
+}
+
+/// Why the server could not listen: a `--host` that is no address of this machine is a usage
+/// mistake (exit 2); a port in use or without permission is the machine's state (exit 1).
+enum ListenError {
+    Usage(String),
+    Failed(String),
+}
+
+async fn listen(host: &str, port: u16) -> Result<tokio::net::TcpListener, ListenError> {
+    let pick = "give one of this machine's addresses: 127.0.0.1 (this machine only) or 0.0.0.0 (every network)";
+    // A dotted number is never a name: looking it up would only wait for DNS to fail.
+    let dotted = !host.is_empty() && host.chars().all(|c| c.is_ascii_digit() || c == '.');
+    if dotted && host.parse::<std::net::Ipv4Addr>().is_err() {
+        return Err(ListenError::Usage(format!(
+            "--host {host} is not a valid IPv4 address (four numbers from 0 to 255); {pick}"
+        )));
+    }
+    let addresses: Vec<SocketAddr> = match tokio::net::lookup_host((host, port)).await {
+        Ok(addresses) => addresses.collect(),
+        Err(e) => {
+            return Err(ListenError::Usage(format!(
+                "--host '{host}' is not an address this machine can listen on ({e}); {pick}"
+            )))
+        }
+    };
+    let mut failure = None;
+    for address in addresses {
+        match tokio::net::TcpListener::bind(address).await {
+            Ok(listener) => return Ok(listener),
+            Err(e) => failure = Some((address, e)),
+        }
+    }
+    let Some((address, e)) = failure else {
+        return Err(ListenError::Usage(format!(
+            "--host '{host}' resolves to no address; {pick}"
+        )));
+    };
+    Err(match e.kind() {
+        std::io::ErrorKind::AddrInUse => ListenError::Failed(format!(
+            "cannot listen on {address}: the port is in use; pick another with --port (0 picks a free one)"
+        )),
+        std::io::ErrorKind::AddrNotAvailable => ListenError::Usage(format!(
+            "cannot listen on {address}: --host {host} is not an address of this machine; {pick}"
+        )),
+        std::io::ErrorKind::PermissionDenied => ListenError::Failed(format!(
+            "cannot listen on {address}: ports below 1024 need privileges; pick another with --port"
+        )),
+        _ => ListenError::Failed(format!("cannot listen on {address}: {e}")),
+    })
 }
 
 /// Loads the models, starts the workers and serves until Ctrl-C or SIGTERM.
 pub fn run(args: ServeArgs, device: &Device) -> Result<i32> {
-    if !(1..=256).contains(&args.workers) {
-        bail!("--workers must be between 1 and 256");
+    // Both were checked by their value parser.
+    let timeout = Duration::from_secs_f64(args.timeout);
+    let upload_timeout = Duration::from_secs_f64(args.upload_timeout);
+    if let Some(token) = &args.token {
+        if let Err(message) = check_token(token) {
+            return usage_error(&message);
+        }
     }
-    if args.queue > 100_000 {
-        bail!("--queue must be at most 100000");
-    }
-    let timeout = crate::pipeline::seconds("--timeout", args.timeout)?;
-    if args.max_upload_mb == 0 {
-        bail!("--max-upload-mb must be at least 1");
-    }
-    let token = args
-        .token
-        .clone()
-        .or_else(|| std::env::var("CLIPSTEER_TOKEN").ok())
-        .filter(|t| !t.is_empty());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    // Bind before loading models, so that a port in use is reported at once.
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind((
-            args.host.as_str(),
-            args.port,
-        )))
-        .with_context(|| {
-            format!(
-                "cannot listen on {}:{}; is the port in use? pick another with --port",
-                args.host, args.port
-            )
-        })?;
+    // Bind before loading models, so that a bad address or a port in use is reported at once.
+    let listener = match runtime.block_on(listen(&args.host, args.port)) {
+        Ok(listener) => listener,
+        Err(ListenError::Usage(message)) => return usage_error(&message),
+        Err(ListenError::Failed(message)) => bail!(message),
+    };
     let address = listener.local_addr()?;
     let lm = crate::load::load_lm(&args.lm, device)?;
     let clip = crate::load::load_clip(&args.clip, device)?;
+    // After loading: a hub model's commit is known only then.
+    let lm_public = public_model(&args.lm, args.lm_name.as_deref());
+    let clip_public = public_model(&args.clip, args.clip_name.as_deref());
     let models = Arc::new(Models {
         lm,
         clip,
-        lm_name: args.lm.clone(),
-        clip_name: args.clip.clone(),
+        provenance: serde_json::json!({"lm": lm_public.record, "encoder": clip_public.record}),
+        lm_name: lm_public.name,
+        clip_name: clip_public.name,
+        lm_identity: lm_public.identity,
+        clip_identity: clip_public.identity,
     });
     let pool = Pool::start(
         Arc::clone(&models),
@@ -127,7 +277,7 @@ pub fn run(args: ServeArgs, device: &Device) -> Result<i32> {
         args.queue,
         SERVE_DECODE_LIMITS,
     );
-    if !address.ip().is_loopback() && token.is_none() {
+    if !address.ip().is_loopback() && args.token.is_none() {
         errln!(
             "warning: serving {} without --token: anyone who can reach this port can use it",
             address.ip()
@@ -136,10 +286,18 @@ pub fn run(args: ServeArgs, device: &Device) -> Result<i32> {
     let state = Arc::new(AppState {
         models,
         pool,
-        token,
+        token: args.token.clone(),
         max_upload_bytes: (args.max_upload_mb as usize).saturating_mul(1 << 20),
         timeout,
+        upload_timeout,
         param_limits: ParamLimits::default(),
+        guard: guard::Guard::new(
+            address,
+            &args.host,
+            &args.allowed_hosts,
+            &args.allowed_origins,
+        ),
+        uploading: AtomicUsize::new(0),
     });
     let app = router(state);
     errln!(
@@ -199,8 +357,63 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            guard_request,
+        ))
         .layer(middleware::from_fn(catch_panic))
         .with_state(state)
+}
+
+/// The Host and Origin checks (see [`guard`]); an allowed foreign origin gets CORS headers, and
+/// its preflight is answered here.
+async fn guard_request(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let checked = state
+        .guard
+        .check_host(request.headers(), request.version())
+        .and_then(|()| state.guard.check_origin(request.headers()));
+    let origin = match checked {
+        Ok(guard::Cross::SameOrigin) => return next.run(request).await,
+        Ok(guard::Cross::Allowed(origin)) => HeaderValue::from_str(&origin).ok(),
+        Err(error) => {
+            let limit = body_limit(&state);
+            discard_body(request.into_body(), limit, Instant::now() + DISCARD_TIME).await;
+            return error.into_response();
+        }
+    };
+    let preflight = request.method() == Method::OPTIONS
+        && request
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let mut response = if preflight {
+        let mut response = StatusCode::NO_CONTENT.into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("authorization, content-type"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+        response
+    } else {
+        next.run(request).await
+    };
+    let headers = response.headers_mut();
+    if let Some(origin) = origin {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    }
+    headers.append(header::VARY, HeaderValue::from_static("Origin"));
+    response
 }
 
 const INDEX_HTML: &str = include_str!("page/index.html");
@@ -255,6 +468,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
         "queue": state.pool.queue,
         "running": state.pool.running(),
         "admitted": state.pool.admitted(),
+        "uploading": state.uploading.load(Ordering::SeqCst),
         "auth": state.token.is_some(),
         "limits": {
             "max_upload_bytes": state.max_upload_bytes,
@@ -262,6 +476,7 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
             "max_top_k": limits.max_top_k,
             "max_tokens": limits.max_tokens,
             "timeout_seconds": state.timeout.as_secs_f64(),
+            "upload_timeout_seconds": state.upload_timeout.as_secs_f64(),
         },
     });
     json_response(StatusCode::OK, body)
@@ -305,16 +520,23 @@ async fn catch_panic(request: Request, next: Next) -> Response {
     }
 }
 
-/// Equal-time comparison, so that response timing does not reveal how much of a guess matched.
+/// Equal-time comparison: the time taken depends on the expected token's length only, so that
+/// response timing reveals neither how much of a guess matched nor how long the token is.
 fn same_secret(given: &[u8], expected: &[u8]) -> bool {
-    if given.len() != expected.len() {
-        return false;
+    let mut difference = given.len() ^ expected.len();
+    for (i, want) in expected.iter().enumerate() {
+        difference |= usize::from(given.get(i).copied().unwrap_or(0) ^ want);
     }
-    given
-        .iter()
-        .zip(expected)
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-        == 0
+    std::hint::black_box(difference) == 0
+}
+
+/// The credentials of `Authorization: Bearer <token>`. The scheme is case-insensitive (RFC 9110
+/// §11.1), so `bearer` is as good as `Bearer`.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once([' ', '\t'])?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
 }
 
 async fn require_token(
@@ -327,8 +549,7 @@ async fn require_token(
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+            .and_then(bearer_token);
         let authorized = given.is_some_and(|g| same_secret(g.as_bytes(), expected.as_bytes()));
         if !authorized {
             let message = match given {
@@ -473,9 +694,15 @@ fn describe_options(
 ) -> Result<crate::steer::describe::DescribeOptions, ApiError> {
     let params: DescribeParams =
         parse_params(params_text, &state.param_limits).map_err(ApiError::bad_request)?;
-    let options = params.to_options().map_err(ApiError::bad_request)?;
-    validate(&state.models.lm, &options)
-        .map_err(|e| ApiError::bad_request(format!("params: {}", crate::error_line(&e))))?;
+    let options = params
+        .to_options()
+        .map_err(|e| ApiError::bad_request(params::name_fields(&e)))?;
+    validate(&state.models.lm, &options).map_err(|e| {
+        ApiError::bad_request(format!(
+            "params: {}",
+            params::name_fields(&crate::error_line(&e))
+        ))
+    })?;
     Ok(options)
 }
 
@@ -510,6 +737,22 @@ async fn start_job(
     }
 }
 
+/// Counts a request among those whose body is still arriving, for as long as it lives.
+struct Uploading<'a>(&'a AtomicUsize);
+
+impl<'a> Uploading<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Uploading(count)
+    }
+}
+
+impl Drop for Uploading<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// `POST /api/describe`: multipart `image` (+ `params`) in, `describe --json` events out as SSE.
 async fn describe_sse(
     State(state): State<Arc<AppState>>,
@@ -517,6 +760,28 @@ async fn describe_sse(
     request: Request<Body>,
 ) -> Result<Response, ApiError> {
     let deadline = Instant::now() + state.timeout;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if mime != "multipart/form-data" {
+        let limit = body_limit(&state);
+        discard_body(request.into_body(), limit, Instant::now() + DISCARD_TIME).await;
+        let got = match mime.as_str() {
+            "" => "a body without a Content-Type".to_string(),
+            other => other.chars().take(60).collect(),
+        };
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("POST /api/describe takes multipart/form-data, not {got}: send the picture as the file field 'image' and the params JSON as the field 'params', e.g. curl -F image=@cat.jpg -F 'params={{\"top_k\":50}}'"),
+        ));
+    }
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -530,27 +795,32 @@ async fn describe_sse(
             ),
         ));
     }
-    // Admission before reading the body: a busy server never holds an upload it will not run.
-    let permit = match state.pool.admit() {
-        Ok(permit) => permit,
-        Err(busy) => {
-            let limit = body_limit(&state);
-            discard_body(request.into_body(), limit, Instant::now() + DISCARD_TIME).await;
-            return Err(busy);
-        }
-    };
-    let upload = match tokio::time::timeout(jobs::remaining(deadline), read_upload(&state, request))
-        .await
-    {
-        Ok(upload) => upload?,
-        Err(_) => {
-            return Err(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "the upload did not arrive within the request's time limit; retry on a faster connection",
-            ))
+    // A server already full answers at once, without holding an upload it will not run.
+    if let Err(busy) = state.pool.admit() {
+        let limit = body_limit(&state);
+        discard_body(request.into_body(), limit, Instant::now() + DISCARD_TIME).await;
+        return Err(busy);
+    }
+    let upload = {
+        let _uploading = Uploading::enter(&state.uploading);
+        let read_by = deadline.min(Instant::now() + state.upload_timeout);
+        match tokio::time::timeout(jobs::remaining(read_by), read_upload(&state, request)).await {
+            Ok(upload) => upload?,
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the upload did not arrive within {} s; send the whole body at once, or retry on a faster connection",
+                        state.upload_timeout.min(state.timeout).as_secs_f64()
+                    ),
+                ))
+            }
         }
     };
     let options = describe_options(&state, &upload.params)?;
+    // The place in the queue is taken only now that the whole body is here: a client that sends
+    // slowly, or never finishes, holds no worker's place.
+    let permit = state.pool.admit()?;
     let mut events = start_job(
         &state,
         permit,

@@ -41,6 +41,16 @@ pub const KNOWN_KEYS: &[&str] = &[
     "block",
 ];
 
+/// A message written for the command line, with each flag a request can set (`--max-tokens`)
+/// named as the request's field (`max_tokens`) instead.
+pub fn name_fields(message: &str) -> String {
+    let mut named = message.to_string();
+    for key in KNOWN_KEYS {
+        named = named.replace(&format!("--{}", key.replace('_', "-")), key);
+    }
+    named
+}
+
 /// What a request asked for, checked and with defaults filled in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DescribeParams {
@@ -372,6 +382,20 @@ mod tests {
             assert!(error.contains(expected), "{text}: {error}");
             assert!(!error.contains('\n'), "{text}: one line: {error}");
         }
+    }
+
+    #[test]
+    fn command_line_messages_name_the_fields() {
+        assert_eq!(
+            name_fields(
+                "the prompt plus --max-tokens (60) exceeds the context; lower --max-tokens"
+            ),
+            "the prompt plus max_tokens (60) exceeds the context; lower max_tokens"
+        );
+        assert_eq!(
+            name_fields("--top-k must be at most 50, e.g. --block cat,dog"),
+            "top_k must be at most 50, e.g. block cat,dog"
+        );
     }
 
     #[test]

@@ -1,11 +1,13 @@
 // Real-browser end-to-end test of `clipsteer serve`: Debian's chromium, driven by playwright-core,
 // uploads an image, watches the description grow, checks the bar chart, the past-runs list, a
-// plainly shown error and the phone layout, and saves screenshots under target/e2e/.
+// plainly shown error, the phone layout and the page under a reverse proxy's path prefix, and
+// saves screenshots under target/e2e/.
 //
 // Usage: node serve.e2e.mjs   (env: CLIPSTEER_BIN, CHROMIUM; defaults: target/debug/clipsteer,
 // /usr/bin/chromium)
 import { chromium } from "playwright-core";
 import { spawn } from "node:child_process";
+import http from "node:http";
 import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -34,6 +36,22 @@ function startServer() {
     });
     server.on("exit", (code) => reject(new Error(`server exited (${code}): ${log}`)));
   });
+}
+
+// A reverse proxy that serves the server under `prefix`, stripping it and passing the Host on as
+// the browser sent it (nginx: location /clip/ { proxy_pass http://…/; proxy_set_header Host $http_host; }).
+function startPrefixProxy(target, prefix) {
+  const upstream = new URL(target);
+  const proxy = http.createServer((req, res) => {
+    if (!req.url.startsWith(prefix)) { res.writeHead(404).end(); return; }
+    const forward = http.request({
+      host: upstream.hostname, port: upstream.port, method: req.method,
+      path: "/" + req.url.slice(prefix.length), headers: req.headers,
+    }, (answer) => { res.writeHead(answer.statusCode, answer.headers); answer.pipe(res); });
+    forward.on("error", () => res.destroy());
+    req.pipe(forward);
+  });
+  return new Promise((ok) => proxy.listen(0, "127.0.0.1", () => ok(proxy)));
 }
 
 const profile = mkdtempSync(join(tmpdir(), "clipsteer-e2e-"));
@@ -112,6 +130,23 @@ try {
   assert.ok(overflow <= 0, `phone layout scrolls sideways by ${overflow}px`);
   await page.screenshot({ path: join(outDir, "screenshot-phone.png"), fullPage: true });
   assert.deepEqual(pageErrors, [], "no script errors on the page");
+
+  // Under a proxy's path prefix: the page's CSS, script and API calls are relative to it.
+  const proxy = await startPrefixProxy(url, "/clip/");
+  try {
+    const proxied = await context.newPage();
+    const proxiedErrors = [];
+    proxied.on("pageerror", (e) => proxiedErrors.push(e.message));
+    await proxied.goto(`http://127.0.0.1:${proxy.address().port}/clip/`);
+    await proxied.waitForSelector("#server-dot.ok", { timeout: 15000 });
+    await proxied.fill("#max_tokens", "3");
+    await proxied.setInputFiles("#file", fixture("images/photo_80x53.jpg"));
+    await proxied.waitForSelector("#phase:text('done')", { timeout: 60000 });
+    assert.equal(await proxied.textContent("#tokens"), "3");
+    assert.deepEqual(proxiedErrors, [], "no script errors under the prefix");
+  } finally {
+    proxy.close();
+  }
   console.log(`e2e: ok (screenshots in ${outDir})`);
 } catch (e) {
   // What the page showed when it failed, for the CI log and the artifacts.

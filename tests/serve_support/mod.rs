@@ -26,16 +26,62 @@ pub struct Server {
     log: Arc<Mutex<String>>,
 }
 
+/// `clipsteer serve` with the fixture models, with none of the CLIPSTEER_* variables of the
+/// environment the tests run in.
+pub fn serve_command(extra: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_clipsteer"));
+    command.arg("serve");
+    if !extra.contains(&"--port") {
+        command.args(["--port", "0"]);
+    }
+    command
+        .arg("--lm")
+        .arg(fixture("gpt2-tiny"))
+        .arg("--clip")
+        .arg(fixture("clip-tiny-quickgelu"))
+        .args(extra)
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("CLIPSTEER_TOKEN")
+        .env_remove("CLIPSTEER_ALLOWED_HOSTS")
+        .env_remove("CLIPSTEER_ALLOWED_ORIGINS");
+    command
+}
+
+/// Runs a command that must end by itself (a refused flag): one still running after `limit` is
+/// killed and the test fails, instead of waiting on a server that started.
+pub fn output_within(mut command: Command, limit: Duration) -> std::process::Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start clipsteer");
+    let start = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("output");
+            panic!(
+                "still running after {limit:?}, so the mistake was not refused: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
+}
+
 impl Server {
     pub fn start(extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_clipsteer"))
-            .args(["serve", "--port", "0", "--lm"])
-            .arg(fixture("gpt2-tiny"))
-            .arg("--clip")
-            .arg(fixture("clip-tiny-quickgelu"))
-            .args(extra)
-            .env("HF_HUB_OFFLINE", "1")
-            .env_remove("CLIPSTEER_TOKEN")
+        Self::start_with_env(extra, &[])
+    }
+
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut command = serve_command(extra);
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -250,7 +296,8 @@ pub fn open_stream(server: &Server, image: &[u8], params: &str) -> TcpStream {
         .unwrap();
     write!(
         stream,
-        "POST /api/describe HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {}\r\n\r\n",
+        "POST /api/describe HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {}\r\n\r\n",
+        server.port,
         body.len()
     )
     .unwrap();
@@ -329,4 +376,148 @@ pub fn png(width: u32, height: u32) -> Vec<u8> {
     let mut bytes = std::io::Cursor::new(Vec::new());
     image.write_to(&mut bytes, image::ImageFormat::Png).unwrap();
     bytes.into_inner()
+}
+
+/// The status, headers and body of a reply read to its end from a raw socket.
+pub fn read_reply(stream: &mut TcpStream) -> (u16, String, String) {
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {text:?}"));
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (status, head.to_string(), body.to_string())
+}
+
+/// A WebSocket to `/describe` opened by hand on a raw socket, so that a test can write a frame
+/// from one thread while it reads the server's answer on another.
+pub fn raw_websocket(server: &Server) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /describe HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.port
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream
+            .read_exact(&mut byte)
+            .expect("the handshake's answer");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    stream
+}
+
+/// A client frame: FIN, `opcode`, and the payload masked with a zero key (which leaves it as is).
+pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0x80 | opcode, 0x80 | 127];
+    frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Reads server frames until a close frame; returns its code and reason.
+pub fn read_close_frame(stream: &mut TcpStream) -> (u16, String) {
+    loop {
+        let mut head = [0u8; 2];
+        stream
+            .read_exact(&mut head)
+            .expect("a frame from the server");
+        let opcode = head[0] & 0x0f;
+        let len = match head[1] & 0x7f {
+            126 => {
+                let mut n = [0u8; 2];
+                stream.read_exact(&mut n).unwrap();
+                u16::from_be_bytes(n) as usize
+            }
+            127 => {
+                let mut n = [0u8; 8];
+                stream.read_exact(&mut n).unwrap();
+                u64::from_be_bytes(n) as usize
+            }
+            n => n as usize,
+        };
+        let mut payload = vec![0u8; len];
+        stream.read_exact(&mut payload).unwrap();
+        if opcode == 8 {
+            assert!(payload.len() >= 2, "a close frame with a code");
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            return (code, String::from_utf8_lossy(&payload[2..]).into_owned());
+        }
+    }
+}
+
+/// A reverse proxy that serves the server under a path prefix, as nginx's
+/// `location /clip/ { proxy_pass http://127.0.0.1:PORT/; }` does: it strips the prefix and
+/// passes everything else, the Host header included, as it came. One request per connection.
+pub struct PrefixProxy {
+    pub port: u16,
+}
+
+impl PrefixProxy {
+    pub fn start(upstream: u16, prefix: &'static str) -> PrefixProxy {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                std::thread::spawn(move || proxy_one(client, upstream, prefix));
+            }
+        });
+        PrefixProxy { port }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+fn proxy_one(mut client: TcpStream, upstream: u16, prefix: &str) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if client.read_exact(&mut byte).is_err() {
+            return;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let (line, rest) = head.split_once("\r\n").unwrap();
+    let mut parts = line.splitn(3, ' ');
+    let (method, target, version) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
+    let Some(stripped) = target.strip_prefix(prefix) else {
+        let _ = client
+            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        return;
+    };
+    let mut server = TcpStream::connect(("127.0.0.1", upstream)).unwrap();
+    write!(
+        server,
+        "{method} /{} {version}\r\n{rest}",
+        stripped.trim_start_matches('/')
+    )
+    .unwrap();
+    let mut from_server = server.try_clone().unwrap();
+    let mut to_client = client.try_clone().unwrap();
+    let back = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from_server, &mut to_client);
+    });
+    let _ = std::io::copy(&mut client, &mut server);
+    let _ = server.shutdown(std::net::Shutdown::Write);
+    let _ = back.join();
 }

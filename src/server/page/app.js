@@ -6,6 +6,10 @@ const $ = (id) => document.getElementById(id);
 const HISTORY_KEY = "clipsteer.runs";
 const TOKEN_KEY = "clipsteer.token";
 const HISTORY_MAX = 24;
+// Relative to the page, so that the page works under a reverse proxy's path prefix (a proxy
+// that serves it at https://host/clip/ forwards clip/api/describe as /api/describe).
+const HEALTH_URL = "api/health";
+const DESCRIBE_URL = "api/describe";
 
 const state = {
   file: null,
@@ -25,7 +29,7 @@ const state = {
 
 async function checkServer() {
   try {
-    const response = await fetch("/api/health", { cache: "no-store" });
+    const response = await fetch(HEALTH_URL, { cache: "no-store" });
     const health = await response.json();
     $("server-dot").className = "dot ok";
     $("server-text").textContent = `ready · ${health.workers} worker${health.workers === 1 ? "" : "s"}`;
@@ -160,7 +164,7 @@ async function describe() {
   $("stop").hidden = false;
   let response;
   try {
-    response = await fetch("/api/describe", { method: "POST", body: form, headers, signal: controller.signal });
+    response = await fetch(DESCRIBE_URL, { method: "POST", body: form, headers, signal: controller.signal });
   } catch (e) {
     if (controller.signal.aborted) return stopped(controller);
     return fail(`Cannot reach the server (${e.message}). Is clipsteer serve still running?`, controller);
