@@ -56,11 +56,11 @@ impl DecodeLimits {
                 self.max_height
             );
         }
-        if width * height * bytes_per_pixel > self.max_alloc_bytes {
+        let bytes = width * height * bytes_per_pixel;
+        if bytes > self.max_alloc_bytes {
             bail!(
-                "image exceeds the decode limits ({}×{} pixels, {} MiB); resize it first",
-                self.max_width,
-                self.max_height,
+                "image is {width}×{height}, {:.1} MiB decoded, over the limit of {} MiB; resize it first",
+                bytes as f64 / (1u64 << 20) as f64,
                 self.max_alloc_bytes >> 20
             );
         }
@@ -205,7 +205,10 @@ fn decode<R: std::io::BufRead + std::io::Seek>(
         .into_decoder()
         .map_err(describe_image_error(limits))?;
     let (width, height) = decoder.dimensions();
-    limits.check(width as u64, height as u64, 0)?;
+    // The decoded pixels are one allocation of this size; the decoders' own limits are not
+    // all applied to it.
+    let bytes_per_pixel = decoder.color_type().bytes_per_pixel() as u64;
+    limits.check(width as u64, height as u64, bytes_per_pixel)?;
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
@@ -610,42 +613,44 @@ impl ClipImageProcessor {
         self.crop
     }
 
-    /// Pixel values [3, height, width], as `CLIPImageProcessor(...)["pixel_values"][0]`.
-    pub fn preprocess(&self, image: &DynamicImage, device: &Device) -> Result<Tensor> {
-        let mut rgb = to_rgb(image);
-        if self.do_resize {
-            let (width, height) = (rgb.width() as usize, rgb.height() as usize);
-            let (new_height, new_width) = match self.resize {
-                ResizeTarget::ShortestEdge(edge) => {
-                    let (short, long) = if width <= height {
-                        (width, height)
-                    } else {
-                        (height, width)
-                    };
-                    // transformers: int(size * long / short), in floating point.
-                    let new_long = (edge as f64 * long as f64 / short as f64) as usize;
-                    if width <= height {
-                        (new_long, edge)
-                    } else {
-                        (edge, new_long)
-                    }
-                }
-                ResizeTarget::Exact { height, width } => (height, width),
-            };
-            rgb = resize_like_pil(&rgb, new_width.max(1), new_height.max(1), self.resample);
+    /// The (height, width) the resize produces, before the crop.
+    fn resized_size(&self, width: usize, height: usize) -> (usize, usize) {
+        if !self.do_resize {
+            return (height, width);
         }
-        let (height, width) = (rgb.height() as usize, rgb.width() as usize);
+        let (new_height, new_width) = match self.resize {
+            ResizeTarget::ShortestEdge(edge) => {
+                let (short, long) = if width <= height {
+                    (width, height)
+                } else {
+                    (height, width)
+                };
+                // transformers: int(size * long / short), in floating point.
+                let new_long = (edge as f64 * long as f64 / short as f64) as usize;
+                if width <= height {
+                    (new_long, edge)
+                } else {
+                    (edge, new_long)
+                }
+            }
+            ResizeTarget::Exact { height, width } => (height, width),
+        };
+        (new_height.max(1), new_width.max(1))
+    }
+
+    /// Pixel values [3, height, width], as `CLIPImageProcessor(...)["pixel_values"][0]`.
+    ///
+    /// Only the part of the resized image that the centre crop keeps is computed (PIL's resize is
+    /// separable and each output pixel reads a fixed window of source pixels, so the kept pixels
+    /// are the same): memory beyond the decoded image is bounded by the crop, whatever the
+    /// image's shape. Resizing an 8000×1 strip in full would make a 1792000×224 intermediate.
+    pub fn preprocess(&self, image: &DynamicImage, device: &Device) -> Result<Tensor> {
+        let source = RgbRows::new(image);
+        let (height, width) = self.resized_size(source.width, source.height);
         let (crop_h, crop_w) = if self.do_center_crop {
             self.crop
         } else {
             (height, width)
-        };
-        let pixel = |y: isize, x: isize, c: usize| -> u8 {
-            if y < 0 || x < 0 || y >= height as isize || x >= width as isize {
-                0 // transformers pads a too-small image with zeros before cropping
-            } else {
-                rgb.get_pixel(x as u32, y as u32)[c]
-            }
         };
         // transformers' center_crop: top = (h - crop_h) // 2, with ceil-padding when smaller.
         let offset = |size: usize, crop: usize| -> isize {
@@ -656,11 +661,38 @@ impl ClipImageProcessor {
             }
         };
         let (top, left) = (offset(height, crop_h), offset(width, crop_w));
+        let kept = |start: isize, crop: usize, size: usize| {
+            let first = start.max(0) as usize;
+            first..((start + crop as isize).max(0) as usize).min(size)
+        };
+        let (rows, columns) = (kept(top, crop_h, height), kept(left, crop_w, width));
+        let region = resize_region(
+            &source,
+            width,
+            height,
+            columns.clone(),
+            rows.clone(),
+            self.resample,
+        );
+        let region_w = columns.len();
+        let pixel = |y: isize, x: isize, c: usize| -> u8 {
+            let (y, x) = (y + top, x + left);
+            if y < rows.start as isize
+                || x < columns.start as isize
+                || y >= rows.end as isize
+                || x >= columns.end as isize
+            {
+                0 // transformers pads a too-small image with zeros before cropping
+            } else {
+                let (y, x) = (y as usize - rows.start, x as usize - columns.start);
+                region[(y * region_w + x) * 3 + c]
+            }
+        };
         let mut data = Vec::with_capacity(3 * crop_h * crop_w);
         for c in 0..3 {
             for y in 0..crop_h {
                 for x in 0..crop_w {
-                    let raw = pixel(top + y as isize, left + x as isize, c);
+                    let raw = pixel(y as isize, x as isize, c);
                     // numpy: float64 multiply, stored as float32; then float32 normalise.
                     let mut value = if self.do_rescale {
                         (raw as f64 * self.rescale_factor) as f32
@@ -678,50 +710,149 @@ impl ClipImageProcessor {
     }
 }
 
+/// The rows of an image as the RGB pixels [`to_rgb`] makes, one row at a time, so that
+/// preprocessing holds no converted copy of the whole image next to the decoded one.
+struct RgbRows<'a> {
+    pixels: Pixels<'a>,
+    width: usize,
+    height: usize,
+}
+
+enum Pixels<'a> {
+    /// Packed RGB rows, read in place.
+    Rgb(&'a [u8]),
+    Rgba(&'a [u8]),
+    /// Any other layout (grey, 16-bit), read pixel by pixel.
+    Other(&'a DynamicImage),
+}
+
+impl<'a> RgbRows<'a> {
+    fn new(image: &'a DynamicImage) -> Self {
+        let pixels = match image {
+            DynamicImage::ImageRgb8(rgb) => Pixels::Rgb(rgb.as_raw()),
+            DynamicImage::ImageRgba8(rgba) => Pixels::Rgba(rgba.as_raw()),
+            other => Pixels::Other(other),
+        };
+        Self {
+            pixels,
+            width: image.width() as usize,
+            height: image.height() as usize,
+        }
+    }
+
+    fn rgb(image: &'a RgbImage) -> Self {
+        Self {
+            pixels: Pixels::Rgb(image.as_raw()),
+            width: image.width() as usize,
+            height: image.height() as usize,
+        }
+    }
+
+    /// Row `y` as packed RGB bytes: borrowed from an RGB image, else converted into `scratch`.
+    fn row<'s>(&'s self, y: usize, scratch: &'s mut Vec<u8>) -> &'s [u8] {
+        let w = self.width;
+        scratch.clear();
+        match self.pixels {
+            Pixels::Rgb(raw) => return &raw[y * w * 3..(y + 1) * w * 3],
+            Pixels::Rgba(raw) => {
+                for p in raw[y * w * 4..(y + 1) * w * 4].chunks_exact(4) {
+                    let a = p[3] as u32;
+                    scratch.extend([0, 1, 2].map(|c| composite_on_white(p[c], a)));
+                }
+            }
+            Pixels::Other(image) => {
+                // `get_pixel` converts samples to 8 bits as `to_rgb8`/`to_rgba8` do (the
+                // image_modes fixtures and a unit test below pin the equality).
+                use image::GenericImageView;
+                let has_alpha = image.color().has_alpha();
+                for x in 0..w {
+                    let p = image.get_pixel(x as u32, y as u32).0;
+                    if has_alpha {
+                        let a = p[3] as u32;
+                        scratch.extend([0, 1, 2].map(|c| composite_on_white(p[c], a)));
+                    } else {
+                        scratch.extend([p[0], p[1], p[2]]);
+                    }
+                }
+            }
+        }
+        scratch
+    }
+}
+
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
-/// PIL's `precompute_coeffs` followed by `normalize_coeffs_8bpc`: for each output pixel, the first
-/// input index, the number of taps and fixed-point weights.
-fn pil_coefficients(
-    in_size: usize,
-    out_size: usize,
-    filter: Resample,
-) -> (Vec<(usize, usize)>, Vec<i32>, usize) {
-    let scale = in_size as f64 / out_size as f64;
-    let filter_scale = scale.max(1.0);
-    let support = filter.support() * filter_scale;
-    let ksize = support.ceil() as usize * 2 + 1;
-    let mut bounds = Vec::with_capacity(out_size);
-    let mut weights = vec![0i32; out_size * ksize];
-    let mut taps = vec![0f64; ksize];
-    for xx in 0..out_size {
-        let center = (xx as f64 + 0.5) * scale;
-        let inv = 1.0 / filter_scale;
-        let xmin = ((center - support + 0.5) as i64).max(0) as usize;
-        let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
-        let count = xmax.saturating_sub(xmin);
-        let mut total = 0.0;
-        for (x, tap) in taps.iter_mut().enumerate().take(count) {
-            let w = filter.weight((x as f64 + xmin as f64 - center + 0.5) * inv);
-            *tap = w;
-            total += w;
+/// PIL's `precompute_coeffs` followed by `normalize_coeffs_8bpc`, for the output pixels in
+/// `kept` of a resize from `in_size` to `out_size`: each one's weights depend on its own index
+/// alone, so a cropped resize computes only those it keeps.
+struct Coefficients {
+    /// Per kept output pixel: its first input index and number of taps.
+    bounds: Vec<(usize, usize)>,
+    /// `ksize` fixed-point weights per kept output pixel, the first `count` of them used.
+    weights: Vec<i32>,
+    ksize: usize,
+}
+
+impl Coefficients {
+    fn new(
+        in_size: usize,
+        out_size: usize,
+        kept: std::ops::Range<usize>,
+        filter: Resample,
+    ) -> Self {
+        let scale = in_size as f64 / out_size as f64;
+        let filter_scale = scale.max(1.0);
+        let support = filter.support() * filter_scale;
+        let ksize = support.ceil() as usize * 2 + 1;
+        let mut bounds = Vec::with_capacity(kept.len());
+        let mut weights = vec![0i32; kept.len() * ksize];
+        let mut taps = vec![0f64; ksize];
+        for (i, xx) in kept.enumerate() {
+            let center = (xx as f64 + 0.5) * scale;
+            let inv = 1.0 / filter_scale;
+            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+            let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+            let count = xmax.saturating_sub(xmin);
+            let mut total = 0.0;
+            for (x, tap) in taps.iter_mut().enumerate().take(count) {
+                let w = filter.weight((x as f64 + xmin as f64 - center + 0.5) * inv);
+                *tap = w;
+                total += w;
+            }
+            for x in 0..count {
+                let w = if total != 0.0 {
+                    taps[x] / total
+                } else {
+                    taps[x]
+                };
+                let fixed = w * (1u32 << PRECISION_BITS) as f64;
+                weights[i * ksize + x] = if w < 0.0 {
+                    (fixed - 0.5) as i32
+                } else {
+                    (fixed + 0.5) as i32
+                };
+            }
+            bounds.push((xmin, count));
         }
-        for x in 0..count {
-            let w = if total != 0.0 {
-                taps[x] / total
-            } else {
-                taps[x]
-            };
-            let fixed = w * (1u32 << PRECISION_BITS) as f64;
-            weights[xx * ksize + x] = if w < 0.0 {
-                (fixed - 0.5) as i32
-            } else {
-                (fixed + 0.5) as i32
-            };
+        Self {
+            bounds,
+            weights,
+            ksize,
         }
-        bounds.push((xmin, count));
     }
-    (bounds, weights, ksize)
+
+    /// The kept output pixel `i`'s first input index and weights.
+    fn taps(&self, i: usize) -> (usize, &[i32]) {
+        let (first, count) = self.bounds[i];
+        (first, &self.weights[i * self.ksize..i * self.ksize + count])
+    }
+
+    /// The input indices any kept output pixel reads.
+    fn span(&self) -> std::ops::Range<usize> {
+        let first = self.bounds.iter().map(|b| b.0).min().unwrap_or(0);
+        let end = self.bounds.iter().map(|b| b.0 + b.1).max().unwrap_or(first);
+        first..end.max(first)
+    }
 }
 
 fn clip8(sum: i64) -> u8 {
@@ -734,6 +865,71 @@ fn clip8(sum: i64) -> u8 {
     }
 }
 
+/// Pixels `columns` × `rows` of PIL's `Image.resize((width, height), resample)` of `source`, as
+/// packed RGB rows: a horizontal pass into an 8-bit intermediate, then a vertical pass, each
+/// skipped when that dimension is unchanged, as in PIL. The horizontal pass runs over the source
+/// rows the kept output rows read, and only for the kept columns (PIL's `ImagingResampleInner`
+/// limits itself to the rows its box needs in the same way), so the intermediate holds at most
+/// `columns.len()` × the source's height pixels.
+fn resize_region(
+    source: &RgbRows,
+    width: usize,
+    height: usize,
+    columns: std::ops::Range<usize>,
+    rows: std::ops::Range<usize>,
+    filter: Resample,
+) -> Vec<u8> {
+    let (in_w, in_h) = (source.width, source.height);
+    let horizontal =
+        (width != in_w).then(|| Coefficients::new(in_w, width, columns.clone(), filter));
+    let vertical = (height != in_h).then(|| Coefficients::new(in_h, height, rows.clone(), filter));
+    let read_rows = match &vertical {
+        Some(v) => v.span(),
+        None => rows.clone(),
+    };
+    let line = columns.len() * 3;
+    let mut middle = vec![0u8; read_rows.len() * line];
+    let mut scratch = Vec::new();
+    for (y, out) in read_rows.clone().zip(middle.chunks_exact_mut(line.max(1))) {
+        let row = source.row(y, &mut scratch);
+        match &horizontal {
+            None => out.copy_from_slice(&row[columns.start * 3..columns.end * 3]),
+            Some(h) => {
+                for (i, pixel) in out.chunks_exact_mut(3).enumerate() {
+                    let (first, k) = h.taps(i);
+                    let mut sums = [1i64 << (PRECISION_BITS - 1); 3];
+                    for (x, &w) in k.iter().enumerate() {
+                        let p = &row[(first + x) * 3..(first + x) * 3 + 3];
+                        for c in 0..3 {
+                            sums[c] += p[c] as i64 * w as i64;
+                        }
+                    }
+                    pixel.copy_from_slice(&sums.map(clip8));
+                }
+            }
+        }
+    }
+    let Some(vertical) = vertical else {
+        return middle;
+    };
+    let mut out = vec![0u8; rows.len() * line];
+    let mut sums = vec![0i64; line];
+    for (i, out_row) in out.chunks_exact_mut(line.max(1)).enumerate() {
+        let (first, k) = vertical.taps(i);
+        sums.fill(1i64 << (PRECISION_BITS - 1));
+        for (y, &w) in k.iter().enumerate() {
+            let at = (first + y - read_rows.start) * line;
+            for (sum, &p) in sums.iter_mut().zip(&middle[at..at + line]) {
+                *sum += p as i64 * w as i64;
+            }
+        }
+        for (o, &sum) in out_row.iter_mut().zip(&sums) {
+            *o = clip8(sum);
+        }
+    }
+    out
+}
+
 /// `Image.resize((width, height), resample)` of PIL on an RGB image: a horizontal pass into an
 /// 8-bit intermediate, then a vertical pass, each skipped when that dimension is unchanged.
 pub fn resize_like_pil(
@@ -742,52 +938,300 @@ pub fn resize_like_pil(
     height: usize,
     filter: Resample,
 ) -> RgbImage {
-    let (in_w, in_h) = (input.width() as usize, input.height() as usize);
-    let mut current = input.clone();
-    if width != in_w {
-        let (bounds, weights, ksize) = pil_coefficients(in_w, width, filter);
-        let mut out = RgbImage::new(width as u32, in_h as u32);
-        for y in 0..in_h {
-            for (xx, &(xmin, count)) in bounds.iter().enumerate() {
-                let k = &weights[xx * ksize..xx * ksize + count];
-                let mut sums = [1i64 << (PRECISION_BITS - 1); 3];
-                for (x, &w) in k.iter().enumerate() {
-                    let p = current.get_pixel((xmin + x) as u32, y as u32);
-                    for c in 0..3 {
-                        sums[c] += p[c] as i64 * w as i64;
+    let pixels = resize_region(
+        &RgbRows::rgb(input),
+        width,
+        height,
+        0..width,
+        0..height,
+        filter,
+    );
+    RgbImage::from_raw(width as u32, height as u32, pixels)
+        .expect("resize_region returns width × height RGB pixels")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic pseudo-random bytes (xorshift), so that no test depends on a seed's crate.
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 24) as u8
+            })
+            .collect()
+    }
+
+    fn noisy_rgb(width: u32, height: u32, seed: u64) -> RgbImage {
+        RgbImage::from_raw(width, height, noise((width * height * 3) as usize, seed)).unwrap()
+    }
+
+    /// The resize as it was before the cropped resize: PIL's two passes over the whole image,
+    /// then transformers' centre crop with zero padding. Kept here as the reference the cropped
+    /// resize must equal pixel for pixel (this version passed the Pillow parity fixtures).
+    fn resize_then_crop(
+        input: &RgbImage,
+        width: usize,
+        height: usize,
+        crop: (usize, usize),
+        filter: Resample,
+    ) -> Vec<u8> {
+        let full = |in_size: usize, out_size: usize| {
+            let c = Coefficients::new(in_size, out_size, 0..out_size, filter);
+            (c.bounds, c.weights, c.ksize)
+        };
+        let (in_w, in_h) = (input.width() as usize, input.height() as usize);
+        let mut current = input.clone();
+        if width != in_w {
+            let (bounds, weights, ksize) = full(in_w, width);
+            let mut out = RgbImage::new(width as u32, in_h as u32);
+            for y in 0..in_h {
+                for (xx, &(xmin, count)) in bounds.iter().enumerate() {
+                    let k = &weights[xx * ksize..xx * ksize + count];
+                    let mut sums = [1i64 << (PRECISION_BITS - 1); 3];
+                    for (x, &w) in k.iter().enumerate() {
+                        let p = current.get_pixel((xmin + x) as u32, y as u32);
+                        for c in 0..3 {
+                            sums[c] += p[c] as i64 * w as i64;
+                        }
                     }
+                    out.put_pixel(xx as u32, y as u32, image::Rgb(sums.map(clip8)));
                 }
-                out.put_pixel(
-                    xx as u32,
-                    y as u32,
-                    image::Rgb([clip8(sums[0]), clip8(sums[1]), clip8(sums[2])]),
-                );
+            }
+            current = out;
+        }
+        if height != in_h {
+            let (bounds, weights, ksize) = full(in_h, height);
+            let mut out = RgbImage::new(width as u32, height as u32);
+            for (yy, &(ymin, count)) in bounds.iter().enumerate() {
+                let k = &weights[yy * ksize..yy * ksize + count];
+                for x in 0..width {
+                    let mut sums = [1i64 << (PRECISION_BITS - 1); 3];
+                    for (y, &w) in k.iter().enumerate() {
+                        let p = current.get_pixel(x as u32, (ymin + y) as u32);
+                        for c in 0..3 {
+                            sums[c] += p[c] as i64 * w as i64;
+                        }
+                    }
+                    out.put_pixel(x as u32, yy as u32, image::Rgb(sums.map(clip8)));
+                }
+            }
+            current = out;
+        }
+        let (crop_h, crop_w) = crop;
+        let offset = |size: usize, crop: usize| -> isize {
+            if crop <= size {
+                ((size - crop) / 2) as isize
+            } else {
+                -(((crop - size) as f64 / 2.0).ceil() as isize)
+            }
+        };
+        let (top, left) = (offset(height, crop_h), offset(width, crop_w));
+        let mut out = Vec::with_capacity(crop_h * crop_w * 3);
+        for y in 0..crop_h as isize {
+            for x in 0..crop_w as isize {
+                let (y, x) = (y + top, x + left);
+                if y < 0 || x < 0 || y >= height as isize || x >= width as isize {
+                    out.extend([0, 0, 0]);
+                } else {
+                    out.extend(current.get_pixel(x as u32, y as u32).0);
+                }
             }
         }
-        current = out;
+        out
     }
-    if height != in_h {
-        let (bounds, weights, ksize) = pil_coefficients(in_h, height, filter);
-        let cur_w = current.width() as usize;
-        let mut out = RgbImage::new(cur_w as u32, height as u32);
-        for (yy, &(ymin, count)) in bounds.iter().enumerate() {
-            let k = &weights[yy * ksize..yy * ksize + count];
-            for x in 0..cur_w {
-                let mut sums = [1i64 << (PRECISION_BITS - 1); 3];
-                for (y, &w) in k.iter().enumerate() {
-                    let p = current.get_pixel(x as u32, (ymin + y) as u32);
-                    for c in 0..3 {
-                        sums[c] += p[c] as i64 * w as i64;
-                    }
-                }
-                out.put_pixel(
-                    x as u32,
-                    yy as u32,
-                    image::Rgb([clip8(sums[0]), clip8(sums[1]), clip8(sums[2])]),
-                );
+
+    /// The processor's output as 8-bit HWC pixels (no rescale or normalisation).
+    fn raw_pixels(processor: &ClipImageProcessor, image: &RgbImage) -> Vec<u8> {
+        let mut processor = processor.clone();
+        processor.do_rescale = false;
+        processor.do_normalize = false;
+        let t = processor
+            .preprocess(&DynamicImage::ImageRgb8(image.clone()), &Device::Cpu)
+            .unwrap();
+        let (_, h, w) = t.dims3().unwrap();
+        let chw = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mut hwc = vec![0u8; chw.len()];
+        for c in 0..3 {
+            for i in 0..h * w {
+                hwc[i * 3 + c] = chw[c * h * w + i] as u8;
             }
         }
-        current = out;
+        hwc
     }
-    current
+
+    #[test]
+    fn cropped_resize_equals_resize_then_crop() {
+        // Shapes: downscale and upscale on either axis, the strips, a side equal to the
+        // target (one pass skipped), odd crops off-centre by one, crops larger than the image.
+        let shapes = [
+            (300, 7),
+            (7, 300),
+            (2000, 1),
+            (1, 2000),
+            (37, 23),
+            (16, 80),
+            (80, 16),
+            (5, 5),
+            (640, 480),
+        ];
+        let configs = [
+            (ResizeTarget::ShortestEdge(16), (16, 16)),
+            (ResizeTarget::ShortestEdge(17), (13, 15)),
+            (ResizeTarget::ShortestEdge(8), (12, 20)),
+            (
+                ResizeTarget::Exact {
+                    height: 9,
+                    width: 31,
+                },
+                (9, 8),
+            ),
+        ];
+        for (seed, &(w, h)) in shapes.iter().enumerate() {
+            let image = noisy_rgb(w, h, seed as u64);
+            for filter in [Resample::Bicubic, Resample::Bilinear] {
+                for &(resize, crop) in &configs {
+                    let mut processor = ClipImageProcessor::openai(16);
+                    processor.resize = resize;
+                    processor.crop = crop;
+                    processor.resample = filter;
+                    let (new_h, new_w) = processor.resized_size(w as usize, h as usize);
+                    let want = resize_then_crop(&image, new_w, new_h, crop, filter);
+                    let got = raw_pixels(&processor, &image);
+                    assert!(
+                        got == want,
+                        "{w}×{h} → {new_w}×{new_h}, crop {crop:?}, {filter:?}: pixels differ"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn strips_resize_only_what_the_crop_keeps() {
+        // An 8000×1 strip against a 224 processor: in full the resize is 1792000×224 pixels
+        // (1.2 GB); the kept part is 224×224, and each kept column reads at most 3 source pixels.
+        let strip = noisy_rgb(8000, 1, 7);
+        let rows = DynamicImage::ImageRgb8(strip.clone());
+        let processor = ClipImageProcessor::openai(224);
+        let (h, w) = processor.resized_size(8000, 1);
+        assert_eq!((h, w), (224, 1_792_000));
+        let columns = (w - 224) / 2..(w - 224) / 2 + 224;
+        let kept = Coefficients::new(8000, w, columns.clone(), Resample::Bicubic);
+        assert_eq!(kept.bounds.len(), 224);
+        assert!(kept.span().len() <= 4, "{:?}", kept.span());
+        let region = resize_region(
+            &RgbRows::new(&rows),
+            w,
+            h,
+            columns.clone(),
+            0..224,
+            Resample::Bicubic,
+        );
+        assert_eq!(region.len(), 224 * 224 * 3);
+        // A one-row source is constant down each column: every row equals the first.
+        assert!(region
+            .chunks_exact(224 * 3)
+            .all(|r| r == &region[..224 * 3]));
+        // And equals the middle of the full horizontal pass, checked on the full-width row.
+        let full = resize_region(&RgbRows::new(&rows), w, 1, 0..w, 0..1, Resample::Bicubic);
+        assert_eq!(
+            &region[..224 * 3],
+            &full[columns.start * 3..columns.end * 3]
+        );
+    }
+
+    #[test]
+    fn rows_are_to_rgb_for_every_layout() {
+        use image::{ImageBuffer, Luma, LumaA, Rgb, Rgba};
+        let (w, h) = (9u32, 4u32);
+        let bytes = |n: u32, seed| noise((w * h * n) as usize, seed);
+        let words = |n: u32, seed| -> Vec<u16> {
+            bytes(2 * n, seed)
+                .chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                .collect()
+        };
+        let floats = |n: u32, seed| -> Vec<f32> {
+            // Past 0..1 on both sides, to cover the clamping.
+            bytes(n, seed)
+                .iter()
+                .map(|&b| b as f32 / 200.0 - 0.1)
+                .collect()
+        };
+        let mut alpha_bytes = bytes(4, 9);
+        alpha_bytes[3] = 0;
+        alpha_bytes[7] = 255;
+        let images = [
+            DynamicImage::ImageLuma8(
+                ImageBuffer::<Luma<u8>, _>::from_raw(w, h, bytes(1, 1)).unwrap(),
+            ),
+            DynamicImage::ImageLumaA8(
+                ImageBuffer::<LumaA<u8>, _>::from_raw(w, h, bytes(2, 2)).unwrap(),
+            ),
+            DynamicImage::ImageRgb8(
+                ImageBuffer::<Rgb<u8>, _>::from_raw(w, h, bytes(3, 3)).unwrap(),
+            ),
+            DynamicImage::ImageRgba8(
+                ImageBuffer::<Rgba<u8>, _>::from_raw(w, h, alpha_bytes).unwrap(),
+            ),
+            DynamicImage::ImageLuma16(
+                ImageBuffer::<Luma<u16>, _>::from_raw(w, h, words(1, 5)).unwrap(),
+            ),
+            DynamicImage::ImageLumaA16(
+                ImageBuffer::<LumaA<u16>, _>::from_raw(w, h, words(2, 6)).unwrap(),
+            ),
+            DynamicImage::ImageRgb16(
+                ImageBuffer::<Rgb<u16>, _>::from_raw(w, h, words(3, 7)).unwrap(),
+            ),
+            DynamicImage::ImageRgba16(
+                ImageBuffer::<Rgba<u16>, _>::from_raw(w, h, words(4, 8)).unwrap(),
+            ),
+            DynamicImage::ImageRgb32F(
+                ImageBuffer::<Rgb<f32>, _>::from_raw(w, h, floats(3, 10)).unwrap(),
+            ),
+            DynamicImage::ImageRgba32F(
+                ImageBuffer::<Rgba<f32>, _>::from_raw(w, h, floats(4, 11)).unwrap(),
+            ),
+        ];
+        for image in &images {
+            let want = to_rgb(image);
+            let rows = RgbRows::new(image);
+            let mut scratch = Vec::new();
+            for y in 0..h {
+                let got = rows.row(y as usize, &mut scratch).to_vec();
+                let want_row = &want.as_raw()[(y * w * 3) as usize..((y + 1) * w * 3) as usize];
+                assert_eq!(got, want_row, "{:?}, row {y}", image.color());
+            }
+        }
+    }
+
+    #[test]
+    fn decoded_size_is_checked_before_allocating() {
+        // 1000×1000 RGB is 3,000,000 bytes; a 2 MiB budget refuses it by its header.
+        let mut png = Vec::new();
+        DynamicImage::ImageRgb8(RgbImage::new(1000, 1000))
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        let limits = DecodeLimits {
+            max_width: 4096,
+            max_height: 4096,
+            max_alloc_bytes: 2 << 20,
+        };
+        let err = decode_image_bytes(&png, limits).unwrap_err();
+        assert_eq!(
+            crate::error_line(&err),
+            "cannot decode image: image is 1000×1000, 2.9 MiB decoded, over the limit of 2 MiB; resize it first"
+        );
+        let roomy = DecodeLimits {
+            max_alloc_bytes: 3_000_000,
+            ..limits
+        };
+        assert_eq!(decode_image_bytes(&png, roomy).unwrap().width(), 1000);
+    }
 }
