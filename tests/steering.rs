@@ -88,6 +88,8 @@ mod oracle {
             '\u{321}' => "\u{326}",
             '\u{300}'..='\u{30F}' | '\u{334}' | '\u{338}' | '\u{20DD}' => return None, // no prototype
             '\u{80}'..='\u{9F}' => return None, // C1 controls: none
+            // Format characters that are not default-ignorable: none in confusables.txt.
+            '\u{FFF9}'..='\u{FFFB}' | '\u{13430}'..='\u{1343F}' => return None,
             _ if !strict => return None,
             _ => panic!(
                 "the oracle has no confusables entry for {c:?} (U+{:04X})",
@@ -156,7 +158,9 @@ mod oracle {
         for &c in &chars {
             if matches!(
                 category.get(c),
-                GeneralCategory::NonspacingMark | GeneralCategory::EnclosingMark
+                GeneralCategory::NonspacingMark
+                    | GeneralCategory::EnclosingMark
+                    | GeneralCategory::Format
             ) || (category.get(c) == GeneralCategory::Control && !white.contains(c))
             {
                 continue;
@@ -295,6 +299,10 @@ fn blocked_words_are_found_in_every_disguise() {
                 "𝐝𝐨𝐠",
                 "d\u{200B}og",
                 "d\u{AD}og",
+                "d\u{FFF9}og",
+                "d\u{FFFB}og",
+                "do\u{13430}g",
+                "d\u{E0001}og",
                 "d\u{43E}g",
                 "DOG",
                 "𝒹ℴℊ",
@@ -421,7 +429,18 @@ mod disguise {
         ('v', "ν"),
     ];
     const INVISIBLE: &[char] = &[
-        '\u{200B}', '\u{200C}', '\u{200D}', '\u{2060}', '\u{AD}', '\u{FEFF}', '\u{34F}',
+        '\u{200B}',
+        '\u{200C}',
+        '\u{200D}',
+        '\u{2060}',
+        '\u{AD}',
+        '\u{FEFF}',
+        '\u{34F}',
+        '\u{FFF9}',
+        '\u{FFFA}',
+        '\u{FFFB}',
+        '\u{13430}',
+        '\u{1BCA0}',
     ];
     const MARKS: &[char] = &[
         '\u{336}', '\u{334}', '\u{338}', '\u{301}', '\u{321}', '\u{20DD}',

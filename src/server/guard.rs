@@ -61,7 +61,9 @@ fn split_authority(text: &str) -> Option<(Name, Option<u16>)> {
         }
     };
     let port = match port {
-        Some(port) => Some(port.parse::<u16>().ok()?),
+        // Digits only: u16's parser would take "+80" too.
+        Some(port) if port.bytes().all(|b| b.is_ascii_digit()) => Some(port.parse::<u16>().ok()?),
+        Some(_) => return None,
         None => None,
     };
     Some((Name::parse(name)?, port))
@@ -246,6 +248,14 @@ impl Guard {
             }
             return Ok(()); // HTTP/1.0 clients may omit it; browsers never do
         };
+        if headers.get_all(axum::http::header::HOST).iter().count() > 1 {
+            // RFC 9112 §3.2: a request with more than one Host is answered 400, since a proxy
+            // and this server could otherwise read different ones.
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "the request has more than one Host header; send one".into(),
+            ));
+        }
         let known = value
             .to_str()
             .ok()
@@ -347,6 +357,17 @@ mod tests {
             .check_host(&headers(None, None), Version::HTTP_11)
             .unwrap_err();
         assert_eq!(missing.status, StatusCode::BAD_REQUEST);
+        let mut twice = headers(Some("localhost"), None);
+        twice.append(
+            axum::http::header::HOST,
+            axum::http::HeaderValue::from_static("evil.example"),
+        );
+        let error = guard.check_host(&twice, Version::HTTP_11).unwrap_err();
+        assert_eq!(error.status, StatusCode::BAD_REQUEST);
+        let signed = guard
+            .check_host(&headers(Some("localhost:+80"), None), Version::HTTP_11)
+            .unwrap_err();
+        assert_eq!(signed.status, StatusCode::FORBIDDEN);
         assert!(guard
             .check_host(&headers(None, None), Version::HTTP_10)
             .is_ok());

@@ -71,7 +71,8 @@ pub struct Blocklist {
 ///    hyphen, joiners, variation selectors…) removed, each character replaced by its prototype
 ///    (Cyrillic `о` → `o`, `0` → `O`, `m` → `rn`), NFD again;
 /// 4. full case folding again, since prototypes may be capitals (`0` → `O`);
-/// 5. every nonspacing or enclosing mark (General_Category Mn, Me) dropped: accents (`dóg`,
+/// 5. every nonspacing or enclosing mark and format character (General_Category Mn, Me, Cf)
+///    dropped (a Cf such as U+FFF9 inside `d`+U+FFF9+`og` draws nothing, so it reads `dog`): accents (`dóg`,
 ///    `d` + U+0301 + `og`), strike-through and overlays (`d̶o̶g̶`, U+0336), Zalgo stacks, enclosing
 ///    circles, and the U+0307 that folding makes of `İ` (so `İSTANBUL` matches `istanbul`).
 ///    Filters that strip diacritics would read `dóg` as `dog`, so the blocklist does too; the
@@ -103,9 +104,14 @@ pub fn normalize_for_matching(text: &str) -> String {
     let mut out = String::with_capacity(folded.len());
     let mut previous: Option<char> = None;
     for c in folded.chars() {
+        // Format characters (Cf) draw nothing either: besides the default-ignorables the
+        // skeleton already removed, the interlinear annotation anchors (U+FFF9–U+FFFB) and the
+        // hieroglyph format controls (U+13430…) have width 0 in glibc's wcwidth.
         if matches!(
             c.general_category(),
-            GeneralCategory::NonspacingMark | GeneralCategory::EnclosingMark
+            GeneralCategory::NonspacingMark
+                | GeneralCategory::EnclosingMark
+                | GeneralCategory::Format
         ) {
             continue;
         }
