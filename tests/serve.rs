@@ -1100,3 +1100,20 @@ fn api_errors_name_the_requests_fields_and_want_multipart() {
         assert!(message.contains("curl -F image=@"), "{message}");
     }
 }
+
+#[test]
+fn an_uploads_file_name_comes_back_without_its_controls() {
+    let server = Server::start(&[]);
+    let image = fixture_bytes("images/photo_80x53.jpg");
+    let name = "dir/a\u{202E}gnp.exe";
+    let body = multipart(&[
+        ("image", Some(name), &image),
+        ("params", None, QUICK.as_bytes()),
+    ]);
+    let reply = post(&server, "/api/describe", &body, &[]);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let events = reply.events();
+    let done = events.last().unwrap();
+    assert_eq!(done["event"], "done", "{events:?}");
+    assert_eq!(done["image"], "a\\u{202e}gnp.exe");
+}

@@ -642,13 +642,17 @@ async fn read_upload(state: &AppState, request: Request) -> Result<Upload, ApiEr
             Some("image") if !has_image => {
                 has_image = true;
                 upload.file_name = field.file_name().map(|n| {
-                    // Only the name is echoed back in events; never a client's path.
-                    n.rsplit(['/', '\\'])
+                    // Only the name is echoed back in events; never a client's path, and its
+                    // controls as escapes, so that a page showing it shows what was sent
+                    // (`a` + U+202E + `gnp.exe` would be drawn as `aexe.png`).
+                    let name: String = n
+                        .rsplit(['/', '\\'])
                         .next()
                         .unwrap_or(n)
                         .chars()
                         .take(200)
-                        .collect()
+                        .collect();
+                    crate::terminal_safe(&name, false).into_owned()
                 });
                 upload.image = field.bytes().await.map_err(field_error)?.to_vec();
                 if upload.image.len() > state.max_upload_bytes {
