@@ -113,6 +113,10 @@ fn text_only_encoder_steers_from_the_command_line_and_refuses_images() {
         .arg(fixture("images/crop32.png"))
         .output()
         .unwrap();
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stdout).contains("text only"));
+    // Said once, before any image is read (issue 29: it used to fail on each image in turn).
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output.stdout.is_empty());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("embeds text only"), "{err}");
 }
