@@ -307,6 +307,27 @@ fn usage(message: String) -> anyhow::Error {
     anyhow::Error::new(crate::UsageError(message))
 }
 
+/// A file's identity, device and inode: one per file whatever names and links lead to it.
+#[cfg(unix)]
+pub fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
+#[cfg(not(unix))]
+pub fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
+    // No inode numbers: every file counts as new (links are rare there).
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let _ = meta;
+    (0, NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
+/// The identity (device, inode) of the file `path` leads to, links followed; None when there is
+/// none.
+pub fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|meta| identity(&meta))
+}
+
 /// The folder `path` is in (`.` for a bare file name).
 pub fn parent_dir(path: &Path) -> &Path {
     match path.parent() {

@@ -59,14 +59,15 @@ pub fn print_err_line(args: std::fmt::Arguments<'_>) {
         .and_then(|()| err.write_all(b"\n"));
 }
 
-/// `text` as a terminal may show it without acting on it: C0 and C1 controls (ESC and so every
-/// escape sequence, BEL, BS, CR), DEL and the bidi controls (U+061C, U+200E, U+200F, U+202A–U+202E, U+2066–U+2069, which reorder what
-/// follows) are written as `\u{..}` escapes. With `keep_layout`, tab and newline stay (a
+/// `text` as a terminal may show it without acting on it: what a blocklist refuses to write
+/// ([`steer::constraints::is_refused_control`]: C0 and C1 controls, so every escape sequence,
+/// DEL, the bidi controls and U+2028/U+2029) is written as `\u{..}` escapes. With `keep_layout`, tab and newline stay (a
 /// caption's own layout); without, they are escaped too, so that one record stays one line.
 pub fn terminal_safe(text: &str, keep_layout: bool) -> std::borrow::Cow<'_, str> {
+    // The same characters the blocklist refuses to write, and tab and line feed when a record
+    // must stay one line.
     let unsafe_char = |c: char| {
-        (c.is_control() && !(keep_layout && matches!(c, '\t' | '\n')))
-            || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        steer::constraints::is_refused_control(c) || (!keep_layout && matches!(c, '\t' | '\n'))
     };
     if !text.chars().any(unsafe_char) {
         return std::borrow::Cow::Borrowed(text);

@@ -108,11 +108,6 @@ struct Entry {
     last_error: Option<(LineRef, String)>,
 }
 
-/// The key images are matched by ([`crate::pathkey::key`]).
-fn key(image: &Path) -> PathBuf {
-    crate::pathkey::key(image)
-}
-
 /// Opens a part for reading, refusing what is not a regular file and a part that a running
 /// `describe --out` still holds (its exclusive lock, [`crate::parts::PartWriter`]): merging it
 /// would silently miss the lines still to come.
@@ -142,7 +137,10 @@ fn check_output(
         return Ok(()); // new
     };
     for (part, file) in parts.iter().zip(files) {
-        if file.metadata().is_ok_and(|m| same_file(&m, &existing)) {
+        if file
+            .metadata()
+            .is_ok_and(|m| crate::files::identity(&m) == crate::files::identity(&existing))
+        {
             crate::usage_bail!(
                 "{what} is the part {} itself: write the merged file to a new name",
                 part.display()
@@ -164,17 +162,6 @@ fn check_output(
         );
     }
     Ok(())
-}
-
-#[cfg(unix)]
-fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    (a.dev(), a.ino()) == (b.dev(), b.ino())
-}
-
-#[cfg(not(unix))]
-fn same_file(_a: &std::fs::Metadata, _b: &std::fs::Metadata) -> bool {
-    false
 }
 
 /// Merges `parts` into `output`. `inputs`, when given, is the run's list of images as describe
@@ -264,8 +251,8 @@ pub fn merge(parts: &[PathBuf], inputs: Option<&[PathBuf]>, output: &Path) -> Re
                 Some(_) => {}
             }
             let named = json!({"image": image, "image_hex": head.image_hex});
-            let image_key =
-                crate::pathkey::from_line(&named).unwrap_or_else(|| key(Path::new(&image)));
+            let image_key = crate::pathkey::from_line(&named)
+                .unwrap_or_else(|| crate::pathkey::key(Path::new(&image)));
             let entry = entries.entry(image_key.clone()).or_insert_with(|| {
                 first_seen.push(image_key);
                 Entry {
@@ -288,7 +275,7 @@ pub fn merge(parts: &[PathBuf], inputs: Option<&[PathBuf]>, output: &Path) -> Re
             let mut wanted = Vec::with_capacity(inputs.len());
             let mut seen = HashSet::new();
             for input in inputs {
-                let input_key = key(input);
+                let input_key = crate::pathkey::key(input);
                 if seen.insert(input_key.clone()) {
                     if !entries.contains_key(&input_key) {
                         report.missing.push(crate::pathkey::label(input));

@@ -530,7 +530,7 @@ struct InputWalk {
 
 impl InputWalk {
     fn file(&mut self, path: &Path, meta: &std::fs::Metadata) {
-        if self.files.insert(identity(meta)) {
+        if self.files.insert(crate::files::identity(meta)) {
             self.out.push(path.to_path_buf());
         }
     }
@@ -542,7 +542,7 @@ impl InputWalk {
     }
 
     fn dir(&mut self, dir: &Path, meta: &std::fs::Metadata) {
-        if !self.dirs.insert(identity(meta)) {
+        if !self.dirs.insert(crate::files::identity(meta)) {
             return;
         }
         let Ok(entries) = std::fs::read_dir(dir) else {
@@ -559,26 +559,6 @@ impl InputWalk {
             }
         }
     }
-}
-
-#[cfg(unix)]
-fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
-    use std::os::unix::fs::MetadataExt;
-    (meta.dev(), meta.ino())
-}
-
-#[cfg(not(unix))]
-fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
-    // No inode numbers: every file counts as new (links are rare there).
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let _ = meta;
-    (0, NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
-}
-
-/// The identity (device, inode) of the file `path` leads to, links followed; None when there is
-/// none.
-fn file_identity(path: &Path) -> Option<(u64, u64)> {
-    std::fs::metadata(path).ok().map(|meta| identity(&meta))
 }
 
 fn has_image_extension(path: &Path) -> bool {
@@ -625,10 +605,10 @@ impl InputSpec {
             );
         }
         let out_key = self.out.as_deref().map(crate::pathkey::key);
-        let out_identity = self.out.as_deref().and_then(file_identity);
+        let out_identity = self.out.as_deref().and_then(crate::files::file_identity);
         let is_out = |path: &Path| {
             out_key.as_ref() == Some(&crate::pathkey::key(path))
-                || (out_identity.is_some() && file_identity(path) == out_identity)
+                || (out_identity.is_some() && crate::files::file_identity(path) == out_identity)
         };
         // The part file is a result, never an input (an --out named like an image inside the
         // input folder would otherwise be described, and fail, on every resume).
@@ -654,8 +634,10 @@ impl InputSpec {
         if self.captions.is_some() {
             // A caption file that is the part file, or that is (a link to) an input image, would
             // destroy it when written: refused before any work.
-            let inputs: HashSet<(u64, u64)> =
-                all_images.iter().filter_map(|p| file_identity(p)).collect();
+            let inputs: HashSet<(u64, u64)> = all_images
+                .iter()
+                .filter_map(|p| crate::files::file_identity(p))
+                .collect();
             for image in &all_images {
                 let caption = crate::sidecar::caption_path(image);
                 if is_out(&caption) {
@@ -665,7 +647,7 @@ impl InputSpec {
                         image.display()
                     );
                 }
-                if file_identity(&caption).is_some_and(|id| inputs.contains(&id)) {
+                if crate::files::file_identity(&caption).is_some_and(|id| inputs.contains(&id)) {
                     refused.insert(
                         image.clone(),
                         format!(

@@ -100,7 +100,10 @@ impl CaptionFiles {
             let what = format!("caption file {}", target.display());
             return match crate::files::destination(&target, &what) {
                 Err(e) => Some(crate::error_line(&e)),
-                Ok(destination) if same_file(&destination.path, image) => Some(format!(
+                Ok(destination)
+                    if crate::files::file_identity(&destination.path).is_some()
+                        && crate::files::file_identity(&destination.path)
+                            == crate::files::file_identity(image) => Some(format!(
                     "{what} is a link to the image itself, which writing the caption would destroy; remove the link"
                 )),
                 Ok(_) => None,
@@ -183,7 +186,7 @@ pub fn collisions(images: &[PathBuf]) -> HashMap<PathBuf, Vec<PathBuf>> {
 /// Fails fast, before models load, when a folder that will receive caption files cannot be
 /// written to (a read-only dataset mount): one line naming the folder.
 pub fn check_writable<'a>(images: impl IntoIterator<Item = &'a Path>) -> Result<()> {
-    let dirs: BTreeSet<&Path> = images.into_iter().map(parent_dir).collect();
+    let dirs: BTreeSet<&Path> = images.into_iter().map(crate::files::parent_dir).collect();
     for dir in dirs {
         tempfile::Builder::new()
             .prefix(".clipsteer-probe-")
@@ -196,21 +199,6 @@ pub fn check_writable<'a>(images: impl IntoIterator<Item = &'a Path>) -> Result<
             })?;
     }
     Ok(())
-}
-
-/// Whether `a` and `b` lead to one file (links followed).
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
-}
-
-fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    }
 }
 
 #[cfg(test)]
