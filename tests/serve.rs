@@ -1117,3 +1117,64 @@ fn an_uploads_file_name_comes_back_without_its_controls() {
     assert_eq!(done["event"], "done", "{events:?}");
     assert_eq!(done["image"], "a\\u{202e}gnp.exe");
 }
+
+#[test]
+fn a_client_that_never_finishes_its_headers_is_let_go_and_others_are_served() {
+    use std::io::{Read, Write};
+    let server = Server::start(&[]);
+    // Half a request head, as a slowloris client sends it, and a connection that sends nothing.
+    let mut stalled = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    stalled
+        .write_all(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .unwrap();
+    let mut silent = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let started = Instant::now();
+    assert_eq!(
+        get(&server, "/api/health").status,
+        200,
+        "others are served meanwhile"
+    );
+    for stream in [&mut stalled, &mut silent] {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(40)))
+            .unwrap();
+        let mut rest = Vec::new();
+        // The server closes the connection: the read ends (with or without a 408 first).
+        let ended = stream.read_to_end(&mut rest).is_ok();
+        assert!(ended, "the server closed the connection");
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(8) && waited < Duration::from_secs(30),
+        "the header read timeout (10 s) let them go: {waited:?}"
+    );
+}
+
+#[test]
+fn an_absolute_request_target_naming_another_host_is_refused() {
+    let server = Server::start(&[]);
+    let head = format!(
+        "GET http://evil.example/api/health HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+        server.port
+    );
+    let (status, body) = raw_exchange(&server, &head, b"");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("request target"), "{body}");
+    let own = format!(
+        "GET http://127.0.0.1:{0}/api/health HTTP/1.1\r\nHost: 127.0.0.1:{0}\r\nConnection: close\r\n\r\n",
+        server.port
+    );
+    assert_eq!(raw_exchange(&server, &own, b"").0, 200);
+    // A trailing dot on the address is the same address, as browsers read it.
+    let dotted = "GET /api/health HTTP/1.1\r\nHost: 127.0.0.1.\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw_exchange(&server, dotted, b"").0, 200);
+}
+
+#[test]
+fn a_websocket_client_that_closes_first_gets_the_close_answered() {
+    let server = Server::start(&[]);
+    let mut socket = raw_websocket(&server);
+    std::io::Write::write_all(&mut socket, &client_frame(8, &1000u16.to_be_bytes())).unwrap();
+    let (code, _) = read_close_frame(&mut socket);
+    assert_eq!(code, 1000, "RFC 6455 §5.5.1: the close is answered");
+}

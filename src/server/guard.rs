@@ -32,10 +32,14 @@ impl Name {
         if let Some(inner) = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
             return inner.parse().ok().map(Name::Ip);
         }
-        if let Ok(ip) = text.parse::<IpAddr>() {
-            return Some(Name::Ip(ip));
+        // A trailing dot is the root of the DNS: `localhost.` is `localhost`, and browsers read
+        // `127.0.0.1.` as the address 127.0.0.1 (WHATWG URL's IPv4 parser drops the empty last
+        // part), so it is one here too rather than a host name nobody could allow.
+        let text = text.strip_suffix('.').unwrap_or(text);
+        if let Ok(ip) = text.parse::<std::net::Ipv4Addr>() {
+            return Some(Name::Ip(IpAddr::V4(ip)));
         }
-        let name = text.strip_suffix('.').unwrap_or(text).to_ascii_lowercase();
+        let name = text.to_ascii_lowercase();
         let valid = !name.is_empty()
             && name
                 .chars()
@@ -238,7 +242,25 @@ impl Guard {
 
     /// The `Host` check. The port is not part of it: a name, not a port, is what a rebinding
     /// page controls, and a proxy in front may forward its own port.
-    pub fn check_host(&self, headers: &HeaderMap, version: Version) -> Result<(), ApiError> {
+    ///
+    /// A request target in absolute form (`GET http://name/ HTTP/1.1`) names the host itself, and
+    /// RFC 9112 §3.2.2 has the server use it in place of `Host`: so it is checked as `Host` is.
+    pub fn check_host(
+        &self,
+        uri: &axum::http::Uri,
+        headers: &HeaderMap,
+        version: Version,
+    ) -> Result<(), ApiError> {
+        if let Some(authority) = uri.authority() {
+            let known =
+                split_authority(authority.as_str()).is_some_and(|(name, _)| self.answers_to(&name));
+            if !known {
+                return Err(refuse(
+                    StatusCode::FORBIDDEN,
+                    format!("this server does not answer to the host in the request target '{}'; send the path alone, with the server's address as Host", shown(authority.as_str().as_bytes())),
+                ));
+            }
+        }
         let Some(value) = headers.get(axum::http::header::HOST) else {
             if version >= Version::HTTP_11 {
                 return Err(refuse(
@@ -307,7 +329,7 @@ impl Guard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
+    use axum::http::{HeaderValue, Uri};
 
     fn headers(host: Option<&str>, origin: Option<&str>) -> HeaderMap {
         let mut headers = HeaderMap::new();
@@ -322,7 +344,11 @@ mod tests {
 
     fn host_ok(guard: &Guard, host: &str) -> bool {
         guard
-            .check_host(&headers(Some(host), None), Version::HTTP_11)
+            .check_host(
+                &Uri::from_static("/"),
+                &headers(Some(host), None),
+                Version::HTTP_11,
+            )
             .is_ok()
     }
 
@@ -335,6 +361,7 @@ mod tests {
             "localhost:8000",
             "LOCALHOST.",
             "app.localhost:8000",
+            "127.0.0.1.:8000",
         ] {
             assert!(host_ok(&guard, good), "{good}");
         }
@@ -349,12 +376,20 @@ mod tests {
             "127.0.0.1:http",
         ] {
             let error = guard
-                .check_host(&headers(Some(bad), None), Version::HTTP_11)
+                .check_host(
+                    &Uri::from_static("/"),
+                    &headers(Some(bad), None),
+                    Version::HTTP_11,
+                )
                 .unwrap_err();
             assert_eq!(error.status, StatusCode::FORBIDDEN, "{bad}");
         }
         let missing = guard
-            .check_host(&headers(None, None), Version::HTTP_11)
+            .check_host(
+                &Uri::from_static("/"),
+                &headers(None, None),
+                Version::HTTP_11,
+            )
             .unwrap_err();
         assert_eq!(missing.status, StatusCode::BAD_REQUEST);
         let mut twice = headers(Some("localhost"), None);
@@ -362,15 +397,43 @@ mod tests {
             axum::http::header::HOST,
             axum::http::HeaderValue::from_static("evil.example"),
         );
-        let error = guard.check_host(&twice, Version::HTTP_11).unwrap_err();
+        let error = guard
+            .check_host(&Uri::from_static("/"), &twice, Version::HTTP_11)
+            .unwrap_err();
         assert_eq!(error.status, StatusCode::BAD_REQUEST);
         let signed = guard
-            .check_host(&headers(Some("localhost:+80"), None), Version::HTTP_11)
+            .check_host(
+                &Uri::from_static("/"),
+                &headers(Some("localhost:+80"), None),
+                Version::HTTP_11,
+            )
             .unwrap_err();
         assert_eq!(signed.status, StatusCode::FORBIDDEN);
         assert!(guard
-            .check_host(&headers(None, None), Version::HTTP_10)
+            .check_host(
+                &Uri::from_static("/"),
+                &headers(None, None),
+                Version::HTTP_10
+            )
             .is_ok());
+    }
+
+    #[test]
+    fn an_absolute_request_target_is_checked_as_host_is() {
+        let guard = Guard::new("127.0.0.1:8000".parse().unwrap(), "127.0.0.1", &[], &[]);
+        let local = headers(Some("127.0.0.1:8000"), None);
+        let foreign = Uri::from_static("http://evil.example/api/health");
+        let error = guard
+            .check_host(&foreign, &local, Version::HTTP_11)
+            .unwrap_err();
+        assert_eq!(error.status, StatusCode::FORBIDDEN);
+        assert!(
+            error.message.contains("request target"),
+            "{}",
+            error.message
+        );
+        let own = Uri::from_static("http://localhost:8000/api/health");
+        assert!(guard.check_host(&own, &local, Version::HTTP_11).is_ok());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! WebSocket, hardened to run on a shared machine (bounded queue, upload and image limits, time
 //! limits, cancellation when a client leaves, optional bearer token).
 
+mod accept;
 pub mod error;
 pub mod guard;
 pub mod harness;
@@ -305,14 +306,12 @@ pub fn run(args: ServeArgs, device: &Device) -> Result<i32> {
         args.workers,
         args.queue
     );
-    runtime.block_on(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-    })?;
+    runtime.block_on(accept::serve(
+        listener,
+        app,
+        shutdown_signal(),
+        accept::HEADER_READ_TIMEOUT,
+    ));
     Ok(0)
 }
 
@@ -374,7 +373,7 @@ async fn guard_request(
 ) -> Response {
     let checked = state
         .guard
-        .check_host(request.headers(), request.version())
+        .check_host(request.uri(), request.headers(), request.version())
         .and_then(|()| state.guard.check_origin(request.headers()));
     let origin = match checked {
         Ok(guard::Cross::SameOrigin) => return next.run(request).await,

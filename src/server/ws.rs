@@ -120,6 +120,13 @@ async fn finish(mut socket: WebSocket, message: Message, can_read: bool) {
     .await;
 }
 
+/// Answers the client's close frame. tungstenite queues the reply when it reads the client's
+/// frame, but sends it only on the next read or write; dropping the socket there would end the
+/// connection without it, and RFC 6455 §5.5.1 has the endpoint that receives a close send one.
+async fn answer_close(mut socket: WebSocket) {
+    let _ = tokio::time::timeout(CLOSE_GRACE, socket.recv()).await;
+}
+
 /// What a failed receive ends with: a close frame for the client, or nothing when it is gone.
 async fn end_after_read_error(socket: WebSocket, error: axum::Error, limit_mb: usize) {
     if let Some((message, can_read)) = close_for_read_error(error, limit_mb) {
@@ -158,7 +165,7 @@ async fn session(state: Arc<AppState>, mut socket: WebSocket) {
                 Ok(options) => break (bytes.to_vec(), options),
                 Err(error) => return finish(socket, close_for(&error), true).await,
             },
-            Message::Close(_) => return,
+            Message::Close(_) => return answer_close(socket).await,
             Message::Ping(_) | Message::Pong(_) => {}
         }
     };
@@ -205,7 +212,8 @@ async fn session(state: Arc<AppState>, mut socket: WebSocket) {
                     return finish(socket, close(close_code::POLICY, reason), true).await;
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(Message::Close(_))) | None => return,
+                Some(Ok(Message::Close(_))) => return answer_close(socket).await,
+                None => return,
                 Some(Err(error)) => {
                     drop(events);
                     return end_after_read_error(socket, error, limit_mb).await;
