@@ -172,10 +172,10 @@ impl AttackRequest {
             max_tokens: self.max_tokens.unwrap_or(defaults.max_tokens),
             proposal,
             readability: self.readability.unwrap_or(defaults.readability),
-            time_limit: self
-                .time_limit
-                .map(|s| crate::pipeline::seconds("time_limit", s))
-                .transpose()?,
+            time_limit: match self.time_limit {
+                Some(s) => Some(crate::pipeline::seconds("time_limit", s)?),
+                None => defaults.time_limit,
+            },
             blocklist: crate::pipeline::BlockArgs {
                 block: self.block.clone(),
                 blocklist: self.blocklist.clone(),

@@ -590,7 +590,7 @@ pub enum ProposalArg {
 }
 
 #[derive(Args, Debug)]
-#[command(group(clap::ArgGroup::new("objective").required(true).args(["target_response", "scorer_cmd", "target_text"])))]
+#[command(group(clap::ArgGroup::new("objective").required(true).args(["target_response", "scorer_cmd", "target_text", "behaviors"]).multiple(true)))]
 // "-1" is a (bad) value, answered by the flag's own check, not an unknown argument.
 #[command(allow_negative_numbers = true)]
 pub struct AttackArgs {
@@ -603,8 +603,35 @@ pub struct AttackArgs {
     #[arg(long)]
     pub victim: Option<String>,
     /// The user's request; the prompt is this text, verbatim, followed by the suffix.
-    #[arg(long)]
-    pub instruction: String,
+    #[arg(
+        long,
+        required_unless_present = "behaviors",
+        conflicts_with = "behaviors"
+    )]
+    pub instruction: Option<String>,
+    /// Attack every behaviour of a benchmark file, one after another with the models loaded
+    /// once: CSV with a header (AdvBench's goal,target; HarmBench's Behavior, BehaviorID,
+    /// ContextString, SemanticCategory; JailbreakBench's Goal, Target, Category) or JSON lines
+    /// with those keys. Each row's target is its objective (or --scorer-cmd's for all). Ends
+    /// with the ASR and its 95 % Wilson interval, per category (see docs/ATTACK.md).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["target_response", "target_text"])]
+    pub behaviors: Option<PathBuf>,
+    /// With --behaviors: what counts as a success for the ASR. prefix: the victim's greedy
+    /// answer starts with the row's target (BEAST, GCG); refusal: none of GCG's refusal phrases
+    /// appears in it.
+    #[arg(long, value_enum, default_value_t = crate::behaviors::Judge::Prefix, requires = "behaviors")]
+    pub judge: crate::behaviors::Judge,
+    /// With --behaviors: append one result line per behaviour to this file (JSON lines, the
+    /// part-file format of describe --out: locked, whole lines, settings recorded).
+    #[arg(long, value_name = "FILE", requires = "behaviors")]
+    pub out: Option<PathBuf>,
+    /// With --out: skip behaviours that already have a result line there (same settings only).
+    #[arg(long, requires = "out")]
+    pub resume: bool,
+    /// With --behaviors: take the deterministic share I of N (0 ≤ I < N) of the rows, e.g.
+    /// --shard 0/4 (rows I, I+N, I+2N, …).
+    #[arg(long, value_parser = parse_shard, requires = "behaviors")]
+    pub shard: Option<(usize, usize)>,
     /// Steer toward this answer: the victim's mean log-probability of it, teacher-forced.
     /// Success: the victim's greedy answer starts with it.
     #[arg(long, value_name = "TEXT")]
@@ -639,7 +666,8 @@ pub struct AttackArgs {
     /// Tokens drawn from the attacker per prompt each step.
     #[arg(long, default_value_t = AttackOptions::new("").candidates)]
     pub candidates: usize,
-    /// Suffix tokens at most.
+    /// Suffix tokens at most: a bound, not the budget (--time-limit is); the attacker's context
+    /// also ends the suffix.
     #[arg(long, default_value_t = AttackOptions::new("").max_tokens)]
     pub max_tokens: usize,
     /// How candidates are drawn.
@@ -661,9 +689,10 @@ pub struct AttackArgs {
     /// Tokens of the victim's greedy answer to generate and show.
     #[arg(long, default_value_t = AttackOptions::new("").response_tokens)]
     pub response_tokens: usize,
-    /// Seconds after which the best prompt so far is the result.
-    #[arg(long, value_name = "SECONDS")]
-    pub time_limit: Option<f64>,
+    /// The budget: seconds after which the best prompt so far is the result. The suffix grows
+    /// until the target is reached or this time is spent.
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::steer::search::attack::DEFAULT_TIME_LIMIT.as_secs_f64())]
+    pub time_limit: f64,
     /// The victim's chat template, overriding its own: a tokenizer_config.json, a directory
     /// holding one, a .gguf file, or a Jinja file.
     #[arg(long, value_name = "PATH")]
@@ -674,6 +703,8 @@ pub struct AttackArgs {
 }
 
 impl AttackArgs {
+    /// The spec of one attack; for --behaviors, of the first row's kind, with each row's
+    /// instruction and target set by [`behaviors_command`].
     fn spec(&self) -> Result<AttackSpec> {
         // clap's `requires` lets these through beside the required objective group; a flag
         // that would be silently ignored is an error instead.
@@ -690,6 +721,10 @@ impl AttackArgs {
         }
         let objective = match (&self.target_response, &self.scorer_cmd, &self.target_text, &self.encoder) {
             (Some(target), None, None, _) => AttackObjective::TargetResponse(target.clone()),
+            // Each row's own target, set per behaviour.
+            (None, None, None, _) if self.behaviors.is_some() => {
+                AttackObjective::TargetResponse(String::new())
+            }
             (None, Some(command), None, _) => AttackObjective::Command {
                 command: command.clone(),
                 timeout: seconds("--scorer-timeout", self.scorer_timeout.unwrap_or(60.0))?,
@@ -715,13 +750,10 @@ impl AttackArgs {
             max_tokens: self.max_tokens,
             proposal,
             readability: self.readability,
-            time_limit: self
-                .time_limit
-                .map(|s| seconds("--time-limit", s))
-                .transpose()?,
+            time_limit: Some(seconds("--time-limit", self.time_limit)?),
             blocklist: self.blocking.to_blocklist()?,
             response_tokens: self.response_tokens,
-            ..AttackOptions::new(&self.instruction)
+            ..AttackOptions::new(self.instruction.as_deref().unwrap_or_default())
         };
         Ok(AttackSpec {
             attacker: self.attacker.clone(),
@@ -746,6 +778,9 @@ fn run_attack_command(args: AttackArgs, device: &Device) -> Result<i32> {
 }
 
 fn attack_command(args: AttackArgs, device: &Device) -> Result<i32> {
+    if args.behaviors.is_some() {
+        return behaviors_command(args, device);
+    }
     let spec = args.spec()?;
     let live = Progress::new(1);
     let report = run_attack(&spec, device, |step| {
@@ -791,6 +826,61 @@ fn attack_command(args: AttackArgs, device: &Device) -> Result<i32> {
         }
     }
     Ok(if result.success { 0 } else { 1 })
+}
+
+/// `attack --behaviors`: every row attacked with the models loaded once, one result line each
+/// (to stdout with --json, to --out), then the ASR. Exit 0 when every behaviour was attacked
+/// (whatever the ASR), 1 when some failed with an error, 2 for a usage error.
+fn behaviors_command(args: AttackArgs, device: &Device) -> Result<i32> {
+    let spec = args.spec()?;
+    let Some(file) = args.behaviors.as_deref() else {
+        bail!("--behaviors is required here");
+    };
+    let run = crate::behaviors::BehaviorRun {
+        file,
+        spec: &spec,
+        judge: args.judge,
+        out: args.out.as_deref(),
+        resume: args.resume,
+        shard: args.shard,
+    };
+    let mut failed = 0;
+    let outcome = run.run(device, |index, total, line| {
+        if args.json {
+            crate::write_stdout_line(format_args!("{line}"))?;
+        }
+        let id = line["behavior_id"].as_str().unwrap_or_default();
+        if line["event"] == "done" {
+            errln!(
+                "[{}/{total}] {id}: {} · {:.1} s · {} queries",
+                index + 1,
+                if line["jailbroken"] == true {
+                    "jailbroken"
+                } else {
+                    "not jailbroken"
+                },
+                line["seconds"].as_f64().unwrap_or_default(),
+                line["queries"]
+            );
+        } else {
+            failed += 1;
+            errln!(
+                "[{}/{total}] {id}: error: {}",
+                index + 1,
+                line["error"].as_str().unwrap_or_default()
+            );
+        }
+        Ok(())
+    })?;
+    if outcome.lines.is_empty() {
+        errln!("nothing to attack: every behaviour is already done or the shard is empty");
+    }
+    if args.json {
+        crate::write_stdout_line(format_args!("{}", outcome.summary))?;
+    } else {
+        errln!("{}", crate::behaviors::summary_text(&outcome.summary));
+    }
+    Ok(if failed > 0 { 1 } else { 0 })
 }
 
 /// Columns of the terminal on stderr (80 when unknown).

@@ -76,6 +76,7 @@ pub fn attack_done_json(report: &AttackReport) -> Value {
         "baseline_nll": report.baseline_nll,
         "steps": result.steps,
         "seconds": result.seconds,
+        "queries": result.queries,
         "models": report.models,
     });
     if let Some(reason) = &result.stop_reason {

@@ -111,6 +111,7 @@ pub fn write_stdout_line(args: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
 }
 
 pub mod attack;
+pub mod behaviors;
 pub mod bench;
 pub mod cli;
 pub mod clipscore;

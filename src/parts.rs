@@ -27,6 +27,8 @@ use std::path::{Path, PathBuf};
 pub struct PartContents {
     /// Images with a `done` line, by [`crate::pathkey`] key.
     pub done: HashSet<PathBuf>,
+    /// Behaviours (`attack --behaviors`) with a `done` line, by id.
+    pub done_behaviors: HashSet<String>,
     /// Distinct `settings` records of its `done` and `error` lines (`null` for lines written
     /// before records existed), each with the 1-based line it first appears on.
     pub settings: Vec<(Value, usize)>,
@@ -158,7 +160,9 @@ impl PartWriter {
                 contents.settings.push((settings, index + 1));
             }
             if value.get("event").and_then(Value::as_str) == Some("done") {
-                if let Some(key) = crate::pathkey::from_line(&value) {
+                if let Some(id) = value.get("behavior_id").and_then(Value::as_str) {
+                    contents.done_behaviors.insert(id.to_string());
+                } else if let Some(key) = crate::pathkey::from_line(&value) {
                     contents.done.insert(key);
                 }
             }

@@ -35,6 +35,17 @@ pub enum Proposal {
 /// distribution.
 pub const DEFAULT_SAMPLE: (f32, f32, u64) = (1.0, 1.0, 0);
 
+/// The default budget per prompt. docs/ATTACK.md measures success within 180 s on a 2-core CPU
+/// with SmolLM2-135M; a run that reaches its target earlier stops earlier.
+pub const DEFAULT_TIME_LIMIT: Duration = Duration::from_secs(180);
+
+/// The default bound on the suffix's length. A step takes 1.7 s or more on that CPU, so 180 s
+/// ends before 256 steps: the bound does not cut the budget short, as 32 did (every miss of the
+/// evaluation in issue 32 stopped at 32 tokens with two minutes left). On a GPU, where steps
+/// are faster, it keeps a failing search from writing a suffix longer than the victim reads
+/// well.
+pub const DEFAULT_MAX_TOKENS: usize = 256;
+
 /// Attack beam settings. Defaults: [`AttackOptions::new`].
 #[derive(Debug, Clone)]
 pub struct AttackOptions {
@@ -44,13 +55,14 @@ pub struct AttackOptions {
     pub beam_width: usize,
     /// Tokens drawn per prompt each step (BEAST's k2).
     pub candidates: usize,
-    /// Suffix tokens at most.
+    /// Suffix tokens at most: an upper bound, not the budget. The search also ends when the
+    /// attacker's context is full (a stop reason says so).
     pub max_tokens: usize,
     pub proposal: Proposal,
     /// Weight of the attacker's mean log-probability of the suffix (nats/token) added to the
     /// objective: higher keeps the suffix more readable.
     pub readability: f32,
-    /// Ends the search with the best prompt so far.
+    /// The budget: the search ends with the best prompt so far once this much time has passed.
     pub time_limit: Option<Duration>,
     /// Words the suffix may not contain (the instruction may not contain them either).
     pub blocklist: Blocklist,
@@ -60,15 +72,16 @@ pub struct AttackOptions {
 }
 
 impl AttackOptions {
-    /// The defaults: beam width 5, 10 candidates, 32 suffix tokens at most, top-p 1 at
-    /// temperature 1 (BEAST samples the attacker's full distribution), seed 0, readability 0,
-    /// 32 response tokens, no time limit.
+    /// The defaults: beam width 5, 10 candidates, top-p 1 at temperature 1 (BEAST samples the
+    /// attacker's full distribution), seed 0, readability 0, 32 response tokens, and the clock
+    /// as the budget: [`DEFAULT_TIME_LIMIT`], with [`DEFAULT_MAX_TOKENS`] as a bound that the
+    /// clock reaches first.
     pub fn new(instruction: &str) -> Self {
         Self {
             instruction: instruction.to_string(),
             beam_width: 5,
             candidates: 10,
-            max_tokens: 32,
+            max_tokens: DEFAULT_MAX_TOKENS,
             proposal: {
                 let (top_p, temperature, seed) = DEFAULT_SAMPLE;
                 Proposal::Sample {
@@ -78,7 +91,7 @@ impl AttackOptions {
                 }
             },
             readability: 0.0,
-            time_limit: None,
+            time_limit: Some(DEFAULT_TIME_LIMIT),
             blocklist: Blocklist::default(),
             response_tokens: 32,
         }
@@ -184,6 +197,10 @@ pub struct AttackResult {
     pub seconds: f64,
     /// Why the search ended without success, if it did.
     pub stop_reason: Option<String>,
+    /// Prompts the victim was run on: every candidate scored (one teacher-forced forward each,
+    /// batched) and every greedy answer read (the success checks and the answer shown). What
+    /// JailbreakBench's artifacts call queries.
+    pub queries: usize,
 }
 
 struct Beam<C> {
@@ -331,14 +348,17 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
     if context_ids.is_empty() {
         bail!("the attacker's context is empty");
     }
-    if context_ids.len() + options.max_tokens > attacker.context_len() {
+    if context_ids.len() >= attacker.context_len() {
         bail!(
-            "the instruction ({} attacker tokens with the template) plus --max-tokens ({}) exceeds the attacker's context of {} tokens",
+            "the instruction ({} attacker tokens with the template) fills the attacker's context of {} tokens; shorten it",
             context_ids.len(),
-            options.max_tokens,
             attacker.context_len()
         );
     }
+    // The attacker's context bounds the suffix as --max-tokens does; reaching it is a stop
+    // reason in the result, like the clock.
+    let room = attacker.context_len() - context_ids.len();
+    let max_steps = options.max_tokens.min(room);
     // Special tokens would let the suffix write the chat template's own markers.
     let excluded: HashSet<u32> = attacker.special_token_ids().into_iter().collect();
     // More draws than the attacker has tokens would score its whole vocabulary per beam, a step
@@ -362,6 +382,7 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
     let logits = attacker.next_logits(&context_ids, &mut cache)?;
     let base_prefix = objective.prefix(instruction, None)?;
     let start_score = objective.score(&base_prefix, &[instruction.to_string()])?;
+    let mut queries = 1;
     let mut beams = vec![Beam {
         suffix_ids: Vec::new(),
         suffix: String::new(),
@@ -384,6 +405,7 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
     // The result shows the answer the check read, at least.
     let shown = options.response_tokens.max(check_tokens);
     let (response, _) = victim.greedy_answer(instruction, shown)?;
+    queries += 1;
     let mut best = (
         String::new(),
         Vec::new(),
@@ -393,9 +415,9 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
     let mut stop_reason = None;
     let mut steps = 0;
     if success.check(&best.3, best.2) {
-        return Ok(finish(instruction, best, true, 0, started, None));
+        return Ok(finish(instruction, best, true, 0, started, None, queries));
     }
-    for step in 0..options.max_tokens {
+    for step in 0..max_steps {
         if let Some(limit) = options.time_limit {
             if started.elapsed() >= limit {
                 stop_reason = Some(format!(
@@ -446,6 +468,7 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
         }
         let texts: Vec<String> = extensions.iter().map(|e| prompt_of(&e.suffix)).collect();
         let prefix = objective.prefix(instruction, Some(&base_prefix))?;
+        queries += texts.len();
         let batch = match objective.score(&prefix, &texts) {
             Ok(batch) => batch,
             // A scorer program still busy when the time is up: the run ends with what it has,
@@ -527,6 +550,7 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
             )?,
             None => victim.greedy_answer(&prompt, check_tokens)?,
         };
+        queries += 1;
         let succeeded = success.check(&response, leader.score);
         if leader.score >= best.2 || succeeded {
             best = (
@@ -549,6 +573,7 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
         if succeeded {
             if check_tokens != shown || target_ids.is_some() {
                 response = victim.greedy_answer(&prompt, shown)?.0;
+                queries += 1;
             }
             let best = (
                 leader.suffix.clone(),
@@ -556,18 +581,31 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
                 leader.score,
                 response,
             );
-            return Ok(finish(instruction, best, true, steps, started, None));
+            return Ok(finish(
+                instruction,
+                best,
+                true,
+                steps,
+                started,
+                None,
+                queries,
+            ));
         }
     }
     if stop_reason.is_none() {
-        stop_reason = Some(format!(
-            "no success within --max-tokens {}",
-            options.max_tokens
-        ));
+        stop_reason = Some(if max_steps < options.max_tokens {
+            format!(
+                "no success when the attacker's context of {} tokens was full, after {max_steps} suffix tokens",
+                attacker.context_len()
+            )
+        } else {
+            format!("no success within --max-tokens {}", options.max_tokens)
+        });
     }
     if check_tokens != shown || target_ids.is_some() {
         // The steps showed only the start of the answer that the check needed.
         best.3 = victim.greedy_answer(&prompt_of(&best.0), shown)?.0;
+        queries += 1;
     }
     Ok(finish(
         instruction,
@@ -576,6 +614,7 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
         steps,
         started,
         stop_reason,
+        queries,
     ))
 }
 
@@ -586,6 +625,7 @@ fn finish(
     steps: usize,
     started: Instant,
     stop_reason: Option<String>,
+    queries: usize,
 ) -> AttackResult {
     AttackResult {
         prompt: format!("{instruction}{suffix}"),
@@ -597,6 +637,7 @@ fn finish(
         steps,
         seconds: started.elapsed().as_secs_f64(),
         stop_reason,
+        queries,
     }
 }
 
