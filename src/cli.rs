@@ -621,6 +621,33 @@ pub struct AttackArgs {
     /// appears in it.
     #[arg(long, value_enum, default_value_t = crate::behaviors::Judge::Prefix, requires = "behaviors")]
     pub judge: crate::behaviors::Judge,
+    /// With --behaviors: judge by a program instead (a HarmBench or JailbreakBench classifier
+    /// run elsewhere): the scorer protocol, one item {"text": prompt, "response": answer,
+    /// "behavior": instruction} per behaviour; a score of 0.5 or more is a jailbreak.
+    #[arg(
+        long,
+        value_name = "CMD",
+        requires = "behaviors",
+        conflicts_with = "judge"
+    )]
+    pub judge_cmd: Option<String>,
+    /// With --judge-cmd: seconds the program may take per answer [default: 60].
+    #[arg(long, value_name = "SECONDS", requires = "judge_cmd")]
+    pub judge_timeout: Option<f64>,
+    /// With --behaviors: also write a JailbreakBench attack artifact (JSON: parameters, then per
+    /// behaviour prompt, response, jailbroken and queries) of every behaviour with a result.
+    #[arg(long, value_name = "FILE", requires = "behaviors")]
+    pub artifact: Option<PathBuf>,
+    /// With --behaviors: replay each found prompt against this victim too, judged alike, and
+    /// report its transfer ASR beside the direct one. A local model or hub id (its own chat
+    /// template, greedy), or an OpenAI-compatible endpoint as BASE_URL#MODEL, e.g.
+    /// http://localhost:8080/v1#llama-3 (temperature 0). Repeatable.
+    #[arg(long, value_name = "MODEL|URL#MODEL", requires = "behaviors")]
+    pub transfer_to: Vec<String>,
+    /// The environment variable holding the endpoints' API key (sent as a bearer token; none
+    /// when unset).
+    #[arg(long, value_name = "NAME", default_value = "OPENAI_API_KEY")]
+    pub transfer_key_env: String,
     /// With --behaviors: append one result line per behaviour to this file (JSON lines, the
     /// part-file format of describe --out: locked, whole lines, settings recorded).
     #[arg(long, value_name = "FILE", requires = "behaviors")]
@@ -836,13 +863,33 @@ fn behaviors_command(args: AttackArgs, device: &Device) -> Result<i32> {
     let Some(file) = args.behaviors.as_deref() else {
         bail!("--behaviors is required here");
     };
+    let judge = match &args.judge_cmd {
+        Some(command) => {
+            if command.trim().is_empty() {
+                crate::usage_bail!("--judge-cmd is empty: give the program to run, e.g. --judge-cmd 'python3 judge.py'");
+            }
+            crate::behaviors::JudgeSpec::Command {
+                command: command.clone(),
+                timeout: seconds("--judge-timeout", args.judge_timeout.unwrap_or(60.0))?,
+            }
+        }
+        None => crate::behaviors::JudgeSpec::Builtin(args.judge),
+    };
+    if let Some(path) = &args.artifact {
+        crate::behaviors::check_artifact_destination(path)?;
+    }
     let run = crate::behaviors::BehaviorRun {
         file,
         spec: &spec,
-        judge: args.judge,
+        judge: judge.clone(),
         out: args.out.as_deref(),
         resume: args.resume,
         shard: args.shard,
+        transfer: args
+            .transfer_to
+            .iter()
+            .map(|t| crate::behaviors::TransferTarget::parse(t, &args.transfer_key_env))
+            .collect::<Result<_>>()?,
     };
     let mut failed = 0;
     let outcome = run.run(device, |index, total, line| {
@@ -874,6 +921,32 @@ fn behaviors_command(args: AttackArgs, device: &Device) -> Result<i32> {
     })?;
     if outcome.lines.is_empty() {
         errln!("nothing to attack: every behaviour is already done or the shard is empty");
+    }
+    if let Some(path) = &args.artifact {
+        let options = &spec.options;
+        let parameters = json!({
+            "attacker": spec.attacker,
+            "beam_width": options.beam_width,
+            "candidates": options.candidates,
+            "max_tokens": options.max_tokens,
+            "time_limit_seconds": options.time_limit.map(|t| t.as_secs_f64()),
+            "proposal": format!("{:?}", options.proposal),
+            "readability": options.readability,
+            "response_tokens": options.response_tokens,
+            "judge": judge.name(),
+        });
+        let victim = spec.victim.as_deref().unwrap_or(&spec.attacker);
+        let artifact = crate::behaviors::jailbreakbench_artifact(
+            &outcome.all,
+            &crate::settings::model_identity(victim),
+            parameters,
+        );
+        let text = serde_json::to_string_pretty(&artifact)?;
+        crate::files::write_bytes_replacing(
+            path,
+            &format!("--artifact {}", path.display()),
+            text.as_bytes(),
+        )?;
     }
     if args.json {
         crate::write_stdout_line(format_args!("{}", outcome.summary))?;

@@ -341,12 +341,14 @@ class Attacker:
         Other options: ``block``, ``blocklist``, ``block_substrings``, ``beam_width``,
         ``candidates``, ``max_tokens``, ``proposal`` (``"sample"`` or ``"top-k"``),
         ``top_p``, ``temperature``, ``seed``, ``readability``, ``response_tokens``,
-        ``time_limit`` (seconds), ``scorer_timeout``.
+        ``time_limit`` (seconds; 180 by default: the budget, as on the command line, with
+        ``max_tokens``, 256, only an upper bound), ``scorer_timeout``.
 
         The ``done`` dict: ``prompt`` (the instruction verbatim, then the suffix), ``suffix``,
         ``response``, ``success``, ``score``, ``target_nll`` and ``baseline_nll`` (nats per
         target token after the prompt and after the instruction alone; None without a target
-        text), ``steps``, ``seconds``, ``models``, and ``stop_reason`` when it did not succeed.
+        text), ``steps``, ``seconds``, ``queries`` (prompts the victim was run on), ``models``,
+        and ``stop_reason`` when it did not succeed.
         """
         if objective is not None and not callable(objective):
             raise ValueError("objective must be a callable: list[str] -> list[float]")

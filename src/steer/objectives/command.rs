@@ -26,6 +26,11 @@ pub struct Item<'a> {
     pub text: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response: Option<&'a str>,
+    /// For a judge (`attack --judge-cmd`): the behaviour the answer is judged against, as the
+    /// behaviour file gives it (HarmBench's and JailbreakBench's classifiers take it apart
+    /// from the prompt).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub behavior: Option<&'a str>,
 }
 
 /// Any scoring function of items: one finite number per item, in order, higher is better. A
@@ -350,6 +355,7 @@ impl Objective for CommandScorer {
             .map(|text| Item {
                 text,
                 response: None,
+                behavior: None,
             })
             .collect();
         Ok(ScoreBatch {

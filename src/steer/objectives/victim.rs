@@ -567,6 +567,7 @@ impl<L: CausalLm> Objective for ResponseCommand<'_, '_, L> {
             .map(|(text, response)| Item {
                 text,
                 response: Some(response),
+                behavior: None,
             })
             .collect();
         Ok(ScoreBatch {
