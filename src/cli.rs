@@ -951,7 +951,10 @@ fn behaviors_command(args: AttackArgs, device: &Device) -> Result<i32> {
     if args.json {
         crate::write_stdout_line(format_args!("{}", outcome.summary))?;
     } else {
-        errln!("{}", crate::behaviors::summary_text(&outcome.summary));
+        // One call per line: errln! escapes a newline inside a record.
+        for line in crate::behaviors::summary_text(&outcome.summary).lines() {
+            errln!("{line}");
+        }
     }
     Ok(if failed > 0 { 1 } else { 0 })
 }

@@ -17,6 +17,9 @@
 //! - **Atomic.** The output is written to a temporary file beside it, synced, then renamed over
 //!   `output`: readers see the old file or the whole new one.
 //!
+//! `attack --behaviors` part files merge the same way, one line per behaviour (by
+//! `behavior_id`; sorted by id without inputs).
+//!
 //! Image paths are matched after making them absolute against the current directory (no
 //! symlinks resolved; names that are not UTF-8 by their exact bytes, [`crate::pathkey`]): run
 //! merge from the directory describe ran in, or give absolute paths.
@@ -87,6 +90,8 @@ struct LineHead {
     event: Option<String>,
     image: Option<String>,
     image_hex: Option<String>,
+    /// `attack --behaviors` results are keyed by behaviour instead of image.
+    behavior_id: Option<String>,
     error: Option<String>,
     #[serde(default)]
     settings: Value,
@@ -236,11 +241,19 @@ pub fn merge(parts: &[PathBuf], inputs: Option<&[PathBuf]>, output: &Path) -> Re
                     .push(format!("{place}: not a done or error event"));
                 continue;
             }
-            let Some(image) = head.image else {
-                report.corrupt.push(format!(
-                    "{place}: no image (a text-target run); merge joins image batches"
-                ));
-                continue;
+            // A behaviour's key holds NUL bytes, which no path can: it never meets an image's.
+            let (image, behavior_key) = match (head.image, head.behavior_id) {
+                (Some(image), _) => (image, None),
+                (None, Some(id)) => (
+                    format!("behaviour {id}"),
+                    Some(PathBuf::from(format!("\0behavior\0{id}"))),
+                ),
+                (None, None) => {
+                    report.corrupt.push(format!(
+                        "{place}: no image or behaviour (a text-target run); merge joins image batches and attack --behaviors runs"
+                    ));
+                    continue;
+                }
             };
             match &settings_seen {
                 None => settings_seen = Some((head.settings.clone(), place.clone())),
@@ -250,9 +263,14 @@ pub fn merge(parts: &[PathBuf], inputs: Option<&[PathBuf]>, output: &Path) -> Re
                 ),
                 Some(_) => {}
             }
-            let named = json!({"image": image, "image_hex": head.image_hex});
-            let image_key = crate::pathkey::from_line(&named)
-                .unwrap_or_else(|| crate::pathkey::key(Path::new(&image)));
+            let image_key = match behavior_key {
+                Some(key) => key,
+                None => {
+                    let named = json!({"image": image, "image_hex": head.image_hex});
+                    crate::pathkey::from_line(&named)
+                        .unwrap_or_else(|| crate::pathkey::key(Path::new(&image)))
+                }
+            };
             let entry = entries.entry(image_key.clone()).or_insert_with(|| {
                 first_seen.push(image_key);
                 Entry {
@@ -356,6 +374,38 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn behaviour_parts_merge_by_behaviour() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = json!({"attacker": "a", "victim": "a", "options": "0"});
+        let line = |event: &str, id: &str| {
+            json!({"event": event, "behavior_id": id, "jailbroken": false, "error": "x", "settings": s})
+                .to_string()
+        };
+        let part0 = dir.path().join("part-0.jsonl");
+        let part1 = dir.path().join("part-1.jsonl");
+        std::fs::write(
+            &part0,
+            format!("{}\n{}\n", line("done", "2"), line("error", "1")),
+        )
+        .unwrap();
+        std::fs::write(
+            &part1,
+            format!("{}\n{}\n", line("done", "1"), line("done", "2")),
+        )
+        .unwrap();
+        let out = dir.path().join("all.jsonl");
+        let report = merge(&[part0, part1], None, &out).unwrap();
+        assert_eq!(report.described, 2);
+        assert_eq!(report.duplicated, vec![("behaviour 2".to_string(), 2)]);
+        assert!(report.failed.is_empty(), "the retry of 1 succeeded");
+        let merged: Vec<String> = lines(&out)
+            .iter()
+            .map(|l| format!("{} {}", l["event"], l["behavior_id"]))
+            .collect();
+        assert_eq!(merged, ["\"done\" \"1\"", "\"done\" \"2\""]);
     }
 
     #[test]
