@@ -106,9 +106,28 @@ pub fn read(path: &Path) -> Result<Vec<Behavior>> {
 /// Each row with where it is ("line N"), as lowercase column name → text.
 type Rows = Vec<(String, BTreeMap<String, String>)>;
 
-fn read_csv(file: std::fs::File, path: &Path) -> Result<Rows> {
+fn read_csv(mut file: std::fs::File, path: &Path) -> Result<Rows> {
+    use std::io::Read;
     let shown = path.display();
-    let mut reader = csv::ReaderBuilder::new().flexible(false).from_reader(file);
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read --behaviors {shown}"))?;
+    // In RFC 4180 quotes come in pairs (a field's opening and closing, and "" for one inside).
+    // The csv crate takes a quote still open at the end of the file as the end of the field,
+    // which would silently swallow every row after it.
+    if bytes.iter().filter(|&&b| b == b'"').count() % 2 == 1 {
+        crate::usage_bail!(
+            "--behaviors {shown} has a double quote that is never closed; close it, and write a quote inside a quoted field as \"\""
+        );
+    }
+    if std::str::from_utf8(&bytes).is_err() {
+        crate::usage_bail!(
+            "--behaviors {shown} is not UTF-8; convert it, e.g. iconv -f LATIN1 -t UTF-8"
+        );
+    }
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(false)
+        .from_reader(bytes.as_slice());
     let headers: Vec<String> = reader
         .headers()
         .with_context(|| format!("cannot read the header row of --behaviors {shown}"))?
@@ -298,7 +317,7 @@ fn median(values: &mut [f64]) -> Option<f64> {
 }
 
 /// ASR over `done` result lines: the rate, its interval, per category, and the medians.
-pub fn summary(lines: &[Value]) -> Value {
+pub fn summary(lines: &[Value], judge: &str) -> Value {
     let done: Vec<&Value> = lines
         .iter()
         .filter(|l| l["event"] == "done" && l.get("behavior_id").is_some())
@@ -322,8 +341,13 @@ pub fn summary(lines: &[Value]) -> Value {
         })
     };
     let mut categories: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+    // Once any row has a category, every row is in one, so that the groups add up.
+    let any_category = done.iter().any(|l| l["category"].is_string());
     for line in &done {
-        if let Some(category) = line["category"].as_str() {
+        if let Some(category) = line["category"]
+            .as_str()
+            .or(any_category.then_some("(no category)"))
+        {
             categories
                 .entry(category.to_string())
                 .or_default()
@@ -339,6 +363,7 @@ pub fn summary(lines: &[Value]) -> Value {
     let mut all = rate(&done);
     all["event"] = "summary".into();
     all["judge"] = match judges.as_slice() {
+        [] => judge.into(),
         [one] => (*one).into(),
         _ => judges.into(),
     };
@@ -348,25 +373,30 @@ pub fn summary(lines: &[Value]) -> Value {
         .count()
         .into();
     // Transfer ASR per victim, over the behaviours replayed against it without an error.
-    let mut transfer: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    // Per victim: jailbroken, answered, failed.
+    let mut transfer: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
     for line in &done {
         for entry in line["transfer"].as_array().into_iter().flatten() {
-            if let (Some(victim), Some(broke)) =
-                (entry["victim"].as_str(), entry["jailbroken"].as_bool())
-            {
+            if let Some(victim) = entry["victim"].as_str() {
                 let counts = transfer.entry(victim.to_string()).or_default();
-                counts.0 += usize::from(broke);
-                counts.1 += 1;
+                match entry["jailbroken"].as_bool() {
+                    Some(broke) => {
+                        counts.0 += usize::from(broke);
+                        counts.1 += 1;
+                    }
+                    None => counts.2 += 1,
+                }
             }
         }
     }
     all["transfer"] = transfer
         .into_iter()
-        .map(|(victim, (k, n))| {
+        .map(|(victim, (k, n, failed))| {
             let (low, high) = wilson_interval(k, n);
+            let asr = if n == 0 { Value::Null } else { (k as f64 / n as f64).into() };
             (
                 victim,
-                serde_json::json!({"behaviors": n, "jailbroken": k, "asr": k as f64 / n as f64, "asr_95ci": [low, high]}),
+                serde_json::json!({"behaviors": n, "jailbroken": k, "asr": asr, "asr_95ci": [low, high], "errors": failed}),
             )
         })
         .collect::<serde_json::Map<_, _>>()
@@ -416,6 +446,12 @@ pub fn summary_text(summary: &Value) -> String {
         for (victim, s) in transfer {
             text.push('\n');
             text.push_str(&line(&format!("transfer to {victim}"), s));
+            if s["errors"].as_u64().unwrap_or(0) > 0 {
+                text.push_str(&format!(
+                    " · {} not answered (the errors are in the result lines)",
+                    s["errors"]
+                ));
+            }
         }
     }
     if summary["errors"].as_u64().unwrap_or(0) > 0 {
@@ -466,15 +502,38 @@ impl TransferTarget {
         Ok(TransferTarget::Model(text.to_string()))
     }
 
-    /// As results name it.
+    /// As results name it: an endpoint's user name and password, if its URL holds them, are
+    /// left out, since results and terminals are shared where keys must not be.
     pub fn name(&self) -> String {
         match self {
             TransferTarget::Model(spec) => spec.clone(),
             TransferTarget::Endpoint {
                 base_url, model, ..
-            } => format!("{base_url}#{model}"),
+            } => format!("{}#{model}", redacted(base_url)),
         }
     }
+}
+
+/// `text` with the `user:password@` part of every URL in it left out (a URL, or a message that
+/// quotes one).
+fn redacted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let authority_end = tail
+            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace())
+            .unwrap_or(tail.len());
+        let authority = &tail[..authority_end];
+        out.push_str(match authority.rfind('@') {
+            Some(at) => &authority[at + 1..],
+            None => authority,
+        });
+        rest = &tail[authority_end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A transfer target made ready: a local victim loaded, or an endpoint's client.
@@ -485,14 +544,21 @@ enum LoadedTransfer {
     },
     Endpoint {
         url: String,
+        /// The URL as messages show it ([`redacted`]).
+        shown: String,
         model: String,
         key: Option<String>,
         agent: ureq::Agent,
+        timeout: std::time::Duration,
     },
 }
 
 impl LoadedTransfer {
-    fn load(target: &TransferTarget, device: &candle_core::Device) -> Result<Self> {
+    fn load(
+        target: &TransferTarget,
+        timeout: std::time::Duration,
+        device: &candle_core::Device,
+    ) -> Result<Self> {
         Ok(match target {
             TransferTarget::Model(spec) => LoadedTransfer::Model {
                 lm: crate::load::load_lm(spec, device)?,
@@ -506,11 +572,15 @@ impl LoadedTransfer {
                 key_env,
             } => LoadedTransfer::Endpoint {
                 url: format!("{base_url}/chat/completions"),
+                shown: format!("{}/chat/completions", redacted(base_url)),
                 model: model.clone(),
                 key: std::env::var(key_env).ok().filter(|k| !k.is_empty()),
                 agent: ureq::AgentBuilder::new()
-                    .timeout(std::time::Duration::from_secs(120))
+                    .timeout(timeout)
+                    // A redirect would carry the prompt elsewhere; it is reported instead.
+                    .redirects(0)
                     .build(),
+                timeout,
             },
         })
     }
@@ -525,9 +595,11 @@ impl LoadedTransfer {
             }
             LoadedTransfer::Endpoint {
                 url,
+                shown,
                 model,
                 key,
                 agent,
+                timeout,
             } => {
                 let body = serde_json::json!({
                     "model": model,
@@ -539,24 +611,47 @@ impl LoadedTransfer {
                 if let Some(key) = key {
                     request = request.set("Authorization", &format!("Bearer {key}"));
                 }
+                let timed_out = |error: &dyn std::fmt::Display| {
+                    let text = error.to_string();
+                    (text.contains("timed out") || text.contains("Timeout")).then(|| {
+                        format!(
+                            "{shown} did not answer within {} s; raise --transfer-timeout",
+                            timeout.as_secs_f64()
+                        )
+                    })
+                };
                 let reply = match request.send_string(&body.to_string()) {
+                    Ok(reply) if (300..400).contains(&reply.status()) => {
+                        bail!(
+                            "{shown} redirected ({}) to {}; give the URL it redirects to",
+                            reply.status(),
+                            redacted(reply.header("location").unwrap_or("?"))
+                        )
+                    }
                     Ok(reply) => reply,
                     Err(ureq::Error::Status(status, reply)) => {
                         let text = reply.into_string().unwrap_or_default();
                         let text: String = text.chars().take(200).collect();
-                        bail!("{url} answered {status}: {text}");
+                        bail!("{shown} answered {status}: {text}");
                     }
-                    Err(error) => bail!("cannot reach {url}: {error}"),
+                    Err(error) => match timed_out(&error) {
+                        Some(message) => bail!(message),
+                        None => bail!("cannot reach {shown}: {}", redacted(&error.to_string())),
+                    },
                 };
-                let text = reply
-                    .into_string()
-                    .with_context(|| format!("cannot read the answer of {url}"))?;
+                let text = match reply.into_string() {
+                    Ok(text) => text,
+                    Err(error) => match timed_out(&error) {
+                        Some(message) => bail!(message),
+                        None => bail!("cannot read the answer of {shown}: {error}"),
+                    },
+                };
                 let value: Value = serde_json::from_str(&text)
-                    .with_context(|| format!("{url} did not answer JSON"))?;
+                    .with_context(|| format!("{shown} did not answer JSON"))?;
                 value["choices"][0]["message"]["content"]
                     .as_str()
                     .map(str::to_string)
-                    .with_context(|| format!("{url} answered without choices[0].message.content"))
+                    .with_context(|| format!("{shown} answered without choices[0].message.content"))
             }
         }
     }
@@ -574,6 +669,8 @@ pub struct BehaviorRun<'a> {
     pub shard: Option<(usize, usize)>,
     /// Victims each found prompt is replayed against.
     pub transfer: Vec<TransferTarget>,
+    /// How long an endpoint in `transfer` may take to answer.
+    pub transfer_timeout: std::time::Duration,
 }
 
 /// What a run did: its result lines, and the summary over every result line of `--out` (those
@@ -656,6 +753,25 @@ impl BehaviorRun<'_> {
         if let Some(part) = &mut part {
             let contents = part.read_existing()?;
             contents.check_planned(part.path(), &self.settings(&spec.attacker, victim_spec))?;
+            earlier = read_lines(part.path())?;
+            // Ids are only row numbers in files without an id column: a result is this row's
+            // only if it was for the same goal and target.
+            for line in earlier.iter().filter(|l| l["event"] == "done") {
+                let Some(id) = line["behavior_id"].as_str() else {
+                    continue;
+                };
+                if let Some(row) = behaviors.iter().find(|b| b.id == id) {
+                    if line["goal"].as_str() != Some(row.instruction.as_str())
+                        || line["target"].as_str() != row.target.as_deref()
+                    {
+                        crate::usage_bail!(
+                            "{} holds a result for behaviour '{id}' with another goal or target than {} has; it was made from another behaviour file, so write to a new --out file",
+                            part.path().display(),
+                            self.file.display()
+                        );
+                    }
+                }
+            }
             let overlap = behaviors
                 .iter()
                 .filter(|b| contents.done_behaviors.contains(&b.id))
@@ -667,19 +783,19 @@ impl BehaviorRun<'_> {
                 );
             }
             behaviors.retain(|b| !contents.done_behaviors.contains(&b.id));
-            earlier = read_lines(part.path())?;
         }
         let judge_program = match &self.judge {
             JudgeSpec::Command { command, timeout } => Some(
                 crate::steer::objectives::command::CommandScorer::start(command, *timeout)
-                    .context("--judge-cmd")?,
+                    .context("--judge-cmd")?
+                    .with_timeout_flag("--judge-timeout"),
             ),
             JudgeSpec::Builtin(_) => None,
         };
         let transfers = self
             .transfer
             .iter()
-            .map(|target| LoadedTransfer::load(target, device))
+            .map(|target| LoadedTransfer::load(target, self.transfer_timeout, device))
             .collect::<Result<Vec<_>>>()?;
         let models = AttackModels::load(
             &spec.attacker,
@@ -795,11 +911,10 @@ impl BehaviorRun<'_> {
                 }
             }
         }
-        // In the file's order; ids the file no longer holds (an earlier run's) last.
-        let mut all: Vec<Value> = order.iter().filter_map(|id| latest.remove(id)).collect();
-        all.extend(latest.into_values());
+        // The file's rows, in its order: the summary is about this behaviour set.
+        let all: Vec<Value> = order.iter().filter_map(|id| latest.remove(id)).collect();
         Ok(BehaviorOutcome {
-            summary: summary(&all),
+            summary: summary(&all, &self.judge.name()),
             all,
             lines,
         })
@@ -863,9 +978,11 @@ pub fn jailbreakbench_artifact(all: &[Value], victim: &str, method_parameters: V
 pub fn check_artifact_destination(path: &Path) -> Result<()> {
     let what = format!("--artifact {}", path.display());
     if std::fs::symlink_metadata(path).is_err() {
-        return crate::files::destination(path, &what).map(|_| ());
+        crate::files::destination(path, &what)?;
+        return check_writable_folder(path, &what);
     }
     let file = crate::files::open_regular(path, &what)?;
+    check_writable_folder(path, &what)?;
     let artifact = serde_json::from_reader::<_, Value>(std::io::BufReader::new(file))
         .ok()
         .filter(|v| v.get("parameters").is_some() && v.get("jailbreaks").is_some());
@@ -875,6 +992,21 @@ pub fn check_artifact_destination(path: &Path) -> Result<()> {
         );
     }
     crate::files::destination(path, &what).map(|_| ())
+}
+
+/// The artifact is written at the end, as a temporary file beside it then renamed: a folder it
+/// cannot be written in is found now, not after hours of attacks.
+fn check_writable_folder(path: &Path, what: &str) -> Result<()> {
+    let destination = crate::files::destination(path, what)?;
+    let folder = crate::files::parent_dir(&destination.path);
+    tempfile::NamedTempFile::new_in(folder)
+        .map(drop)
+        .map_err(|e| {
+            anyhow::Error::new(crate::UsageError(format!(
+                "cannot write {what}: the folder {} does not take new files ({e}); give a path in a folder you can write to",
+                folder.display()
+            )))
+        })
 }
 
 /// `YYYY-MM-DD` of a time, in UTC (Howard Hinnant's days-to-civil algorithm; no date crate for
@@ -984,6 +1116,21 @@ mod tests {
         assert!(message(read_text("a.csv", "goal,target\nhi\n")).contains("not valid CSV"));
         assert!(message(read_text("a.csv", "goal,target\n")).contains("no behaviours"));
         assert!(message(read_text("a.jsonl", "[1]\n")).contains("line 1: not a JSON object"));
+    }
+
+    #[test]
+    fn credentials_in_urls_are_left_out() {
+        assert_eq!(
+            redacted("http://user:pw@127.0.0.1:81/v1"),
+            "http://127.0.0.1:81/v1"
+        );
+        assert_eq!(
+            redacted("cannot reach https://a:b@h/v1/chat/completions: refused"),
+            "cannot reach https://h/v1/chat/completions: refused"
+        );
+        assert_eq!(redacted("http://h/v1?x=a@b"), "http://h/v1?x=a@b");
+        let target = TransferTarget::parse("https://k:s3cret@api.example/v1#m", "K").unwrap();
+        assert_eq!(target.name(), "https://api.example/v1#m");
     }
 
     #[test]

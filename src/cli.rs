@@ -648,6 +648,9 @@ pub struct AttackArgs {
     /// when unset).
     #[arg(long, value_name = "NAME", default_value = "OPENAI_API_KEY")]
     pub transfer_key_env: String,
+    /// Seconds an endpoint of --transfer-to may take to answer [default: 60].
+    #[arg(long, value_name = "SECONDS")]
+    pub transfer_timeout: Option<f64>,
     /// With --behaviors: append one result line per behaviour to this file (JSON lines, the
     /// part-file format of describe --out: locked, whole lines, settings recorded).
     #[arg(long, value_name = "FILE", requires = "behaviors")]
@@ -808,6 +811,19 @@ fn attack_command(args: AttackArgs, device: &Device) -> Result<i32> {
     if args.behaviors.is_some() {
         return behaviors_command(args, device);
     }
+    // clap's `requires` does not hold these back beside the objective group: said here, so that
+    // none is silently ignored.
+    let given = [
+        ("--out", args.out.is_some()),
+        ("--artifact", args.artifact.is_some()),
+        ("--shard", args.shard.is_some()),
+        ("--judge-cmd", args.judge_cmd.is_some()),
+        ("--transfer-to", !args.transfer_to.is_empty()),
+        ("--transfer-timeout", args.transfer_timeout.is_some()),
+    ];
+    if let Some((flag, _)) = given.iter().find(|(_, given)| *given) {
+        crate::usage_bail!("{flag} applies only with --behaviors FILE; for one instruction, --json prints the result");
+    }
     let spec = args.spec()?;
     let live = Progress::new(1);
     let report = run_attack(&spec, device, |step| {
@@ -860,6 +876,7 @@ fn attack_command(args: AttackArgs, device: &Device) -> Result<i32> {
 /// (whatever the ASR), 1 when some failed with an error, 2 for a usage error.
 fn behaviors_command(args: AttackArgs, device: &Device) -> Result<i32> {
     let spec = args.spec()?;
+    let transfer_timeout = seconds("--transfer-timeout", args.transfer_timeout.unwrap_or(60.0))?;
     let Some(file) = args.behaviors.as_deref() else {
         bail!("--behaviors is required here");
     };
@@ -890,6 +907,7 @@ fn behaviors_command(args: AttackArgs, device: &Device) -> Result<i32> {
             .iter()
             .map(|t| crate::behaviors::TransferTarget::parse(t, &args.transfer_key_env))
             .collect::<Result<_>>()?,
+        transfer_timeout,
     };
     let mut failed = 0;
     let outcome = run.run(device, |index, total, line| {
@@ -909,6 +927,14 @@ fn behaviors_command(args: AttackArgs, device: &Device) -> Result<i32> {
                 line["seconds"].as_f64().unwrap_or_default(),
                 line["queries"]
             );
+            for entry in line["transfer"].as_array().into_iter().flatten() {
+                if let Some(error) = entry["error"].as_str() {
+                    errln!(
+                        "  transfer to {}: error: {error}",
+                        entry["victim"].as_str().unwrap_or_default()
+                    );
+                }
+            }
         } else {
             failed += 1;
             errln!(
@@ -921,6 +947,14 @@ fn behaviors_command(args: AttackArgs, device: &Device) -> Result<i32> {
     })?;
     if outcome.lines.is_empty() {
         errln!("nothing to attack: every behaviour is already done or the shard is empty");
+    }
+    if args.json {
+        crate::write_stdout_line(format_args!("{}", outcome.summary))?;
+    } else {
+        // One call per line: errln! escapes a newline inside a record.
+        for line in crate::behaviors::summary_text(&outcome.summary).lines() {
+            errln!("{line}");
+        }
     }
     if let Some(path) = &args.artifact {
         let options = &spec.options;
@@ -947,14 +981,6 @@ fn behaviors_command(args: AttackArgs, device: &Device) -> Result<i32> {
             &format!("--artifact {}", path.display()),
             text.as_bytes(),
         )?;
-    }
-    if args.json {
-        crate::write_stdout_line(format_args!("{}", outcome.summary))?;
-    } else {
-        // One call per line: errln! escapes a newline inside a record.
-        for line in crate::behaviors::summary_text(&outcome.summary).lines() {
-            errln!("{line}");
-        }
     }
     Ok(if failed > 0 { 1 } else { 0 })
 }

@@ -13,6 +13,7 @@ use clipsteer::steer::objectives::Objective;
 use clipsteer::steer::search::attack::Success;
 use clipsteer::steer::{CausalLm, GgufLm};
 use common::*;
+use std::path::Path;
 use std::time::Duration;
 
 fn smollm2_path() -> std::path::PathBuf {
@@ -836,6 +837,23 @@ fn behaviour_files_run_resume_and_report_an_asr() {
     assert_eq!(summary["categories"]["facts"]["behaviors"], 2);
     assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 3);
 
+    // Another file whose rows have the same numbers: its rows are not the results' rows.
+    let other_file = dir.path().join("other.csv");
+    std::fs::write(
+        &other_file,
+        "goal,target\nSay hi,Hi\nSay ho,Ho\nSay hu,Hu\n",
+    )
+    .unwrap();
+    let mut other_args = common.to_vec();
+    other_args[4] = other_file.to_str().unwrap();
+    let mixed = run(&[&other_args[..], &["--resume"]].concat());
+    assert_eq!(mixed.status.code(), Some(2), "{}", stderr(&mixed));
+    assert!(
+        stderr(&mixed).contains("with another goal or target"),
+        "{}",
+        stderr(&mixed)
+    );
+
     // The refusal judge, and a file without targets: refused up front for a target objective.
     let no_target = dir.path().join("harmbench.csv");
     std::fs::write(
@@ -1022,6 +1040,8 @@ fn found_prompts_transfer_to_a_local_model_and_an_endpoint() {
     .unwrap();
     let (port, seen) = chat_completions_stand_in("Hello, world! How can I help?");
     let endpoint = format!("http://127.0.0.1:{port}/v1#stand-in-model");
+    // Nothing listens on port 1; the password in the URL must appear nowhere.
+    let down = "http://user:s3cret@127.0.0.1:1/v1#down";
     let output = bin()
         .args([
             "attack",
@@ -1033,6 +1053,8 @@ fn found_prompts_transfer_to_a_local_model_and_an_endpoint() {
             model,
             "--transfer-to",
             &endpoint,
+            "--transfer-to",
+            down,
             "--transfer-key-env",
             "CLIPSTEER_TEST_KEY",
             "--beam-width",
@@ -1082,4 +1104,90 @@ fn found_prompts_transfer_to_a_local_model_and_an_endpoint() {
     assert_eq!(summary["transfer"][&endpoint]["jailbroken"], 1);
     assert_eq!(summary["transfer"][&endpoint]["behaviors"], 2);
     assert_eq!(summary["transfer"][model]["behaviors"], 2);
+    let shown_down = "http://127.0.0.1:1/v1#down";
+    assert_eq!(lines[0]["transfer"][2]["victim"], shown_down);
+    assert!(lines[0]["transfer"][2]["error"].is_string(), "{}", lines[0]);
+    assert_eq!(summary["transfer"][shown_down]["errors"], 2);
+    assert_eq!(summary["transfer"][shown_down]["behaviors"], 0);
+    assert!(!stdout(&output).contains("s3cret") && !stderr(&output).contains("s3cret"));
+    assert!(stderr(&output).contains("transfer to http://127.0.0.1:1/v1#down: error"));
+}
+
+/// Mistakes in a behaviour run are refused before any model loads, and no flag of it is
+/// silently ignored without --behaviors.
+#[test]
+fn behaviour_run_mistakes_are_refused_up_front() {
+    let model = smollm2_path();
+    let model = model.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.csv");
+    std::fs::write(&good, "goal,target\nSay hi,Hi\n").unwrap();
+    let unclosed = dir.path().join("unclosed.csv");
+    std::fs::write(
+        &unclosed,
+        "goal,target\nWhat color is grass?,\"Grass is purple\nSay hi,Hi\n",
+    )
+    .unwrap();
+    let latin1 = dir.path().join("latin1.csv");
+    std::fs::write(&latin1, b"goal,target\nSag M\xfcller,Hi\n").unwrap();
+    let behaviors = |file: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "attack",
+            "--lm",
+            model,
+            "--behaviors",
+            file.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        run(&args)
+    };
+    for (output, wanted) in [
+        (behaviors(&unclosed, &[]), "never closed"),
+        (behaviors(&latin1, &[]), "is not UTF-8"),
+        (
+            behaviors(&good, &["--artifact", "/proc/clipsteer-artifact.json"]),
+            "does not take new files",
+        ),
+        (
+            run(&[
+                "attack",
+                "--lm",
+                model,
+                "--instruction",
+                "Hi",
+                "--target-response",
+                "Ho",
+                "--out",
+                "x.jsonl",
+            ]),
+            "--out applies only with --behaviors",
+        ),
+        (
+            run(&[
+                "attack",
+                "--lm",
+                model,
+                "--instruction",
+                "Hi",
+                "--target-response",
+                "Ho",
+                "--transfer-to",
+                model,
+            ]),
+            "--transfer-to applies only with --behaviors",
+        ),
+    ] {
+        assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+        assert!(
+            stderr(&output).contains(wanted),
+            "{wanted}: {}",
+            stderr(&output)
+        );
+        assert_eq!(
+            stderr(&output).trim_end().lines().count(),
+            1,
+            "{}",
+            stderr(&output)
+        );
+    }
 }

@@ -69,6 +69,8 @@ pub struct CommandScorer {
     timeout: Duration,
     /// The run's own time limit (`attack --time-limit`): a batch is waited for no longer.
     deadline: Option<std::time::Instant>,
+    /// The flag that sets `timeout`, as messages name it.
+    timeout_flag: &'static str,
     state: RefCell<Running>,
 }
 
@@ -97,6 +99,12 @@ impl CommandScorer {
     /// a batch unanswered then ends with [`TimeLimitReached`].
     pub fn with_deadline(mut self, deadline: Option<std::time::Instant>) -> Self {
         self.deadline = deadline;
+        self
+    }
+
+    /// Names the flag that sets the timeout in messages (`--scorer-timeout` unless told).
+    pub fn with_timeout_flag(mut self, flag: &'static str) -> Self {
+        self.timeout_flag = flag;
         self
     }
 
@@ -160,6 +168,7 @@ impl CommandScorer {
             command: command.to_string(),
             timeout,
             deadline: None,
+            timeout_flag: "--scorer-timeout",
             state: RefCell::new(Running {
                 child,
                 requests: Some(requests),
@@ -273,9 +282,10 @@ impl ItemScorer for CommandScorer {
                 .into());
             }
             Err(RecvTimeoutError::Timeout) => bail!(
-                "scorer command '{}' did not answer within {} s; make it print one {{\"scores\":[…]}} line per input line and flush, or raise --scorer-timeout",
+                "scorer command '{}' did not answer within {} s; make it print one {{\"scores\":[…]}} line per input line and flush, or raise {}",
                 self.command,
-                self.timeout.as_secs_f64()
+                self.timeout.as_secs_f64(),
+                self.timeout_flag
             ),
         };
         self.parse(&line, items.len())
