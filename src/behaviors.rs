@@ -718,20 +718,13 @@ impl BehaviorRun<'_> {
         mut on_line: impl FnMut(usize, usize, &Value) -> Result<()>,
     ) -> Result<BehaviorOutcome> {
         use crate::attack::{AttackModels, AttackObjective};
-        let mut behaviors = read(self.file)?;
+        let behaviors = read(self.file)?;
         let order: Vec<String> = behaviors.iter().map(|b| b.id.clone()).collect();
         // The options' checks, with a row's instruction in place of the one each row sets.
         let mut first = self.spec.clone();
         first.options.instruction = behaviors[0].instruction.clone();
         crate::attack::validate(&first)?;
-        if let Some((index, count)) = self.shard {
-            behaviors = behaviors
-                .into_iter()
-                .enumerate()
-                .filter(|(i, _)| i % count == index)
-                .map(|(_, b)| b)
-                .collect();
-        }
+        let mut behaviors = crate::parts::take_shard(behaviors, self.shard);
         let target_objective = matches!(self.spec.objective, AttackObjective::TargetResponse(_));
         if target_objective || matches!(self.judge, JudgeSpec::Builtin(Judge::Prefix)) {
             if let Some(row) = behaviors.iter().find(|b| b.target.is_none()) {
@@ -1009,21 +1002,12 @@ fn check_writable_folder(path: &Path, what: &str) -> Result<()> {
         })
 }
 
-/// `YYYY-MM-DD` of a time, in UTC (Howard Hinnant's days-to-civil algorithm; no date crate for
-/// one date).
+/// `YYYY-MM-DD` of a time, in UTC.
 fn utc_date(time: std::time::SystemTime) -> String {
     let days = time
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() / 86_400) as i64;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = crate::steer::chat_template::civil_date(days);
     format!("{year:04}-{month:02}-{day:02}")
 }
 

@@ -22,6 +22,20 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+/// The deterministic share `index` of `count` of a run's items (`--shard I/N`): items I, I+N,
+/// I+2N, … in order, so that N tasks cover the list once. All items without a shard.
+pub fn take_shard<T>(items: Vec<T>, shard: Option<(usize, usize)>) -> Vec<T> {
+    match shard {
+        Some((index, count)) => items
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| i % count == index)
+            .map(|(_, item)| item)
+            .collect(),
+        None => items,
+    }
+}
+
 /// What a part file already holds, as its next run needs it.
 #[derive(Debug, Default)]
 pub struct PartContents {

@@ -668,19 +668,12 @@ impl InputSpec {
                 refused.insert(image, message);
             }
         }
-        let mut inputs: Vec<Input> = if self.images.is_empty() {
+        let inputs: Vec<Input> = if self.images.is_empty() {
             vec![None]
         } else {
             all_images.into_iter().map(Some).collect()
         };
-        if let Some((index, count)) = self.shard {
-            inputs = inputs
-                .into_iter()
-                .enumerate()
-                .filter(|(i, _)| i % count == index)
-                .map(|(_, p)| p)
-                .collect();
-        }
+        let mut inputs = crate::parts::take_shard(inputs, self.shard);
         // Locked before it is read, so that no other task can write between the read and the run.
         let mut part = match &self.out {
             Some(path) => Some(PartWriter::open(path)?),

@@ -294,6 +294,20 @@ fn python_json(value: &serde_json::Value, indent: Option<usize>, depth: usize, o
     }
 }
 
+/// (year, month 1–12, day 1–31) of a day counted from 1970-01-01 (Howard Hinnant's
+/// days-to-civil algorithm; no date crate for one date).
+pub(crate) fn civil_date(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
 /// The current UTC date and time in a strftime `format`, for templates that print today's date
 /// (Llama 3's). Covers the directives such templates use.
 fn strftime_now(format: &str) -> String {
@@ -303,16 +317,7 @@ fn strftime_now(format: &str) -> String {
         .unwrap_or(0);
     let days = seconds.div_euclid(86_400);
     let secs = seconds.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = civil_date(days);
     const MONTHS: [&str; 12] = [
         "January",
         "February",
