@@ -1,6 +1,7 @@
 //! Peak memory of one image, measured in child processes (wait4's rusage, which counts that
 //! child alone while other tests run beside it): memory is bounded by the decoded pixels plus
-//! the crop, whatever the image's shape. The bounds are those docs/SERVE.md and README.md state.
+//! the crop, whatever the image's shape. The bounds are those docs/SERVE.md and docs/IMAGES.md
+//! state.
 
 mod common;
 

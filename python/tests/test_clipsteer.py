@@ -82,7 +82,7 @@ def test_embed_image_equals_transformers(describer, reference, manifest):
         assert features.shape == (1, reference[f"image_{stem}_features"].shape[0])
         expected = reference[f"image_{stem}_features"]
         if name.endswith(".jpg"):
-            # README's one exception: JPEG decodes within 4 levels of libjpeg's (zune-jpeg).
+            # docs/IMAGES.md's one exception: JPEG decodes within 4 levels of libjpeg's (zune-jpeg).
             cos = features[0] @ expected / np.linalg.norm(features[0]) / np.linalg.norm(expected)
             assert cos >= 0.999, (name, cos)
         else:
@@ -95,7 +95,7 @@ def test_embed_image_equals_transformers(describer, reference, manifest):
 
 @pytest.mark.parametrize(
     "name",
-    # Not a JPEG: Pillow's libjpeg pixels differ from the command line's decoder (README).
+    # Not a JPEG: Pillow's libjpeg pixels differ from the command line's decoder (docs/IMAGES.md).
     ["rgba_50x50.png", "palette_50x45.png", "grey_40x33.png", "odd_47x61.png", "wide_90x40.png"],
 )
 def test_a_pil_image_embeds_as_its_file(describer, name):
@@ -115,7 +115,8 @@ def test_pil_images_of_every_mode_embed_as_their_files(describer):
             if image.getexif().get(0x0112, 1) != 1 or getattr(image, "is_animated", False):
                 continue
             # A 16-bit colour PNG: Pillow keeps only the high bytes in memory, where the
-            # command line rounds v/257 (README's exception), so the pixels differ before us.
+            # command line rounds v/257 (docs/IMAGES.md's exception), so the pixels differ
+            # before us.
             if path.read_bytes()[24] == 16 and image.mode != "I;16":
                 continue
             image.load()
