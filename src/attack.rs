@@ -102,7 +102,7 @@ pub struct AttackRequest {
 impl AttackRequest {
     /// Parses a JSON object of options; the error names the offending option.
     pub fn from_json(json: &str) -> Result<Self> {
-        crate::pipeline::options_from_json(json)
+        crate::request::options_from_json(json)
     }
 
     /// The options and objective these ask for; `scorer`, an in-process scoring function, is
@@ -128,7 +128,7 @@ impl AttackRequest {
         } else if let Some(command) = &self.scorer_cmd {
             AttackObjective::Command {
                 command: command.clone(),
-                timeout: crate::pipeline::seconds(
+                timeout: crate::request::seconds(
                     "scorer_timeout",
                     self.scorer_timeout.unwrap_or(60.0),
                 )?,
@@ -173,10 +173,10 @@ impl AttackRequest {
             proposal,
             readability: self.readability.unwrap_or(defaults.readability),
             time_limit: match self.time_limit {
-                Some(s) => Some(crate::pipeline::seconds("time_limit", s)?),
+                Some(s) => Some(crate::request::seconds("time_limit", s)?),
                 None => defaults.time_limit,
             },
-            blocklist: crate::pipeline::BlockArgs {
+            blocklist: crate::request::BlockArgs {
                 block: self.block.clone(),
                 blocklist: self.blocklist.clone(),
                 block_substrings: self.block_substrings,
@@ -198,7 +198,7 @@ pub struct AttackReport {
     pub target_nll: Option<f64>,
     /// The same after the instruction alone.
     pub baseline_nll: Option<f64>,
-    /// Where each model came from ([`crate::events::models_json`]): attacker, victim, encoder.
+    /// Where each model came from ([`crate::hub::models_json`]): attacker, victim, encoder.
     pub models: serde_json::Value,
     /// The instruction, verbatim.
     pub instruction: String,
@@ -333,7 +333,7 @@ impl AttackModels {
         if let AttackObjective::TargetText { encoder, .. } = &spec.objective {
             models.push(("encoder", encoder.as_str()));
         }
-        report.models = crate::events::models_json(&models);
+        report.models = crate::hub::models_json(&models);
         report.instruction = spec.options.instruction.clone();
         report.target = match &spec.objective {
             AttackObjective::TargetResponse(text) | AttackObjective::TargetText { text, .. } => {

@@ -137,7 +137,7 @@ fn read_csv(mut file: std::fs::File, path: &Path) -> Result<Rows> {
     let mut rows = Vec::new();
     for record in reader.records() {
         let record = record.map_err(|e| {
-            crate::UsageError(format!(
+            crate::Error::BadArgument(format!(
                 "--behaviors {shown} is not valid CSV: {e}; quote fields that hold commas, quotes or line breaks"
             ))
         })?;
@@ -165,7 +165,7 @@ fn read_json_lines(file: std::fs::File, path: &Path) -> Result<Rows> {
         }
         let where_ = format!("line {}", index + 1);
         let value: Value = serde_json::from_str(&line).map_err(|e| {
-            crate::UsageError(format!(
+            crate::Error::BadArgument(format!(
                 "--behaviors {shown}, {where_}: not a JSON object ({e})"
             ))
         })?;
@@ -995,7 +995,7 @@ fn check_writable_folder(path: &Path, what: &str) -> Result<()> {
     tempfile::NamedTempFile::new_in(folder)
         .map(drop)
         .map_err(|e| {
-            anyhow::Error::new(crate::UsageError(format!(
+            anyhow::Error::new(crate::Error::BadArgument(format!(
                 "cannot write {what}: the folder {} does not take new files ({e}); give a path in a folder you can write to",
                 folder.display()
             )))

@@ -8,13 +8,15 @@ use crate::events::{attack_done_json, attack_step_json, step_json};
 use crate::image::DecodeLimits;
 use crate::load::load_clip;
 use crate::merge::merge;
-use crate::pipeline::collect_inputs;
 use crate::pipeline::{
-    run_batch, seconds, select_device, BatchEvent, BlockArgs, DescribeSpec, Describer,
-    DeviceChoice, InputSpec, Preset, TargetSpec, DEFAULT_CLIP, DEFAULT_LM,
+    collect_inputs, planned_settings, run_batch, BatchEvent, Describer, InputSpec,
+};
+use crate::request::{
+    encoder_for, seconds, select_device, BlockArgs, DescribeRequest, DeviceChoice, Preset,
+    DEFAULT_CLIP, DEFAULT_LM,
 };
 use crate::sidecar::CaptionFiles;
-use crate::steer::describe::{BeamParams, MagicParams, Sampling, ScoredText, StepEvent, Strategy};
+use crate::steer::describe::{StepEvent, Strategy};
 use crate::steer::search::attack::{AttackOptions, Proposal, DEFAULT_SAMPLE};
 use anyhow::{bail, Result};
 use candle_core::Device;
@@ -145,11 +147,13 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
+/// describe's command line: the inputs, models and outputs of a batch, and the options of each
+/// description ([`DescribeRequest`], shared with every other face).
 #[derive(Args, Debug)]
 pub struct DescribeArgs {
     /// Image files, or directories searched recursively for .jpg/.jpeg/.png/.webp/.gif/.bmp. May be
     /// left out when --target-text gives the target.
-    #[arg(required_unless_present_any = ["target_text", "scorer_cmd"])]
+    #[arg(required_unless_present_any = ["target_text", "scorer_cmd"], conflicts_with = "scorer_cmd")]
     pub images: Vec<PathBuf>,
     /// Language model: a GPT-2 directory in the HF layout, a hub id, or a llama-family .gguf file.
     #[arg(long, default_value = DEFAULT_LM)]
@@ -158,85 +162,11 @@ pub struct DescribeArgs {
     /// [default: openai/clip-vit-base-patch32]. --clip is an alias.
     #[arg(long = "encoder", visible_alias = "clip", value_name = "MODEL")]
     pub clip: Option<String>,
-    /// Steer toward this text (repeatable; with or without images).
-    #[arg(long, value_name = "TEXT")]
-    pub target_text: Vec<String>,
-    /// Steer away from this text (repeatable).
-    #[arg(long, value_name = "TEXT")]
-    pub avoid_text: Vec<String>,
-    /// Weights of the targets, in order: the image (when there is one), each --target-text, then
-    /// each --avoid-text (a positive weight; avoiding subtracts it). Unlisted weights are 1.
-    #[arg(long, value_name = "W")]
-    pub target_weight: Vec<f32>,
-    #[command(flatten)]
-    pub blocking: BlockArgs,
-    /// Text the description starts from; a trailing space stays a token.
-    #[arg(long, default_value = "An image of ")]
-    pub prompt: String,
-    /// Candidates taken from the LM each step [default: 200; 45 with --strategy magic or beam].
-    #[arg(long)]
-    pub top_k: Option<usize>,
-    /// Tokens to generate.
-    #[arg(long, default_value_t = 25)]
-    pub max_tokens: usize,
-    /// The search. seed, the default, is the original demo's loop token for token (the
-    /// reference the parity tests pin); beam is the one recommended for fluent, on-target text,
-    /// with an instruction-tuned LM's chat template as --prompt (held-out figures:
-    /// docs/STEERING.md).
-    #[arg(long, value_enum, default_value_t = Strategy::Seed)]
-    pub strategy: Strategy,
-    /// MAGIC: weight α of the degeneration penalty.
-    #[arg(long, default_value_t = 0.1)]
-    pub magic_alpha: f32,
-    /// MAGIC: weight β of the target term.
-    #[arg(long, default_value_t = 2.0)]
-    pub magic_beta: f32,
-    /// MAGIC: temperature of the softmax over candidates' similarities [default: the encoder's:
-    /// CLIP's trained exp(logit_scale), 100 for OpenAI CLIP; 100 for sentence encoders, tuned].
-    #[arg(long)]
-    pub magic_scale: Option<f32>,
-    /// Beam: hypotheses kept each step.
-    #[arg(long, default_value_t = BeamParams::default().width)]
-    pub beam_width: usize,
-    /// Beam: weight of the mean per-token log-probability (nats) against similarity; higher is
-    /// more fluent, lower more on target.
-    #[arg(long, default_value_t = BeamParams::default().fluency)]
-    pub beam_fluency: f32,
-    /// Beam: sibling-rank penalty γ; a hypothesis's r-th best child competes at its score − γ·r
-    /// (Li et al. 2016). 0 turns it off.
-    #[arg(long, default_value_t = BeamParams::default().diversity)]
-    pub beam_diversity: f32,
-    /// Beam: rank each step's best 2 × width candidates by their text and the LM's greedy
-    /// completion of up to this many tokens, scored together. 0 turns it off (about 3× slower
-    /// per token; it did not help on docs/STEERING.md's tuning half).
-    #[arg(long, default_value_t = BeamParams::default().lookahead)]
-    pub beam_lookahead: usize,
-    /// Beam: in the last this many steps before --max-tokens, a hypothesis may also end with "."
-    /// outside its top-k, and every sentence end there stays a candidate answer, so that the
-    /// answer ends as a sentence instead of being cut. 0 turns it off.
-    #[arg(long, default_value_t = BeamParams::default().close_within)]
-    pub beam_close_within: usize,
-    /// With --strategy magic or beam: go on to --max-tokens instead of stopping at the end of a
-    /// sentence.
-    #[arg(long)]
-    pub no_sentence_stop: bool,
-    /// What the encoder scores: the prompt and the generated text, or only the generated text
-    /// [default: full with --strategy seed, as the original demo; generated with magic and beam,
-    /// so that an instruction or chat template in the prompt does not dilute the similarity].
-    #[arg(long, value_enum)]
-    pub score_text: Option<ScoredText>,
     /// A named configuration; explicit --clip/--top-k override it.
     #[arg(long, value_enum)]
     pub preset: Option<Preset>,
-    /// Sample from softmax(similarity / T) instead of taking the most similar candidate.
-    #[arg(long)]
-    pub sample: bool,
-    /// Sampling temperature T.
-    #[arg(long, default_value_t = 0.05, requires = "sample")]
-    pub temperature: f64,
-    /// Random seed for --sample.
-    #[arg(long, default_value_t = 0, requires = "sample")]
-    pub seed: u64,
+    #[command(flatten)]
+    pub request: DescribeRequest,
     /// JSON lines on stdout: a "step" event per token, then a "done" event per image.
     #[arg(long)]
     pub json: bool,
@@ -246,23 +176,9 @@ pub struct DescribeArgs {
     /// Skip images that already have a "done" line in --out.
     #[arg(long, requires = "out")]
     pub resume: bool,
-    /// APPROXIMATE: score exactly only the M candidates whose own token is most similar to the
-    /// image (token similarities are cached across steps). Faster; may pick differently from
-    /// the exact loop.
-    #[arg(long, value_name = "M")]
-    pub prefilter: Option<usize>,
     /// Take the deterministic share I of N (0 ≤ I < N) of the inputs, e.g. --shard 0/4.
     #[arg(long, value_parser = parse_shard)]
     pub shard: Option<(usize, usize)>,
-    /// Steer by a program instead of an embedding: for each step it reads one line
-    /// {"items":[{"text":…},…]} (the candidate texts as --score-text says: with the prompt for
-    /// seed, the generated text alone for magic and beam) and answers one line {"scores":[…]},
-    /// higher is better.
-    #[arg(long, value_name = "CMD", conflicts_with_all = ["images", "target_text", "avoid_text"])]
-    pub scorer_cmd: Option<String>,
-    /// With --scorer-cmd: seconds the program may take per batch.
-    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
-    pub scorer_timeout: f64,
     /// Write each image's caption to a .txt file beside it (photo.jpg → photo.txt): the
     /// generated text without the prompt, on one line, as kohya_ss and other LoRA trainers read.
     #[arg(long)]
@@ -426,53 +342,6 @@ fn score(args: ScoreArgs, device: &Device) -> Result<i32> {
 }
 
 impl DescribeArgs {
-    fn spec(&self) -> Result<DescribeSpec> {
-        Ok(DescribeSpec {
-            lm: self.lm.clone(),
-            encoder: self.clip.clone(),
-            preset: self.preset,
-            prompt: self.prompt.clone(),
-            top_k: self.top_k,
-            max_tokens: self.max_tokens,
-            strategy: self.strategy,
-            magic: MagicParams {
-                alpha: self.magic_alpha,
-                beta: self.magic_beta,
-                scale: self.magic_scale,
-            },
-            beam: BeamParams {
-                width: self.beam_width,
-                fluency: self.beam_fluency,
-                diversity: self.beam_diversity,
-                lookahead: self.beam_lookahead,
-                close_within: self.beam_close_within,
-            },
-            no_sentence_stop: self.no_sentence_stop,
-            score_text: self.score_text,
-            sampling: self.sample.then_some(Sampling {
-                temperature: self.temperature,
-                seed: self.seed,
-            }),
-            prefilter: self.prefilter,
-            blocklist: self.blocking.to_blocklist()?,
-            scorer_cmd: match &self.scorer_cmd {
-                Some(command) => Some((
-                    command.clone(),
-                    seconds("--scorer-timeout", self.scorer_timeout)?,
-                )),
-                None => None,
-            },
-        })
-    }
-
-    fn targets(&self) -> TargetSpec {
-        TargetSpec {
-            target_text: self.target_text.clone(),
-            avoid_text: self.avoid_text.clone(),
-            target_weight: self.target_weight.clone(),
-        }
-    }
-
     fn inputs(&self) -> InputSpec {
         InputSpec {
             images: self.images.clone(),
@@ -490,10 +359,10 @@ impl DescribeArgs {
 }
 
 fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
-    let spec = args.spec()?;
-    let options = spec.options()?;
+    let resolved = args.request.resolve(args.preset, !args.images.is_empty())?;
+    let encoder = encoder_for(args.clip.as_deref(), args.preset);
     let mut plan = args.inputs().plan()?;
-    plan.check_planned_settings(&spec.planned_settings(&args.targets(), !args.images.is_empty())?)?;
+    plan.check_planned_settings(&planned_settings(&args.lm, &encoder, &resolved))?;
     if plan.trimmed_bytes > 0 {
         if let Some(path) = plan.part_path() {
             errln!(
@@ -513,7 +382,7 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
         // Downloads draw no progress bar under --json, as scripts read stderr too.
         crate::hub::set_progress(false);
     }
-    let describer = Describer::load(&spec, &args.targets(), !args.images.is_empty(), device)?;
+    let describer = Describer::load(&args.lm, &encoder, &resolved, device)?;
 
     let progress = Progress::new(inputs);
     let summary = run_batch(&describer, &mut plan, |event| {
@@ -522,7 +391,7 @@ fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
                 if args.json {
                     crate::write_stdout_line(format_args!("{}", step_json(image, event)))?;
                 }
-                progress.step(event, options.max_tokens);
+                progress.step(event, resolved.options.max_tokens);
             }
             BatchEvent::Done {
                 image,
@@ -667,7 +536,7 @@ pub struct AttackArgs {
     #[arg(long, value_name = "TEXT")]
     pub target_response: Option<String>,
     /// A program that scores prompts and the victim's answers (JSON lines on stdin/stdout; see
-    /// README).
+    /// docs/ATTACK.md).
     #[arg(long, value_name = "CMD")]
     pub scorer_cmd: Option<String>,
     /// With --scorer-cmd: succeed once the best prompt scores at least this (a finite number;

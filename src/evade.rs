@@ -8,14 +8,18 @@ use crate::diffusion::cli::{
     check_output_dir, encode_image, generate_with_progress, write_atomically, DiffusionArgs,
 };
 use crate::image::DecodeLimits;
+use crate::pipeline::{DescribeModels, Describer};
+use crate::request::DescribeRequest;
 use crate::steer::constraints::{describe_control, Blocklist, Refusal};
-use crate::steer::describe::{describe, DescribeOptions, Strategy};
+use crate::steer::describe::Strategy;
+use crate::steer::scorer::Encoder;
 use crate::steer::{normalize, ClipScorer};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Args, Debug)]
 pub struct EvadeArgs {
@@ -27,16 +31,16 @@ pub struct EvadeArgs {
     pub image: Option<PathBuf>,
     /// The words the filter blocks.
     #[command(flatten)]
-    pub blocking: crate::pipeline::BlockArgs,
+    pub blocking: crate::request::BlockArgs,
     /// The HTML report; the JSON report and both images are written next to it
     /// (NAME.json, NAME-image1.png, NAME-image2.png).
     #[arg(long, default_value = "evade-report.html")]
     pub report: PathBuf,
     /// Language model that writes the description (GPT-2 directory, hub id, or .gguf).
-    #[arg(long, default_value = crate::pipeline::DEFAULT_LM)]
+    #[arg(long, default_value = crate::request::DEFAULT_LM)]
     pub lm: String,
     /// CLIP model that steers the description and measures every similarity in the report.
-    #[arg(long = "encoder", visible_alias = "clip", default_value = crate::pipeline::DEFAULT_CLIP, value_name = "MODEL")]
+    #[arg(long = "encoder", visible_alias = "clip", default_value = crate::request::DEFAULT_CLIP, value_name = "MODEL")]
     pub clip: String,
     /// Description strategy; beam and magic keep the text fluent, and beam is the more on target
     /// of the two (docs/STEERING.md).
@@ -46,10 +50,10 @@ pub struct EvadeArgs {
     #[arg(long)]
     pub top_k: Option<usize>,
     /// Most tokens in the description.
-    #[arg(long, default_value_t = 25)]
+    #[arg(long, default_value_t = crate::request::DEFAULT_MAX_TOKENS)]
     pub max_tokens: usize,
     /// Text the description starts from.
-    #[arg(long, default_value = "An image of ")]
+    #[arg(long, default_value = crate::request::DEFAULT_PROMPT)]
     pub describe_prompt: String,
     #[command(flatten)]
     pub diffusion: DiffusionArgs,
@@ -93,18 +97,25 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
         .sum()
 }
 
-fn blocklist(args: &EvadeArgs) -> Result<Blocklist> {
-    let list = args.blocking.to_blocklist()?;
-    if list.is_empty() {
+pub fn run(args: EvadeArgs, device: &Device) -> Result<i32> {
+    // The describe request evade makes: describe's own, with evade's strategy and prompt flags.
+    let request = DescribeRequest {
+        prompt: args.describe_prompt.clone(),
+        strategy: args.strategy,
+        top_k: args.top_k,
+        max_tokens: args.max_tokens,
+        block: args.blocking.block.clone(),
+        blocklist: args.blocking.blocklist.clone(),
+        block_substrings: args.blocking.block_substrings,
+        ..DescribeRequest::default()
+    };
+    let resolved = request.resolve(None, true)?;
+    let blocklist = resolved.options.blocklist.clone();
+    if blocklist.is_empty() {
         bail!(
             "evade needs the words a filter blocks: pass --block word1,word2 or --blocklist FILE"
         );
     }
-    Ok(list)
-}
-
-pub fn run(args: EvadeArgs, device: &Device) -> Result<i32> {
-    let blocklist = blocklist(&args)?;
     args.diffusion.validate()?;
     let paths = ReportPaths::new(&args.report)?;
     check_output_dir(&paths.html)?;
@@ -113,19 +124,23 @@ pub fn run(args: EvadeArgs, device: &Device) -> Result<i32> {
             bail!("no image at {}", image.display());
         }
     }
-    let defaults = DescribeOptions::for_strategy(&args.describe_prompt, args.strategy);
-    let options = DescribeOptions {
-        top_k: args.top_k.unwrap_or(defaults.top_k),
-        max_tokens: args.max_tokens,
-        blocklist: blocklist.clone(),
-        ..defaults
-    };
-    let top_k = options.top_k;
+    let top_k = resolved.options.top_k;
     // Every model first, so that a missing one fails before minutes of work.
     let pipeline = args.diffusion.load(device)?;
-    let lm = crate::load::load_lm(&args.lm, device)?;
-    let clip = crate::load::load_clip(&args.clip, device)?;
-    crate::steer::describe::validate(&lm, &options)?;
+    let models = Arc::new(DescribeModels {
+        lm: crate::load::load_lm(&args.lm, device)?,
+        encoder: Some(Encoder::Clip(Box::new(crate::load::load_clip(
+            &args.clip, device,
+        )?))),
+        lm_spec: args.lm.clone(),
+        encoder_spec: Some(args.clip.clone()),
+    });
+    let describer = Describer::new(Arc::clone(&models), &resolved)?;
+    let clip = models
+        .encoder
+        .as_ref()
+        .and_then(Encoder::as_clip)
+        .ok_or_else(|| anyhow::anyhow!("evade needs a CLIP encoder"))?;
     let started = std::time::Instant::now();
 
     let (image1, image1_source) = match &args.image {
@@ -140,12 +155,14 @@ pub fn run(args: EvadeArgs, device: &Device) -> Result<i32> {
             (image, json!({"kind": "generated", "prompt": prompt}))
         }
     };
-    let image1_embedding = clip.image_embedding(&image::DynamicImage::ImageRgb8(image1.clone()))?;
-    let target = normalize(&image1_embedding);
+    let image1 = image::DynamicImage::ImageRgb8(image1);
+    let image1_embedding = clip.image_embedding(&image1)?;
+    let target = describer.target(Some(&image1))?;
+    let image1 = image1.into_rgb8();
 
     let describe_bar = crate::diffusion::cli::step_bar("describing");
     describe_bar.set_length(args.max_tokens as u64);
-    let described = describe(&lm, &clip, &target, &options, |event| {
+    let described = describer.describe_target(target.as_deref(), |event| {
         describe_bar.set_position(event.step as u64 + 1);
         Ok(())
     });
@@ -156,7 +173,7 @@ pub fn run(args: EvadeArgs, device: &Device) -> Result<i32> {
     let image2 =
         generate_with_progress(&pipeline, &args.diffusion.options(&description), "image 2")?;
     let similarities = Similarities::measure(
-        &clip,
+        clip,
         &image1_embedding,
         &description,
         &image2,
@@ -194,7 +211,7 @@ pub fn run(args: EvadeArgs, device: &Device) -> Result<i32> {
             .map(|d| d.as_secs())
             .unwrap_or(0),
         "prompt": args.prompt,
-        "models": crate::events::models_json(&[
+        "models": crate::hub::models_json(&[
             ("lm", &args.lm),
             ("encoder", &args.clip),
             ("diffusion", &args.diffusion.model),

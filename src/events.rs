@@ -84,19 +84,3 @@ pub fn attack_done_json(report: &AttackReport) -> Value {
     }
     done
 }
-
-/// `{"lm": {"id","revision","commit"}, "encoder": {...}}`: where each model of a run came from,
-/// so that a result can be reproduced; a local model records `{"path"}`. `models` pairs a role
-/// with the argument the model was loaded from (after it was loaded: hub ids resolved in this
-/// process report their commit, see [`crate::hub::origin`]).
-pub fn models_json(models: &[(&str, &str)]) -> Value {
-    let mut out = serde_json::Map::new();
-    for (role, spec) in models {
-        let origin = match crate::hub::origin(spec) {
-            Some(origin) => serde_json::to_value(origin).unwrap_or(Value::Null),
-            None => json!({ "id": spec }),
-        };
-        out.insert(role.to_string(), origin);
-    }
-    Value::Object(out)
-}

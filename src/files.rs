@@ -304,7 +304,7 @@ pub fn read_small_regular(path: &Path, limit: usize) -> Option<Vec<u8>> {
 }
 
 fn usage(message: String) -> anyhow::Error {
-    anyhow::Error::new(crate::UsageError(message))
+    anyhow::Error::new(crate::Error::BadArgument(message))
 }
 
 /// A file's identity, device and inode: one per file whatever names and links lead to it.

@@ -9,6 +9,7 @@
 //! lacks: the token lookup of huggingface_hub (`HF_TOKEN`, then the token file), `HF_HUB_OFFLINE`,
 //! cache lookups by commit, and one-line errors from the hub's `X-Error-Code`.
 
+use crate::HubError;
 use anyhow::{anyhow, bail, Context, Result};
 use hf_hub::api::sync::{ApiBuilder, ApiError, ApiRepo};
 use hf_hub::{Repo, RepoType};
@@ -92,10 +93,12 @@ impl ModelSpec {
             None => (spec, None),
         };
         if !looks_like_hub_id(id) {
-            bail!("no model directory at {spec}; pass an existing directory or a hub id such as openai-community/gpt2 (ID@REVISION for a branch, tag or commit)");
+            return Err(crate::Error::NotFound(format!("no model directory at {spec}; pass an existing directory or a hub id such as openai-community/gpt2 (ID@REVISION for a branch, tag or commit)")).into());
         }
         if revision.is_some_and(|r| r.trim().is_empty()) {
-            bail!("{spec}: nothing after '@'; give a branch, tag or commit, e.g. {id}@main");
+            crate::usage_bail!(
+                "{spec}: nothing after '@'; give a branch, tag or commit, e.g. {id}@main"
+            );
         }
         Ok(Self::Hub {
             id: id.to_string(),
@@ -287,34 +290,42 @@ fn hub_error(
     revision: &str,
     what: &str,
     endpoint: &str,
-) -> Option<String> {
+) -> Option<crate::Error> {
     let ureq_error = match error {
         ApiError::RequestError(e) => e.as_ref(),
         ApiError::TooManyRetries(inner) => {
             return hub_error(inner, id, revision, what, endpoint);
         }
-        other => return Some(format!("{what} of '{id}' failed: {other}")),
+        other => {
+            return Some(crate::Error::Failed(format!(
+                "{what} of '{id}' failed: {other}"
+            )))
+        }
     };
     match ureq_error {
         ureq::Error::Status(status, response) => {
             let code = response.header("X-Error-Code").unwrap_or("").to_string();
+            let hub = |kind, message| crate::Error::Hub { kind, message };
             Some(match (code.as_str(), *status) {
-                ("GatedRepo", _) => format!(
+                ("GatedRepo", _) => hub(HubError::Gated, format!(
                     "'{id}' is a gated model: accept its licence at {endpoint}/{id} and set HF_TOKEN to a token of that account (or run `huggingface-cli login`)"
-                ),
-                ("RepoNotFound", _) | ("", 401) => format!(
+                )),
+                ("RepoNotFound", _) | ("", 401) => hub(HubError::Missing, format!(
                     "no model '{id}' on {endpoint}: check the id; if it is private, set HF_TOKEN to a token that can read it"
-                ),
-                ("RevisionNotFound", _) => format!(
+                )),
+                ("RevisionNotFound", _) => hub(HubError::Missing, format!(
                     "'{id}' has no revision '{revision}': give an existing branch, tag or commit after '@'"
+                )),
+                ("EntryNotFound", _) | ("", 404) => hub(
+                    HubError::Missing,
+                    format!("{what} of '{id}@{revision}' failed: the file is not in that revision"),
                 ),
-                ("EntryNotFound", _) | ("", 404) => {
-                    format!("{what} of '{id}@{revision}' failed: the file is not in that revision")
-                }
-                ("", 403) => format!(
+                ("", 403) => hub(HubError::Gated, format!(
                     "the hub refused {what} of '{id}' (403): the token in HF_TOKEN cannot read it"
-                ),
-                _ => format!("{what} of '{id}@{revision}' failed: HTTP {status} {code}"),
+                )),
+                _ => crate::Error::Failed(format!(
+                    "{what} of '{id}@{revision}' failed: HTTP {status} {code}"
+                )),
             })
         }
         ureq::Error::Transport(_) => None,
@@ -370,17 +381,21 @@ impl Snapshot {
                 }
                 Err(error) => {
                     match hub_error(&error, id, &revision, "listing the files", &config.endpoint) {
-                        Some(message) => bail!(message),
+                        Some(typed) => return Err(typed.into()),
                         None => format!("the hub at {} is unreachable ({error})", config.endpoint),
                     }
                 }
             }
         };
         let Some(commit) = cached_commit(&config.cache, id, &revision) else {
-            bail!(
-                "model '{id}@{revision}' is not in the Hugging Face cache ({}) and {why_offline}; fetch it where the hub is reachable, or pass a local directory in the HF layout",
-                config.cache.display()
-            );
+            return Err(crate::Error::Hub {
+                kind: HubError::Offline,
+                message: format!(
+                    "model '{id}@{revision}' is not in the Hugging Face cache ({}) and {why_offline}; fetch it where the hub is reachable, or pass a local directory in the HF layout",
+                    config.cache.display()
+                ),
+            }
+            .into());
         };
         let dir = repo_folder(&config.cache, id)
             .join("snapshots")
@@ -421,13 +436,17 @@ impl Snapshot {
     }
 
     fn not_cached(&self, file: &str) -> anyhow::Error {
-        anyhow!(
-            "the cache ({}) lacks {file} of '{}@{}' and {}; fetch the model where the hub is reachable",
-            self.cache.display(),
-            self.id,
-            self.revision,
-            self.offline_reason
-        )
+        crate::Error::Hub {
+            kind: HubError::Offline,
+            message: format!(
+                "the cache ({}) lacks {file} of '{}@{}' and {}; fetch the model where the hub is reachable",
+                self.cache.display(),
+                self.id,
+                self.revision,
+                self.offline_reason
+            ),
+        }
+        .into()
     }
 
     /// The local path of `file` in this revision's snapshot, downloaded when missing.
@@ -441,17 +460,20 @@ impl Snapshot {
             return Err(self.not_cached(file));
         };
         let path = repo.download(file).map_err(|error| {
-            anyhow!(hub_error(
+            let typed = hub_error(
                 &error,
                 &self.id,
                 &self.revision,
                 &format!("downloading {file}"),
-                &self.endpoint
+                &self.endpoint,
             )
-            .unwrap_or_else(|| format!(
-                "downloading {file} of '{}@{}' failed: the hub at {} is unreachable ({error})",
-                self.id, self.revision, self.endpoint
-            )))
+            .unwrap_or_else(|| {
+                crate::Error::Failed(format!(
+                    "downloading {file} of '{}@{}' failed: the hub at {} is unreachable ({error})",
+                    self.id, self.revision, self.endpoint
+                ))
+            });
+            anyhow::Error::new(typed)
         })?;
         // hf-hub wrote refs/<commit>, as it names refs by the revision it was given; the cache
         // layout of huggingface_hub has refs only for branches and tags: replace it by that.
@@ -630,6 +652,22 @@ pub fn resolve_pipeline(
     snapshot.write_ref()?;
     remember(spec, &snapshot.origin());
     Ok(snapshot.dir.clone())
+}
+
+/// `{"lm": {"id","revision","commit"}, "encoder": {...}}`: where each model of a run came from,
+/// so that a result can be reproduced; a local model records `{"path"}`. `models` pairs a role
+/// with the argument the model was loaded from (after it was loaded: hub ids resolved in this
+/// process report their commit, see [`origin`]).
+pub fn models_json(models: &[(&str, &str)]) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for (role, spec) in models {
+        let origin = match origin(spec) {
+            Some(origin) => serde_json::to_value(origin).unwrap_or(serde_json::Value::Null),
+            None => serde_json::json!({ "id": spec }),
+        };
+        out.insert(role.to_string(), origin);
+    }
+    serde_json::Value::Object(out)
 }
 
 #[cfg(test)]

@@ -21,31 +21,21 @@ macro_rules! errln {
     };
 }
 
-/// Returns a [`UsageError`] from the enclosing function: `usage_bail!("--top-k must be …")`.
+/// Returns an [`Error::BadArgument`] from the enclosing function: `usage_bail!("--top-k must be …")`.
 #[macro_export]
 macro_rules! usage_bail {
     ($($arg:tt)*) => {
-        return Err(anyhow::Error::new($crate::UsageError(format!($($arg)*))))
+        return Err(anyhow::Error::new($crate::Error::BadArgument(format!($($arg)*))))
     };
 }
 
-/// An error in what was asked for (a flag's value, flags that do not go together), found before
-/// any work: the command line exits 2 for it, as clap does for its own usage errors, and 1 only
-/// when the work itself failed.
-#[derive(Debug)]
-pub struct UsageError(pub String);
+pub mod error;
+pub use error::{Error, HubError};
 
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
-
-/// Whether `error` (or any error it wraps) is a [`UsageError`].
+/// Whether `error` (or any error it wraps) is an [`Error::BadArgument`]: the command line exits
+/// 2 for it, as clap does for its own usage errors, and 1 only when the work itself failed.
 pub fn is_usage_error(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| cause.is::<UsageError>())
+    Error::classify(error).is_bad_argument()
 }
 
 #[doc(hidden)]
@@ -127,6 +117,7 @@ pub mod models;
 pub mod parts;
 pub mod pathkey;
 pub mod pipeline;
+pub mod request;
 pub mod server;
 pub mod settings;
 pub mod sidecar;

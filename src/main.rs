@@ -32,9 +32,9 @@ fn main() {
     match clipsteer::cli::run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            clipsteer::print_err_line(format_args!("error: {}", clipsteer::error_line(&e)));
-            // 2 for a bad flag, as clap's own usage errors; 1 when the work failed.
-            std::process::exit(if clipsteer::is_usage_error(&e) { 2 } else { 1 });
+            let error = clipsteer::Error::classify(&e);
+            clipsteer::print_err_line(format_args!("error: {}", error.message()));
+            std::process::exit(error.exit_code());
         }
     }
 }

@@ -160,7 +160,7 @@ impl PartWriter {
             .map_or(0, |last| last + 1);
         let shown = self.path.display().to_string();
         let not_ours = |why: String| {
-            anyhow::Error::new(crate::UsageError(format!(
+            anyhow::Error::new(crate::Error::BadArgument(format!(
                 "--out {shown} is not a part file that clipsteer wrote ({why}), so it was left as it was; give a new file name for --out"
             )))
         };

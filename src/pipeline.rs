@@ -1,195 +1,31 @@
-//! The describe pipeline behind every face (the command line, `serve`, `evade`, and the Python
-//! package to come): defaults, the device, model loading, target building, and the batch loop
-//! over inputs (directories, shards, `--resume`, the locked `--out` part file, caption files). A face parses its own
-//! arguments into these types and shows progress its own way; what is computed lives here.
+//! The describe pipeline behind every face (the command line, `serve`, `evade`, `bench` and the
+//! Python package): model loading, target building, the [`Describer`] that runs a resolved
+//! [`DescribeRequest`](crate::request::DescribeRequest), and the batch loop over inputs
+//! (directories, shards, `--resume`, the locked `--out` part file, caption files). A face parses
+//! its own arguments into the request and shows progress its own way; what is computed lives here.
 
 use crate::events::{done_json, error_json};
 use crate::image::{load_image, DecodeLimits};
 use crate::load::{load_encoder, load_lm};
 use crate::parts::{PartContents, PartWriter};
+use crate::request::{ResolvedDescribe, TargetSpec};
 use crate::settings::{RunSettings, TargetSettings};
 use crate::sidecar::CaptionFiles;
-use crate::steer::constraints::Blocklist;
 use crate::steer::describe::{
-    check_values, describe, describe_with, validate, BeamParams, DescribeOptions, DescribeResult,
-    MagicParams, Sampling, ScoredText, StepEvent, Strategy,
+    describe, describe_with, validate, DescribeOptions, DescribeResult, StepEvent,
 };
 use crate::steer::lm::LanguageModel;
 use crate::steer::objectives::command::CommandScorer;
 use crate::steer::scorer::Encoder;
 use crate::steer::target::{combine, TargetPart};
 use crate::steer::{CausalLm, Scorer};
-use anyhow::{bail, Result};
+use anyhow::Result;
 use candle_core::Device;
 use image::DynamicImage;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-/// The language model describe uses when none is named.
-pub const DEFAULT_LM: &str = "openai-community/gpt2";
-/// The encoder describe uses when none is named.
-pub const DEFAULT_CLIP: &str = "openai/clip-vit-base-patch32";
-/// The original demo's configuration (`--preset seed`).
-pub const SEED_CLIP: &str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K";
-pub const SEED_TOP_K: usize = 2500;
-
-/// Where models run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum DeviceChoice {
-    /// CUDA when this build has it and a GPU is present, else the CPU.
-    Auto,
-    Cpu,
-    Cuda,
-}
-
-/// The device for `choice`; `Cuda` is an error when no GPU can be used.
-pub fn select_device(choice: DeviceChoice) -> Result<Device> {
-    match choice {
-        DeviceChoice::Cpu => Ok(Device::Cpu),
-        DeviceChoice::Cuda => {
-            if !candle_core::utils::cuda_is_available() {
-                bail!("--device cuda: this clipsteer was built without CUDA or no GPU is visible; rebuild with `cargo build --release --features cuda`");
-            }
-            Device::new_cuda(0).map_err(|e| {
-                anyhow::anyhow!("--device cuda: no usable GPU ({e}); check the NVIDIA driver, or use --device cpu")
-            })
-        }
-        DeviceChoice::Auto => {
-            if candle_core::utils::cuda_is_available() {
-                if let Ok(device) = Device::new_cuda(0) {
-                    return Ok(device);
-                }
-            }
-            Ok(Device::Cpu)
-        }
-    }
-}
-
-/// A named configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Preset {
-    /// The original demo: CLIP ViT-H-14 (LAION) with top-k 2500.
-    Seed,
-}
-
-impl Preset {
-    pub fn encoder(self) -> &'static str {
-        match self {
-            Preset::Seed => SEED_CLIP,
-        }
-    }
-
-    pub fn top_k(self) -> usize {
-        match self {
-            Preset::Seed => SEED_TOP_K,
-        }
-    }
-}
-
-/// The blocklist flags, shared by every face that steers (`--block`, `--blocklist`,
-/// `--block-substrings`).
-#[derive(clap::Args, Debug, Clone, Default)]
-pub struct BlockArgs {
-    /// Words never to write, comma-separated (case-insensitive, whole words).
-    #[arg(long, value_delimiter = ',', value_name = "WORDS")]
-    pub block: Vec<String>,
-    /// A file of words never to write: one per line (or comma-separated), # comments.
-    #[arg(long, value_name = "FILE")]
-    pub blocklist: Option<PathBuf>,
-    /// Block any text containing a blocked word as a substring, not only as a whole word.
-    #[arg(long)]
-    pub block_substrings: bool,
-}
-
-impl BlockArgs {
-    /// The words of --block and --blocklist together. Each --block value is comma-separated (the
-    /// command line has split it already; options given as data are split here).
-    pub fn to_blocklist(&self) -> Result<Blocklist> {
-        let mut words: Vec<String> = self
-            .block
-            .iter()
-            .flat_map(|w| w.split(','))
-            .map(str::to_string)
-            .collect();
-        if let Some(path) = &self.blocklist {
-            words.extend(Blocklist::read_file(path)?);
-        }
-        Blocklist::new(words, self.block_substrings)
-    }
-}
-
-/// Text targets and weights, as given (`--target-text`, `--avoid-text`, `--target-weight`).
-#[derive(Debug, Clone, Default)]
-pub struct TargetSpec {
-    /// Texts to steer toward.
-    pub target_text: Vec<String>,
-    /// Texts to steer away from.
-    pub avoid_text: Vec<String>,
-    /// Weights, in order: the image (when there is one), each target text, each avoided text;
-    /// unlisted weights are 1.
-    pub target_weight: Vec<f32>,
-}
-
-impl TargetSpec {
-    /// Checks the weights before any model is loaded: at most one per target, each a positive,
-    /// finite number (avoiding subtracts its weight, so a negative one would steer toward it).
-    pub fn check_values(&self, has_image: bool) -> Result<()> {
-        let wanted = usize::from(has_image) + self.target_text.len() + self.avoid_text.len();
-        if self.target_weight.len() > wanted {
-            crate::usage_bail!(
-                "{} --target-weight values for {wanted} targets (the image, then each --target-text, then each --avoid-text)",
-                self.target_weight.len()
-            );
-        }
-        if let Some(bad) = self
-            .target_weight
-            .iter()
-            .find(|w| !(w.is_finite() && **w > 0.0))
-        {
-            crate::usage_bail!("--target-weight must be a positive, finite number, got {bad}; to steer away from a text, give it as --avoid-text");
-        }
-        Ok(())
-    }
-
-    /// The parts of a target that are the same for every image: the text targets, weighted.
-    pub fn text_parts<S: Scorer + ?Sized>(
-        &self,
-        scorer: &S,
-        has_image: bool,
-    ) -> Result<Vec<TargetPart>> {
-        let wanted = usize::from(has_image) + self.target_text.len() + self.avoid_text.len();
-        if self.target_weight.len() > wanted {
-            bail!(
-                "{} --target-weight values for {wanted} targets (the image, then each --target-text, then each --avoid-text)",
-                self.target_weight.len()
-            );
-        }
-        let weight = |index: usize| self.target_weight.get(index).copied().unwrap_or(1.0);
-        let offset = usize::from(has_image);
-        let mut parts = Vec::new();
-        for (i, text) in self.target_text.iter().enumerate() {
-            parts.push(TargetPart {
-                embedding: scorer.embed_text(text)?,
-                weight: weight(offset + i),
-            });
-        }
-        for (i, text) in self.avoid_text.iter().enumerate() {
-            let w = weight(offset + self.target_text.len() + i);
-            parts.push(TargetPart {
-                embedding: scorer.embed_text(text)?,
-                weight: -w,
-            });
-        }
-        Ok(parts)
-    }
-
-    /// The weight of an image target.
-    pub fn image_weight(&self) -> f32 {
-        self.target_weight.first().copied().unwrap_or(1.0)
-    }
-}
 
 /// Text targets embedded once, ready to combine with each image.
 #[derive(Debug, Clone)]
@@ -199,13 +35,30 @@ pub struct Targets {
 }
 
 impl Targets {
+    /// Embeds the text targets (the parts that are the same for every image), weighted: each
+    /// target text by its weight, each avoided text by minus its weight.
     pub fn prepare<S: Scorer + ?Sized>(
         spec: &TargetSpec,
         scorer: &S,
         has_image: bool,
     ) -> Result<Self> {
+        let weight = |index: usize| spec.target_weight.get(index).copied().unwrap_or(1.0);
+        let offset = usize::from(has_image);
+        let mut text_parts = Vec::new();
+        for (i, text) in spec.target_text.iter().enumerate() {
+            text_parts.push(TargetPart {
+                embedding: scorer.embed_text(text)?,
+                weight: weight(offset + i),
+            });
+        }
+        for (i, text) in spec.avoid_text.iter().enumerate() {
+            text_parts.push(TargetPart {
+                embedding: scorer.embed_text(text)?,
+                weight: -weight(offset + spec.target_text.len() + i),
+            });
+        }
         Ok(Self {
-            text_parts: spec.text_parts(scorer, has_image)?,
+            text_parts,
             image_weight: spec.image_weight(),
         })
     }
@@ -224,277 +77,6 @@ impl Targets {
             None => combine(&self.text_parts),
         }
     }
-}
-
-/// Everything describe needs to know besides its inputs, with `None` for "the default".
-#[derive(Debug, Clone)]
-pub struct DescribeSpec {
-    /// A GPT-2 directory or hub id, or a llama-family `.gguf` file.
-    pub lm: String,
-    /// CLIP or a sentence encoder; None: the preset's, else [`DEFAULT_CLIP`].
-    pub encoder: Option<String>,
-    pub preset: Option<Preset>,
-    pub prompt: String,
-    /// None: the preset's, else the strategy's ([`Strategy::default_top_k`]).
-    pub top_k: Option<usize>,
-    pub max_tokens: usize,
-    pub strategy: Strategy,
-    pub magic: MagicParams,
-    pub beam: BeamParams,
-    /// Go on to `max_tokens` instead of stopping at the end of a sentence (magic, beam).
-    pub no_sentence_stop: bool,
-    /// None: the strategy's ([`Strategy::default_scored_text`]).
-    pub score_text: Option<ScoredText>,
-    /// None: greedy. Seed strategy only.
-    pub sampling: Option<Sampling>,
-    pub prefilter: Option<usize>,
-    pub blocklist: Blocklist,
-    /// Steer by this program instead of an embedding (`--scorer-cmd`), with its per-batch
-    /// timeout.
-    pub scorer_cmd: Option<(String, std::time::Duration)>,
-}
-
-impl DescribeSpec {
-    /// The CLI's defaults: GPT-2, "An image of ", 25 tokens, the seed strategy.
-    pub fn new(prompt: &str, strategy: Strategy) -> Self {
-        Self {
-            lm: DEFAULT_LM.to_string(),
-            encoder: None,
-            preset: None,
-            prompt: prompt.to_string(),
-            top_k: None,
-            max_tokens: 25,
-            strategy,
-            magic: MagicParams::default(),
-            beam: BeamParams::default(),
-            no_sentence_stop: false,
-            score_text: None,
-            sampling: None,
-            prefilter: None,
-            blocklist: Blocklist::default(),
-            scorer_cmd: None,
-        }
-    }
-
-    /// The encoder to load.
-    pub fn encoder_spec(&self) -> String {
-        self.encoder.clone().unwrap_or_else(|| {
-            self.preset
-                .map_or(DEFAULT_CLIP, Preset::encoder)
-                .to_string()
-        })
-    }
-
-    /// The settings record this run will carry, made before any model is loaded: hub models are
-    /// named by their spec, not yet by commit ([`RunSettings::agrees_with_planned`]).
-    pub fn planned_settings(&self, target_spec: &TargetSpec, has_image: bool) -> Result<Value> {
-        let scorer = match &self.scorer_cmd {
-            Some((command, _)) => format!("scorer-cmd:{command}"),
-            None => self.encoder_spec(),
-        };
-        Ok(RunSettings::for_describe(
-            &self.lm,
-            &scorer,
-            &self.options()?,
-            TargetSettings {
-                image: has_image,
-                target_texts: &target_spec.target_text,
-                avoid_texts: &target_spec.avoid_text,
-                weights: &target_spec.target_weight,
-            },
-        )
-        .to_json())
-    }
-
-    /// The loop's options, defaults filled in, their values checked ([`check_values`]).
-    pub fn options(&self) -> Result<DescribeOptions> {
-        let defaults = DescribeOptions::for_strategy(&self.prompt, self.strategy);
-        let options = DescribeOptions {
-            top_k: self
-                .top_k
-                .unwrap_or_else(|| self.preset.map_or(defaults.top_k, Preset::top_k)),
-            max_tokens: self.max_tokens,
-            sampling: self.sampling,
-            prefilter: self.prefilter,
-            blocklist: self.blocklist.clone(),
-            magic: self.magic,
-            beam: self.beam,
-            stop_at_sentence_end: defaults.stop_at_sentence_end && !self.no_sentence_stop,
-            scored_text: self.score_text.unwrap_or(defaults.scored_text),
-            ..defaults
-        };
-        if self.sampling.is_some() && self.strategy != Strategy::Seed {
-            crate::usage_bail!("--sample applies to --strategy seed only");
-        }
-        check_values(&options)?;
-        Ok(options)
-    }
-}
-
-/// describe's options by the command line's names (flags with underscores), for faces that take
-/// them as data: the Python package's keyword arguments arrive as this JSON object. Unknown names
-/// and wrong types are errors; what is left out takes the command line's default.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DescribeRequest {
-    pub prompt: Option<String>,
-    pub strategy: Option<String>,
-    pub top_k: Option<usize>,
-    pub max_tokens: Option<usize>,
-    pub magic_alpha: Option<f32>,
-    pub magic_beta: Option<f32>,
-    pub magic_scale: Option<f32>,
-    pub beam_width: Option<usize>,
-    pub beam_fluency: Option<f32>,
-    pub beam_diversity: Option<f32>,
-    pub beam_lookahead: Option<usize>,
-    pub beam_close_within: Option<usize>,
-    #[serde(default)]
-    pub no_sentence_stop: bool,
-    pub score_text: Option<String>,
-    #[serde(default)]
-    pub sample: bool,
-    pub temperature: Option<f64>,
-    pub seed: Option<u64>,
-    pub prefilter: Option<usize>,
-    #[serde(default)]
-    pub block: Vec<String>,
-    pub blocklist: Option<PathBuf>,
-    #[serde(default)]
-    pub block_substrings: bool,
-    #[serde(default)]
-    pub target_text: Vec<String>,
-    #[serde(default)]
-    pub avoid_text: Vec<String>,
-    #[serde(default)]
-    pub target_weight: Vec<f32>,
-    pub scorer_cmd: Option<String>,
-    /// Seconds.
-    pub scorer_timeout: Option<f64>,
-}
-
-impl DescribeRequest {
-    /// Parses a JSON object of options; the error names the offending option.
-    pub fn from_json(json: &str) -> Result<Self> {
-        options_from_json(json)
-    }
-
-    /// The spec and targets these options ask for, over models loaded from `lm` and `encoder`
-    /// with `preset` (the defaults the command line applies).
-    pub fn to_spec(&self, preset: Option<Preset>) -> Result<(DescribeSpec, TargetSpec)> {
-        let strategy = match &self.strategy {
-            Some(name) => value_enum::<Strategy>("strategy", name)?,
-            None => Strategy::Seed,
-        };
-        let mut spec =
-            DescribeSpec::new(self.prompt.as_deref().unwrap_or("An image of "), strategy);
-        spec.preset = preset;
-        spec.top_k = self.top_k;
-        if let Some(n) = self.max_tokens {
-            spec.max_tokens = n;
-        }
-        let magic = MagicParams::default();
-        spec.magic = MagicParams {
-            alpha: self.magic_alpha.unwrap_or(magic.alpha),
-            beta: self.magic_beta.unwrap_or(magic.beta),
-            scale: self.magic_scale.or(magic.scale),
-        };
-        if let Some(width) = self.beam_width {
-            spec.beam.width = width;
-        }
-        if let Some(fluency) = self.beam_fluency {
-            spec.beam.fluency = fluency;
-        }
-        if let Some(diversity) = self.beam_diversity {
-            spec.beam.diversity = diversity;
-        }
-        if let Some(lookahead) = self.beam_lookahead {
-            spec.beam.lookahead = lookahead;
-        }
-        if let Some(close_within) = self.beam_close_within {
-            spec.beam.close_within = close_within;
-        }
-        spec.no_sentence_stop = self.no_sentence_stop;
-        spec.score_text = match &self.score_text {
-            Some(name) => Some(value_enum::<ScoredText>("score_text", name)?),
-            None => None,
-        };
-        if !self.sample && (self.temperature.is_some() || self.seed.is_some()) {
-            bail!("temperature and seed apply with sample=True only");
-        }
-        spec.sampling = self.sample.then(|| Sampling {
-            temperature: self.temperature.unwrap_or(0.05),
-            seed: self.seed.unwrap_or(0),
-        });
-        spec.prefilter = self.prefilter;
-        spec.blocklist = BlockArgs {
-            block: self.block.clone(),
-            blocklist: self.blocklist.clone(),
-            block_substrings: self.block_substrings,
-        }
-        .to_blocklist()?;
-        if let Some(command) = &self.scorer_cmd {
-            let timeout = seconds("scorer_timeout", self.scorer_timeout.unwrap_or(60.0))?;
-            spec.scorer_cmd = Some((command.clone(), timeout));
-        }
-        let targets = TargetSpec {
-            target_text: self.target_text.clone(),
-            avoid_text: self.avoid_text.clone(),
-            target_weight: self.target_weight.clone(),
-        };
-        Ok((spec, targets))
-    }
-}
-
-/// Options given as a JSON object, parsed into `T`; an error names the option it is about
-/// (serde_path_to_error) and says nothing of JSON positions, which the caller never wrote.
-pub fn options_from_json<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
-    let mut deserializer = serde_json::Deserializer::from_str(json);
-    serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-        let inner = e.inner().to_string();
-        let inner = inner
-            .split(" at line ")
-            .next()
-            .unwrap_or(&inner)
-            .to_string();
-        match e.path().to_string().as_str() {
-            "." => anyhow::anyhow!("bad option: {inner}"),
-            path => anyhow::anyhow!("option {path}: {inner}"),
-        }
-    })
-}
-
-/// The largest time limit or timeout accepted: about 31 years.
-pub const MAX_SECONDS: f64 = 1e9;
-
-/// A duration given in seconds by the option `name`: a positive, finite number of at most
-/// [`MAX_SECONDS`].
-pub fn seconds(name: &str, value: f64) -> Result<std::time::Duration> {
-    if !(value.is_finite() && value > 0.0) {
-        crate::usage_bail!("{name} must be a positive number of seconds, got {value}");
-    }
-    // Deadlines are Instant + Duration, which panics past the clock's range: a bound far beyond
-    // any run keeps every such sum valid.
-    if value > MAX_SECONDS {
-        crate::usage_bail!("{name} must be at most {MAX_SECONDS:e} seconds, got {value:e}");
-    }
-    Ok(std::time::Duration::from_secs_f64(value))
-}
-
-/// A value of a command-line enum by its command-line name.
-pub fn value_enum<T: clap::ValueEnum>(option: &str, name: &str) -> Result<T> {
-    T::from_str(name, false).map_err(|_| {
-        let names: Vec<String> = T::value_variants()
-            .iter()
-            .filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_string()))
-            .collect();
-        anyhow::anyhow!("{option} '{name}' is not one of: {}", names.join(", "))
-    })
-}
-
-/// Preset by its command-line name (`"seed"`).
-pub fn preset_named(name: &str) -> Result<Preset> {
-    value_enum("preset", name)
 }
 
 /// The extensions a directory is searched for, as shown to users.
@@ -743,7 +325,7 @@ impl BatchPlan {
     }
 
     /// Refuses, before any model is loaded, a part file whose lines were made with other
-    /// settings than `planned` ([`DescribeSpec::planned_settings`]): the same answer whether inputs remain
+    /// settings than `planned` ([`planned_settings`]): the same answer whether inputs remain
     /// or all are done. Hub models are compared by id here and by commit once loaded.
     pub fn check_planned_settings(&self, planned: &Value) -> Result<()> {
         if let (Some(part), Some(existing)) = (&self.part, &self.existing) {
@@ -788,14 +370,14 @@ impl DescribeModels {
             .ok_or_else(|| anyhow::anyhow!("no encoder was loaded: give one to embed or score"))
     }
 
-    /// Where each model came from ([`crate::events::models_json`]), after loading so that hub
+    /// Where each model came from ([`crate::hub::models_json`]), after loading so that hub
     /// models are named by the commit they resolved to.
     pub fn provenance(&self) -> Value {
         match &self.encoder_spec {
             Some(encoder) => {
-                crate::events::models_json(&[("lm", &self.lm_spec), ("encoder", encoder)])
+                crate::hub::models_json(&[("lm", &self.lm_spec), ("encoder", encoder)])
             }
-            None => crate::events::models_json(&[("lm", &self.lm_spec)]),
+            None => crate::hub::models_json(&[("lm", &self.lm_spec)]),
         }
     }
 }
@@ -824,37 +406,31 @@ pub struct Describer {
 }
 
 impl Describer {
-    /// Loads the LM and the encoder (or, with `spec.scorer_cmd`, the LM alone), then
-    /// [`Describer::new`].
+    /// Loads the LM and the encoder `encoder` (or, when a `--scorer-cmd` program steers, the LM
+    /// alone), then [`Describer::new`].
     pub fn load(
-        spec: &DescribeSpec,
-        target_spec: &TargetSpec,
-        has_image: bool,
+        lm: &str,
+        encoder: &str,
+        resolved: &ResolvedDescribe,
         device: &Device,
     ) -> Result<Self> {
-        spec.options()?;
-        target_spec.check_values(has_image)?;
-        check_scorer_cmd(spec, target_spec, has_image)?;
-        let encoder = spec.scorer_cmd.is_none().then(|| spec.encoder_spec());
-        let models = DescribeModels::load(&spec.lm, encoder.as_deref(), device)?;
-        Self::new(Arc::new(models), spec, target_spec, has_image)
+        let encoder = resolved.scorer_cmd.is_none().then_some(encoder);
+        let models = DescribeModels::load(lm, encoder, device)?;
+        Self::new(Arc::new(models), resolved)
     }
 
     /// A describer over already loaded models: checks the options against the LM, embeds the
-    /// text targets (or starts `spec.scorer_cmd`). `spec.lm` and `spec.encoder` are not
-    /// consulted: the models' own specs are recorded. `has_image`: whether inputs are images
-    /// (the first weight is then the image's).
-    pub fn new(
-        models: Arc<DescribeModels>,
-        spec: &DescribeSpec,
-        target_spec: &TargetSpec,
-        has_image: bool,
-    ) -> Result<Self> {
-        let options = spec.options()?;
-        target_spec.check_values(has_image)?;
-        check_scorer_cmd(spec, target_spec, has_image)?;
-        validate(&models.lm, &options)?;
-        let (objective, scorer) = match &spec.scorer_cmd {
+    /// text targets (or starts the scorer program). The models' own specs are recorded.
+    pub fn new(models: Arc<DescribeModels>, resolved: &ResolvedDescribe) -> Result<Self> {
+        let ResolvedDescribe {
+            options,
+            targets: target_spec,
+            scorer_cmd,
+            has_image,
+        } = resolved;
+        let has_image = *has_image;
+        validate(&models.lm, options)?;
+        let (objective, scorer) = match scorer_cmd {
             Some((command, timeout)) => (
                 DescribeObjective::Command(CommandScorer::start(command, *timeout)?),
                 format!("scorer-cmd:{command}"),
@@ -878,25 +454,14 @@ impl Describer {
             }
         };
         // A --scorer-cmd run records the command in place of the encoder.
-        let provenance = match &spec.scorer_cmd {
-            Some(_) => crate::events::models_json(&[("lm", &models.lm_spec)]),
+        let provenance = match scorer_cmd {
+            Some(_) => crate::hub::models_json(&[("lm", &models.lm_spec)]),
             None => models.provenance(),
         };
-        let settings = RunSettings::for_describe(
-            &models.lm_spec,
-            &scorer,
-            &options,
-            TargetSettings {
-                image: has_image,
-                target_texts: &target_spec.target_text,
-                avoid_texts: &target_spec.avoid_text,
-                weights: &target_spec.target_weight,
-            },
-        )
-        .to_json();
+        let settings = settings_record(&models.lm_spec, &scorer, resolved).to_json();
         Ok(Self {
             models,
-            options,
+            options: options.clone(),
             objective,
             provenance,
             settings,
@@ -930,29 +495,84 @@ impl Describer {
         image: Option<&DynamicImage>,
         on_step: impl FnMut(&StepEvent) -> Result<()>,
     ) -> Result<DescribeResult> {
+        let target = self.target(image)?;
+        self.describe_target(target.as_deref(), on_step)
+    }
+
+    /// The unit-length target of one input under the encoder (None when a program steers): the
+    /// half of [`Self::describe_image`] that looks at the image, for faces that report a failure
+    /// to embed differently from a failure to describe.
+    pub fn target(&self, image: Option<&DynamicImage>) -> Result<Option<Vec<f32>>> {
         match &self.objective {
             DescribeObjective::Embedding(targets) => {
-                let encoder = self.models.encoder()?;
-                let target = targets.for_image(encoder, image)?;
-                describe(&self.models.lm, encoder, &target, &self.options, on_step)
+                Ok(Some(targets.for_image(self.models.encoder()?, image)?))
             }
-            DescribeObjective::Command(command) => {
+            DescribeObjective::Command(_) => Ok(None),
+        }
+    }
+
+    /// Runs the search toward `target` ([`Self::target`]'s).
+    pub fn describe_target(
+        &self,
+        target: Option<&[f32]>,
+        on_step: impl FnMut(&StepEvent) -> Result<()>,
+    ) -> Result<DescribeResult> {
+        match (&self.objective, target) {
+            (DescribeObjective::Embedding(_), Some(target)) => describe(
+                &self.models.lm,
+                self.models.encoder()?,
+                target,
+                &self.options,
+                on_step,
+            ),
+            (DescribeObjective::Command(command), _) => {
                 describe_with(&self.models.lm, command, &self.options, on_step)
             }
+            (DescribeObjective::Embedding(_), None) => {
+                anyhow::bail!("describing toward an embedding needs its target")
+            }
         }
+    }
+
+    /// The `done` event of one input, as every face sends it: the result, then the models and
+    /// the settings record.
+    pub fn done_event(&self, image: Option<&str>, result: &DescribeResult, seconds: f64) -> Value {
+        let mut done = done_json(image, result, seconds);
+        self.record(&mut done);
+        done
+    }
+
+    /// Adds what every `done` event ends with: the models and the settings record.
+    pub fn record(&self, done: &mut Value) {
+        done["models"] = self.provenance.clone();
+        done["settings"] = self.settings.clone();
     }
 }
 
-fn check_scorer_cmd(spec: &DescribeSpec, target_spec: &TargetSpec, has_image: bool) -> Result<()> {
-    if let Some((command, _)) = &spec.scorer_cmd {
-        if has_image || !target_spec.target_text.is_empty() || !target_spec.avoid_text.is_empty() {
-            crate::usage_bail!("describe --scorer-cmd steers by the program alone: leave out images, --target-text and --avoid-text (or leave out --scorer-cmd)");
-        }
-        if command.trim().is_empty() {
-            crate::usage_bail!("--scorer-cmd is empty: give the program to run");
-        }
-    }
-    Ok(())
+/// The settings record of a describe with `resolved`'s options over the LM `lm` and the scorer
+/// `scorer` (an encoder, or `scorer-cmd:COMMAND`), named as given or as loaded.
+pub fn settings_record(lm: &str, scorer: &str, resolved: &ResolvedDescribe) -> RunSettings {
+    RunSettings::for_describe(
+        lm,
+        scorer,
+        &resolved.options,
+        TargetSettings {
+            image: resolved.has_image,
+            target_texts: &resolved.targets.target_text,
+            avoid_texts: &resolved.targets.avoid_text,
+            weights: &resolved.targets.target_weight,
+        },
+    )
+}
+
+/// The settings record a run will carry, made before any model is loaded: hub models are named
+/// by their spec, not yet by commit ([`RunSettings::agrees_with_planned`]).
+pub fn planned_settings(lm: &str, encoder: &str, resolved: &ResolvedDescribe) -> Value {
+    let scorer = match &resolved.scorer_cmd {
+        Some((command, _)) => format!("scorer-cmd:{command}"),
+        None => encoder.to_string(),
+    };
+    settings_record(lm, &scorer, resolved).to_json()
 }
 
 /// What a batch reports as it goes.
@@ -1038,8 +658,7 @@ pub fn run_batch(
                 if let Some(path) = input {
                     crate::pathkey::annotate(&mut line, path);
                 }
-                line["models"] = describer.provenance.clone();
-                line["settings"] = describer.settings.clone();
+                describer.record(&mut line);
                 observer(BatchEvent::Done {
                     image: image.as_deref(),
                     result: &result,

@@ -180,9 +180,14 @@ class Describer:
         preset: ``"seed"``: the original demo (CLIP ViT-H/14 with top-k 2500).
 
     Raises:
-        FileNotFoundError: a local model path does not exist.
+        FileNotFoundError: a local model path does not exist, or the hub has no such repository,
+            revision or file (as transformers, an ``OSError``).
+        PermissionError: a gated model whose licence the token's account has not accepted, or a
+            private one it cannot read.
+        ConnectionError: offline (``HF_HUB_OFFLINE``, or the hub unreachable) and the model is
+            not in the cache.
         ValueError: an unknown device or preset.
-        RuntimeError: a model cannot be loaded (no such hub repository, no network, ...).
+        RuntimeError: a model is there but cannot be loaded (a broken or unsupported checkpoint).
     """
 
     def __init__(

@@ -14,16 +14,20 @@ use clipsteer::attack::{AttackModels, AttackRequest, AttackSpec, SharedScorer};
 use clipsteer::clipscore::{clip_scores, Convention};
 use clipsteer::diffusion::cli::DiffusionArgs;
 use clipsteer::diffusion::StableDiffusion;
-use clipsteer::events::{attack_done_json, attack_step_json, done_json, step_json};
+use clipsteer::events::{attack_done_json, attack_step_json, step_json};
 use clipsteer::image::{decode_image_bytes, load_image, DecodeLimits};
-use clipsteer::pipeline::{
-    preset_named, select_device, value_enum, DescribeModels, DescribeRequest, Describer,
-    DeviceChoice, Preset, DEFAULT_CLIP,
+use clipsteer::pipeline::{DescribeModels, Describer};
+use clipsteer::request::{
+    encoder_for, preset_named, select_device, value_enum, DescribeRequest, DeviceChoice, Preset,
+    DEFAULT_CLIP,
 };
 use clipsteer::steer::objectives::command::{checked_scores, Item, ItemScorer};
 use clipsteer::steer::scorer::Encoder;
 use clipsteer::steer::Scorer;
-use pyo3::exceptions::{PyFileNotFoundError, PyRuntimeError, PyValueError};
+use clipsteer::HubError;
+use pyo3::exceptions::{
+    PyConnectionError, PyFileNotFoundError, PyPermissionError, PyRuntimeError, PyValueError,
+};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 use std::path::{Path, PathBuf};
@@ -32,30 +36,42 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// How an error that is not a missing file reaches Python.
+/// How an error of no more definite kind reaches Python, by where it arose.
 #[derive(Clone, Copy)]
 enum Kind {
-    /// A bad argument: `ValueError`.
+    /// In the arguments: `ValueError`.
     Value,
-    /// Anything else: `RuntimeError`.
+    /// In the work: `RuntimeError`.
     Runtime,
 }
 
-/// The exception for `error`, carrying the command line's one-line message: `FileNotFoundError`
-/// when a file is missing, else `kind`'s.
+/// The exception for `error`, carrying the command line's one-line message (flags named as
+/// keyword arguments). The library's error kind decides where it has one ([`clipsteer::Error`]):
+/// a bad argument is `ValueError`; a missing file, hub repository, revision or file is
+/// `FileNotFoundError`; a gated or refused hub model `PermissionError`; a model neither cached nor
+/// reachable offline `ConnectionError`. Otherwise `kind`'s.
 fn py_err(error: &anyhow::Error, kind: Kind) -> PyErr {
-    let message = keyword_names(&clipsteer::error_line(error));
-    let missing = error.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
-    });
-    if missing {
-        return PyFileNotFoundError::new_err(message);
-    }
-    match kind {
-        Kind::Value => PyValueError::new_err(message),
-        Kind::Runtime => PyRuntimeError::new_err(message),
+    let classified = clipsteer::Error::classify(error);
+    let message = keyword_names(classified.message());
+    match classified {
+        clipsteer::Error::BadArgument(_) => PyValueError::new_err(message),
+        clipsteer::Error::NotFound(_)
+        | clipsteer::Error::Hub {
+            kind: HubError::Missing,
+            ..
+        } => PyFileNotFoundError::new_err(message),
+        clipsteer::Error::Hub {
+            kind: HubError::Gated,
+            ..
+        } => PyPermissionError::new_err(message),
+        clipsteer::Error::Hub {
+            kind: HubError::Offline,
+            ..
+        } => PyConnectionError::new_err(message),
+        _ => match kind {
+            Kind::Value => PyValueError::new_err(message),
+            Kind::Runtime => PyRuntimeError::new_err(message),
+        },
     }
 }
 
@@ -338,8 +354,7 @@ impl Models {
     ) -> PyResult<Self> {
         let preset = preset.map(preset_named).transpose().map_err(value_err)?;
         let device = device_named(device)?;
-        let encoder =
-            encoder.unwrap_or_else(|| preset.map_or(DEFAULT_CLIP, Preset::encoder).to_string());
+        let encoder = encoder_for(encoder.as_deref(), preset);
         check_local(&lm, "language model")?;
         check_local(&encoder, "encoder")?;
         let models = py
@@ -367,13 +382,15 @@ impl Models {
         options: &str,
     ) -> PyResult<Run> {
         let request = DescribeRequest::from_json(options).map_err(value_err)?;
-        let (spec, targets) = request.to_spec(self.preset).map_err(value_err)?;
         let image = image.map(ImageArg::from_py).transpose()?;
         let label = image.as_ref().and_then(ImageArg::label);
         let decoded = image.as_ref().map(ImageArg::decode).transpose()?;
+        let resolved = request
+            .resolve(self.preset, decoded.is_some())
+            .map_err(value_err)?;
         let models = self.models.clone();
         let describer = py
-            .detach(|| Describer::new(models, &spec, &targets, decoded.is_some()))
+            .detach(|| Describer::new(models, &resolved))
             .map_err(value_err)?;
         Ok(Run::spawn(move |events| {
             let started = std::time::Instant::now();
@@ -382,10 +399,11 @@ impl Models {
             });
             match result {
                 Ok(result) => {
-                    let mut done =
-                        done_json(label.as_deref(), &result, started.elapsed().as_secs_f64());
-                    done["models"] = describer.provenance.clone();
-                    done["settings"] = describer.settings.clone();
+                    let done = describer.done_event(
+                        label.as_deref(),
+                        &result,
+                        started.elapsed().as_secs_f64(),
+                    );
                     let _ = events.send(done.to_string());
                 }
                 Err(e) => events.fail(Message::Failed(clipsteer::error_line(&e))),
@@ -706,7 +724,7 @@ fn _clipsteer(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<AttackerModels>()?;
     m.add_class::<Diffusion>()?;
     m.add_class::<Run>()?;
-    m.add("DEFAULT_LM", clipsteer::pipeline::DEFAULT_LM)?;
+    m.add("DEFAULT_LM", clipsteer::request::DEFAULT_LM)?;
     m.add("DEFAULT_CLIP", DEFAULT_CLIP)?;
     m.add(
         "DEFAULT_DIFFUSION_MODEL",

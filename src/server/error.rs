@@ -29,6 +29,20 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
     }
 
+    /// The answer to a library error ([`crate::Error`]), its message after `prefix`: 400 when
+    /// the request was at fault, 404 for what is not there, 503 when the hub cannot give a
+    /// model, else 500.
+    pub fn from_library(prefix: &str, error: &anyhow::Error) -> Self {
+        let classified = crate::Error::classify(error);
+        let status = match classified {
+            crate::Error::BadArgument(_) => StatusCode::BAD_REQUEST,
+            crate::Error::NotFound(_) => StatusCode::NOT_FOUND,
+            crate::Error::Hub { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, format!("{prefix}{}", classified.message()))
+    }
+
     pub fn retry_after(mut self, seconds: u64) -> Self {
         self.retry_after = Some(seconds);
         self

@@ -2,7 +2,7 @@
 //! code over its corpus of hostile inputs. Neither may panic on any input.
 
 use super::jobs::check_proportions;
-use super::params::{parse_params, ParamLimits};
+use super::params::{parse_params, resolve, ParamLimits};
 use crate::image::{decode_image_bytes, ClipImageProcessor, DecodeLimits};
 use candle_core::Device;
 
@@ -27,5 +27,5 @@ pub fn decode_and_preprocess(bytes: &[u8]) -> Option<Vec<usize>> {
 pub fn params(bytes: &[u8]) -> Result<(), String> {
     let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
     let params = parse_params(text, &ParamLimits::default())?;
-    params.to_options().map(|_| ())
+    resolve(&params).map(|_| ()).map_err(|e| e.message)
 }

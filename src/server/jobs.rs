@@ -8,12 +8,9 @@
 //! job.
 
 use super::error::ApiError;
-use crate::events::{done_json, error_json, step_json};
+use crate::events::{error_json, step_json};
 use crate::image::{decode_image_bytes, DecodeLimits};
-use crate::steer::describe::{describe, DescribeOptions};
-use crate::steer::lm::LanguageModel;
-use crate::steer::target::{combine, TargetPart};
-use crate::steer::ClipScorer;
+use crate::pipeline::{DescribeModels, Describer};
 use axum::http::StatusCode;
 use serde_json::Value;
 use std::panic::AssertUnwindSafe;
@@ -25,8 +22,8 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 /// The models every worker shares. Only `&self` methods are called on them, so sharing needs no
 /// lock.
 pub struct Models {
-    pub lm: LanguageModel,
-    pub clip: ClipScorer,
+    /// The LM and CLIP, named as clients see them.
+    pub describe: Arc<DescribeModels>,
     /// The models as clients see them (see [`super::public_model`]): never a path on the server.
     pub lm_name: String,
     pub clip_name: String,
@@ -41,7 +38,8 @@ pub struct Job {
     pub image: Vec<u8>,
     /// Shown as the `image` field of events (the uploaded file's name).
     pub image_name: Option<String>,
-    pub options: DescribeOptions,
+    /// The request's options over the shared models.
+    pub describer: Describer,
     /// When the request's time limit runs out.
     pub deadline: Instant,
     /// The latest a worker may start the job: one reached later would spend the worker on a
@@ -113,14 +111,14 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn start(models: Arc<Models>, workers: usize, queue: usize, limits: DecodeLimits) -> Self {
+    /// `workers` threads, each running the jobs' describers (which share the models).
+    pub fn start(workers: usize, queue: usize, limits: DecodeLimits) -> Self {
         let (sender, receiver) = mpsc::unbounded_channel::<Slot>();
         let receiver = Arc::new(Mutex::new(receiver));
         let running = Arc::new(AtomicUsize::new(0));
         let recent_job_ms = Arc::new(AtomicU64::new(2000));
         for index in 0..workers {
             let receiver = Arc::clone(&receiver);
-            let models = Arc::clone(&models);
             let running = Arc::clone(&running);
             let recent_job_ms = Arc::clone(&recent_job_ms);
             let spawned = std::thread::Builder::new()
@@ -135,7 +133,7 @@ impl Pool {
                     let Some(job) = take(&slot) else { continue };
                     running.fetch_add(1, Ordering::SeqCst);
                     let started = Instant::now();
-                    run_job(&models, job, limits);
+                    run_job(job, limits);
                     let ms = started.elapsed().as_millis() as u64;
                     let old = recent_job_ms.load(Ordering::Relaxed);
                     recent_job_ms.store((old * 3 + ms) / 4, Ordering::Relaxed);
@@ -212,11 +210,11 @@ pub fn check_proportions(width: u32, height: u32) -> Result<(), String> {
     Ok(())
 }
 
-fn run_job(models: &Models, job: Job, limits: DecodeLimits) {
+fn run_job(job: Job, limits: DecodeLimits) {
     let Job {
         image,
         image_name,
-        options,
+        describer,
         deadline,
         start_by,
         start,
@@ -236,10 +234,9 @@ fn run_job(models: &Models, job: Job, limits: DecodeLimits) {
     let mut events: Option<mpsc::UnboundedSender<Value>> = None;
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
         run_started(
-            models,
+            &describer,
             &image,
             image_name.as_deref(),
-            &options,
             deadline,
             limits,
             &mut start,
@@ -260,10 +257,9 @@ fn run_job(models: &Models, job: Job, limits: DecodeLimits) {
 
 #[allow(clippy::too_many_arguments)]
 fn run_started(
-    models: &Models,
+    describer: &Describer,
     image: &[u8],
     image_name: Option<&str>,
-    options: &DescribeOptions,
     deadline: Instant,
     limits: DecodeLimits,
     start: &mut Option<oneshot::Sender<Start>>,
@@ -284,14 +280,8 @@ fn run_started(
     if let Err(message) = check_proportions(decoded.width(), decoded.height()) {
         return reject(start, ApiError::bad_request(message));
     }
-    // The same target the CLI builds for an image alone (combine normalises twice, and a
-    // second normalisation can move the last bit), so that both faces score alike.
-    let target = match models.clip.image_embedding(&decoded).and_then(|embedding| {
-        combine(&[TargetPart {
-            embedding,
-            weight: 1.0,
-        }])
-    }) {
+    // The target the CLI builds: the describer's, for every face.
+    let target = match describer.target(Some(&decoded)) {
         Ok(target) => target,
         Err(e) => {
             let message = crate::error_line(&e);
@@ -314,7 +304,7 @@ fn run_started(
         None => return,
     }
     let started = Instant::now();
-    let result = describe(&models.lm, &models.clip, &target, options, |event| {
+    let result = describer.describe_target(target.as_deref(), |event| {
         if Instant::now() >= deadline {
             return Err(Abort::TimeLimit.into());
         }
@@ -330,26 +320,7 @@ fn run_started(
                 result.token_ids.len(),
                 result.similarity
             );
-            let mut done = done_json(image_name, &result, seconds);
-            done["models"] = models.provenance.clone();
-            // The same record as describe's done lines, so that served and batch results can
-            // be told apart by their settings (an upload is one image, with no text targets);
-            // the models are named as clients see them.
-            let mut settings = crate::settings::RunSettings::for_describe(
-                &models.lm_name,
-                &models.clip_name,
-                options,
-                crate::settings::TargetSettings {
-                    image: true,
-                    target_texts: &[],
-                    avoid_texts: &[],
-                    weights: &[],
-                },
-            );
-            settings.lm = models.lm_identity.clone();
-            settings.encoder = models.clip_identity.clone();
-            done["settings"] = settings.to_json();
-            done
+            describer.done_event(image_name, &result, seconds)
         }
         Err(e) => match e.downcast_ref::<Abort>() {
             Some(Abort::ClientGone) => {

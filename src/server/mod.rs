@@ -11,7 +11,7 @@ pub mod params;
 mod ws;
 
 use crate::image::DecodeLimits;
-use crate::steer::describe::validate;
+use crate::pipeline::Describer;
 use anyhow::{bail, Context, Result};
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
@@ -25,7 +25,8 @@ use candle_core::Device;
 use error::ApiError;
 use futures_util::FutureExt;
 use jobs::{Job, Models, Pool, Start};
-use params::{parse_params, DescribeParams, ParamLimits};
+use params::{parse_params, ParamLimits};
+use serde_json::Value;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -43,10 +44,10 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
     /// Language model: a GPT-2 directory in the HF layout, a hub id, or a .gguf file.
-    #[arg(long, default_value = crate::pipeline::DEFAULT_LM)]
+    #[arg(long, default_value = crate::request::DEFAULT_LM)]
     pub lm: String,
     /// CLIP model: a local directory in the HF layout or a hub id.
-    #[arg(long = "clip", visible_alias = "encoder", default_value = crate::pipeline::DEFAULT_CLIP, value_name = "MODEL")]
+    #[arg(long = "clip", visible_alias = "encoder", default_value = crate::request::DEFAULT_CLIP, value_name = "MODEL")]
     pub clip: String,
     /// The language model's name as clients see it (health, done events); default: its hub id,
     /// or the last part of its local path. Clients never see a path on the server.
@@ -95,7 +96,7 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
         .trim()
         .parse()
         .map_err(|_| "expected a number of seconds, such as 30 or 2.5".to_string())?;
-    crate::pipeline::seconds("the value", value).map_err(|e| e.to_string())?;
+    crate::request::seconds("the value", value).map_err(|e| e.to_string())?;
     Ok(value)
 }
 
@@ -264,20 +265,19 @@ pub fn run(args: ServeArgs, device: &Device) -> Result<i32> {
     let lm_public = public_model(&args.lm, args.lm_name.as_deref());
     let clip_public = public_model(&args.clip, args.clip_name.as_deref());
     let models = Arc::new(Models {
-        lm,
-        clip,
+        describe: Arc::new(crate::pipeline::DescribeModels {
+            lm,
+            encoder: Some(crate::steer::scorer::Encoder::Clip(Box::new(clip))),
+            lm_spec: lm_public.name.clone(),
+            encoder_spec: Some(clip_public.name.clone()),
+        }),
         provenance: serde_json::json!({"lm": lm_public.record, "encoder": clip_public.record}),
         lm_name: lm_public.name,
         clip_name: clip_public.name,
         lm_identity: lm_public.identity,
         clip_identity: clip_public.identity,
     });
-    let pool = Pool::start(
-        Arc::clone(&models),
-        args.workers,
-        args.queue,
-        SERVE_DECODE_LIMITS,
-    );
+    let pool = Pool::start(args.workers, args.queue, SERVE_DECODE_LIMITS);
     if !address.ip().is_loopback() && args.token.is_none() {
         errln!(
             "warning: serving {} without --token: anyone who can reach this port can use it",
@@ -690,23 +690,19 @@ async fn read_upload(state: &AppState, request: Request) -> Result<Upload, ApiEr
     Ok(upload)
 }
 
-/// Checks params against the limits and the LM, as the CLI would before any work.
-fn describe_options(
-    state: &AppState,
-    params_text: &str,
-) -> Result<crate::steer::describe::DescribeOptions, ApiError> {
-    let params: DescribeParams =
-        parse_params(params_text, &state.param_limits).map_err(ApiError::bad_request)?;
-    let options = params
-        .to_options()
-        .map_err(|e| ApiError::bad_request(params::name_fields(&e)))?;
-    validate(&state.models.lm, &options).map_err(|e| {
-        ApiError::bad_request(format!(
-            "params: {}",
-            params::name_fields(&crate::error_line(&e))
-        ))
-    })?;
-    Ok(options)
+/// The describer of one request: params checked against the limits, resolved as the CLI resolves
+/// its flags, and checked against the LM, before any work. Results name the models as clients
+/// see them ([`public_model`]).
+fn request_describer(state: &AppState, params_text: &str) -> Result<Describer, ApiError> {
+    let request = parse_params(params_text, &state.param_limits).map_err(ApiError::bad_request)?;
+    let resolved = params::resolve(&request)?;
+    let models = &state.models;
+    let mut describer = Describer::new(Arc::clone(&models.describe), &resolved)
+        .map_err(|e| params::library_error(&e))?;
+    describer.provenance = models.provenance.clone();
+    describer.settings["lm"] = Value::String(models.lm_identity.clone());
+    describer.settings["encoder"] = Value::String(models.clip_identity.clone());
+    Ok(describer)
 }
 
 /// Hands a job to the pool and waits, within the deadline, for a worker to start it.
@@ -715,7 +711,7 @@ async fn start_job(
     permit: tokio::sync::OwnedSemaphorePermit,
     image: Vec<u8>,
     image_name: Option<String>,
-    options: crate::steer::describe::DescribeOptions,
+    describer: Describer,
     deadline: Instant,
 ) -> Result<tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>, ApiError> {
     let (start, started) = tokio::sync::oneshot::channel();
@@ -724,7 +720,7 @@ async fn start_job(
     let _withdraw_unless_started = state.pool.submit(Job {
         image,
         image_name,
-        options,
+        describer,
         deadline,
         start_by,
         start,
@@ -820,7 +816,7 @@ async fn describe_sse(
             }
         }
     };
-    let options = describe_options(&state, &upload.params)?;
+    let describer = request_describer(&state, &upload.params)?;
     // The place in the queue is taken only now that the whole body is here: a client that sends
     // slowly, or never finishes, holds no worker's place.
     let permit = state.pool.admit()?;
@@ -829,7 +825,7 @@ async fn describe_sse(
         permit,
         upload.image,
         upload.file_name,
-        options,
+        describer,
         deadline,
     )
     .await?;

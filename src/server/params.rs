@@ -1,8 +1,12 @@
-//! The `params` of a describe request: a JSON object whose keys are the CLI flag names. Parsed by
-//! hand rather than by serde so that every mistake names the key, what it must be and what came.
+//! The `params` of a describe request: a JSON object whose keys are the CLI flag names, read into
+//! the one [`DescribeRequest`] every face builds. Only [`KNOWN_KEYS`] are accepted: the rest of
+//! describe's options (a scorer program, a blocklist file, text targets) are the server
+//! operator's, never a client's. Checked by hand rather than by serde so that every mistake names
+//! the key, what it must be and what came, and so that the server's limits apply.
 
-use crate::steer::constraints::Blocklist;
-use crate::steer::describe::{DescribeOptions, Sampling, Strategy};
+use super::error::ApiError;
+use crate::request::{DescribeRequest, ResolvedDescribe};
+use crate::steer::describe::Strategy;
 use serde_json::{Map, Value};
 
 /// Bounds a request may not exceed, whatever the model allows: they keep one request's cost
@@ -51,47 +55,20 @@ pub fn name_fields(message: &str) -> String {
     named
 }
 
-/// What a request asked for, checked and with defaults filled in.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DescribeParams {
-    pub top_k: usize,
-    pub max_tokens: usize,
-    pub prompt: String,
-    pub strategy: Strategy,
-    /// None: greedy.
-    pub sampling: Option<(f64, u64)>,
-    pub block: Vec<String>,
+/// The options of a served describe: the request resolved for one image, as the CLI resolves it.
+pub fn resolve(request: &DescribeRequest) -> Result<ResolvedDescribe, ApiError> {
+    request.resolve(None, true).map_err(|e| library_error(&e))
 }
 
-impl DescribeParams {
-    pub fn defaults() -> Self {
-        Self {
-            top_k: Strategy::Seed.default_top_k(),
-            max_tokens: 25,
-            prompt: "An image of ".to_string(),
-            strategy: Strategy::Seed,
-            sampling: None,
-            block: Vec::new(),
-        }
-    }
-
-    pub fn to_options(&self) -> Result<DescribeOptions, String> {
-        let blocklist =
-            Blocklist::new(&self.block, false).map_err(|e| format!("params.block: {e}"))?;
-        Ok(DescribeOptions {
-            top_k: self.top_k,
-            max_tokens: self.max_tokens,
-            sampling: self
-                .sampling
-                .map(|(temperature, seed)| Sampling { temperature, seed }),
-            blocklist,
-            ..DescribeOptions::for_strategy(&self.prompt, self.strategy)
-        })
-    }
+/// A library error about a request's params, with the command line's flags named as its fields.
+pub fn library_error(error: &anyhow::Error) -> ApiError {
+    let mut answer = ApiError::from_library("params: ", error);
+    answer.message = name_fields(&answer.message);
+    answer
 }
 
 /// Parses the `params` field; empty text means all defaults.
-pub fn parse_params(text: &str, limits: &ParamLimits) -> Result<DescribeParams, String> {
+pub fn parse_params(text: &str, limits: &ParamLimits) -> Result<DescribeRequest, String> {
     if text.len() > MAX_PARAMS_BYTES {
         return Err(format!(
             "params is {} bytes, over the limit of {MAX_PARAMS_BYTES}; send only the keys you change",
@@ -99,7 +76,7 @@ pub fn parse_params(text: &str, limits: &ParamLimits) -> Result<DescribeParams, 
         ));
     }
     if text.trim().is_empty() {
-        return Ok(DescribeParams::defaults());
+        return Ok(DescribeRequest::default());
     }
     let value: Value = serde_json::from_str(text).map_err(|e| {
         format!("params is not valid JSON ({e}); send an object such as {{\"top_k\":50}}")
@@ -116,7 +93,7 @@ pub fn parse_params(text: &str, limits: &ParamLimits) -> Result<DescribeParams, 
 fn from_object(
     object: &Map<String, Value>,
     limits: &ParamLimits,
-) -> Result<DescribeParams, String> {
+) -> Result<DescribeRequest, String> {
     if let Some(unknown) = object.keys().find(|k| !KNOWN_KEYS.contains(&k.as_str())) {
         return Err(format!(
             "unknown parameter '{}'; the known ones are {}",
@@ -124,7 +101,7 @@ fn from_object(
             KNOWN_KEYS.join(", ")
         ));
     }
-    let mut params = DescribeParams::defaults();
+    let mut params = DescribeRequest::default();
     if let Some(value) = object.get("strategy") {
         params.strategy = match value.as_str() {
             Some("seed") => Strategy::Seed,
@@ -138,11 +115,9 @@ fn from_object(
             }
         };
     }
-    params.top_k = match object.get("top_k") {
-        Some(value) => integer(value, "top_k", 1, limits.max_top_k as u64)? as usize,
-        None => params.strategy.default_top_k(),
+    if let Some(value) = object.get("top_k") {
+        params.top_k = Some(integer(value, "top_k", 1, limits.max_top_k as u64)? as usize);
     }
-    .min(limits.max_top_k);
     if let Some(value) = object.get("max_tokens") {
         params.max_tokens = integer(value, "max_tokens", 1, limits.max_tokens as u64)? as usize;
     }
@@ -207,7 +182,9 @@ fn from_object(
                 "sampling (sample, temperature, seed) applies to strategy \"seed\" only".into(),
             );
         }
-        params.sampling = Some((temperature.unwrap_or(0.05), seed.unwrap_or(0)));
+        params.sample = true;
+        params.temperature = temperature;
+        params.seed = seed;
     }
     if let Some(value) = object.get("block") {
         params.block = block_words(value)?;
@@ -296,16 +273,24 @@ fn truncate(text: &str, chars: usize) -> String {
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<DescribeParams, String> {
+    fn parse(text: &str) -> Result<DescribeRequest, String> {
         parse_params(text, &ParamLimits::default())
+    }
+
+    fn options(text: &str) -> Result<crate::steer::describe::DescribeOptions, String> {
+        resolve(&parse(text)?)
+            .map(|resolved| resolved.options)
+            .map_err(|e| e.message)
     }
 
     #[test]
     fn empty_params_are_the_cli_defaults() {
         let params = parse("").unwrap();
-        assert_eq!(params, DescribeParams::defaults());
-        assert_eq!(params.top_k, 200);
-        assert_eq!(params.max_tokens, 25);
+        assert_eq!(params, DescribeRequest::default());
+        let resolved = options("").unwrap();
+        assert_eq!(resolved.top_k, 200);
+        assert_eq!(resolved.max_tokens, 25);
+        assert_eq!(resolved.prompt, "An image of ");
         assert_eq!(parse("{}").unwrap(), params);
     }
 
@@ -315,10 +300,12 @@ mod tests {
             r#"{"top_k":7,"max_tokens":3,"prompt":"A photo of","strategy":"seed","temperature":0.5,"seed":9,"block":["cat"," dog "]}"#,
         )
         .unwrap();
-        assert_eq!(params.top_k, 7);
+        assert_eq!(params.top_k, Some(7));
         assert_eq!(params.max_tokens, 3);
         assert_eq!(params.prompt, "A photo of");
-        assert_eq!(params.sampling, Some((0.5, 9)));
+        let resolved = resolve(&params).unwrap().options;
+        let sampling = resolved.sampling.unwrap();
+        assert_eq!((sampling.temperature, sampling.seed), (0.5, 9));
         assert_eq!(params.block, vec!["cat", "dog"]);
         assert_eq!(
             parse(r#"{"block":"a, b,,c"}"#).unwrap().block,
@@ -328,9 +315,9 @@ mod tests {
 
     #[test]
     fn magic_defaults_to_its_own_k() {
-        let params = parse(r#"{"strategy":"magic"}"#).unwrap();
-        assert_eq!(params.top_k, 45);
-        assert!(params.to_options().unwrap().stop_at_sentence_end);
+        let options = options(r#"{"strategy":"magic"}"#).unwrap();
+        assert_eq!(options.top_k, 45);
+        assert!(options.stop_at_sentence_end);
     }
 
     #[test]

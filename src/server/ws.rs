@@ -140,7 +140,7 @@ async fn session(state: Arc<AppState>, mut socket: WebSocket) {
     let image_by = deadline.min(Instant::now() + state.upload_timeout);
     let limit_mb = state.max_upload_bytes >> 20;
     let mut params_text = String::new();
-    let (image, options) = loop {
+    let (image, describer) = loop {
         let message = match tokio::time::timeout(jobs::remaining(image_by), socket.recv()).await {
             Ok(Some(Ok(message))) => message,
             Ok(Some(Err(error))) => return end_after_read_error(socket, error, limit_mb).await,
@@ -161,8 +161,8 @@ async fn session(state: Arc<AppState>, mut socket: WebSocket) {
                 );
                 return finish(socket, close(close_code::SIZE, &reason), true).await;
             }
-            Message::Binary(bytes) => match super::describe_options(&state, &params_text) {
-                Ok(options) => break (bytes.to_vec(), options),
+            Message::Binary(bytes) => match super::request_describer(&state, &params_text) {
+                Ok(describer) => break (bytes.to_vec(), describer),
                 Err(error) => return finish(socket, close_for(&error), true).await,
             },
             Message::Close(_) => return answer_close(socket).await,
@@ -173,7 +173,8 @@ async fn session(state: Arc<AppState>, mut socket: WebSocket) {
         Ok(permit) => permit,
         Err(error) => return finish(socket, close_for(&error), true).await,
     };
-    let mut events = match super::start_job(&state, permit, image, None, options, deadline).await {
+    let mut events = match super::start_job(&state, permit, image, None, describer, deadline).await
+    {
         Ok(events) => events,
         Err(error) => return finish(socket, close_for(&error), true).await,
     };

@@ -40,7 +40,7 @@
 //! characters in each way a reader may draw it ([`readings`]), and a word found in any of them
 //! counts. Those readings choose the message; the refusal is the guarantee.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::path::Path;
 use unicode_normalization::UnicodeNormalization;
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
@@ -787,7 +787,7 @@ impl Blocklist {
             let word = word.as_ref().trim();
             let key = normalize_for_matching(word).trim().to_string();
             if key.is_empty() {
-                bail!(
+                crate::usage_bail!(
                     "a blocked word is empty{}: separate words with commas, e.g. --block cat,dog",
                     if word.is_empty() {
                         String::new()
@@ -823,7 +823,7 @@ impl Blocklist {
             .map(String::from)
             .collect();
         if words.is_empty() {
-            bail!(
+            crate::usage_bail!(
                 "blocklist {} has no words (only comments or blank lines): write one word or phrase per line",
                 path.display()
             );

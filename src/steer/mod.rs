@@ -14,6 +14,7 @@ pub mod constraints;
 pub mod describe;
 pub mod lm;
 pub mod objectives;
+pub mod options;
 pub mod search;
 
 // The paths these modules had before objectives got their own room.

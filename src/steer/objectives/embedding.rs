@@ -219,6 +219,14 @@ impl Encoder {
         }
     }
 
+    /// The CLIP model, when this encoder is one.
+    pub fn as_clip(&self) -> Option<&ClipScorer> {
+        match self {
+            Self::Clip(clip) => Some(clip),
+            Self::Sentence(_) => None,
+        }
+    }
+
     /// Projected, unnormalised image features of a decoded image, as `get_image_features`;
     /// only CLIP embeds images.
     pub fn image_embedding(&self, image: &image::DynamicImage) -> Result<Vec<f32>> {

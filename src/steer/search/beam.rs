@@ -4,54 +4,12 @@
 use super::{
     all_blocked, allowed_candidates, ends_sentence, log_softmax, markup_ids, top_k, ScoredPart,
 };
-use crate::steer::describe::{validate, Candidate, DescribeOptions, DescribeResult, StepEvent};
 use crate::steer::objectives::Objective;
+use crate::steer::options::{validate, Candidate, DescribeOptions, DescribeResult, StepEvent};
 use crate::steer::CausalLm;
 use anyhow::Result;
 use std::collections::HashSet;
 use std::rc::Rc;
-
-/// Beam search settings.
-#[derive(Debug, Clone, Copy)]
-pub struct BeamParams {
-    /// Hypotheses kept each step.
-    pub width: usize,
-    /// Weight of the mean per-token log-probability (nats) against the similarity, both while
-    /// searching and in the final rerank: score = similarity + fluency × mean log p.
-    pub fluency: f32,
-    /// Sibling-rank penalty γ (Li, Monroe & Jurafsky 2016, "A Simple, Fast Diverse Decoding
-    /// Algorithm"): the r-th best child (r from 0) of a hypothesis competes for the beam at its
-    /// score − γ·r, so that one parent's near-identical children do not fill the beam. 0: off.
-    pub diversity: f32,
-    /// Lookahead: the 2 × width best candidates of a step are ranked by their text and the LM's
-    /// greedy completion of it (up to this many tokens, or to the end of a sentence) scored
-    /// together, similarity and mean log-probability alike. The text a hypothesis keeps, and the
-    /// final rerank, are its own. 0: off.
-    pub lookahead: usize,
-    /// In the last this many steps before --max-tokens, every live hypothesis may also end with
-    /// a period even when "." is not among its LM top-k (at its true log-probability); every
-    /// text that ends with a sentence mark in those steps (its LM's or that period) joins the
-    /// finished ones even when it did not win a beam slot, and so does each live hypothesis's
-    /// greedy completion to a sentence end within --max-tokens: with sentences asked for, the
-    /// answer then ends as a sentence instead of being cut mid-clause. A text ended by the
-    /// offered period is the answer only when no hypothesis ended on its own ([`Ending`]), and
-    /// among such texts that period's log-probability counts in full ([`answer_score`]). 0: off.
-    pub close_within: usize,
-}
-
-impl Default for BeamParams {
-    fn default() -> Self {
-        Self {
-            width: 4,
-            fluency: 0.1,
-            diversity: 0.0,
-            lookahead: 0,
-            // Chosen on the tuning half of eval/targets.jsonl and confirmed on the held-out half
-            // (docs/STEERING.md): it ends the texts that were cut, at no cost in cosine or NLL.
-            close_within: 8,
-        }
-    }
-}
 
 /// One hypothesis of the beam.
 struct Hypothesis<C, P> {

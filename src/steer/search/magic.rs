@@ -5,32 +5,10 @@ use super::{
     all_blocked, allowed_candidates, argmax_first, chosen_event, cosine, ends_sentence,
     log_softmax, markup_ids, top_k, Allowed, ScoredPart,
 };
-use crate::steer::describe::{validate, DescribeOptions, DescribeResult, StepEvent};
 use crate::steer::objectives::Objective;
+use crate::steer::options::{validate, DescribeOptions, DescribeResult, MagicParams, StepEvent};
 use crate::steer::CausalLm;
 use anyhow::Result;
-
-/// MAGIC's weights (the paper's defaults: α = 0.1, β = 2.0 with k = 45).
-#[derive(Debug, Clone, Copy)]
-pub struct MagicParams {
-    /// Weight of the degeneration penalty: the largest cosine between a candidate's hidden
-    /// state and those of the text so far.
-    pub alpha: f32,
-    /// Weight of the target term.
-    pub beta: f32,
-    /// Temperature of the target softmax; None: the encoder's own (CLIP's exp(logit_scale)).
-    pub scale: Option<f32>,
-}
-
-impl Default for MagicParams {
-    fn default() -> Self {
-        Self {
-            alpha: 0.1,
-            beta: 2.0,
-            scale: None,
-        }
-    }
-}
 
 fn softmax(values: &[f32], scale: f32) -> Vec<f32> {
     let max = values.iter().cloned().fold(f32::NEG_INFINITY, f32::max);

@@ -9,8 +9,8 @@ pub mod magic;
 pub mod seed;
 
 use super::constraints::Blocklist;
-use super::describe::{Candidate, ScoredText, StepEvent};
 use super::objectives::ScoreBatch;
+use super::options::{Candidate, ScoredText, StepEvent};
 use super::CausalLm;
 use anyhow::{bail, Result};
 use rand::Rng;

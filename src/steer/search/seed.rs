@@ -6,8 +6,8 @@ use super::{
     all_blocked, allowed_candidates, argmax_first, chosen_event, markup_ids, sample_softmax,
     token_log_prob, top_k, Allowed, ScoredPart,
 };
-use crate::steer::describe::{validate, DescribeOptions, DescribeResult, StepEvent};
 use crate::steer::objectives::Objective;
+use crate::steer::options::{validate, DescribeOptions, DescribeResult, StepEvent};
 use crate::steer::CausalLm;
 use anyhow::Result;
 use rand::SeedableRng;

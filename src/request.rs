@@ -1,0 +1,503 @@
+//! What a user asks for, as one type per job, with every default defined once.
+//!
+//! [`DescribeRequest`] is describe's options, whichever face they come from: the command line
+//! parses it with clap (its `#[arg]` attributes are the defaults), the Python package's keyword
+//! arguments and `serve`'s `params` arrive as JSON and deserialize into it (missing keys take the
+//! same defaults: [`Default`] is the command line's parse of no flags), and `evade` and `bench`
+//! fill one in. [`DescribeRequest::resolve`] turns it into the search's options, checked once.
+//! Models, inputs and outputs are not options of a run: each face names them its own way.
+
+use crate::steer::constraints::Blocklist;
+use crate::steer::describe::{
+    check_values, BeamParams, DescribeOptions, MagicParams, Sampling, ScoredText, Strategy,
+};
+use anyhow::{bail, Result};
+use candle_core::Device;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The language model describe uses when none is named.
+pub const DEFAULT_LM: &str = "openai-community/gpt2";
+/// The encoder describe uses when none is named.
+pub const DEFAULT_CLIP: &str = "openai/clip-vit-base-patch32";
+/// The original demo's configuration (`--preset seed`).
+pub const SEED_CLIP: &str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K";
+pub const SEED_TOP_K: usize = 2500;
+/// The original demo's prompt.
+pub const DEFAULT_PROMPT: &str = "An image of ";
+/// The original demo's length.
+pub const DEFAULT_MAX_TOKENS: usize = 25;
+/// `--sample`'s temperature T of softmax(similarity / T): the original demo's.
+pub const DEFAULT_TEMPERATURE: f64 = 0.05;
+/// `--scorer-cmd`'s per-batch timeout, seconds.
+pub const DEFAULT_SCORER_TIMEOUT: f64 = 60.0;
+
+/// Where models run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceChoice {
+    /// CUDA when this build has it and a GPU is present, else the CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// The device for `choice`; `Cuda` is an error when no GPU can be used.
+pub fn select_device(choice: DeviceChoice) -> Result<Device> {
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Cuda => {
+            if !candle_core::utils::cuda_is_available() {
+                bail!("--device cuda: this clipsteer was built without CUDA or no GPU is visible; rebuild with `cargo build --release --features cuda`");
+            }
+            Device::new_cuda(0).map_err(|e| {
+                anyhow::anyhow!("--device cuda: no usable GPU ({e}); check the NVIDIA driver, or use --device cpu")
+            })
+        }
+        DeviceChoice::Auto => {
+            if candle_core::utils::cuda_is_available() {
+                if let Ok(device) = Device::new_cuda(0) {
+                    return Ok(device);
+                }
+            }
+            Ok(Device::Cpu)
+        }
+    }
+}
+
+/// A named configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Preset {
+    /// The original demo: CLIP ViT-H-14 (LAION) with top-k 2500.
+    Seed,
+}
+
+impl Preset {
+    pub fn encoder(self) -> &'static str {
+        match self {
+            Preset::Seed => SEED_CLIP,
+        }
+    }
+
+    pub fn top_k(self) -> usize {
+        match self {
+            Preset::Seed => SEED_TOP_K,
+        }
+    }
+}
+
+/// The encoder to load: the one named, else the preset's, else [`DEFAULT_CLIP`].
+pub fn encoder_for(named: Option<&str>, preset: Option<Preset>) -> String {
+    named
+        .unwrap_or_else(|| preset.map_or(DEFAULT_CLIP, Preset::encoder))
+        .to_string()
+}
+
+/// The blocklist flags of the faces that steer but are not describe (`attack`, `evade`):
+/// `--block`, `--blocklist`, `--block-substrings`. Describe's are fields of
+/// [`DescribeRequest`] with the same names and help.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct BlockArgs {
+    /// Words never to write, comma-separated (case-insensitive, whole words).
+    #[arg(long, value_delimiter = ',', value_name = "WORDS")]
+    pub block: Vec<String>,
+    /// A file of words never to write: one per line (or comma-separated), # comments.
+    #[arg(long, value_name = "FILE")]
+    pub blocklist: Option<PathBuf>,
+    /// Block any text containing a blocked word as a substring, not only as a whole word.
+    #[arg(long)]
+    pub block_substrings: bool,
+}
+
+impl BlockArgs {
+    /// The words of --block and --blocklist together. Each --block value is comma-separated (the
+    /// command line has split it already; options given as data are split here).
+    pub fn to_blocklist(&self) -> Result<Blocklist> {
+        let mut words: Vec<String> = self
+            .block
+            .iter()
+            .flat_map(|w| w.split(','))
+            .map(str::to_string)
+            .collect();
+        if let Some(path) = &self.blocklist {
+            words.extend(Blocklist::read_file(path)?);
+        }
+        Blocklist::new(words, self.block_substrings)
+    }
+}
+
+/// Text targets and weights, as given (`--target-text`, `--avoid-text`, `--target-weight`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TargetSpec {
+    /// Texts to steer toward.
+    pub target_text: Vec<String>,
+    /// Texts to steer away from.
+    pub avoid_text: Vec<String>,
+    /// Weights, in order: the image (when there is one), each target text, each avoided text;
+    /// unlisted weights are 1.
+    pub target_weight: Vec<f32>,
+}
+
+impl TargetSpec {
+    /// Checks the weights before any model is loaded: at most one per target, each a positive,
+    /// finite number (avoiding subtracts its weight, so a negative one would steer toward it).
+    pub fn check_values(&self, has_image: bool) -> Result<()> {
+        let wanted = usize::from(has_image) + self.target_text.len() + self.avoid_text.len();
+        if self.target_weight.len() > wanted {
+            crate::usage_bail!(
+                "{} --target-weight values for {wanted} targets (the image, then each --target-text, then each --avoid-text)",
+                self.target_weight.len()
+            );
+        }
+        if let Some(bad) = self
+            .target_weight
+            .iter()
+            .find(|w| !(w.is_finite() && **w > 0.0))
+        {
+            crate::usage_bail!("--target-weight must be a positive, finite number, got {bad}; to steer away from a text, give it as --avoid-text");
+        }
+        Ok(())
+    }
+
+    /// The weight of an image target.
+    pub fn image_weight(&self) -> f32 {
+        self.target_weight.first().copied().unwrap_or(1.0)
+    }
+}
+
+/// describe's options: the command line's flags (`--max-tokens`), the Python package's keyword
+/// arguments and `serve`'s params (`max_tokens`). As data, unknown names and wrong types are
+/// errors that name the option, and what is left out takes the command line's default.
+#[derive(clap::Args, serde::Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DescribeRequest {
+    /// Steer toward this text (repeatable; with or without images).
+    #[arg(long, value_name = "TEXT")]
+    pub target_text: Vec<String>,
+    /// Steer away from this text (repeatable).
+    #[arg(long, value_name = "TEXT")]
+    pub avoid_text: Vec<String>,
+    /// Weights of the targets, in order: the image (when there is one), each --target-text, then
+    /// each --avoid-text (a positive weight; avoiding subtracts it). Unlisted weights are 1.
+    #[arg(long, value_name = "W")]
+    pub target_weight: Vec<f32>,
+    /// Words never to write, comma-separated (case-insensitive, whole words).
+    #[arg(long, value_delimiter = ',', value_name = "WORDS")]
+    pub block: Vec<String>,
+    /// A file of words never to write: one per line (or comma-separated), # comments.
+    #[arg(long, value_name = "FILE")]
+    pub blocklist: Option<PathBuf>,
+    /// Block any text containing a blocked word as a substring, not only as a whole word.
+    #[arg(long)]
+    pub block_substrings: bool,
+    /// Text the description starts from; a trailing space stays a token.
+    #[arg(long, default_value = DEFAULT_PROMPT)]
+    pub prompt: String,
+    /// Candidates taken from the LM each step [default: 200; 45 with --strategy magic or beam].
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Tokens to generate.
+    #[arg(long, default_value_t = DEFAULT_MAX_TOKENS)]
+    pub max_tokens: usize,
+    /// The search. seed, the default, is the original demo's loop token for token (the
+    /// reference the parity tests pin); beam is the one recommended for fluent, on-target text,
+    /// with an instruction-tuned LM's chat template as --prompt (held-out figures:
+    /// docs/STEERING.md).
+    #[arg(long, value_enum, default_value_t = Strategy::Seed)]
+    #[serde(deserialize_with = "value_named")]
+    pub strategy: Strategy,
+    /// MAGIC: weight α of the degeneration penalty.
+    #[arg(long, default_value_t = MagicParams::default().alpha)]
+    pub magic_alpha: f32,
+    /// MAGIC: weight β of the target term.
+    #[arg(long, default_value_t = MagicParams::default().beta)]
+    pub magic_beta: f32,
+    /// MAGIC: temperature of the softmax over candidates' similarities [default: the encoder's:
+    /// CLIP's trained exp(logit_scale), 100 for OpenAI CLIP; 100 for sentence encoders, tuned].
+    #[arg(long)]
+    pub magic_scale: Option<f32>,
+    /// Beam: hypotheses kept each step.
+    #[arg(long, default_value_t = BeamParams::default().width)]
+    pub beam_width: usize,
+    /// Beam: weight of the mean per-token log-probability (nats) against similarity; higher is
+    /// more fluent, lower more on target.
+    #[arg(long, default_value_t = BeamParams::default().fluency)]
+    pub beam_fluency: f32,
+    /// Beam: sibling-rank penalty γ; a hypothesis's r-th best child competes at its score − γ·r
+    /// (Li et al. 2016). 0 turns it off.
+    #[arg(long, default_value_t = BeamParams::default().diversity)]
+    pub beam_diversity: f32,
+    /// Beam: rank each step's best 2 × width candidates by their text and the LM's greedy
+    /// completion of up to this many tokens, scored together. 0 turns it off (about 3× slower
+    /// per token; it did not help on docs/STEERING.md's tuning half).
+    #[arg(long, default_value_t = BeamParams::default().lookahead)]
+    pub beam_lookahead: usize,
+    /// Beam: in the last this many steps before --max-tokens, a hypothesis may also end with "."
+    /// outside its top-k, and every sentence end there stays a candidate answer, so that the
+    /// answer ends as a sentence instead of being cut. 0 turns it off.
+    #[arg(long, default_value_t = BeamParams::default().close_within)]
+    pub beam_close_within: usize,
+    /// With --strategy magic or beam: go on to --max-tokens instead of stopping at the end of a
+    /// sentence.
+    #[arg(long)]
+    pub no_sentence_stop: bool,
+    /// What the encoder scores: the prompt and the generated text, or only the generated text
+    /// [default: full with --strategy seed, as the original demo; generated with magic and beam,
+    /// so that an instruction or chat template in the prompt does not dilute the similarity].
+    #[arg(long, value_enum)]
+    #[serde(deserialize_with = "value_named_opt")]
+    pub score_text: Option<ScoredText>,
+    /// Sample from softmax(similarity / T) instead of taking the most similar candidate.
+    #[arg(long)]
+    pub sample: bool,
+    /// Sampling temperature T [default: 0.05].
+    #[arg(long, requires = "sample")]
+    pub temperature: Option<f64>,
+    /// Random seed for --sample [default: 0].
+    #[arg(long, requires = "sample")]
+    pub seed: Option<u64>,
+    /// APPROXIMATE: score exactly only the M candidates whose own token is most similar to the
+    /// image (token similarities are cached across steps). Faster; may pick differently from
+    /// the exact loop.
+    #[arg(long, value_name = "M")]
+    pub prefilter: Option<usize>,
+    /// Steer by a program instead of an embedding: for each step it reads one line
+    /// {"items":[{"text":…},…]} (the candidate texts as --score-text says: with the prompt for
+    /// seed, the generated text alone for magic and beam) and answers one line {"scores":[…]},
+    /// higher is better.
+    #[arg(long, value_name = "CMD", conflicts_with_all = ["target_text", "avoid_text"])]
+    pub scorer_cmd: Option<String>,
+    /// With --scorer-cmd: seconds the program may take per batch.
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_SCORER_TIMEOUT)]
+    pub scorer_timeout: f64,
+}
+
+impl Default for DescribeRequest {
+    /// The command line's parse of no flags, so that a face giving options as data gets exactly
+    /// the command line's defaults without a second list of them.
+    fn default() -> Self {
+        #[derive(clap::Parser)]
+        struct NoFlags {
+            #[command(flatten)]
+            request: DescribeRequest,
+        }
+        <NoFlags as clap::Parser>::try_parse_from(["clipsteer"])
+            .map(|parsed| parsed.request)
+            .unwrap_or_else(|e| unreachable!("describe's defaults parse: {e}"))
+    }
+}
+
+/// A [`DescribeRequest`] resolved: the search's options with every default filled in and every
+/// value checked, the targets, and the scorer program if one steers.
+#[derive(Debug, Clone)]
+pub struct ResolvedDescribe {
+    pub options: DescribeOptions,
+    pub targets: TargetSpec,
+    /// `--scorer-cmd` and its per-batch timeout.
+    pub scorer_cmd: Option<(String, Duration)>,
+    /// Whether the inputs are images (the first weight is then the image's).
+    pub has_image: bool,
+}
+
+impl DescribeRequest {
+    /// Parses a JSON object of options; the error names the offending option.
+    pub fn from_json(json: &str) -> Result<Self> {
+        options_from_json(json)
+    }
+
+    /// The blocklist these options ask for (reads `blocklist`'s file).
+    pub fn to_blocklist(&self) -> Result<Blocklist> {
+        BlockArgs {
+            block: self.block.clone(),
+            blocklist: self.blocklist.clone(),
+            block_substrings: self.block_substrings,
+        }
+        .to_blocklist()
+    }
+
+    /// The options of a run over images (`has_image`) or the text targets alone, under
+    /// `preset`: defaults filled in, every value checked, before any model is loaded. Errors are
+    /// usage errors naming the command line's flag; faces that take other names rename them.
+    pub fn resolve(&self, preset: Option<Preset>, has_image: bool) -> Result<ResolvedDescribe> {
+        if !self.sample && (self.temperature.is_some() || self.seed.is_some()) {
+            crate::usage_bail!(
+                "--temperature and --seed apply only when sampling: drop them or add --sample"
+            );
+        }
+        if self.sample && self.strategy != Strategy::Seed {
+            crate::usage_bail!("--sample applies to --strategy seed only");
+        }
+        let defaults = DescribeOptions::for_strategy(&self.prompt, self.strategy);
+        let options = DescribeOptions {
+            top_k: self
+                .top_k
+                .unwrap_or_else(|| preset.map_or(defaults.top_k, Preset::top_k)),
+            max_tokens: self.max_tokens,
+            sampling: self.sample.then(|| Sampling {
+                temperature: self.temperature.unwrap_or(DEFAULT_TEMPERATURE),
+                seed: self.seed.unwrap_or(0),
+            }),
+            prefilter: self.prefilter,
+            blocklist: self.to_blocklist()?,
+            magic: MagicParams {
+                alpha: self.magic_alpha,
+                beta: self.magic_beta,
+                scale: self.magic_scale,
+            },
+            beam: BeamParams {
+                width: self.beam_width,
+                fluency: self.beam_fluency,
+                diversity: self.beam_diversity,
+                lookahead: self.beam_lookahead,
+                close_within: self.beam_close_within,
+            },
+            stop_at_sentence_end: defaults.stop_at_sentence_end && !self.no_sentence_stop,
+            scored_text: self.score_text.unwrap_or(defaults.scored_text),
+            ..defaults
+        };
+        check_values(&options)?;
+        let targets = TargetSpec {
+            target_text: self.target_text.clone(),
+            avoid_text: self.avoid_text.clone(),
+            target_weight: self.target_weight.clone(),
+        };
+        targets.check_values(has_image)?;
+        let scorer_cmd = match &self.scorer_cmd {
+            Some(command) => {
+                if has_image || !targets.target_text.is_empty() || !targets.avoid_text.is_empty() {
+                    crate::usage_bail!("describe --scorer-cmd steers by the program alone: leave out images, --target-text and --avoid-text (or leave out --scorer-cmd)");
+                }
+                if command.trim().is_empty() {
+                    crate::usage_bail!("--scorer-cmd is empty: give the program to run");
+                }
+                let timeout = seconds("--scorer-timeout", self.scorer_timeout)?;
+                Some((command.clone(), timeout))
+            }
+            None => None,
+        };
+        Ok(ResolvedDescribe {
+            options,
+            targets,
+            scorer_cmd,
+            has_image,
+        })
+    }
+}
+
+/// Options given as a JSON object, parsed into `T`; an error names the option it is about
+/// (serde_path_to_error) and says nothing of JSON positions, which the caller never wrote.
+pub fn options_from_json<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
+    let mut deserializer = serde_json::Deserializer::from_str(json);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let inner = e.inner().to_string();
+        let inner = inner
+            .split(" at line ")
+            .next()
+            .unwrap_or(&inner)
+            .to_string();
+        match e.path().to_string().as_str() {
+            "." => anyhow::anyhow!("bad option: {inner}"),
+            // A value that is not one of a list reads as the command line says it:
+            // "strategy 'greedy' is not one of: seed, magic, beam".
+            path if inner.starts_with('\'') => anyhow::anyhow!("{path} {inner}"),
+            path => anyhow::anyhow!("option {path}: {inner}"),
+        }
+    })
+}
+
+/// Deserializes a command-line enum from its command-line name.
+fn value_named<'de, D, T>(deserializer: D) -> std::result::Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: clap::ValueEnum,
+{
+    let name = <String as serde::Deserialize>::deserialize(deserializer)?;
+    T::from_str(&name, false).map_err(|_| serde::de::Error::custom(not_one_of::<T>(&name)))
+}
+
+fn value_named_opt<'de, D, T>(deserializer: D) -> std::result::Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: clap::ValueEnum,
+{
+    match <Option<String> as serde::Deserialize>::deserialize(deserializer)? {
+        Some(name) => T::from_str(&name, false)
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(not_one_of::<T>(&name))),
+        None => Ok(None),
+    }
+}
+
+fn not_one_of<T: clap::ValueEnum>(name: &str) -> String {
+    let names: Vec<String> = T::value_variants()
+        .iter()
+        .filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_string()))
+        .collect();
+    format!("'{name}' is not one of: {}", names.join(", "))
+}
+
+/// The largest time limit or timeout accepted: about 31 years.
+pub const MAX_SECONDS: f64 = 1e9;
+
+/// A duration given in seconds by the option `name`: a positive, finite number of at most
+/// [`MAX_SECONDS`].
+pub fn seconds(name: &str, value: f64) -> Result<Duration> {
+    if !(value.is_finite() && value > 0.0) {
+        crate::usage_bail!("{name} must be a positive number of seconds, got {value}");
+    }
+    // Deadlines are Instant + Duration, which panics past the clock's range: a bound far beyond
+    // any run keeps every such sum valid.
+    if value > MAX_SECONDS {
+        crate::usage_bail!("{name} must be at most {MAX_SECONDS:e} seconds, got {value:e}");
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+/// A value of a command-line enum by its command-line name.
+pub fn value_enum<T: clap::ValueEnum>(option: &str, name: &str) -> Result<T> {
+    T::from_str(name, false).map_err(|_| anyhow::anyhow!("{option} {}", not_one_of::<T>(name)))
+}
+
+/// Preset by its command-line name (`"seed"`).
+pub fn preset_named(name: &str) -> Result<Preset> {
+    value_enum("preset", name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_defaults_are_the_command_lines() {
+        let request = DescribeRequest::default();
+        assert_eq!(request.prompt, DEFAULT_PROMPT);
+        assert_eq!(request.max_tokens, DEFAULT_MAX_TOKENS);
+        assert_eq!(request.strategy, Strategy::Seed);
+        assert_eq!(request.scorer_timeout, DEFAULT_SCORER_TIMEOUT);
+        assert_eq!(request.beam_width, BeamParams::default().width);
+        assert_eq!(request.magic_alpha, MagicParams::default().alpha);
+        assert_eq!(DescribeRequest::from_json("{}").unwrap(), request);
+        let resolved = request.resolve(None, true).unwrap();
+        assert_eq!(resolved.options.top_k, 200);
+        assert_eq!(
+            request
+                .resolve(Some(Preset::Seed), true)
+                .unwrap()
+                .options
+                .top_k,
+            SEED_TOP_K
+        );
+    }
+
+    #[test]
+    fn names_not_in_a_list_read_as_on_the_command_line() {
+        let error = DescribeRequest::from_json(r#"{"strategy":"greedy"}"#).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "strategy 'greedy' is not one of: seed, magic, beam"
+        );
+        let error = DescribeRequest::from_json(r#"{"max_tokens":"many"}"#).unwrap_err();
+        assert!(error
+            .to_string()
+            .starts_with("option max_tokens: invalid type: string \"many\""));
+    }
+}
