@@ -132,11 +132,12 @@ const INSTRUCTION: &str = "Write one sentence describing a scene.";
 fn prompt_for(lm: &LanguageModel, prompt: &str) -> String {
     match prompt {
         "caption" => "A picture of".to_string(),
-        "chat" => match lm {
-            LanguageModel::Gemma3(_) => {
+        // Gemma's turn markers where the vocabulary has them, else ChatML (SmolLM2's).
+        "chat" => match lm.tokenizer.token_to_id("<start_of_turn>") {
+            Some(_) => {
                 format!("<start_of_turn>user\n{INSTRUCTION}<end_of_turn>\n<start_of_turn>model\n")
             }
-            _ => format!("<|im_start|>user\n{INSTRUCTION}<|im_end|>\n<|im_start|>assistant\n"),
+            None => format!("<|im_start|>user\n{INSTRUCTION}<|im_end|>\n<|im_start|>assistant\n"),
         },
         other => other.to_string(),
     }

@@ -1,474 +1,419 @@
-//! The attack pipeline behind `clipsteer attack` (and any other face): loads the attacker and
-//! the victim, builds the objective, and runs the attack beam ([`crate::steer::search::attack`]).
+//! `clipsteer attack`: one instruction, or a behaviour set (`--behaviors`).
 
-use crate::hub::{self, ModelKind};
-use crate::load::{load_encoder, load_lm};
-use crate::steer::chat_template::ChatTemplate;
-use crate::steer::lm::LanguageModel;
-use crate::steer::objectives::command::{CommandScorer, ItemScorer};
-use crate::steer::objectives::victim::{
-    ResponseCommand, ResponseSimilarity, TargetResponse, Victim,
-};
-use crate::steer::objectives::{normalize, Objective, Scorer};
-use crate::steer::search::attack::{
-    run, AttackOptions, AttackResult, AttackStep, Proposal, Success,
-};
-use anyhow::{bail, Context, Result};
+use crate::describe::parse_shard;
+use crate::progress::Progress;
+use crate::*;
+use anyhow::{bail, Result};
 use candle_core::Device;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use clap::Args;
+use clipsteer::attack::{run_attack, AttackObjective, AttackSpec};
+use clipsteer::events::{attack_done_json, attack_step_json};
+use clipsteer::request::{seconds, BlockArgs};
+use clipsteer::steer::search::attack::{AttackOptions, Proposal, DEFAULT_SAMPLE};
+use serde_json::json;
+use std::path::PathBuf;
 
-/// What the attack steers toward.
-#[derive(Debug, Clone)]
-pub enum AttackObjective {
-    /// The victim's mean log-probability of this response, teacher-forced (BEAST's objective);
-    /// success: the victim's greedy answer starts with it.
-    TargetResponse(String),
-    /// A `--scorer-cmd` program, shown each prompt and the victim's greedy answer; success: the
-    /// score reaches `success_score`, if given.
-    Command {
-        command: String,
-        timeout: Duration,
-        success_score: Option<f32>,
-    },
-    /// The cosine of the victim's greedy answer with `text` under `encoder`; success: the answer
-    /// starts with `text`.
-    TargetText { text: String, encoder: String },
-    /// An in-process scoring function (the Python package's callables), shown what a
-    /// `--scorer-cmd` program is shown; success: the score reaches `success_score`, if given.
-    Scorer {
-        scorer: SharedScorer,
-        success_score: Option<f32>,
-    },
+/// How the attacker proposes tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProposalArg {
+    /// Seeded draws without replacement from the attacker's top-p distribution at --temperature.
+    Sample,
+    /// The attacker's --candidates most probable tokens (deterministic).
+    TopK,
 }
 
-/// An in-process [`ItemScorer`], shared with the caller that made it.
-#[derive(Clone)]
-pub struct SharedScorer(pub std::sync::Arc<dyn ItemScorer + Send + Sync>);
-
-impl std::fmt::Debug for SharedScorer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SharedScorer(..)")
-    }
-}
-
-/// Everything `attack` needs.
-#[derive(Debug, Clone)]
-pub struct AttackSpec {
-    /// The attacker: a llama-family `.gguf` file or a GPT-2 directory / hub id.
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("objective").required(true).args(["target_response", "scorer_cmd", "target_text", "behaviors"]).multiple(true)))]
+// "-1" is a (bad) value, answered by the flag's own check, not an unknown argument.
+#[command(allow_negative_numbers = true)]
+pub struct AttackArgs {
+    /// The attacker LM, which writes the suffix: a llama-family .gguf file, or a GPT-2 directory
+    /// or hub id.
+    #[arg(long = "lm", value_name = "ATTACKER")]
     pub attacker: String,
-    /// The victim; None: the attacker (as BEAST).
+    /// The victim LM [default: the attacker, as in BEAST]. It receives the prompt's text inside
+    /// its own chat template, tokenised by its own tokenizer.
+    #[arg(long)]
     pub victim: Option<String>,
-    /// The victim's chat template, overriding the one its files carry (a tokenizer_config.json,
-    /// a directory holding one, a .gguf file, or a Jinja file).
-    pub chat_template: Option<PathBuf>,
-    pub objective: AttackObjective,
-    pub options: AttackOptions,
-}
-
-/// attack's options by the command line's names (flags with underscores), for faces that take
-/// them as data (the Python package's keyword arguments, as a JSON object). Unknown names and
-/// wrong types are errors; what is left out takes the command line's default.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AttackRequest {
-    pub instruction: String,
+    /// The user's request; the prompt is this text, verbatim, followed by the suffix.
+    #[arg(
+        long,
+        required_unless_present = "behaviors",
+        conflicts_with = "behaviors"
+    )]
+    pub instruction: Option<String>,
+    /// Attack every behaviour of a benchmark file, one after another with the models loaded
+    /// once: CSV with a header (AdvBench's goal,target; HarmBench's Behavior, BehaviorID,
+    /// ContextString, SemanticCategory; JailbreakBench's Goal, Target, Category) or JSON lines
+    /// with those keys. Each row's target is its objective (or --scorer-cmd's for all). Ends
+    /// with the ASR and its 95 % Wilson interval, per category (see docs/ATTACK.md).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["target_response", "target_text"])]
+    pub behaviors: Option<PathBuf>,
+    /// With --behaviors: what counts as a success for the ASR. prefix: the victim's greedy
+    /// answer starts with the row's target (BEAST, GCG); refusal: none of GCG's refusal phrases
+    /// appears in it.
+    #[arg(long, value_enum, default_value_t = clipsteer::behaviors::Judge::Prefix, requires = "behaviors")]
+    pub judge: clipsteer::behaviors::Judge,
+    /// With --behaviors: judge by a program instead (a HarmBench or JailbreakBench classifier
+    /// run elsewhere): the scorer protocol, one item {"text": prompt, "response": answer,
+    /// "behavior": instruction} per behaviour; a score of 0.5 or more is a jailbreak.
+    #[arg(
+        long,
+        value_name = "CMD",
+        requires = "behaviors",
+        conflicts_with = "judge"
+    )]
+    pub judge_cmd: Option<String>,
+    /// With --judge-cmd: seconds the program may take per answer [default: 60].
+    #[arg(long, value_name = "SECONDS", requires = "judge_cmd")]
+    pub judge_timeout: Option<f64>,
+    /// With --behaviors: also write a JailbreakBench attack artifact (JSON: parameters, then per
+    /// behaviour prompt, response, jailbroken and queries) of every behaviour with a result.
+    #[arg(long, value_name = "FILE", requires = "behaviors")]
+    pub artifact: Option<PathBuf>,
+    /// With --behaviors: replay each found prompt against this victim too, judged alike, and
+    /// report its transfer ASR beside the direct one. A local model or hub id (its own chat
+    /// template, greedy), or an OpenAI-compatible endpoint as BASE_URL#MODEL, e.g.
+    /// http://localhost:8080/v1#llama-3 (temperature 0). Repeatable.
+    #[arg(long, value_name = "MODEL|URL#MODEL", requires = "behaviors")]
+    pub transfer_to: Vec<String>,
+    /// The environment variable holding the endpoints' API key (sent as a bearer token; none
+    /// when unset).
+    #[arg(long, value_name = "NAME", default_value = "OPENAI_API_KEY")]
+    pub transfer_key_env: String,
+    /// Seconds an endpoint of --transfer-to may take to answer [default: 60].
+    #[arg(long, value_name = "SECONDS")]
+    pub transfer_timeout: Option<f64>,
+    /// With --behaviors: append one result line per behaviour to this file (JSON lines, the
+    /// part-file format of describe --out: locked, whole lines, settings recorded).
+    #[arg(long, value_name = "FILE", requires = "behaviors")]
+    pub out: Option<PathBuf>,
+    /// With --out: skip behaviours that already have a result line there (same settings only).
+    #[arg(long, requires = "out")]
+    pub resume: bool,
+    /// With --behaviors: take the deterministic share I of N (0 ≤ I < N) of the rows, e.g.
+    /// --shard 0/4 (rows I, I+N, I+2N, …).
+    #[arg(long, value_parser = parse_shard, requires = "behaviors")]
+    pub shard: Option<(usize, usize)>,
+    /// Steer toward this answer: the victim's mean log-probability of it, teacher-forced.
+    /// Success: the victim's greedy answer starts with it.
+    #[arg(long, value_name = "TEXT")]
     pub target_response: Option<String>,
+    /// A program that scores prompts and the victim's answers (JSON lines on stdin/stdout; see
+    /// docs/ATTACK.md).
+    #[arg(long, value_name = "CMD")]
     pub scorer_cmd: Option<String>,
-    /// Seconds.
-    pub scorer_timeout: Option<f64>,
+    /// With --scorer-cmd: succeed once the best prompt scores at least this (a finite number;
+    /// negative ones too, e.g. a log-probability).
+    #[arg(
+        long,
+        value_name = "SCORE",
+        requires = "scorer_cmd",
+        allow_hyphen_values = true
+    )]
     pub success_score: Option<f32>,
+    /// With --scorer-cmd: seconds the program may take per batch [default: 60].
+    #[arg(long, value_name = "SECONDS", requires = "scorer_cmd")]
+    pub scorer_timeout: Option<f64>,
+    /// Steer the victim's greedy answer toward this text by cosine under --encoder.
+    #[arg(long, value_name = "TEXT", requires = "encoder")]
     pub target_text: Option<String>,
+    /// The encoder for --target-text: CLIP or a sentence-transformers model.
+    #[arg(long, value_name = "MODEL", requires = "target_text")]
     pub encoder: Option<String>,
-    #[serde(default)]
-    pub block: Vec<String>,
-    pub blocklist: Option<PathBuf>,
-    #[serde(default)]
-    pub block_substrings: bool,
-    pub beam_width: Option<usize>,
-    pub candidates: Option<usize>,
-    pub max_tokens: Option<usize>,
-    /// "sample" or "top-k".
-    pub proposal: Option<String>,
-    pub top_p: Option<f32>,
-    pub temperature: Option<f32>,
-    pub seed: Option<u64>,
-    pub readability: Option<f32>,
-    pub response_tokens: Option<usize>,
-    /// Seconds.
-    pub time_limit: Option<f64>,
+    #[command(flatten)]
+    pub blocking: BlockArgs,
+    /// Prompts kept each step.
+    #[arg(long, default_value_t = AttackOptions::new("").beam_width)]
+    pub beam_width: usize,
+    /// Tokens drawn from the attacker per prompt each step.
+    #[arg(long, default_value_t = AttackOptions::new("").candidates)]
+    pub candidates: usize,
+    /// Suffix tokens at most: a bound, not the budget (--time-limit is); the attacker's context
+    /// also ends the suffix.
+    #[arg(long, default_value_t = AttackOptions::new("").max_tokens)]
+    pub max_tokens: usize,
+    /// How candidates are drawn.
+    #[arg(long, value_enum, default_value_t = ProposalArg::Sample)]
+    pub proposal: ProposalArg,
+    /// Nucleus mass for --proposal sample.
+    #[arg(long, default_value_t = DEFAULT_SAMPLE.0)]
+    pub top_p: f32,
+    /// Attacker temperature for --proposal sample.
+    #[arg(long, default_value_t = DEFAULT_SAMPLE.1)]
+    pub temperature: f32,
+    /// Random seed for --proposal sample.
+    #[arg(long, default_value_t = DEFAULT_SAMPLE.2)]
+    pub seed: u64,
+    /// Weight of the attacker's mean log-probability of the suffix (nats/token) added to the
+    /// objective; higher reads more naturally.
+    #[arg(long, default_value_t = AttackOptions::new("").readability)]
+    pub readability: f32,
+    /// Tokens of the victim's greedy answer to generate and show.
+    #[arg(long, default_value_t = AttackOptions::new("").response_tokens)]
+    pub response_tokens: usize,
+    /// The budget: seconds after which the best prompt so far is the result. The suffix grows
+    /// until the target is reached or this time is spent.
+    #[arg(long, value_name = "SECONDS", default_value_t = clipsteer::steer::search::attack::DEFAULT_TIME_LIMIT.as_secs_f64())]
+    pub time_limit: f64,
+    /// The victim's chat template, overriding its own: a tokenizer_config.json, a directory
+    /// holding one, a .gguf file, or a Jinja file.
+    #[arg(long, value_name = "PATH")]
+    pub chat_template: Option<PathBuf>,
+    /// JSON lines on stdout: a "step" event per step, then a "done" event.
+    #[arg(long)]
+    pub json: bool,
 }
 
-impl AttackRequest {
-    /// Parses a JSON object of options; the error names the offending option.
-    pub fn from_json(json: &str) -> Result<Self> {
-        crate::request::options_from_json(json)
-    }
-
-    /// The options and objective these ask for; `scorer`, an in-process scoring function, is
-    /// one more way to give the objective.
-    pub fn to_spec(
-        &self,
-        scorer: Option<SharedScorer>,
-    ) -> Result<(AttackObjective, AttackOptions)> {
-        let given = [
-            self.target_response.is_some(),
-            self.scorer_cmd.is_some(),
-            self.target_text.is_some(),
-            scorer.is_some(),
-        ];
-        if given.iter().filter(|&&g| g).count() != 1 {
-            bail!("give exactly one objective: target_response, scorer_cmd, target_text (with encoder), or a scoring function");
-        }
-        if self.success_score.is_some() && self.scorer_cmd.is_none() && scorer.is_none() {
-            bail!("success_score applies to a scoring program or function only");
-        }
-        let objective = if let Some(target) = &self.target_response {
-            AttackObjective::TargetResponse(target.clone())
-        } else if let Some(command) = &self.scorer_cmd {
-            AttackObjective::Command {
-                command: command.clone(),
-                timeout: crate::request::seconds(
-                    "scorer_timeout",
-                    self.scorer_timeout.unwrap_or(60.0),
-                )?,
-                success_score: self.success_score,
+impl AttackArgs {
+    /// The spec of one attack; for --behaviors, of the first row's kind, with each row's
+    /// instruction and target set by [`behaviors_command`].
+    fn spec(&self) -> Result<AttackSpec> {
+        // clap's `requires` lets these through beside the required objective group; a flag
+        // that would be silently ignored is an error instead.
+        if self.scorer_cmd.is_none() {
+            if self.scorer_timeout.is_some() {
+                bail!("--scorer-timeout applies only with --scorer-cmd");
             }
-        } else if let Some(text) = &self.target_text {
-            let Some(encoder) = &self.encoder else {
-                bail!("target_text needs an encoder to compare the victim's answer with it");
-            };
-            AttackObjective::TargetText {
+            if self.success_score.is_some() {
+                bail!("--success-score applies only with --scorer-cmd");
+            }
+        }
+        if self.encoder.is_some() && self.target_text.is_none() {
+            bail!("--encoder applies only with --target-text");
+        }
+        let objective = match (&self.target_response, &self.scorer_cmd, &self.target_text, &self.encoder) {
+            (Some(target), None, None, _) => AttackObjective::TargetResponse(target.clone()),
+            // Each row's own target, set per behaviour.
+            (None, None, None, _) if self.behaviors.is_some() => {
+                AttackObjective::TargetResponse(String::new())
+            }
+            (None, Some(command), None, _) => AttackObjective::Command {
+                command: command.clone(),
+                timeout: seconds("--scorer-timeout", self.scorer_timeout.unwrap_or(60.0))?,
+                success_score: self.success_score,
+            },
+            (None, None, Some(text), Some(encoder)) => AttackObjective::TargetText {
                 text: text.clone(),
                 encoder: encoder.clone(),
-            }
-        } else {
-            AttackObjective::Scorer {
-                scorer: scorer.context("no objective")?,
-                success_score: self.success_score,
-            }
+            },
+            _ => bail!("give exactly one objective: --target-response, --scorer-cmd, or --target-text with --encoder"),
         };
-        let defaults = AttackOptions::new(&self.instruction);
-        let proposal = match self.proposal.as_deref() {
-            None | Some("sample") => {
-                let (top_p, temperature, seed) = crate::steer::search::attack::DEFAULT_SAMPLE;
-                Proposal::Sample {
-                    top_p: self.top_p.unwrap_or(top_p),
-                    temperature: self.temperature.unwrap_or(temperature),
-                    seed: self.seed.unwrap_or(seed),
-                }
-            }
-            Some("top-k") => {
-                if self.top_p.is_some() || self.temperature.is_some() || self.seed.is_some() {
-                    bail!("top_p, temperature and seed apply to proposal='sample' only");
-                }
-                Proposal::TopK
-            }
-            Some(other) => bail!("proposal '{other}' is not one of: sample, top-k"),
+        let proposal = match self.proposal {
+            ProposalArg::Sample => Proposal::Sample {
+                top_p: self.top_p,
+                temperature: self.temperature,
+                seed: self.seed,
+            },
+            ProposalArg::TopK => Proposal::TopK,
         };
         let options = AttackOptions {
-            beam_width: self.beam_width.unwrap_or(defaults.beam_width),
-            candidates: self.candidates.unwrap_or(defaults.candidates),
-            max_tokens: self.max_tokens.unwrap_or(defaults.max_tokens),
+            beam_width: self.beam_width,
+            candidates: self.candidates,
+            max_tokens: self.max_tokens,
             proposal,
-            readability: self.readability.unwrap_or(defaults.readability),
-            time_limit: match self.time_limit {
-                Some(s) => Some(crate::request::seconds("time_limit", s)?),
-                None => defaults.time_limit,
-            },
-            blocklist: crate::request::BlockArgs {
-                block: self.block.clone(),
-                blocklist: self.blocklist.clone(),
-                block_substrings: self.block_substrings,
-            }
-            .to_blocklist()?,
-            response_tokens: self.response_tokens.unwrap_or(defaults.response_tokens),
-            ..defaults
+            readability: self.readability,
+            time_limit: Some(seconds("--time-limit", self.time_limit)?),
+            blocklist: self.blocking.to_blocklist()?,
+            response_tokens: self.response_tokens,
+            ..AttackOptions::new(self.instruction.as_deref().unwrap_or_default())
         };
-        crate::steer::search::attack::validate(&options)?;
-        Ok((objective, options))
-    }
-}
-
-/// The result, with the target's likelihood before and after when the objective has a target.
-#[derive(Debug, Clone)]
-pub struct AttackReport {
-    pub result: AttackResult,
-    /// Mean NLL per token (nats) of the target response after the found prompt.
-    pub target_nll: Option<f64>,
-    /// The same after the instruction alone.
-    pub baseline_nll: Option<f64>,
-    /// Where each model came from ([`crate::hub::models_json`]): attacker, victim, encoder.
-    pub models: serde_json::Value,
-    /// The instruction, verbatim.
-    pub instruction: String,
-    /// The answer steered toward (`--target-response` or `--target-text`); None for a command.
-    pub target: Option<String>,
-}
-
-/// The chat template a model's files carry: a GGUF's `tokenizer.chat_template`, or the
-/// `tokenizer_config.json` of a model directory.
-pub fn chat_template_of(spec: &str) -> Result<ChatTemplate> {
-    let path = Path::new(spec);
-    if path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-    {
-        return ChatTemplate::from_gguf(path);
-    }
-    let dir = hub::resolve(spec, ModelKind::CausalLm)?;
-    ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json"))
-}
-
-/// The attacker's text before its suffix: its chat template's head with the instruction as the
-/// start of the user message, or the bare instruction for a model without a template.
-pub fn attacker_context(template: Option<&ChatTemplate>, instruction: &str) -> Result<String> {
-    Ok(match template {
-        Some(template) => format!("{}{instruction}", template.user_slot()?.0),
-        None => instruction.to_string(),
-    })
-}
-
-/// Checks a spec's options and objective before any model loads.
-pub fn validate(spec: &AttackSpec) -> Result<()> {
-    crate::steer::search::attack::validate(&spec.options)?;
-    if let AttackObjective::Command {
-        success_score: Some(score),
-        ..
-    }
-    | AttackObjective::Scorer {
-        success_score: Some(score),
-        ..
-    } = &spec.objective
-    {
-        // NaN compares false forever: the run would spend its whole budget and report failure.
-        if !score.is_finite() {
-            bail!("--success-score must be a finite number, got {score}");
-        }
-    }
-    Ok(())
-}
-
-/// Loads the models, runs the attack, and measures the target's likelihood before and after.
-pub fn run_attack(
-    spec: &AttackSpec,
-    device: &Device,
-    on_step: impl FnMut(&AttackStep) -> Result<()>,
-) -> Result<AttackReport> {
-    validate(spec)?;
-    let models = AttackModels::load(
-        &spec.attacker,
-        spec.victim.as_deref(),
-        spec.chat_template.as_deref(),
-        device,
-    )?;
-    models.attack(spec, device, on_step)
-}
-
-/// The attacker and the victim with its chat template, loaded once for any number of attacks
-/// (the Python package's `Attacker`).
-pub struct AttackModels {
-    attacker: LanguageModel,
-    /// None: the attacker is the victim.
-    separate_victim: Option<LanguageModel>,
-    attacker_spec: String,
-    victim_spec: String,
-    template: ChatTemplate,
-    attacker_template: Option<ChatTemplate>,
-}
-
-impl AttackModels {
-    /// `victim` None: the attacker (as BEAST). `chat_template` overrides the victim's own.
-    pub fn load(
-        attacker: &str,
-        victim: Option<&str>,
-        chat_template: Option<&Path>,
-        device: &Device,
-    ) -> Result<Self> {
-        let victim_spec = victim.unwrap_or(attacker);
-        let separate = victim_spec != attacker;
-        let attacker_lm = load_lm(attacker, device)?;
-        let separate_victim = if separate {
-            Some(load_lm(victim_spec, device)?)
-        } else {
-            None
-        };
-        let template = match chat_template {
-            Some(path) => ChatTemplate::from_path(path)?,
-            None => chat_template_of(victim_spec)
-                .with_context(|| format!("the victim '{victim_spec}' needs a chat template"))?,
-        };
-        // The attacker writes inside its own template when it has one.
-        let attacker_template = if separate {
-            chat_template_of(attacker).ok()
-        } else {
-            Some(template.clone())
-        };
-        Ok(Self {
-            attacker: attacker_lm,
-            separate_victim,
-            attacker_spec: attacker.to_string(),
-            victim_spec: victim_spec.to_string(),
-            template,
-            attacker_template,
+        Ok(AttackSpec {
+            attacker: self.attacker.clone(),
+            victim: self.victim.clone(),
+            chat_template: self.chat_template.clone(),
+            objective,
+            options,
         })
     }
+}
 
-    /// Runs one attack with these models (`spec`'s model fields are not consulted).
-    pub fn attack(
-        &self,
-        spec: &AttackSpec,
-        device: &Device,
-        on_step: impl FnMut(&AttackStep) -> Result<()>,
-    ) -> Result<AttackReport> {
-        validate(spec)?;
-        let victim_lm = self.separate_victim.as_ref().unwrap_or(&self.attacker);
-        let context = attacker_context(self.attacker_template.as_ref(), &spec.options.instruction)?;
-        let victim = Victim::new(victim_lm, self.template.clone())?;
-        let mut report = attack_with(&self.attacker, &context, &victim, spec, device, on_step)?;
-        let mut models = vec![
-            ("attacker", self.attacker_spec.as_str()),
-            ("victim", self.victim_spec.as_str()),
-        ];
-        if let AttackObjective::TargetText { encoder, .. } = &spec.objective {
-            models.push(("encoder", encoder.as_str()));
+/// `attack`'s exit codes: 0 success, 1 the budget ran out, 2 an error (as grep and diff), so a
+/// script tells a failed attack from a failed run.
+pub(crate) fn run_attack_command(args: AttackArgs, device: &Device) -> Result<i32> {
+    match attack_command(args, device) {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            errln!("error: {}", clipsteer::error_line(&e));
+            Ok(2)
         }
-        report.models = crate::hub::models_json(&models);
-        report.instruction = spec.options.instruction.clone();
-        report.target = match &spec.objective {
-            AttackObjective::TargetResponse(text) | AttackObjective::TargetText { text, .. } => {
-                Some(text.clone())
-            }
-            AttackObjective::Command { .. } | AttackObjective::Scorer { .. } => None,
-        };
-        Ok(report)
     }
 }
 
-fn attack_with(
-    attacker: &LanguageModel,
-    context: &str,
-    victim: &Victim<LanguageModel>,
-    spec: &AttackSpec,
-    device: &Device,
-    on_step: impl FnMut(&AttackStep) -> Result<()>,
-) -> Result<AttackReport> {
-    let options = &spec.options;
-    let instruction = options.instruction.as_str();
-    match &spec.objective {
-        AttackObjective::TargetResponse(target) => {
-            let objective = TargetResponse::new(victim, target)?;
-            let baseline_nll = objective.target_nll(instruction)?;
-            let success = Success::ResponseStartsWith(target.clone());
-            let result = run(
-                attacker, context, victim, &objective, &success, options, on_step,
-            )?;
-            let target_nll = objective.target_nll(&result.prompt)?;
-            Ok(AttackReport {
-                result,
-                target_nll: Some(target_nll),
-                baseline_nll: Some(baseline_nll),
-                models: serde_json::Value::Null,
-                instruction: String::new(),
-                target: None,
-            })
+pub(crate) fn attack_command(args: AttackArgs, device: &Device) -> Result<i32> {
+    if args.behaviors.is_some() {
+        return behaviors_command(args, device);
+    }
+    // clap's `requires` does not hold these back beside the objective group: said here, so that
+    // none is silently ignored.
+    let given = [
+        ("--out", args.out.is_some()),
+        ("--artifact", args.artifact.is_some()),
+        ("--shard", args.shard.is_some()),
+        ("--judge-cmd", args.judge_cmd.is_some()),
+        ("--transfer-to", !args.transfer_to.is_empty()),
+        ("--transfer-timeout", args.transfer_timeout.is_some()),
+    ];
+    if let Some((flag, _)) = given.iter().find(|(_, given)| *given) {
+        clipsteer::usage_bail!("{flag} applies only with --behaviors FILE; for one instruction, --json prints the result");
+    }
+    let spec = args.spec()?;
+    let live = Progress::new(1);
+    let report = run_attack(&spec, device, |step| {
+        if args.json {
+            clipsteer::write_stdout_line(format_args!("{}", attack_step_json(step)))?;
         }
-        AttackObjective::Command {
-            command,
-            timeout,
-            success_score,
-        } => {
-            let command = CommandScorer::start(command, *timeout)?.with_deadline(
-                options
-                    .time_limit
-                    .map(|limit| std::time::Instant::now() + limit),
+        let head = format!(
+            "[step {} · score {:.4} · {:.0} s] ",
+            step.step + 1,
+            step.score,
+            step.seconds
+        );
+        live.line(&head, &step.prompt);
+        Ok(())
+    })?;
+    live.finish();
+    let result = &report.result;
+    // A failed write is an error (exit 2), not the budget's exit 1.
+    if args.json {
+        clipsteer::write_stdout_line(format_args!("{}", attack_done_json(&report)))?;
+    } else {
+        clipsteer::write_stdout_line(format_args!("{}", result.prompt))?;
+        errln!(
+            "{} after {} step{} in {:.1} s · score {:.4}{}",
+            if result.success {
+                "success"
+            } else {
+                "no success"
+            },
+            result.steps,
+            if result.steps == 1 { "" } else { "s" },
+            result.seconds,
+            result.score,
+            match (report.baseline_nll, report.target_nll) {
+                (Some(before), Some(after)) =>
+                    format!(" · target NLL {before:.3} → {after:.3} nats/token"),
+                _ => String::new(),
+            }
+        );
+        errln!("victim: {}", result.response.replace('\n', " "));
+        if let Some(reason) = &result.stop_reason {
+            errln!("note: {reason}");
+        }
+    }
+    Ok(if result.success { 0 } else { 1 })
+}
+
+/// `attack --behaviors`: every row attacked with the models loaded once, one result line each
+/// (to stdout with --json, to --out), then the ASR. Exit 0 when every behaviour was attacked
+/// (whatever the ASR), 1 when some failed with an error, 2 for a usage error.
+pub(crate) fn behaviors_command(args: AttackArgs, device: &Device) -> Result<i32> {
+    let spec = args.spec()?;
+    let transfer_timeout = seconds("--transfer-timeout", args.transfer_timeout.unwrap_or(60.0))?;
+    let Some(file) = args.behaviors.as_deref() else {
+        bail!("--behaviors is required here");
+    };
+    let judge = match &args.judge_cmd {
+        Some(command) => {
+            if command.trim().is_empty() {
+                clipsteer::usage_bail!("--judge-cmd is empty: give the program to run, e.g. --judge-cmd 'python3 judge.py'");
+            }
+            clipsteer::behaviors::JudgeSpec::Command {
+                command: command.clone(),
+                timeout: seconds("--judge-timeout", args.judge_timeout.unwrap_or(60.0))?,
+            }
+        }
+        None => clipsteer::behaviors::JudgeSpec::Builtin(args.judge),
+    };
+    if let Some(path) = &args.artifact {
+        clipsteer::behaviors::check_artifact_destination(path)?;
+    }
+    let run = clipsteer::behaviors::BehaviorRun {
+        file,
+        spec: &spec,
+        judge: judge.clone(),
+        out: args.out.as_deref(),
+        resume: args.resume,
+        shard: args.shard,
+        transfer: args
+            .transfer_to
+            .iter()
+            .map(|t| clipsteer::behaviors::TransferTarget::parse(t, &args.transfer_key_env))
+            .collect::<Result<_>>()?,
+        transfer_timeout,
+    };
+    let mut failed = 0;
+    let outcome = run.run(device, |index, total, line| {
+        if args.json {
+            clipsteer::write_stdout_line(format_args!("{line}"))?;
+        }
+        let id = line["behavior_id"].as_str().unwrap_or_default();
+        if line["event"] == "done" {
+            errln!(
+                "[{}/{total}] {id}: {} · {:.1} s · {} queries",
+                index + 1,
+                if line["jailbroken"] == true {
+                    "jailbroken"
+                } else {
+                    "not jailbroken"
+                },
+                line["seconds"].as_f64().unwrap_or_default(),
+                line["queries"]
             );
-            scored_by(
-                attacker,
-                context,
-                victim,
-                &command,
-                *success_score,
-                options,
-                on_step,
-            )
-        }
-        AttackObjective::Scorer {
-            scorer,
-            success_score,
-        } => scored_by(
-            attacker,
-            context,
-            victim,
-            scorer.0.as_ref(),
-            *success_score,
-            options,
-            on_step,
-        ),
-        AttackObjective::TargetText { text, encoder } => {
-            if text.trim().is_empty() {
-                bail!("--target-text is empty: give the answer to steer the victim toward");
+            for entry in line["transfer"].as_array().into_iter().flatten() {
+                if let Some(error) = entry["error"].as_str() {
+                    errln!(
+                        "  transfer to {}: error: {error}",
+                        entry["victim"].as_str().unwrap_or_default()
+                    );
+                }
             }
-            let encoder = load_encoder(encoder, device)?;
-            let objective = ResponseSimilarity {
-                victim,
-                scorer: &encoder,
-                target: normalize(&encoder.embed_text(text)?),
-                response_tokens: options.response_tokens,
-            };
-            let success = Success::ResponseStartsWith(text.clone());
-            let result = run(
-                attacker, context, victim, &objective, &success, options, on_step,
-            )?;
-            let likelihood = TargetResponse::new(victim, text)?;
-            let target_nll = likelihood.target_nll(&result.prompt)?;
-            let baseline_nll = likelihood.target_nll(instruction)?;
-            Ok(AttackReport {
-                result,
-                target_nll: Some(target_nll),
-                baseline_nll: Some(baseline_nll),
-                models: serde_json::Value::Null,
-                instruction: String::new(),
-                target: None,
-            })
+        } else {
+            failed += 1;
+            errln!(
+                "[{}/{total}] {id}: error: {}",
+                index + 1,
+                line["error"].as_str().unwrap_or_default()
+            );
+        }
+        Ok(())
+    })?;
+    if outcome.lines.is_empty() {
+        errln!("nothing to attack: every behaviour is already done or the shard is empty");
+    }
+    if args.json {
+        clipsteer::write_stdout_line(format_args!("{}", outcome.summary))?;
+    } else {
+        // One call per line: errln! escapes a newline inside a record.
+        for line in clipsteer::behaviors::summary_text(&outcome.summary).lines() {
+            errln!("{line}");
         }
     }
-}
-
-/// An attack scored by a function of each prompt and the victim's greedy answer to it.
-fn scored_by(
-    attacker: &LanguageModel,
-    context: &str,
-    victim: &Victim<LanguageModel>,
-    scorer: &dyn ItemScorer,
-    success_score: Option<f32>,
-    options: &AttackOptions,
-    on_step: impl FnMut(&AttackStep) -> Result<()>,
-) -> Result<AttackReport> {
-    let objective = ResponseCommand {
-        victim,
-        command: scorer,
-        response_tokens: options.response_tokens,
-    };
-    let success = match success_score {
-        Some(s) => Success::ScoreAtLeast(s),
-        None => Success::Never,
-    };
-    let result = run(
-        attacker, context, victim, &objective, &success, options, on_step,
-    )?;
-    Ok(AttackReport {
-        result,
-        target_nll: None,
-        baseline_nll: None,
-        models: serde_json::Value::Null,
-        instruction: String::new(),
-        target: None,
-    })
-}
-
-/// A score of `objective` for one text, for callers that check a single prompt.
-pub fn score_one<O: Objective>(objective: &O, text: &str) -> Result<f32> {
-    let prefix = objective.prefix(text, None)?;
-    Ok(objective.score(&prefix, &[text.to_string()])?.similarities[0])
+    if let Some(path) = &args.artifact {
+        let options = &spec.options;
+        let parameters = json!({
+            "attacker": spec.attacker,
+            "beam_width": options.beam_width,
+            "candidates": options.candidates,
+            "max_tokens": options.max_tokens,
+            "time_limit_seconds": options.time_limit.map(|t| t.as_secs_f64()),
+            "proposal": format!("{:?}", options.proposal),
+            "readability": options.readability,
+            "response_tokens": options.response_tokens,
+            "judge": judge.name(),
+        });
+        let victim = spec.victim.as_deref().unwrap_or(&spec.attacker);
+        let artifact = clipsteer::behaviors::jailbreakbench_artifact(
+            &outcome.all,
+            &clipsteer::settings::model_identity(victim),
+            parameters,
+        );
+        let text = serde_json::to_string_pretty(&artifact)?;
+        clipsteer::files::write_bytes_replacing(
+            path,
+            &format!("--artifact {}", path.display()),
+            text.as_bytes(),
+        )?;
+    }
+    Ok(if failed > 0 { 1 } else { 0 })
 }

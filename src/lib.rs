@@ -1,181 +1,155 @@
-//! clipsteer: steer a language model's sampling toward an objective (a target embedding, a
-//! victim model's answer, any score).
-//!
-//! The library is the product; the command line ([`cli`]), [`server`] and [`evade`] are faces
-//! over [`pipeline`] and [`steer`], and no library module imports a face.
+//! The `clipsteer` command line: each command's arguments (one module per command) turned into
+//! the library's request types, and what the terminal shows ([`progress`]); the work happens in
+//! the `clipsteer` library, and `serve` in `clipsteer-server`.
 
-/// `println!` for a face's results on stdout: when the reader has gone (`clipsteer … | head`),
-/// the process ends quietly with 141, as a tool killed by SIGPIPE would, instead of panicking.
-/// SIGPIPE itself stays ignored, so that a scoring program that exits is reported as an error.
-macro_rules! outln {
-    ($($arg:tt)*) => {
-        $crate::print_line(format_args!($($arg)*))
-    };
+// The library's macros (errln!, outln!, usage_bail!) in every module.
+#[macro_use]
+extern crate clipsteer;
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+use clipsteer::request::{select_device, DeviceChoice};
+
+mod attack;
+mod bench;
+mod describe;
+mod merge;
+mod progress;
+mod score;
+
+pub use attack::{AttackArgs, ProposalArg};
+pub use bench::BenchArgs;
+pub use describe::DescribeArgs;
+pub use merge::MergeArgs;
+pub use score::{EmbedArgs, ScoreArgs};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "clipsteer",
+    version,
+    about = "Steer a language model toward a target embedding: describe an image with GPT-2 guided by CLIP"
+)]
+pub struct Cli {
+    /// Where models run: auto picks CUDA when this build has it and a GPU is present.
+    #[arg(long, global = true, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+    #[command(subcommand)]
+    pub command: Command,
 }
 
-/// `eprintln!` that cannot panic: with stderr closed (`clipsteer … 2>&1 | head`) a message is
-/// dropped, where `eprintln!` would panic, and a panic while a progress bar is drawn aborts.
-macro_rules! errln {
-    ($($arg:tt)*) => {
-        $crate::print_err_line(format_args!($($arg)*))
-    };
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Describe images: GPT-2 proposes tokens, CLIP picks the one closest to the image.
+    Describe(Box<DescribeArgs>),
+    /// Print a CLIP embedding as JSON: {"embedding":[...]} (projected, unnormalised).
+    Embed(EmbedArgs),
+    /// Time the describe loop on full-size architectures with random weights (no download).
+    Bench(BenchArgs),
+    /// CLIPScore of captions for an image: 2.5 · max(cos, 0) with "A photo depicts " before each
+    /// caption (Hessel et al. 2021), or torchmetrics' 100 · max(cos, 0) with --torchmetrics.
+    Score(ScoreArgs),
+    /// Text to image with Stable Diffusion (diffusers layout: SD 1.x/2.x).
+    Generate(Box<clipsteer::diffusion::cli::GenerateArgs>),
+    /// Filter evasion: describe an image without blocked words, regenerate it from the
+    /// description, and report how much of the image survived (JSON + HTML).
+    Evade(Box<clipsteer::evade::EvadeArgs>),
+    /// Attack a language model: an attacker LM writes a suffix after an instruction that steers
+    /// a victim LM's answer toward a target (BEAST-style beam search).
+    Attack(Box<AttackArgs>),
+    /// Serve a web page and an API that describe uploaded images live.
+    Serve(Box<clipsteer_server::ServeArgs>),
+    /// Join the part files of a sharded `describe --out` run into one file, in input order, and
+    /// report images missing, described twice or failed (exit 1 if any).
+    Merge(MergeArgs),
 }
 
-/// Returns an [`Error::BadArgument`] from the enclosing function: `usage_bail!("--top-k must be …")`.
-#[macro_export]
-macro_rules! usage_bail {
-    ($($arg:tt)*) => {
-        return Err(anyhow::Error::new($crate::Error::BadArgument(format!($($arg)*))))
-    };
-}
-
-pub mod error;
-pub use error::{Error, HubError};
-
-/// Whether `error` (or any error it wraps) is an [`Error::BadArgument`]: the command line exits
-/// 2 for it, as clap does for its own usage errors, and 1 only when the work itself failed.
-pub fn is_usage_error(error: &anyhow::Error) -> bool {
-    Error::classify(error).is_bad_argument()
-}
-
-#[doc(hidden)]
-pub fn print_err_line(args: std::fmt::Arguments<'_>) {
-    use std::io::Write;
-    // Messages quote file names and texts, which may hold terminal escapes: shown, not obeyed.
-    let line = args.to_string();
-    let mut err = std::io::stderr().lock();
-    let _ = err
-        .write_all(terminal_safe(&line, false).as_bytes())
-        .and_then(|()| err.write_all(b"\n"));
-}
-
-/// `text` as a terminal may show it without acting on it: what a blocklist refuses to write
-/// ([`steer::constraints::is_refused_control`]: C0 and C1 controls, so every escape sequence,
-/// DEL, the bidi controls and U+2028/U+2029) is written as `\u{..}` escapes. With `keep_layout`, tab and newline stay (a
-/// caption's own layout); without, they are escaped too, so that one record stays one line.
-pub fn terminal_safe(text: &str, keep_layout: bool) -> std::borrow::Cow<'_, str> {
-    // The same characters the blocklist refuses to write, and tab and line feed when a record
-    // must stay one line.
-    let unsafe_char = |c: char| {
-        steer::constraints::is_refused_control(c) || (!keep_layout && matches!(c, '\t' | '\n'))
-    };
-    if !text.chars().any(unsafe_char) {
-        return std::borrow::Cow::Borrowed(text);
+impl Cli {
+    /// Sets RAYON_NUM_THREADS from `bench --threads`. Rayon and candle read it when their pools
+    /// start, so call this before [`clipsteer::tune_runtime`] (which starts rayon's pool) and any
+    /// work, as `main` does; [`run`] calls it again, to the same effect.
+    pub fn set_thread_count(&self) -> Result<()> {
+        if let Command::Bench(BenchArgs {
+            threads: Some(threads),
+            ..
+        }) = &self.command
+        {
+            if *threads == 0 {
+                bail!("--threads must be at least 1");
+            }
+            std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+        }
+        Ok(())
     }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if unsafe_char(c) {
-            out.extend(c.escape_unicode());
-        } else {
-            out.push(c);
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> Result<i32> {
+    cli.set_thread_count()?;
+    let device = select_device(cli.device)?;
+    match cli.command {
+        Command::Embed(args) => score::embed(args, &device),
+        Command::Describe(args) => describe::run_describe(*args, &device),
+        Command::Score(args) => score::score(args, &device),
+        Command::Generate(args) => clipsteer::diffusion::cli::run_generate(*args, &device),
+        Command::Evade(args) => clipsteer::evade::run(*args, &device),
+        Command::Serve(args) => clipsteer_server::run(*args, &device),
+        Command::Attack(args) => attack::run_attack_command(*args, &device),
+        Command::Merge(args) => merge::run_merge(args),
+        Command::Bench(args) => {
+            let options = clipsteer::bench::BenchOptions {
+                arch: args.clip,
+                top_k: args.top_k,
+                steps: args.steps,
+                prompt: args.prompt,
+                assets: args.assets.unwrap_or_else(clipsteer::bench::default_assets),
+                json: args.json,
+                prefilter: args.prefilter,
+                check_agreement: args.check_agreement,
+                strategy: args.strategy,
+                checkpoints: match (args.lm, args.encoder, args.image) {
+                    (Some(lm), Some(encoder), Some(image)) => {
+                        Some(clipsteer::bench::BenchCheckpoints { lm, encoder, image })
+                    }
+                    _ => None,
+                },
+            };
+            clipsteer::bench::run(&options, &device)?;
+            Ok(0)
         }
     }
-    std::borrow::Cow::Owned(out)
 }
 
-#[doc(hidden)]
-pub fn print_line(args: std::fmt::Arguments<'_>) {
-    if let Err(e) = write_stdout_line(args) {
-        errln!("error: {e}");
-        std::process::exit(1);
+/// A clap error message as one line: its lines joined, the usage block and the "For more
+/// information" hint replaced by a pointer to --help.
+pub fn usage_error_line(rendered: &str) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut in_usage = false;
+    for line in rendered.lines() {
+        let line = line.trim();
+        if line.starts_with("Usage:") {
+            in_usage = true;
+            continue;
+        }
+        if line.is_empty() {
+            in_usage = false;
+            continue;
+        }
+        if in_usage || line.starts_with("For more information") {
+            continue;
+        }
+        // clap's tip ("to pass '-1' as a value, use '-- -1'") fits positional arguments only:
+        // after `--`, an option's value becomes an input. `--flag=-1` works for both.
+        if let Some(value) = line
+            .strip_prefix("tip: to pass '")
+            .and_then(|rest| rest.split_once("' as a value"))
+            .map(|(value, _)| value)
+        {
+            parts.push(format!(
+                "tip: to give '{value}' as an option's value, join them with '=': --OPTION={value}"
+            ));
+            continue;
+        }
+        parts.push(line.to_string());
     }
-}
-
-/// Writes one line of a face's results to stdout and flushes it. When the reader has gone
-/// (`clipsteer … | head`) the process ends quietly with 141, as a tool killed by SIGPIPE would;
-/// any other failure (a full disk, `> /dev/full`) is an error that names stdout, for the face to
-/// end with its own error code.
-pub fn write_stdout_line(args: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    let written = (out.write_fmt(args))
-        .and_then(|()| out.write_all(b"\n"))
-        .and_then(|()| out.flush());
-    match written {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(141),
-        Err(e) => anyhow::bail!(
-            "cannot write to stdout: {e}; check where the output is redirected (a full disk?)"
-        ),
-    }
-}
-
-pub mod attack;
-pub mod behaviors;
-pub mod bench;
-pub mod cli;
-pub mod clipscore;
-pub mod diffusion;
-pub mod evade;
-pub mod events;
-pub mod files;
-pub mod hub;
-pub mod image;
-pub mod load;
-pub mod merge;
-pub mod models;
-pub mod parts;
-pub mod pathkey;
-pub mod pipeline;
-pub mod request;
-pub mod server;
-pub mod settings;
-pub mod sidecar;
-pub mod steer;
-pub mod tokenize;
-
-/// An error as one line: the whole context chain, joined by ": ", newlines folded. candle
-/// appends a backtrace to its errors when RUST_BACKTRACE is set; that is dropped here, since
-/// it would bury the message (it belongs in a debugger, not in a one-line error).
-pub fn error_line(error: &anyhow::Error) -> String {
-    let parts: Vec<String> = error
-        .chain()
-        .map(|cause| match cause.downcast_ref::<candle_core::Error>() {
-            Some(candle_core::Error::WithBacktrace { inner, .. }) => inner.to_string(),
-            _ => cause.to_string(),
-        })
-        .collect();
-    parts.join(": ").replace('\n', " ")
-}
-
-/// The number of threads candle computes for itself at each matmul when RAYON_NUM_THREADS is
-/// unset (physical cores, by parsing /proc/cpuinfo on Linux, each time), after building rayon's
-/// global pool at its default size (logical CPUs) if nothing has built it yet. Setting
-/// RAYON_NUM_THREADS to this value afterwards changes no pool's size and spares candle the
-/// count.
-///
-/// [`tune_runtime`] sets it for the command line. The Python package calls this at import and
-/// sets the variable through `os.environ` (the host's own way to change its environment, since
-/// other threads of an interpreter may read it).
-pub fn default_thread_count() -> usize {
-    let _ = rayon::ThreadPoolBuilder::new().build_global();
-    candle_core::utils::get_num_threads()
-}
-
-/// Process-wide settings that decide CPU throughput, as the `clipsteer` binary sets them. Call it
-/// first in `main`, before any other thread starts (it sets an environment variable and malloc
-/// thresholds), so that a program using the library measures what the binary does.
-pub fn tune_runtime() {
-    // candle's elementwise thread pool spins 25,000 times before parking after every op; on a
-    // small machine that spinning steals a core from the matmul threads. Keep it brief unless
-    // the user chose otherwise.
-    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
-        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "200");
-    }
-    // candle asks for its thread count at every matmul, and without RAYON_NUM_THREADS it counts
-    // physical cores anew each time by parsing /proc/cpuinfo: hundreds of times a forward, on
-    // the calling thread while the others wait (7 % of an attack step on a 2-core VM). Its own
-    // answer, pinned once, saves that. Rayon's global pool is built first, so that it keeps
-    // rayon's default size (logical CPUs) as before.
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        std::env::set_var("RAYON_NUM_THREADS", default_thread_count().to_string());
-    }
-    // Activations of a steering step are a few MB each and die within the step: keep freed
-    // memory in the heap instead of returning it to the kernel, which then re-zeroes every page.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only adjusts allocator thresholds; called before other threads exist.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
-    }
+    format!("{} (see --help)", parts.join(" "))
 }

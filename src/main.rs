@@ -3,7 +3,7 @@ use clap::Parser;
 fn main() {
     // Parsing starts no thread, so `bench --threads` can still size the pools that
     // tune_runtime starts.
-    let cli = match clipsteer::cli::Cli::try_parse() {
+    let cli = match clipsteer_cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             use clap::error::ErrorKind;
@@ -19,7 +19,7 @@ fn main() {
             // reads like every other error of this program.
             clipsteer::print_err_line(format_args!(
                 "{}",
-                clipsteer::cli::usage_error_line(&e.render().to_string())
+                clipsteer_cli::usage_error_line(&e.render().to_string())
             ));
             std::process::exit(e.exit_code());
         }
@@ -29,7 +29,7 @@ fn main() {
         std::process::exit(2);
     }
     clipsteer::tune_runtime();
-    match clipsteer::cli::run(cli) {
+    match clipsteer_cli::run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             let error = clipsteer::Error::classify(&e);

@@ -4,10 +4,10 @@
 //! fingerprint, the one `merge` and `--resume` compare.
 
 use clap::Parser;
-use clipsteer::cli::{Cli, Command};
 use clipsteer::pipeline::planned_settings;
 use clipsteer::request::{DescribeRequest, ResolvedDescribe};
-use clipsteer::server::params::{parse_params, resolve, ParamLimits};
+use clipsteer_cli::{Cli, Command};
+use clipsteer_server::params::{parse_params, resolve, ParamLimits};
 
 const LM: &str = "tests/fixtures/gpt2-tiny";
 const ENCODER: &str = "tests/fixtures/clip-tiny-gelu";

@@ -1,10 +1,10 @@
-//! The fuzz targets' harness functions (clipsteer::server::harness, run by fuzz/) over the seed
+//! The fuzz targets' harness functions (clipsteer_server::harness, run by fuzz/) over the seed
 //! corpora and a set of hostile inputs built here: no input panics, and each is accepted or
 //! refused as it should be.
 
 mod serve_support;
 
-use clipsteer::server::harness::{decode_and_preprocess, params};
+use clipsteer_server::harness::{decode_and_preprocess, params};
 use serve_support::*;
 use std::path::Path;
 

@@ -4,5 +4,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = clipsteer::server::harness::decode_and_preprocess(data);
+    let _ = clipsteer_server::harness::decode_and_preprocess(data);
 });

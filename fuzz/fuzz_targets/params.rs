@@ -3,5 +3,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = clipsteer::server::harness::params(data);
+    let _ = clipsteer_server::harness::params(data);
 });

@@ -8,10 +8,10 @@
 //! job.
 
 use super::error::ApiError;
-use crate::events::{error_json, step_json};
-use crate::image::{decode_image_bytes, DecodeLimits};
-use crate::pipeline::{DescribeModels, Describer};
 use axum::http::StatusCode;
+use clipsteer::events::{error_json, step_json};
+use clipsteer::image::{decode_image_bytes, DecodeLimits};
+use clipsteer::pipeline::{DescribeModels, Describer};
 use serde_json::Value;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -273,7 +273,7 @@ fn run_started(
     let decoded = match decode_image_bytes(image, limits) {
         Ok(decoded) => decoded,
         Err(e) => {
-            let message = format!("the image field: {}", crate::error_line(&e));
+            let message = format!("the image field: {}", clipsteer::error_line(&e));
             return reject(start, ApiError::bad_request(message));
         }
     };
@@ -284,7 +284,7 @@ fn run_started(
     let target = match describer.target(Some(&decoded)) {
         Ok(target) => target,
         Err(e) => {
-            let message = crate::error_line(&e);
+            let message = clipsteer::error_line(&e);
             errln!("error: embedding an upload: {message}");
             return reject(
                 start,
@@ -333,7 +333,7 @@ fn run_started(
                     "the request's time limit ran out after {seconds:.1} s of describing; ask for fewer max_tokens or a smaller top_k"
                 ),
             ),
-            None => error_json(image_name, &crate::error_line(&e)),
+            None => error_json(image_name, &clipsteer::error_line(&e)),
         },
     };
     let _ = sender.send(last);

@@ -10,10 +10,51 @@ use candle_core::{Device, Tensor};
 use std::path::Path;
 use tokenizers::Tokenizer;
 
-pub struct Gpt2Lm {
-    pub model: Gpt2,
+/// What a decoder-only architecture gives the one [`CausalLm`] implementation ([`DecoderLm`]):
+/// its forward pass over a [`KvCache`] and a few facts from its config. Everything else (the
+/// step, branching, teacher forcing, tokenizing) is the same for every family.
+pub trait Decoder: Send + Sync {
+    fn new_cache(&self) -> KvCache;
+    /// Hidden states [batch, new positions, hidden] of `input` [batch, new positions] after the
+    /// cache, which they extend.
+    fn hidden_states(&self, input: &Tensor, cache: &mut KvCache) -> Result<Tensor>;
+    /// Logits [.., vocab] of hidden states [.., hidden].
+    fn logits(&self, hidden: &Tensor) -> Result<Tensor>;
+    fn device(&self) -> &Device;
+    /// Positions the model was trained on.
+    fn context(&self) -> usize;
+    fn vocab_size(&self) -> usize;
+    fn eos_token_id(&self) -> Option<u32>;
+    /// The token fed first on an empty cache, as the model's tokenizer adds it (Gemma's
+    /// `<bos>`); None for models that start from the text alone (GPT-2, the llama family as
+    /// llama.cpp runs a GGUF without `add_bos_token`).
+    fn bos_token(&self) -> Option<u32> {
+        None
+    }
+}
+
+/// A decoder-only LM and its tokenizer behind [`CausalLm`]: GPT-2 ([`Gpt2Lm`]), the llama
+/// family from GGUF ([`GgufLm`]), Gemma 3 from GGUF ([`Gemma3Lm`]), and any of them chosen at
+/// run time ([`LanguageModel`]).
+///
+/// With a [`Decoder::bos_token`], the first call on an empty cache feeds it before the ids unless
+/// they begin with it already (a chat template that writes `<bos>` itself), as transformers'
+/// tokenizer and llama.cpp add it. Texts never show it, so the prompt decodes to itself; the
+/// cache holds one position more than the ids given, and the context one less.
+pub struct DecoderLm<M> {
+    pub model: M,
     pub tokenizer: Tokenizer,
 }
+
+/// GPT-2 (a directory in the HF layout).
+pub type Gpt2Lm = DecoderLm<Gpt2>;
+/// A llama-family LM from a GGUF file.
+pub type GgufLm = DecoderLm<crate::models::llama_gguf::LlamaGguf>;
+/// A Gemma 3 LM from a GGUF file.
+pub type Gemma3Lm = DecoderLm<crate::models::gemma3_gguf::Gemma3Gguf>;
+/// The LM behind `--lm`: a GPT-2 directory (or hub id), or a llama-family or Gemma 3 `.gguf`
+/// file, chosen at run time.
+pub type LanguageModel = DecoderLm<Box<dyn Decoder>>;
 
 impl Gpt2Lm {
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
@@ -23,12 +64,6 @@ impl Gpt2Lm {
     }
 }
 
-/// A llama-family LM from a GGUF file behind [`CausalLm`].
-pub struct GgufLm {
-    pub model: crate::models::llama_gguf::LlamaGguf,
-    pub tokenizer: Tokenizer,
-}
-
 impl GgufLm {
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         let (model, tokenizer) = crate::models::llama_gguf::LlamaGguf::load(path, device)?;
@@ -36,28 +71,144 @@ impl GgufLm {
     }
 }
 
-/// A Gemma 3 LM from a GGUF file behind [`CausalLm`].
-///
-/// Gemma expects `<bos>` first (`tokenizer.ggml.add_bos_token`), as transformers' tokenizer and
-/// llama.cpp add it: the first call on an empty cache feeds it before the ids unless they begin
-/// with it already (a chat template that writes `<bos>` itself). Texts never show it, so the
-/// prompt decodes to itself; the cache holds one position more than the ids given.
-pub struct Gemma3Lm {
-    pub model: crate::models::gemma3_gguf::Gemma3Gguf,
-    pub tokenizer: Tokenizer,
-}
-
 impl Gemma3Lm {
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         let (model, tokenizer) = crate::models::gemma3_gguf::Gemma3Gguf::load(path, device)?;
         Ok(Self { model, tokenizer })
     }
+}
 
-    /// The `<bos>` to feed before `ids` on an empty cache, if any.
+impl<M: Decoder + 'static> DecoderLm<M> {
+    /// The same LM as a [`LanguageModel`].
+    pub fn boxed(self) -> LanguageModel {
+        DecoderLm {
+            model: Box::new(self.model),
+            tokenizer: self.tokenizer,
+        }
+    }
+}
+
+impl Decoder for Gpt2 {
+    fn new_cache(&self) -> KvCache {
+        Gpt2::new_cache(self)
+    }
+    fn hidden_states(&self, input: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        Gpt2::hidden_states(self, input, cache)
+    }
+    fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        Gpt2::logits(self, hidden)
+    }
+    fn device(&self) -> &Device {
+        Gpt2::device(self)
+    }
+    fn context(&self) -> usize {
+        self.config().n_positions
+    }
+    fn vocab_size(&self) -> usize {
+        self.config().vocab_size
+    }
+    fn eos_token_id(&self) -> Option<u32> {
+        self.config().eos_token_id
+    }
+}
+
+impl Decoder for crate::models::llama_gguf::LlamaGguf {
+    fn new_cache(&self) -> KvCache {
+        Self::new_cache(self)
+    }
+    fn hidden_states(&self, input: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        Self::hidden_states(self, input, cache)
+    }
+    fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        Self::logits(self, hidden)
+    }
+    fn device(&self) -> &Device {
+        Self::device(self)
+    }
+    fn context(&self) -> usize {
+        self.config().context
+    }
+    fn vocab_size(&self) -> usize {
+        self.config().vocab_size
+    }
+    fn eos_token_id(&self) -> Option<u32> {
+        self.config().eos_token_id
+    }
+}
+
+impl Decoder for crate::models::gemma3_gguf::Gemma3Gguf {
+    fn new_cache(&self) -> KvCache {
+        Self::new_cache(self)
+    }
+    fn hidden_states(&self, input: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        Self::hidden_states(self, input, cache)
+    }
+    fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        Self::logits(self, hidden)
+    }
+    fn device(&self) -> &Device {
+        Self::device(self)
+    }
+    fn context(&self) -> usize {
+        self.config().context
+    }
+    fn vocab_size(&self) -> usize {
+        self.config().vocab_size
+    }
+    /// `<end_of_turn>` where the vocabulary has it: the chat template ends the model's turn with
+    /// it (transformers' generation config lists it beside `<eos>`); else `<eos>`.
+    fn eos_token_id(&self) -> Option<u32> {
+        let c = self.config();
+        c.end_of_turn_id.or(c.eos_token_id)
+    }
+    fn bos_token(&self) -> Option<u32> {
+        let c = self.config();
+        c.bos_token_id.filter(|_| c.add_bos)
+    }
+}
+
+impl Decoder for Box<dyn Decoder> {
+    fn new_cache(&self) -> KvCache {
+        self.as_ref().new_cache()
+    }
+    fn hidden_states(&self, input: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        self.as_ref().hidden_states(input, cache)
+    }
+    fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.as_ref().logits(hidden)
+    }
+    fn device(&self) -> &Device {
+        self.as_ref().device()
+    }
+    fn context(&self) -> usize {
+        self.as_ref().context()
+    }
+    fn vocab_size(&self) -> usize {
+        self.as_ref().vocab_size()
+    }
+    fn eos_token_id(&self) -> Option<u32> {
+        self.as_ref().eos_token_id()
+    }
+    fn bos_token(&self) -> Option<u32> {
+        self.as_ref().bos_token()
+    }
+}
+
+impl<M: Decoder> DecoderLm<M> {
+    /// The BOS to feed before `ids` on an empty cache, if any.
     fn bos_before(&self, ids: &[u32], cache: &KvCache) -> Option<u32> {
-        let c = self.model.config();
-        c.bos_token_id
-            .filter(|&bos| c.add_bos && cache.is_empty() && ids.first() != Some(&bos))
+        self.model
+            .bos_token()
+            .filter(|&bos| cache.is_empty() && ids.first() != Some(&bos))
+    }
+
+    /// Branching continues a cache that holds the prompt: on an empty one the BOS a model needs
+    /// first would be skipped.
+    fn check_branchable(&self, empty: bool) -> Result<()> {
+        if empty && self.model.bos_token().is_some() {
+            anyhow::bail!("branch needs a cache that holds the prompt");
+        }
+        Ok(())
     }
 
     fn next_logits_and_hidden_inner(
@@ -88,7 +239,7 @@ impl Gemma3Lm {
     }
 }
 
-impl CausalLm for Gemma3Lm {
+impl<M: Decoder> CausalLm for DecoderLm<M> {
     type Cache = KvCache;
 
     fn new_cache(&self) -> KvCache {
@@ -108,9 +259,7 @@ impl CausalLm for Gemma3Lm {
     }
 
     fn branch(&self, cache: &KvCache, candidates: &[u32]) -> Result<Branches<KvCache>> {
-        if cache.is_empty() {
-            anyhow::bail!("branch needs a cache that holds the prompt");
-        }
+        self.check_branchable(cache.is_empty())?;
         let mut branched = cache.fork(&vec![0; candidates.len()])?;
         let input = Tensor::new(candidates, self.model.device())?.unsqueeze(1)?;
         let hidden = self.model.hidden_states(&input, &mut branched)?;
@@ -132,9 +281,7 @@ impl CausalLm for Gemma3Lm {
         parents: &[usize],
         tokens: &[u32],
     ) -> Result<Vec<(Vec<f32>, KvCache)>> {
-        if caches.iter().any(|cache| cache.is_empty()) {
-            anyhow::bail!("branch needs a cache that holds the prompt");
-        }
+        self.check_branchable(caches.iter().any(|cache| cache.is_empty()))?;
         branch_rows(
             |input, cache| self.model.hidden_states(input, cache),
             |hidden| self.model.logits(hidden),
@@ -155,29 +302,25 @@ impl CausalLm for Gemma3Lm {
             .context("cannot decode tokens")
     }
 
-    /// The model's context less the `<bos>` position.
+    /// The model's context, less the BOS position where one is fed first.
     fn context_len(&self) -> usize {
-        let c = self.model.config();
-        c.context - usize::from(c.add_bos && c.bos_token_id.is_some())
+        self.model.context() - usize::from(self.model.bos_token().is_some())
     }
 
     fn vocab_size(&self) -> usize {
-        self.model.config().vocab_size
+        self.model.vocab_size()
     }
 
-    /// `<end_of_turn>` where the vocabulary has it: the chat template ends the model's turn with
-    /// it (transformers' generation config lists it beside `<eos>`); else `<eos>`.
     fn eos_token_id(&self) -> Option<u32> {
-        let c = self.model.config();
-        c.end_of_turn_id.or(c.eos_token_id)
+        self.model.eos_token_id()
     }
 
     fn truncate_cache(&self, cache: &KvCache, len: usize) -> Result<KvCache> {
         truncate_one_row(cache, len)
     }
 
-    /// Right padding is harmless here as in the llama path: the sliding-window layers mask
-    /// causally too, so no real position attends to a pad.
+    /// Right padding is harmless: attention is causal (Gemma's sliding-window layers too), so no
+    /// real position attends to a pad.
     fn continuation_log_probs(
         &self,
         cache: &KvCache,
@@ -208,142 +351,6 @@ impl CausalLm for Gemma3Lm {
     fn special_token_ids(&self) -> Vec<u32> {
         added_token_ids(&self.tokenizer)
     }
-}
-
-/// One implementation of [`CausalLm`] for models that expose `hidden_states` and `logits`.
-macro_rules! causal_lm_impl {
-    ($ty:ty, $context:expr, $vocab:expr) => {
-        impl CausalLm for $ty {
-            type Cache = KvCache;
-
-            fn new_cache(&self) -> KvCache {
-                self.model.new_cache()
-            }
-
-            fn next_logits(&self, ids: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
-                Ok(self.next_logits_and_hidden_inner(ids, cache, false)?.0)
-            }
-
-            fn next_logits_and_hidden(
-                &self,
-                ids: &[u32],
-                cache: &mut KvCache,
-            ) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
-                self.next_logits_and_hidden_inner(ids, cache, true)
-            }
-
-            fn branch(&self, cache: &KvCache, candidates: &[u32]) -> Result<Branches<KvCache>> {
-                let mut branched = cache.fork(&vec![0; candidates.len()])?;
-                let input = Tensor::new(candidates, self.model.device())?.unsqueeze(1)?;
-                let hidden = self.model.hidden_states(&input, &mut branched)?;
-                let logits = self.model.logits(&hidden)?.squeeze(1)?.to_vec2::<f32>()?;
-                Ok(Branches {
-                    hidden: hidden.squeeze(1)?.to_vec2::<f32>()?,
-                    logits,
-                    cache: branched,
-                })
-            }
-
-            fn keep_branch(&self, cache: &KvCache, row: usize) -> Result<KvCache> {
-                Ok(cache.fork(&[row])?)
-            }
-
-            fn branch_rows(
-                &self,
-                caches: &[&KvCache],
-                parents: &[usize],
-                tokens: &[u32],
-            ) -> Result<Vec<(Vec<f32>, KvCache)>> {
-                branch_rows(
-                    |input, cache| self.model.hidden_states(input, cache),
-                    |hidden| self.model.logits(hidden),
-                    self.model.device(),
-                    (caches, parents),
-                    tokens,
-                )
-            }
-
-            fn encode(&self, text: &str) -> Result<Vec<u32>> {
-                encode_plain(&self.tokenizer, text)
-            }
-
-            fn decode(&self, ids: &[u32]) -> Result<String> {
-                self.tokenizer
-                    .decode(ids, false)
-                    .map_err(|e| anyhow::anyhow!("{e}"))
-                    .context("cannot decode tokens")
-            }
-
-            fn context_len(&self) -> usize {
-                let f: fn(&$ty) -> usize = $context;
-                f(self)
-            }
-
-            fn vocab_size(&self) -> usize {
-                let f: fn(&$ty) -> usize = $vocab;
-                f(self)
-            }
-
-            fn eos_token_id(&self) -> Option<u32> {
-                self.model.config().eos_token_id
-            }
-
-            fn truncate_cache(&self, cache: &KvCache, len: usize) -> Result<KvCache> {
-                truncate_one_row(cache, len)
-            }
-
-            fn continuation_log_probs(
-                &self,
-                cache: &KvCache,
-                cache_rows: &[usize],
-                contexts: &[Vec<u32>],
-                continuations: &[Vec<u32>],
-                after: Option<&[u32]>,
-            ) -> Result<Vec<TeacherForced>> {
-                continuation_log_probs(
-                    |input, cache| self.model.hidden_states(input, cache),
-                    |hidden| self.model.logits(hidden),
-                    self.model.device(),
-                    (cache, cache_rows),
-                    (contexts, continuations),
-                    after,
-                )
-            }
-
-            fn extend_rows(&self, cache: &KvCache, ids: &[Vec<u32>]) -> Result<KvCache> {
-                extend_rows(
-                    |input, cache| self.model.hidden_states(input, cache),
-                    self.model.device(),
-                    cache,
-                    ids,
-                )
-            }
-
-            fn special_token_ids(&self) -> Vec<u32> {
-                added_token_ids(&self.tokenizer)
-            }
-        }
-
-        impl $ty {
-            fn next_logits_and_hidden_inner(
-                &self,
-                ids: &[u32],
-                cache: &mut KvCache,
-                want_hidden: bool,
-            ) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
-                let input = Tensor::new(ids, self.model.device())?.unsqueeze(0)?;
-                let hidden = self.model.hidden_states(&input, cache)?;
-                let last = hidden.narrow(1, ids.len() - 1, 1)?;
-                let logits = self.model.logits(&last)?.flatten_all()?.to_vec1::<f32>()?;
-                let hidden = if want_hidden {
-                    hidden.squeeze(0)?.to_vec2::<f32>()?
-                } else {
-                    Vec::new()
-                };
-                Ok((logits, hidden))
-            }
-        }
-    };
 }
 
 /// [`CausalLm::truncate_cache`] for the GGUF models' [`KvCache`].
@@ -554,99 +561,4 @@ fn extend_rows(
     let input = Tensor::from_vec(ids.concat(), (ids.len(), width), device)?;
     hidden_states(&input, &mut rows)?;
     Ok(rows)
-}
-
-causal_lm_impl!(GgufLm, |lm| lm.model.config().context, |lm| lm
-    .model
-    .config()
-    .vocab_size);
-
-causal_lm_impl!(Gpt2Lm, |lm| lm.model.config().n_positions, |lm| lm
-    .model
-    .config()
-    .vocab_size);
-
-/// The LM behind `--lm`: a GPT-2 directory (or hub id), or a llama-family or Gemma 3 `.gguf`
-/// file.
-pub enum LanguageModel {
-    Gpt2(Box<Gpt2Lm>),
-    Gguf(Box<GgufLm>),
-    Gemma3(Box<Gemma3Lm>),
-}
-
-impl LanguageModel {
-    fn inner(&self) -> &dyn CausalLm<Cache = KvCache> {
-        match self {
-            Self::Gpt2(lm) => lm.as_ref(),
-            Self::Gguf(lm) => lm.as_ref(),
-            Self::Gemma3(lm) => lm.as_ref(),
-        }
-    }
-}
-
-impl CausalLm for LanguageModel {
-    type Cache = KvCache;
-
-    fn new_cache(&self) -> KvCache {
-        self.inner().new_cache()
-    }
-    fn next_logits(&self, ids: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
-        self.inner().next_logits(ids, cache)
-    }
-    fn next_logits_and_hidden(
-        &self,
-        ids: &[u32],
-        cache: &mut KvCache,
-    ) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
-        self.inner().next_logits_and_hidden(ids, cache)
-    }
-    fn branch(&self, cache: &KvCache, candidates: &[u32]) -> Result<Branches<KvCache>> {
-        self.inner().branch(cache, candidates)
-    }
-    fn keep_branch(&self, cache: &KvCache, row: usize) -> Result<KvCache> {
-        self.inner().keep_branch(cache, row)
-    }
-    fn branch_rows(
-        &self,
-        caches: &[&KvCache],
-        parents: &[usize],
-        tokens: &[u32],
-    ) -> Result<Vec<(Vec<f32>, KvCache)>> {
-        self.inner().branch_rows(caches, parents, tokens)
-    }
-    fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        self.inner().encode(text)
-    }
-    fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner().decode(ids)
-    }
-    fn context_len(&self) -> usize {
-        self.inner().context_len()
-    }
-    fn vocab_size(&self) -> usize {
-        self.inner().vocab_size()
-    }
-    fn eos_token_id(&self) -> Option<u32> {
-        self.inner().eos_token_id()
-    }
-    fn truncate_cache(&self, cache: &KvCache, len: usize) -> Result<KvCache> {
-        self.inner().truncate_cache(cache, len)
-    }
-    fn continuation_log_probs(
-        &self,
-        cache: &KvCache,
-        cache_rows: &[usize],
-        contexts: &[Vec<u32>],
-        continuations: &[Vec<u32>],
-        after: Option<&[u32]>,
-    ) -> Result<Vec<TeacherForced>> {
-        self.inner()
-            .continuation_log_probs(cache, cache_rows, contexts, continuations, after)
-    }
-    fn extend_rows(&self, cache: &KvCache, ids: &[Vec<u32>]) -> Result<KvCache> {
-        self.inner().extend_rows(cache, ids)
-    }
-    fn special_token_ids(&self) -> Vec<u32> {
-        self.inner().special_token_ids()
-    }
 }

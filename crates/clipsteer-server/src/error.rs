@@ -29,15 +29,15 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
     }
 
-    /// The answer to a library error ([`crate::Error`]), its message after `prefix`: 400 when
+    /// The answer to a library error ([`clipsteer::Error`]), its message after `prefix`: 400 when
     /// the request was at fault, 404 for what is not there, 503 when the hub cannot give a
     /// model, else 500.
     pub fn from_library(prefix: &str, error: &anyhow::Error) -> Self {
-        let classified = crate::Error::classify(error);
+        let classified = clipsteer::Error::classify(error);
         let status = match classified {
-            crate::Error::BadArgument(_) => StatusCode::BAD_REQUEST,
-            crate::Error::NotFound(_) => StatusCode::NOT_FOUND,
-            crate::Error::Hub { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            clipsteer::Error::BadArgument(_) => StatusCode::BAD_REQUEST,
+            clipsteer::Error::NotFound(_) => StatusCode::NOT_FOUND,
+            clipsteer::Error::Hub { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self::new(status, format!("{prefix}{}", classified.message()))

@@ -5,8 +5,8 @@
 //! the key, what it must be and what came, and so that the server's limits apply.
 
 use super::error::ApiError;
-use crate::request::{DescribeRequest, ResolvedDescribe};
-use crate::steer::describe::Strategy;
+use clipsteer::request::{DescribeRequest, ResolvedDescribe};
+use clipsteer::steer::describe::Strategy;
 use serde_json::{Map, Value};
 
 /// Bounds a request may not exceed, whatever the model allows: they keep one request's cost
@@ -277,7 +277,7 @@ mod tests {
         parse_params(text, &ParamLimits::default())
     }
 
-    fn options(text: &str) -> Result<crate::steer::describe::DescribeOptions, String> {
+    fn options(text: &str) -> Result<clipsteer::steer::describe::DescribeOptions, String> {
         resolve(&parse(text)?)
             .map(|resolved| resolved.options)
             .map_err(|e| e.message)

@@ -6,7 +6,7 @@ use crate::models::llama_gguf::gguf_architecture;
 use crate::steer::lm::LanguageModel;
 use crate::steer::scorer::Encoder;
 use crate::steer::{ClipScorer, Gemma3Lm, GgufLm, Gpt2Lm};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::Device;
 use std::path::Path;
 
@@ -30,20 +30,18 @@ pub fn load_lm(spec: &str, device: &Device) -> Result<LanguageModel> {
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
     {
         if !path.is_file() {
-            bail!("no GGUF file at {spec}");
+            return Err(crate::Error::NotFound(format!("no GGUF file at {spec}")).into());
         }
         let context = || format!("cannot load language model '{spec}'");
         let architecture = gguf_architecture(path).with_context(context)?;
         return Ok(if architecture == "gemma3" {
-            LanguageModel::Gemma3(Box::new(
-                Gemma3Lm::load(path, device).with_context(context)?,
-            ))
+            Gemma3Lm::load(path, device).with_context(context)?.boxed()
         } else {
-            LanguageModel::Gguf(Box::new(GgufLm::load(path, device).with_context(context)?))
+            GgufLm::load(path, device).with_context(context)?.boxed()
         });
     }
     let dir = hub::resolve(spec, ModelKind::CausalLm)?;
     let lm = Gpt2Lm::load(&dir, device)
         .with_context(|| format!("cannot load language model '{spec}'"))?;
-    Ok(LanguageModel::Gpt2(Box::new(lm)))
+    Ok(lm.boxed())
 }

@@ -2,6 +2,10 @@
 //! WebSocket, hardened to run on a shared machine (bounded queue, upload and image limits, time
 //! limits, cancellation when a client leaves, optional bearer token).
 
+// The library's macros (errln!, outln!, usage_bail!) in every module.
+#[macro_use]
+extern crate clipsteer;
+
 mod accept;
 pub mod error;
 pub mod guard;
@@ -10,8 +14,6 @@ pub mod jobs;
 pub mod params;
 mod ws;
 
-use crate::image::DecodeLimits;
-use crate::pipeline::Describer;
 use anyhow::{bail, Context, Result};
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
@@ -22,6 +24,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use candle_core::Device;
+use clipsteer::image::DecodeLimits;
+use clipsteer::pipeline::Describer;
 use error::ApiError;
 use futures_util::FutureExt;
 use jobs::{Job, Models, Pool, Start};
@@ -44,10 +48,10 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
     /// Language model: a GPT-2 directory in the HF layout, a hub id, or a .gguf file.
-    #[arg(long, default_value = crate::request::DEFAULT_LM)]
+    #[arg(long, default_value = clipsteer::request::DEFAULT_LM)]
     pub lm: String,
     /// CLIP model: a local directory in the HF layout or a hub id.
-    #[arg(long = "clip", visible_alias = "encoder", default_value = crate::request::DEFAULT_CLIP, value_name = "MODEL")]
+    #[arg(long = "clip", visible_alias = "encoder", default_value = clipsteer::request::DEFAULT_CLIP, value_name = "MODEL")]
     pub clip: String,
     /// The language model's name as clients see it (health, done events); default: its hub id,
     /// or the last part of its local path. Clients never see a path on the server.
@@ -96,7 +100,7 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
         .trim()
         .parse()
         .map_err(|_| "expected a number of seconds, such as 30 or 2.5".to_string())?;
-    crate::request::seconds("the value", value).map_err(|e| e.to_string())?;
+    clipsteer::request::seconds("the value", value).map_err(|e| e.to_string())?;
     Ok(value)
 }
 
@@ -140,8 +144,8 @@ pub struct PublicModel {
 }
 
 pub fn public_model(spec: &str, chosen: Option<&str>) -> PublicModel {
-    match crate::hub::origin(spec) {
-        Some(crate::hub::ModelOrigin::Hub {
+    match clipsteer::hub::origin(spec) {
+        Some(clipsteer::hub::ModelOrigin::Hub {
             id,
             revision,
             commit,
@@ -259,15 +263,15 @@ pub fn run(args: ServeArgs, device: &Device) -> Result<i32> {
         Err(ListenError::Failed(message)) => bail!(message),
     };
     let address = listener.local_addr()?;
-    let lm = crate::load::load_lm(&args.lm, device)?;
-    let clip = crate::load::load_clip(&args.clip, device)?;
+    let lm = clipsteer::load::load_lm(&args.lm, device)?;
+    let clip = clipsteer::load::load_clip(&args.clip, device)?;
     // After loading: a hub model's commit is known only then.
     let lm_public = public_model(&args.lm, args.lm_name.as_deref());
     let clip_public = public_model(&args.clip, args.clip_name.as_deref());
     let models = Arc::new(Models {
-        describe: Arc::new(crate::pipeline::DescribeModels {
+        describe: Arc::new(clipsteer::pipeline::DescribeModels {
             lm,
-            encoder: Some(crate::steer::scorer::Encoder::Clip(Box::new(clip))),
+            encoder: Some(clipsteer::steer::scorer::Encoder::Clip(Box::new(clip))),
             lm_spec: lm_public.name.clone(),
             encoder_spec: Some(clip_public.name.clone()),
         }),
@@ -651,7 +655,7 @@ async fn read_upload(state: &AppState, request: Request) -> Result<Upload, ApiEr
                         .chars()
                         .take(200)
                         .collect();
-                    crate::terminal_safe(&name, false).into_owned()
+                    clipsteer::terminal_safe(&name, false).into_owned()
                 });
                 upload.image = field.bytes().await.map_err(field_error)?.to_vec();
                 if upload.image.len() > state.max_upload_bytes {

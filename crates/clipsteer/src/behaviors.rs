@@ -539,7 +539,8 @@ fn redacted(text: &str) -> String {
 /// A transfer target made ready: a local victim loaded, or an endpoint's client.
 enum LoadedTransfer {
     Model {
-        lm: crate::steer::lm::LanguageModel,
+        // Boxed: the LM holds its tokenizer inline, far larger than an endpoint's client.
+        lm: Box<crate::steer::lm::LanguageModel>,
         template: crate::steer::chat_template::ChatTemplate,
     },
     Endpoint {
@@ -561,7 +562,7 @@ impl LoadedTransfer {
     ) -> Result<Self> {
         Ok(match target {
             TransferTarget::Model(spec) => LoadedTransfer::Model {
-                lm: crate::load::load_lm(spec, device)?,
+                lm: Box::new(crate::load::load_lm(spec, device)?),
                 template: crate::attack::chat_template_of(spec).with_context(|| {
                     format!("the transfer victim '{spec}' needs a chat template")
                 })?,
@@ -590,7 +591,8 @@ impl LoadedTransfer {
     fn answer(&self, prompt: &str, tokens: usize) -> Result<String> {
         match self {
             LoadedTransfer::Model { lm, template } => {
-                let victim = crate::steer::objectives::victim::Victim::new(lm, template.clone())?;
+                let victim =
+                    crate::steer::objectives::victim::Victim::new(lm.as_ref(), template.clone())?;
                 Ok(victim.greedy_answer(prompt, tokens)?.0)
             }
             LoadedTransfer::Endpoint {

@@ -3,8 +3,8 @@
 
 use super::jobs::check_proportions;
 use super::params::{parse_params, resolve, ParamLimits};
-use crate::image::{decode_image_bytes, ClipImageProcessor, DecodeLimits};
 use candle_core::Device;
+use clipsteer::image::{decode_image_bytes, ClipImageProcessor, DecodeLimits};
 
 /// Small limits keep each fuzz execution fast; the code paths are those of `serve`'s limits.
 pub const FUZZ_DECODE_LIMITS: DecodeLimits = DecodeLimits {

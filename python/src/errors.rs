@@ -1,0 +1,78 @@
+//! How the library's errors reach Python: one exception class per error kind, in one place.
+
+use clipsteer::HubError;
+use pyo3::exceptions::{
+    PyConnectionError, PyFileNotFoundError, PyPermissionError, PyRuntimeError, PyValueError,
+};
+use pyo3::prelude::*;
+
+/// How an error of no more definite kind reaches Python, by where it arose.
+#[derive(Clone, Copy)]
+pub(crate) enum Kind {
+    /// In the arguments: `ValueError`.
+    Value,
+    /// In the work: `RuntimeError`.
+    Runtime,
+}
+
+/// The exception for `error`, carrying the command line's one-line message (flags named as
+/// keyword arguments). The library's error kind decides where it has one ([`clipsteer::Error`]):
+/// a bad argument is `ValueError`; a missing file, hub repository, revision or file is
+/// `FileNotFoundError`; a gated or refused hub model `PermissionError`; a model neither cached nor
+/// reachable offline `ConnectionError`. Otherwise `kind`'s.
+pub(crate) fn py_err(error: &anyhow::Error, kind: Kind) -> PyErr {
+    let classified = clipsteer::Error::classify(error);
+    let message = keyword_names(classified.message());
+    match classified {
+        clipsteer::Error::BadArgument(_) => PyValueError::new_err(message),
+        clipsteer::Error::NotFound(_)
+        | clipsteer::Error::Hub {
+            kind: HubError::Missing,
+            ..
+        } => PyFileNotFoundError::new_err(message),
+        clipsteer::Error::Hub {
+            kind: HubError::Gated,
+            ..
+        } => PyPermissionError::new_err(message),
+        clipsteer::Error::Hub {
+            kind: HubError::Offline,
+            ..
+        } => PyConnectionError::new_err(message),
+        _ => match kind {
+            Kind::Value => PyValueError::new_err(message),
+            Kind::Runtime => PyRuntimeError::new_err(message),
+        },
+    }
+}
+
+/// The library's messages name command-line flags (`--max-tokens`); here they are keyword
+/// arguments (`max_tokens`).
+pub(crate) fn keyword_names(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find("--") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        let flag_len = after
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '-'))
+            .unwrap_or(after.len());
+        let flag = &after[..flag_len];
+        if flag.starts_with(|c: char| c.is_ascii_lowercase()) {
+            out.push_str(&flag.replace('-', "_"));
+        } else {
+            out.push_str("--");
+            out.push_str(flag);
+        }
+        rest = &after[flag_len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+pub(crate) fn value_err(error: anyhow::Error) -> PyErr {
+    py_err(&error, Kind::Value)
+}
+
+pub(crate) fn runtime_err(error: anyhow::Error) -> PyErr {
+    py_err(&error, Kind::Runtime)
+}
