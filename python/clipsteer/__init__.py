@@ -12,7 +12,8 @@ Options take the command line's flag names with underscores (``--max-tokens`` is
 
 Errors are exceptions carrying the command line's one-line message: ``ValueError`` for a bad
 argument (an unknown option, a wrong value, an unreadable image), ``FileNotFoundError`` for a
-missing file, ``RuntimeError`` for the rest. Long computations release the GIL, Ctrl-C interrupts
+missing file or hub repository, ``PermissionError`` for a gated hub model, ``ConnectionError``
+offline when the cache lacks a model, ``RuntimeError`` for the rest. Long computations release the GIL, Ctrl-C interrupts
 them, and nothing is printed.
 
 >>> import clipsteer
@@ -226,7 +227,8 @@ class Describer:
         ``similarity`` (cosine, float), ``top`` (up to 5 ``{"token", "similarity"}``, best
         first). The ``done`` dict: ``text``, ``token_ids``, ``similarity``, ``nll`` (mean
         negative log-likelihood per generated token, nats), ``seconds``, ``models``,
-        ``settings``, and ``stop_reason`` when it ended before ``max_tokens``.
+        ``settings``, and ``stop_reason`` when every candidate of a step was blocked (a run that
+        ends at a sentence's end, or at ``max_tokens``, has none).
         """
         image_arg = _image_bytes(image) if image is not None else None
         return _events(self._models.describe(image_arg, _options_json(options, _DESCRIBE_LISTS)))

@@ -48,25 +48,7 @@ pub(crate) fn py_err(error: &anyhow::Error, kind: Kind) -> PyErr {
 /// The library's messages name command-line flags (`--max-tokens`); here they are keyword
 /// arguments (`max_tokens`).
 pub(crate) fn keyword_names(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    let mut rest = message;
-    while let Some(at) = rest.find("--") {
-        out.push_str(&rest[..at]);
-        let after = &rest[at + 2..];
-        let flag_len = after
-            .find(|c: char| !(c.is_ascii_lowercase() || c == '-'))
-            .unwrap_or(after.len());
-        let flag = &after[..flag_len];
-        if flag.starts_with(|c: char| c.is_ascii_lowercase()) {
-            out.push_str(&flag.replace('-', "_"));
-        } else {
-            out.push_str("--");
-            out.push_str(flag);
-        }
-        rest = &after[flag_len..];
-    }
-    out.push_str(rest);
-    out
+    clipsteer::error::rename_flags(message, |flag| Some(flag.replace('-', "_")))
 }
 
 pub(crate) fn value_err(error: anyhow::Error) -> PyErr {

@@ -306,8 +306,9 @@ pub fn run(args: ServeArgs, device: &Device) -> Result<i32> {
     });
     let app = router(state);
     errln!(
-        "clipsteer serve: listening on http://{address}/ ({} workers, queue {})",
+        "clipsteer serve: listening on http://{address}/ ({} worker{}, queue {})",
         args.workers,
+        if args.workers == 1 { "" } else { "s" },
         args.queue
     );
     runtime.block_on(accept::serve(

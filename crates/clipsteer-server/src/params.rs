@@ -48,11 +48,10 @@ pub const KNOWN_KEYS: &[&str] = &[
 /// A message written for the command line, with each flag a request can set (`--max-tokens`)
 /// named as the request's field (`max_tokens`) instead.
 pub fn name_fields(message: &str) -> String {
-    let mut named = message.to_string();
-    for key in KNOWN_KEYS {
-        named = named.replace(&format!("--{}", key.replace('_', "-")), key);
-    }
-    named
+    clipsteer::error::rename_flags(message, |flag| {
+        let key = flag.replace('-', "_");
+        KNOWN_KEYS.contains(&key.as_str()).then_some(key)
+    })
 }
 
 /// The options of a served describe: the request resolved for one image, as the CLI resolves it.
@@ -169,8 +168,9 @@ fn from_object(
         Some(value) => Some(integer(value, "seed", 0, u64::MAX)?),
         None => None,
     };
-    // As on the command line, a temperature or seed means sampling; sample:false with either is a
-    // contradiction, not a choice to silently ignore one of them.
+    // Unlike the command line (where --temperature and --seed require --sample), a temperature
+    // or a seed alone asks to sample: a client sending either means it (docs/SERVE.md).
+    // sample:false with either is a contradiction, not a choice to silently ignore one of them.
     if object.get("sample") == Some(&Value::Bool(false))
         && (temperature.is_some() || seed.is_some())
     {

@@ -106,6 +106,41 @@ impl Error {
     }
 }
 
+/// `message` with each command-line flag (`--max-tokens`) named as `rename` says (Some: the
+/// face's name for it, `max_tokens`; None: left as written). Only a flag that stands as a word is
+/// one: at the start or after a space or an opening bracket, lower-case letters and hyphens, up
+/// to a character that cannot continue it. Paths (`models--org--name`) and quoted user text
+/// (`the blocked word '--top-k'`) stay exactly as they are.
+pub fn rename_flags(message: &str, rename: impl Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    let mut previous: Option<char> = None;
+    while let Some(at) = rest.find("--") {
+        let before = rest[..at].chars().next_back().or(previous);
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        let len = after
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '-'))
+            .unwrap_or(after.len());
+        let flag = &after[..len];
+        let next = after[len..].chars().next();
+        let stands_alone = before.is_none_or(|c| c.is_whitespace() || c == '(' || c == '[')
+            && flag.starts_with(|c: char| c.is_ascii_lowercase())
+            && !next.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        match stands_alone.then(|| rename(flag)).flatten() {
+            Some(name) => out.push_str(&name),
+            None => {
+                out.push_str("--");
+                out.push_str(flag);
+            }
+        }
+        previous = after[..len].chars().next_back().or(Some('-'));
+        rest = &after[len..];
+    }
+    out.push_str(rest);
+    out
+}
+
 impl fmt::Display for HubError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -138,5 +173,39 @@ mod tests {
 
         let plain = anyhow::anyhow!("the scorer program exited");
         assert!(matches!(Error::classify(&plain), Error::Failed(_)));
+    }
+
+    #[test]
+    fn only_flags_that_stand_as_words_are_renamed() {
+        let keyword = |flag: &str| Some(flag.replace('-', "_"));
+        let cases = [
+            (
+                "the prompt plus --max-tokens (60) exceeds the context; lower --max-tokens",
+                "the prompt plus max_tokens (60) exceeds the context; lower max_tokens",
+            ),
+            ("(--top-k must be at most 50)", "(top_k must be at most 50)"),
+            (
+                "/cache/models--someone--broken/snapshots/x/config.json is not valid",
+                "/cache/models--someone--broken/snapshots/x/config.json is not valid",
+            ),
+            (
+                "cannot read blocklist /tmp/my--block-list.txt",
+                "cannot read blocklist /tmp/my--block-list.txt",
+            ),
+            (
+                "the prompt contains the blocked word '--max-tokens'",
+                "the prompt contains the blocked word '--max-tokens'",
+            ),
+            ("--device cuda: no GPU", "device cuda: no GPU"),
+            ("see --HELP or --2", "see --HELP or --2"),
+        ];
+        for (message, expected) in cases {
+            assert_eq!(rename_flags(message, keyword), expected);
+        }
+        let only_top_k = |flag: &str| (flag == "top-k").then(|| "top_k".to_string());
+        assert_eq!(
+            rename_flags("--top-k and --prefilter", only_top_k),
+            "top_k and --prefilter"
+        );
     }
 }

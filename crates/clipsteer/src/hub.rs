@@ -93,7 +93,7 @@ impl ModelSpec {
             None => (spec, None),
         };
         if !looks_like_hub_id(id) {
-            return Err(crate::Error::NotFound(format!("no model directory at {spec}; pass an existing directory or a hub id such as openai-community/gpt2 (ID@REVISION for a branch, tag or commit)")).into());
+            return Err(crate::Error::NotFound(format!("no model directory at {spec}; pass an existing directory in the Hugging Face layout or a hub id, ORG/NAME (ORG/NAME@REVISION for a branch, tag or commit)")).into());
         }
         if revision.is_some_and(|r| r.trim().is_empty()) {
             crate::usage_bail!(

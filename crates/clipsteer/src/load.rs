@@ -30,7 +30,9 @@ pub fn load_lm(spec: &str, device: &Device) -> Result<LanguageModel> {
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
     {
         if !path.is_file() {
-            return Err(crate::Error::NotFound(format!("no GGUF file at {spec}")).into());
+            return Err(crate::Error::NotFound(format!(
+                "no GGUF file at {spec}; pass an existing .gguf file, or a directory in the Hugging Face layout or a hub id"
+            )).into());
         }
         let context = || format!("cannot load language model '{spec}'");
         let architecture = gguf_architecture(path).with_context(context)?;

@@ -3,8 +3,8 @@
 //! [`DescribeRequest`] is describe's options, whichever face they come from: the command line
 //! parses it with clap (its `#[arg]` attributes are the defaults), the Python package's keyword
 //! arguments and `serve`'s `params` arrive as JSON and deserialize into it (missing keys take the
-//! same defaults: [`Default`] is the command line's parse of no flags), and `evade` and `bench`
-//! fill one in. [`DescribeRequest::resolve`] turns it into the search's options, checked once.
+//! same defaults: [`Default`] is the command line's parse of no flags), and `evade` fills one in
+//! (`bench` times the searches on their own options, below this type). [`DescribeRequest::resolve`] turns it into the search's options, checked once.
 //! Models, inputs and outputs are not options of a run: each face names them its own way.
 
 use crate::steer::constraints::Blocklist;
@@ -389,11 +389,22 @@ pub fn options_from_json<T: serde::de::DeserializeOwned>(json: &str) -> Result<T
     let mut deserializer = serde_json::Deserializer::from_str(json);
     serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let inner = e.inner().to_string();
-        let inner = inner
+        let mut inner = inner
             .split(" at line ")
             .next()
             .unwrap_or(&inner)
             .to_string();
+        // Rust's type names say nothing to a caller writing JSON or Python.
+        for (rust, plain) in [
+            ("expected usize", "expected a non-negative integer"),
+            ("expected u64", "expected a non-negative integer"),
+            ("expected u32", "expected a non-negative integer"),
+            ("expected f32", "expected a number"),
+            ("expected f64", "expected a number"),
+            ("expected a boolean", "expected true or false"),
+        ] {
+            inner = inner.replace(rust, plain);
+        }
         match e.path().to_string().as_str() {
             "." => anyhow::anyhow!("bad option: {inner}"),
             // A value that is not one of a list reads as the command line says it:

@@ -810,8 +810,18 @@ impl Blocklist {
     /// Errors: an unreadable file, and a file with no word in it (only comments or blank lines),
     /// which would otherwise block nothing without a word said.
     pub fn read_file(path: &Path) -> Result<Vec<String>> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read blocklist {}", path.display()))?;
+        // A missing file is NotFound for every face; anything else (a directory, text that is
+        // not UTF-8, no permission) is the argument's fault.
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("cannot read blocklist {}", path.display()))
+            }
+            Err(e) => crate::usage_bail!(
+                "cannot read blocklist {}: {e}; pass a UTF-8 text file of words",
+                path.display()
+            ),
+        };
         let words: Vec<String> = text
             .strip_prefix('\u{FEFF}')
             .unwrap_or(&text)
