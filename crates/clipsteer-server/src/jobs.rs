@@ -22,11 +22,9 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 /// The models every worker shares. Only `&self` methods are called on them, so sharing needs no
 /// lock.
 pub struct Models {
-    /// The LM and CLIP, named as clients see them.
+    /// The LM and CLIP, their specs the names clients see (see [`super::public_model`]): never a
+    /// path on the server.
     pub describe: Arc<DescribeModels>,
-    /// The models as clients see them (see [`super::public_model`]): never a path on the server.
-    pub lm_name: String,
-    pub clip_name: String,
     /// The done event's `models` field.
     pub provenance: Value,
     /// The names the `settings` record gives the models.

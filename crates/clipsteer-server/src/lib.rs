@@ -272,12 +272,10 @@ pub fn run(args: ServeArgs, device: &Device) -> Result<i32> {
         describe: Arc::new(clipsteer::pipeline::DescribeModels {
             lm,
             encoder: Some(clipsteer::steer::scorer::Encoder::Clip(Box::new(clip))),
-            lm_spec: lm_public.name.clone(),
-            encoder_spec: Some(clip_public.name.clone()),
+            lm_spec: lm_public.name,
+            encoder_spec: Some(clip_public.name),
         }),
         provenance: serde_json::json!({"lm": lm_public.record, "encoder": clip_public.record}),
-        lm_name: lm_public.name,
-        clip_name: clip_public.name,
         lm_identity: lm_public.identity,
         clip_identity: clip_public.identity,
     });
@@ -466,8 +464,8 @@ async fn health(State(state): State<Arc<AppState>>) -> Response {
     let limits = &state.param_limits;
     let body = serde_json::json!({
         "status": "ok",
-        "lm": state.models.lm_name,
-        "clip": state.models.clip_name,
+        "lm": state.models.describe.lm_spec,
+        "clip": state.models.describe.encoder_spec,
         "workers": state.pool.workers,
         "queue": state.pool.queue,
         "running": state.pool.running(),
