@@ -49,11 +49,11 @@ fn config_is_what_the_script_wrote() {
     assert_eq!(c.head_dim, n("head_dim"));
     assert_ne!(c.head_dim, c.hidden / c.heads, "key_length must win");
     assert_eq!(c.context, n("context"));
-    assert_eq!(c.sliding_window, n("sliding_window"));
-    assert_eq!(c.rope_global, want["rope_theta"].as_f64().unwrap() as f32);
+    assert_eq!(c.sliding_window(), Some(n("sliding_window")));
+    assert_eq!(c.rope_base, want["rope_theta"].as_f64().unwrap() as f32);
     assert_eq!(
-        c.rope_local,
-        want["rope_local_theta"].as_f64().unwrap() as f32
+        c.rope_local_base,
+        Some(want["rope_local_theta"].as_f64().unwrap() as f32)
     );
     assert_eq!(c.rms_eps as f32, want["rms_eps"].as_f64().unwrap() as f32);
     assert_eq!(
@@ -61,9 +61,10 @@ fn config_is_what_the_script_wrote() {
         [true, true, true, true, true, false]
     );
     assert_eq!(c.bos_token_id, Some(n("bos_token_id") as u32));
-    assert_eq!(c.eos_token_id, Some(n("eos_token_id") as u32));
-    // The chat template ends the model's turn with <end_of_turn>: that is the text's end.
-    assert_eq!(lm().eos_token_id(), Some(7));
+    // The chat template ends the model's turn with <end_of_turn>: that is the text's end, and
+    // <eos> beside it, as transformers' generation config lists both.
+    assert_eq!(c.eos_token_ids, [7, n("eos_token_id") as u32]);
+    assert_eq!(lm().eos_token_ids()[0], 7);
     assert_eq!(lm().decode(&[7]).unwrap(), "<end_of_turn>");
     // One position goes to the <bos> the LM feeds first.
     assert_eq!(lm().context_len(), c.context - 1);

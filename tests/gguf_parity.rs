@@ -72,10 +72,10 @@ fn config_and_tensor_types_are_what_the_script_wrote() {
         Some(want["bos_token_id"].as_u64().unwrap() as u32)
     );
     assert_eq!(
-        c.eos_token_id,
-        Some(want["eos_token_id"].as_u64().unwrap() as u32)
+        c.eos_token_ids,
+        [want["eos_token_id"].as_u64().unwrap() as u32]
     );
-    assert_eq!(lm().eos_token_id(), c.eos_token_id);
+    assert_eq!(lm().eos_token_ids(), c.eos_token_ids);
     assert_eq!(lm().context_len(), c.context);
 
     // The parity tests below only cover the formats the file really holds.

@@ -124,8 +124,8 @@ fn gemma3_270m_gguf_matches_transformers() {
         (640, 18, 4, 1, 256)
     );
     assert_eq!(
-        (c.sliding_window, c.rope_global, c.rope_local),
-        (512, 1e6, 1e4)
+        (c.sliding_window(), c.rope_base, c.rope_local_base),
+        (Some(512), 1e6, Some(1e4))
     );
     let cases: Vec<serde_json::Value> = serde_json::from_str(
         &std::fs::read_to_string(fixture("reference/gemma3-270m-tokenizer.json")).unwrap(),

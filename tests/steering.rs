@@ -1150,7 +1150,7 @@ fn a_beam_with_room_for_every_path_returns_the_best_scoring_text() {
     let prompt = "An image of ";
     let (k, depth, fluency) = (3usize, 3usize, 0.02f32);
     let prompt_ids = lm.encode(prompt).unwrap();
-    let eos = lm.eos_token_id();
+    let eos = lm.eos_token_ids();
     // Every path: (generated ids, sum of log-probs).
     let mut leaves: Vec<(Vec<u32>, f64)> = Vec::new();
     let mut frontier: Vec<(Vec<u32>, f64)> = vec![(Vec::new(), 0.0)];
@@ -1160,7 +1160,7 @@ fn a_beam_with_room_for_every_path_returns_the_best_scoring_text() {
             let ids = [prompt_ids.clone(), generated.clone()].concat();
             let logits = lm.next_logits(&ids, &mut lm.new_cache()).unwrap();
             for token in top_k(&logits, k).unwrap() {
-                if Some(token) == eos {
+                if eos.contains(&token) {
                     // Ending keeps the text as it is; an empty text cannot end.
                     if level > 0 {
                         leaves.push((generated.clone(), log_prob));
@@ -1238,9 +1238,7 @@ fn a_width_one_beam_without_fluency_is_greedy_by_similarity() {
     };
     let greedy = describe(&lm, &scorer, &target, &seed, |_| Ok(())).unwrap();
     assert!(
-        !greedy
-            .token_ids
-            .contains(&lm.eos_token_id().unwrap_or(u32::MAX)),
+        !greedy.token_ids.contains(&lm.eos_token_ids()[0]),
         "the fixture case must not end the text, or the two loops differ by design"
     );
     let searched = describe(&lm, &scorer, &target, &beam, |_| Ok(())).unwrap();

@@ -2,10 +2,9 @@
 //! shared by every subcommand that runs them.
 
 use crate::hub::{self, ModelKind};
-use crate::models::llama_gguf::gguf_architecture;
 use crate::steer::lm::LanguageModel;
 use crate::steer::scorer::Encoder;
-use crate::steer::{ClipScorer, Gemma3Lm, GgufLm, Gpt2Lm};
+use crate::steer::{ClipScorer, Gpt2Lm, TransformerLm};
 use anyhow::{Context, Result};
 use candle_core::Device;
 use std::path::Path;
@@ -21,10 +20,12 @@ pub fn load_clip(spec: &str, device: &Device) -> Result<ClipScorer> {
     ClipScorer::load(&dir, device).with_context(|| format!("cannot load CLIP model '{spec}'"))
 }
 
-/// A GPT-2 family model (directory or hub id), or a `.gguf` file: Gemma 3 by its
-/// `general.architecture`, else the llama family.
+/// The LM behind `--lm`: a `.gguf` file (llama or Gemma 3), or a directory or hub id in the HF
+/// layout, by its config.json `model_type`: GPT-2, or any family of
+/// [`crate::models::decoder::Family`].
 pub fn load_lm(spec: &str, device: &Device) -> Result<LanguageModel> {
     let path = Path::new(spec);
+    let context = || format!("cannot load language model '{spec}'");
     if path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
@@ -34,16 +35,35 @@ pub fn load_lm(spec: &str, device: &Device) -> Result<LanguageModel> {
                 "no GGUF file at {spec}; pass an existing .gguf file, or a directory in the Hugging Face layout or a hub id"
             )).into());
         }
-        let context = || format!("cannot load language model '{spec}'");
-        let architecture = gguf_architecture(path).with_context(context)?;
-        return Ok(if architecture == "gemma3" {
-            Gemma3Lm::load(path, device).with_context(context)?.boxed()
-        } else {
-            GgufLm::load(path, device).with_context(context)?.boxed()
-        });
+        return Ok(TransformerLm::load(path, device)
+            .with_context(context)?
+            .boxed());
     }
     let dir = hub::resolve(spec, ModelKind::CausalLm)?;
-    let lm = Gpt2Lm::load(&dir, device)
-        .with_context(|| format!("cannot load language model '{spec}'"))?;
-    Ok(lm.boxed())
+    let model_type = crate::models::model_type(&dir)?;
+    match model_type.as_deref() {
+        Some("gpt2") | None => Ok(Gpt2Lm::load(&dir, device).with_context(context)?.boxed()),
+        Some(t) if crate::models::decoder::Family::from_model_type(t).is_some() => {
+            Ok(TransformerLm::load(&dir, device)
+                .with_context(context)?
+                .boxed())
+        }
+        Some(t) => Err(crate::Error::BadArgument(not_an_lm(spec, t)).into()),
+    }
+}
+
+/// Why a model of `model_type` cannot be `--lm`, in one line that says what to pass.
+fn not_an_lm(spec: &str, model_type: &str) -> String {
+    let supported = crate::models::decoder::SUPPORTED_MODEL_TYPES.join(", ");
+    match model_type {
+        "clip" | "siglip" | "siglip2" | "clip_vision_model" => format!(
+            "{spec} is an image-text encoder ('{model_type}'), not a language model: pass it as --encoder, and a causal LM ({supported}) as --lm"
+        ),
+        "bert" | "mpnet" | "roberta" | "xlm-roberta" => format!(
+            "{spec} is a text encoder ('{model_type}'), not a language model: pass it as --encoder, and a causal LM ({supported}) as --lm"
+        ),
+        _ => format!(
+            "{spec} holds a '{model_type}' model (config.json model_type), which clipsteer cannot run as a language model; supported: {supported}, or a llama or Gemma 3 .gguf file"
+        ),
+    }
 }

@@ -242,6 +242,20 @@ pub fn attend(
     scale: f64,
     causal: bool,
 ) -> Result<Tensor> {
+    attend_capped(q, k_new, v_new, layer, scale, causal, None)
+}
+
+/// [`attend`] with the scores soft-capped before the mask, `cap · tanh(score / cap)`, as Gemma 2
+/// does (transformers' `attn_logit_softcapping`).
+pub fn attend_capped(
+    q: &Tensor,
+    k_new: &Tensor,
+    v_new: &Tensor,
+    layer: &mut LayerKv,
+    scale: f64,
+    causal: bool,
+    softcap: Option<f64>,
+) -> Result<Tensor> {
     let (own_k, own_v) = match &layer.own {
         Some((k, v)) => (Tensor::cat(&[k, k_new], 2)?, Tensor::cat(&[v, v_new], 2)?),
         None => (k_new.clone(), v_new.clone()),
@@ -258,6 +272,7 @@ pub fn attend(
         None,
         causal,
         scale,
+        softcap,
     )?;
     layer.own = Some((own_k, own_v));
     Ok(output)
@@ -274,6 +289,7 @@ pub fn attend_window(
     layer: &mut LayerKv,
     scale: f64,
     window: usize,
+    softcap: Option<f64>,
 ) -> Result<Tensor> {
     let len_of = |kv: &Option<(Tensor, Tensor)>| -> Result<usize> {
         kv.as_ref()
@@ -286,7 +302,7 @@ pub fn attend_window(
     let (batch, heads, new, _) = q.dims4()?;
     let past = shared_len + own_before;
     if past + new <= window {
-        return attend(q, k_new, v_new, layer, scale, true);
+        return attend_capped(q, k_new, v_new, layer, scale, true, softcap);
     }
     let (own_k, own_v) = match &layer.own {
         Some((k, v)) => (Tensor::cat(&[k, k_new], 2)?, Tensor::cat(&[v, v_new], 2)?),
@@ -317,11 +333,20 @@ pub fn attend_window(
         })
         .collect();
     let mask = Tensor::from_vec(mask, (new, total), q.device())?;
-    let scores = (q.matmul(&all_k.contiguous()?.t()?)? * scale)?.broadcast_add(&mask)?;
+    let scores =
+        cap(q.matmul(&all_k.contiguous()?.t()?)? * scale, softcap)?.broadcast_add(&mask)?;
     let weights = candle_nn::ops::softmax_last_dim(&scores)?;
     let output = weights.matmul(&all_v.contiguous()?)?;
     layer.own = Some((own_k, own_v));
     Ok(output)
+}
+
+/// `cap · tanh(scores / cap)`, or the scores as they are without a cap.
+fn cap(scores: Result<Tensor>, softcap: Option<f64>) -> Result<Tensor> {
+    match softcap {
+        Some(c) => (scores? / c)?.tanh()? * c,
+        None => scores,
+    }
 }
 
 /// Causal mask [new, own_len] for queries that are the last `new` of `own_len` positions.
@@ -346,10 +371,14 @@ pub(crate) fn attention(
     shared_mask: Option<&Tensor>,
     causal: bool,
     scale: f64,
+    softcap: Option<f64>,
 ) -> Result<Tensor> {
     let (batch, heads, new, head_dim) = q.dims4()?;
     let own_len = own_k.dim(2)?;
-    let mut own_scores = (cpu_kernels::batched_matmul(q, &own_k.t()?)? * scale)?;
+    let mut own_scores = cap(
+        cpu_kernels::batched_matmul(q, &own_k.t()?)? * scale,
+        softcap,
+    )?;
     if causal && new > 1 {
         own_scores = own_scores.broadcast_add(&causal_mask(new, own_len, q.device())?)?;
     }
@@ -362,7 +391,7 @@ pub(crate) fn attention(
         .transpose(0, 1)?
         .contiguous()?
         .reshape((heads, batch * new, head_dim))?;
-    let mut shared_scores = (q_rows.matmul(&shared_k.t()?)? * scale)?;
+    let mut shared_scores = cap(q_rows.matmul(&shared_k.t()?)? * scale, softcap)?;
     if let Some(mask) = shared_mask {
         shared_scores = shared_scores.broadcast_add(mask)?;
     }

@@ -317,6 +317,7 @@ impl EncoderLayer {
                 bucket.prefix_mask.as_ref(),
                 true,
                 self.scale(hidden),
+                None,
             )?;
             outputs.push(
                 out.transpose(1, 2)?

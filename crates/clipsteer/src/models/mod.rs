@@ -5,9 +5,9 @@ pub mod attention;
 pub mod bert;
 pub mod clip;
 pub mod cpu_kernels;
-pub mod gemma3_gguf;
+pub mod decoder;
+pub mod gguf;
 pub mod gpt2;
-pub mod llama_gguf;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
@@ -24,6 +24,8 @@ pub enum Activation {
     /// tanh approximation of GELU (GPT-2's `gelu_new`).
     GeluTanh,
     Relu,
+    /// x·σ(x) (`silu`, `swish`): the llama family's gate.
+    Silu,
 }
 
 impl Activation {
@@ -33,8 +35,9 @@ impl Activation {
             "gelu" => Self::Gelu,
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Self::GeluTanh,
             "relu" => Self::Relu,
+            "silu" | "swish" => Self::Silu,
             other => bail!(
-                "unsupported activation '{other}' in config.json (supported: quick_gelu, gelu, gelu_new, gelu_pytorch_tanh, relu)"
+                "unsupported activation '{other}' in config.json (supported: quick_gelu, gelu, gelu_new, gelu_pytorch_tanh, relu, silu)"
             ),
         })
     }
@@ -46,6 +49,7 @@ impl Activation {
             Self::Gelu => xs.gelu_erf(),
             Self::GeluTanh => xs.gelu(),
             Self::Relu => xs.relu(),
+            Self::Silu => xs.silu(),
         }
     }
 }
@@ -99,6 +103,18 @@ impl Dense {
             weight_in_out: weight.t()?.contiguous()?,
             bias: None,
         })
+    }
+
+    /// The same layer with a bias [out] added (`None` leaves it without).
+    pub fn with_bias(mut self, bias: Option<Tensor>) -> Result<Self> {
+        if let Some(b) = &bias {
+            let out = self.weight_in_out.dim(1)?;
+            if b.dims() != [out] {
+                bail!("bias of shape {:?}, expected ({out})", b.dims());
+            }
+        }
+        self.bias = bias;
+        Ok(self)
     }
 
     /// transformers' Conv1D: weight stored as (in, out).
@@ -165,6 +181,12 @@ pub(crate) fn read_config<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<
         )
     })?;
     serde_json::from_str(&text).with_context(|| invalid_config(dir))
+}
+
+/// config.json's `model_type`, None where the file does not name one.
+pub(crate) fn model_type(dir: &Path) -> Result<Option<String>> {
+    let raw: serde_json::Value = read_config(dir)?;
+    Ok(raw["model_type"].as_str().map(String::from))
 }
 
 /// The context of a config.json in `dir` that does not describe the model being loaded.

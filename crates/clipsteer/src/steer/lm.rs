@@ -1,8 +1,10 @@
-//! GPT-2 with its tokenizer behind [`CausalLm`].
+//! The decoder-only LMs (GPT-2 and the [`Transformer`] families) with their tokenizers behind
+//! [`CausalLm`].
 
 use super::{After, Branches, CausalLm, TeacherForced};
 use crate::models::attention::KvCache;
 use crate::models::cpu_kernels::{self, LogSoftmaxPicks};
+use crate::models::decoder::Transformer;
 use crate::models::gpt2::Gpt2;
 use crate::tokenize::{encode_plain, load_from_dir, TokenizerKind};
 use anyhow::{Context, Result};
@@ -24,7 +26,8 @@ pub trait Decoder: Send + Sync {
     /// Positions the model was trained on.
     fn context(&self) -> usize;
     fn vocab_size(&self) -> usize;
-    fn eos_token_id(&self) -> Option<u32>;
+    /// Every id that ends a text, first the one a text is closed with.
+    fn eos_token_ids(&self) -> Vec<u32>;
     /// The token fed first on an empty cache, as the model's tokenizer adds it (Gemma's
     /// `<bos>`); None for models that start from the text alone (GPT-2, the llama family as
     /// llama.cpp runs a GGUF without `add_bos_token`).
@@ -48,12 +51,14 @@ pub struct DecoderLm<M> {
 
 /// GPT-2 (a directory in the HF layout).
 pub type Gpt2Lm = DecoderLm<Gpt2>;
-/// A llama-family LM from a GGUF file.
-pub type GgufLm = DecoderLm<crate::models::llama_gguf::LlamaGguf>;
-/// A Gemma 3 LM from a GGUF file.
-pub type Gemma3Lm = DecoderLm<crate::models::gemma3_gguf::Gemma3Gguf>;
-/// The LM behind `--lm`: a GPT-2 directory (or hub id), or a llama-family or Gemma 3 `.gguf`
-/// file, chosen at run time.
+/// Every other family: a directory in the HF layout ([`Transformer::load_hf`]), or a llama or
+/// Gemma 3 GGUF file ([`crate::models::gguf`]).
+pub type TransformerLm = DecoderLm<Transformer>;
+/// A llama-family LM from a GGUF file (the same type as every [`TransformerLm`]).
+pub type GgufLm = TransformerLm;
+/// A Gemma 3 LM from a GGUF file (the same type as every [`TransformerLm`]).
+pub type Gemma3Lm = TransformerLm;
+/// The LM behind `--lm`: GPT-2 or a [`TransformerLm`], chosen at run time.
 pub type LanguageModel = DecoderLm<Box<dyn Decoder>>;
 
 impl Gpt2Lm {
@@ -64,16 +69,22 @@ impl Gpt2Lm {
     }
 }
 
-impl GgufLm {
+impl TransformerLm {
+    /// A `.gguf` file, or a directory in the HF layout with its tokenizer.json. The BOS fed
+    /// first is the one the tokenizer's post-processor adds (transformers' `add_special_tokens`),
+    /// so that ids equal transformers' tokenizer(text).
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let (model, tokenizer) = crate::models::llama_gguf::LlamaGguf::load(path, device)?;
-        Ok(Self { model, tokenizer })
-    }
-}
-
-impl Gemma3Lm {
-    pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let (model, tokenizer) = crate::models::gemma3_gguf::Gemma3Gguf::load(path, device)?;
+        if path.is_file() {
+            let (model, tokenizer) = crate::models::gguf::load(path, device)?;
+            return Ok(Self { model, tokenizer });
+        }
+        let mut model = Transformer::load_hf(path, device)?;
+        let tokenizer = crate::tokenize::load_tokenizer_json(&path.join("tokenizer.json"))?;
+        let bos = tokenizer
+            .encode("", true)
+            .ok()
+            .and_then(|e| e.get_ids().first().copied());
+        model.set_bos(bos);
         Ok(Self { model, tokenizer })
     }
 }
@@ -107,12 +118,12 @@ impl Decoder for Gpt2 {
     fn vocab_size(&self) -> usize {
         self.config().vocab_size
     }
-    fn eos_token_id(&self) -> Option<u32> {
-        self.config().eos_token_id
+    fn eos_token_ids(&self) -> Vec<u32> {
+        self.config().eos_token_id.into_iter().collect()
     }
 }
 
-impl Decoder for crate::models::llama_gguf::LlamaGguf {
+impl Decoder for Transformer {
     fn new_cache(&self) -> KvCache {
         Self::new_cache(self)
     }
@@ -131,35 +142,8 @@ impl Decoder for crate::models::llama_gguf::LlamaGguf {
     fn vocab_size(&self) -> usize {
         self.config().vocab_size
     }
-    fn eos_token_id(&self) -> Option<u32> {
-        self.config().eos_token_id
-    }
-}
-
-impl Decoder for crate::models::gemma3_gguf::Gemma3Gguf {
-    fn new_cache(&self) -> KvCache {
-        Self::new_cache(self)
-    }
-    fn hidden_states(&self, input: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        Self::hidden_states(self, input, cache)
-    }
-    fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        Self::logits(self, hidden)
-    }
-    fn device(&self) -> &Device {
-        Self::device(self)
-    }
-    fn context(&self) -> usize {
-        self.config().context
-    }
-    fn vocab_size(&self) -> usize {
-        self.config().vocab_size
-    }
-    /// `<end_of_turn>` where the vocabulary has it: the chat template ends the model's turn with
-    /// it (transformers' generation config lists it beside `<eos>`); else `<eos>`.
-    fn eos_token_id(&self) -> Option<u32> {
-        let c = self.config();
-        c.end_of_turn_id.or(c.eos_token_id)
+    fn eos_token_ids(&self) -> Vec<u32> {
+        self.config().eos_token_ids.clone()
     }
     fn bos_token(&self) -> Option<u32> {
         let c = self.config();
@@ -186,8 +170,8 @@ impl Decoder for Box<dyn Decoder> {
     fn vocab_size(&self) -> usize {
         self.as_ref().vocab_size()
     }
-    fn eos_token_id(&self) -> Option<u32> {
-        self.as_ref().eos_token_id()
+    fn eos_token_ids(&self) -> Vec<u32> {
+        self.as_ref().eos_token_ids()
     }
     fn bos_token(&self) -> Option<u32> {
         self.as_ref().bos_token()
@@ -311,8 +295,8 @@ impl<M: Decoder> CausalLm for DecoderLm<M> {
         self.model.vocab_size()
     }
 
-    fn eos_token_id(&self) -> Option<u32> {
-        self.model.eos_token_id()
+    fn eos_token_ids(&self) -> Vec<u32> {
+        self.model.eos_token_ids()
     }
 
     fn truncate_cache(&self, cache: &KvCache, len: usize) -> Result<KvCache> {

@@ -24,7 +24,7 @@ pub use objectives::{sentence, target};
 use anyhow::Result;
 
 pub use describe::{describe, describe_with, DescribeOptions, StepEvent, Strategy};
-pub use lm::{Gemma3Lm, GgufLm, Gpt2Lm};
+pub use lm::{Gemma3Lm, GgufLm, Gpt2Lm, TransformerLm};
 pub use objectives::embedding::{ClipScorer, Embedding, Scorer};
 pub use objectives::sentence::SentenceScorer;
 pub use objectives::{normalize, Objective, ScoreBatch};
@@ -88,9 +88,14 @@ pub trait CausalLm {
     }
     /// Positions the model can attend over.
     fn context_len(&self) -> usize;
-    /// The token that ends a text, if the model has one.
-    fn eos_token_id(&self) -> Option<u32> {
-        None
+    /// Every token that ends a text, the one a text is closed with first (generation_config.json
+    /// may list several, as Llama 3's 128001 and 128009); empty for a model without one.
+    fn eos_token_ids(&self) -> Vec<u32> {
+        Vec::new()
+    }
+    /// Whether `token` ends a text.
+    fn is_eos(&self, token: u32) -> bool {
+        self.eos_token_ids().contains(&token)
     }
     fn vocab_size(&self) -> usize;
     /// A one-row cache holding only the first `len` positions of `cache`.

@@ -62,10 +62,9 @@ impl<'a, L: CausalLm> Victim<'a, L> {
         let mut fed = ids.to_vec();
         fed.extend(&answer);
         let mut logits = self.lm.next_logits(&fed, &mut cache)?;
-        let stop = self.lm.eos_token_id();
         while answer.len() < max_tokens {
             let token = argmax(&logits)?;
-            if Some(token) == stop || ids.len() + answer.len() >= self.lm.context_len() {
+            if self.lm.is_eos(token) || ids.len() + answer.len() >= self.lm.context_len() {
                 break;
             }
             answer.push(token);
@@ -107,7 +106,6 @@ impl<'a, L: CausalLm> Victim<'a, L> {
         if max_tokens == 0 || ids.len() + draft.len() + 1 > self.lm.context_len() {
             return self.greedy_from(&ids, Vec::new(), max_tokens, |_| true);
         }
-        let stop = self.lm.eos_token_id();
         let forced = match forced {
             Some(forced) => forced.to_vec(),
             None => {
@@ -131,7 +129,7 @@ impl<'a, L: CausalLm> Victim<'a, L> {
         // The length check above keeps every accepted token within the context.
         let mut answer = Vec::new();
         for (j, &token) in forced.iter().enumerate() {
-            if Some(token) == stop {
+            if self.lm.is_eos(token) {
                 return Ok((self.lm.decode(&answer)?, answer));
             }
             answer.push(token);

@@ -185,10 +185,9 @@ pub fn run<L: CausalLm, O: Objective>(
             let ranked = top_k(logits, options.top_k)?;
             ranked_total += ranked.len();
             let log_probs = log_softmax(logits);
-            let eos = lm.eos_token_id();
             // Ending adds no text, so it needs no scoring; an empty text cannot end.
-            let ends_text = eos.filter(|e| step > 0 && ranked.contains(e));
-            let mut ranked: Vec<u32> = ranked.into_iter().filter(|&c| Some(c) != eos).collect();
+            let ends_text = ranked.iter().copied().find(|&c| step > 0 && lm.is_eos(c));
+            let mut ranked: Vec<u32> = ranked.into_iter().filter(|&c| !lm.is_eos(c)).collect();
             let mut offered = None;
             if let Some(period) = period {
                 if closing_step && !ranked.contains(&period) {
@@ -616,7 +615,7 @@ fn greedy_allowed<L: CausalLm>(
     blocklist: &crate::steer::constraints::Blocklist,
 ) -> Result<Option<u32>> {
     for candidate in top_k(logits, 5)? {
-        if Some(candidate) == lm.eos_token_id() {
+        if lm.is_eos(candidate) {
             return Ok(None);
         }
         if markup.contains(&candidate) {

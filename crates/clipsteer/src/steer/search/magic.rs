@@ -107,7 +107,7 @@ pub fn run<L: CausalLm, O: Objective>(
         );
         let chosen = argmax_first(&magic);
         let token_id = candidates[chosen];
-        if options.stop_at_sentence_end && lm.eos_token_id() == Some(token_id) {
+        if options.stop_at_sentence_end && lm.is_eos(token_id) {
             // The model chose to end the text: nothing more to write.
             break;
         }

@@ -123,9 +123,9 @@ impl ScoredPart {
 /// one: decoded, it would be scored by its literal spelling. GPT-2's only special token is its
 /// end of text, so the reference loop's candidates are unchanged.
 pub(crate) fn markup_ids<L: CausalLm>(lm: &L) -> HashSet<u32> {
-    let eos = lm.eos_token_id();
+    let eos = lm.eos_token_ids();
     (lm.special_token_ids().into_iter())
-        .filter(|&id| Some(id) != eos)
+        .filter(|id| !eos.contains(id))
         .collect()
 }
 
