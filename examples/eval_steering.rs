@@ -42,8 +42,9 @@ struct Args {
     /// on (eval/README.md).
     #[arg(long, default_value = "tuning")]
     split: String,
-    /// caption ("A picture of"), chat (the LM's chat template asking for one sentence), or any
-    /// other text, used as the prompt as it is.
+    /// caption ("A picture of"), chat (the LM's chat template asking for one sentence, typed as
+    /// ChatML or Gemma turns), default (what describe does without --prompt: the LM's own chat
+    /// template rendered with --instruction's default), or any other text, used as it is.
     #[arg(long, default_value = "caption")]
     prompt: String,
     /// seed, magic, beam or unguided.
@@ -164,7 +165,22 @@ fn main() -> Result<()> {
     let lm = load_lm(&args.lm, &device)?;
     let scorer = SentenceScorer::load(&args.encoder, &device)?;
     let mut cases = read_cases(&args.targets, &args.split)?;
-    let prompt = prompt_for(&lm, &args.prompt);
+    // `default`: what describe does without --prompt (the LM's chat template around
+    // --instruction's default, scoring the answer alone; "An image of " without a template).
+    let defaults = match args.prompt.as_str() {
+        "default" => {
+            let template = clipsteer::load::chat_template_if_any(&args.lm)?;
+            let resolved = clipsteer::request::DescribeRequest::default()
+                .resolve(None, false)?
+                .for_lm(template.as_ref())?;
+            Some((resolved.options.prompt, resolved.options.scored_text))
+        }
+        _ => None,
+    };
+    let prompt = match &defaults {
+        Some((prompt, _)) => prompt.clone(),
+        None => prompt_for(&lm, &args.prompt),
+    };
     let (strategy, unguided) = match args.strategy.as_str() {
         "seed" => (Strategy::Seed, false),
         "magic" => (Strategy::Magic, false),
@@ -204,6 +220,9 @@ fn main() -> Result<()> {
     }
     if let Some(c) = args.close_within {
         options.beam.close_within = c;
+    }
+    if let Some((_, scored)) = defaults {
+        options.scored_text = scored;
     }
     match args.score_text.as_deref() {
         None => {}

@@ -31,10 +31,17 @@ pub struct AttackArgs {
     /// or hub id.
     #[arg(long = "lm", value_name = "ATTACKER")]
     pub attacker: String,
+    /// A GGUF file of the --lm hub repository (or local directory), as transformers'
+    /// `gguf_file=`.
+    #[arg(long, value_name = "NAME.gguf")]
+    pub gguf_file: Option<String>,
     /// The victim LM [default: the attacker, as in BEAST]. It receives the prompt's text inside
     /// its own chat template, tokenised by its own tokenizer.
     #[arg(long)]
     pub victim: Option<String>,
+    /// A GGUF file of the --victim hub repository (or local directory).
+    #[arg(long, value_name = "NAME.gguf", requires = "victim")]
+    pub victim_gguf_file: Option<String>,
     /// The user's request; the prompt is this text, verbatim, followed by the suffix.
     #[arg(
         long,
@@ -219,8 +226,12 @@ impl AttackArgs {
             ..AttackOptions::new(self.instruction.as_deref().unwrap_or_default())
         };
         Ok(AttackSpec {
-            attacker: self.attacker.clone(),
-            victim: self.victim.clone(),
+            attacker: clipsteer::load::lm_argument(&self.attacker, self.gguf_file.as_deref())?,
+            victim: self
+                .victim
+                .as_deref()
+                .map(|v| clipsteer::load::lm_argument(v, self.victim_gguf_file.as_deref()))
+                .transpose()?,
             chat_template: self.chat_template.clone(),
             objective,
             options,

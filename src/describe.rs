@@ -19,9 +19,14 @@ pub struct DescribeArgs {
     /// left out when --target-text gives the target.
     #[arg(required_unless_present_any = ["target_text", "scorer_cmd"], conflicts_with = "scorer_cmd")]
     pub images: Vec<PathBuf>,
-    /// Language model: a GPT-2 directory in the HF layout, a hub id, or a llama-family .gguf file.
+    /// Language model: a directory in the HF layout or a hub id (GPT-2, llama, mistral, qwen2,
+    /// qwen3, gemma2, gemma3, phi3), or a llama or Gemma 3 .gguf file.
     #[arg(long, default_value = DEFAULT_LM)]
     pub lm: String,
+    /// A GGUF file of the --lm hub repository (or local directory) to load, as transformers'
+    /// `gguf_file=`: fetched with the repository's revision into the Hugging Face cache.
+    #[arg(long, value_name = "NAME.gguf")]
+    pub gguf_file: Option<String>,
     /// The scorer: a CLIP model (a local directory in the HF layout or a hub id)
     /// [default: openai/clip-vit-base-patch32]. --clip is an alias.
     #[arg(long = "encoder", visible_alias = "clip", value_name = "MODEL")]
@@ -93,7 +98,12 @@ pub(crate) fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
     let resolved = args.request.resolve(args.preset, !args.images.is_empty())?;
     let encoder = encoder_for(args.clip.as_deref(), args.preset);
     let mut plan = args.inputs().plan()?;
-    plan.check_planned_settings(&planned_settings(&args.lm, &encoder, &resolved))?;
+    if args.json {
+        // Downloads draw no progress bar under --json, as scripts read stderr too.
+        clipsteer::hub::set_progress(false);
+    }
+    let lm = clipsteer::load::lm_argument(&args.lm, args.gguf_file.as_deref())?;
+    plan.check_planned_settings(&planned_settings(&lm, &encoder, &resolved)?)?;
     if plan.trimmed_bytes > 0 {
         if let Some(path) = plan.part_path() {
             errln!(
@@ -109,11 +119,7 @@ pub(crate) fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
         return Ok(0);
     }
 
-    if args.json {
-        // Downloads draw no progress bar under --json, as scripts read stderr too.
-        clipsteer::hub::set_progress(false);
-    }
-    let describer = Describer::load(&args.lm, &encoder, &resolved, device)?;
+    let describer = Describer::load(&lm, &encoder, &resolved, device)?;
 
     let progress = Progress::new(inputs);
     let summary = run_batch(&describer, &mut plan, |event| {
@@ -135,6 +141,15 @@ pub(crate) fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
                 if args.json {
                     outln!("{line}");
                 } else {
+                    // A chat template's markup is not the description: the answer alone.
+                    let text = match describer.chat_prompt {
+                        true => result
+                            .text
+                            .strip_prefix(&describer.options.prompt)
+                            .unwrap_or(&result.text)
+                            .trim_start(),
+                        false => &result.text,
+                    };
                     // A tab-separated record per image: names and texts may not break it, nor
                     // reach the terminal as escapes (--json carries them exactly).
                     progress.println(&match image {
@@ -142,9 +157,9 @@ pub(crate) fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
                             "{}\t{:.4}\t{}",
                             clipsteer::terminal_safe(image, false),
                             result.similarity,
-                            clipsteer::terminal_safe(&result.text, false)
+                            clipsteer::terminal_safe(text, false)
                         ),
-                        _ => clipsteer::terminal_safe(&result.text, true).into_owned(),
+                        _ => clipsteer::terminal_safe(text, true).into_owned(),
                     });
                 }
                 progress.image_done();

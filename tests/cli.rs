@@ -127,8 +127,12 @@ fn broken_model_directories_give_one_line_errors() {
         &f("clip-tiny-gelu"),
     ]);
     assert_one_line_error(&lm_missing, "config.json");
-    // An encoder given as the LM is named as what it is, not by a GPT-2 field it lacks.
-    for (dir, kind) in [("clip-tiny-gelu", "'clip'"), ("minilm-tiny", "'bert'")] {
+    // An encoder given as the LM is named as what it is, not by a field it lacks, and the
+    // message says where it goes instead.
+    for (dir, kind) in [
+        ("clip-tiny-gelu", "an image-text encoder ('clip')"),
+        ("minilm-tiny", "a text encoder ('bert')"),
+    ] {
         assert_one_line_error(
             &run(&[
                 "describe",
@@ -138,7 +142,7 @@ fn broken_model_directories_give_one_line_errors() {
                 "--clip",
                 &f("clip-tiny-gelu"),
             ]),
-            &format!("holds a {kind} model (config.json model_type), not a GPT-2 language model"),
+            &format!("is {kind}, not a language model: pass it as --encoder"),
         );
     }
 

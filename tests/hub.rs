@@ -221,6 +221,7 @@ fn revisions_pick_branches_tags_and_commits_and_are_recorded() {
                 id: "org/gpt2".into(),
                 revision: revision.into(),
                 commit: commit.clone(),
+                file: None,
             })
         );
     }
@@ -818,4 +819,48 @@ fn a_clip_repo_laid_out_as_openai_clip_vit_base_patch32_loads_its_pytorch_weight
     for file in ["tf_model.h5", "flax_model.msgpack", "README.md"] {
         assert!(!requested(&hub, file), "{file} was downloaded");
     }
+}
+
+#[test]
+fn a_gguf_file_and_a_decoder_family_load_by_hub_id_as_from_local_files() {
+    let mut files = Files::new();
+    for name in ["llama-tiny.gguf", "gemma3-tiny.gguf"] {
+        files.insert(name.into(), bytes(&fixture(name)));
+    }
+    files.insert("README.md".into(), Arc::new(b"# tiny GGUFs\n".to_vec()));
+    let ggufs = HubRepo::new("org/tiny-GGUF", files);
+    let commit = ggufs.refs["main"].clone();
+    let qwen3 = HubRepo::new("org/qwen3", dir_files(&fixture("decoders/qwen3")));
+    let hub = StandInHub::start(vec![ggufs, qwen3]);
+    let home = TempDir::new("home-gguf");
+    let encoder = f("minilm-tiny");
+    let run = |lm: &str, extra: &[&str]| {
+        let mut args = describe_args(lm, &encoder);
+        args.extend(extra);
+        clipsteer(&hub, &home.0).args(&args).output().unwrap()
+    };
+    // transformers' gguf_file=: only that file is fetched, and the run records it.
+    let by_id = done_event(&run("org/tiny-GGUF", &["--gguf-file", "llama-tiny.gguf"]));
+    let local = done_event(&run(&f("llama-tiny.gguf"), &[]));
+    assert_eq!(by_id["token_ids"], local["token_ids"]);
+    assert_eq!(by_id["similarity"], local["similarity"]);
+    assert_eq!(
+        by_id["models"]["lm"],
+        serde_json::json!({"id": "org/tiny-GGUF", "revision": "main", "commit": commit, "file": "llama-tiny.gguf"})
+    );
+    assert!(requested(&hub, "llama-tiny.gguf"));
+    assert!(!requested(&hub, "gemma3-tiny.gguf"));
+    // A file the repository lacks: one line that lists the ones it has.
+    let output = run("org/tiny-GGUF", &["--gguf-file", "q4.gguf"]);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(
+        message.contains("has no q4.gguf") && message.contains("gemma3-tiny.gguf, llama-tiny.gguf"),
+        "{message}"
+    );
+    // A config-driven family by id, in the HF layout.
+    let by_id = done_event(&run("org/qwen3", &[]));
+    let local = done_event(&run(&f("decoders/qwen3"), &[]));
+    assert_eq!(by_id["token_ids"], local["token_ids"]);
+    assert_eq!(by_id["models"]["lm"]["id"], "org/qwen3");
 }

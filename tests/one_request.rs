@@ -130,7 +130,7 @@ fn from_flags(flags: &[&str]) -> ResolvedDescribe {
 /// What decides the text: the fingerprinted settings record and the full options.
 fn decided(resolved: &ResolvedDescribe) -> (serde_json::Value, String) {
     (
-        planned_settings(LM, ENCODER, resolved),
+        planned_settings(LM, ENCODER, resolved).unwrap(),
         format!("{:?}", resolved.options),
     )
 }
@@ -162,7 +162,9 @@ fn the_same_options_from_every_face_resolve_alike() {
 fn different_options_make_different_fingerprints() {
     let fingerprints: Vec<serde_json::Value> = CASES
         .iter()
-        .map(|case| planned_settings(LM, ENCODER, &from_flags(case.flags))["options"].clone())
+        .map(|case| {
+            planned_settings(LM, ENCODER, &from_flags(case.flags)).unwrap()["options"].clone()
+        })
         .collect();
     // Blocked words split two ways ask for the same thing; every other case asks for something
     // else.

@@ -283,3 +283,116 @@ fn beam_steers_smollm2_further_on_target_and_as_fluently() {
     );
     assert!(nll <= 3.5, "mean NLL {nll:.2} > 3.5 nats per token");
 }
+
+/// The config-driven decoder's HF-layout path on real weights: each GGUF written in the HF layout
+/// as transformers saves it after loading it with `gguf_file=`
+/// (`clipsteer::models::gguf::save_hf_layout`, dequantised f32 safetensors under HF names),
+/// loaded through its config.json, gives transformers' logits on the GGUF references and the
+/// GGUF path's greedy tokens; beam and the attack run on it through the CLI.
+#[test]
+fn real_models_in_the_hf_layout_match_transformers_and_run_beam_and_attack() {
+    use clipsteer::steer::describe::top_k;
+    use clipsteer::steer::{CausalLm, TransformerLm};
+    let tmp = TempDir::new("hf-layout");
+    for (gguf, name) in [(smollm2_path(), "smollm2"), (gemma3_path(), "gemma3-270m")] {
+        let dir = tmp.0.join(name);
+        clipsteer::models::gguf::save_hf_layout(&gguf, &dir).unwrap();
+        let hf = TransformerLm::load(&dir, &Device::Cpu).unwrap();
+        let from_gguf = TransformerLm::load(&gguf, &Device::Cpu).unwrap();
+        assert_eq!(
+            hf.model.config().eos_token_ids,
+            from_gguf.model.config().eos_token_ids
+        );
+        let reference = reference(name);
+        let columns = reference["columns"]
+            .to_dtype(candle_core::DType::U32)
+            .unwrap();
+        for i in 0..2 {
+            let ids: Vec<u32> = ids_of(&reference[&format!("seq_{i}_ids")]);
+            let input = candle_core::Tensor::new(ids.as_slice(), &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            let mut cache = hf.model.new_cache();
+            let hidden = hf.model.hidden_states(&input, &mut cache).unwrap();
+            let logits = hf.model.logits(&hidden).unwrap().squeeze(0).unwrap();
+            let err = rel_err(
+                &logits.index_select(&columns, 1).unwrap(),
+                &reference[&format!("seq_{i}_logits")],
+            );
+            assert!(err <= 1e-4, "{name} sequence {i}: rel err {err}");
+        }
+        // Greedy from a text, through the LM as describe drives it (Gemma's <bos> fed by it).
+        let prompt = hf.encode("The capital of France is").unwrap();
+        assert_eq!(
+            prompt,
+            from_gguf.encode("The capital of France is").unwrap()
+        );
+        let greedy = |lm: &TransformerLm| {
+            let mut cache = lm.new_cache();
+            let mut logits = lm.next_logits(&prompt, &mut cache).unwrap();
+            let mut out = Vec::new();
+            for _ in 0..8 {
+                let best = top_k(&logits, 1).unwrap()[0];
+                out.push(best);
+                logits = lm.next_logits(&[best], &mut cache).unwrap();
+            }
+            out
+        };
+        assert_eq!(greedy(&hf), greedy(&from_gguf), "{name}");
+    }
+    let smollm2 = tmp.0.join("smollm2");
+    let lm = smollm2.to_str().unwrap();
+    let minilm = minilm_dir();
+    let output = run(&[
+        "describe",
+        "--lm",
+        lm,
+        "--encoder",
+        minilm.to_str().unwrap(),
+        "--target-text",
+        "A small dog plays with a red ball.",
+        "--block",
+        "dog",
+        "--strategy",
+        "beam",
+        "--max-tokens",
+        "8",
+        "--json",
+    ]);
+    let done: serde_json::Value =
+        serde_json::from_str(stdout(&output).lines().last().unwrap_or("{}")).unwrap();
+    assert_eq!(done["event"], "done", "{}", stderr(&output));
+    // No --prompt: SmolLM2's chat template, asking the default instruction.
+    let text = done["text"].as_str().unwrap_or_default().to_string();
+    assert!(
+        text.contains("<|im_start|>user\nWrite one sentence describing a scene.<|im_end|>"),
+        "{done}"
+    );
+    let output = run(&[
+        "attack",
+        "--lm",
+        lm,
+        "--instruction",
+        "What is the capital of France?",
+        "--target-response",
+        "The capital of France is Berlin",
+        "--beam-width",
+        "2",
+        "--candidates",
+        "4",
+        "--max-tokens",
+        "2",
+        "--proposal",
+        "top-k",
+        "--json",
+    ]);
+    let done: serde_json::Value =
+        serde_json::from_str(stdout(&output).lines().last().unwrap_or("{}")).unwrap();
+    assert_eq!(done["event"], "done", "{}", stderr(&output));
+    // The same victim as the GGUF's: the attack test's baseline NLL.
+    assert!(
+        (done["baseline_nll"].as_f64().unwrap() - 1.918).abs() < 2e-3,
+        "{done}"
+    );
+}

@@ -173,12 +173,15 @@ class Describer:
     """A language model and an encoder, loaded once, that describe images and text targets.
 
     Args:
-        lm: The language model: a GPT-2 directory in the Hugging Face layout, a hub id, or a
-            llama-family or Gemma 3 ``.gguf`` file. Default: :data:`DEFAULT_LM`.
+        lm: The language model: a directory in the Hugging Face layout or a hub id (GPT-2,
+            llama, mistral, qwen2, qwen3, gemma2, gemma3, phi3), or a llama or Gemma 3
+            ``.gguf`` file. Default: :data:`DEFAULT_LM`.
         encoder: The scorer: a CLIP model, or a sentence-transformers BERT for text targets
             only (a directory or a hub id). Default: the preset's, else :data:`DEFAULT_CLIP`.
         device: ``"cpu"``, ``"cuda"`` (a CUDA build with a GPU), or ``"auto"``.
         preset: ``"seed"``: the original demo (CLIP ViT-H/14 with top-k 2500).
+        gguf_file: A ``.gguf`` file of the ``lm`` hub repository to load, as transformers'
+            ``gguf_file=``.
 
     Raises:
         FileNotFoundError: a local model path does not exist, or the hub has no such repository,
@@ -198,10 +201,12 @@ class Describer:
         device: str = "cpu",
         *,
         preset: Optional[str] = None,
+        gguf_file: Optional[str] = None,
     ) -> None:
         self.lm = os.fspath(lm) if lm is not None else DEFAULT_LM
         self._models = _clipsteer.Models(
-            self.lm, os.fspath(encoder) if encoder is not None else None, device, preset
+            self.lm, os.fspath(encoder) if encoder is not None else None, device, preset,
+            gguf_file,
         )
         self.encoder: str = self._models.encoder
         """The encoder loaded (the preset's or the default when none was named)."""
@@ -212,7 +217,9 @@ class Describer:
         dict (the JSON events of ``clipsteer describe --json``).
 
         ``image`` may be left out when ``target_text`` gives the target. ``options`` are
-        describe's: ``prompt`` (``"An image of "``), ``strategy`` (``"seed"``, ``"magic"``,
+        describe's: ``prompt`` (an LM with a chat template: ``instruction`` rendered through it;
+        else ``"An image of "``), ``instruction`` (``"Write one sentence describing a scene."``),
+        ``strategy`` (``"seed"``, ``"magic"``,
         ``"beam"``), ``top_k``, ``max_tokens`` (25), ``target_text``, ``avoid_text``,
         ``target_weight``, ``block`` (words never to write), ``blocklist`` (a file),
         ``block_substrings``, ``beam_width``, ``beam_fluency``, ``beam_diversity``,

@@ -25,13 +25,14 @@ pub(crate) struct Models {
 #[pymethods]
 impl Models {
     #[new]
-    #[pyo3(signature = (lm, encoder=None, device="cpu", preset=None))]
+    #[pyo3(signature = (lm, encoder=None, device="cpu", preset=None, gguf_file=None))]
     fn new(
         py: Python<'_>,
         lm: String,
         encoder: Option<String>,
         device: &str,
         preset: Option<&str>,
+        gguf_file: Option<String>,
     ) -> PyResult<Self> {
         let preset = preset.map(preset_named).transpose().map_err(value_err)?;
         let device = device_named(device)?;
@@ -39,7 +40,10 @@ impl Models {
         check_local(&lm, "language model")?;
         check_local(&encoder, "encoder")?;
         let models = py
-            .detach(|| DescribeModels::load(&lm, Some(&encoder), &device))
+            .detach(|| {
+                let lm = clipsteer::load::lm_argument(&lm, gguf_file.as_deref())?;
+                DescribeModels::load(&lm, Some(&encoder), &device)
+            })
             .map_err(runtime_err)?;
         Ok(Self {
             models: Arc::new(models),

@@ -47,9 +47,14 @@ pub struct ServeArgs {
     /// Port (0: any free port, printed at start).
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
-    /// Language model: a GPT-2 directory in the HF layout, a hub id, or a .gguf file.
+    /// Language model: a directory in the HF layout or a hub id (GPT-2, llama, mistral, qwen2,
+    /// qwen3, gemma2, gemma3, phi3), or a llama or Gemma 3 .gguf file.
     #[arg(long, default_value = clipsteer::request::DEFAULT_LM)]
     pub lm: String,
+    /// A GGUF file of the --lm hub repository (or local directory) to load, as transformers'
+    /// `gguf_file=`: fetched with the repository's revision into the Hugging Face cache.
+    #[arg(long, value_name = "NAME.gguf")]
+    pub gguf_file: Option<String>,
     /// CLIP model: a local directory in the HF layout or a hub id.
     #[arg(long = "clip", visible_alias = "encoder", default_value = clipsteer::request::DEFAULT_CLIP, value_name = "MODEL")]
     pub clip: String,
@@ -149,6 +154,7 @@ pub fn public_model(spec: &str, chosen: Option<&str>) -> PublicModel {
             id,
             revision,
             commit,
+            ..
         }) => {
             let name = chosen.map_or_else(|| id.clone(), str::to_string);
             PublicModel {
@@ -263,10 +269,12 @@ pub fn run(args: ServeArgs, device: &Device) -> Result<i32> {
         Err(ListenError::Failed(message)) => bail!(message),
     };
     let address = listener.local_addr()?;
-    let lm = clipsteer::load::load_lm(&args.lm, device)?;
+    let lm_spec = clipsteer::load::lm_argument(&args.lm, args.gguf_file.as_deref())?;
+    let lm = clipsteer::load::load_lm(&lm_spec, device)?;
+    let chat_template = clipsteer::load::chat_template_if_any(&lm_spec)?;
     let clip = clipsteer::load::load_clip(&args.clip, device)?;
     // After loading: a hub model's commit is known only then.
-    let lm_public = public_model(&args.lm, args.lm_name.as_deref());
+    let lm_public = public_model(&lm_spec, args.lm_name.as_deref());
     let clip_public = public_model(&args.clip, args.clip_name.as_deref());
     let models = Arc::new(Models {
         describe: Arc::new(clipsteer::pipeline::DescribeModels {
@@ -274,6 +282,7 @@ pub fn run(args: ServeArgs, device: &Device) -> Result<i32> {
             encoder: Some(clipsteer::steer::scorer::Encoder::Clip(Box::new(clip))),
             lm_spec: lm_public.name,
             encoder_spec: Some(clip_public.name),
+            chat_template,
         }),
         provenance: serde_json::json!({"lm": lm_public.record, "encoder": clip_public.record}),
         lm_identity: lm_public.identity,

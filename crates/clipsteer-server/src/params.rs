@@ -38,6 +38,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "top_k",
     "max_tokens",
     "prompt",
+    "instruction",
     "strategy",
     "sample",
     "temperature",
@@ -89,6 +90,31 @@ pub fn parse_params(text: &str, limits: &ParamLimits) -> Result<DescribeRequest,
     from_object(&object, limits)
 }
 
+/// A non-empty string of at most `max_prompt_chars` characters.
+fn text_param(
+    value: &Value,
+    key: &str,
+    advice: &str,
+    limits: &ParamLimits,
+) -> Result<String, String> {
+    let Some(text) = value.as_str() else {
+        return Err(format!(
+            "params.{key} must be a string, got {}",
+            show(value)
+        ));
+    };
+    if text.is_empty() {
+        return Err(format!("params.{key} is empty: {advice}"));
+    }
+    if text.chars().count() > limits.max_prompt_chars {
+        return Err(format!(
+            "params.{key} is over {} characters; shorten it",
+            limits.max_prompt_chars
+        ));
+    }
+    Ok(text.to_string())
+}
+
 fn from_object(
     object: &Map<String, Value>,
     limits: &ParamLimits,
@@ -122,25 +148,23 @@ fn from_object(
     }
     params.max_tokens = params.max_tokens.min(limits.max_tokens);
     if let Some(value) = object.get("prompt") {
-        let Some(prompt) = value.as_str() else {
-            return Err(format!(
-                "params.prompt must be a string, got {}",
-                show(value)
-            ));
-        };
-        if prompt.is_empty() {
-            return Err(
-                "params.prompt is empty: give the LM some text to continue, e.g. \"An image of \""
-                    .into(),
-            );
+        params.prompt = Some(text_param(
+            value,
+            "prompt",
+            "give the LM some text to continue, e.g. \"An image of \"",
+            limits,
+        )?);
+    }
+    if let Some(value) = object.get("instruction") {
+        if params.prompt.is_some() {
+            return Err("params.instruction and params.prompt exclude each other: an instruction is rendered through the LM's chat template into a prompt; send one of them".into());
         }
-        if prompt.chars().count() > limits.max_prompt_chars {
-            return Err(format!(
-                "params.prompt is over {} characters; shorten it",
-                limits.max_prompt_chars
-            ));
-        }
-        params.prompt = prompt.to_string();
+        params.instruction = text_param(
+            value,
+            "instruction",
+            "give the request the LM should answer, e.g. \"Describe the scene in one sentence.\"",
+            limits,
+        )?;
     }
     let sample = match object.get("sample") {
         Some(Value::Bool(b)) => *b,
@@ -302,7 +326,7 @@ mod tests {
         .unwrap();
         assert_eq!(params.top_k, Some(7));
         assert_eq!(params.max_tokens, 3);
-        assert_eq!(params.prompt, "A photo of");
+        assert_eq!(params.prompt.as_deref(), Some("A photo of"));
         let resolved = resolve(&params).unwrap().options;
         let sampling = resolved.sampling.unwrap();
         assert_eq!((sampling.temperature, sampling.seed), (0.5, 9));

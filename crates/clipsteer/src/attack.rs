@@ -1,7 +1,6 @@
 //! The attack pipeline behind `clipsteer attack` (and any other face): loads the attacker and
 //! the victim, builds the objective, and runs the attack beam ([`crate::steer::search::attack`]).
 
-use crate::hub::{self, ModelKind};
 use crate::load::{load_encoder, load_lm};
 use crate::steer::chat_template::ChatTemplate;
 use crate::steer::lm::LanguageModel;
@@ -206,19 +205,7 @@ pub struct AttackReport {
     pub target: Option<String>,
 }
 
-/// The chat template a model's files carry: a GGUF's `tokenizer.chat_template`, or the
-/// `tokenizer_config.json` of a model directory.
-pub fn chat_template_of(spec: &str) -> Result<ChatTemplate> {
-    let path = Path::new(spec);
-    if path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-    {
-        return ChatTemplate::from_gguf(path);
-    }
-    let dir = hub::resolve(spec, ModelKind::CausalLm)?;
-    ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json"))
-}
+pub use crate::load::chat_template_of;
 
 /// The attacker's text before its suffix: its chat template's head with the instruction as the
 /// start of the user message, or the bare instruction for a model without a template.

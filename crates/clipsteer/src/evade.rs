@@ -39,6 +39,10 @@ pub struct EvadeArgs {
     /// Language model that writes the description (GPT-2 directory, hub id, or .gguf).
     #[arg(long, default_value = crate::request::DEFAULT_LM)]
     pub lm: String,
+    /// A GGUF file of the --lm hub repository (or local directory) to load, as transformers'
+    /// `gguf_file=`: fetched with the repository's revision into the Hugging Face cache.
+    #[arg(long, value_name = "NAME.gguf")]
+    pub gguf_file: Option<String>,
     /// CLIP model that steers the description and measures every similarity in the report.
     #[arg(long = "encoder", visible_alias = "clip", default_value = crate::request::DEFAULT_CLIP, value_name = "MODEL")]
     pub clip: String,
@@ -52,9 +56,13 @@ pub struct EvadeArgs {
     /// Most tokens in the description.
     #[arg(long, default_value_t = crate::request::DEFAULT_MAX_TOKENS)]
     pub max_tokens: usize,
-    /// Text the description starts from.
-    #[arg(long, default_value = crate::request::DEFAULT_PROMPT)]
-    pub describe_prompt: String,
+    /// Text the description starts from [default: with an LM that has a chat template,
+    /// --describe-instruction rendered through it; else "An image of "].
+    #[arg(long)]
+    pub describe_prompt: Option<String>,
+    /// With an LM that has a chat template and no --describe-prompt: the request it answers.
+    #[arg(long, default_value = crate::request::DEFAULT_INSTRUCTION, conflicts_with = "describe_prompt")]
+    pub describe_instruction: String,
     #[command(flatten)]
     pub diffusion: DiffusionArgs,
 }
@@ -97,10 +105,12 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
         .sum()
 }
 
-pub fn run(args: EvadeArgs, device: &Device) -> Result<i32> {
+pub fn run(mut args: EvadeArgs, device: &Device) -> Result<i32> {
+    args.lm = crate::load::lm_argument(&args.lm, args.gguf_file.take().as_deref())?;
     // The describe request evade makes: describe's own, with evade's strategy and prompt flags.
     let request = DescribeRequest {
         prompt: args.describe_prompt.clone(),
+        instruction: args.describe_instruction.clone(),
         strategy: args.strategy,
         top_k: args.top_k,
         max_tokens: args.max_tokens,
@@ -134,6 +144,7 @@ pub fn run(args: EvadeArgs, device: &Device) -> Result<i32> {
         )?))),
         lm_spec: args.lm.clone(),
         encoder_spec: Some(args.clip.clone()),
+        chat_template: crate::load::chat_template_if_any(&args.lm)?,
     });
     let describer = Describer::new(Arc::clone(&models), &resolved)?;
     let clip = models

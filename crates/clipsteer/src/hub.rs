@@ -46,6 +46,7 @@ impl ModelKind {
             Self::CausalLm => &[
                 "generation_config.json",
                 "tokenizer_config.json",
+                "chat_template.jinja",
                 "special_tokens_map.json",
             ],
         }
@@ -61,6 +62,9 @@ pub enum ModelOrigin {
         id: String,
         revision: String,
         commit: String,
+        /// The one file of the repository that was loaded (a GGUF named by `--gguf-file`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        file: Option<String>,
     },
     Local {
         path: String,
@@ -207,15 +211,78 @@ static ORIGINS: Mutex<Option<HashMap<String, ModelOrigin>>> = Mutex::new(None);
 /// Where the model argument `spec` was resolved to in this process (hub id, revision and
 /// commit), or its path when it is local; None for a hub id not resolved yet.
 pub fn origin(spec: &str) -> Option<ModelOrigin> {
-    if let Ok(ModelSpec::Local(path)) = ModelSpec::parse(spec) {
-        return Some(ModelOrigin::Local {
-            path: path.display().to_string(),
-        });
-    }
-    ORIGINS
+    // First what this process resolved: a GGUF fetched by `--gguf-file` is named by its path in
+    // the cache, which exists, yet came from the hub.
+    let remembered = ORIGINS
         .lock()
         .ok()
-        .and_then(|map| map.as_ref().and_then(|m| m.get(spec).cloned()))
+        .and_then(|map| map.as_ref().and_then(|m| m.get(spec).cloned()));
+    if remembered.is_some() {
+        return remembered;
+    }
+    match ModelSpec::parse(spec) {
+        Ok(ModelSpec::Local(path)) => Some(ModelOrigin::Local {
+            path: path.display().to_string(),
+        }),
+        _ => None,
+    }
+}
+
+/// One file of a hub repository, as transformers' `gguf_file=` names it (`--lm ID[@REV]
+/// --gguf-file NAME.gguf`): fetched into the cache (or found there offline), its path returned.
+/// The path is remembered as coming from the hub, so that reports record the id, revision,
+/// commit and file. A local directory and a file in it work too.
+pub fn resolve_file(spec: &str, file: &str, config: &HubConfig) -> Result<PathBuf> {
+    let (id, revision) = match ModelSpec::parse(spec)? {
+        ModelSpec::Local(dir) => {
+            let path = dir.join(file);
+            if !path.is_file() {
+                return Err(crate::Error::NotFound(format!(
+                    "{} has no {file}; name a file in it",
+                    dir.display()
+                ))
+                .into());
+            }
+            return Ok(path);
+        }
+        ModelSpec::Hub { id, revision } => (id, revision),
+    };
+    let snapshot = Snapshot::open(&id, revision.as_deref(), config)?;
+    if !snapshot.has(file) {
+        let ggufs: Vec<&str> = snapshot
+            .files
+            .iter()
+            .filter(|f| f.to_ascii_lowercase().ends_with(".gguf"))
+            .map(String::as_str)
+            .collect();
+        let choice = match ggufs.is_empty() {
+            true => "it holds no .gguf file".to_string(),
+            false => format!("its GGUF files: {}", ggufs.join(", ")),
+        };
+        return Err(crate::Error::Hub {
+            kind: HubError::Missing,
+            message: format!("'{id}@{}' has no {file}; {choice}", snapshot.revision),
+        }
+        .into());
+    }
+    let path = snapshot.fetch(file)?;
+    snapshot.write_ref()?;
+    let origin = match snapshot.origin() {
+        ModelOrigin::Hub {
+            id,
+            revision,
+            commit,
+            ..
+        } => ModelOrigin::Hub {
+            id,
+            revision,
+            commit,
+            file: Some(file.to_string()),
+        },
+        local => local,
+    };
+    remember(&path.display().to_string(), &origin);
+    Ok(path)
 }
 
 fn remember(spec: &str, origin: &ModelOrigin) {
@@ -418,6 +485,7 @@ impl Snapshot {
             id: self.id.clone(),
             revision: self.revision.clone(),
             commit: self.commit.clone(),
+            file: None,
         }
     }
 

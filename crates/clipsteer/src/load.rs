@@ -2,6 +2,7 @@
 //! shared by every subcommand that runs them.
 
 use crate::hub::{self, ModelKind};
+use crate::steer::chat_template::ChatTemplate;
 use crate::steer::lm::LanguageModel;
 use crate::steer::scorer::Encoder;
 use crate::steer::{ClipScorer, Gpt2Lm, TransformerLm};
@@ -50,6 +51,63 @@ pub fn load_lm(spec: &str, device: &Device) -> Result<LanguageModel> {
         }
         Some(t) => Err(crate::Error::BadArgument(not_an_lm(spec, t)).into()),
     }
+}
+
+/// The LM argument for `--lm SPEC --gguf-file NAME` (transformers' `gguf_file=`): the GGUF file
+/// fetched from the hub repository SPEC (or found in the local directory SPEC), as the path every
+/// loader takes; reports name it by id, revision, commit and file. Without `gguf_file`, SPEC.
+pub fn lm_argument(spec: &str, gguf_file: Option<&str>) -> Result<String> {
+    let Some(file) = gguf_file else {
+        return Ok(spec.to_string());
+    };
+    if !is_gguf(Path::new(file)) {
+        crate::usage_bail!("--gguf-file {file}: name a .gguf file of the repository");
+    }
+    if is_gguf(Path::new(spec)) {
+        crate::usage_bail!("--gguf-file names a file in the repository --lm gives; --lm {spec} is a file already: drop --gguf-file");
+    }
+    let path = hub::resolve_file(spec, file, &hub::HubConfig::from_env())?;
+    Ok(path.display().to_string())
+}
+
+/// The chat template a model's files carry: a GGUF's `tokenizer.chat_template`, or the
+/// `tokenizer_config.json` (or `chat_template.jinja`) of a model directory or hub id.
+pub fn chat_template_of(spec: &str) -> Result<ChatTemplate> {
+    let path = Path::new(spec);
+    if is_gguf(path) {
+        return ChatTemplate::from_gguf(path);
+    }
+    let dir = hub::resolve(spec, ModelKind::CausalLm)?;
+    ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json"))
+}
+
+/// [`chat_template_of`] for a model that may have none (GPT-2, a base model's GGUF): None then.
+/// A template that is there but does not compile is an error, not a silent plain prompt.
+pub fn chat_template_if_any(spec: &str) -> Result<Option<ChatTemplate>> {
+    let path = Path::new(spec);
+    let has_template = if is_gguf(path) {
+        let (content, _) = crate::models::gguf::read_gguf(path)?;
+        content.metadata.contains_key("tokenizer.chat_template")
+    } else {
+        let dir = hub::resolve(spec, ModelKind::CausalLm)?;
+        let config = dir.join("tokenizer_config.json");
+        let in_config = std::fs::read_to_string(&config)
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .is_some_and(|c| !c["chat_template"].is_null());
+        config.is_file() && (in_config || dir.join("chat_template.jinja").is_file())
+    };
+    if !has_template {
+        return Ok(None);
+    }
+    chat_template_of(spec)
+        .map(Some)
+        .with_context(|| format!("the chat template of '{spec}'"))
+}
+
+fn is_gguf(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
 /// Why a model of `model_type` cannot be `--lm`, in one line that says what to pass.

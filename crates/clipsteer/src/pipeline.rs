@@ -11,6 +11,7 @@ use crate::parts::{PartContents, PartWriter};
 use crate::request::{ResolvedDescribe, TargetSpec};
 use crate::settings::{RunSettings, TargetSettings};
 use crate::sidecar::CaptionFiles;
+use crate::steer::chat_template::ChatTemplate;
 use crate::steer::describe::{
     describe, describe_with, validate, DescribeOptions, DescribeResult, StepEvent,
 };
@@ -345,12 +346,16 @@ pub struct DescribeModels {
     /// What each was loaded from (a path, or a hub id with its revision).
     pub lm_spec: String,
     pub encoder_spec: Option<String>,
+    /// The LM's chat template, when its files carry one: without a prompt, describe asks it
+    /// the instruction through it ([`ResolvedDescribe::for_lm`]).
+    pub chat_template: Option<ChatTemplate>,
 }
 
 impl DescribeModels {
     /// Loads the LM and, when `encoder` is given, the encoder.
     pub fn load(lm: &str, encoder: Option<&str>, device: &Device) -> Result<Self> {
         let loaded_lm = load_lm(lm, device)?;
+        let chat_template = crate::load::chat_template_if_any(lm)?;
         let loaded_encoder = match encoder {
             Some(spec) => Some(load_encoder(spec, device)?),
             None => None,
@@ -360,6 +365,7 @@ impl DescribeModels {
             encoder: loaded_encoder,
             lm_spec: lm.to_string(),
             encoder_spec: encoder.map(str::to_string),
+            chat_template,
         })
     }
 
@@ -403,6 +409,9 @@ pub struct Describer {
     /// recorded in every `done` and `error` line so that `merge` and `--resume` can refuse
     /// parts made with other settings.
     pub settings: Value,
+    /// Whether the prompt is the LM's chat template around the instruction
+    /// ([`ResolvedDescribe::chat_prompt`]).
+    pub chat_prompt: bool,
 }
 
 impl Describer {
@@ -422,11 +431,13 @@ impl Describer {
     /// A describer over already loaded models: checks the options against the LM, embeds the
     /// text targets (or starts the scorer program). The models' own specs are recorded.
     pub fn new(models: Arc<DescribeModels>, resolved: &ResolvedDescribe) -> Result<Self> {
+        let resolved = &resolved.for_lm(models.chat_template.as_ref())?;
         let ResolvedDescribe {
             options,
             targets: target_spec,
             scorer_cmd,
             has_image,
+            ..
         } = resolved;
         let has_image = *has_image;
         validate(&models.lm, options)?;
@@ -465,6 +476,7 @@ impl Describer {
             objective,
             provenance,
             settings,
+            chat_prompt: resolved.chat_prompt,
         })
     }
 
@@ -566,13 +578,19 @@ pub fn settings_record(lm: &str, scorer: &str, resolved: &ResolvedDescribe) -> R
 }
 
 /// The settings record a run will carry, made before any model is loaded: hub models are named
-/// by their spec, not yet by commit ([`RunSettings::agrees_with_planned`]).
-pub fn planned_settings(lm: &str, encoder: &str, resolved: &ResolvedDescribe) -> Value {
+/// by their spec, not yet by commit ([`RunSettings::agrees_with_planned`]). Without a prompt,
+/// the LM's chat template is read (its metadata or tokenizer_config.json) for the one it gets.
+pub fn planned_settings(lm: &str, encoder: &str, resolved: &ResolvedDescribe) -> Result<Value> {
     let scorer = match &resolved.scorer_cmd {
         Some((command, _)) => format!("scorer-cmd:{command}"),
         None => encoder.to_string(),
     };
-    settings_record(lm, &scorer, resolved).to_json()
+    let template = match resolved.instruction {
+        Some(_) => crate::load::chat_template_if_any(lm)?,
+        None => None,
+    };
+    let resolved = resolved.for_lm(template.as_ref())?;
+    Ok(settings_record(lm, &scorer, &resolved).to_json())
 }
 
 /// What a batch reports as it goes.

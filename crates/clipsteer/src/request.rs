@@ -7,6 +7,7 @@
 //! (`bench` times the searches on their own options, below this type). [`DescribeRequest::resolve`] turns it into the search's options, checked once.
 //! Models, inputs and outputs are not options of a run: each face names them its own way.
 
+use crate::steer::chat_template::ChatTemplate;
 use crate::steer::constraints::Blocklist;
 use crate::steer::describe::{
     check_values, BeamParams, DescribeOptions, MagicParams, Sampling, ScoredText, Strategy,
@@ -23,8 +24,11 @@ pub const DEFAULT_CLIP: &str = "openai/clip-vit-base-patch32";
 /// The original demo's configuration (`--preset seed`).
 pub const SEED_CLIP: &str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K";
 pub const SEED_TOP_K: usize = 2500;
-/// The original demo's prompt.
+/// The original demo's prompt: the prompt of an LM without a chat template.
 pub const DEFAULT_PROMPT: &str = "An image of ";
+/// What an LM with a chat template is asked when no prompt is given, rendered through its
+/// template: the instruction of docs/STEERING.md's held-out figures.
+pub const DEFAULT_INSTRUCTION: &str = "Write one sentence describing a scene.";
 /// The original demo's length.
 pub const DEFAULT_MAX_TOKENS: usize = 25;
 /// `--sample`'s temperature T of softmax(similarity / T): the original demo's.
@@ -189,9 +193,15 @@ pub struct DescribeRequest {
     /// Block any text containing a blocked word as a substring, not only as a whole word.
     #[arg(long)]
     pub block_substrings: bool,
-    /// Text the description starts from; a trailing space stays a token.
-    #[arg(long, default_value = DEFAULT_PROMPT)]
-    pub prompt: String,
+    /// Text the description starts from, as the LM reads it (chat markup included); a trailing
+    /// space stays a token [default: with an LM that has a chat template, --instruction rendered
+    /// through it; else "An image of "].
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// With an LM that has a chat template and no --prompt: the user message the template
+    /// renders, the description being the model's answer (only the answer is scored).
+    #[arg(long, default_value = DEFAULT_INSTRUCTION, conflicts_with = "prompt")]
+    pub instruction: String,
     /// Candidates taken from the LM each step [default: 200; 45 with --strategy magic or beam].
     #[arg(long)]
     pub top_k: Option<usize>,
@@ -296,6 +306,33 @@ pub struct ResolvedDescribe {
     pub scorer_cmd: Option<(String, Duration)>,
     /// Whether the inputs are images (the first weight is then the image's).
     pub has_image: bool,
+    /// The instruction to render through the LM's chat template, when no prompt was given;
+    /// `options.prompt` is [`DEFAULT_PROMPT`] until [`ResolvedDescribe::for_lm`] knows the LM.
+    pub instruction: Option<String>,
+    /// Whether `--score-text` was given (else the chat route scores the answer alone).
+    pub score_text_given: bool,
+    /// Whether the prompt is the instruction rendered through the LM's chat template: faces
+    /// that print the text then print the answer alone, not the markup.
+    pub chat_prompt: bool,
+}
+
+impl ResolvedDescribe {
+    /// The options for an LM whose chat template is `template`: without a given prompt, the
+    /// instruction rendered through the template (`apply_chat_template(…, add_generation_prompt
+    /// =True)`), scoring only the generated text unless `--score-text` says otherwise; an LM
+    /// without a template starts from [`DEFAULT_PROMPT`].
+    pub fn for_lm(&self, template: Option<&ChatTemplate>) -> Result<Self> {
+        let mut resolved = self.clone();
+        if let (Some(instruction), Some(template)) = (&self.instruction, template) {
+            resolved.options.prompt = template.user_prompt(instruction)?;
+            resolved.chat_prompt = true;
+            if !self.score_text_given {
+                resolved.options.scored_text = ScoredText::Generated;
+            }
+        }
+        resolved.instruction = None;
+        Ok(resolved)
+    }
 }
 
 impl DescribeRequest {
@@ -326,7 +363,13 @@ impl DescribeRequest {
         if self.sample && self.strategy != Strategy::Seed {
             crate::usage_bail!("--sample applies to --strategy seed only");
         }
-        let defaults = DescribeOptions::for_strategy(&self.prompt, self.strategy);
+        if self.instruction.trim().is_empty() {
+            crate::usage_bail!(
+                "--instruction is empty: give the request the LM should answer, or a --prompt"
+            );
+        }
+        let prompt = self.prompt.as_deref().unwrap_or(DEFAULT_PROMPT);
+        let defaults = DescribeOptions::for_strategy(prompt, self.strategy);
         let options = DescribeOptions {
             top_k: self
                 .top_k
@@ -379,6 +422,9 @@ impl DescribeRequest {
             targets,
             scorer_cmd,
             has_image,
+            instruction: self.prompt.is_none().then(|| self.instruction.clone()),
+            score_text_given: self.score_text.is_some(),
+            chat_prompt: false,
         })
     }
 }
@@ -480,7 +526,8 @@ mod tests {
     #[test]
     fn data_defaults_are_the_command_lines() {
         let request = DescribeRequest::default();
-        assert_eq!(request.prompt, DEFAULT_PROMPT);
+        assert_eq!(request.prompt, None);
+        assert_eq!(request.instruction, DEFAULT_INSTRUCTION);
         assert_eq!(request.max_tokens, DEFAULT_MAX_TOKENS);
         assert_eq!(request.strategy, Strategy::Seed);
         assert_eq!(request.scorer_timeout, DEFAULT_SCORER_TIMEOUT);
@@ -489,6 +536,36 @@ mod tests {
         assert_eq!(DescribeRequest::from_json("{}").unwrap(), request);
         let resolved = request.resolve(None, true).unwrap();
         assert_eq!(resolved.options.top_k, 200);
+        assert_eq!(resolved.options.prompt, DEFAULT_PROMPT);
+        assert_eq!(resolved.instruction.as_deref(), Some(DEFAULT_INSTRUCTION));
+        // Without a chat template the prompt stays the original demo's, scored whole.
+        let plain = resolved.for_lm(None).unwrap();
+        assert_eq!(plain.options.prompt, DEFAULT_PROMPT);
+        assert_eq!(plain.options.scored_text, ScoredText::Full);
+        let chatml = ChatTemplate::new(
+            "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+            Default::default(),
+        )
+        .unwrap();
+        let chat = resolved.for_lm(Some(&chatml)).unwrap();
+        assert_eq!(
+            chat.options.prompt,
+            "<|im_start|>user\nWrite one sentence describing a scene.<|im_end|>\n<|im_start|>assistant\n"
+        );
+        assert_eq!(chat.options.scored_text, ScoredText::Generated);
+        assert!(chat.chat_prompt && !plain.chat_prompt);
+        // A given prompt is the prompt, template or not.
+        let given = DescribeRequest {
+            prompt: Some("A photo of".into()),
+            ..DescribeRequest::default()
+        };
+        let given = given
+            .resolve(None, true)
+            .unwrap()
+            .for_lm(Some(&chatml))
+            .unwrap();
+        assert_eq!(given.options.prompt, "A photo of");
+        assert_eq!(given.options.scored_text, ScoredText::Full);
         assert_eq!(
             request
                 .resolve(Some(Preset::Seed), true)

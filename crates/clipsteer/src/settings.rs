@@ -120,7 +120,12 @@ impl RunSettings {
 /// same shared mount reads the same on every node). `spec` itself when it was never resolved.
 pub fn model_identity(spec: &str) -> String {
     match crate::hub::origin(spec) {
-        Some(ModelOrigin::Hub { id, commit, .. }) => format!("{id}@{commit}"),
+        Some(ModelOrigin::Hub {
+            id, commit, file, ..
+        }) => match file {
+            Some(file) => format!("{id}@{commit}/{file}"),
+            None => format!("{id}@{commit}"),
+        },
         Some(ModelOrigin::Local { path }) => std::path::absolute(&path)
             .map(|p| p.display().to_string())
             .unwrap_or(path),

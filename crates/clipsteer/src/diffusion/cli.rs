@@ -171,6 +171,7 @@ pub fn run_generate(args: GenerateArgs, device: &Device) -> Result<i32> {
             id,
             revision,
             commit,
+            ..
         }) => format!("{id}@{revision}, commit {commit}"),
         Some(crate::hub::ModelOrigin::Local { path }) => path,
         None => args.diffusion.model.clone(),

@@ -271,8 +271,7 @@ pub fn attend_capped(
         shared.as_ref().map(|(k, v)| (k, v)),
         None,
         causal,
-        scale,
-        softcap,
+        Scores { scale, softcap },
     )?;
     layer.own = Some((own_k, own_v));
     Ok(output)
@@ -341,6 +340,14 @@ pub fn attend_window(
     Ok(output)
 }
 
+/// How raw attention scores q·k become the softmax's input: × `scale`, then soft-capped to
+/// `cap · tanh(score / cap)` when `softcap` is set.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Scores {
+    pub scale: f64,
+    pub softcap: Option<f64>,
+}
+
 /// `cap · tanh(scores / cap)`, or the scores as they are without a cap.
 fn cap(scores: Result<Tensor>, softcap: Option<f64>) -> Result<Tensor> {
     match softcap {
@@ -370,9 +377,9 @@ pub(crate) fn attention(
     shared: Option<(&Tensor, &Tensor)>,
     shared_mask: Option<&Tensor>,
     causal: bool,
-    scale: f64,
-    softcap: Option<f64>,
+    scores: Scores,
 ) -> Result<Tensor> {
+    let Scores { scale, softcap } = scores;
     let (batch, heads, new, head_dim) = q.dims4()?;
     let own_len = own_k.dim(2)?;
     let mut own_scores = cap(

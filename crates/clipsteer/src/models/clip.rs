@@ -316,8 +316,10 @@ impl EncoderLayer {
                 prefix_kv,
                 bucket.prefix_mask.as_ref(),
                 true,
-                self.scale(hidden),
-                None,
+                super::attention::Scores {
+                    scale: self.scale(hidden),
+                    softcap: None,
+                },
             )?;
             outputs.push(
                 out.transpose(1, 2)?

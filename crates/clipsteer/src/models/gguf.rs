@@ -609,6 +609,158 @@ pub fn gemma_tokenizer_from_gguf(content: &gguf_file::Content) -> Result<Tokeniz
     Ok(tokenizer)
 }
 
+/// Writes a llama or gemma3 GGUF file in the Hugging Face layout, as transformers saves a model
+/// it loaded with `gguf_file=` (`from_pretrained(…, gguf_file=…)` then `save_pretrained`):
+/// config.json, generation_config.json, model.safetensors (dequantised to f32, HF names, q/k
+/// rows un-permuted, Gemma norms as w rather than 1 + w), tokenizer.json (adding `<bos>`
+/// where the file asks for it) and tokenizer_config.json (the special tokens, and the chat
+/// template when the file has one). Tests use it to run the HF-layout path on real weights without
+/// torch; `dir` must not exist yet.
+pub fn save_hf_layout(path: &Path, dir: &Path) -> Result<()> {
+    let (content, file) = read_gguf(path)?;
+    let family = match architecture(&content).as_str() {
+        "llama" => Family::Llama,
+        "gemma3" => Family::Gemma3,
+        other => bail!(
+            "{}: architecture '{other}' cannot be exported",
+            path.display()
+        ),
+    };
+    let c = config(&content, family)?;
+    let mut tokenizer = match family {
+        Family::Gemma3 => gemma_tokenizer_from_gguf(&content),
+        _ => tokenizer_from_gguf(&content),
+    }?;
+    let device = Device::Cpu;
+    let weights = GgufWeights {
+        content: &content,
+        file: RefCell::new(file),
+        path,
+        device: &device,
+        permuted_heads: (family == Family::Llama).then_some((c.heads, c.kv_heads)),
+        ffn_norm_is_pre_mlp: family == Family::Gemma3,
+    };
+    let mut tensors = std::collections::HashMap::new();
+    let mut names = vec![
+        (
+            "model.embed_tokens.weight".to_string(),
+            vec![c.vocab_size, c.hidden],
+        ),
+        ("model.norm.weight".to_string(), vec![c.hidden]),
+    ];
+    if weights.contains("lm_head.weight") {
+        names.push(("lm_head.weight".into(), vec![c.vocab_size, c.hidden]));
+    }
+    let (q, kv) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+    let gemma = family == Family::Gemma3;
+    for i in 0..c.layers {
+        let mut layer = vec![
+            ("input_layernorm", vec![c.hidden]),
+            ("self_attn.q_proj", vec![q, c.hidden]),
+            ("self_attn.k_proj", vec![kv, c.hidden]),
+            ("self_attn.v_proj", vec![kv, c.hidden]),
+            ("self_attn.o_proj", vec![c.hidden, q]),
+            ("post_attention_layernorm", vec![c.hidden]),
+            ("mlp.gate_proj", vec![c.intermediate, c.hidden]),
+            ("mlp.up_proj", vec![c.intermediate, c.hidden]),
+            ("mlp.down_proj", vec![c.hidden, c.intermediate]),
+        ];
+        if gemma {
+            layer.extend([
+                ("self_attn.q_norm", vec![c.head_dim]),
+                ("self_attn.k_norm", vec![c.head_dim]),
+                ("pre_feedforward_layernorm", vec![c.hidden]),
+                ("post_feedforward_layernorm", vec![c.hidden]),
+            ]);
+        }
+        names.extend(
+            layer
+                .into_iter()
+                .map(|(n, shape)| (format!("model.layers.{i}.{n}.weight"), shape)),
+        );
+    }
+    for (name, shape) in names {
+        let mut t = weights.tensor(&name, &shape)?;
+        if gemma && name.ends_with("norm.weight") {
+            t = (t - 1.0)?;
+        }
+        tensors.insert(name, t);
+    }
+    let mut hf = serde_json::json!({
+        "model_type": if gemma { "gemma3_text" } else { "llama" },
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.hidden,
+        "intermediate_size": c.intermediate,
+        "num_hidden_layers": c.layers,
+        "num_attention_heads": c.heads,
+        "num_key_value_heads": c.kv_heads,
+        "head_dim": c.head_dim,
+        "max_position_embeddings": c.context,
+        "rms_norm_eps": c.rms_eps,
+        "rope_theta": c.rope_base,
+        "tie_word_embeddings": !weights.contains("lm_head.weight"),
+        "bos_token_id": c.bos_token_id,
+        "eos_token_id": c.eos_token_ids.last(),
+        "hidden_act": if gemma { "gelu_pytorch_tanh" } else { "silu" },
+    });
+    if gemma {
+        hf["query_pre_attn_scalar"] = c.head_dim.into();
+        hf["sliding_window"] = c.sliding_window().into();
+        hf["rope_local_base_freq"] = c.rope_local_base.into();
+        hf["layer_types"] = (0..c.layers)
+            .map(|i| match c.is_sliding(i) {
+                true => "sliding_attention",
+                false => "full_attention",
+            })
+            .collect::<Vec<_>>()
+            .into();
+    }
+    if c.add_bos {
+        let bos_id = c
+            .bos_token_id
+            .context("add_bos_token without a bos_token_id")?;
+        let bos = tokenizer
+            .id_to_token(bos_id)
+            .context("the BOS id is outside the vocabulary")?;
+        let post = tokenizers::processors::template::TemplateProcessing::builder()
+            .try_single(format!("{bos}:0 $A:0"))
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .special_tokens(vec![(bos, bos_id)])
+            .build()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        tokenizer.with_post_processor(Some(post));
+    }
+    std::fs::create_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&hf)?)?;
+    std::fs::write(
+        dir.join("generation_config.json"),
+        serde_json::json!({"bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_ids})
+            .to_string(),
+    )?;
+    // transformers keeps the chat template and the special tokens in tokenizer_config.json.
+    let token = |id: Option<u32>| id.and_then(|id| tokenizer.id_to_token(id));
+    let mut tokenizer_config = serde_json::json!({
+        "bos_token": token(c.bos_token_id),
+        "eos_token": token(meta_u32(&content, "tokenizer.ggml.eos_token_id").ok()),
+    });
+    if let Some(template) = content
+        .metadata
+        .get("tokenizer.chat_template")
+        .and_then(|v| v.to_string().ok())
+    {
+        tokenizer_config["chat_template"] = template.clone().into();
+    }
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        serde_json::to_string_pretty(&tokenizer_config)?,
+    )?;
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors"))?;
+    tokenizer
+        .save(dir.join("tokenizer.json"), false)
+        .map_err(|e| anyhow::anyhow!("cannot write tokenizer.json: {e}"))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::CHAT_TEMPLATE;

@@ -123,9 +123,11 @@ impl ScoredPart {
 /// one: decoded, it would be scored by its literal spelling. GPT-2's only special token is its
 /// end of text, so the reference loop's candidates are unchanged.
 pub(crate) fn markup_ids<L: CausalLm>(lm: &L) -> HashSet<u32> {
-    let eos = lm.eos_token_ids();
+    // Only the end a text is closed with: the seed loop may write it as the original demo
+    // writes GPT-2's, and the other searches stop at any end before this set is consulted.
+    let eos = lm.eos_token_ids().first().copied();
     (lm.special_token_ids().into_iter())
-        .filter(|id| !eos.contains(id))
+        .filter(|&id| Some(id) != eos)
         .collect()
 }
 
