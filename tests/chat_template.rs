@@ -150,3 +150,26 @@ fn tokenizer_config_templates_load_with_their_special_tokens() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// As jinja2 (transformers' renderer): line endings of a template saved on Windows read as "\n",
+/// in its text and in its string literals, and `tools`/`documents` are defined (as None).
+#[test]
+fn crlf_templates_and_the_variables_transformers_always_passes() {
+    let template = ChatTemplate::new(
+        "{% for m in messages %}\r\n[{{ m.content }}]{{ '\r\n' }}{% endfor %}\r{% if tools is defined and tools is none %}no tools{% endif %}",
+        Default::default(),
+    )
+    .unwrap();
+    let messages = [
+        Message {
+            role: "system".into(),
+            content: "S".into(),
+        },
+        Message::user("Hi"),
+    ];
+    // transformers 5.25's render_jinja_template (jinja2 3.1.6) on the same template and messages.
+    assert_eq!(
+        template.render(&messages, false).unwrap(),
+        "[S]\n[Hi]\nno tools"
+    );
+}

@@ -86,8 +86,14 @@ pub fn chat_template_of(spec: &str) -> Result<ChatTemplate> {
 pub fn chat_template_if_any(spec: &str) -> Result<Option<ChatTemplate>> {
     let path = Path::new(spec);
     let has_template = if is_gguf(path) {
+        // One read of the header (a large vocabulary makes it the costly part).
         let (content, _) = crate::models::gguf::read_gguf(path)?;
-        content.metadata.contains_key("tokenizer.chat_template")
+        if !content.metadata.contains_key("tokenizer.chat_template") {
+            return Ok(None);
+        }
+        return ChatTemplate::from_gguf_metadata(&content, path)
+            .map(Some)
+            .with_context(|| format!("the chat template of '{spec}'"));
     } else {
         let dir = hub::resolve(spec, ModelKind::CausalLm)?;
         let config = dir.join("tokenizer_config.json");

@@ -488,9 +488,27 @@ pub struct Transformer {
 }
 
 fn dense(w: &dyn WeightSource, name: &str, out: usize, inp: usize, bias: bool) -> Result<Dense> {
-    let weight = w.tensor(&format!("{name}.weight"), &[out, inp])?;
+    fused(w, &[(name, out)], inp, bias)
+}
+
+/// One layer computing the outputs of `parts` (name, out) side by side, joined before the one
+/// transposition [`Dense`] makes, so that loading copies each weight once.
+fn fused(w: &dyn WeightSource, parts: &[(&str, usize)], inp: usize, bias: bool) -> Result<Dense> {
+    let weights = parts
+        .iter()
+        .map(|(name, out)| w.tensor(&format!("{name}.weight"), &[*out, inp]))
+        .collect::<Result<Vec<_>>>()?;
+    let out: usize = parts.iter().map(|(_, out)| out).sum();
+    let weight = match weights.as_slice() {
+        [one] => one.clone(),
+        all => Tensor::cat(all, 0)?,
+    };
     let bias = if bias {
-        Some(w.tensor(&format!("{name}.bias"), &[out])?)
+        let biases = parts
+            .iter()
+            .map(|(name, out)| w.tensor(&format!("{name}.bias"), &[*out]))
+            .collect::<Result<Vec<_>>>()?;
+        Some(Tensor::cat(&biases, 0)?)
     } else {
         None
     };
@@ -513,20 +531,23 @@ impl Layer {
         let qkv = if c.family == Family::Phi3 {
             dense(w, &p("self_attn.qkv_proj"), q_out + 2 * kv_out, h, false)?
         } else {
-            let bias = c.attention_bias;
-            Dense::concat(&[
-                dense(w, &p("self_attn.q_proj"), q_out, h, bias)?,
-                dense(w, &p("self_attn.k_proj"), kv_out, h, bias)?,
-                dense(w, &p("self_attn.v_proj"), kv_out, h, bias)?,
-            ])?
+            let (q, k, v) = (
+                p("self_attn.q_proj"),
+                p("self_attn.k_proj"),
+                p("self_attn.v_proj"),
+            );
+            fused(
+                w,
+                &[(&q, q_out), (&k, kv_out), (&v, kv_out)],
+                h,
+                c.attention_bias,
+            )?
         };
         let gate_up = if c.family == Family::Phi3 {
             dense(w, &p("mlp.gate_up_proj"), 2 * i, h, false)?
         } else {
-            Dense::concat(&[
-                dense(w, &p("mlp.gate_proj"), i, h, c.mlp_bias)?,
-                dense(w, &p("mlp.up_proj"), i, h, c.mlp_bias)?,
-            ])?
+            let (gate, up) = (p("mlp.gate_proj"), p("mlp.up_proj"));
+            fused(w, &[(&gate, i), (&up, i)], h, c.mlp_bias)?
         };
         let (post_attention_norm, pre_mlp_norm, post_mlp_norm) = if c.sandwich_norms {
             (

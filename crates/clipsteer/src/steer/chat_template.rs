@@ -47,7 +47,9 @@ impl ChatTemplate {
     /// reported before any model runs.
     pub fn new(source: &str, special_tokens: BTreeMap<String, String>) -> Result<Self> {
         let template = Self {
-            source: source.to_string(),
+            // jinja2 reads every line ending as "\n" (its newline_sequence), in the template's
+            // text and in its string literals; a .jinja file saved on Windows renders the same.
+            source: source.replace("\r\n", "\n").replace('\r', "\n"),
             special_tokens,
         };
         let env = environment();
@@ -67,6 +69,11 @@ impl ChatTemplate {
             std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let content = gguf_file::Content::read(&mut file)
             .map_err(|e| anyhow::anyhow!("{} is not a valid GGUF file ({e})", path.display()))?;
+        Self::from_gguf_metadata(&content, path)
+    }
+
+    /// [`ChatTemplate::from_gguf`] from a header already read; `path` names the file in errors.
+    pub fn from_gguf_metadata(content: &gguf_file::Content, path: &Path) -> Result<Self> {
         let Some(source) = content
             .metadata
             .get("tokenizer.chat_template")
@@ -185,6 +192,9 @@ impl ChatTemplate {
             "add_generation_prompt",
             minijinja::Value::from(add_generation_prompt),
         );
+        // transformers passes these as None when not given, so `tools is defined` holds there.
+        context.insert("tools", minijinja::Value::from(()));
+        context.insert("documents", minijinja::Value::from(()));
         env.render_str(&self.source, context).map_err(|e| {
             anyhow::anyhow!(
                 "cannot render the chat template: {}",
