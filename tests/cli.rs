@@ -730,3 +730,75 @@ fn score_prints_clipscore_by_the_published_definitions() {
     ]);
     assert!(!both.status.success() && stderr(&both).contains("--prefix"));
 }
+
+/// With an LM whose files carry a chat template and no --prompt, describe asks --instruction
+/// through the template and searches by beam, scoring the answer alone: the same run as the
+/// explicit flags. The terminal shows the answer, not the markup.
+#[test]
+fn an_lm_with_a_chat_template_is_asked_the_instruction_by_beam_without_flags() {
+    let tmp = TempDir::new("chat-default");
+    let lm = tmp.0.join("qwen2-chat");
+    copy_dir(&fixture("decoders/qwen2"), &lm);
+    std::fs::write(
+        lm.join("tokenizer_config.json"),
+        serde_json::json!({
+            "eos_token": "<|im_end|>",
+            "chat_template": "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let lm = lm.to_str().unwrap().to_string();
+    let encoder = f("minilm-tiny");
+    let base = [
+        "describe",
+        "--lm",
+        &lm,
+        "--encoder",
+        &encoder,
+        "--target-text",
+        "a red ball",
+        "--max-tokens",
+        "4",
+    ];
+    let done = |extra: &[&str]| -> serde_json::Value {
+        let mut args = base.to_vec();
+        args.extend(extra);
+        args.push("--json");
+        let output = run(&args);
+        assert!(output.status.success(), "{}", stderr(&output));
+        serde_json::from_str(stdout(&output).lines().last().unwrap()).unwrap()
+    };
+    let by_default = done(&[]);
+    let prompt = "<|im_start|>user\nWrite one sentence describing a scene.<|im_end|>\n<|im_start|>assistant\n";
+    let explicit = done(&[
+        "--prompt",
+        prompt,
+        "--strategy",
+        "beam",
+        "--score-text",
+        "generated",
+    ]);
+    assert!(
+        by_default["text"].as_str().unwrap().starts_with(prompt),
+        "{by_default}"
+    );
+    assert_eq!(by_default["token_ids"], explicit["token_ids"]);
+    assert_eq!(by_default["similarity"], explicit["similarity"]);
+    assert_eq!(by_default["settings"], explicit["settings"]);
+    // Another instruction is another prompt; a named search is kept.
+    let asked = done(&["--instruction", "Name a toy."]);
+    assert!(asked["text"]
+        .as_str()
+        .unwrap()
+        .contains("<|im_start|>user\nName a toy.<|im_end|>"));
+    let seed = done(&["--strategy", "seed"]);
+    assert_ne!(seed["settings"], by_default["settings"]);
+    // On a terminal, the answer alone.
+    let output = run(&base);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let shown = stdout(&output);
+    assert!(!shown.contains("<|im_start|>"), "{shown}");
+    let answer = &by_default["text"].as_str().unwrap()[prompt.len()..];
+    assert_eq!(shown.trim(), answer.trim());
+}

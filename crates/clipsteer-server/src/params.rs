@@ -129,9 +129,9 @@ fn from_object(
     let mut params = DescribeRequest::default();
     if let Some(value) = object.get("strategy") {
         params.strategy = match value.as_str() {
-            Some("seed") => Strategy::Seed,
-            Some("magic") => Strategy::Magic,
-            Some("beam") => Strategy::Beam,
+            Some("seed") => Some(Strategy::Seed),
+            Some("magic") => Some(Strategy::Magic),
+            Some("beam") => Some(Strategy::Beam),
             _ => {
                 return Err(format!(
                     "params.strategy must be \"seed\", \"magic\" or \"beam\", got {}",
@@ -201,7 +201,7 @@ fn from_object(
         return Err("params.temperature and params.seed apply only when sampling: drop them or set \"sample\": true".into());
     }
     if sample || temperature.is_some() || seed.is_some() {
-        if params.strategy != Strategy::Seed {
+        if params.strategy.is_some_and(|s| s != Strategy::Seed) {
             return Err(
                 "sampling (sample, temperature, seed) applies to strategy \"seed\" only".into(),
             );

@@ -111,7 +111,7 @@ pub fn run(mut args: EvadeArgs, device: &Device) -> Result<i32> {
     let request = DescribeRequest {
         prompt: args.describe_prompt.clone(),
         instruction: args.describe_instruction.clone(),
-        strategy: args.strategy,
+        strategy: Some(args.strategy),
         top_k: args.top_k,
         max_tokens: args.max_tokens,
         block: args.blocking.block.clone(),

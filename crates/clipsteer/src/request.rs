@@ -208,13 +208,13 @@ pub struct DescribeRequest {
     /// Tokens to generate.
     #[arg(long, default_value_t = DEFAULT_MAX_TOKENS)]
     pub max_tokens: usize,
-    /// The search. seed, the default, is the original demo's loop token for token (the
-    /// reference the parity tests pin); beam is the one recommended for fluent, on-target text,
-    /// with an instruction-tuned LM's chat template as --prompt (held-out figures:
-    /// docs/STEERING.md).
-    #[arg(long, value_enum, default_value_t = Strategy::Seed)]
-    #[serde(deserialize_with = "value_named")]
-    pub strategy: Strategy,
+    /// The search [default: seed, the original demo's loop token for token (the reference the
+    /// parity tests pin); beam when the LM is asked --instruction through its chat template,
+    /// where seed's greedy-by-similarity text is not fluent (docs/STEERING.md)]. beam is the one
+    /// recommended for fluent, on-target text.
+    #[arg(long, value_enum)]
+    #[serde(deserialize_with = "value_named_opt")]
+    pub strategy: Option<Strategy>,
     /// MAGIC: weight α of the degeneration penalty.
     #[arg(long, default_value_t = MagicParams::default().alpha)]
     pub magic_alpha: f32,
@@ -314,6 +314,10 @@ pub struct ResolvedDescribe {
     /// Whether the prompt is the instruction rendered through the LM's chat template: faces
     /// that print the text then print the answer alone, not the markup.
     pub chat_prompt: bool,
+    /// The request and preset this was resolved from, for [`ResolvedDescribe::for_lm`]'s
+    /// choice of search on the chat route.
+    pub request: DescribeRequest,
+    pub preset: Option<Preset>,
 }
 
 impl ResolvedDescribe {
@@ -322,7 +326,22 @@ impl ResolvedDescribe {
     /// =True)`), scoring only the generated text unless `--score-text` says otherwise; an LM
     /// without a template starts from [`DEFAULT_PROMPT`].
     pub fn for_lm(&self, template: Option<&ChatTemplate>) -> Result<Self> {
-        let mut resolved = self.clone();
+        let request = &self.request;
+        // Asked through a chat template, with no search named and none of seed's own options
+        // (sampling, the prefilter): beam, the search that writes a fluent answer.
+        let beam_by_default = self.instruction.is_some()
+            && template.is_some()
+            && request.strategy.is_none()
+            && !request.sample
+            && request.prefilter.is_none();
+        let mut resolved = match beam_by_default {
+            true => DescribeRequest {
+                strategy: Some(Strategy::Beam),
+                ..request.clone()
+            }
+            .resolve(self.preset, self.has_image)?,
+            false => self.clone(),
+        };
         if let (Some(instruction), Some(template)) = (&self.instruction, template) {
             resolved.options.prompt = template.user_prompt(instruction)?;
             resolved.chat_prompt = true;
@@ -360,7 +379,8 @@ impl DescribeRequest {
                 "--temperature and --seed apply only when sampling: drop them or add --sample"
             );
         }
-        if self.sample && self.strategy != Strategy::Seed {
+        let strategy = self.strategy.unwrap_or(Strategy::Seed);
+        if self.sample && strategy != Strategy::Seed {
             crate::usage_bail!("--sample applies to --strategy seed only");
         }
         if self.instruction.trim().is_empty() {
@@ -369,7 +389,7 @@ impl DescribeRequest {
             );
         }
         let prompt = self.prompt.as_deref().unwrap_or(DEFAULT_PROMPT);
-        let defaults = DescribeOptions::for_strategy(prompt, self.strategy);
+        let defaults = DescribeOptions::for_strategy(prompt, strategy);
         let options = DescribeOptions {
             top_k: self
                 .top_k
@@ -425,6 +445,8 @@ impl DescribeRequest {
             instruction: self.prompt.is_none().then(|| self.instruction.clone()),
             score_text_given: self.score_text.is_some(),
             chat_prompt: false,
+            request: self.clone(),
+            preset,
         })
     }
 }
@@ -461,16 +483,7 @@ pub fn options_from_json<T: serde::de::DeserializeOwned>(json: &str) -> Result<T
     })
 }
 
-/// Deserializes a command-line enum from its command-line name.
-fn value_named<'de, D, T>(deserializer: D) -> std::result::Result<T, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: clap::ValueEnum,
-{
-    let name = <String as serde::Deserialize>::deserialize(deserializer)?;
-    T::from_str(&name, false).map_err(|_| serde::de::Error::custom(not_one_of::<T>(&name)))
-}
-
+/// Deserializes an optional command-line enum from its command-line name.
 fn value_named_opt<'de, D, T>(deserializer: D) -> std::result::Result<Option<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
@@ -529,7 +542,11 @@ mod tests {
         assert_eq!(request.prompt, None);
         assert_eq!(request.instruction, DEFAULT_INSTRUCTION);
         assert_eq!(request.max_tokens, DEFAULT_MAX_TOKENS);
-        assert_eq!(request.strategy, Strategy::Seed);
+        assert_eq!(request.strategy, None);
+        assert_eq!(
+            request.resolve(None, true).unwrap().options.strategy,
+            Strategy::Seed
+        );
         assert_eq!(request.scorer_timeout, DEFAULT_SCORER_TIMEOUT);
         assert_eq!(request.beam_width, BeamParams::default().width);
         assert_eq!(request.magic_alpha, MagicParams::default().alpha);
@@ -553,6 +570,21 @@ mod tests {
             "<|im_start|>user\nWrite one sentence describing a scene.<|im_end|>\n<|im_start|>assistant\n"
         );
         assert_eq!(chat.options.scored_text, ScoredText::Generated);
+        // ... and searched by beam, with beam's own defaults, unless a search was named.
+        assert_eq!(chat.options.strategy, Strategy::Beam);
+        assert_eq!(chat.options.top_k, 45);
+        let seed = DescribeRequest {
+            strategy: Some(Strategy::Seed),
+            ..DescribeRequest::default()
+        };
+        let seed = seed
+            .resolve(None, true)
+            .unwrap()
+            .for_lm(Some(&chatml))
+            .unwrap();
+        assert_eq!(seed.options.strategy, Strategy::Seed);
+        assert_eq!(seed.options.scored_text, ScoredText::Generated);
+        assert_eq!(plain.options.strategy, Strategy::Seed);
         assert!(chat.chat_prompt && !plain.chat_prompt);
         // A given prompt is the prompt, template or not.
         let given = DescribeRequest {
