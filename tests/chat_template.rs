@@ -151,6 +151,27 @@ fn tokenizer_config_templates_load_with_their_special_tokens() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// As transformers: a chat_template.jinja beside tokenizer_config.json replaces the config's own
+/// template (its test_chat_template_file_priority).
+#[test]
+fn a_chat_template_file_wins_over_the_configs_template() {
+    let dir = std::env::temp_dir().join(format!("clipsteer-jinja-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        r#"{"chat_template": "config {{ messages[0].content }}"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("chat_template.jinja"),
+        "file {{ messages[0].content }}",
+    )
+    .unwrap();
+    let template = ChatTemplate::from_path(&dir).unwrap();
+    assert_eq!(template.user_prompt("hi").unwrap(), "file hi");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// As jinja2 (transformers' renderer): line endings of a template saved on Windows read as "\n",
 /// in its text and in its string literals, and `tools`/`documents` are defined (as None).
 #[test]

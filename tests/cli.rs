@@ -794,6 +794,21 @@ fn an_lm_with_a_chat_template_is_asked_the_instruction_by_beam_without_flags() {
         .contains("<|im_start|>user\nName a toy.<|im_end|>"));
     let seed = done(&["--strategy", "seed"]);
     assert_ne!(seed["settings"], by_default["settings"]);
+    // An instruction for an LM without a template is refused, not ignored.
+    assert_one_line_error(
+        &run(&[
+            "describe",
+            "--lm",
+            &f("decoders/qwen2"),
+            "--encoder",
+            &encoder,
+            "--target-text",
+            "a red ball",
+            "--instruction",
+            "Name a toy.",
+        ]),
+        "--instruction needs an LM with a chat template",
+    );
     // On a terminal, the answer alone.
     let output = run(&base);
     assert!(output.status.success(), "{}", stderr(&output));

@@ -258,4 +258,41 @@ fn unsupported_configs_are_one_line_errors_that_name_what_is_supported() {
     copy(&|c| c["hidden_size"] = 32.into());
     let message = load_error(&dir.0);
     assert!(message.contains("does not hold the weights"), "{message}");
+    // Values transformers would refuse are refused, not replaced by a default (a newcomer's
+    // trial found each of these silently accepted).
+    for (edit, wanted) in [
+        (
+            &(|c: &mut serde_json::Value| {
+                c["rope_parameters"] = serde_json::json!({"rope_type": "linear", "rope_theta": 1e4})
+            }) as &dyn Fn(&mut serde_json::Value),
+            "rope scaling 'linear' needs factor",
+        ),
+        (
+            &|c: &mut serde_json::Value| c["rope_parameters"]["rope_theta"] = (-5.0).into(),
+            "rope_theta must be a positive number",
+        ),
+        (
+            &|c: &mut serde_json::Value| c["sliding_window"] = 0.into(),
+            "sliding_window must be a positive integer or null",
+        ),
+        (
+            &|c: &mut serde_json::Value| c["hidden_size"] = "64".into(),
+            "hidden_size must be a non-negative integer",
+        ),
+        (
+            &|c: &mut serde_json::Value| c["head_dim"] = 15.into(),
+            "head_dim 15",
+        ),
+    ] {
+        copy(edit);
+        let message = load_error(&dir.0);
+        assert!(message.contains(wanted), "{message}");
+    }
+    copy(&|_| {});
+    std::fs::write(dir.0.join("generation_config.json"), "{\"eos_token_id\": ").unwrap();
+    let message = load_error(&dir.0);
+    assert!(
+        message.contains("generation_config.json is not valid JSON"),
+        "{message}"
+    );
 }

@@ -46,10 +46,20 @@ pub(crate) fn py_err(error: &anyhow::Error, kind: Kind) -> PyErr {
 }
 
 /// The library's messages name command-line flags (`--max-tokens`); here they are keyword
-/// arguments (`max_tokens`).
+/// arguments (`max_tokens`), and a switch is what a caller passes to turn it on
+/// (`--sample` → `sample=True`), so that "add --sample" reads "add sample=True".
 pub(crate) fn keyword_names(message: &str) -> String {
-    clipsteer::error::rename_flags(message, |flag| Some(flag.replace('-', "_")))
+    clipsteer::error::rename_flags(message, |flag| {
+        let name = flag.replace('-', "_");
+        Some(match SWITCHES.contains(&flag) {
+            true => format!("{name}=True"),
+            false => name,
+        })
+    })
 }
+
+/// describe's and attack's flags that take no value.
+const SWITCHES: &[&str] = &["sample", "block-substrings", "no-sentence-stop"];
 
 pub(crate) fn value_err(error: anyhow::Error) -> PyErr {
     py_err(&error, Kind::Value)

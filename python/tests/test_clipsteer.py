@@ -250,6 +250,9 @@ def test_errors_are_the_python_exceptions_users_expect(describer, tmp_path):
         describer.describe(image, max_tokens="many")
     with pytest.raises(ValueError, match="option temperature: must be a finite number"):
         describer.describe(image, sample=True, temperature=float("nan"))
+    # A switch is named as a caller turns it on.
+    with pytest.raises(ValueError, match=r"drop them or add sample=True$"):
+        describer.describe(image, temperature=0.5)
     with pytest.raises(ValueError, match="no target: give an image or target_text"):
         describer.describe(max_tokens=3)
     with pytest.raises(ValueError, match="is a directory"):

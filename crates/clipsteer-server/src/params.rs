@@ -159,12 +159,12 @@ fn from_object(
         if params.prompt.is_some() {
             return Err("params.instruction and params.prompt exclude each other: an instruction is rendered through the LM's chat template into a prompt; send one of them".into());
         }
-        params.instruction = text_param(
+        params.instruction = Some(text_param(
             value,
             "instruction",
             "give the request the LM should answer, e.g. \"Describe the scene in one sentence.\"",
             limits,
-        )?;
+        )?);
     }
     let sample = match object.get("sample") {
         Some(Value::Bool(b)) => *b,

@@ -61,8 +61,9 @@ pub struct EvadeArgs {
     #[arg(long)]
     pub describe_prompt: Option<String>,
     /// With an LM that has a chat template and no --describe-prompt: the request it answers.
-    #[arg(long, default_value = crate::request::DEFAULT_INSTRUCTION, conflicts_with = "describe_prompt")]
-    pub describe_instruction: String,
+    /// [default: "Write one sentence describing a scene."]
+    #[arg(long, conflicts_with = "describe_prompt")]
+    pub describe_instruction: Option<String>,
     #[command(flatten)]
     pub diffusion: DiffusionArgs,
 }

@@ -97,11 +97,20 @@ pub fn chat_template_if_any(spec: &str) -> Result<Option<ChatTemplate>> {
     } else {
         let dir = hub::resolve(spec, ModelKind::CausalLm)?;
         let config = dir.join("tokenizer_config.json");
-        let in_config = std::fs::read_to_string(&config)
-            .ok()
-            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-            .is_some_and(|c| !c["chat_template"].is_null());
-        config.is_file() && (in_config || dir.join("chat_template.jinja").is_file())
+        if !config.is_file() {
+            return Ok(None);
+        }
+        // A config that is there but unreadable is an error, as when transformers loads the
+        // tokenizer, not a silent fall back to the plain prompt.
+        let text = std::fs::read_to_string(&config)
+            .with_context(|| format!("cannot read {}", config.display()))?;
+        let parsed: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{} is not valid JSON ({e}); download it again",
+                config.display()
+            )
+        })?;
+        !parsed["chat_template"].is_null() || dir.join("chat_template.jinja").is_file()
     };
     if !has_template {
         return Ok(None);

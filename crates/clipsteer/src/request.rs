@@ -199,9 +199,10 @@ pub struct DescribeRequest {
     #[arg(long)]
     pub prompt: Option<String>,
     /// With an LM that has a chat template and no --prompt: the user message the template
-    /// renders, the description being the model's answer (only the answer is scored).
-    #[arg(long, default_value = DEFAULT_INSTRUCTION, conflicts_with = "prompt")]
-    pub instruction: String,
+    /// renders, the description being the model's answer (only the answer is scored)
+    /// [default: "Write one sentence describing a scene."]. An LM without a template refuses it.
+    #[arg(long, conflicts_with = "prompt")]
+    pub instruction: Option<String>,
     /// Candidates taken from the LM each step [default: 200; 45 with --strategy magic or beam].
     #[arg(long)]
     pub top_k: Option<usize>,
@@ -327,6 +328,9 @@ impl ResolvedDescribe {
     /// without a template starts from [`DEFAULT_PROMPT`].
     pub fn for_lm(&self, template: Option<&ChatTemplate>) -> Result<Self> {
         let request = &self.request;
+        if template.is_none() && request.prompt.is_none() && request.instruction.is_some() {
+            crate::usage_bail!("--instruction needs an LM with a chat template, and this one has none: give the text it should continue as --prompt");
+        }
         // Asked through a chat template, with no search named and none of seed's own options
         // (sampling, the prefilter): beam, the search that writes a fluent answer.
         let beam_by_default = self.instruction.is_some()
@@ -383,7 +387,8 @@ impl DescribeRequest {
         if self.sample && strategy != Strategy::Seed {
             crate::usage_bail!("--sample applies to --strategy seed only");
         }
-        if self.instruction.trim().is_empty() {
+        let instruction = self.instruction.as_deref().unwrap_or(DEFAULT_INSTRUCTION);
+        if instruction.trim().is_empty() {
             crate::usage_bail!(
                 "--instruction is empty: give the request the LM should answer, or a --prompt"
             );
@@ -442,7 +447,7 @@ impl DescribeRequest {
             targets,
             scorer_cmd,
             has_image,
-            instruction: self.prompt.is_none().then(|| self.instruction.clone()),
+            instruction: self.prompt.is_none().then(|| instruction.to_string()),
             score_text_given: self.score_text.is_some(),
             chat_prompt: false,
             request: self.clone(),
@@ -540,7 +545,7 @@ mod tests {
     fn data_defaults_are_the_command_lines() {
         let request = DescribeRequest::default();
         assert_eq!(request.prompt, None);
-        assert_eq!(request.instruction, DEFAULT_INSTRUCTION);
+        assert_eq!(request.instruction, None);
         assert_eq!(request.max_tokens, DEFAULT_MAX_TOKENS);
         assert_eq!(request.strategy, None);
         assert_eq!(

@@ -171,7 +171,12 @@ impl DecoderConfig {
         };
         let int = |key: &str| c.get(key).and_then(Value::as_u64).map(|v| v as usize);
         let float = |key: &str| c.get(key).and_then(Value::as_f64);
-        let need = |key: &str| int(key).with_context(|| format!("config.json lacks {key}"));
+        let need = |key: &str| match c.get(key) {
+            None | Some(Value::Null) => bail!("config.json lacks {key}"),
+            Some(v) => v.as_u64().map(|v| v as usize).with_context(|| {
+                format!("config.json: {key} must be a non-negative integer, not {v}")
+            }),
+        };
         let hidden = need("hidden_size")?;
         let heads = need("num_attention_heads")?;
         let layers = need("num_hidden_layers")?;
@@ -187,7 +192,12 @@ impl DecoderConfig {
             .unwrap_or(1.0);
         let rotary_dim = (head_dim as f64 * partial) as usize;
         if rotary_dim == 0 || !rotary_dim.is_multiple_of(2) || rotary_dim > head_dim {
-            bail!("config.json: partial_rotary_factor {partial} gives no even rotary size");
+            bail!("config.json: head_dim {head_dim} × partial_rotary_factor {partial} must be an even number of rotated dimensions");
+        }
+        if !(rope_base.is_finite() && rope_base > 0.0)
+            || rope_local_base.is_some_and(|b| !(b.is_finite() && b > 0.0))
+        {
+            bail!("config.json: rope_theta must be a positive number");
         }
         let activation = c
             .get("hidden_activation")
@@ -320,7 +330,13 @@ fn scaling_of(p: &Value, max_positions: usize) -> Result<RopeScaling> {
         .or_else(|| p.get("type"))
         .and_then(Value::as_str)
         .unwrap_or("default");
-    let f = |key: &str, default: f64| p.get(key).and_then(Value::as_f64).unwrap_or(default) as f32;
+    // transformers requires the factors of each scaling type (`rope_config_validation`).
+    let f = |key: &str| -> Result<f32> {
+        match p.get(key).and_then(Value::as_f64) {
+            Some(v) if v.is_finite() && v > 0.0 => Ok(v as f32),
+            _ => bail!("config.json: rope scaling '{kind}' needs {key}, a positive number"),
+        }
+    };
     let original = p
         .get("original_max_position_embeddings")
         .and_then(Value::as_u64)
@@ -330,18 +346,24 @@ fn scaling_of(p: &Value, max_positions: usize) -> Result<RopeScaling> {
     Ok(match kind {
         "default" => RopeScaling::None,
         "linear" => RopeScaling::Linear {
-            factor: f("factor", 1.0),
+            factor: f("factor")?,
         },
         "dynamic" => RopeScaling::Dynamic {
-            factor: f("factor", 1.0),
+            factor: f("factor")?,
             original: max_positions,
         },
-        "llama3" => RopeScaling::Llama3 {
-            factor: f("factor", 8.0),
-            low_freq_factor: f("low_freq_factor", 1.0),
-            high_freq_factor: f("high_freq_factor", 4.0),
-            original,
-        },
+        "llama3" => {
+            let (low_freq_factor, high_freq_factor) = (f("low_freq_factor")?, f("high_freq_factor")?);
+            if high_freq_factor <= low_freq_factor {
+                bail!("config.json: llama3 rope scaling needs high_freq_factor > low_freq_factor");
+            }
+            RopeScaling::Llama3 {
+                factor: f("factor")?,
+                low_freq_factor,
+                high_freq_factor,
+                original,
+            }
+        }
         other => bail!(
             "rope scaling '{other}' in config.json is not supported (default, linear, dynamic, llama3)"
         ),
@@ -351,11 +373,15 @@ fn scaling_of(p: &Value, max_positions: usize) -> Result<RopeScaling> {
 /// Each layer's window. `layer_types` wins where the config has it; otherwise each family's
 /// own rule, as transformers derives `layer_types` from older configs.
 fn layer_windows(c: &Value, family: Family, layers: usize) -> Result<Vec<Option<usize>>> {
-    let window = c
-        .get("sliding_window")
-        .and_then(Value::as_u64)
-        .map(|w| w as usize)
-        .filter(|&w| w > 0);
+    let window = match c.get("sliding_window") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64().filter(|&w| w > 0) {
+            Some(w) => Some(w as usize),
+            None => {
+                bail!("config.json: sliding_window must be a positive integer or null, not {v}")
+            }
+        },
+    };
     if let Some(types) = c.get("layer_types").and_then(Value::as_array) {
         if types.len() != layers {
             bail!(
@@ -370,7 +396,8 @@ fn layer_windows(c: &Value, family: Family, layers: usize) -> Result<Vec<Option<
                 Some("sliding_attention") => window
                     .map(Some)
                     .context("config.json: a sliding_attention layer without sliding_window"),
-                other => bail!("config.json: layer type {other:?} is not supported"),
+                Some(other) => bail!("config.json: layer type '{other}' is not supported (sliding_attention, full_attention)"),
+                None => bail!("config.json: layer_types must be a list of strings"),
             })
             .collect();
     }
@@ -726,9 +753,16 @@ impl Transformer {
     /// and the weights in any format [`super::load_weights`] reads.
     pub fn load_hf(dir: &Path, device: &Device) -> Result<Self> {
         let raw: Value = super::read_config(dir)?;
-        let generation: Option<Value> = std::fs::read_to_string(dir.join("generation_config.json"))
-            .ok()
-            .and_then(|text| serde_json::from_str(&text).ok());
+        let generation_path = dir.join("generation_config.json");
+        let generation: Option<Value> = match std::fs::read_to_string(&generation_path) {
+            Ok(text) => Some(serde_json::from_str(&text).map_err(|e| {
+                anyhow::anyhow!(
+                    "{} is not valid JSON ({e}); download it again",
+                    generation_path.display()
+                )
+            })?),
+            Err(_) => None,
+        };
         let config = DecoderConfig::from_hf(&raw, generation.as_ref())
             .with_context(|| format!("{}", dir.join("config.json").display()))?;
         let vb = super::load_weights(dir, device)?;

@@ -111,7 +111,11 @@ impl ChatTemplate {
             .with_context(|| format!("cannot read {}", path.display()))?;
         let config: serde_json::Value = serde_json::from_str(&text)
             .with_context(|| format!("{} is not valid JSON", path.display()))?;
+        // transformers: a chat_template.jinja beside the config replaces the config's template.
+        let jinja = path.with_file_name("chat_template.jinja");
         let source = match &config["chat_template"] {
+            _ if jinja.is_file() => std::fs::read_to_string(&jinja)
+                .with_context(|| format!("cannot read {}", jinja.display()))?,
             serde_json::Value::String(s) => s.clone(),
             serde_json::Value::Array(named) => named
                 .iter()
@@ -121,17 +125,15 @@ impl ChatTemplate {
                 .with_context(|| {
                     format!("{}: chat_template has no \"default\" entry", path.display())
                 })?,
-            _ => {
-                // Newer checkpoints keep the template beside the config.
-                let jinja = path.with_file_name("chat_template.jinja");
-                std::fs::read_to_string(&jinja).with_context(|| {
-                    format!(
-                        "{} has no chat_template (and there is no {}); give one with --chat-template",
-                        path.display(),
-                        jinja.display()
-                    )
-                })?
-            }
+            serde_json::Value::Null => bail!(
+                "{} has no chat_template (and there is no {}); give one with --chat-template",
+                path.display(),
+                jinja.display()
+            ),
+            other => bail!(
+                "{}: chat_template must be a string or a list of named templates, not {other}",
+                path.display()
+            ),
         };
         let mut special = BTreeMap::new();
         for name in [

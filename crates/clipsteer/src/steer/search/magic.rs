@@ -107,8 +107,9 @@ pub fn run<L: CausalLm, O: Objective>(
         );
         let chosen = argmax_first(&magic);
         let token_id = candidates[chosen];
-        if options.stop_at_sentence_end && lm.is_eos(token_id) {
-            // The model chose to end the text: nothing more to write.
+        if lm.is_eos(token_id) {
+            // The model chose to end the text: nothing more to write (--no-sentence-stop goes on
+            // past sentence ends, not past the end of the text).
             break;
         }
         ids.push(token_id);
