@@ -85,7 +85,7 @@ pub fn chat_template_of(spec: &str) -> Result<ChatTemplate> {
 /// A template that is there but does not compile is an error, not a silent plain prompt.
 pub fn chat_template_if_any(spec: &str) -> Result<Option<ChatTemplate>> {
     let path = Path::new(spec);
-    let has_template = if is_gguf(path) {
+    if is_gguf(path) {
         // One read of the header (a large vocabulary makes it the costly part).
         let (content, _) = crate::models::gguf::read_gguf(path)?;
         if !content.metadata.contains_key("tokenizer.chat_template") {
@@ -94,29 +94,11 @@ pub fn chat_template_if_any(spec: &str) -> Result<Option<ChatTemplate>> {
         return ChatTemplate::from_gguf_metadata(&content, path)
             .map(Some)
             .with_context(|| format!("the chat template of '{spec}'"));
-    } else {
-        let dir = hub::resolve(spec, ModelKind::CausalLm)?;
-        let config = dir.join("tokenizer_config.json");
-        if !config.is_file() {
-            return Ok(None);
-        }
-        // A config that is there but unreadable is an error, as when transformers loads the
-        // tokenizer, not a silent fall back to the plain prompt.
-        let text = std::fs::read_to_string(&config)
-            .with_context(|| format!("cannot read {}", config.display()))?;
-        let parsed: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-            anyhow::anyhow!(
-                "{} is not valid JSON ({e}); download it again",
-                config.display()
-            )
-        })?;
-        !parsed["chat_template"].is_null() || dir.join("chat_template.jinja").is_file()
-    };
-    if !has_template {
-        return Ok(None);
     }
-    chat_template_of(spec)
-        .map(Some)
+    // A config that is there but unreadable is an error, as when transformers loads the
+    // tokenizer, not a silent fall back to the plain prompt.
+    let dir = hub::resolve(spec, ModelKind::CausalLm)?;
+    ChatTemplate::in_tokenizer_config(&dir.join("tokenizer_config.json"))
         .with_context(|| format!("the chat template of '{spec}'"))
 }
 

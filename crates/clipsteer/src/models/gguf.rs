@@ -292,11 +292,16 @@ impl WeightSource for GgufWeights<'_> {
     }
 }
 
-pub(crate) fn meta_u32(content: &gguf_file::Content, key: &str) -> Result<u32> {
+/// The metadata value `key`, or an error naming it.
+fn meta<'a>(content: &'a gguf_file::Content, key: &str) -> Result<&'a gguf_file::Value> {
     content
         .metadata
         .get(key)
-        .with_context(|| format!("GGUF metadata lacks {key}"))?
+        .with_context(|| format!("GGUF metadata lacks {key}"))
+}
+
+pub(crate) fn meta_u32(content: &gguf_file::Content, key: &str) -> Result<u32> {
+    meta(content, key)?
         .to_u32()
         .with_context(|| format!("GGUF metadata {key} is not an integer"))
 }
@@ -411,12 +416,7 @@ pub const CHAT_TEMPLATE: &str = r#"{{ bos_token }}
 /// pre-tokenizer llama.cpp names in `tokenizer.ggml.pre`.
 fn tokenizer_from_gguf(content: &gguf_file::Content) -> Result<Tokenizer> {
     use serde_json::{json, Value};
-    let get = |key: &str| {
-        content
-            .metadata
-            .get(key)
-            .with_context(|| format!("GGUF metadata lacks {key}"))
-    };
+    let get = |key: &str| meta(content, key);
     let model = get("tokenizer.ggml.model")?.to_string()?.clone();
     if model != "gpt2" {
         bail!("tokenizer model '{model}' is not supported (byte-level BPE 'gpt2' is)");
@@ -500,12 +500,7 @@ pub fn gemma_tokenizer_from_gguf(content: &gguf_file::Content) -> Result<Tokeniz
     use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
     use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
-    let get = |key: &str| {
-        content
-            .metadata
-            .get(key)
-            .with_context(|| format!("GGUF metadata lacks {key}"))
-    };
+    let get = |key: &str| meta(content, key);
     let model = get("tokenizer.ggml.model")?.to_string()?.clone();
     if model != "llama" {
         bail!("tokenizer model '{model}' is not supported for Gemma (SentencePiece 'llama' is)");

@@ -107,6 +107,27 @@ impl ChatTemplate {
     /// The template of a Hugging Face `tokenizer_config.json` (`chat_template`, a string or the
     /// list of named templates, of which "default" is used), with its special tokens.
     pub fn from_tokenizer_config(path: &Path) -> Result<Self> {
+        let jinja = path.with_file_name("chat_template.jinja");
+        Self::read_tokenizer_config(path)?.with_context(|| {
+            format!(
+                "{} has no chat_template (and there is no {}); give one with --chat-template",
+                path.display(),
+                jinja.display()
+            )
+        })
+    }
+
+    /// [`ChatTemplate::from_tokenizer_config`] for a model that may have no template: None when
+    /// the file is absent or names none (and no chat_template.jinja stands beside it). A file
+    /// that is there but unreadable, or a template that does not compile, is an error.
+    pub fn in_tokenizer_config(path: &Path) -> Result<Option<Self>> {
+        if !path.is_file() {
+            return Ok(None);
+        }
+        Self::read_tokenizer_config(path)
+    }
+
+    fn read_tokenizer_config(path: &Path) -> Result<Option<Self>> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         let config: serde_json::Value = serde_json::from_str(&text)
@@ -125,11 +146,7 @@ impl ChatTemplate {
                 .with_context(|| {
                     format!("{}: chat_template has no \"default\" entry", path.display())
                 })?,
-            serde_json::Value::Null => bail!(
-                "{} has no chat_template (and there is no {}); give one with --chat-template",
-                path.display(),
-                jinja.display()
-            ),
+            serde_json::Value::Null => return Ok(None),
             other => bail!(
                 "{}: chat_template must be a string or a list of named templates, not {other}",
                 path.display()
@@ -152,7 +169,7 @@ impl ChatTemplate {
                 special.insert(name.to_string(), token.to_string());
             }
         }
-        Self::new(&source, special)
+        Self::new(&source, special).map(Some)
     }
 
     /// A template from a file: a `tokenizer_config.json`, a directory holding one, a `.gguf`
