@@ -103,7 +103,7 @@ pub(crate) fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
         clipsteer::hub::set_progress(false);
     }
     let lm = clipsteer::load::lm_argument(&args.lm, args.gguf_file.as_deref())?;
-    plan.check_planned_settings(&planned_settings(&lm, &encoder, &resolved)?)?;
+    plan.check_planned_settings(|| planned_settings(&lm, &encoder, &resolved))?;
     if plan.trimmed_bytes > 0 {
         if let Some(path) = plan.part_path() {
             errln!(

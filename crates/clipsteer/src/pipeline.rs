@@ -326,11 +326,12 @@ impl BatchPlan {
     }
 
     /// Refuses, before any model is loaded, a part file whose lines were made with other
-    /// settings than `planned` ([`planned_settings`]): the same answer whether inputs remain
-    /// or all are done. Hub models are compared by id here and by commit once loaded.
-    pub fn check_planned_settings(&self, planned: &Value) -> Result<()> {
+    /// settings than `planned` gives ([`planned_settings`]): the same answer whether inputs
+    /// remain or all are done. Hub models are compared by id here and by commit once loaded.
+    /// `planned` runs only when there are lines to compare: it may read the LM's chat template.
+    pub fn check_planned_settings(&self, planned: impl FnOnce() -> Result<Value>) -> Result<()> {
         if let (Some(part), Some(existing)) = (&self.part, &self.existing) {
-            existing.check_planned(part.path(), planned)?;
+            existing.check_planned(part.path(), &planned()?)?;
         }
         Ok(())
     }
@@ -585,7 +586,7 @@ pub fn planned_settings(lm: &str, encoder: &str, resolved: &ResolvedDescribe) ->
         Some((command, _)) => format!("scorer-cmd:{command}"),
         None => encoder.to_string(),
     };
-    let template = match resolved.instruction {
+    let template = match resolved.instruction() {
         Some(_) => crate::load::chat_template_if_any(lm)?,
         None => None,
     };

@@ -307,11 +307,6 @@ pub struct ResolvedDescribe {
     pub scorer_cmd: Option<(String, Duration)>,
     /// Whether the inputs are images (the first weight is then the image's).
     pub has_image: bool,
-    /// The instruction to render through the LM's chat template, when no prompt was given;
-    /// `options.prompt` is [`DEFAULT_PROMPT`] until [`ResolvedDescribe::for_lm`] knows the LM.
-    pub instruction: Option<String>,
-    /// Whether `--score-text` was given (else the chat route scores the answer alone).
-    pub score_text_given: bool,
     /// Whether the prompt is the instruction rendered through the LM's chat template: faces
     /// that print the text then print the answer alone, not the markup.
     pub chat_prompt: bool,
@@ -322,6 +317,21 @@ pub struct ResolvedDescribe {
 }
 
 impl ResolvedDescribe {
+    /// The instruction to render through the LM's chat template when no prompt was given
+    /// (--instruction, or its default); `options.prompt` is [`DEFAULT_PROMPT`] until
+    /// [`ResolvedDescribe::for_lm`] knows the LM.
+    pub fn instruction(&self) -> Option<&str> {
+        match self.request.prompt {
+            Some(_) => None,
+            None => Some(
+                self.request
+                    .instruction
+                    .as_deref()
+                    .unwrap_or(DEFAULT_INSTRUCTION),
+            ),
+        }
+    }
+
     /// The options for an LM whose chat template is `template`: without a given prompt, the
     /// instruction rendered through the template (`apply_chat_template(…, add_generation_prompt
     /// =True)`), scoring only the generated text unless `--score-text` says otherwise; an LM
@@ -333,7 +343,7 @@ impl ResolvedDescribe {
         }
         // Asked through a chat template, with no search named and none of seed's own options
         // (sampling, the prefilter): beam, the search that writes a fluent answer.
-        let beam_by_default = self.instruction.is_some()
+        let beam_by_default = self.instruction().is_some()
             && template.is_some()
             && request.strategy.is_none()
             && !request.sample
@@ -346,14 +356,13 @@ impl ResolvedDescribe {
             .resolve(self.preset, self.has_image)?,
             false => self.clone(),
         };
-        if let (Some(instruction), Some(template)) = (&self.instruction, template) {
+        if let (Some(instruction), Some(template)) = (self.instruction(), template) {
             resolved.options.prompt = template.user_prompt(instruction)?;
             resolved.chat_prompt = true;
-            if !self.score_text_given {
+            if request.score_text.is_none() {
                 resolved.options.scored_text = ScoredText::Generated;
             }
         }
-        resolved.instruction = None;
         Ok(resolved)
     }
 }
@@ -447,8 +456,6 @@ impl DescribeRequest {
             targets,
             scorer_cmd,
             has_image,
-            instruction: self.prompt.is_none().then(|| instruction.to_string()),
-            score_text_given: self.score_text.is_some(),
             chat_prompt: false,
             request: self.clone(),
             preset,
@@ -559,7 +566,7 @@ mod tests {
         let resolved = request.resolve(None, true).unwrap();
         assert_eq!(resolved.options.top_k, 200);
         assert_eq!(resolved.options.prompt, DEFAULT_PROMPT);
-        assert_eq!(resolved.instruction.as_deref(), Some(DEFAULT_INSTRUCTION));
+        assert_eq!(resolved.instruction(), Some(DEFAULT_INSTRUCTION));
         // Without a chat template the prompt stays the original demo's, scored whole.
         let plain = resolved.for_lm(None).unwrap();
         assert_eq!(plain.options.prompt, DEFAULT_PROMPT);
