@@ -295,4 +295,14 @@ fn unsupported_configs_are_one_line_errors_that_name_what_is_supported() {
         message.contains("generation_config.json is not valid JSON"),
         "{message}"
     );
+    // A FIFO where the file was expected is refused, not read forever.
+    let path = dir.0.join("generation_config.json");
+    std::fs::remove_file(&path).unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let message = load_error(&dir.0);
+    assert!(message.contains("is not a regular file"), "{message}");
 }

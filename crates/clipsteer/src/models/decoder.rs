@@ -754,6 +754,13 @@ impl Transformer {
     pub fn load_hf(dir: &Path, device: &Device) -> Result<Self> {
         let raw: Value = super::read_config(dir)?;
         let generation_path = dir.join("generation_config.json");
+        // A FIFO or a directory there would block or fail the read: refused by name instead.
+        if generation_path.exists() && !generation_path.is_file() {
+            bail!(
+                "{} is not a regular file; replace it with the model's generation_config.json",
+                generation_path.display()
+            );
+        }
         let generation: Option<Value> = match std::fs::read_to_string(&generation_path) {
             Ok(text) => Some(serde_json::from_str(&text).map_err(|e| {
                 anyhow::anyhow!(
