@@ -169,6 +169,30 @@ fn a_chat_template_file_wins_over_the_configs_template() {
     .unwrap();
     let template = ChatTemplate::from_path(&dir).unwrap();
     assert_eq!(template.user_prompt("hi").unwrap(), "file hi");
+    // A FIFO under either name is refused by name: it used to be waited on (the .jinja) or
+    // taken for no template at all (tokenizer_config.json).
+    for name in ["chat_template.jinja", "tokenizer_config.json"] {
+        let path = dir.join(name);
+        let saved = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let status = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let message = format!(
+            "{:#}",
+            ChatTemplate::in_tokenizer_config(&dir.join("tokenizer_config.json"))
+                .err()
+                .expect("a FIFO must be refused")
+        );
+        assert!(
+            message.contains(&format!("{name} is a FIFO, not a regular file")),
+            "{message}"
+        );
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, saved).unwrap();
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

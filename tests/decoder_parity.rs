@@ -304,5 +304,27 @@ fn unsupported_configs_are_one_line_errors_that_name_what_is_supported() {
         .unwrap();
     assert!(status.success());
     let message = load_error(&dir.0);
-    assert!(message.contains("is not a regular file"), "{message}");
+    assert!(
+        message.contains("generation_config.json is a FIFO, not a regular file"),
+        "{message}"
+    );
+    // The same for the files every load reads: each one a FIFO in turn, refused by name
+    // (removed after each, as copying onto a FIFO would block).
+    std::fs::remove_file(&path).unwrap();
+    for name in ["config.json", "tokenizer.json"] {
+        copy(&|_| {});
+        let path = dir.0.join(name);
+        std::fs::remove_file(&path).unwrap();
+        let status = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let message = load_error(&dir.0);
+        assert!(
+            message.contains(&format!("{name} is a FIFO, not a regular file")),
+            "{message}"
+        );
+        std::fs::remove_file(&path).unwrap();
+    }
 }

@@ -293,6 +293,24 @@ pub fn open_regular(path: &Path, what: &str) -> Result<std::fs::File> {
     Ok(file)
 }
 
+/// The whole of `path` if it is a regular file ([`open_regular`]). Model files (config.json,
+/// tokenizer.json, tokenizer_config.json, generation_config.json, chat_template.jinja) are read
+/// through this: a FIFO in a model folder is refused by name instead of waited on forever.
+pub fn read_regular(path: &Path, what: &str) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut file = open_regular(path, what)?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {what}"))?;
+    Ok(bytes)
+}
+
+/// [`read_regular`] as UTF-8 text.
+pub fn read_regular_to_string(path: &Path, what: &str) -> Result<String> {
+    String::from_utf8(read_regular(path, what)?)
+        .map_err(|_| usage(format!("{what} is not UTF-8 text: download it again")))
+}
+
 /// The bytes of `path` if it is a regular file (not a FIFO, never blocking) of at most `limit`
 /// bytes; None otherwise.
 pub fn read_small_regular(path: &Path, limit: usize) -> Option<Vec<u8>> {

@@ -495,12 +495,13 @@ impl ClipImageProcessor {
     /// Reads `preprocessor_config.json` from a CLIP model directory.
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("preprocessor_config.json");
-        let text = std::fs::read_to_string(&path).with_context(|| {
-            format!(
-                "cannot read {}: a CLIP model directory needs its preprocessor_config.json",
-                path.display()
-            )
-        })?;
+        let text = crate::files::read_regular_to_string(&path, &path.display().to_string())
+            .with_context(|| {
+                format!(
+                    "cannot read {}: a CLIP model directory needs its preprocessor_config.json",
+                    path.display()
+                )
+            })?;
         let config: Value = serde_json::from_str(&text)
             .with_context(|| format!("{} is not valid JSON", path.display()))?;
         Self::from_config(&config).with_context(|| format!("in {}", path.display()))

@@ -13,12 +13,13 @@ const CLIP_SPLIT_PATTERN: &str =
 
 /// Loads a tokenizer.json file.
 pub fn load_tokenizer_json(path: &Path) -> Result<Tokenizer> {
-    let bytes = std::fs::read(path).with_context(|| {
-        format!(
-            "cannot read tokenizer {}: the model directory needs a tokenizer.json",
-            path.display()
-        )
-    })?;
+    let bytes =
+        crate::files::read_regular(path, &path.display().to_string()).with_context(|| {
+            format!(
+                "cannot read tokenizer {}: the model directory needs a tokenizer.json",
+                path.display()
+            )
+        })?;
     let mut tokenizer = Tokenizer::from_bytes(&bytes)
         .map_err(|e| anyhow::anyhow!("{} is not a valid tokenizer.json: {e}", path.display()))?;
     // Some tokenizer.json files pad every input to a fixed length (all-MiniLM-L6-v2: 128) or
@@ -35,7 +36,8 @@ pub fn load_tokenizer_json(path: &Path) -> Result<Tokenizer> {
 /// vocabulary-file routes.
 pub fn load_from_dir(dir: &Path, kind: TokenizerKind) -> Result<Tokenizer> {
     let tokenizer_json = dir.join("tokenizer.json");
-    if tokenizer_json.is_file() {
+    // exists(), not is_file(): a FIFO or folder by that name is refused, not passed over.
+    if tokenizer_json.exists() {
         return load_tokenizer_json(&tokenizer_json);
     }
     for (vocab, merges) in [("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")] {
@@ -74,8 +76,7 @@ fn build(spec: Value, what: &str) -> Result<Tokenizer> {
 }
 
 fn read_vocab(path: &Path) -> Result<Value> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = crate::files::read_regular_to_string(path, &path.display().to_string())?;
     let vocab: Value = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a JSON vocabulary", path.display()))?;
     if !vocab.is_object() {
@@ -94,8 +95,8 @@ fn byte_level() -> Value {
 /// GPT-2's tokenizer from encoder.json (or vocab.json) and vocab.bpe (or merges.txt).
 pub fn gpt2_from_files(vocab_path: &Path, merges_path: &Path) -> Result<Tokenizer> {
     let vocab = read_vocab(vocab_path)?;
-    let merges_text = std::fs::read_to_string(merges_path)
-        .with_context(|| format!("cannot read {}", merges_path.display()))?;
+    let merges_text =
+        crate::files::read_regular_to_string(merges_path, &merges_path.display().to_string())?;
     let eot = vocab
         .get("<|endoftext|>")
         .and_then(Value::as_u64)
@@ -178,8 +179,8 @@ pub fn clip_from_bpe_gz(path: &Path) -> Result<Tokenizer> {
 /// CLIP's tokenizer from vocab.json + merges.txt as the hub's CLIP repositories ship them.
 pub fn clip_from_vocab_files(vocab_path: &Path, merges_path: &Path) -> Result<Tokenizer> {
     let vocab = read_vocab(vocab_path)?;
-    let merges_text = std::fs::read_to_string(merges_path)
-        .with_context(|| format!("cannot read {}", merges_path.display()))?;
+    let merges_text =
+        crate::files::read_regular_to_string(merges_path, &merges_path.display().to_string())?;
     clip_tokenizer(vocab, read_merges(&merges_text))
 }
 

@@ -9,7 +9,7 @@ use serde_json::Value;
 use std::path::Path;
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).with_context(|| {
+    let text = crate::files::read_regular_to_string(path, &path.display().to_string()).with_context(|| {
         format!(
             "cannot read {}: is the model directory in the diffusers layout (unet/, vae/, text_encoder/, tokenizer/, scheduler/)?",
             path.display()

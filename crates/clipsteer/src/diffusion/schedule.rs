@@ -40,12 +40,13 @@ pub struct SchedulerFile {
 
 impl SchedulerFile {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| {
-            format!(
+        let text = crate::files::read_regular_to_string(path, &path.display().to_string())
+            .with_context(|| {
+                format!(
                 "cannot read {}: a diffusers model directory needs scheduler/scheduler_config.json",
                 path.display()
             )
-        })?;
+            })?;
         serde_json::from_str(&text)
             .with_context(|| format!("{} is not a valid scheduler config", path.display()))
     }

@@ -105,7 +105,7 @@ impl PromptTokenizer {
         let inner = tokenize::load_from_dir(dir, TokenizerKind::Clip)?;
         let config: serde_json::Value = ["tokenizer_config.json", "special_tokens_map.json"]
             .iter()
-            .filter_map(|name| std::fs::read_to_string(dir.join(name)).ok())
+            .filter_map(|name| crate::files::read_regular_to_string(&dir.join(name), name).ok())
             .filter_map(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
             .fold(serde_json::json!({}), |mut merged, next| {
                 if let (Some(merged), Some(next)) = (merged.as_object_mut(), next.as_object()) {

@@ -754,21 +754,16 @@ impl Transformer {
     pub fn load_hf(dir: &Path, device: &Device) -> Result<Self> {
         let raw: Value = super::read_config(dir)?;
         let generation_path = dir.join("generation_config.json");
-        // A FIFO or a directory there would block or fail the read: refused by name instead.
-        if generation_path.exists() && !generation_path.is_file() {
-            bail!(
-                "{} is not a regular file; replace it with the model's generation_config.json",
-                generation_path.display()
-            );
-        }
-        let generation: Option<Value> = match std::fs::read_to_string(&generation_path) {
-            Ok(text) => Some(serde_json::from_str(&text).map_err(|e| {
-                anyhow::anyhow!(
-                    "{} is not valid JSON ({e}); download it again",
-                    generation_path.display()
-                )
-            })?),
-            Err(_) => None,
+        // Optional, but a FIFO or a directory under its name is refused rather than waited on.
+        let generation: Option<Value> = match generation_path.exists() {
+            true => {
+                let what = generation_path.display().to_string();
+                let text = crate::files::read_regular_to_string(&generation_path, &what)?;
+                Some(serde_json::from_str(&text).map_err(|e| {
+                    anyhow::anyhow!("{what} is not valid JSON ({e}); download it again")
+                })?)
+            }
+            false => None,
         };
         let config = DecoderConfig::from_hf(&raw, generation.as_ref())
             .with_context(|| format!("{}", dir.join("config.json").display()))?;

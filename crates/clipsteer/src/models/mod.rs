@@ -173,13 +173,14 @@ impl Dense {
 /// Reads and parses a model's config.json with errors that name the file.
 pub(crate) fn read_config<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<T> {
     let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "cannot read {}: is {} a model directory in the Hugging Face layout?",
-            path.display(),
-            dir.display()
-        )
-    })?;
+    let text = crate::files::read_regular_to_string(&path, &path.display().to_string())
+        .with_context(|| {
+            format!(
+                "cannot read {}: is {} a model directory in the Hugging Face layout?",
+                path.display(),
+                dir.display()
+            )
+        })?;
     serde_json::from_str(&text).with_context(|| invalid_config(dir))
 }
 
@@ -236,8 +237,7 @@ impl WeightNames {
 /// The files (relative to the checkpoint directory) that a sharded checkpoint's index names in
 /// its `weight_map`, sorted and without repeats.
 pub fn shard_names(index: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(index)
-        .with_context(|| format!("cannot read {}", index.display()))?;
+    let text = crate::files::read_regular_to_string(index, &index.display().to_string())?;
     let json: serde_json::Value = serde_json::from_str(&text)
         .with_context(|| format!("{} is not valid JSON", index.display()))?;
     let map = json

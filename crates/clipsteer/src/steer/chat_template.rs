@@ -121,22 +121,23 @@ impl ChatTemplate {
     /// the file is absent or names none (and no chat_template.jinja stands beside it). A file
     /// that is there but unreadable, or a template that does not compile, is an error.
     pub fn in_tokenizer_config(path: &Path) -> Result<Option<Self>> {
-        if !path.is_file() {
+        // exists(), not is_file(): a FIFO there is refused by the read, not taken for no file.
+        if !path.exists() {
             return Ok(None);
         }
         Self::read_tokenizer_config(path)
     }
 
     fn read_tokenizer_config(path: &Path) -> Result<Option<Self>> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let text = crate::files::read_regular_to_string(path, &path.display().to_string())?;
         let config: serde_json::Value = serde_json::from_str(&text)
             .with_context(|| format!("{} is not valid JSON", path.display()))?;
         // transformers: a chat_template.jinja beside the config replaces the config's template.
         let jinja = path.with_file_name("chat_template.jinja");
         let source = match &config["chat_template"] {
-            _ if jinja.is_file() => std::fs::read_to_string(&jinja)
-                .with_context(|| format!("cannot read {}", jinja.display()))?,
+            _ if jinja.exists() => {
+                crate::files::read_regular_to_string(&jinja, &jinja.display().to_string())?
+            }
             serde_json::Value::String(s) => s.clone(),
             serde_json::Value::Array(named) => named
                 .iter()
@@ -186,8 +187,9 @@ impl ChatTemplate {
             Some("gguf") => Self::from_gguf(path),
             Some("json") => Self::from_tokenizer_config(path),
             _ => {
-                let source = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read chat template {}", path.display()))?;
+                let source =
+                    crate::files::read_regular_to_string(path, &path.display().to_string())
+                        .with_context(|| format!("cannot read chat template {}", path.display()))?;
                 Self::new(&source, BTreeMap::new())
             }
         }

@@ -24,7 +24,8 @@ impl SentenceScorer {
         let model = BertModel::load(dir, device)?;
         let tokenizer = load_tokenizer_json(&dir.join("tokenizer.json"))?;
         // sentence-transformers truncates at max_seq_length (256 for all-MiniLM-L6-v2).
-        let configured = std::fs::read_to_string(dir.join("sentence_bert_config.json"))
+        let sbert = dir.join("sentence_bert_config.json");
+        let configured = crate::files::read_regular_to_string(&sbert, &sbert.display().to_string())
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
             .and_then(|v| v["max_seq_length"].as_u64())
