@@ -6,6 +6,8 @@
 # same text (the same work) for every case.
 #
 #   BEFORE=path/to/old/clipsteer AFTER=target/release/clipsteer ROUNDS=2 CASES=3 bench/fluent.sh
+# PROMPT (default "A picture of") is the plain prompt both builds continue; PROMPT= (empty) runs the
+# default route instead (STRATEGIES="beam" times beam alone): the LM's chat template with --instruction's default.
 # AFTER_ARGS adds flags to the newer build's runs only, to turn off a behaviour the older build
 # lacks so that both do the same work (e.g. AFTER_ARGS="--beam-close-within 0").
 set -euo pipefail
@@ -16,6 +18,8 @@ ROUNDS=${ROUNDS:-2}; CASES=${CASES:-3}
 LM=${LM:-.cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}
 ENCODER=${ENCODER:-.cache/models/all-minilm-l6-v2}
 read -r -a after_args <<< "${AFTER_ARGS:-}"
+PROMPT=${PROMPT-A picture of}
+prompt_args=(); [ -n "$PROMPT" ] && prompt_args=(--prompt "$PROMPT")
 out=$(mktemp -d)
 python3 - "$CASES" > "$out/cases.tsv" <<'PY'
 import json, sys
@@ -26,12 +30,12 @@ PY
 echo "load before: $(uptime)"
 for round in $(seq "$ROUNDS"); do
   while IFS=$'\t' read -r id target block; do
-    for strategy in magic beam; do
+    for strategy in ${STRATEGIES:-magic beam}; do
       for side in before after; do
         bin=$BEFORE; extra=()
         [ "$side" = after ] && { bin=$AFTER; extra=("${after_args[@]}"); }
         "$bin" --device cpu describe --lm "$LM" --encoder "$ENCODER" --target-text "$target" \
-          --block "$block" --strategy "$strategy" --prompt "A picture of" --json "${extra[@]}" \
+          --block "$block" --strategy "$strategy" "${prompt_args[@]}" --json "${extra[@]}" \
           | tail -1 > "$out/$side-$strategy-$id-$round.json"
       done
     done
@@ -45,7 +49,7 @@ runs = {}
 for path in glob.glob(f"{out}/*-*-*-*.json"):
     side, strategy, case, rnd = os.path.basename(path)[:-5].split("-")
     runs[(side, strategy, case, rnd)] = json.load(open(path))
-for strategy in ("magic", "beam"):
+for strategy in sorted({k[1] for k in runs}):
     med = {s: statistics.median(r["seconds"] for k, r in runs.items() if k[0] == s and k[1] == strategy) for s in ("before", "after")}
     same = all(runs[("before", strategy, c, r)]["token_ids"] == runs[("after", strategy, c, r)]["token_ids"]
                for (_, st, c, r) in runs if st == strategy)

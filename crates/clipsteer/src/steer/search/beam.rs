@@ -371,58 +371,59 @@ pub fn run<L: CausalLm, O: Objective>(
             }
         }
         clock = std::time::Instant::now();
-        let mut next_live = Vec::with_capacity(kept.len());
+        // The next beam, grouped by parent as it always was (ties in later steps keep this
+        // order). Every child the lookahead has not stepped runs in one forward over all
+        // parents: one pass over the LM's weights per step instead of one per parent.
         let mut parents: Vec<usize> = kept.iter().map(|&i| expansions[i].parent).collect();
         parents.sort_unstable();
         parents.dedup();
-        for parent in parents {
-            let children: Vec<usize> = kept
-                .iter()
-                .copied()
-                .filter(|&i| expansions[i].parent == parent)
-                .collect();
-            // The lookahead already stepped some children: branch only the others.
-            let tokens: Vec<u32> = children
-                .iter()
-                .filter(|&&i| expansions[i].state.is_none())
-                .map(|&i| expansions[i].token)
-                .collect();
-            let Some((parent_cache, _)) = &live[parent].state else {
-                continue;
-            };
-            let branches = if tokens.is_empty() {
-                None
-            } else {
-                Some(lm.branch(parent_cache, &tokens)?)
-            };
-            let mut row = 0;
-            for &i in &children {
-                let expansion = &mut expansions[i];
-                let state = match expansion.state.take() {
-                    Some(state) => state,
-                    None => {
-                        let branches = branches.as_ref().expect("a child left to branch");
-                        row += 1;
-                        (
-                            lm.keep_branch(&branches.cache, row - 1)?,
-                            branches.logits[row - 1].clone(),
-                        )
-                    }
-                };
-                let mut ids = live[parent].ids.clone();
-                ids.push(expansion.token);
-                next_live.push(Hypothesis {
-                    ids,
-                    text: std::mem::take(&mut expansion.phrase),
-                    scored_text: std::mem::take(&mut expansion.scored_text),
-                    log_prob: expansion.log_prob,
-                    similarity: expansion.similarity,
-                    state: Some(state),
-                    parent_prefix: prefixes[parent].clone(),
-                    ending: Ending::Cut,
-                    ending_log_prob: 0.0,
-                });
-            }
+        let children: Vec<usize> = parents
+            .iter()
+            .flat_map(|&p| {
+                let expansions = &expansions;
+                kept.iter()
+                    .copied()
+                    .filter(move |&i| expansions[i].parent == p)
+            })
+            .collect();
+        let caches = parents
+            .iter()
+            .map(|&p| live_cache(&live[p]))
+            .collect::<Result<Vec<_>>>()?;
+        let to_step: Vec<usize> = children
+            .iter()
+            .copied()
+            .filter(|&i| expansions[i].state.is_none())
+            .collect();
+        let rows: Vec<usize> = to_step
+            .iter()
+            .map(|&i| parents.partition_point(|&p| p < expansions[i].parent))
+            .collect();
+        let tokens: Vec<u32> = to_step.iter().map(|&i| expansions[i].token).collect();
+        for (&i, (logits, cache)) in to_step.iter().zip(lm.branch_rows(&caches, &rows, &tokens)?) {
+            expansions[i].state = Some((cache, logits));
+        }
+        let mut next_live = Vec::with_capacity(children.len());
+        for &i in &children {
+            let expansion = &mut expansions[i];
+            let parent = expansion.parent;
+            let state = expansion
+                .state
+                .take()
+                .ok_or_else(|| anyhow::anyhow!("a kept child was not stepped"))?;
+            let mut ids = live[parent].ids.clone();
+            ids.push(expansion.token);
+            next_live.push(Hypothesis {
+                ids,
+                text: std::mem::take(&mut expansion.phrase),
+                scored_text: std::mem::take(&mut expansion.scored_text),
+                log_prob: expansion.log_prob,
+                similarity: expansion.similarity,
+                state: Some(state),
+                parent_prefix: prefixes[parent].clone(),
+                ending: Ending::Cut,
+                ending_log_prob: 0.0,
+            });
         }
         live = next_live;
         if closing_step {
@@ -499,6 +500,15 @@ pub fn run<L: CausalLm, O: Objective>(
     })
 }
 
+/// The LM cache of a live hypothesis (every hypothesis in the beam has one; finished ones are
+/// kept elsewhere).
+fn live_cache<C, P>(hypothesis: &Hypothesis<C, P>) -> Result<&C> {
+    match &hypothesis.state {
+        Some((cache, _)) => Ok(cache),
+        None => anyhow::bail!("a finished hypothesis in the beam"),
+    }
+}
+
 /// Sets each expansion's `rank` to its score less γ × its rank among its parent's expansions
 /// (best first, r from 0).
 fn rank_expansions<C>(expansions: &mut [Expansion<C>], diversity: f32) {
@@ -567,25 +577,33 @@ fn look_ahead<L: CausalLm, O: Objective>(
         };
         let tokens: Vec<u32> = children.iter().map(|&i| expansions[i].token).collect();
         let branches = lm.branch(parent_cache, &tokens)?;
+        let mut ids: Vec<Vec<u32>> = Vec::with_capacity(children.len());
+        let mut states = Vec::with_capacity(children.len());
+        for (row, &i) in children.iter().enumerate() {
+            let mut child = live[parent].ids.clone();
+            child.push(expansions[i].token);
+            ids.push(child);
+            let state = (
+                lm.keep_branch(&branches.cache, row)?,
+                branches.logits[row].clone(),
+            );
+            expansions[i].state = Some(state.clone());
+            states.push(state);
+        }
+        let completions = complete_greedily(
+            lm,
+            states,
+            &mut ids,
+            context.tokens,
+            context.stop_at_sentence_end,
+            context.markup,
+            context.blocklist,
+        )?;
         let mut completed = Vec::with_capacity(children.len());
         let mut completion_log_probs = Vec::with_capacity(children.len());
-        for (row, &i) in children.iter().enumerate() {
-            let mut ids = live[parent].ids.clone();
-            ids.push(expansions[i].token);
-            let cache = lm.keep_branch(&branches.cache, row)?;
-            let logits = branches.logits[row].clone();
-            expansions[i].state = Some((cache.clone(), logits.clone()));
-            let completion = complete_greedily(
-                lm,
-                (cache, logits),
-                &mut ids,
-                context.tokens,
-                context.stop_at_sentence_end,
-                context.markup,
-                context.blocklist,
-            )?;
-            let text = lm.decode(&ids)?;
-            completed.push(context.scored_part.of(lm, &ids, &text)?);
+        for (ids, completion) in ids.iter().zip(&completions) {
+            let text = lm.decode(ids)?;
+            completed.push(context.scored_part.of(lm, ids, &text)?);
             completion_log_probs.push((completion.log_prob, ids.len() - context.prompt_len));
         }
         let scores = objective.score(prefix, &completed)?;
@@ -631,7 +649,8 @@ fn greedy_allowed<L: CausalLm>(
     Ok(None)
 }
 
-/// What [`complete_greedily`] added.
+/// What [`complete_greedily`] added to one text.
+#[derive(Clone, Default)]
 struct Completion {
     /// Sum of the completion's log-probabilities (nats).
     log_prob: f64,
@@ -641,42 +660,61 @@ struct Completion {
     ended_sentence: bool,
 }
 
-/// Extends `ids` by its LM's greedy completion from `state` (the cache after `ids` and the next
-/// logits): up to `tokens` tokens by [`greedy_allowed`], stopping at the LM's end of text or,
-/// with `sentences`, after a token that ends a sentence. Lookahead and the closing window's
-/// completions both take this.
+/// Extends each of `ids` by its LM's greedy completion from its state in `states` (the cache
+/// after those ids and the next logits): up to `tokens` tokens by [`greedy_allowed`], stopping at
+/// the LM's end of text or, with `sentences`, after a token that ends a sentence. The texts run
+/// in lockstep, one forward for all that go on at each token ([`CausalLm::branch_rows`]: their
+/// caches are of one length), where each used to take its own one-row forwards. Lookahead and
+/// the closing window's completions both take this.
 fn complete_greedily<L: CausalLm>(
     lm: &L,
-    state: (L::Cache, Vec<f32>),
-    ids: &mut Vec<u32>,
+    states: Vec<(L::Cache, Vec<f32>)>,
+    ids: &mut [Vec<u32>],
     tokens: usize,
     sentences: bool,
     markup: &HashSet<u32>,
     blocklist: &crate::steer::constraints::Blocklist,
-) -> Result<Completion> {
-    let (mut cache, mut logits) = state;
-    let mut completion = Completion {
-        log_prob: 0.0,
-        last_log_prob: 0.0,
-        ended_sentence: false,
-    };
+) -> Result<Vec<Completion>> {
+    let mut completions = vec![Completion::default(); ids.len()];
+    // (row, cache, next logits) of the texts still going.
+    let mut going: Vec<(usize, L::Cache, Vec<f32>)> = states
+        .into_iter()
+        .enumerate()
+        .map(|(row, (cache, logits))| (row, cache, logits))
+        .collect();
     for n in 0..tokens {
-        let log_probs = log_softmax(&logits);
-        let Some(next) = greedy_allowed(lm, &logits, ids, markup, blocklist)? else {
-            break;
-        };
-        ids.push(next);
-        completion.last_log_prob = log_probs[next as usize];
-        completion.log_prob += completion.last_log_prob;
-        if sentences && ends_sentence(&lm.decode(&[next])?) {
-            completion.ended_sentence = true;
+        let mut stepping: Vec<(usize, L::Cache, u32)> = Vec::with_capacity(going.len());
+        for (row, cache, logits) in going.drain(..) {
+            let log_probs = log_softmax(&logits);
+            let Some(next) = greedy_allowed(lm, &logits, &mut ids[row], markup, blocklist)? else {
+                continue;
+            };
+            ids[row].push(next);
+            let completion = &mut completions[row];
+            completion.last_log_prob = log_probs[next as usize];
+            completion.log_prob += completion.last_log_prob;
+            if sentences && ends_sentence(&lm.decode(&[next])?) {
+                completion.ended_sentence = true;
+                continue;
+            }
+            if n + 1 < tokens {
+                stepping.push((row, cache, next));
+            }
+        }
+        if stepping.is_empty() {
             break;
         }
-        if n + 1 < tokens {
-            logits = lm.next_logits(&[next], &mut cache)?;
-        }
+        let caches: Vec<&L::Cache> = stepping.iter().map(|(_, cache, _)| cache).collect();
+        let rows: Vec<usize> = (0..stepping.len()).collect();
+        let next: Vec<u32> = stepping.iter().map(|&(_, _, token)| token).collect();
+        let stepped = lm.branch_rows(&caches, &rows, &next)?;
+        going = stepping
+            .iter()
+            .zip(stepped)
+            .map(|(&(row, _, _), (logits, cache))| (row, cache, logits))
+            .collect();
     }
-    Ok(completion)
+    Ok(completions)
 }
 
 /// Each live hypothesis continued by its LM's greedy choice (the best of its top 5 that is
@@ -695,15 +733,19 @@ fn sentence_completions<L: CausalLm, O: Objective>(
     blocklist: &crate::steer::constraints::Blocklist,
     scored_part: &ScoredPart,
 ) -> Result<Vec<Hypothesis<L::Cache, O::Prefix>>> {
+    // A hypothesis has a parent prefix from the first step on, and live ones all have states.
+    let (going, states): (Vec<_>, Vec<_>) = live
+        .iter()
+        .filter(|h| h.parent_prefix.is_some())
+        .filter_map(|h| Some((h, h.state.clone()?)))
+        .unzip();
+    let mut ids: Vec<Vec<u32>> = going.iter().map(|h| h.ids.clone()).collect();
+    let completions = complete_greedily(lm, states, &mut ids, room, true, markup, blocklist)?;
     let mut ended = Vec::new();
-    for hypothesis in live {
-        let (Some((cache, logits)), Some(prefix)) = (&hypothesis.state, &hypothesis.parent_prefix)
-        else {
+    for ((hypothesis, ids), completion) in going.into_iter().zip(ids).zip(completions) {
+        let Some(prefix) = &hypothesis.parent_prefix else {
             continue;
         };
-        let mut ids = hypothesis.ids.clone();
-        let state = (cache.clone(), logits.clone());
-        let completion = complete_greedily(lm, state, &mut ids, room, true, markup, blocklist)?;
         if !completion.ended_sentence {
             continue;
         }
