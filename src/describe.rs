@@ -141,15 +141,7 @@ pub(crate) fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
                 if args.json {
                     outln!("{line}");
                 } else {
-                    // A chat template's markup is not the description: the answer alone.
-                    let text = match describer.chat_prompt {
-                        true => result
-                            .text
-                            .strip_prefix(&describer.options.prompt)
-                            .unwrap_or(&result.text)
-                            .trim_start(),
-                        false => &result.text,
-                    };
+                    let text = &result.text;
                     // A tab-separated record per image: names and texts may not break it, nor
                     // reach the terminal as escapes (--json carries them exactly).
                     progress.println(&match image {

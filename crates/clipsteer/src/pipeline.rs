@@ -524,8 +524,44 @@ impl Describer {
         }
     }
 
-    /// Runs the search toward `target` ([`Self::target`]'s).
+    /// Runs the search toward `target` ([`Self::target`]'s). When the prompt is the LM's chat
+    /// template ([`Self::chat_prompt`]), the steps' and the result's `text` are the model's
+    /// answer alone: the markup is how the LM was asked, not the description, and every face
+    /// (JSON lines, `serve`, Python) would otherwise hand it to the user.
     pub fn describe_target(
+        &self,
+        target: Option<&[f32]>,
+        mut on_step: impl FnMut(&StepEvent) -> Result<()>,
+    ) -> Result<DescribeResult> {
+        if !self.chat_prompt {
+            return self.search(target, on_step);
+        }
+        let prompt = self.options.prompt.as_str();
+        let answer = |text: &str| {
+            text.strip_prefix(prompt)
+                .map(|rest| rest.trim_start().to_string())
+        };
+        let mut result = self.search(target, |event| match answer(&event.text) {
+            Some(text) => on_step(&StepEvent {
+                text,
+                ..event.clone()
+            }),
+            None => on_step(event),
+        })?;
+        result.text = match answer(&result.text) {
+            Some(text) => text,
+            // A tokenizer that does not give the prompt back byte for byte: the generated ids.
+            None => self
+                .models
+                .lm
+                .decode(&result.token_ids)?
+                .trim_start()
+                .to_string(),
+        };
+        Ok(result)
+    }
+
+    fn search(
         &self,
         target: Option<&[f32]>,
         on_step: impl FnMut(&StepEvent) -> Result<()>,
@@ -556,7 +592,11 @@ impl Describer {
     }
 
     /// Adds what every `done` event ends with: the models and the settings record.
+    /// On the chat route, also the rendered prompt, which `text` (the answer) leaves out.
     pub fn record(&self, done: &mut Value) {
+        if self.chat_prompt && done["event"] == "done" {
+            done["prompt"] = Value::from(self.options.prompt.as_str());
+        }
         done["models"] = self.provenance.clone();
         done["settings"] = self.settings.clone();
     }
