@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use candle_core::Device;
 use clap::Args;
 use clipsteer::attack::{run_attack, AttackObjective, AttackSpec};
-use clipsteer::events::{attack_done_json, attack_step_json};
+use clipsteer::events::{attack_done_json, attack_step_json, json_line};
 use clipsteer::request::{seconds, BlockArgs};
 use clipsteer::steer::search::attack::{AttackOptions, Proposal, DEFAULT_SAMPLE};
 use serde_json::json;
@@ -272,7 +272,7 @@ pub(crate) fn attack_command(args: AttackArgs, device: &Device) -> Result<i32> {
     let live = Progress::new(1);
     let report = run_attack(&spec, device, |step| {
         if args.json {
-            clipsteer::write_stdout_line(format_args!("{}", attack_step_json(step)))?;
+            clipsteer::write_stdout_line(format_args!("{}", json_line(&attack_step_json(step))))?;
         }
         let head = format!(
             "[step {} · score {:.4} · {:.0} s] ",
@@ -287,7 +287,7 @@ pub(crate) fn attack_command(args: AttackArgs, device: &Device) -> Result<i32> {
     let result = &report.result;
     // A failed write is an error (exit 2), not the budget's exit 1.
     if args.json {
-        clipsteer::write_stdout_line(format_args!("{}", attack_done_json(&report)))?;
+        clipsteer::write_stdout_line(format_args!("{}", json_line(&attack_done_json(&report))))?;
     } else {
         clipsteer::write_stdout_line(format_args!("{}", result.prompt))?;
         errln!(
@@ -356,7 +356,7 @@ pub(crate) fn behaviors_command(args: AttackArgs, device: &Device) -> Result<i32
     let mut failed = 0;
     let outcome = run.run(device, |index, total, line| {
         if args.json {
-            clipsteer::write_stdout_line(format_args!("{line}"))?;
+            clipsteer::write_stdout_line(format_args!("{}", json_line(line)))?;
         }
         let id = line["behavior_id"].as_str().unwrap_or_default();
         if line["event"] == "done" {

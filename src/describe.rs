@@ -5,7 +5,7 @@ use crate::*;
 use anyhow::Result;
 use candle_core::Device;
 use clap::Args;
-use clipsteer::events::step_json;
+use clipsteer::events::{json_line, step_json};
 use clipsteer::pipeline::{planned_settings, run_batch, BatchEvent, Describer, InputSpec};
 use clipsteer::request::{encoder_for, DescribeRequest, Preset, DEFAULT_LM};
 use clipsteer::sidecar::CaptionFiles;
@@ -126,7 +126,10 @@ pub(crate) fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
         match event {
             BatchEvent::Step { image, event } => {
                 if args.json {
-                    clipsteer::write_stdout_line(format_args!("{}", step_json(image, event)))?;
+                    clipsteer::write_stdout_line(format_args!(
+                        "{}",
+                        json_line(&step_json(image, event))
+                    ))?;
                 }
                 progress.step(event, resolved.options.max_tokens);
             }
@@ -139,7 +142,7 @@ pub(crate) fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
                     progress.println_err(&format!("note: {reason}"));
                 }
                 if args.json {
-                    outln!("{line}");
+                    outln!("{}", json_line(line));
                 } else {
                     let text = &result.text;
                     // A tab-separated record per image: names and texts may not break it, nor
@@ -163,7 +166,7 @@ pub(crate) fn run_describe(args: DescribeArgs, device: &Device) -> Result<i32> {
                 names_input,
             } => {
                 if args.json {
-                    outln!("{line}");
+                    outln!("{}", json_line(line));
                 } else if names_input {
                     // The message names the file already (image decoding errors do).
                     progress.println_err(&format!("error: {message}"));

@@ -29,7 +29,7 @@ pub(crate) fn run_merge(args: MergeArgs) -> Result<i32> {
     let inputs = (!args.inputs.is_empty()).then(|| collect_inputs(&args.inputs));
     let report = merge(&args.parts, inputs.as_deref(), &args.output)?;
     if args.json {
-        outln!("{}", report.to_json());
+        outln!("{}", clipsteer::events::json_line(&report.to_json()));
     } else {
         print_merge_report(&report, &args.output);
     }

@@ -6,6 +6,32 @@ use crate::steer::describe::{DescribeResult, StepEvent};
 use crate::steer::search::attack::AttackStep;
 use serde_json::{json, Value};
 
+/// `value` as one JSON line for a terminal or a file a user may `cat`: serde_json escapes C0
+/// controls only, so the C1 controls (U+0080–U+009F: some terminals act on U+009B as CSI), the
+/// bidirectional formatting characters (which reorder what a terminal or an editor shows) and
+/// U+2028/U+2029 (line breaks to JavaScript and some viewers) are written as `\uXXXX` escapes.
+/// The JSON means the same: outside strings serde_json writes ASCII only, and within one an
+/// escape stands for its character.
+pub fn json_line(value: &Value) -> String {
+    let line = value.to_string();
+    if line.is_ascii() {
+        return line;
+    }
+    let mut escaped = String::with_capacity(line.len());
+    for c in line.chars() {
+        match c {
+            '\u{80}'..='\u{9F}'
+            | '\u{061C}'
+            | '\u{200E}'
+            | '\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2066}'..='\u{2069}' => escaped.push_str(&format!("\\u{:04x}", c as u32)),
+            c => escaped.push(c),
+        }
+    }
+    escaped
+}
+
 /// `{"event":"step",...}`: one generated token and the text so far.
 pub fn step_json(image: Option<&str>, event: &StepEvent) -> Value {
     json!({
@@ -83,4 +109,30 @@ pub fn attack_done_json(report: &AttackReport) -> Value {
         done["stop_reason"] = json!(reason);
     }
     done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_line;
+    use serde_json::{json, Value};
+
+    #[test]
+    fn json_lines_escape_what_a_terminal_would_act_on_and_mean_the_same() {
+        let text = "a\u{9B}31mred\u{202E}evil\u{2066}x\u{2028}y\u{1b}[0m é 猫 🐱";
+        let value = json!({"text": text, "image": "\u{85}.png"});
+        let line = json_line(&value);
+        assert!(
+            !line.chars().any(|c| matches!(
+                c,
+                '\u{80}'..='\u{9F}' | '\u{202E}' | '\u{2066}' | '\u{2028}' | '\u{1b}'
+            )),
+            "{line}"
+        );
+        assert!(
+            line.contains("\\u009b") && line.contains("\\u202e") && line.contains("é 猫 🐱"),
+            "{line}"
+        );
+        assert_eq!(serde_json::from_str::<Value>(&line).unwrap(), value);
+        assert_eq!(json_line(&json!({"a": 1})), r#"{"a":1}"#);
+    }
 }

@@ -229,7 +229,7 @@ impl PartWriter {
                 )
             })?,
         }
-        text.push_str(&line.to_string());
+        text.push_str(&crate::events::json_line(line));
         text.push('\n');
         self.file
             .write_all(text.as_bytes())
