@@ -289,7 +289,10 @@ pub(crate) fn attack_command(args: AttackArgs, device: &Device) -> Result<i32> {
     if args.json {
         clipsteer::write_stdout_line(format_args!("{}", json_line(&attack_done_json(&report))))?;
     } else {
-        clipsteer::write_stdout_line(format_args!("{}", result.prompt))?;
+        clipsteer::write_stdout_line(format_args!(
+            "{}",
+            clipsteer::terminal_safe(&result.prompt, true)
+        ))?;
         errln!(
             "{} after {} step{} in {:.1} s · score {:.4}{}",
             if result.success {
@@ -393,7 +396,7 @@ pub(crate) fn behaviors_command(args: AttackArgs, device: &Device) -> Result<i32
         errln!("nothing to attack: every behaviour is already done or the shard is empty");
     }
     if args.json {
-        clipsteer::write_stdout_line(format_args!("{}", outcome.summary))?;
+        clipsteer::write_stdout_line(format_args!("{}", json_line(&outcome.summary)))?;
     } else {
         // One call per line: errln! escapes a newline inside a record.
         for line in clipsteer::behaviors::summary_text(&outcome.summary).lines() {
@@ -419,7 +422,7 @@ pub(crate) fn behaviors_command(args: AttackArgs, device: &Device) -> Result<i32
             &clipsteer::settings::model_identity(victim),
             parameters,
         );
-        let text = serde_json::to_string_pretty(&artifact)?;
+        let text = clipsteer::events::escape_json(serde_json::to_string_pretty(&artifact)?);
         clipsteer::files::write_bytes_replacing(
             path,
             &format!("--artifact {}", path.display()),

@@ -190,6 +190,22 @@ fn a_chat_template_file_wins_over_the_configs_template() {
             message.contains(&format!("{name} is a FIFO, not a regular file")),
             "{message}"
         );
+        // A link to nothing (a hub snapshot whose blob is gone) is refused too, not taken for
+        // no template: that silently switched describe to the plain prompt and seed.
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(dir.join("gone"), &path).unwrap();
+        let message = format!(
+            "{:#}",
+            ChatTemplate::in_tokenizer_config(&dir.join("tokenizer_config.json"))
+                .err()
+                .expect("a dangling link must be refused")
+        );
+        assert!(
+            message.contains(&format!(
+                "{name} is a symbolic link to a file that is not there"
+            )),
+            "{message}"
+        );
         std::fs::remove_file(&path).unwrap();
         std::fs::write(&path, saved).unwrap();
     }

@@ -283,7 +283,7 @@ impl AttackModels {
         let template = match chat_template {
             Some(path) => ChatTemplate::from_path(path)?,
             None => chat_template_of(victim_spec)
-                .with_context(|| format!("the victim '{victim_spec}' needs a chat template"))?,
+                .with_context(|| format!("the victim '{victim_spec}' needs a chat template (give one with --chat-template FILE: a .jinja, a tokenizer_config.json or a .gguf)"))?,
         };
         // The attacker writes inside its own template when it has one.
         let attacker_template = if separate {

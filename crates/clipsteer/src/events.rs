@@ -6,27 +6,44 @@ use crate::steer::describe::{DescribeResult, StepEvent};
 use crate::steer::search::attack::AttackStep;
 use serde_json::{json, Value};
 
-/// `value` as one JSON line for a terminal or a file a user may `cat`: serde_json escapes C0
-/// controls only, so the C1 controls (U+0080–U+009F: some terminals act on U+009B as CSI), the
-/// bidirectional formatting characters (which reorder what a terminal or an editor shows) and
-/// U+2028/U+2029 (line breaks to JavaScript and some viewers) are written as `\uXXXX` escapes.
-/// The JSON means the same: outside strings serde_json writes ASCII only, and within one an
-/// escape stands for its character.
+/// `value` as one JSON line for a terminal or a file a user may `cat` ([`escape_json`]).
 pub fn json_line(value: &Value) -> String {
-    let line = value.to_string();
-    if line.is_ascii() {
-        return line;
-    }
-    let mut escaped = String::with_capacity(line.len());
-    for c in line.chars() {
-        match c {
-            '\u{80}'..='\u{9F}'
+    escape_json(value.to_string())
+}
+
+/// JSON text (serde_json's, compact or pretty) with what a terminal or an editor would act on
+/// written as `\uXXXX` escapes: serde_json escapes C0 controls only, so DEL, the C1 controls
+/// (U+0080–U+009F: some terminals act on U+009B as CSI), the bidirectional formatting and
+/// zero-width characters (which reorder or hide what is shown), U+2028/U+2029 (line breaks to
+/// JavaScript and some viewers), U+FEFF and the tag characters (U+E0000–U+E007F, invisible
+/// text) are escaped, in keys and values alike. The JSON means the same: outside strings
+/// serde_json writes ASCII only, and within one an escape stands for its character.
+pub fn escape_json(json: String) -> String {
+    let hidden = |c: char| {
+        matches!(c,
+            '\u{7F}'..='\u{9F}'
             | '\u{061C}'
-            | '\u{200E}'
-            | '\u{200F}'
+            | '\u{200B}'..='\u{200F}'
             | '\u{2028}'..='\u{202E}'
-            | '\u{2066}'..='\u{2069}' => escaped.push_str(&format!("\\u{:04x}", c as u32)),
-            c => escaped.push(c),
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+            | '\u{E0000}'..='\u{E007F}')
+    };
+    if !json.chars().any(hidden) {
+        return json;
+    }
+    let mut escaped = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if !hidden(c) {
+            escaped.push(c);
+        } else if (c as u32) < 0x10000 {
+            escaped.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            // Outside the BMP, JSON escapes a character as its UTF-16 surrogate pair.
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                escaped.push_str(&format!("\\u{:04x}", unit));
+            }
         }
     }
     escaped
@@ -118,8 +135,9 @@ mod tests {
 
     #[test]
     fn json_lines_escape_what_a_terminal_would_act_on_and_mean_the_same() {
-        let text = "a\u{9B}31mred\u{202E}evil\u{2066}x\u{2028}y\u{1b}[0m é 猫 🐱";
-        let value = json!({"text": text, "image": "\u{85}.png"});
+        let text =
+            "a\u{9B}31mred\u{202E}evil\u{2066}x\u{2028}y\u{1b}[0m\u{7f}\u{200B}\u{E0041} é 猫 🐱";
+        let value = json!({"text": text, "image": "\u{85}.png", "key\u{9B}": {"\u{202E}": 1}});
         let line = json_line(&value);
         assert!(
             !line.chars().any(|c| matches!(
@@ -132,7 +150,14 @@ mod tests {
             line.contains("\\u009b") && line.contains("\\u202e") && line.contains("é 猫 🐱"),
             "{line}"
         );
+        assert!(line.contains("\\udb40\\udc41"), "{line}");
         assert_eq!(serde_json::from_str::<Value>(&line).unwrap(), value);
+        let pretty = super::escape_json(serde_json::to_string_pretty(&value).unwrap());
+        assert!(
+            pretty.contains("\\u009b") && pretty.contains('\n'),
+            "{pretty}"
+        );
+        assert_eq!(serde_json::from_str::<Value>(&pretty).unwrap(), value);
         assert_eq!(json_line(&json!({"a": 1})), r#"{"a":1}"#);
     }
 }

@@ -305,10 +305,32 @@ pub fn read_regular(path: &Path, what: &str) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Whether an optional model file is there: false when nothing has the name, true when
+/// something does (a FIFO or a directory included, for [`read_regular`] to refuse by name). A
+/// symbolic link to nothing is an error, not an absent file: in a hub cache snapshot every file
+/// is a link to a blob, and a lost blob must not turn into a silently different run (no chat
+/// template, another end-of-text token).
+pub fn optional_present(path: &Path) -> Result<bool> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        Ok(meta) if meta.file_type().is_symlink() && std::fs::metadata(path).is_err() => {
+            Err(usage(format!(
+                "{} is a symbolic link to a file that is not there (a hub cache whose blob is gone?): download the model again or remove the link",
+                path.display()
+            )))
+        }
+        Ok(_) => Ok(true),
+    }
+}
+
 /// [`read_regular`] as UTF-8 text.
 pub fn read_regular_to_string(path: &Path, what: &str) -> Result<String> {
-    String::from_utf8(read_regular(path, what)?)
-        .map_err(|_| usage(format!("{what} is not UTF-8 text: download it again")))
+    String::from_utf8(read_regular(path, what)?).map_err(|_| {
+        usage(format!(
+            "{what} is not UTF-8 text: replace it with the file as the model's repository has it"
+        ))
+    })
 }
 
 /// The bytes of `path` if it is a regular file (not a FIFO, never blocking) of at most `limit`

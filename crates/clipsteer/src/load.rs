@@ -31,6 +31,14 @@ pub fn load_lm(spec: &str, device: &Device) -> Result<LanguageModel> {
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
     {
+        if let Ok(meta) = std::fs::metadata(path).map(|m| m.file_type()) {
+            if !meta.is_file() {
+                crate::usage_bail!(
+                    "{spec} is {}, not a GGUF file: pass a .gguf file, or a directory in the Hugging Face layout or a hub id",
+                    crate::files::kind_name(&meta)
+                );
+            }
+        }
         if !path.is_file() {
             return Err(crate::Error::NotFound(format!(
                 "no GGUF file at {spec}; pass an existing .gguf file, or a directory in the Hugging Face layout or a hub id"

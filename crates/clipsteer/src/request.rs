@@ -349,11 +349,20 @@ impl ResolvedDescribe {
             && !request.sample
             && request.prefilter.is_none();
         let mut resolved = match beam_by_default {
-            true => DescribeRequest {
-                strategy: Some(Strategy::Beam),
-                ..request.clone()
+            true => {
+                // The blocklist file was read once already, and its words carry over: a FIFO or
+                // a `<(…)` can be read only once, and a file read again may have changed.
+                let mut resolved = DescribeRequest {
+                    strategy: Some(Strategy::Beam),
+                    block: self.options.blocklist.words().to_vec(),
+                    blocklist: None,
+                    ..request.clone()
+                }
+                .resolve(self.preset, self.has_image)?;
+                resolved.request.block = request.block.clone();
+                resolved.request.blocklist = request.blocklist.clone();
+                resolved
             }
-            .resolve(self.preset, self.has_image)?,
             false => self.clone(),
         };
         if let (Some(instruction), Some(template)) = (self.instruction(), template) {
@@ -618,6 +627,31 @@ mod tests {
                 .top_k,
             SEED_TOP_K
         );
+    }
+
+    /// The chat route picks beam after the options were resolved once: it must not read
+    /// --blocklist's file again (a `<(…)` or a FIFO can be read once; a newcomer's trial found
+    /// it read three times, and a process substitution then read as empty).
+    #[test]
+    fn the_chat_route_reads_the_blocklist_file_once() {
+        let path = std::env::temp_dir().join(format!("clipsteer-once-{}", std::process::id()));
+        std::fs::write(&path, "dog\n").unwrap();
+        let request = DescribeRequest {
+            blocklist: Some(path.clone()),
+            ..DescribeRequest::default()
+        };
+        let resolved = request.resolve(None, true).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let chatml = ChatTemplate::new(
+            "{% for m in messages %}{{ m.content }}{% endfor %}",
+            Default::default(),
+        )
+        .unwrap();
+        let chat = resolved.for_lm(Some(&chatml)).unwrap();
+        assert_eq!(chat.options.strategy, Strategy::Beam);
+        assert_eq!(chat.options.blocklist.words(), ["dog"]);
+        assert_eq!(chat.request.blocklist, Some(path));
+        assert!(chat.request.block.is_empty());
     }
 
     #[test]

@@ -13,13 +13,13 @@ const CLIP_SPLIT_PATTERN: &str =
 
 /// Loads a tokenizer.json file.
 pub fn load_tokenizer_json(path: &Path) -> Result<Tokenizer> {
-    let bytes =
-        crate::files::read_regular(path, &path.display().to_string()).with_context(|| {
-            format!(
-                "cannot read tokenizer {}: the model directory needs a tokenizer.json",
-                path.display()
-            )
-        })?;
+    if std::fs::symlink_metadata(path).is_err() {
+        bail!(
+            "no tokenizer {}: the model directory needs a tokenizer.json",
+            path.display()
+        );
+    }
+    let bytes = crate::files::read_regular(path, &path.display().to_string())?;
     let mut tokenizer = Tokenizer::from_bytes(&bytes)
         .map_err(|e| anyhow::anyhow!("{} is not a valid tokenizer.json: {e}", path.display()))?;
     // Some tokenizer.json files pad every input to a fixed length (all-MiniLM-L6-v2: 128) or

@@ -173,14 +173,14 @@ impl Dense {
 /// Reads and parses a model's config.json with errors that name the file.
 pub(crate) fn read_config<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<T> {
     let path = dir.join("config.json");
-    let text = crate::files::read_regular_to_string(&path, &path.display().to_string())
-        .with_context(|| {
-            format!(
-                "cannot read {}: is {} a model directory in the Hugging Face layout?",
-                path.display(),
-                dir.display()
-            )
-        })?;
+    if !path.exists() && std::fs::symlink_metadata(&path).is_err() {
+        anyhow::bail!(
+            "no {}: is {} a model directory in the Hugging Face layout?",
+            path.display(),
+            dir.display()
+        );
+    }
+    let text = crate::files::read_regular_to_string(&path, &path.display().to_string())?;
     serde_json::from_str(&text).with_context(|| invalid_config(dir))
 }
 

@@ -121,8 +121,8 @@ impl ChatTemplate {
     /// the file is absent or names none (and no chat_template.jinja stands beside it). A file
     /// that is there but unreadable, or a template that does not compile, is an error.
     pub fn in_tokenizer_config(path: &Path) -> Result<Option<Self>> {
-        // exists(), not is_file(): a FIFO there is refused by the read, not taken for no file.
-        if !path.exists() {
+        // Not is_file(): a FIFO there is refused by the read, not taken for no file.
+        if !crate::files::optional_present(path)? {
             return Ok(None);
         }
         Self::read_tokenizer_config(path)
@@ -135,7 +135,7 @@ impl ChatTemplate {
         // transformers: a chat_template.jinja beside the config replaces the config's template.
         let jinja = path.with_file_name("chat_template.jinja");
         let source = match &config["chat_template"] {
-            _ if jinja.exists() => {
+            _ if crate::files::optional_present(&jinja)? => {
                 crate::files::read_regular_to_string(&jinja, &jinja.display().to_string())?
             }
             serde_json::Value::String(s) => s.clone(),
