@@ -180,12 +180,11 @@ fn a_chat_template_file_wins_over_the_configs_template() {
             .status()
             .unwrap();
         assert!(status.success());
-        let message = format!(
-            "{:#}",
-            ChatTemplate::in_tokenizer_config(&dir.join("tokenizer_config.json"))
-                .err()
-                .expect("a FIFO must be refused")
-        );
+        let Err(error) = ChatTemplate::in_tokenizer_config(&dir.join("tokenizer_config.json"))
+        else {
+            panic!("a FIFO must be refused");
+        };
+        let message = format!("{error:#}");
         assert!(
             message.contains(&format!("{name} is a FIFO, not a regular file")),
             "{message}"
@@ -194,12 +193,11 @@ fn a_chat_template_file_wins_over_the_configs_template() {
         // no template: that silently switched describe to the plain prompt and seed.
         std::fs::remove_file(&path).unwrap();
         std::os::unix::fs::symlink(dir.join("gone"), &path).unwrap();
-        let message = format!(
-            "{:#}",
-            ChatTemplate::in_tokenizer_config(&dir.join("tokenizer_config.json"))
-                .err()
-                .expect("a dangling link must be refused")
-        );
+        let Err(error) = ChatTemplate::in_tokenizer_config(&dir.join("tokenizer_config.json"))
+        else {
+            panic!("a dangling link must be refused");
+        };
+        let message = format!("{error:#}");
         assert!(
             message.contains(&format!(
                 "{name} is a symbolic link to a file that is not there"
