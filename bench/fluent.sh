@@ -34,7 +34,9 @@ for round in $(seq "$ROUNDS"); do
       for side in before after; do
         bin=$BEFORE; extra=()
         [ "$side" = after ] && { bin=$AFTER; extra=("${after_args[@]}"); }
-        "$bin" --device cpu describe --lm "$LM" --encoder "$ENCODER" --target-text "$target" \
+        # Peak RSS (KiB) of the whole process, model loading included, beside the run's line.
+        /usr/bin/time -f %M -o "$out/$side-$strategy-$id-$round.rss" \
+          "$bin" --device cpu describe --lm "$LM" --encoder "$ENCODER" --target-text "$target" \
           --block "$block" --strategy "$strategy" "${prompt_args[@]}" --json "${extra[@]}" \
           | tail -1 > "$out/$side-$strategy-$id-$round.json"
       done
@@ -49,10 +51,13 @@ runs = {}
 for path in glob.glob(f"{out}/*-*-*-*.json"):
     side, strategy, case, rnd = os.path.basename(path)[:-5].split("-")
     runs[(side, strategy, case, rnd)] = json.load(open(path))
+    runs[(side, strategy, case, rnd)]["rss_mib"] = int(open(path[:-5] + ".rss").read().split()[-1]) / 1024
 for strategy in sorted({k[1] for k in runs}):
     med = {s: statistics.median(r["seconds"] for k, r in runs.items() if k[0] == s and k[1] == strategy) for s in ("before", "after")}
     same = all(runs[("before", strategy, c, r)]["token_ids"] == runs[("after", strategy, c, r)]["token_ids"]
                for (_, st, c, r) in runs if st == strategy)
+    rss = {s: max(r["rss_mib"] for k, r in runs.items() if k[0] == s and k[1] == strategy) for s in ("before", "after")}
+    print(f"{strategy}: peak RSS before {rss['before']:.0f} MiB, after {rss['after']:.0f} MiB")
     print(f"{strategy}: median seconds per caption before {med['before']:.2f}, after {med['after']:.2f}, "
           f"after/before {med['after'] / med['before']:.2f}; same text in every case: {same}")
     for (side, st, c, r), run in sorted(runs.items()):
