@@ -363,12 +363,15 @@ fn real_models_in_the_hf_layout_match_transformers_and_run_beam_and_attack() {
     let done: serde_json::Value =
         serde_json::from_str(stdout(&output).lines().last().unwrap_or("{}")).unwrap();
     assert_eq!(done["event"], "done", "{}", stderr(&output));
-    // No --prompt: SmolLM2's chat template, asking the default instruction.
-    let text = done["text"].as_str().unwrap_or_default().to_string();
+    // No --prompt: SmolLM2's chat template, asking the default instruction; the text is the
+    // answer alone, the rendered template beside it.
+    let prompt = done["prompt"].as_str().unwrap_or_default();
     assert!(
-        text.contains("<|im_start|>user\nWrite one sentence describing a scene.<|im_end|>"),
+        prompt.contains("<|im_start|>user\nWrite one sentence describing a scene.<|im_end|>"),
         "{done}"
     );
+    let text = done["text"].as_str().unwrap_or_default();
+    assert!(!text.is_empty() && !text.contains("<|im_"), "{done}");
     let output = run(&[
         "attack",
         "--lm",
