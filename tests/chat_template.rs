@@ -175,11 +175,7 @@ fn a_chat_template_file_wins_over_the_configs_template() {
         let path = dir.join(name);
         let saved = std::fs::read(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
-        let status = std::process::Command::new("mkfifo")
-            .arg(&path)
-            .status()
-            .unwrap();
-        assert!(status.success());
+        mkfifo(&path);
         let Err(error) = ChatTemplate::in_tokenizer_config(&dir.join("tokenizer_config.json"))
         else {
             panic!("a FIFO must be refused");

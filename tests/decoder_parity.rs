@@ -298,11 +298,7 @@ fn unsupported_configs_are_one_line_errors_that_name_what_is_supported() {
     // A FIFO where the file was expected is refused, not read forever.
     let path = dir.0.join("generation_config.json");
     std::fs::remove_file(&path).unwrap();
-    let status = std::process::Command::new("mkfifo")
-        .arg(&path)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    mkfifo(&path);
     let message = load_error(&dir.0);
     assert!(
         message.contains("generation_config.json is a FIFO, not a regular file"),
@@ -315,11 +311,7 @@ fn unsupported_configs_are_one_line_errors_that_name_what_is_supported() {
         copy(&|_| {});
         let path = dir.0.join(name);
         std::fs::remove_file(&path).unwrap();
-        let status = std::process::Command::new("mkfifo")
-            .arg(&path)
-            .status()
-            .unwrap();
-        assert!(status.success());
+        mkfifo(&path);
         let message = load_error(&dir.0);
         assert!(
             message.contains(&format!("{name} is a FIFO, not a regular file")),

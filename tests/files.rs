@@ -111,12 +111,6 @@ fn fnv(bytes: &[u8]) -> u64 {
     })
 }
 
-fn mkfifo(path: &Path) {
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-    // SAFETY: mkfifo reads a NUL-terminated path we own.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "{path:?}");
-}
-
 fn mksocket(path: &Path) {
     // The socket file stays after the listener is dropped.
     drop(std::os::unix::net::UnixListener::bind(path).unwrap());

@@ -200,3 +200,12 @@ pub fn shard_safetensors(src: &Path, dir: &Path) {
     )
     .unwrap();
 }
+
+/// Makes a FIFO at `path`, where tests put one in place of a file to check it is refused, not
+/// waited on.
+pub fn mkfifo(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: mkfifo reads a NUL-terminated path we own.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "{path:?}");
+}

@@ -305,12 +305,12 @@ pub fn read_regular(path: &Path, what: &str) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Whether an optional model file is there: false when nothing has the name, true when
+/// Whether a model file is there: false when nothing has the name, true when
 /// something does (a FIFO or a directory included, for [`read_regular`] to refuse by name). A
 /// symbolic link to nothing is an error, not an absent file: in a hub cache snapshot every file
 /// is a link to a blob, and a lost blob must not turn into a silently different run (no chat
 /// template, another end-of-text token).
-pub fn optional_present(path: &Path) -> Result<bool> {
+pub fn model_file_present(path: &Path) -> Result<bool> {
     match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),

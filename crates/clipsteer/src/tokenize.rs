@@ -13,7 +13,7 @@ const CLIP_SPLIT_PATTERN: &str =
 
 /// Loads a tokenizer.json file.
 pub fn load_tokenizer_json(path: &Path) -> Result<Tokenizer> {
-    if std::fs::symlink_metadata(path).is_err() {
+    if !crate::files::model_file_present(path)? {
         bail!(
             "no tokenizer {}: the model directory needs a tokenizer.json",
             path.display()

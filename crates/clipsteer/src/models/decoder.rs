@@ -755,7 +755,7 @@ impl Transformer {
         let raw: Value = super::read_config(dir)?;
         let generation_path = dir.join("generation_config.json");
         // Optional, but a FIFO or a directory under its name is refused rather than waited on.
-        let generation: Option<Value> = match crate::files::optional_present(&generation_path)? {
+        let generation: Option<Value> = match crate::files::model_file_present(&generation_path)? {
             true => {
                 let what = generation_path.display().to_string();
                 let text = crate::files::read_regular_to_string(&generation_path, &what)?;

@@ -173,7 +173,7 @@ impl Dense {
 /// Reads and parses a model's config.json with errors that name the file.
 pub(crate) fn read_config<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<T> {
     let path = dir.join("config.json");
-    if !path.exists() && std::fs::symlink_metadata(&path).is_err() {
+    if !crate::files::model_file_present(&path)? {
         anyhow::bail!(
             "no {}: is {} a model directory in the Hugging Face layout?",
             path.display(),

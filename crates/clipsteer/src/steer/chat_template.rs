@@ -122,7 +122,7 @@ impl ChatTemplate {
     /// that is there but unreadable, or a template that does not compile, is an error.
     pub fn in_tokenizer_config(path: &Path) -> Result<Option<Self>> {
         // Not is_file(): a FIFO there is refused by the read, not taken for no file.
-        if !crate::files::optional_present(path)? {
+        if !crate::files::model_file_present(path)? {
             return Ok(None);
         }
         Self::read_tokenizer_config(path)
@@ -135,7 +135,7 @@ impl ChatTemplate {
         // transformers: a chat_template.jinja beside the config replaces the config's template.
         let jinja = path.with_file_name("chat_template.jinja");
         let source = match &config["chat_template"] {
-            _ if crate::files::optional_present(&jinja)? => {
+            _ if crate::files::model_file_present(&jinja)? => {
                 crate::files::read_regular_to_string(&jinja, &jinja.display().to_string())?
             }
             serde_json::Value::String(s) => s.clone(),
