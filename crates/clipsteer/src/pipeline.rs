@@ -548,16 +548,12 @@ impl Describer {
             }),
             None => on_step(event),
         })?;
-        result.text = match answer(&result.text) {
-            Some(text) => text,
-            // A tokenizer that does not give the prompt back byte for byte: the generated ids.
-            None => self
-                .models
-                .lm
-                .decode(&result.token_ids)?
-                .trim_start()
-                .to_string(),
-        };
+        // As caption files take it: the text after the prompt, or the generated ids decoded
+        // where the tokenizer does not give the prompt back byte for byte.
+        let generated = crate::sidecar::generated_part(&result.text, prompt, || {
+            self.models.lm.decode(&result.token_ids)
+        })?;
+        result.text = generated.trim_start().to_string();
         Ok(result)
     }
 
