@@ -820,3 +820,97 @@ fn an_lm_with_a_chat_template_is_asked_the_instruction_by_beam_without_flags() {
     assert!(!shown.contains("<|im_start|>"), "{shown}");
     assert_eq!(shown.trim(), answer.trim());
 }
+
+#[test]
+fn score_with_siglip_prints_its_probability_not_clipscore() {
+    // transformers' sigmoid(logits_per_image) for odd_47x61.png × texts[2] and texts[1]
+    // (tests/fixtures/siglip-tiny/reference.safetensors, "probs" [0][2] and [0][1]).
+    let image = f("images/odd_47x61.png");
+    let siglip = f("siglip-tiny");
+    let output = run(&[
+        "score",
+        &image,
+        "a photo of a cat",
+        "a",
+        "--encoder",
+        &siglip,
+        "--json",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let value: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(value["convention"], "siglip");
+    assert_eq!(value["prefix"], "");
+    let scores = value["scores"].as_array().unwrap();
+    for (row, want) in [(0, 0.5309651), (1, 0.6063089)] {
+        let got = scores[row]["probability"].as_f64().unwrap();
+        assert!((got - want).abs() < 1e-5, "row {row}: {got} vs {want}");
+        assert!(scores[row].get("clipscore").is_none());
+    }
+    assert_one_line_error(
+        &run(&["score", &image, "a", "--encoder", &siglip, "--torchmetrics"]),
+        "--torchmetrics",
+    );
+    // A text-only encoder cannot score an image.
+    assert_one_line_error(
+        &run(&["score", &image, "a", "--encoder", &f("minilm-tiny")]),
+        "embeds text only",
+    );
+}
+
+#[test]
+fn describe_steers_with_siglip_and_reports_its_cosine() {
+    // describe takes SigLIP wherever it takes CLIP: the done event's similarity is SigLIP's cosine
+    // of the final text with the image.
+    let image = f("images/rgba_50x50.png");
+    let siglip = f("siglip2-tiny");
+    let output = run(&[
+        "describe",
+        &image,
+        "--lm",
+        &f("gpt2-tiny"),
+        "--encoder",
+        &siglip,
+        "--max-tokens",
+        "3",
+        "--json",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let done: serde_json::Value = stdout(&output)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["event"] == "done")
+        .unwrap();
+    let encoder = clipsteer::steer::scorer::Encoder::load(
+        std::path::Path::new(&siglip),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    use clipsteer::steer::Scorer;
+    let target = clipsteer::steer::normalize(
+        &encoder
+            .image_embedding_from_path(
+                std::path::Path::new(&image),
+                clipsteer::image::DecodeLimits::default(),
+            )
+            .unwrap(),
+    );
+    let text =
+        clipsteer::steer::normalize(&encoder.embed_text(done["text"].as_str().unwrap()).unwrap());
+    let cosine: f32 = text.iter().zip(&target).map(|(a, b)| a * b).sum();
+    let got = done["similarity"].as_f64().unwrap() as f32;
+    assert!((got - cosine).abs() < 1e-5, "{got} vs {cosine}");
+    // SigLIP 2 NaFlex is refused by name.
+    let tmp = TempDir::new("naflex");
+    let naflex = &tmp.0;
+    std::fs::write(naflex.join("config.json"), r#"{"model_type":"siglip2"}"#).unwrap();
+    assert_one_line_error(
+        &run(&[
+            "embed",
+            "--encoder",
+            naflex.to_str().unwrap(),
+            "--text",
+            "a",
+        ]),
+        "NaFlex",
+    );
+}

@@ -298,3 +298,153 @@ fn fused_cpu_attention_equals_candle_ops_path() {
         assert!(err <= 1e-5, "{kind}: rel err {err}");
     }
 }
+
+// SigLIP (a SentencePiece tokenizer.json made from spiece.model, no attention mask, right
+// padding with </s>) and SigLIP 2 FixRes (Gemma's tokenizer: left padding with <pad> and an
+// attention mask), against transformers on tiny fixtures written by tools/make_siglip_fixtures.py.
+
+const SIGLIPS: [&str; 2] = ["siglip-tiny", "siglip2-tiny"];
+
+struct SiglipReference {
+    texts: Vec<String>,
+    images: Vec<String>,
+    tensors: std::collections::HashMap<String, Tensor>,
+}
+
+fn siglip_reference(name: &str) -> SiglipReference {
+    let dir = fixture(name);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
+    let list = |key: &str, field: &str| -> Vec<String> {
+        json[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v[field].as_str().unwrap().to_string())
+            .collect()
+    };
+    SiglipReference {
+        texts: list("texts", "text"),
+        images: list("images", "file"),
+        tensors: candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)
+            .unwrap(),
+    }
+}
+
+fn rows_u32(t: &Tensor) -> Vec<Vec<u32>> {
+    t.to_dtype(candle_core::DType::I64)
+        .unwrap()
+        .to_vec2::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|row| row.into_iter().map(|v| v as u32).collect())
+        .collect()
+}
+
+#[test]
+fn siglip_tokenizers_pad_as_transformers_processor() {
+    use clipsteer::tokenize::SiglipTokenizer;
+    for name in SIGLIPS {
+        let reference = siglip_reference(name);
+        let tokenizer = SiglipTokenizer::load(&fixture(name), 64).unwrap();
+        let want_ids = rows_u32(&reference.tensors["input_ids"]);
+        assert_eq!(tokenizer.with_mask(), name == "siglip2-tiny");
+        let want_masks = reference.tensors.get("attention_mask").map(rows_u32);
+        assert!(reference.texts.len() >= 10);
+        for (i, text) in reference.texts.iter().enumerate() {
+            let padded = tokenizer.encode(text).unwrap();
+            assert_eq!(padded.ids, want_ids[i], "{name}: ids of {text:?}");
+            if let Some(masks) = &want_masks {
+                assert_eq!(padded.mask, masks[i], "{name}: mask of {text:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn siglip_features_and_probabilities_match_transformers() {
+    use clipsteer::steer::scorer::Encoder;
+    use clipsteer::steer::Scorer;
+    for name in SIGLIPS {
+        let reference = siglip_reference(name);
+        let encoder = Encoder::load(&fixture(name), &Device::Cpu).unwrap();
+        let Encoder::Siglip(siglip) = &encoder else {
+            panic!("{name} loads as SigLIP")
+        };
+        assert!(encoder.embeds_images());
+        // Text features through our own tokenizer, one text at a time and as a batch.
+        let want_text = &reference.tensors["text_features"];
+        for (i, text) in reference.texts.iter().enumerate() {
+            let got = Tensor::new(encoder.embed_text(text).unwrap(), &Device::Cpu).unwrap();
+            let err = rel_err(&got, &want_text.i(i).unwrap());
+            assert!(err <= 1e-4, "{name}: text {text:?} rel err {err}");
+        }
+        // Pixels (the PIL-backend SiglipImageProcessor: resize, no crop) and image features.
+        let want_pixels = &reference.tensors["pixel_values"];
+        let want_image = &reference.tensors["image_features"];
+        let mut image_features = Vec::new();
+        for (j, file) in reference.images.iter().enumerate() {
+            let image = load_image(&root().join(file), DecodeLimits::default()).unwrap();
+            let want = want_pixels.i(j).unwrap();
+            // A JPEG decodes within JPEG_TOLERANCE of libjpeg (tests/image_modes.rs pins it);
+            // its features are checked from transformers' own pixels.
+            let jpeg = file.ends_with(".jpg");
+            if !jpeg {
+                let pixels = siglip.processor.preprocess(&image, &Device::Cpu).unwrap();
+                let err = rel_err(&pixels, &want);
+                assert!(err <= 1e-6, "{name}: pixels of {file} rel err {err}");
+            }
+            let from_pixels = siglip
+                .model
+                .image_features(&want.unsqueeze(0).unwrap())
+                .unwrap()
+                .i(0)
+                .unwrap();
+            let err = rel_err(&from_pixels, &want_image.i(j).unwrap());
+            assert!(err <= 1e-4, "{name}: image {file} rel err {err}");
+            let features = encoder.image_embedding(&image).unwrap();
+            if !jpeg {
+                let got = Tensor::new(features.clone(), &Device::Cpu).unwrap();
+                let err = rel_err(&got, &want_image.i(j).unwrap());
+                assert!(
+                    err <= 1e-4,
+                    "{name}: image {file} from the file: rel err {err}"
+                );
+            }
+            image_features.push(from_pixels.to_vec1::<f32>().unwrap());
+        }
+        // SigLIP's own probability, sigmoid(exp(logit_scale) · cos + logit_bias).
+        let want_probs = reference.tensors["probs"].to_vec2::<f32>().unwrap();
+        for (j, features) in image_features.iter().enumerate() {
+            let scores =
+                clipsteer::clipscore::siglip_probabilities(siglip, features, &reference.texts, "")
+                    .unwrap();
+            for (i, score) in scores.iter().enumerate() {
+                let want = want_probs[j][i];
+                assert!(
+                    (score.probability - want).abs() <= 1e-4 * want.max(1e-2),
+                    "{name}: image {j} text {i}: {} vs {want}",
+                    score.probability
+                );
+                assert_eq!(encoder.probability(score.cosine), Some(score.probability));
+            }
+        }
+        // The steering path scores candidates as a batch, deduplicated: same cosines.
+        let target = clipsteer::steer::normalize(&image_features[0]);
+        let prefix = encoder.prefix("", None).unwrap();
+        let mut texts = reference.texts.clone();
+        texts.push(reference.texts[2].clone());
+        let batch = encoder.similarities(&prefix, &texts, &target).unwrap();
+        assert_eq!(batch.distinct, reference.texts.len());
+        for (i, text) in texts.iter().enumerate() {
+            let single = clipsteer::steer::normalize(&encoder.embed_text(text).unwrap());
+            let cos: f32 = single.iter().zip(&target).map(|(a, b)| a * b).sum();
+            assert!(
+                (batch.similarities[i] - cos).abs() <= 1e-5,
+                "{name}: batched cosine of {text:?}: {} vs {cos}",
+                batch.similarities[i]
+            );
+        }
+    }
+}

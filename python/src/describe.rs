@@ -4,7 +4,7 @@ use crate::args::{check_local, device_named, ImageArg};
 use crate::errors::{runtime_err, value_err};
 use crate::run::{Message, Run};
 use anyhow::Result;
-use clipsteer::clipscore::{clip_scores, Convention};
+use clipsteer::clipscore::{clip_scores, siglip_probabilities, Convention};
 use clipsteer::events::step_json;
 use clipsteer::pipeline::{DescribeModels, Describer};
 use clipsteer::request::{encoder_for, preset_named, DescribeRequest, Preset};
@@ -131,7 +131,8 @@ impl Models {
         Ok(float_bytes(py, embedding))
     }
 
-    /// CLIPScore of each caption for `image`, as `clipsteer score --json`'s `scores`.
+    /// CLIPScore of each caption for `image`, as `clipsteer score --json`'s `scores` (a SigLIP
+    /// encoder: its probability, sigmoid(exp(logit_scale) · cos + logit_bias)).
     #[pyo3(signature = (image, captions, prefix=None, torchmetrics=false))]
     fn score(
         &self,
@@ -141,6 +142,7 @@ impl Models {
         prefix: Option<String>,
         torchmetrics: bool,
     ) -> PyResult<String> {
+        let explicit_prefix = prefix.is_some();
         let convention = match (torchmetrics, prefix) {
             (true, Some(_)) => {
                 return Err(PyValueError::new_err(
@@ -152,10 +154,36 @@ impl Models {
             (false, None) => Convention::default(),
         };
         let decoded = ImageArg::from_py(image)?.decode()?;
-        let Encoder::Clip(clip) = self.models.encoder().map_err(value_err)? else {
-            return Err(PyValueError::new_err(
-                "CLIPScore needs a CLIP encoder; this Describer's encoder embeds text only",
-            ));
+        let clip = match self.models.encoder().map_err(value_err)? {
+            Encoder::Clip(clip) => clip,
+            Encoder::Siglip(siglip) => {
+                // SigLIP's own probability, not CLIPScore: see `clipsteer score`.
+                if torchmetrics {
+                    return Err(PyValueError::new_err(
+                        "torchmetrics=True is a CLIPScore convention; a SigLIP encoder reports its probability",
+                    ));
+                }
+                let prefix = match convention {
+                    Convention::Hessel { prefix } if explicit_prefix => prefix,
+                    _ => String::new(),
+                };
+                let scores = py
+                    .detach(|| {
+                        let image = siglip.image_embedding(&decoded)?;
+                        siglip_probabilities(siglip, &image, &captions, &prefix)
+                    })
+                    .map_err(runtime_err)?;
+                let rows: Vec<serde_json::Value> = scores
+                    .iter()
+                    .map(|s| serde_json::json!({"caption": s.caption, "probability": s.probability, "cosine": s.cosine}))
+                    .collect();
+                return Ok(serde_json::Value::Array(rows).to_string());
+            }
+            Encoder::Sentence(_) => {
+                return Err(PyValueError::new_err(
+                    "scoring needs an image-text encoder (CLIP or SigLIP); this Describer's encoder embeds text only",
+                ))
+            }
         };
         let scores = py
             .detach(|| {

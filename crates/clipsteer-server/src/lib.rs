@@ -55,7 +55,7 @@ pub struct ServeArgs {
     /// `gguf_file=`: fetched with the repository's revision into the Hugging Face cache.
     #[arg(long, value_name = "NAME.gguf")]
     pub gguf_file: Option<String>,
-    /// CLIP model: a local directory in the HF layout or a hub id.
+    /// Image-text encoder (CLIP or SigLIP): a local directory in the HF layout or a hub id.
     #[arg(long = "clip", visible_alias = "encoder", default_value = clipsteer::request::DEFAULT_CLIP, value_name = "MODEL")]
     pub clip: String,
     /// The language model's name as clients see it (health, done events); default: its hub id,
@@ -272,14 +272,20 @@ pub fn run(args: ServeArgs, device: &Device) -> Result<i32> {
     let lm_spec = clipsteer::load::lm_argument(&args.lm, args.gguf_file.as_deref())?;
     let lm = clipsteer::load::load_lm(&lm_spec, device)?;
     let chat_template = clipsteer::load::chat_template_if_any(&lm_spec)?;
-    let clip = clipsteer::load::load_clip(&args.clip, device)?;
+    let encoder = clipsteer::load::load_encoder(&args.clip, device)?;
+    if !encoder.embeds_images() {
+        clipsteer::usage_bail!(
+            "{} embeds text only: serve describes images, so --clip needs a CLIP or SigLIP model",
+            args.clip
+        );
+    }
     // After loading: a hub model's commit is known only then.
     let lm_public = public_model(&lm_spec, args.lm_name.as_deref());
     let clip_public = public_model(&args.clip, args.clip_name.as_deref());
     let models = Arc::new(Models {
         describe: Arc::new(clipsteer::pipeline::DescribeModels {
             lm,
-            encoder: Some(clipsteer::steer::scorer::Encoder::Clip(Box::new(clip))),
+            encoder: Some(encoder),
             lm_spec: lm_public.name,
             encoder_spec: Some(clip_public.name),
             chat_template,

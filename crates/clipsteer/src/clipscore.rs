@@ -15,7 +15,7 @@
 //! runs the model in fp16 on a GPU. torchmetrics clamps the mean over a batch; here each
 //! (image, caption) pair is scored on its own, which is the same for one pair.
 
-use crate::steer::{normalize, ClipScorer};
+use crate::steer::{normalize, ClipScorer, SiglipScorer};
 use anyhow::Result;
 
 /// jmhessel/clipscore's caption prefix.
@@ -104,6 +104,47 @@ pub fn clip_scores(
                 encoded,
                 cosine,
                 clipscore: convention.score(cosine),
+            })
+        })
+        .collect()
+}
+
+/// One caption's SigLIP score: the model's own pair probability, not CLIPScore.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairProbability {
+    pub caption: String,
+    /// What SigLIP encoded (the caption, after `prefix` when one is given).
+    pub encoded: String,
+    /// Cosine similarity of the image and text features, in [-1, 1].
+    pub cosine: f32,
+    /// sigmoid(exp(logit_scale) · cos + logit_bias), in (0, 1): transformers'
+    /// `torch.sigmoid(outputs.logits_per_image)`.
+    pub probability: f32,
+}
+
+/// SigLIP's probability of each caption for an image's features (`image_embedding`, normalised
+/// or not); `prefix` is read before each caption as [`Convention::text_for`] reads it.
+pub fn siglip_probabilities(
+    scorer: &SiglipScorer,
+    image_embedding: &[f32],
+    captions: &[String],
+    prefix: &str,
+) -> Result<Vec<PairProbability>> {
+    let image = normalize(image_embedding);
+    let convention = Convention::Hessel {
+        prefix: prefix.to_string(),
+    };
+    captions
+        .iter()
+        .map(|caption| {
+            let encoded = convention.text_for(caption);
+            let text = normalize(&scorer.text_embedding(&encoded)?);
+            let cosine: f32 = text.iter().zip(&image).map(|(a, b)| a * b).sum();
+            Ok(PairProbability {
+                caption: caption.clone(),
+                encoded,
+                cosine,
+                probability: scorer.model.probability(cosine),
             })
         })
         .collect()

@@ -37,8 +37,10 @@ impl ModelKind {
     /// Files fetched when the repository has them.
     fn optional(self) -> &'static [&'static str] {
         match self {
+            // tokenizer_config.json: SigLIP's tokenizer class decides its padding and mask.
             Self::Encoder => &[
                 "preprocessor_config.json",
+                "tokenizer_config.json",
                 "sentence_bert_config.json",
                 "modules.json",
             ],
@@ -661,6 +663,11 @@ pub fn resolve_with(spec: &str, kind: ModelKind, config: &HubConfig) -> Result<P
     } else if snapshot.has("vocab.json") && snapshot.has("merges.txt") {
         snapshot.fetch("vocab.json")?;
         snapshot.fetch("merges.txt")?;
+    } else if snapshot.has("spiece.model") {
+        return Err(snapshot.lacks(
+            "tokenizer.json",
+            ": it has only SentencePiece's spiece.model (SigLIP); download it with Python, make a tokenizer.json with transformers' convert_slow_tokenizer, and pass the directory",
+        ));
     } else {
         return Err(snapshot.lacks("tokenizer.json", " (nor vocab.json and merges.txt)"));
     }

@@ -449,10 +449,10 @@ impl Describer {
             ),
             None => {
                 let encoder = models.encoder()?;
-                if has_image && matches!(encoder, Encoder::Sentence(_)) {
+                if has_image && !encoder.embeds_images() {
                     // Said once, before the batch, instead of once per image.
                     crate::usage_bail!(
-                        "{} embeds text only, so it cannot be steered toward images: give a CLIP model as --encoder, or --target-text without images",
+                        "{} embeds text only, so it cannot be steered toward images: give a CLIP or SigLIP model as --encoder, or --target-text without images",
                         models.encoder_spec.as_deref().unwrap_or("the encoder")
                     );
                 }

@@ -280,3 +280,202 @@ pub fn encode_plain(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>> {
         .get_ids()
         .to_vec())
 }
+
+/// SigLIP's text input as transformers' processor gives it with `padding="max_length",
+/// max_length=64, truncation=True` (what SigLIP's model card and the zero-shot pipeline use):
+/// every text is padded to the model's text length, and the model pools the last position.
+///
+/// The tokenizer class in tokenizer_config.json decides the rest, as in transformers:
+/// - `SiglipTokenizer` (SigLIP; SentencePiece, read here from a tokenizer.json made from its
+///   spiece.model): the text is canonicalised first (lowercased when `do_lower_case`, the
+///   default; ASCII punctuation removed; whitespace runs collapsed; stripped), `</s>` is
+///   appended, padding is on the right with `</s>`, and no attention mask is returned.
+/// - any other class (SigLIP 2: Gemma's tokenizer.json): the tokenizer.json's own special tokens,
+///   lowercased first for `Siglip2Tokenizer`, padded on `padding_side` (the class default: left
+///   for Gemma and SigLIP 2 tokenizers, else right) with `pad_token`, and an attention mask.
+#[derive(Clone)]
+pub struct SiglipTokenizer {
+    tokenizer: Tokenizer,
+    len: usize,
+    pad_id: u32,
+    /// `SiglipTokenizer`'s canonicalisation and appended `</s>`: Some(eos id).
+    canonical_eos: Option<u32>,
+    lowercase: bool,
+    left_padding: bool,
+    with_mask: bool,
+}
+
+/// One text's ids and attention mask (1 = token), both of the text length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaddedText {
+    pub ids: Vec<u32>,
+    pub mask: Vec<u32>,
+}
+
+impl SiglipTokenizer {
+    /// Reads tokenizer.json and tokenizer_config.json of `dir`; `len` is the text length
+    /// (text_config.max_position_embeddings).
+    pub fn load(dir: &Path, len: usize) -> Result<Self> {
+        let tokenizer_json = dir.join("tokenizer.json");
+        if !crate::files::model_file_present(&tokenizer_json)? && dir.join("spiece.model").exists()
+        {
+            bail!(
+                "{} has SigLIP's SentencePiece spiece.model but no tokenizer.json: make one with `python -c \"from transformers import AutoTokenizer; from transformers.convert_slow_tokenizer import convert_slow_tokenizer as c; c(AutoTokenizer.from_pretrained('{}')).save('{}')\"`",
+                dir.display(),
+                dir.display(),
+                tokenizer_json.display()
+            );
+        }
+        let tokenizer = load_tokenizer_json(&tokenizer_json)?;
+        let config_path = dir.join("tokenizer_config.json");
+        let config: Value = if crate::files::model_file_present(&config_path)? {
+            let text = crate::files::read_regular_to_string(
+                &config_path,
+                &config_path.display().to_string(),
+            )?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("{} is not valid JSON", config_path.display()))?
+        } else {
+            json!({})
+        };
+        Self::from_parts(tokenizer, &config, len)
+            .with_context(|| format!("SigLIP tokenizer in {}", dir.display()))
+    }
+
+    pub fn from_parts(tokenizer: Tokenizer, config: &Value, len: usize) -> Result<Self> {
+        if len < 2 {
+            bail!("text length {len} leaves no room for a token and the end token");
+        }
+        let class = config["tokenizer_class"].as_str().unwrap_or("");
+        let siglip1 = class == "SiglipTokenizer";
+        // A special token is written as a string or as an AddedToken object.
+        let token = |key: &str, default: &str| -> String {
+            match &config[key] {
+                Value::String(s) => s.clone(),
+                Value::Object(o) => o
+                    .get("content")
+                    .and_then(Value::as_str)
+                    .unwrap_or(default)
+                    .to_string(),
+                _ => default.to_string(),
+            }
+        };
+        let id_of = |name: &str| -> Result<u32> {
+            tokenizer
+                .token_to_id(name)
+                .with_context(|| format!("the tokenizer has no token {name:?}"))
+        };
+        let (pad, eos) = if siglip1 {
+            (token("pad_token", "</s>"), token("eos_token", "</s>"))
+        } else {
+            (token("pad_token", "<pad>"), token("eos_token", "<eos>"))
+        };
+        let left_padding = match config["padding_side"].as_str() {
+            Some("left") => true,
+            Some("right") => false,
+            Some(other) => {
+                bail!("tokenizer_config.json: padding_side {other:?} is neither left nor right")
+            }
+            None => matches!(
+                class,
+                "GemmaTokenizer" | "GemmaTokenizerFast" | "Siglip2Tokenizer"
+            ),
+        };
+        let with_mask = match config["model_input_names"].as_array() {
+            Some(names) => names.iter().any(|n| n == "attention_mask"),
+            None => !siglip1,
+        };
+        Ok(Self {
+            pad_id: id_of(&pad)?,
+            canonical_eos: if siglip1 { Some(id_of(&eos)?) } else { None },
+            lowercase: if siglip1 {
+                config["do_lower_case"].as_bool().unwrap_or(true)
+            } else {
+                class == "Siglip2Tokenizer"
+            },
+            tokenizer,
+            len,
+            left_padding,
+            with_mask,
+        })
+    }
+
+    /// The text length every input is padded to.
+    pub fn text_len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the model is given an attention mask (the tokenizer class returns one).
+    pub fn with_mask(&self) -> bool {
+        self.with_mask
+    }
+
+    /// SigLIP's `canonicalize_text`: punctuation (Python's `string.punctuation`, ASCII only)
+    /// removed, whitespace runs made one space, stripped.
+    fn canonicalize(text: &str) -> String {
+        let kept: String = text.chars().filter(|c| !c.is_ascii_punctuation()).collect();
+        kept.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+
+    /// Ids before padding, truncated to the text length with the special tokens kept.
+    fn unpadded(&self, text: &str) -> Result<Vec<u32>> {
+        let lowered;
+        let text = if self.lowercase {
+            lowered = text.to_lowercase();
+            lowered.as_str()
+        } else {
+            text
+        };
+        let fail = |e| anyhow::anyhow!("cannot tokenize text for SigLIP: {e}");
+        if let Some(eos) = self.canonical_eos {
+            let canonical = Self::canonicalize(text);
+            let mut ids = self
+                .tokenizer
+                .encode(canonical.as_str(), false)
+                .map_err(fail)?
+                .get_ids()
+                .to_vec();
+            ids.truncate(self.len - 1);
+            ids.push(eos);
+            return Ok(ids);
+        }
+        let with_special = self.tokenizer.encode(text, true).map_err(fail)?;
+        if with_special.len() <= self.len {
+            return Ok(with_special.get_ids().to_vec());
+        }
+        // Too long: the text's own tokens are cut so that the special tokens still fit, as
+        // transformers' truncation does.
+        let content = self.tokenizer.encode(text, false).map_err(fail)?;
+        let added = with_special.len() - content.len();
+        if added >= self.len {
+            bail!("the tokenizer adds {added} special tokens, as many as the text length");
+        }
+        let mut truncated = content.clone();
+        truncated.truncate(self.len - added, 0, tokenizers::TruncationDirection::Right);
+        let processed = self
+            .tokenizer
+            .post_process(truncated, None, true)
+            .map_err(fail)?;
+        Ok(processed.get_ids().to_vec())
+    }
+
+    /// Ids and mask of one text, padded to the text length.
+    pub fn encode(&self, text: &str) -> Result<PaddedText> {
+        let ids = self.unpadded(text)?;
+        let pad = self.len - ids.len();
+        let padding = std::iter::repeat_n(self.pad_id, pad);
+        let zeros = std::iter::repeat_n(0, pad);
+        let ones = std::iter::repeat_n(1, ids.len());
+        Ok(if self.left_padding {
+            PaddedText {
+                ids: padding.chain(ids).collect(),
+                mask: zeros.chain(ones).collect(),
+            }
+        } else {
+            PaddedText {
+                ids: ids.into_iter().chain(padding).collect(),
+                mask: ones.chain(zeros).collect(),
+            }
+        })
+    }
+}

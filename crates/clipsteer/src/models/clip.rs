@@ -190,7 +190,7 @@ struct Bucket {
 }
 
 impl EncoderLayer {
-    fn load(
+    pub(crate) fn load(
         hidden: usize,
         intermediate: usize,
         heads: usize,
@@ -238,6 +238,35 @@ impl EncoderLayer {
             .activation
             .forward(&self.fc1.forward(&self.layer_norm2.forward(&xs)?)?)?;
         self.fc2.forward_residual(&mlp, &xs)
+    }
+
+    /// Sequences [batch, len, hidden] attending to every position (no causal mask), with
+    /// `key_bias` [batch, 1, 1, len] (0 or −∞) added to the scores to hide padding: SigLIP's text
+    /// and vision towers.
+    pub(crate) fn forward_bidirectional(
+        &self,
+        xs: &Tensor,
+        key_bias: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let (batch, len, hidden) = xs.dims3()?;
+        let head_dim = hidden / self.heads;
+        let rows = xs.reshape((batch * len, hidden))?;
+        let (q, k, v) = self.qkv(&rows)?;
+        let heads = |t: Tensor| -> candle_core::Result<Tensor> {
+            t.reshape((batch, len, self.heads, head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let (q, k, v) = (heads(q)?, heads(k)?, heads(v)?);
+        let mut scores = (cpu_kernels::batched_matmul(&q, &k.t()?)? * self.scale(hidden))?;
+        if let Some(bias) = key_bias {
+            scores = scores.broadcast_add(bias)?;
+        }
+        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+        let attended = cpu_kernels::batched_matmul(&weights, &v)?
+            .transpose(1, 2)?
+            .reshape((batch * len, hidden))?;
+        self.finish(&rows, &attended)?.reshape((batch, len, hidden))
     }
 
     /// Sequences [batch, len, hidden] on their own: causal attention over every position.

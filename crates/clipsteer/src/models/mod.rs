@@ -8,6 +8,7 @@ pub mod cpu_kernels;
 pub mod decoder;
 pub mod gguf;
 pub mod gpt2;
+pub mod siglip;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};

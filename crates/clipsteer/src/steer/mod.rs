@@ -27,6 +27,7 @@ pub use describe::{describe, describe_with, DescribeOptions, StepEvent, Strategy
 pub use lm::{Gemma3Lm, GgufLm, Gpt2Lm, TransformerLm};
 pub use objectives::embedding::{ClipScorer, Embedding, Scorer};
 pub use objectives::sentence::SentenceScorer;
+pub use objectives::siglip::SiglipScorer;
 pub use objectives::{normalize, Objective, ScoreBatch};
 
 /// A causal language model with an incremental cache.

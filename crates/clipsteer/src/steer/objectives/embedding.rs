@@ -189,10 +189,11 @@ pub fn image_target(scorer: &ClipScorer, path: &Path, limits: DecodeLimits) -> R
     Ok(normalize(&scorer.image_embedding_from_path(path, limits)?))
 }
 
-/// The scorer behind `--encoder`: CLIP (images and text) or a sentence encoder (text only),
-/// chosen by the model's config.json.
+/// The scorer behind `--encoder`: CLIP or SigLIP (images and text) or a sentence encoder (text
+/// only), chosen by the model's config.json.
 pub enum Encoder {
     Clip(Box<ClipScorer>),
+    Siglip(Box<super::siglip::SiglipScorer>),
     Sentence(Box<super::sentence::SentenceScorer>),
 }
 
@@ -202,7 +203,8 @@ fn text_only() -> anyhow::Error {
 
 pub enum EncoderPrefix {
     Clip(TextPrefix),
-    Sentence,
+    /// The encoder embeds each text whole (bidirectional attention): nothing to reuse.
+    Whole,
 }
 
 impl Encoder {
@@ -210,9 +212,14 @@ impl Encoder {
         let config: serde_json::Value = crate::models::read_config(dir)?;
         match config["model_type"].as_str() {
             Some("clip") => Ok(Self::Clip(Box::new(ClipScorer::load(dir, device)?))),
+            Some("siglip") => Ok(Self::Siglip(Box::new(super::siglip::SiglipScorer::load(dir, device)?))),
             Some("bert") => Ok(Self::Sentence(Box::new(super::sentence::SentenceScorer::load(dir, device)?))),
+            Some("siglip2") => anyhow::bail!(
+                "{}: SigLIP 2 NaFlex (model_type siglip2, variable resolution) is not supported: use a fixed-resolution SigLIP 2 checkpoint (model_type siglip), such as google/siglip2-base-patch16-224",
+                dir.display()
+            ),
             other => anyhow::bail!(
-                "{}: model_type {} is not a supported encoder (clip, or a sentence-transformers bert)",
+                "{}: model_type {} is not a supported encoder (clip, siglip, or a sentence-transformers bert)",
                 dir.display(),
                 other.unwrap_or("(missing)")
             ),
@@ -223,17 +230,37 @@ impl Encoder {
     pub fn as_clip(&self) -> Option<&ClipScorer> {
         match self {
             Self::Clip(clip) => Some(clip),
-            Self::Sentence(_) => None,
+            _ => None,
         }
     }
 
-    /// Projected, unnormalised image features of a decoded image, as `get_image_features`;
-    /// only CLIP embeds images.
+    /// Whether the encoder embeds images (CLIP, SigLIP) and not only text.
+    pub fn embeds_images(&self) -> bool {
+        !matches!(self, Self::Sentence(_))
+    }
+
+    /// SigLIP's pair probability for a cosine similarity, sigmoid(exp(logit_scale) · cos +
+    /// logit_bias); `None` for encoders that define none (CLIP's is a softmax over a batch).
+    pub fn probability(&self, cosine: f32) -> Option<f32> {
+        match self {
+            Self::Siglip(siglip) => Some(siglip.model.probability(cosine)),
+            _ => None,
+        }
+    }
+
+    /// Unnormalised image features of a decoded image, as `get_image_features` (CLIP's
+    /// projected features, SigLIP's pooled output); only CLIP and SigLIP embed images.
     pub fn image_embedding(&self, image: &image::DynamicImage) -> Result<Vec<f32>> {
         match self {
             Self::Clip(clip) => clip.image_embedding(image),
+            Self::Siglip(siglip) => siglip.image_embedding(image),
             Self::Sentence(_) => Err(text_only()),
         }
+    }
+
+    /// [`Self::image_embedding`] of an image file, read under `limits`.
+    pub fn image_embedding_from_path(&self, path: &Path, limits: DecodeLimits) -> Result<Vec<f32>> {
+        self.image_embedding(&load_image(path, limits)?)
     }
 }
 
@@ -249,13 +276,14 @@ impl Scorer for Encoder {
                 };
                 Ok(EncoderPrefix::Clip(clip.prefix(text, previous)?))
             }
-            Self::Sentence(_) => Ok(EncoderPrefix::Sentence),
+            Self::Siglip(_) | Self::Sentence(_) => Ok(EncoderPrefix::Whole),
         }
     }
 
     fn embed_text(&self, text: &str) -> Result<Vec<f32>> {
         match self {
             Self::Clip(clip) => clip.embed_text(text),
+            Self::Siglip(siglip) => siglip.embed_text(text),
             Self::Sentence(sentence) => sentence.embed_text(text),
         }
     }
@@ -263,6 +291,7 @@ impl Scorer for Encoder {
     fn logit_scale(&self) -> f32 {
         match self {
             Self::Clip(clip) => clip.logit_scale(),
+            Self::Siglip(siglip) => Scorer::logit_scale(siglip.as_ref()),
             Self::Sentence(sentence) => sentence.logit_scale(),
         }
     }
@@ -277,9 +306,10 @@ impl Scorer for Encoder {
             (Self::Clip(clip), EncoderPrefix::Clip(prefix)) => {
                 clip.similarities(prefix, texts, target)
             }
+            (Self::Siglip(siglip), _) => siglip.similarities(&(), texts, target),
             (Self::Sentence(sentence), _) => sentence.similarities(&(), texts, target),
-            (Self::Clip(_), EncoderPrefix::Sentence) => {
-                anyhow::bail!("a sentence-encoder prefix passed to CLIP")
+            (Self::Clip(_), EncoderPrefix::Whole) => {
+                anyhow::bail!("a whole-text prefix passed to CLIP")
             }
         }
     }

@@ -11,6 +11,7 @@
 pub mod command;
 pub mod embedding;
 pub mod sentence;
+pub mod siglip;
 pub mod target;
 pub mod victim;
 
