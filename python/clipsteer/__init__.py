@@ -176,7 +176,7 @@ class Describer:
         lm: The language model: a directory in the Hugging Face layout or a hub id (GPT-2,
             llama, mistral, qwen2, qwen3, gemma2, gemma3, phi3), or a llama or Gemma 3
             ``.gguf`` file. Default: :data:`DEFAULT_LM`.
-        encoder: The scorer: a CLIP model, or a sentence-transformers BERT for text targets
+        encoder: The scorer: a CLIP or SigLIP model, or a sentence-transformers BERT for text targets
             only (a directory or a hub id). Default: the preset's, else :data:`DEFAULT_CLIP`.
         device: ``"cpu"``, ``"cuda"`` (a CUDA build with a GPU), or ``"auto"``.
         preset: ``"seed"``: the original demo (CLIP ViT-H/14 with top-k 2500).

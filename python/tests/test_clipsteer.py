@@ -235,6 +235,24 @@ def test_score_equals_the_cli(describer):
     assert [s["clipscore"] for s in ours] == pytest.approx([s["clipscore"] for s in cli], rel=1e-6)
 
 
+def test_score_with_siglip_is_its_probability_as_the_cli():
+    siglip = str(FIXTURES / "siglip-tiny")
+    image = IMAGES / "odd_47x61.png"
+    out = subprocess.run(
+        [cli_bin(), "--device", "cpu", "score", "--encoder", siglip, str(image), "a photo of a cat", "a", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    cli = json.loads(out)["scores"]
+    ours = clipsteer.Describer(lm=LM, encoder=siglip).score(image, ["a photo of a cat", "a"])
+    # transformers' sigmoid(logits_per_image), tests/fixtures/siglip-tiny/reference.safetensors.
+    want = load_file(str(FIXTURES / "siglip-tiny" / "reference.safetensors"))["probs"][0][[2, 1]]
+    assert [s["probability"] for s in ours] == pytest.approx(list(want), rel=1e-5)
+    assert [s["probability"] for s in ours] == pytest.approx([s["probability"] for s in cli], rel=1e-6)
+    assert "clipscore" not in ours[0]
+
+
 # --- errors ------------------------------------------------------------------------------------
 
 
