@@ -67,6 +67,59 @@ impl<C, P> Hypothesis<C, P> {
     }
 }
 
+impl<C, P> Hypothesis<C, P> {
+    /// A finished hypothesis again (finished ones hold no LM state or prefix).
+    fn copy_finished(&self) -> Self {
+        Hypothesis {
+            ids: self.ids.clone(),
+            text: self.text.clone(),
+            scored_text: self.scored_text.clone(),
+            log_prob: self.log_prob,
+            similarity: self.similarity,
+            state: None,
+            parent_prefix: None,
+            ending: self.ending,
+            ending_log_prob: self.ending_log_prob,
+        }
+    }
+}
+
+/// A live hypothesis's greedy completion in the closing window, kept for its children. Greedy
+/// completion is deterministic, so a child that took the completion's first token completes as
+/// the rest of it, to the very same text: it reuses the result instead of running the LM and the
+/// objective again.
+struct GreedyTail<C, P> {
+    /// The completion's tokens, in order.
+    tokens: Vec<u32>,
+    /// The completed text, when the completion ended a sentence.
+    ended: Option<Rc<Hypothesis<C, P>>>,
+}
+
+impl<C, P> GreedyTail<C, P> {
+    /// This completion as the child that took `token` would compute it, if that child's
+    /// completion is the rest of this one: `token` is its first token and another follows (a
+    /// one-token completion that ended a sentence leaves the child to write a new sentence).
+    fn for_child(tail: &Option<Rc<Self>>, token: u32) -> Option<Rc<Self>> {
+        let tail = tail.as_ref()?;
+        (tail.tokens.len() >= 2 && tail.tokens[0] == token).then(|| {
+            Rc::new(GreedyTail {
+                tokens: tail.tokens[1..].to_vec(),
+                ended: tail.ended.clone(),
+            })
+        })
+    }
+}
+
+/// Each live hypothesis's [`GreedyTail`], by position in the beam.
+type Tails<C, P> = Vec<Option<Rc<GreedyTail<C, P>>>>;
+
+/// What a completion may write and which part of its text is scored.
+struct TextRules<'a> {
+    markup: &'a HashSet<u32>,
+    blocklist: &'a crate::steer::constraints::Blocklist,
+    scored_part: &'a ScoredPart,
+}
+
 /// The answer among the hypotheses' `(ending, score)`: the best score. With sentences asked for,
 /// only among those of the highest [`Ending`] present: a text cut by --max-tokens mid-clause used
 /// to win the rerank by piling on target words, and a text ended by close_within's offer is
@@ -164,6 +217,8 @@ pub fn run<L: CausalLm, O: Objective>(
     }];
     let mut lm_seconds = clock.elapsed().as_secs_f64();
     let mut finished: Vec<Hypothesis<L::Cache, O::Prefix>> = Vec::new();
+    // The closing window's greedy completions of `live`, by position; empty outside it.
+    let mut tails: Tails<L::Cache, O::Prefix> = Vec::new();
     let mut stop_reason = None;
     // The token a closing hypothesis ends with: "." when it is one token.
     let period = match lm.encode(".")?.as_slice() {
@@ -404,9 +459,15 @@ pub fn run<L: CausalLm, O: Objective>(
             expansions[i].state = Some((cache, logits));
         }
         let mut next_live = Vec::with_capacity(children.len());
+        let mut inherited = Vec::with_capacity(children.len());
         for &i in &children {
             let expansion = &mut expansions[i];
             let parent = expansion.parent;
+            inherited.push(
+                tails
+                    .get(parent)
+                    .and_then(|tail| GreedyTail::for_child(tail, expansion.token)),
+            );
             let state = expansion
                 .state
                 .take()
@@ -426,17 +487,18 @@ pub fn run<L: CausalLm, O: Objective>(
             });
         }
         live = next_live;
+        tails.clear();
         if closing_step {
             let room = options.max_tokens - (step + 1);
-            finished.extend(sentence_completions(
-                lm,
-                objective,
-                &live,
-                room,
-                &markup,
-                &options.blocklist,
-                &scored_part,
-            )?);
+            let rules = TextRules {
+                markup: &markup,
+                blocklist: &options.blocklist,
+                scored_part: &scored_part,
+            };
+            let (ended, live_tails) =
+                sentence_completions(lm, objective, &live, inherited, room, &rules)?;
+            finished.extend(ended);
+            tails = live_tails;
         }
         lm_seconds += clock.elapsed().as_secs_f64();
 
@@ -724,48 +786,113 @@ fn complete_greedily<L: CausalLm>(
 /// itself would end within --max-tokens whenever one exists, where the beam's own hypotheses,
 /// ranked by similarity, keep adding words up to the limit. Texts that reach `room` or the end
 /// of text without a sentence mark are dropped.
+///
+/// `inherited[i]`, where set, is live hypothesis i's completion already known from its parent's
+/// ([`GreedyTail::for_child`]): its text is reused, not recomputed. The texts completed here are
+/// scored in one objective call per parent prefix. Returns the finished texts, in the order of
+/// `live`, and each live hypothesis's completion for its own children.
+#[allow(clippy::type_complexity)]
 fn sentence_completions<L: CausalLm, O: Objective>(
     lm: &L,
     objective: &O,
     live: &[Hypothesis<L::Cache, O::Prefix>],
+    inherited: Tails<L::Cache, O::Prefix>,
     room: usize,
-    markup: &HashSet<u32>,
-    blocklist: &crate::steer::constraints::Blocklist,
-    scored_part: &ScoredPart,
-) -> Result<Vec<Hypothesis<L::Cache, O::Prefix>>> {
+    rules: &TextRules,
+) -> Result<(
+    Vec<Hypothesis<L::Cache, O::Prefix>>,
+    Tails<L::Cache, O::Prefix>,
+)> {
+    let TextRules {
+        markup,
+        blocklist,
+        scored_part,
+    } = *rules;
+    let mut tails = inherited;
+    tails.resize_with(live.len(), || None);
     // A hypothesis has a parent prefix from the first step on, and live ones all have states.
-    let (going, states): (Vec<_>, Vec<_>) = live
+    let (going, states): (Vec<usize>, Vec<_>) = live
         .iter()
-        .filter(|h| h.parent_prefix.is_some())
-        .filter_map(|h| Some((h, h.state.clone()?)))
+        .enumerate()
+        .filter(|(i, h)| tails[*i].is_none() && h.parent_prefix.is_some())
+        .filter_map(|(i, h)| Some((i, h.state.clone()?)))
         .unzip();
-    let mut ids: Vec<Vec<u32>> = going.iter().map(|h| h.ids.clone()).collect();
+    let mut ids: Vec<Vec<u32>> = going.iter().map(|&i| live[i].ids.clone()).collect();
     let completions = complete_greedily(lm, states, &mut ids, room, true, markup, blocklist)?;
-    let mut ended = Vec::new();
-    for ((hypothesis, ids), completion) in going.into_iter().zip(ids).zip(completions) {
+    // The texts that ended a sentence, grouped by the parent prefix they are scored against.
+    let mut ended: Vec<Option<Hypothesis<L::Cache, O::Prefix>>> =
+        (0..live.len()).map(|_| None).collect();
+    let mut groups: Vec<(Rc<O::Prefix>, Vec<usize>)> = Vec::new();
+    for ((&index, ids), completion) in going.iter().zip(ids).zip(completions) {
+        let hypothesis = &live[index];
+        let tokens = ids[hypothesis.ids.len()..].to_vec();
+        if !completion.ended_sentence {
+            tails[index] = Some(Rc::new(GreedyTail {
+                tokens,
+                ended: None,
+            }));
+            continue;
+        }
         let Some(prefix) = &hypothesis.parent_prefix else {
             continue;
         };
-        if !completion.ended_sentence {
-            continue;
-        }
         let text = lm.decode(&ids)?;
         let scored_text = scored_part.of(lm, &ids, &text)?;
-        // The parent's prefix: the completed text extends it as the hypothesis's own text does.
-        let similarity = objective.score(prefix, std::slice::from_ref(&scored_text))?;
-        ended.push(Hypothesis {
+        ended[index] = Some(Hypothesis {
             ids,
             text,
             scored_text,
             log_prob: hypothesis.log_prob + completion.log_prob,
-            similarity: similarity.similarities[0],
+            similarity: f32::NAN,
             state: None,
             parent_prefix: None,
             ending: Ending::Own,
             ending_log_prob: completion.last_log_prob,
         });
+        // Tokens are kept for the children; the text is shared once scored.
+        tails[index] = Some(Rc::new(GreedyTail {
+            tokens,
+            ended: None,
+        }));
+        match groups.iter_mut().find(|(p, _)| Rc::ptr_eq(p, prefix)) {
+            Some((_, members)) => members.push(index),
+            None => groups.push((prefix.clone(), vec![index])),
+        }
     }
-    Ok(ended)
+    for (prefix, members) in &groups {
+        // The parent's prefix: each completed text extends it as the hypothesis's own text does.
+        let texts: Vec<String> = members
+            .iter()
+            .filter_map(|&i| ended[i].as_ref().map(|h| h.scored_text.clone()))
+            .collect();
+        let scores = objective.score(prefix, &texts)?;
+        for (&i, similarity) in members.iter().zip(scores.similarities) {
+            if let Some(hypothesis) = ended[i].as_mut() {
+                hypothesis.similarity = similarity;
+            }
+        }
+    }
+    let mut finished = Vec::new();
+    for (index, hypothesis) in ended.into_iter().enumerate() {
+        match hypothesis {
+            Some(hypothesis) => {
+                let hypothesis = Rc::new(hypothesis);
+                finished.push(hypothesis.copy_finished());
+                if let Some(tail) = tails[index].as_mut() {
+                    if let Some(tail) = Rc::get_mut(tail) {
+                        tail.ended = Some(hypothesis);
+                    }
+                }
+            }
+            // An inherited completion: its text, when it ended one, is the parent's.
+            None => {
+                if let Some(done) = tails[index].as_ref().and_then(|t| t.ended.as_ref()) {
+                    finished.push(done.copy_finished());
+                }
+            }
+        }
+    }
+    Ok((finished, tails))
 }
 
 #[cfg(test)]
