@@ -914,3 +914,32 @@ fn describe_steers_with_siglip_and_reports_its_cosine() {
         "NaFlex",
     );
 }
+
+#[test]
+fn resume_skips_a_finished_text_target_run() {
+    // A text-target run is one input: --resume after its done line does not run it again.
+    let tmp = TempDir::new("resume-text");
+    let out = tmp.0.join("results.jsonl");
+    let args = [
+        "describe",
+        "--lm",
+        &f("gpt2-tiny"),
+        "--encoder",
+        &f("clip-tiny-gelu"),
+        "--target-text",
+        "a red fox",
+        "--max-tokens",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let first = run(&args);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let written = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(written.lines().count(), 1);
+    let mut resume = args.to_vec();
+    resume.push("--resume");
+    let again = run(&resume);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), written, "run again");
+}

@@ -43,6 +43,8 @@ pub struct PartContents {
     pub done: HashSet<PathBuf>,
     /// Behaviours (`attack --behaviors`) with a `done` line, by id.
     pub done_behaviors: HashSet<String>,
+    /// Whether a text-target run (a `done` line naming no image or behaviour) is finished.
+    pub done_text_target: bool,
     /// Distinct `settings` records of its `done` and `error` lines (`null` for lines written
     /// before records existed), each with the 1-based line it first appears on.
     pub settings: Vec<(Value, usize)>,
@@ -178,6 +180,8 @@ impl PartWriter {
                     contents.done_behaviors.insert(id.to_string());
                 } else if let Some(key) = crate::pathkey::from_line(&value) {
                     contents.done.insert(key);
+                } else {
+                    contents.done_text_target = true;
                 }
             }
             Ok(())

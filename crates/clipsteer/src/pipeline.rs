@@ -268,9 +268,11 @@ impl InputSpec {
             let contents = part.read_existing()?;
             trimmed_bytes = contents.trimmed_bytes;
             if self.resume {
+                // A text-target run is one input: done once its done line is there (the
+                // settings check below holds it to the same targets).
                 inputs.retain(|input| match input {
                     Some(path) => !contents.done.contains(&crate::pathkey::key(path)),
-                    None => true,
+                    None => !contents.done_text_target,
                 });
             }
             // Kept with or without --resume: lines appended to a part file must have its
