@@ -682,6 +682,20 @@ pub fn resolve_with(spec: &str, kind: ModelKind, config: &HubConfig) -> Result<P
             snapshot.fetch(file)?;
         }
     }
+    // Offline, a file the cache lacks may still be in the repository: for the chat template
+    // that decides describe's route, say so rather than take the plain route unannounced.
+    if snapshot.remote.is_none()
+        && matches!(kind, ModelKind::CausalLm)
+        && !snapshot.has("tokenizer_config.json")
+        && !snapshot.has("chat_template.jinja")
+    {
+        crate::errln!(
+            "note: the cache holds no tokenizer_config.json of '{}@{}' and {}, so whether it has a chat template is unknown: it runs without one (fetch the model where the hub is reachable, or give --prompt)",
+            snapshot.id,
+            snapshot.revision,
+            snapshot.offline_reason
+        );
+    }
     snapshot.write_ref()?;
     remember(spec, &snapshot.origin());
     Ok(snapshot.dir.clone())
