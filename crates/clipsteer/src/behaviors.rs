@@ -141,9 +141,20 @@ fn read_csv(mut file: std::fs::File, path: &Path) -> Result<Rows> {
                 "--behaviors {shown} is not valid CSV: {e}; quote fields that hold commas, quotes or line breaks"
             ))
         })?;
-        let line = record
-            .position()
-            .map_or_else(|| "a row".to_string(), |p| format!("line {}", p.line()));
+        // The line counted from the row's byte offset: the csv crate's own count misses a CRLF
+        // inside a quoted field, so rows after one were named a line early.
+        let line = record.position().map_or_else(
+            || "a row".to_string(),
+            |p| {
+                // After a CR the position is that line's LF: the row starts past line breaks.
+                let mut start = (p.byte() as usize).min(bytes.len());
+                while start < bytes.len() && matches!(bytes[start], b'\r' | b'\n') {
+                    start += 1;
+                }
+                let newlines = bytes[..start].iter().filter(|&&b| b == b'\n').count();
+                format!("line {}", newlines + 1)
+            },
+        );
         let row = headers
             .iter()
             .cloned()
@@ -1027,6 +1038,28 @@ fn read_lines(path: &Path) -> Result<Vec<Value>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn csv_rows_are_named_by_their_line_with_crlf_inside_quotes_too() {
+        for newline in ["\n", "\r\n"] {
+            let text = [
+                "id,goal,target",
+                "a,do x,Sure",
+                "b,\"multi",
+                "line\",Sure",
+                "a,do y,Sure",
+                "",
+            ]
+            .join(newline);
+            let mut file = tempfile::Builder::new().suffix(".csv").tempfile().unwrap();
+            std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+            let error = read(file.path()).unwrap_err().to_string();
+            assert!(
+                error.contains("line 5: the id 'a' appears twice"),
+                "{newline:?}: {error}"
+            );
+        }
+    }
 
     #[test]
     fn wilson_interval_matches_published_values() {
