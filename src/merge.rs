@@ -40,6 +40,8 @@ pub(crate) fn print_merge_report(report: &clipsteer::merge::MergeReport, output:
     const SHOWN: usize = 20;
     let inputs = if report.inputs > 0 {
         format!("{} of {} inputs described", report.described, report.inputs)
+    } else if report.behaviors {
+        format!("{} behaviours attacked", report.described)
     } else {
         format!(
             "{} images described (give --inputs to check for missing ones)",

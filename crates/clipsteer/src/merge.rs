@@ -54,6 +54,8 @@ pub struct MergeReport {
     pub partial: Vec<String>,
     /// The settings record shared by every line (null when the lines carry none).
     pub settings: Value,
+    /// Whether the parts hold `attack --behaviors` results, not images (for the wording).
+    pub behaviors: bool,
 }
 
 impl MergeReport {
@@ -264,7 +266,10 @@ pub fn merge(parts: &[PathBuf], inputs: Option<&[PathBuf]>, output: &Path) -> Re
                 Some(_) => {}
             }
             let image_key = match behavior_key {
-                Some(key) => key,
+                Some(key) => {
+                    report.behaviors = true;
+                    key
+                }
                 None => {
                     let named = json!({"image": image, "image_hex": head.image_hex});
                     crate::pathkey::from_line(&named)
