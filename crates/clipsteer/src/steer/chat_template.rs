@@ -65,10 +65,7 @@ impl ChatTemplate {
     /// The template of a GGUF file (`tokenizer.chat_template`), with its bos/eos/unk/pad tokens
     /// (`tokenizer.ggml.*_token_id`). Reads only the file's metadata.
     pub fn from_gguf(path: &Path) -> Result<Self> {
-        let mut file =
-            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        let content = gguf_file::Content::read(&mut file)
-            .map_err(|e| anyhow::anyhow!("{} is not a valid GGUF file ({e})", path.display()))?;
+        let (content, _) = crate::models::gguf::read_gguf(path)?;
         Self::from_gguf_metadata(&content, path)
     }
 
