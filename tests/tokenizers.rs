@@ -110,3 +110,28 @@ fn missing_tokenizer_is_a_clear_error() {
         .to_string();
     assert!(err.contains("not a valid tokenizer.json"), "{err}");
 }
+
+/// Deliberate difference from transformers 5 (docs/MODELS.md, "Tokenizers"): a Llama 2-style
+/// repository's tokenizer.json is used as it is, as SentencePiece, llama.cpp and transformers 4
+/// tokenize, where transformers 5 rebuilds LlamaTokenizer with a Metaspace pre-tokenizer that drops
+/// the "▁" before a text that starts with a space or follows a special token. The fixture and both
+/// id lists are written by tools/make_llama2_tokenizer_case.py.
+#[test]
+fn llama2_style_tokenizer_json_is_used_as_sentencepiece_tokenizes() {
+    let dir = fixture("tokenizers/llama2-style");
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let tokenizer = clipsteer::tokenize::load_tokenizer_json(&dir.join("tokenizer.json")).unwrap();
+    let mut differ = Vec::new();
+    for case in cases["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let ids = tokenizer.encode(text, true).unwrap().get_ids().to_vec();
+        assert_eq!(ids, json_ids(&case["tokenizer_json"]), "{text:?}");
+        if ids != json_ids(&case["transformers"]) {
+            differ.push(text.to_string());
+        }
+    }
+    // Exactly the texts with a leading space or a space after <s>: there transformers 5 has no
+    // "▁" (id 259) where SentencePiece has one.
+    assert_eq!(differ, [" Hello", " ", "<s> Hello</s>", "Hello <s> world"]);
+}
