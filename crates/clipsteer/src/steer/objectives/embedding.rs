@@ -33,6 +33,19 @@ pub trait Scorer {
         texts: &[String],
         target: &[f32],
     ) -> Result<ScoreBatch>;
+
+    /// [`Self::similarities`] of several batches with their own prefixes, in order
+    /// ([`Objective::score_each`]).
+    fn similarities_each(
+        &self,
+        batches: &[(&Self::Prefix, &[String])],
+        target: &[f32],
+    ) -> Result<Vec<ScoreBatch>> {
+        batches
+            .iter()
+            .map(|(prefix, texts)| self.similarities(prefix, texts, target))
+            .collect()
+    }
 }
 
 /// A [`Scorer`] and a unit-length target: the objective is the cosine similarity with it.
@@ -57,6 +70,10 @@ impl<S: Scorer + ?Sized> Objective for Embedding<'_, S> {
 
     fn score(&self, prefix: &S::Prefix, texts: &[String]) -> Result<ScoreBatch> {
         self.scorer.similarities(prefix, texts, self.target)
+    }
+
+    fn score_each(&self, batches: &[(&S::Prefix, &[String])]) -> Result<Vec<ScoreBatch>> {
+        self.scorer.similarities_each(batches, self.target)
     }
 
     fn softmax_scale(&self) -> f32 {
@@ -311,6 +328,27 @@ impl Scorer for Encoder {
             (Self::Clip(_), EncoderPrefix::Whole) => {
                 anyhow::bail!("a whole-text prefix passed to CLIP")
             }
+        }
+    }
+
+    fn similarities_each(
+        &self,
+        batches: &[(&EncoderPrefix, &[String])],
+        target: &[f32],
+    ) -> Result<Vec<ScoreBatch>> {
+        // Encoders that embed each text whole have no prefix to keep apart: one call.
+        let texts: Vec<&[String]> = batches.iter().map(|(_, texts)| *texts).collect();
+        match self {
+            Self::Siglip(siglip) => {
+                super::score_joined(&texts, |all| siglip.similarities(&(), all, target))
+            }
+            Self::Sentence(sentence) => {
+                super::score_joined(&texts, |all| sentence.similarities(&(), all, target))
+            }
+            Self::Clip(_) => batches
+                .iter()
+                .map(|(prefix, texts)| self.similarities(prefix, texts, target))
+                .collect(),
         }
     }
 }

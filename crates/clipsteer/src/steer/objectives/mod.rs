@@ -36,6 +36,16 @@ pub trait Objective {
     /// Every text begins with the text `prefix` was made for.
     fn score(&self, prefix: &Self::Prefix, texts: &[String]) -> Result<ScoreBatch>;
 
+    /// [`Self::score`] of several batches, each with its own prefix (a beam step's hypotheses):
+    /// one result per batch, in order. An objective with no prefix to reuse scores them in one
+    /// call, which runs its encoder over one large batch instead of several small ones.
+    fn score_each(&self, batches: &[(&Self::Prefix, &[String])]) -> Result<Vec<ScoreBatch>> {
+        batches
+            .iter()
+            .map(|(prefix, texts)| self.score(prefix, texts))
+            .collect()
+    }
+
     /// The temperature MAGIC multiplies scores by before its softmax over candidates: CLIP's
     /// trained exp(logit_scale) for embeddings; 1 for objectives with no such scale.
     fn softmax_scale(&self) -> f32 {
@@ -78,4 +88,30 @@ pub fn normalize(v: &[f32]) -> Vec<f32> {
         return v.to_vec();
     }
     v.iter().map(|x| x / norm).collect()
+}
+
+/// [`Objective::score_each`] for a scorer that embeds every text whole: `score_all` scores the
+/// batches' texts together, and the result is split back per batch. The cost fields
+/// (`positions_computed`, `distinct`) are the whole call's, reported with the first batch.
+pub(crate) fn score_joined(
+    batches: &[&[String]],
+    score_all: impl FnOnce(&[String]) -> Result<ScoreBatch>,
+) -> Result<Vec<ScoreBatch>> {
+    let all: Vec<String> = batches
+        .iter()
+        .flat_map(|texts| texts.iter().cloned())
+        .collect();
+    let joined = score_all(&all)?;
+    let mut similarities = joined.similarities.into_iter();
+    Ok(batches
+        .iter()
+        .enumerate()
+        .map(|(i, texts)| ScoreBatch {
+            similarities: similarities.by_ref().take(texts.len()).collect(),
+            positions_computed: if i == 0 { joined.positions_computed } else { 0 },
+            distinct: if i == 0 { joined.distinct } else { 0 },
+            greedy_target: Vec::new(),
+            teacher_forced_argmax: Vec::new(),
+        })
+        .collect())
 }

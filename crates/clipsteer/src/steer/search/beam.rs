@@ -229,80 +229,29 @@ pub fn run<L: CausalLm, O: Objective>(
         clock = std::time::Instant::now();
         let closing_step =
             period.is_some() && closing(step, params.close_within, options.max_tokens);
-        let mut expansions = Vec::new();
-        let mut positions_computed = 0;
-        let mut ranked_total = 0;
-        let mut prefixes: Vec<Option<Rc<O::Prefix>>> = (0..live.len()).map(|_| None).collect();
-        for (parent, hypothesis) in live.iter().enumerate() {
-            let Some((_, logits)) = &hypothesis.state else {
-                continue;
-            };
-            let ranked = top_k(logits, options.top_k)?;
-            ranked_total += ranked.len();
-            let log_probs = log_softmax(logits);
-            // Ending adds no text, so it needs no scoring; an empty text cannot end.
-            let ends_text = ranked.iter().copied().find(|&c| step > 0 && lm.is_eos(c));
-            let mut ranked: Vec<u32> = ranked.into_iter().filter(|&c| !lm.is_eos(c)).collect();
-            let mut offered = None;
-            if let Some(period) = period {
-                if closing_step && !ranked.contains(&period) {
-                    ranked.push(period);
-                    offered = Some(period);
-                }
-            }
-            let allowed = allowed_candidates(
-                lm,
-                &hypothesis.ids,
-                &ranked,
-                &markup,
-                &options.blocklist,
-                &scored_part,
-            )?;
-            let step_prefix = Rc::new(
-                objective.prefix(&hypothesis.scored_text, hypothesis.parent_prefix.as_deref())?,
-            );
-            let scores = objective.score(&step_prefix, &allowed.scored)?;
-            prefixes[parent] = Some(step_prefix);
-            positions_computed += scores.positions_computed;
-            let length = generated(hypothesis) + 1;
-            for (i, (phrase, scored_text)) in
-                allowed.phrases.into_iter().zip(allowed.scored).enumerate()
-            {
-                let token = allowed.ids[i];
-                let log_prob = hypothesis.log_prob + log_probs[token as usize];
-                let similarity = scores.similarities[i];
-                expansions.push(Expansion {
-                    parent,
-                    token,
-                    offered: offered == Some(token),
-                    ends_text: false,
-                    token_log_prob: log_probs[token as usize],
-                    phrase,
-                    scored_text,
-                    log_prob,
-                    similarity,
-                    score: beam_score(similarity, log_prob, length, params.fluency),
-                    rank: f32::NAN,
-                    state: None,
-                });
-            }
-            if let Some(eos) = ends_text {
-                expansions.push(Expansion {
-                    parent,
-                    token: eos,
-                    offered: false,
-                    ends_text: true,
-                    token_log_prob: log_probs[eos as usize],
-                    phrase: hypothesis.text.clone(),
-                    scored_text: hypothesis.scored_text.clone(),
-                    log_prob: hypothesis.log_prob,
-                    similarity: hypothesis.similarity,
-                    score: score_of(hypothesis),
-                    rank: f32::NAN,
-                    state: None,
-                });
-            }
-        }
+        let rules = TextRules {
+            markup: &markup,
+            blocklist: &options.blocklist,
+            scored_part: &scored_part,
+        };
+        let Expanded {
+            mut expansions,
+            prefixes,
+            positions_computed,
+            ranked_total,
+        } = expand(
+            lm,
+            objective,
+            &live,
+            Step {
+                index: step,
+                closing: closing_step,
+                period,
+                prompt_len: prompt_ids.len(),
+            },
+            options,
+            &rules,
+        )?;
         let score_seconds = clock.elapsed().as_secs_f64();
         if expansions.is_empty() {
             stop_reason = Some(all_blocked(step, ranked_total));
@@ -490,11 +439,6 @@ pub fn run<L: CausalLm, O: Objective>(
         tails.clear();
         if closing_step {
             let room = options.max_tokens - (step + 1);
-            let rules = TextRules {
-                markup: &markup,
-                blocklist: &options.blocklist,
-                scored_part: &scored_part,
-            };
             let (ended, live_tails) =
                 sentence_completions(lm, objective, &live, inherited, room, &rules)?;
             finished.extend(ended);
@@ -607,6 +551,140 @@ struct LookaheadContext<'a> {
     markup: &'a HashSet<u32>,
     scored_part: &'a ScoredPart,
     stop_at_sentence_end: bool,
+}
+
+/// Where a beam step is: its index (from 0), whether it is in the closing window, the period a
+/// closing hypothesis may be offered, and the prompt's length.
+#[derive(Clone, Copy)]
+struct Step {
+    index: usize,
+    closing: bool,
+    period: Option<u32>,
+    prompt_len: usize,
+}
+
+/// A step's expansions, with each parent's objective prefix and what they cost.
+struct Expanded<C, P> {
+    expansions: Vec<Expansion<C>>,
+    prefixes: Vec<Option<Rc<P>>>,
+    positions_computed: usize,
+    ranked_total: usize,
+}
+
+/// One step's expansions of every live hypothesis: the LM's top-k (with the period offered in
+/// the closing window) that may be written, scored for all hypotheses in one
+/// [`Objective::score_each`] call, and its end of text when the LM proposes it.
+fn expand<L: CausalLm, O: Objective>(
+    lm: &L,
+    objective: &O,
+    live: &[Hypothesis<L::Cache, O::Prefix>],
+    step: Step,
+    options: &DescribeOptions,
+    rules: &TextRules,
+) -> Result<Expanded<L::Cache, O::Prefix>> {
+    let params = options.beam;
+    let mut prefixes: Vec<Option<Rc<O::Prefix>>> = (0..live.len()).map(|_| None).collect();
+    let mut ranked_total = 0;
+    // Each parent's candidates, before scoring: (parent, log-probs, end of text, offered, allowed).
+    let mut pending = Vec::with_capacity(live.len());
+    for (parent, hypothesis) in live.iter().enumerate() {
+        let Some((_, logits)) = &hypothesis.state else {
+            continue;
+        };
+        let ranked = top_k(logits, options.top_k)?;
+        ranked_total += ranked.len();
+        let log_probs = log_softmax(logits);
+        // Ending adds no text, so it needs no scoring; an empty text cannot end.
+        let ends_text = ranked
+            .iter()
+            .copied()
+            .find(|&c| step.index > 0 && lm.is_eos(c));
+        let mut ranked: Vec<u32> = ranked.into_iter().filter(|&c| !lm.is_eos(c)).collect();
+        let mut offered = None;
+        if let Some(period) = step.period {
+            if step.closing && !ranked.contains(&period) {
+                ranked.push(period);
+                offered = Some(period);
+            }
+        }
+        let allowed = allowed_candidates(
+            lm,
+            &hypothesis.ids,
+            &ranked,
+            rules.markup,
+            rules.blocklist,
+            rules.scored_part,
+        )?;
+        prefixes[parent] = Some(Rc::new(
+            objective.prefix(&hypothesis.scored_text, hypothesis.parent_prefix.as_deref())?,
+        ));
+        pending.push((parent, log_probs, ends_text, offered, allowed));
+    }
+    let batches: Vec<(&O::Prefix, &[String])> = pending
+        .iter()
+        .filter_map(|(parent, _, _, _, allowed)| {
+            Some((prefixes[*parent].as_deref()?, allowed.scored.as_slice()))
+        })
+        .collect();
+    let scores = objective.score_each(&batches)?;
+    drop(batches);
+    let mut expansions = Vec::new();
+    let mut positions_computed = 0;
+    for ((parent, log_probs, ends_text, offered, allowed), scores) in
+        pending.into_iter().zip(scores)
+    {
+        let hypothesis = &live[parent];
+        positions_computed += scores.positions_computed;
+        let generated = hypothesis.ids.len() - step.prompt_len;
+        for (i, (phrase, scored_text)) in
+            allowed.phrases.into_iter().zip(allowed.scored).enumerate()
+        {
+            let token = allowed.ids[i];
+            let log_prob = hypothesis.log_prob + log_probs[token as usize];
+            let similarity = scores.similarities[i];
+            expansions.push(Expansion {
+                parent,
+                token,
+                offered: offered == Some(token),
+                ends_text: false,
+                token_log_prob: log_probs[token as usize],
+                phrase,
+                scored_text,
+                log_prob,
+                similarity,
+                score: beam_score(similarity, log_prob, generated + 1, params.fluency),
+                rank: f32::NAN,
+                state: None,
+            });
+        }
+        if let Some(eos) = ends_text {
+            expansions.push(Expansion {
+                parent,
+                token: eos,
+                offered: false,
+                ends_text: true,
+                token_log_prob: log_probs[eos as usize],
+                phrase: hypothesis.text.clone(),
+                scored_text: hypothesis.scored_text.clone(),
+                log_prob: hypothesis.log_prob,
+                similarity: hypothesis.similarity,
+                score: beam_score(
+                    hypothesis.similarity,
+                    hypothesis.log_prob,
+                    generated,
+                    params.fluency,
+                ),
+                rank: f32::NAN,
+                state: None,
+            });
+        }
+    }
+    Ok(Expanded {
+        expansions,
+        prefixes,
+        positions_computed,
+        ranked_total,
+    })
 }
 
 /// Re-ranks `contenders` by their text and its greedy completion together: each is stepped by
