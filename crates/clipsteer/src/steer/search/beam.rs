@@ -186,6 +186,11 @@ struct Expansion<C> {
 /// the best finished one (or the best live one at --max-tokens) by the same score. The streamed
 /// text is the current best hypothesis, so unlike the greedy loops it can change more than its
 /// last token from one step to the next.
+///
+/// Longer than most functions here on purpose: the step loop keeps a step's stages in their
+/// order in one place, each stage a function below ([`expand`], [`endings`],
+/// [`rerank_by_lookahead`], [`select`], [`next_beam`], [`sentence_completions`], [`answer`]), and
+/// what is left is the state carried from one step to the next.
 pub fn run<L: CausalLm, O: Objective>(
     lm: &L,
     objective: &O,
@@ -257,184 +262,43 @@ pub fn run<L: CausalLm, O: Objective>(
             stop_reason = Some(all_blocked(step, ranked_total));
             break;
         }
-        // Whether taking an expansion finishes its hypothesis.
-        let mut finishes = Vec::with_capacity(expansions.len());
-        for expansion in &expansions {
-            let token_text = lm.decode(&[expansion.token])?;
-            let sentence_done = options.stop_at_sentence_end && ends_sentence(&token_text);
-            let ending = match (expansion.ends_text || sentence_done, expansion.offered) {
-                (false, _) => Ending::Cut,
-                (true, true) => Ending::Offered,
-                (true, false) => Ending::Own,
-            };
-            finishes.push((
-                ending != Ending::Cut || step + 1 == options.max_tokens,
-                ending,
-            ));
-        }
+        // Whether taking an expansion finishes its hypothesis, and how.
+        let finishes = endings(lm, &expansions, options, step + 1 == options.max_tokens)?;
         rank_expansions(&mut expansions, params.diversity);
         // Best first; ties keep the earlier parent and the higher LM rank (a stable sort).
         let mut order: Vec<usize> = (0..expansions.len()).collect();
         order.sort_by(|&a, &b| expansions[b].rank.total_cmp(&expansions[a].rank));
         if params.lookahead > 0 {
-            let contenders: Vec<usize> = order
-                .iter()
-                .copied()
-                .filter(|&i| !finishes[i].0)
-                .take(2 * params.width)
-                .collect();
             let lookahead_clock = std::time::Instant::now();
-            look_ahead(
+            rerank_by_lookahead(
                 lm,
                 objective,
                 &live,
                 &prefixes,
                 &mut expansions,
-                &contenders,
-                LookaheadContext {
-                    prompt_len: prompt_ids.len(),
-                    tokens: params.lookahead,
-                    fluency: params.fluency,
-                    diversity: params.diversity,
-                    blocklist: &options.blocklist,
-                    markup: &markup,
-                    scored_part: &scored_part,
-                    stop_at_sentence_end: options.stop_at_sentence_end,
-                },
+                &mut order,
+                &finishes,
+                options,
+                &rules,
+                prompt_ids.len(),
             )?;
             lm_seconds += lookahead_clock.elapsed().as_secs_f64();
-            order.sort_by(|&a, &b| expansions[b].rank.total_cmp(&expansions[a].rank));
         }
-        let top = {
-            let mut by_similarity: Vec<&Expansion<L::Cache>> =
-                expansions.iter().filter(|e| !e.ends_text).collect();
-            by_similarity.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
-            // Hypotheses often propose the same token: show each once, at its best.
-            let mut top: Vec<Candidate> = Vec::with_capacity(5);
-            for expansion in by_similarity {
-                let token = lm.decode(&[expansion.token])?;
-                if !top.iter().any(|c| c.token == token) {
-                    top.push(Candidate {
-                        token,
-                        similarity: expansion.similarity,
-                    });
-                }
-                if top.len() == 5 {
-                    break;
-                }
-            }
-            top
-        };
-        let scored: Vec<(u32, f32)> = expansions
-            .iter()
-            .filter(|e| !e.ends_text)
-            .map(|e| (e.token, e.similarity))
-            .collect();
+        let (top, scored) = shown_candidates(lm, &expansions)?;
 
         // The next beam, grouped by parent so that each parent's children share one LM forward.
-        let mut kept: Vec<usize> = Vec::new();
-        let mut pushed: Vec<usize> = Vec::new();
-        let mut newly_finished = 0;
-        for &i in &order {
-            if kept.len() == params.width {
-                break;
-            }
-            let expansion = &expansions[i];
-            let (finishes_here, ending) = finishes[i];
-            if finishes_here {
-                finished.push(Hypothesis::finished(
-                    expansion,
-                    &live[expansion.parent].ids,
-                    ending,
-                ));
-                newly_finished += 1;
-                pushed.push(i);
-                if newly_finished == params.width {
-                    break;
-                }
-            } else {
-                kept.push(i);
-            }
-        }
-        // In the closing window every sentence end (a sentence mark, the LM's or the offered
-        // period) joins the finished ones, not only those that won a beam slot: the final rerank
-        // can then prefer a clause the LM closed a few steps back over a period offered after a
-        // dangling word at --max-tokens.
-        if closing_step {
-            for (i, expansion) in expansions.iter().enumerate() {
-                // The LM's end of text leaves the parent's text as it was, often with no
-                // sentence mark: only a slot in the beam makes it an answer.
-                if finishes[i].1 == Ending::Cut || expansion.ends_text || pushed.contains(&i) {
-                    continue;
-                }
-                finished.push(Hypothesis::finished(
-                    expansion,
-                    &live[expansion.parent].ids,
-                    finishes[i].1,
-                ));
-            }
-        }
+        let kept = select(
+            &expansions,
+            &order,
+            &finishes,
+            &live,
+            params.width,
+            closing_step,
+            &mut finished,
+        );
         clock = std::time::Instant::now();
-        // The next beam, grouped by parent as it always was (ties in later steps keep this
-        // order). Every child the lookahead has not stepped runs in one forward over all
-        // parents: one pass over the LM's weights per step instead of one per parent.
-        let mut parents: Vec<usize> = kept.iter().map(|&i| expansions[i].parent).collect();
-        parents.sort_unstable();
-        parents.dedup();
-        let children: Vec<usize> = parents
-            .iter()
-            .flat_map(|&p| {
-                let expansions = &expansions;
-                kept.iter()
-                    .copied()
-                    .filter(move |&i| expansions[i].parent == p)
-            })
-            .collect();
-        let caches = parents
-            .iter()
-            .map(|&p| live_cache(&live[p]))
-            .collect::<Result<Vec<_>>>()?;
-        let to_step: Vec<usize> = children
-            .iter()
-            .copied()
-            .filter(|&i| expansions[i].state.is_none())
-            .collect();
-        let rows: Vec<usize> = to_step
-            .iter()
-            .map(|&i| parents.partition_point(|&p| p < expansions[i].parent))
-            .collect();
-        let tokens: Vec<u32> = to_step.iter().map(|&i| expansions[i].token).collect();
-        for (&i, (logits, cache)) in to_step.iter().zip(lm.branch_rows(&caches, &rows, &tokens)?) {
-            expansions[i].state = Some((cache, logits));
-        }
-        let mut next_live = Vec::with_capacity(children.len());
-        let mut inherited = Vec::with_capacity(children.len());
-        for &i in &children {
-            let expansion = &mut expansions[i];
-            let parent = expansion.parent;
-            inherited.push(
-                tails
-                    .get(parent)
-                    .and_then(|tail| GreedyTail::for_child(tail, expansion.token)),
-            );
-            let state = expansion
-                .state
-                .take()
-                .ok_or_else(|| anyhow::anyhow!("a kept child was not stepped"))?;
-            let mut ids = live[parent].ids.clone();
-            ids.push(expansion.token);
-            next_live.push(Hypothesis {
-                ids,
-                text: std::mem::take(&mut expansion.phrase),
-                scored_text: std::mem::take(&mut expansion.scored_text),
-                log_prob: expansion.log_prob,
-                similarity: expansion.similarity,
-                state: Some(state),
-                parent_prefix: prefixes[parent].clone(),
-                ending: Ending::Cut,
-                ending_log_prob: 0.0,
-            });
-        }
+        let (next_live, inherited) =
+            next_beam(lm, &live, &mut expansions, &kept, &prefixes, &tails)?;
         live = next_live;
         tails.clear();
         if closing_step {
@@ -476,13 +340,217 @@ pub fn run<L: CausalLm, O: Objective>(
             break;
         }
     }
+    answer(lm, finished, live, &prompt_ids, options, stop_reason)
+}
+
+/// What a step event shows of the expansions: the five most similar candidates (a token
+/// several hypotheses propose once, at its best), and every scored (token, similarity).
+#[allow(clippy::type_complexity)]
+fn shown_candidates<L: CausalLm, C>(
+    lm: &L,
+    expansions: &[Expansion<C>],
+) -> Result<(Vec<Candidate>, Vec<(u32, f32)>)> {
+    let mut by_similarity: Vec<&Expansion<C>> =
+        expansions.iter().filter(|e| !e.ends_text).collect();
+    by_similarity.sort_by(|a, b| b.similarity.total_cmp(&a.similarity));
+    let mut top: Vec<Candidate> = Vec::with_capacity(5);
+    for expansion in by_similarity {
+        let token = lm.decode(&[expansion.token])?;
+        if !top.iter().any(|c| c.token == token) {
+            top.push(Candidate {
+                token,
+                similarity: expansion.similarity,
+            });
+        }
+        if top.len() == 5 {
+            break;
+        }
+    }
+    let scored = expansions
+        .iter()
+        .filter(|e| !e.ends_text)
+        .map(|e| (e.token, e.similarity))
+        .collect();
+    Ok((top, scored))
+}
+
+/// For each expansion, whether taking it finishes its hypothesis (on the last step every one
+/// does), and how: the end of text or a sentence mark is the LM's own ending unless the period
+/// was offered.
+fn endings<L: CausalLm, C>(
+    lm: &L,
+    expansions: &[Expansion<C>],
+    options: &DescribeOptions,
+    last_step: bool,
+) -> Result<Vec<(bool, Ending)>> {
+    expansions
+        .iter()
+        .map(|expansion| {
+            let token_text = lm.decode(&[expansion.token])?;
+            let sentence_done = options.stop_at_sentence_end && ends_sentence(&token_text);
+            let ending = match (expansion.ends_text || sentence_done, expansion.offered) {
+                (false, _) => Ending::Cut,
+                (true, true) => Ending::Offered,
+                (true, false) => Ending::Own,
+            };
+            Ok((ending != Ending::Cut || last_step, ending))
+        })
+        .collect()
+}
+
+/// The next beam: the `kept` expansions as live hypotheses, grouped by parent as they always
+/// were (ties in later steps keep this order). Every child the lookahead has not stepped runs in
+/// one forward over all parents: one pass over the LM's weights per step instead of one per
+/// parent. With each child, the closing-window completion it inherits from its parent's `tails`.
+#[allow(clippy::type_complexity)]
+fn next_beam<L: CausalLm, P>(
+    lm: &L,
+    live: &[Hypothesis<L::Cache, P>],
+    expansions: &mut [Expansion<L::Cache>],
+    kept: &[usize],
+    prefixes: &[Option<Rc<P>>],
+    tails: &Tails<L::Cache, P>,
+) -> Result<(Vec<Hypothesis<L::Cache, P>>, Tails<L::Cache, P>)> {
+    let mut parents: Vec<usize> = kept.iter().map(|&i| expansions[i].parent).collect();
+    parents.sort_unstable();
+    parents.dedup();
+    let children: Vec<usize> = parents
+        .iter()
+        .flat_map(|&p| {
+            let expansions = &*expansions;
+            kept.iter()
+                .copied()
+                .filter(move |&i| expansions[i].parent == p)
+        })
+        .collect();
+    let caches = parents
+        .iter()
+        .map(|&p| live_cache(&live[p]))
+        .collect::<Result<Vec<_>>>()?;
+    let to_step: Vec<usize> = children
+        .iter()
+        .copied()
+        .filter(|&i| expansions[i].state.is_none())
+        .collect();
+    let rows: Vec<usize> = to_step
+        .iter()
+        .map(|&i| parents.partition_point(|&p| p < expansions[i].parent))
+        .collect();
+    let tokens: Vec<u32> = to_step.iter().map(|&i| expansions[i].token).collect();
+    for (&i, (logits, cache)) in to_step.iter().zip(lm.branch_rows(&caches, &rows, &tokens)?) {
+        expansions[i].state = Some((cache, logits));
+    }
+    let mut next_live = Vec::with_capacity(children.len());
+    let mut inherited = Vec::with_capacity(children.len());
+    for &i in &children {
+        let expansion = &mut expansions[i];
+        let parent = expansion.parent;
+        inherited.push(
+            tails
+                .get(parent)
+                .and_then(|tail| GreedyTail::for_child(tail, expansion.token)),
+        );
+        let state = expansion
+            .state
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("a kept child was not stepped"))?;
+        let mut ids = live[parent].ids.clone();
+        ids.push(expansion.token);
+        next_live.push(Hypothesis {
+            ids,
+            text: std::mem::take(&mut expansion.phrase),
+            scored_text: std::mem::take(&mut expansion.scored_text),
+            log_prob: expansion.log_prob,
+            similarity: expansion.similarity,
+            state: Some(state),
+            parent_prefix: prefixes[parent].clone(),
+            ending: Ending::Cut,
+            ending_log_prob: 0.0,
+        });
+    }
+    Ok((next_live, inherited))
+}
+
+/// The expansions that go on (at most `width`, best first by `order`), with those that finish
+/// here added to `finished`: a finishing expansion takes a beam slot too, and `width` of them
+/// end the step. In the closing window every sentence end (a sentence mark, the LM's or the
+/// offered period) joins the finished ones, not only those that won a slot: the final rerank can
+/// then prefer a clause the LM closed a few steps back over a period offered after a dangling
+/// word at --max-tokens.
+fn select<C, P>(
+    expansions: &[Expansion<C>],
+    order: &[usize],
+    finishes: &[(bool, Ending)],
+    live: &[Hypothesis<C, P>],
+    width: usize,
+    closing_step: bool,
+    finished: &mut Vec<Hypothesis<C, P>>,
+) -> Vec<usize> {
+    let mut kept: Vec<usize> = Vec::new();
+    let mut pushed: Vec<usize> = Vec::new();
+    for &i in order {
+        if kept.len() == width {
+            break;
+        }
+        let expansion = &expansions[i];
+        let (finishes_here, ending) = finishes[i];
+        if finishes_here {
+            finished.push(Hypothesis::finished(
+                expansion,
+                &live[expansion.parent].ids,
+                ending,
+            ));
+            pushed.push(i);
+            if pushed.len() == width {
+                break;
+            }
+        } else {
+            kept.push(i);
+        }
+    }
+    if closing_step {
+        for (i, expansion) in expansions.iter().enumerate() {
+            // The LM's end of text leaves the parent's text as it was, often with no
+            // sentence mark: only a slot in the beam makes it an answer.
+            if finishes[i].1 == Ending::Cut || expansion.ends_text || pushed.contains(&i) {
+                continue;
+            }
+            finished.push(Hypothesis::finished(
+                expansion,
+                &live[expansion.parent].ids,
+                finishes[i].1,
+            ));
+        }
+    }
+    kept
+}
+
+/// The search's answer among the finished and still live hypotheses ([`pick_answer`] over
+/// [`answer_score`]); the prompt alone when nothing was generated.
+fn answer<L: CausalLm, P>(
+    lm: &L,
+    finished: Vec<Hypothesis<L::Cache, P>>,
+    live: Vec<Hypothesis<L::Cache, P>>,
+    prompt_ids: &[u32],
+    options: &DescribeOptions,
+    stop_reason: Option<String>,
+) -> Result<DescribeResult> {
+    let fluency = options.beam.fluency;
+    let score_of = |h: &Hypothesis<L::Cache, P>| {
+        beam_score(
+            h.similarity,
+            h.log_prob,
+            h.ids.len() - prompt_ids.len(),
+            fluency,
+        )
+    };
     let mut contenders: Vec<_> = (finished.into_iter().chain(live))
         .filter(|h| h.ids.len() > prompt_ids.len())
         .collect();
     let endings: Vec<(Ending, f32)> = contenders
         .iter()
         .map(|h| {
-            let score = answer_score(h.ending, score_of(h), h.ending_log_prob, params.fluency);
+            let score = answer_score(h.ending, score_of(h), h.ending_log_prob, fluency);
             (h.ending, score)
         })
         .collect();
@@ -497,7 +565,7 @@ pub fn run<L: CausalLm, O: Objective>(
             stop_reason,
         },
         None => DescribeResult {
-            text: lm.decode(&prompt_ids)?,
+            text: lm.decode(prompt_ids)?,
             token_ids: Vec::new(),
             similarity: f32::NAN,
             log_prob: 0.0,
@@ -685,6 +753,50 @@ fn expand<L: CausalLm, O: Objective>(
         positions_computed,
         ranked_total,
     })
+}
+
+/// [`look_ahead`] on the best `2 × width` expansions that do not finish here, then `order`
+/// sorted again by the new ranks.
+#[allow(clippy::too_many_arguments)]
+fn rerank_by_lookahead<L: CausalLm, O: Objective>(
+    lm: &L,
+    objective: &O,
+    live: &[Hypothesis<L::Cache, O::Prefix>],
+    prefixes: &[Option<Rc<O::Prefix>>],
+    expansions: &mut [Expansion<L::Cache>],
+    order: &mut [usize],
+    finishes: &[(bool, Ending)],
+    options: &DescribeOptions,
+    rules: &TextRules,
+    prompt_len: usize,
+) -> Result<()> {
+    let params = options.beam;
+    let contenders: Vec<usize> = order
+        .iter()
+        .copied()
+        .filter(|&i| !finishes[i].0)
+        .take(2 * params.width)
+        .collect();
+    look_ahead(
+        lm,
+        objective,
+        live,
+        prefixes,
+        expansions,
+        &contenders,
+        LookaheadContext {
+            prompt_len,
+            tokens: params.lookahead,
+            fluency: params.fluency,
+            diversity: params.diversity,
+            blocklist: rules.blocklist,
+            markup: rules.markup,
+            scored_part: rules.scored_part,
+            stop_at_sentence_end: options.stop_at_sentence_end,
+        },
+    )?;
+    order.sort_by(|&a, &b| expansions[b].rank.total_cmp(&expansions[a].rank));
+    Ok(())
 }
 
 /// Re-ranks `contenders` by their text and its greedy completion together: each is stepped by
