@@ -67,3 +67,35 @@ fn the_fixture_processor_keeps_levels() {
         assert!(plane.iter().all(|&v| v == level), "channel {c}");
     }
 }
+
+/// Pillow ≥ 11.2 resizes in the other order (vertical pass first) when the height shrinks by
+/// more than twice what the width does, and the 8-bit rounding between the passes then differs:
+/// portraits, a strip, and the shapes either side of that boundary, at CLIP's shortest-edge
+/// resize with centre crop and at SigLIP's exact resize (tests/fixtures/pass_order, Pillow 13).
+#[test]
+fn portraits_resize_in_pillows_order_of_passes() {
+    let reference =
+        candle_core::safetensors::load(fixture("pass_order/reference.safetensors"), &Device::Cpu)
+            .unwrap();
+    let mut keys: Vec<&String> = reference.keys().collect();
+    keys.sort();
+    assert_eq!(keys.len(), 14, "{keys:?}");
+    for key in keys {
+        let (kind, name) = key.split_once('/').unwrap();
+        let processor = ClipImageProcessor::load(&fixture(&format!("pass_order/{kind}"))).unwrap();
+        let image = load_image(
+            &fixture(&format!("pass_order/{name}")),
+            DecodeLimits::default(),
+        )
+        .unwrap();
+        let got = processor.preprocess(&image, &Device::Cpu).unwrap();
+        let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let want = reference[key].to_dtype(DType::F32).unwrap();
+        let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let differing = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+        assert_eq!(
+            differing, 0,
+            "{key}: {differing} values differ from Pillow's"
+        );
+    }
+}

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes tests/fixtures/extreme_shapes/: strips and other extreme aspect ratios, and what
-transformers' CLIPImageProcessor (PIL backend) makes of each at CLIP's usual 224 pixels.
+transformers' CLIPImageProcessor (PIL backend, Pillow 13) makes of each at CLIP's usual 224 pixels.
 
     python -m venv .venv && .venv/bin/pip install numpy pillow safetensors transformers
     .venv/bin/python tools/make_extreme_shapes.py     # no torch needed
@@ -19,17 +19,18 @@ import numpy as np
 from PIL import Image
 from safetensors.numpy import save_file
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "fixtures" / "extreme_shapes"
 
 
-def noise(h, w, channels, seed):
+def noise(h, w, channels, seed, spread=40):
     """Smooth colour ramps under noise: resampling of both is visible in the output."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:h, 0:w].astype(np.float64)
     ramp = 128 + 100 * np.sin((x + 2 * y) / 37.0 + seed)
-    img = ramp[..., None] + rng.normal(0, 40, (h, w, channels))
+    img = ramp[..., None] + rng.normal(0, spread, (h, w, channels))
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -69,6 +70,43 @@ def main():
     save_file(tensors, OUT / "reference.safetensors")
     (OUT / "reference.safetensors").chmod(0o644)
     print(f"wrote {len(images)} images to {OUT}")
+    pass_order()
+
+
+def pass_order():
+    """tests/fixtures/pass_order/: portraits whose height shrinks by more than twice what the
+    width does, for which Pillow >= 11.2 runs the vertical pass first (ImagingResampleInner) and
+    so rounds between the passes differently, and shapes next to that boundary. Small images at
+    a 32-pixel target keep the files small: CLIP's shortest-edge resize and centre crop
+    (`shortest/NAME`) and SigLIP's exact resize (`exact/NAME`), uint8 [3, 32, 32]."""
+    out = ROOT / "tests" / "fixtures" / "pass_order"
+    out.mkdir(parents=True, exist_ok=True)
+    images = {
+        "portrait_100x300.png": noise(300, 100, 3, 11),
+        "portrait_20x36.png": noise(36, 20, 3, 12),
+        "strip_2x200.png": noise(200, 2, 3, 13),
+        "portrait_rgba_40x130.png": noise(130, 40, 4, 14),
+        "landscape_300x100.png": noise(100, 300, 3, 15),
+        "boundary_60x120.png": noise(120, 60, 3, 16),
+        "boundary_60x121.png": noise(121, 60, 3, 17),
+    }
+    base = {"do_convert_rgb": True, "do_normalize": False, "do_rescale": False, "do_resize": True, "resample": 3}
+    clip = dict(base, image_processor_type="CLIPImageProcessor", do_center_crop=True,
+                size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    siglip = dict(base, image_processor_type="SiglipImageProcessor", size={"height": 32, "width": 32})
+    tensors = {}
+    for kind, config, cls in [("shortest", clip, CLIPImageProcessorPil), ("exact", siglip, SiglipImageProcessorPil)]:
+        (out / kind).mkdir(exist_ok=True)
+        (out / kind / "preprocessor_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        processor = cls.from_pretrained(out / kind)
+        for name, pixels in images.items():
+            Image.fromarray(pixels).save(out / name)
+            pixels = processor(images=Image.open(out / name), return_tensors="np")["pixel_values"][0]
+            assert pixels.shape == (3, 32, 32), (name, pixels.shape)
+            tensors[f"{kind}/{name}"] = np.ascontiguousarray(np.asarray(pixels).astype(np.uint8))
+    save_file(tensors, out / "reference.safetensors")
+    (out / "reference.safetensors").chmod(0o644)
+    print(f"wrote {len(images)} images to {out}")
 
 
 if __name__ == "__main__":

@@ -884,6 +884,13 @@ fn resize_region(
     let horizontal =
         (width != in_w).then(|| Coefficients::new(in_w, width, columns.clone(), filter));
     let vertical = (height != in_h).then(|| Coefficients::new(in_h, height, rows.clone(), filter));
+    // Pillow ≥ 11.2 (ImagingResampleInner) runs the vertical pass first when the height shrinks
+    // by more than twice what the width does; the 8-bit rounding between the passes then differs.
+    let shrink_h = in_h as i64 - height as i64;
+    let shrink_w = in_w as i64 - width as i64;
+    if let (Some(vertical), true) = (&vertical, shrink_h > 0 && shrink_h > 2 * shrink_w) {
+        return resize_vertical_first(source, vertical, horizontal.as_ref(), columns, rows);
+    }
     let read_rows = match &vertical {
         Some(v) => v.span(),
         None => rows.clone(),
@@ -926,6 +933,60 @@ fn resize_region(
         }
         for (o, &sum) in out_row.iter_mut().zip(&sums) {
             *o = clip8(sum);
+        }
+    }
+    out
+}
+
+/// [`resize_region`] in Pillow's other order: the vertical pass into an 8-bit intermediate over
+/// the source columns the kept output columns read, then the horizontal pass. The intermediate
+/// is kept rows × read columns; a source row is read again for each output row whose window
+/// holds it (about four for bicubic), which keeps memory at one line of sums.
+fn resize_vertical_first(
+    source: &RgbRows,
+    vertical: &Coefficients,
+    horizontal: Option<&Coefficients>,
+    columns: std::ops::Range<usize>,
+    rows: std::ops::Range<usize>,
+) -> Vec<u8> {
+    let read_columns = horizontal.map_or(columns.clone(), Coefficients::span);
+    let middle_line = read_columns.len() * 3;
+    let mut middle = vec![0u8; rows.len() * middle_line];
+    let mut sums = vec![0i64; middle_line];
+    let mut scratch = Vec::new();
+    for (i, middle_row) in middle.chunks_exact_mut(middle_line.max(1)).enumerate() {
+        let (first, k) = vertical.taps(i);
+        sums.fill(1i64 << (PRECISION_BITS - 1));
+        for (y, &w) in k.iter().enumerate() {
+            let row = source.row(first + y, &mut scratch);
+            let row = &row[read_columns.start * 3..read_columns.end * 3];
+            for (sum, &p) in sums.iter_mut().zip(row) {
+                *sum += p as i64 * w as i64;
+            }
+        }
+        for (m, &sum) in middle_row.iter_mut().zip(&sums) {
+            *m = clip8(sum);
+        }
+    }
+    let Some(horizontal) = horizontal else {
+        return middle;
+    };
+    let line = columns.len() * 3;
+    let mut out = vec![0u8; rows.len() * line];
+    for (middle_row, out_row) in middle
+        .chunks_exact(middle_line.max(1))
+        .zip(out.chunks_exact_mut(line.max(1)))
+    {
+        for (i, pixel) in out_row.chunks_exact_mut(3).enumerate() {
+            let (first, k) = horizontal.taps(i);
+            let mut sums = [1i64 << (PRECISION_BITS - 1); 3];
+            for (x, &w) in k.iter().enumerate() {
+                let at = (first + x - read_columns.start) * 3;
+                for c in 0..3 {
+                    sums[c] += middle_row[at + c] as i64 * w as i64;
+                }
+            }
+            pixel.copy_from_slice(&sums.map(clip8));
         }
     }
     out
@@ -987,42 +1048,60 @@ mod tests {
             (c.bounds, c.weights, c.ksize)
         };
         let (in_w, in_h) = (input.width() as usize, input.height() as usize);
-        let mut current = input.clone();
-        if width != in_w {
+        let horizontal = |current: &RgbImage| -> RgbImage {
+            let rows = current.height();
             let (bounds, weights, ksize) = full(in_w, width);
-            let mut out = RgbImage::new(width as u32, in_h as u32);
-            for y in 0..in_h {
+            let mut out = RgbImage::new(width as u32, rows);
+            for y in 0..rows {
                 for (xx, &(xmin, count)) in bounds.iter().enumerate() {
                     let k = &weights[xx * ksize..xx * ksize + count];
                     let mut sums = [1i64 << (PRECISION_BITS - 1); 3];
                     for (x, &w) in k.iter().enumerate() {
-                        let p = current.get_pixel((xmin + x) as u32, y as u32);
+                        let p = current.get_pixel((xmin + x) as u32, y);
                         for c in 0..3 {
                             sums[c] += p[c] as i64 * w as i64;
                         }
                     }
-                    out.put_pixel(xx as u32, y as u32, image::Rgb(sums.map(clip8)));
+                    out.put_pixel(xx as u32, y, image::Rgb(sums.map(clip8)));
                 }
             }
-            current = out;
-        }
-        if height != in_h {
+            out
+        };
+        let vertical = |current: &RgbImage| -> RgbImage {
+            let columns = current.width();
             let (bounds, weights, ksize) = full(in_h, height);
-            let mut out = RgbImage::new(width as u32, height as u32);
+            let mut out = RgbImage::new(columns, height as u32);
             for (yy, &(ymin, count)) in bounds.iter().enumerate() {
                 let k = &weights[yy * ksize..yy * ksize + count];
-                for x in 0..width {
+                for x in 0..columns {
                     let mut sums = [1i64 << (PRECISION_BITS - 1); 3];
                     for (y, &w) in k.iter().enumerate() {
-                        let p = current.get_pixel(x as u32, (ymin + y) as u32);
+                        let p = current.get_pixel(x, (ymin + y) as u32);
                         for c in 0..3 {
                             sums[c] += p[c] as i64 * w as i64;
                         }
                     }
-                    out.put_pixel(x as u32, yy as u32, image::Rgb(sums.map(clip8)));
+                    out.put_pixel(x, yy as u32, image::Rgb(sums.map(clip8)));
                 }
             }
-            current = out;
+            out
+        };
+        // Pillow 13's order of passes (ImagingResampleInner).
+        let shrink_h = in_h as i64 - height as i64;
+        let vertical_first = shrink_h > 0 && shrink_h > 2 * (in_w as i64 - width as i64);
+        let mut current = input.clone();
+        if vertical_first {
+            current = vertical(&current);
+            if width != in_w {
+                current = horizontal(&current);
+            }
+        } else {
+            if width != in_w {
+                current = horizontal(&current);
+            }
+            if height != in_h {
+                current = vertical(&current);
+            }
         }
         let (crop_h, crop_w) = crop;
         let offset = |size: usize, crop: usize| -> isize {
