@@ -27,7 +27,8 @@ pub struct DescribeArgs {
     /// `gguf_file=`: fetched with the repository's revision into the Hugging Face cache.
     #[arg(long, value_name = "NAME.gguf")]
     pub gguf_file: Option<String>,
-    /// The scorer: a CLIP model (a local directory in the HF layout or a hub id)
+    /// The scorer: CLIP, SigLIP / SigLIP 2, or a sentence encoder for text targets (a local
+    /// directory in the HF layout or a hub id)
     /// [default: openai/clip-vit-base-patch32]. --clip is an alias.
     #[arg(long = "encoder", visible_alias = "clip", value_name = "MODEL")]
     pub clip: Option<String>,

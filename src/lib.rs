@@ -39,14 +39,17 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Describe images: GPT-2 proposes tokens, CLIP picks the one closest to the image.
+    /// Describe images: the LM proposes tokens, the encoder (CLIP, SigLIP) picks the one closest to
+    /// the image.
     Describe(Box<DescribeArgs>),
-    /// Print a CLIP embedding as JSON: {"embedding":[...]} (projected, unnormalised).
+    /// Print an encoder's embedding as JSON: {"embedding":[...]} (unnormalised features, as
+    /// get_text_features / get_image_features).
     Embed(EmbedArgs),
     /// Time the describe loop on full-size architectures with random weights (no download).
     Bench(BenchArgs),
     /// CLIPScore of captions for an image: 2.5 · max(cos, 0) with "A photo depicts " before each
-    /// caption (Hessel et al. 2021), or torchmetrics' 100 · max(cos, 0) with --torchmetrics.
+    /// caption (Hessel et al. 2021), or torchmetrics' 100 · max(cos, 0) with --torchmetrics; with
+    /// a SigLIP encoder, its probability sigmoid(exp(logit_scale) · cos + logit_bias).
     Score(ScoreArgs),
     /// Text to image with Stable Diffusion (diffusers layout: SD 1.x/2.x).
     Generate(Box<clipsteer::diffusion::cli::GenerateArgs>),

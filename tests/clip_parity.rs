@@ -448,3 +448,54 @@ fn siglip_features_and_probabilities_match_transformers() {
         }
     }
 }
+
+#[test]
+fn siglip_without_tokenizer_config_is_a_siglip_tokenizer_and_python_whitespace_counts() {
+    use clipsteer::tokenize::SiglipTokenizer;
+    // transformers takes model_type siglip's tokenizer, SiglipTokenizer, when the directory has no
+    // tokenizer_config.json: canonicalised text, </s> appended, right padding with </s>.
+    let tmp = TempDir::new("siglip-no-config");
+    for file in ["config.json", "tokenizer.json", "spiece.model"] {
+        std::fs::copy(fixture("siglip-tiny").join(file), tmp.0.join(file)).unwrap();
+    }
+    let bare = SiglipTokenizer::load(&tmp.0, 64).unwrap();
+    let full = SiglipTokenizer::load(&fixture("siglip-tiny"), 64).unwrap();
+    assert!(!bare.with_mask());
+    for text in [
+        "A PHOTO OF A DOG!",
+        "punctuation!? yes... no; (perhaps)",
+        "",
+    ] {
+        assert_eq!(
+            bare.encode(text).unwrap(),
+            full.encode(text).unwrap(),
+            "{text:?}"
+        );
+    }
+    // Python's \s (canonicalize_text) also matches the separators U+001C–U+001F.
+    assert_eq!(
+        full.encode("a\u{1c}b\u{1f} c").unwrap(),
+        full.encode("a b c").unwrap()
+    );
+}
+
+#[test]
+fn siglip_without_a_pooling_head_is_refused_by_the_image_probe() {
+    use clipsteer::steer::scorer::Encoder;
+    let tmp = TempDir::new("siglip-no-head");
+    for entry in std::fs::read_dir(fixture("siglip-tiny")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), tmp.0.join(entry.file_name())).unwrap();
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.0.join("config.json")).unwrap()).unwrap();
+    config["vision_config"]["vision_use_head"] = serde_json::Value::Bool(false);
+    std::fs::write(tmp.0.join("config.json"), config.to_string()).unwrap();
+    let encoder = Encoder::load(&tmp.0, &Device::Cpu).unwrap();
+    let error = encoder.check_embeds_images().unwrap_err().to_string();
+    assert!(error.contains("no pooling head"), "{error}");
+    Encoder::load(&fixture("siglip-tiny"), &Device::Cpu)
+        .unwrap()
+        .check_embeds_images()
+        .unwrap();
+}

@@ -279,6 +279,9 @@ pub fn run(args: ServeArgs, device: &Device) -> Result<i32> {
             args.clip
         );
     }
+    encoder
+        .check_embeds_images()
+        .with_context(|| format!("--clip {}", args.clip))?;
     // After loading: a hub model's commit is known only then.
     let lm_public = public_model(&lm_spec, args.lm_name.as_deref());
     let clip_public = public_model(&args.clip, args.clip_name.as_deref());

@@ -664,9 +664,11 @@ pub fn resolve_with(spec: &str, kind: ModelKind, config: &HubConfig) -> Result<P
         snapshot.fetch("vocab.json")?;
         snapshot.fetch("merges.txt")?;
     } else if snapshot.has("spiece.model") {
-        return Err(snapshot.lacks(
-            "tokenizer.json",
-            ": it has only SentencePiece's spiece.model (SigLIP); download it with Python, make a tokenizer.json with transformers' convert_slow_tokenizer, and pass the directory",
+        // Online or not, the repository's tokenizer is spiece.model alone: fetching cannot help.
+        return Err(anyhow!(
+            "'{}@{}' has no tokenizer.json, only SentencePiece's spiece.model (SigLIP): download the repository with huggingface-cli, make a tokenizer.json beside spiece.model as docs/MODELS.md (Image-text encoders) shows, and pass the directory",
+            snapshot.id,
+            snapshot.revision
         ));
     } else {
         return Err(snapshot.lacks("tokenizer.json", " (nor vocab.json and merges.txt)"));

@@ -320,7 +320,7 @@ impl SiglipTokenizer {
         if !crate::files::model_file_present(&tokenizer_json)? && dir.join("spiece.model").exists()
         {
             bail!(
-                "{} has SigLIP's SentencePiece spiece.model but no tokenizer.json: make one with `python -c \"from transformers import AutoTokenizer; from transformers.convert_slow_tokenizer import convert_slow_tokenizer as c; c(AutoTokenizer.from_pretrained('{}')).save('{}')\"`",
+                "{} has SigLIP's SentencePiece spiece.model but no tokenizer.json: make one with `python -c \"from transformers import AutoTokenizer; from transformers.convert_slow_tokenizer import T5Converter; t = AutoTokenizer.from_pretrained('{}'); t._extra_ids = 0; T5Converter(t).converted().save('{}')\"`",
                 dir.display(),
                 dir.display(),
                 tokenizer_json.display()
@@ -346,7 +346,11 @@ impl SiglipTokenizer {
         if len < 2 {
             bail!("text length {len} leaves no room for a token and the end token");
         }
-        let class = config["tokenizer_class"].as_str().unwrap_or("");
+        // Without a tokenizer_class transformers picks the model type's tokenizer: for
+        // model_type siglip, SiglipTokenizer.
+        let class = config["tokenizer_class"]
+            .as_str()
+            .unwrap_or("SiglipTokenizer");
         let siglip1 = class == "SiglipTokenizer";
         // A special token is written as a string or as an AddedToken object.
         let token = |key: &str, default: &str| -> String {
@@ -411,10 +415,15 @@ impl SiglipTokenizer {
     }
 
     /// SigLIP's `canonicalize_text`: punctuation (Python's `string.punctuation`, ASCII only)
-    /// removed, whitespace runs made one space, stripped.
+    /// removed, whitespace runs made one space, stripped. Whitespace is Python's `\s` (and
+    /// `str.strip`'s), which also counts the separators U+001C–U+001F that Rust's does not.
     fn canonicalize(text: &str) -> String {
+        let python_space = |c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c);
         let kept: String = text.chars().filter(|c| !c.is_ascii_punctuation()).collect();
-        kept.split_whitespace().collect::<Vec<_>>().join(" ")
+        kept.split(python_space)
+            .filter(|word| !word.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     /// Ids before padding, truncated to the text length with the special tokens kept.

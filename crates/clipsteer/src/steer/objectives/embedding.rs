@@ -275,6 +275,20 @@ impl Encoder {
         }
     }
 
+    /// Embeds a probe image (one white pixel), so that a server refuses at start an encoder that
+    /// cannot embed images (a SigLIP tower without its pooling head, a preprocessor whose size is
+    /// not the model's) instead of failing every request.
+    pub fn check_embeds_images(&self) -> Result<()> {
+        let probe = image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
+            1,
+            1,
+            image::Rgb([255, 255, 255]),
+        ));
+        self.image_embedding(&probe)
+            .map(|_| ())
+            .map_err(|e| anyhow::anyhow!("it cannot embed images: {e:#}"))
+    }
+
     /// [`Self::image_embedding`] of an image file, read under `limits`.
     pub fn image_embedding_from_path(&self, path: &Path, limits: DecodeLimits) -> Result<Vec<f32>> {
         self.image_embedding(&load_image(path, limits)?)
