@@ -943,3 +943,45 @@ fn resume_skips_a_finished_text_target_run() {
     assert!(again.status.success(), "{}", stderr(&again));
     assert_eq!(std::fs::read_to_string(&out).unwrap(), written, "run again");
 }
+
+#[test]
+fn a_prompt_that_fills_the_encoders_context_is_refused() {
+    // Past CLIP's 77 tokens (SigLIP's 64) every continuation is cut to the same tokens: the
+    // search would steer blind, so the run is refused before it starts, naming the way out.
+    // Digits: one token each for CLIP and SigLIP's fixture, a few to a token for GPT-2, so the
+    // prompt still fits gpt2-tiny's 64 positions.
+    let long = "1234567890".repeat(9);
+    let image = f("images/rgba_50x50.png");
+    for encoder in ["clip-tiny-gelu", "siglip-tiny"] {
+        let output = run(&[
+            "describe",
+            &image,
+            "--lm",
+            &f("gpt2-tiny"),
+            "--encoder",
+            &f(encoder),
+            "--prompt",
+            &long,
+            "--max-tokens",
+            "2",
+        ]);
+        assert_one_line_error(&output, "--score-text generated");
+        assert_eq!(output.status.code(), Some(2), "{encoder}");
+    }
+    // Scoring only the generated text is fine with the same prompt.
+    let output = run(&[
+        "describe",
+        &image,
+        "--lm",
+        &f("gpt2-tiny"),
+        "--encoder",
+        &f("clip-tiny-gelu"),
+        "--prompt",
+        &long,
+        "--score-text",
+        "generated",
+        "--max-tokens",
+        "2",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+}

@@ -458,6 +458,13 @@ impl Describer {
                         models.encoder_spec.as_deref().unwrap_or("the encoder")
                     );
                 }
+                if options.scored_text == crate::steer::options::ScoredText::Full {
+                    if let Some(limit) = encoder.fills_context(&options.prompt)? {
+                        crate::usage_bail!(
+                            "the prompt alone fills the encoder's {limit}-token context, so every candidate would score the same: shorten --prompt, or pass --score-text generated"
+                        );
+                    }
+                }
                 let targets = Targets::prepare(target_spec, encoder, has_image)?;
                 if !has_image {
                     // Checked now, not at the first step: no target, or weights that cancel.

@@ -468,6 +468,15 @@ impl SiglipTokenizer {
         Ok(processed.get_ids().to_vec())
     }
 
+    /// Whether `text` alone fills the text length: anything after it is cut off.
+    pub fn fills(&self, text: &str) -> Result<bool> {
+        Ok(self.unpadded(text)?.len() >= self.len && {
+            // Cut only if the text itself was truncated, not merely of the exact length.
+            let longer = format!("{text} x");
+            self.unpadded(&longer)? == self.unpadded(text)?
+        })
+    }
+
     /// Ids and mask of one text, padded to the text length.
     pub fn encode(&self, text: &str) -> Result<PaddedText> {
         let ids = self.unpadded(text)?;

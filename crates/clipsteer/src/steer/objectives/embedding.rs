@@ -275,6 +275,30 @@ impl Encoder {
         }
     }
 
+    /// The encoder's context in tokens, when `text` alone fills it: every continuation of `text`
+    /// is then cut to the same tokens and scores the same. None when there is room.
+    pub fn fills_context(&self, text: &str) -> Result<Option<usize>> {
+        let filled = match self {
+            Self::Clip(clip) => {
+                let ids = clip
+                    .tokenizer
+                    .inner()
+                    .encode(text, true)
+                    .map_err(|e| anyhow::anyhow!("cannot tokenize text for CLIP: {e}"))?;
+                // A continuation token goes before <|endoftext|>, which truncation keeps last.
+                (ids.len() >= clip.tokenizer.max_len()).then_some(clip.tokenizer.max_len())
+            }
+            Self::Siglip(siglip) => siglip
+                .tokenizer
+                .fills(text)?
+                .then_some(siglip.tokenizer.text_len()),
+            Self::Sentence(sentence) => {
+                (sentence.token_count(text)? >= sentence.max_len()).then_some(sentence.max_len())
+            }
+        };
+        Ok(filled)
+    }
+
     /// Embeds a probe image (one white pixel), so that a server refuses at start an encoder that
     /// cannot embed images (a SigLIP tower without its pooling head, a preprocessor whose size is
     /// not the model's) instead of failing every request.

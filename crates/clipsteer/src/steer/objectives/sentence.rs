@@ -39,6 +39,20 @@ impl SentenceScorer {
         })
     }
 
+    /// The longest text it embeds, in tokens with [CLS]/[SEP]; longer texts are truncated.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// The token count of `text` with [CLS]/[SEP], before truncation.
+    pub fn token_count(&self, text: &str) -> Result<usize> {
+        Ok(self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| anyhow::anyhow!("cannot tokenize text: {e}"))?
+            .len())
+    }
+
     /// Ids with [CLS]/[SEP], truncated with [SEP] kept last.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let ids = self
