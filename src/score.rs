@@ -54,9 +54,7 @@ pub struct ScoreArgs {
 
 pub(crate) fn embed(args: EmbedArgs, device: &Device) -> Result<i32> {
     if let Some(image) = &args.image {
-        if !image.is_file() {
-            bail!("no image at {}", image.display());
-        }
+        check_image_path(image)?;
     }
     let scorer = load_encoder(&args.clip, device)?;
     let embedding = match (&args.text, &args.image) {
@@ -70,9 +68,7 @@ pub(crate) fn embed(args: EmbedArgs, device: &Device) -> Result<i32> {
 
 pub(crate) fn score(args: ScoreArgs, device: &Device) -> Result<i32> {
     use clipsteer::clipscore::{clip_scores, Convention};
-    if !args.image.is_file() {
-        bail!("no image at {}", args.image.display());
-    }
+    check_image_path(&args.image)?;
     let scorer = load_encoder(&args.clip, device)?;
     let clip = match &scorer {
         Encoder::Clip(clip) => clip,
@@ -161,4 +157,18 @@ fn score_siglip(args: &ScoreArgs, scorer: &clipsteer::steer::SiglipScorer) -> Re
         }
     }
     Ok(0)
+}
+
+/// An image argument that is no regular file: a FIFO, a directory or a device is named as such
+/// (reading a FIFO would block), and a missing path as missing.
+fn check_image_path(path: &std::path::Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => Ok(()),
+        Ok(meta) => clipsteer::usage_bail!(
+            "{} is {}, not an image file: pass a PNG, JPEG, WebP, GIF or BMP file",
+            path.display(),
+            clipsteer::files::kind_name(&meta.file_type())
+        ),
+        Err(_) => bail!("no image at {}", path.display()),
+    }
 }

@@ -985,3 +985,18 @@ fn a_prompt_that_fills_the_encoders_context_is_refused() {
     ]);
     assert!(output.status.success(), "{}", stderr(&output));
 }
+
+#[test]
+fn score_and_embed_name_a_fifo_image_as_such() {
+    let tmp = TempDir::new("fifo-image");
+    let fifo = tmp.0.join("img.png");
+    mkfifo(&fifo);
+    let fifo = fifo.to_str().unwrap();
+    let clip = f("clip-tiny-gelu");
+    for args in [
+        vec!["score", fifo, "a cat", "--encoder", &clip],
+        vec!["embed", "--encoder", &clip, "--image", fifo],
+    ] {
+        assert_one_line_error(&run(&args), "is a FIFO, not an image file");
+    }
+}
