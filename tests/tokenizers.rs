@@ -135,3 +135,19 @@ fn llama2_style_tokenizer_json_is_used_as_sentencepiece_tokenizes() {
     // "▁" (id 259) where SentencePiece has one.
     assert_eq!(differ, [" Hello", " ", "<s> Hello</s>", "Hello <s> world"]);
 }
+
+#[test]
+fn a_dangling_tokenizer_link_is_named_not_taken_for_no_tokenizer() {
+    // A hub cache whose blob is gone leaves a link to nothing: say so, with the vocabulary files
+    // beside it or not.
+    let dir = TempDir::new("tok-dangling");
+    std::os::unix::fs::symlink(dir.0.join("gone-blob"), dir.0.join("tokenizer.json")).unwrap();
+    let err = load_from_dir(&dir.0, TokenizerKind::Gpt2)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("symbolic link to a file that is not there"),
+        "{err}"
+    );
+}

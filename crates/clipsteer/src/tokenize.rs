@@ -36,8 +36,9 @@ pub fn load_tokenizer_json(path: &Path) -> Result<Tokenizer> {
 /// vocabulary-file routes.
 pub fn load_from_dir(dir: &Path, kind: TokenizerKind) -> Result<Tokenizer> {
     let tokenizer_json = dir.join("tokenizer.json");
-    // exists(), not is_file(): a FIFO or folder by that name is refused, not passed over.
-    if tokenizer_json.exists() {
+    // Present, not is_file(): a FIFO or folder by that name is refused, not passed over, and a
+    // link to a lost blob is named as such rather than taken for no tokenizer at all.
+    if crate::files::model_file_present(&tokenizer_json)? {
         return load_tokenizer_json(&tokenizer_json);
     }
     for (vocab, merges) in [("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")] {
