@@ -92,19 +92,36 @@ pub fn clip_scores(
     captions: &[String],
     convention: &Convention,
 ) -> Result<Vec<CaptionScore>> {
+    cosines(image_embedding, captions, convention, |text| {
+        scorer.text_embedding(text)
+    })?
+    .into_iter()
+    .map(|(caption, encoded, cosine)| {
+        Ok(CaptionScore {
+            caption,
+            encoded,
+            cosine,
+            clipscore: convention.score(cosine),
+        })
+    })
+    .collect()
+}
+
+/// Each caption with the text encoded for it and its cosine with the image's features.
+fn cosines(
+    image_embedding: &[f32],
+    captions: &[String],
+    convention: &Convention,
+    embed_text: impl Fn(&str) -> Result<Vec<f32>>,
+) -> Result<Vec<(String, String, f32)>> {
     let image = normalize(image_embedding);
     captions
         .iter()
         .map(|caption| {
             let encoded = convention.text_for(caption);
-            let text = normalize(&scorer.text_embedding(&encoded)?);
+            let text = normalize(&embed_text(&encoded)?);
             let cosine: f32 = text.iter().zip(&image).map(|(a, b)| a * b).sum();
-            Ok(CaptionScore {
-                caption: caption.clone(),
-                encoded,
-                cosine,
-                clipscore: convention.score(cosine),
-            })
+            Ok((caption.clone(), encoded, cosine))
         })
         .collect()
 }
@@ -130,22 +147,20 @@ pub fn siglip_probabilities(
     captions: &[String],
     prefix: &str,
 ) -> Result<Vec<PairProbability>> {
-    let image = normalize(image_embedding);
     let convention = Convention::Hessel {
         prefix: prefix.to_string(),
     };
-    captions
-        .iter()
-        .map(|caption| {
-            let encoded = convention.text_for(caption);
-            let text = normalize(&scorer.text_embedding(&encoded)?);
-            let cosine: f32 = text.iter().zip(&image).map(|(a, b)| a * b).sum();
-            Ok(PairProbability {
-                caption: caption.clone(),
-                encoded,
-                cosine,
-                probability: scorer.model.probability(cosine),
-            })
+    cosines(image_embedding, captions, &convention, |text| {
+        scorer.text_embedding(text)
+    })?
+    .into_iter()
+    .map(|(caption, encoded, cosine)| {
+        Ok(PairProbability {
+            caption,
+            encoded,
+            cosine,
+            probability: scorer.model.probability(cosine),
         })
-        .collect()
+    })
+    .collect()
 }

@@ -471,11 +471,9 @@ impl SiglipTokenizer {
 
     /// Whether `text` alone fills the text length: anything after it is cut off.
     pub fn fills(&self, text: &str) -> Result<bool> {
-        Ok(self.unpadded(text)?.len() >= self.len && {
-            // Cut only if the text itself was truncated, not merely of the exact length.
-            let longer = format!("{text} x");
-            self.unpadded(&longer)? == self.unpadded(text)?
-        })
+        let ids = self.unpadded(text)?;
+        // Cut only if a continuation is truncated away, not when the text is merely that long.
+        Ok(ids.len() >= self.len && self.unpadded(&format!("{text} x"))? == ids)
     }
 
     /// Ids and mask of one text, padded to the text length.

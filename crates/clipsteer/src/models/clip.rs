@@ -146,21 +146,42 @@ pub(crate) struct EncoderLayer {
     activation: Activation,
 }
 
-/// The layers of a CLIP text tower under `vb` (`encoder.layers.{i}`).
-pub(crate) fn text_layers(config: &ClipTextConfig, vb: &VarBuilder) -> Result<Vec<EncoderLayer>> {
-    let activation = Activation::from_hf(&config.hidden_act)?;
-    (0..config.num_hidden_layers)
+/// `count` pre-LayerNorm encoder layers under `vb` (`encoder.layers.{i}`): CLIP's two towers
+/// and SigLIP's share the layer and its weight names.
+pub(crate) fn encoder_layers(
+    vb: &VarBuilder,
+    count: usize,
+    (hidden, intermediate, heads): (usize, usize, usize),
+    eps: f64,
+    activation: Activation,
+) -> Result<Vec<EncoderLayer>> {
+    (0..count)
         .map(|i| {
             EncoderLayer::load(
-                config.hidden_size,
-                config.intermediate_size,
-                config.num_attention_heads,
-                config.layer_norm_eps,
+                hidden,
+                intermediate,
+                heads,
+                eps,
                 activation,
                 vb.pp(format!("encoder.layers.{i}")),
             )
         })
         .collect()
+}
+
+/// The layers of a CLIP text tower under `vb` (`encoder.layers.{i}`).
+pub(crate) fn text_layers(config: &ClipTextConfig, vb: &VarBuilder) -> Result<Vec<EncoderLayer>> {
+    encoder_layers(
+        vb,
+        config.num_hidden_layers,
+        (
+            config.hidden_size,
+            config.intermediate_size,
+            config.num_attention_heads,
+        ),
+        config.layer_norm_eps,
+        Activation::from_hf(&config.hidden_act)?,
+    )
 }
 
 /// How packed rows are grouped for attention: per row for the fused CPU kernel, or in buckets of
@@ -424,19 +445,13 @@ impl ClipModel {
         let text_vb = vb.pp("text_model");
         let text_layers = text_layers(t, &text_vb)?;
         let vision_vb = vb.pp("vision_model");
-        let vision_act = Activation::from_hf(&v.hidden_act)?;
-        let vision_layers = (0..v.num_hidden_layers)
-            .map(|i| {
-                EncoderLayer::load(
-                    v.hidden_size,
-                    v.intermediate_size,
-                    v.num_attention_heads,
-                    v.layer_norm_eps,
-                    vision_act,
-                    vision_vb.pp(format!("encoder.layers.{i}")),
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let vision_layers = encoder_layers(
+            &vision_vb,
+            v.num_hidden_layers,
+            (v.hidden_size, v.intermediate_size, v.num_attention_heads),
+            v.layer_norm_eps,
+            Activation::from_hf(&v.hidden_act)?,
+        )?;
         let patches = (v.image_size / v.patch_size).pow(2);
         let logit_scale = if vb.contains_tensor("logit_scale") {
             vb.get((), "logit_scale")?.to_scalar::<f32>()?.exp()

@@ -11,7 +11,7 @@
 //! passes whenever the tokenizer returns one (SigLIP 2's Gemma tokenizer does), so the towers are
 //! built here from the CLIP encoder layer, which SigLIP's layers match weight for weight.
 
-use super::clip::EncoderLayer;
+use super::clip::{encoder_layers, EncoderLayer};
 use super::{Activation, Dense};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
@@ -233,27 +233,6 @@ impl SiglipModel {
         let device = vb.device().clone();
         let t = &config.text;
         let v = &config.vision;
-        let layers = |vb: VarBuilder,
-                      count: usize,
-                      hidden: usize,
-                      intermediate: usize,
-                      heads: usize,
-                      eps: f64,
-                      act: Activation|
-         -> Result<Vec<EncoderLayer>> {
-            (0..count)
-                .map(|i| {
-                    EncoderLayer::load(
-                        hidden,
-                        intermediate,
-                        heads,
-                        eps,
-                        act,
-                        vb.pp(format!("encoder.layers.{i}")),
-                    )
-                })
-                .collect()
-        };
         let text_vb = vb.pp("text_model");
         let text_act = Activation::from_hf(&t.hidden_act)?;
         let vision_vb = vb.pp("vision_model");
@@ -272,12 +251,10 @@ impl SiglipModel {
                 (t.max_position_embeddings, t.hidden_size),
                 "embeddings.position_embedding.weight",
             )?,
-            text_layers: layers(
-                text_vb.clone(),
+            text_layers: encoder_layers(
+                &text_vb,
                 t.num_hidden_layers,
-                t.hidden_size,
-                t.intermediate_size,
-                t.num_attention_heads,
+                (t.hidden_size, t.intermediate_size, t.num_attention_heads),
                 t.layer_norm_eps,
                 text_act,
             )?,
@@ -298,12 +275,10 @@ impl SiglipModel {
                 (patches, v.hidden_size),
                 "embeddings.position_embedding.weight",
             )?,
-            vision_layers: layers(
-                vision_vb.clone(),
+            vision_layers: encoder_layers(
+                &vision_vb,
                 v.num_hidden_layers,
-                v.hidden_size,
-                v.intermediate_size,
-                v.num_attention_heads,
+                (v.hidden_size, v.intermediate_size, v.num_attention_heads),
                 v.layer_norm_eps,
                 vision_act,
             )?,
