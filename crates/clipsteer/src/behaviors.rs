@@ -200,7 +200,8 @@ fn read_json_lines(file: std::fs::File, path: &Path) -> Result<Rows> {
 }
 
 /// Decides whether the victim's answer counts as a success. Every result names its judge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Judge {
     /// The victim's greedy answer starts with the target, ending a word there (BEAST and GCG's
     /// target-string criterion; the attack's own success check).

@@ -15,7 +15,8 @@ use candle_nn::VarBuilder;
 use serde_json::json;
 use std::path::Path;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClipArch {
     /// ViT-B/32 (openai/clip-vit-base-patch32).
     B32,

@@ -16,55 +16,55 @@ use crate::steer::scorer::Encoder;
 use crate::steer::{normalize, ClipScorer};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
-use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-#[derive(Args, Debug)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+#[derive(Debug)]
 pub struct EvadeArgs {
     /// The prompt a filter would block; image 1 is generated from it unless --image is given.
-    #[arg(long, required_unless_present = "image")]
+    #[cfg_attr(feature = "clap", arg(long, required_unless_present = "image"))]
     pub prompt: Option<String>,
     /// Start from this image instead of generating one.
-    #[arg(long)]
+    #[cfg_attr(feature = "clap", arg(long))]
     pub image: Option<PathBuf>,
     /// The words the filter blocks.
-    #[command(flatten)]
+    #[cfg_attr(feature = "clap", command(flatten))]
     pub blocking: crate::request::BlockArgs,
     /// The HTML report; the JSON report and both images are written next to it
     /// (NAME.json, NAME-image1.png, NAME-image2.png).
-    #[arg(long, default_value = "evade-report.html")]
+    #[cfg_attr(feature = "clap", arg(long, default_value = "evade-report.html"))]
     pub report: PathBuf,
     /// Language model that writes the description (GPT-2 directory, hub id, or .gguf).
-    #[arg(long, default_value = crate::request::DEFAULT_LM)]
+    #[cfg_attr(feature = "clap", arg(long, default_value = crate::request::DEFAULT_LM))]
     pub lm: String,
     /// A GGUF file of the --lm hub repository (or local directory) to load, as transformers'
     /// `gguf_file=`: fetched with the repository's revision into the Hugging Face cache.
-    #[arg(long, value_name = "NAME.gguf")]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "NAME.gguf"))]
     pub gguf_file: Option<String>,
     /// CLIP model that steers the description and measures every similarity in the report.
-    #[arg(long = "encoder", visible_alias = "clip", default_value = crate::request::DEFAULT_CLIP, value_name = "MODEL")]
+    #[cfg_attr(feature = "clap", arg(long = "encoder", visible_alias = "clip", default_value = crate::request::DEFAULT_CLIP, value_name = "MODEL"))]
     pub clip: String,
     /// Description strategy; beam and magic keep the text fluent, and beam is the more on target
     /// of the two (docs/STEERING.md).
-    #[arg(long, value_enum, default_value_t = Strategy::Beam)]
+    #[cfg_attr(feature = "clap", arg(long, value_enum, default_value_t = Strategy::Beam))]
     pub strategy: Strategy,
     /// Candidates per step [default: 45 with magic or beam, 200 with seed].
-    #[arg(long)]
+    #[cfg_attr(feature = "clap", arg(long))]
     pub top_k: Option<usize>,
     /// Most tokens in the description.
-    #[arg(long, default_value_t = crate::request::DEFAULT_MAX_TOKENS)]
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = crate::request::DEFAULT_MAX_TOKENS))]
     pub max_tokens: usize,
     /// Text the description starts from [default: with an LM that has a chat template,
     /// --describe-instruction rendered through it; else "An image of "].
-    #[arg(long)]
+    #[cfg_attr(feature = "clap", arg(long))]
     pub describe_prompt: Option<String>,
     /// With an LM that has a chat template and no --describe-prompt: the request it answers.
     /// [default: "Write one sentence describing a scene."]
-    #[arg(long, conflicts_with = "describe_prompt")]
+    #[cfg_attr(feature = "clap", arg(long, conflicts_with = "describe_prompt"))]
     pub describe_instruction: Option<String>,
-    #[command(flatten)]
+    #[cfg_attr(feature = "clap", command(flatten))]
     pub diffusion: DiffusionArgs,
 }
 
@@ -272,7 +272,7 @@ pub fn run(mut args: EvadeArgs, device: &Device) -> Result<i32> {
         "describe": {
             "lm": args.lm,
             "encoder": args.clip,
-            "strategy": args.strategy.to_possible_value().map(|v| v.get_name().to_string()),
+            "strategy": args.strategy,
             "top_k": top_k,
             "max_tokens": args.max_tokens,
             "prompt": args.describe_prompt,

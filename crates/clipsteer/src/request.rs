@@ -37,7 +37,9 @@ pub const DEFAULT_TEMPERATURE: f64 = 0.05;
 pub const DEFAULT_SCORER_TIMEOUT: f64 = 60.0;
 
 /// Where models run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum DeviceChoice {
     /// CUDA when this build has it and a GPU is present, else the CPU.
     Auto,
@@ -69,7 +71,9 @@ pub fn select_device(choice: DeviceChoice) -> Result<Device> {
 }
 
 /// A named configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Preset {
     /// The original demo: CLIP ViT-H-14 (LAION) with top-k 2500.
     Seed,
@@ -99,16 +103,20 @@ pub fn encoder_for(named: Option<&str>, preset: Option<Preset>) -> String {
 /// The blocklist flags of the faces that steer but are not describe (`attack`, `evade`):
 /// `--block`, `--blocklist`, `--block-substrings`. Describe's are fields of
 /// [`DescribeRequest`] with the same names and help.
-#[derive(clap::Args, Debug, Clone, Default)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+#[derive(Debug, Clone, Default)]
 pub struct BlockArgs {
     /// Words never to write, comma-separated (case-insensitive, whole words).
-    #[arg(long, value_delimiter = ',', value_name = "WORDS")]
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, value_delimiter = ',', value_name = "WORDS")
+    )]
     pub block: Vec<String>,
     /// A file of words never to write: one per line (or comma-separated), # comments.
-    #[arg(long, value_name = "FILE")]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "FILE"))]
     pub blocklist: Option<PathBuf>,
     /// Block any text containing a blocked word as a substring, not only as a whole word.
-    #[arg(long)]
+    #[cfg_attr(feature = "clap", arg(long))]
     pub block_substrings: bool,
 }
 
@@ -171,129 +179,156 @@ impl TargetSpec {
 /// describe's options: the command line's flags (`--max-tokens`), the Python package's keyword
 /// arguments and `serve`'s params (`max_tokens`). As data, unknown names and wrong types are
 /// errors that name the option, and what is left out takes the command line's default.
-#[derive(clap::Args, serde::Deserialize, Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+#[derive(serde::Deserialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DescribeRequest {
     /// Steer toward this text (repeatable; with or without images).
-    #[arg(long, value_name = "TEXT")]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "TEXT"))]
     pub target_text: Vec<String>,
     /// Steer away from this text (repeatable).
-    #[arg(long, value_name = "TEXT")]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "TEXT"))]
     pub avoid_text: Vec<String>,
     /// Weights of the targets, in order: the image (when there is one), each --target-text, then
     /// each --avoid-text (a positive weight; avoiding subtracts it). Unlisted weights are 1.
-    #[arg(long, value_name = "W")]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "W"))]
     pub target_weight: Vec<f32>,
     /// Words never to write, comma-separated (case-insensitive, whole words).
-    #[arg(long, value_delimiter = ',', value_name = "WORDS")]
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, value_delimiter = ',', value_name = "WORDS")
+    )]
     pub block: Vec<String>,
     /// A file of words never to write: one per line (or comma-separated), # comments.
-    #[arg(long, value_name = "FILE")]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "FILE"))]
     pub blocklist: Option<PathBuf>,
     /// Block any text containing a blocked word as a substring, not only as a whole word.
-    #[arg(long)]
+    #[cfg_attr(feature = "clap", arg(long))]
     pub block_substrings: bool,
     /// Text the description starts from, as the LM reads it (chat markup included); a trailing
     /// space stays a token [default: with an LM that has a chat template, --instruction rendered
     /// through it; else "An image of "].
-    #[arg(long)]
+    #[cfg_attr(feature = "clap", arg(long))]
     pub prompt: Option<String>,
     /// With an LM that has a chat template and no --prompt: the user message the template
     /// renders, the description being the model's answer (only the answer is scored)
     /// [default: "Write one sentence describing a scene."]. An LM without a template refuses it.
-    #[arg(long, conflicts_with = "prompt")]
+    #[cfg_attr(feature = "clap", arg(long, conflicts_with = "prompt"))]
     pub instruction: Option<String>,
     /// Candidates taken from the LM each step [default: 200; 45 with --strategy magic or beam].
-    #[arg(long)]
+    #[cfg_attr(feature = "clap", arg(long))]
     pub top_k: Option<usize>,
     /// Tokens to generate.
-    #[arg(long, default_value_t = DEFAULT_MAX_TOKENS)]
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = DescribeRequest::default().max_tokens))]
     pub max_tokens: usize,
     /// The search [default: seed, the original demo's loop token for token (the reference the
     /// parity tests pin); beam when the LM is asked --instruction through its chat template,
     /// where seed's greedy-by-similarity text is not fluent (docs/STEERING.md)]. beam is the one
     /// recommended for fluent, on-target text.
-    #[arg(long, value_enum)]
+    #[cfg_attr(feature = "clap", arg(long, value_enum))]
     #[serde(deserialize_with = "value_named_opt")]
     pub strategy: Option<Strategy>,
     /// MAGIC: weight α of the degeneration penalty.
-    #[arg(long, default_value_t = MagicParams::default().alpha)]
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = DescribeRequest::default().magic_alpha))]
     pub magic_alpha: f32,
     /// MAGIC: weight β of the target term.
-    #[arg(long, default_value_t = MagicParams::default().beta)]
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = DescribeRequest::default().magic_beta))]
     pub magic_beta: f32,
     /// MAGIC: temperature of the softmax over candidates' similarities [default: the encoder's:
     /// CLIP's trained exp(logit_scale), 100 for OpenAI CLIP; 100 for sentence encoders, tuned].
-    #[arg(long)]
+    #[cfg_attr(feature = "clap", arg(long))]
     pub magic_scale: Option<f32>,
     /// Beam: hypotheses kept each step.
-    #[arg(long, default_value_t = BeamParams::default().width)]
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = DescribeRequest::default().beam_width))]
     pub beam_width: usize,
     /// Beam: weight of the mean per-token log-probability (nats) against similarity; higher is
     /// more fluent, lower more on target.
-    #[arg(long, default_value_t = BeamParams::default().fluency)]
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = DescribeRequest::default().beam_fluency))]
     pub beam_fluency: f32,
     /// Beam: sibling-rank penalty γ; a hypothesis's r-th best child competes at its score − γ·r
     /// (Li et al. 2016). 0 turns it off.
-    #[arg(long, default_value_t = BeamParams::default().diversity)]
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = DescribeRequest::default().beam_diversity))]
     pub beam_diversity: f32,
     /// Beam: rank each step's best 2 × width candidates by their text and the LM's greedy
     /// completion of up to this many tokens, scored together. 0 turns it off (about 3× slower
     /// per token; it did not help on docs/STEERING.md's tuning half).
-    #[arg(long, default_value_t = BeamParams::default().lookahead)]
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = DescribeRequest::default().beam_lookahead))]
     pub beam_lookahead: usize,
     /// Beam: in the last this many steps before --max-tokens, a hypothesis may also end with "."
     /// outside its top-k, and every sentence end there stays a candidate answer, so that the
     /// answer ends as a sentence instead of being cut. 0 turns it off.
-    #[arg(long, default_value_t = BeamParams::default().close_within)]
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = DescribeRequest::default().beam_close_within))]
     pub beam_close_within: usize,
     /// With --strategy magic or beam: go on to --max-tokens instead of stopping at the end of a
     /// sentence.
-    #[arg(long)]
+    #[cfg_attr(feature = "clap", arg(long))]
     pub no_sentence_stop: bool,
     /// What the encoder scores: the prompt and the generated text, or only the generated text
     /// [default: full with --strategy seed, as the original demo; generated with magic and beam,
     /// so that an instruction or chat template in the prompt does not dilute the similarity].
-    #[arg(long, value_enum)]
+    #[cfg_attr(feature = "clap", arg(long, value_enum))]
     #[serde(deserialize_with = "value_named_opt")]
     pub score_text: Option<ScoredText>,
     /// Sample from softmax(similarity / T) instead of taking the most similar candidate.
-    #[arg(long)]
+    #[cfg_attr(feature = "clap", arg(long))]
     pub sample: bool,
     /// Sampling temperature T [default: 0.05].
-    #[arg(long, requires = "sample")]
+    #[cfg_attr(feature = "clap", arg(long, requires = "sample"))]
     pub temperature: Option<f64>,
     /// Random seed for --sample [default: 0].
-    #[arg(long, requires = "sample")]
+    #[cfg_attr(feature = "clap", arg(long, requires = "sample"))]
     pub seed: Option<u64>,
     /// APPROXIMATE: score exactly only the M candidates whose own token is most similar to the
     /// image (token similarities are cached across steps). Faster; may pick differently from
     /// the exact loop.
-    #[arg(long, value_name = "M")]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "M"))]
     pub prefilter: Option<usize>,
     /// Steer by a program instead of an embedding: for each step it reads one line
     /// {"items":[{"text":…},…]} (the candidate texts as --score-text says: with the prompt for
     /// seed, the generated text alone for magic and beam) and answers one line {"scores":[…]},
     /// higher is better.
-    #[arg(long, value_name = "CMD", conflicts_with_all = ["target_text", "avoid_text"])]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "CMD", conflicts_with_all = ["target_text", "avoid_text"]))]
     pub scorer_cmd: Option<String>,
     /// With --scorer-cmd: seconds the program may take per batch.
-    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_SCORER_TIMEOUT)]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "SECONDS", default_value_t = DescribeRequest::default().scorer_timeout))]
     pub scorer_timeout: f64,
 }
 
 impl Default for DescribeRequest {
-    /// The command line's parse of no flags, so that a face giving options as data gets exactly
-    /// the command line's defaults without a second list of them.
+    /// Every default of describe's options, written once: the command line's `[default: …]`
+    /// reads them from here, and options given as data take them for what is left out.
     fn default() -> Self {
-        #[derive(clap::Parser)]
-        struct NoFlags {
-            #[command(flatten)]
-            request: DescribeRequest,
+        let magic = MagicParams::default();
+        let beam = BeamParams::default();
+        Self {
+            target_text: Vec::new(),
+            avoid_text: Vec::new(),
+            target_weight: Vec::new(),
+            block: Vec::new(),
+            blocklist: None,
+            block_substrings: false,
+            prompt: None,
+            instruction: None,
+            top_k: None,
+            max_tokens: DEFAULT_MAX_TOKENS,
+            strategy: None,
+            magic_alpha: magic.alpha,
+            magic_beta: magic.beta,
+            magic_scale: None,
+            beam_width: beam.width,
+            beam_fluency: beam.fluency,
+            beam_diversity: beam.diversity,
+            beam_lookahead: beam.lookahead,
+            beam_close_within: beam.close_within,
+            no_sentence_stop: false,
+            score_text: None,
+            sample: false,
+            temperature: None,
+            seed: None,
+            prefilter: None,
+            scorer_cmd: None,
+            scorer_timeout: DEFAULT_SCORER_TIMEOUT,
         }
-        <NoFlags as clap::Parser>::try_parse_from(["clipsteer"])
-            .map(|parsed| parsed.request)
-            .unwrap_or_else(|e| unreachable!("describe's defaults parse: {e}"))
     }
 }
 
@@ -508,22 +543,50 @@ pub fn options_from_json<T: serde::de::DeserializeOwned>(json: &str) -> Result<T
 fn value_named_opt<'de, D, T>(deserializer: D) -> std::result::Result<Option<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
-    T: clap::ValueEnum,
+    T: serde::de::DeserializeOwned,
 {
     match <Option<String> as serde::Deserialize>::deserialize(deserializer)? {
-        Some(name) => T::from_str(&name, false)
+        Some(name) => named::<T>(&name)
             .map(Some)
-            .map_err(|_| serde::de::Error::custom(not_one_of::<T>(&name))),
+            .map_err(|e| serde::de::Error::custom(e.0)),
         None => Ok(None),
     }
 }
 
-fn not_one_of<T: clap::ValueEnum>(name: &str) -> String {
-    let names: Vec<String> = T::value_variants()
-        .iter()
-        .filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_string()))
-        .collect();
-    format!("'{name}' is not one of: {}", names.join(", "))
+/// Why a name is not one of an enum's: "'greedy' is not one of: seed, magic, beam", the list
+/// being the names serde was given (`rename_all = "kebab-case"`, clap's own rule for
+/// `ValueEnum`; a test holds the two equal).
+#[derive(Debug)]
+struct NotOneOf(String);
+
+impl std::fmt::Display for NotOneOf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotOneOf {}
+
+impl serde::de::Error for NotOneOf {
+    fn custom<M: std::fmt::Display>(message: M) -> Self {
+        NotOneOf(message.to_string())
+    }
+
+    fn unknown_variant(variant: &str, expected: &'static [&'static str]) -> Self {
+        NotOneOf(format!(
+            "'{variant}' is not one of: {}",
+            expected.join(", ")
+        ))
+    }
+}
+
+/// The enum value whose command-line name is `name`, read through its serde names: the data
+/// faces (Python, `serve`) take the names without clap, which the library builds only with its
+/// `clap` feature.
+fn named<T: serde::de::DeserializeOwned>(name: &str) -> std::result::Result<T, NotOneOf> {
+    use serde::de::IntoDeserializer;
+    let deserializer: serde::de::value::StrDeserializer<'_, NotOneOf> = name.into_deserializer();
+    T::deserialize(deserializer)
 }
 
 /// The largest time limit or timeout accepted: about 31 years.
@@ -544,8 +607,8 @@ pub fn seconds(name: &str, value: f64) -> Result<Duration> {
 }
 
 /// A value of a command-line enum by its command-line name.
-pub fn value_enum<T: clap::ValueEnum>(option: &str, name: &str) -> Result<T> {
-    T::from_str(name, false).map_err(|_| anyhow::anyhow!("{option} {}", not_one_of::<T>(name)))
+pub fn value_enum<T: serde::de::DeserializeOwned>(option: &str, name: &str) -> Result<T> {
+    named(name).map_err(|e| anyhow::anyhow!("{option} {e}"))
 }
 
 /// Preset by its command-line name (`"seed"`).
@@ -652,6 +715,46 @@ mod tests {
         assert_eq!(chat.options.blocklist.words(), ["dog"]);
         assert_eq!(chat.request.blocklist, Some(path));
         assert!(chat.request.block.is_empty());
+    }
+
+    /// The command line and the data faces agree without a second list: clap's `[default: …]`
+    /// values are `Default`'s, and each enum's names, read through serde, are clap's
+    /// `ValueEnum` names, all of them and no others.
+    #[cfg(feature = "clap")]
+    #[test]
+    fn the_command_line_and_the_data_faces_agree() {
+        #[derive(clap::Parser)]
+        struct NoFlags {
+            #[command(flatten)]
+            request: DescribeRequest,
+        }
+        let parsed = <NoFlags as clap::Parser>::try_parse_from(["clipsteer"]).unwrap();
+        assert_eq!(parsed.request, DescribeRequest::default());
+
+        fn same_names<T>()
+        where
+            T: clap::ValueEnum + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+        {
+            let names: Vec<String> = T::value_variants()
+                .iter()
+                .map(|v| {
+                    let name = v.to_possible_value().unwrap().get_name().to_string();
+                    assert_eq!(&value_enum::<T>("option", &name).unwrap(), v);
+                    name
+                })
+                .collect();
+            assert_eq!(
+                value_enum::<T>("option", "none-such")
+                    .unwrap_err()
+                    .to_string(),
+                format!("option 'none-such' is not one of: {}", names.join(", "))
+            );
+        }
+        same_names::<Strategy>();
+        same_names::<ScoredText>();
+        same_names::<DeviceChoice>();
+        same_names::<Preset>();
+        same_names::<crate::diffusion::SchedulerKind>();
     }
 
     #[test]

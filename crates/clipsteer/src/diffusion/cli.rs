@@ -1,39 +1,39 @@
 //! `clipsteer generate`, and the output helpers `evade` shares with it.
 
-use super::{GenerateOptions, SchedulerKind, StableDiffusion, DEFAULT_MODEL};
+use super::{GenerateOptions, SchedulerKind, StableDiffusion};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
-use clap::Args;
 use std::path::{Path, PathBuf};
 
 /// The Stable Diffusion options of `generate` and `evade`.
-#[derive(Args, Debug, Clone)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+#[derive(Debug, Clone)]
 pub struct DiffusionArgs {
     /// Stable Diffusion model: a directory in the diffusers layout or a hub id (ID@REVISION for a
     /// branch, tag or commit).
-    #[arg(long, default_value = DEFAULT_MODEL)]
+    #[cfg_attr(feature = "clap", arg(long, default_value = super::DEFAULT_MODEL))]
     pub model: String,
     /// Weights variant to read, as diffusers' `variant=`: `fp16` reads
     /// `diffusion_pytorch_model.fp16.safetensors` and `model.fp16.safetensors`.
-    #[arg(long, value_name = "NAME")]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "NAME"))]
     pub variant: Option<String>,
     /// Denoising steps.
-    #[arg(long, default_value_t = 25)]
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 25))]
     pub steps: usize,
-    #[arg(long, value_enum, default_value_t = SchedulerKind::DpmPlusPlus2M)]
+    #[cfg_attr(feature = "clap", arg(long, value_enum, default_value_t = SchedulerKind::DpmPlusPlus2M))]
     pub scheduler: SchedulerKind,
     /// Classifier-free guidance scale (1 or less turns guidance off).
-    #[arg(long, default_value_t = 7.5)]
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 7.5))]
     pub guidance: f64,
     /// Image width and height in pixels: a multiple of 8.
-    #[arg(long, default_value_t = 512)]
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 512))]
     pub size: usize,
     /// Seed of the initial noise (clipsteer's own generator: seeds do not carry over from
     /// diffusers).
-    #[arg(long, default_value_t = 0)]
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 0))]
     pub seed: u64,
     /// Negative prompt: what guidance steers away from.
-    #[arg(long, default_value = "")]
+    #[cfg_attr(feature = "clap", arg(long, default_value = ""))]
     pub negative: String,
 }
 
@@ -75,14 +75,15 @@ impl DiffusionArgs {
     }
 }
 
-#[derive(Args, Debug)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+#[derive(Debug)]
 pub struct GenerateArgs {
     /// What to draw.
     pub prompt: String,
     /// Output image (.png, .jpg or .webp).
-    #[arg(short, long)]
+    #[cfg_attr(feature = "clap", arg(short, long))]
     pub output: PathBuf,
-    #[command(flatten)]
+    #[cfg_attr(feature = "clap", command(flatten))]
     pub diffusion: DiffusionArgs,
 }
 

@@ -47,18 +47,19 @@ const WEIGHTS: &[(&str, crate::models::WeightNames)] = &[
 /// Fetched with the rest when the repository has it.
 const OPTIONAL_FILES: &[&str] = &["tokenizer/special_tokens_map.json"];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SchedulerKind {
     /// DPM-Solver++ (2M), as diffusers' DPMSolverMultistepScheduler (the original demo's).
-    #[value(name = "dpm++2m")]
+    #[cfg_attr(feature = "clap", value(name = "dpm++2m"))]
     #[serde(rename = "dpm++2m")]
     DpmPlusPlus2M,
     /// DDIM (η = 0, deterministic), candle-transformers'.
-    #[value(name = "ddim")]
+    #[cfg_attr(feature = "clap", value(name = "ddim"))]
     #[serde(rename = "ddim")]
     Ddim,
     /// Euler ancestral, candle-transformers'.
-    #[value(name = "euler-a")]
+    #[cfg_attr(feature = "clap", value(name = "euler-a"))]
     #[serde(rename = "euler-a")]
     EulerAncestral,
 }

@@ -7,7 +7,9 @@ use super::constraints::{Blocklist, Refusal};
 use super::CausalLm;
 use anyhow::Result;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Strategy {
     /// The original demo's loop: greedy (or sampled) by similarity among the LM's top-k.
     Seed,
@@ -38,7 +40,9 @@ impl Strategy {
 }
 
 /// Which text the scorer sees each step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ScoredText {
     /// The prompt and the generated text, as the original demo scores "An image of …".
     Full,
