@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// One message of a conversation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Message {
     /// "system", "user" or "assistant".
     pub role: String,
@@ -199,7 +199,17 @@ impl ChatTemplate {
     /// The text of `messages`, as `apply_chat_template(messages, tokenize=False,
     /// add_generation_prompt=…)`.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        let env = environment();
+        self.render_fueled(messages, add_generation_prompt, RENDER_FUEL)
+    }
+
+    fn render_fueled(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        fuel: u64,
+    ) -> Result<String> {
+        let mut env = environment();
+        env.set_fuel(Some(fuel));
         let mut context: BTreeMap<&str, minijinja::Value> = self
             .special_tokens
             .iter()
@@ -213,12 +223,32 @@ impl ChatTemplate {
         // transformers passes these as None when not given, so `tools is defined` holds there.
         context.insert("tools", minijinja::Value::from(()));
         context.insert("documents", minijinja::Value::from(()));
-        env.render_str(&self.source, context).map_err(|e| {
+        let failed = |e: minijinja::Error| {
             anyhow::anyhow!(
                 "cannot render the chat template: {}",
                 e.to_string().replace('\n', " ")
             )
-        })
+        };
+        let template = env.template_from_str(&self.source).map_err(failed)?;
+        let mut out = CappedWriter::default();
+        let rendered = template.render_captured_to(context, &mut out).map(drop);
+        match rendered {
+            Ok(()) => String::from_utf8(out.bytes)
+                .map_err(|_| anyhow::anyhow!("the chat template rendered text that is not UTF-8")),
+            Err(_) if out.overflowed => bail!(
+                "the chat template renders more than {} MiB for {} message(s): no model's context \
+                 holds that; the template (tokenizer_config.json, chat_template.jinja or the \
+                 GGUF's tokenizer.chat_template) is broken or hostile",
+                MAX_RENDERED_BYTES >> 20,
+                messages.len()
+            ),
+            Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => bail!(
+                "the chat template ran more than {fuel} steps without finishing: a real \
+                 template renders a conversation in a few thousand; it is broken or hostile \
+                 (tokenizer_config.json, chat_template.jinja or the GGUF's tokenizer.chat_template)"
+            ),
+            Err(e) => Err(failed(e)),
+        }
     }
 
     /// The prompt a model receives for one user message, ready for its answer (default system
@@ -238,6 +268,38 @@ impl ChatTemplate {
                 "the chat template does not write the user message exactly once, as is; the attack needs it to"
             ),
         }
+    }
+}
+
+/// Instructions a render may run. The real templates of llama.cpp's `models/templates/` use at
+/// most PEAK_FUEL on one message (see the test); this is 100× more, and still stops a runaway
+/// loop within a second.
+const RENDER_FUEL: u64 = 10_000_000;
+
+/// The longest rendered text: 16 MiB is about four million tokens, past every model's context,
+/// so a template that writes more (range() over range(), each repeating the message) is
+/// stopped before it fills memory.
+const MAX_RENDERED_BYTES: usize = 16 << 20;
+
+/// An in-memory writer that refuses to grow past [`MAX_RENDERED_BYTES`].
+#[derive(Default)]
+struct CappedWriter {
+    bytes: Vec<u8>,
+    overflowed: bool,
+}
+
+impl std::io::Write for CappedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > MAX_RENDERED_BYTES {
+            self.overflowed = true;
+            return Err(std::io::Error::other("rendered text too long"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -387,4 +449,65 @@ fn strftime_now(format: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn template(source: &str) -> ChatTemplate {
+        ChatTemplate::new(source, BTreeMap::new()).unwrap()
+    }
+
+    /// A template is a program from the model's repository: a runaway loop stops on fuel, and
+    /// one that repeats the message past any context stops on the output cap, each with a line
+    /// that says the template is at fault, before memory fills.
+    #[test]
+    fn a_runaway_template_is_stopped() {
+        let user = [Message::user(&"y".repeat(1000))];
+        let spin = template(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        );
+        let error = spin.render(&user, true).unwrap_err().to_string();
+        assert!(
+            error.starts_with("the chat template ran more than 10000000 steps"),
+            "{error}"
+        );
+        let flood = template(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{{ messages[0].content }}{% endfor %}{% endfor %}",
+        );
+        let error = flood.render(&user, true).unwrap_err().to_string();
+        assert!(
+            error.starts_with("the chat template renders more than 16 MiB for 1 message(s)"),
+            "{error}"
+        );
+        assert!(!error.contains('\n'));
+    }
+
+    /// The families' real templates render in a thousandth of the fuel: 71 templates of
+    /// llama.cpp's models/templates took at most 430 on one message (Kimi K3).
+    #[test]
+    fn real_templates_render_well_within_the_fuel() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/reference/chat-templates-families.json");
+        let references: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut rendered = 0;
+        for family in references["templates"].as_array().unwrap() {
+            let special: BTreeMap<String, String> =
+                serde_json::from_value(family["special_tokens"].clone()).unwrap();
+            let template =
+                ChatTemplate::new(family["template"].as_str().unwrap(), special).unwrap();
+            for case in family["cases"].as_array().unwrap() {
+                let messages: Vec<Message> =
+                    serde_json::from_value(case["messages"].clone()).unwrap();
+                let add = case["add_generation_prompt"].as_bool().unwrap();
+                let full = template.render_fueled(&messages, add, RENDER_FUEL);
+                let lean = template.render_fueled(&messages, add, RENDER_FUEL / 1000);
+                assert_eq!(full.is_ok(), lean.is_ok(), "{}", family["family"]);
+                rendered += usize::from(lean.is_ok());
+            }
+        }
+        assert!(rendered >= 100, "{rendered}");
+    }
 }
