@@ -10,7 +10,7 @@
 use super::log_softmax;
 use crate::steer::constraints::{Blocklist, Refusal};
 use crate::steer::objectives::victim::{continues_word, ends_inside_word, Victim};
-use crate::steer::objectives::Objective;
+use crate::steer::objectives::{Objective, ScoreBatch};
 use crate::steer::CausalLm;
 use anyhow::{bail, Result};
 use rand::{Rng, SeedableRng};
@@ -345,6 +345,116 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
     validate(options)?;
     let started = Instant::now();
     let context_ids = attacker.encode(attacker_context)?;
+    let max_steps = suffix_room(attacker, &context_ids, options)?;
+    let mut attack = Attack::new(attacker, victim, objective, success, options, started)?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(match options.proposal {
+        Proposal::Sample { seed, .. } => seed,
+        Proposal::TopK => 0,
+    });
+    let instruction = options.instruction.as_str();
+
+    let mut cache = attacker.new_cache();
+    let logits = attacker.next_logits(&context_ids, &mut cache)?;
+    let start_score = objective.score(&attack.base_prefix, &[instruction.to_string()])?;
+    attack.queries += 1;
+    let mut beams = vec![Beam {
+        suffix_ids: Vec::new(),
+        suffix: String::new(),
+        log_prob: 0.0,
+        score: start_score.similarities[0],
+        cache,
+        logits,
+    }];
+    let (response, _) = victim.greedy_answer(instruction, attack.shown)?;
+    attack.queries += 1;
+    let mut best = Best {
+        suffix: String::new(),
+        suffix_ids: Vec::new(),
+        score: start_score.similarities[0],
+        response,
+    };
+    if success.check(&best.response, best.score) {
+        return Ok(attack.finish(best, true, 0, None));
+    }
+    let mut stop_reason = None;
+    let mut steps = 0;
+    for step in 0..max_steps {
+        if let Some(limit) = options
+            .time_limit
+            .filter(|&limit| started.elapsed() >= limit)
+        {
+            stop_reason = Some(format!(
+                "time limit of {} s reached after {step} step{}",
+                limit.as_secs_f64(),
+                if step == 1 { "" } else { "s" }
+            ));
+            break;
+        }
+        let mut extensions = attack.extensions(&beams, &mut rng)?;
+        if extensions.is_empty() {
+            stop_reason = Some(format!(
+                "stopped after {step} tokens: every candidate would write a blocked word or a refused control character; raise --candidates or change the blocklist"
+            ));
+            break;
+        }
+        let batch = match attack.score(&mut extensions, step) {
+            Ok(batch) => batch,
+            // A scorer program still busy when the time is up: the run ends with what it has,
+            // as it would at the top of a step.
+            Err(e) if e.is::<crate::steer::objectives::command::TimeLimitReached>() => {
+                stop_reason = Some(crate::error_line(&e));
+                break;
+            }
+            Err(e) => return Err(e),
+        };
+        let (order, top) = attack.rank(&extensions);
+        let leader_forced = attack.leader_forced(&batch, order[0]);
+        beams = attack.next_beams(&beams, &extensions, &order)?;
+        steps = step + 1;
+
+        let leader = &beams[0];
+        let prompt = format!("{instruction}{}", leader.suffix);
+        let response = attack.check_answer(&prompt, leader_forced.as_deref())?;
+        let succeeded = success.check(&response, leader.score);
+        if leader.score >= best.score || succeeded {
+            best = Best::of(leader, response.clone());
+        }
+        on_step(&AttackStep {
+            step,
+            prompt: prompt.clone(),
+            suffix: leader.suffix.clone(),
+            score: leader.score,
+            response,
+            success: succeeded,
+            top,
+            seconds: started.elapsed().as_secs_f64(),
+        })?;
+        if succeeded {
+            let best = attack.with_shown_answer(best)?;
+            return Ok(attack.finish(best, true, steps, None));
+        }
+    }
+    let stop_reason = stop_reason.unwrap_or_else(|| {
+        if max_steps < options.max_tokens {
+            format!(
+                "no success when the attacker's context of {} tokens was full, after {max_steps} suffix tokens",
+                attacker.context_len()
+            )
+        } else {
+            format!("no success within --max-tokens {}", options.max_tokens)
+        }
+    });
+    let best = attack.with_shown_answer(best)?;
+    Ok(attack.finish(best, false, steps, Some(stop_reason)))
+}
+
+/// The suffix tokens the search may write: --max-tokens, or fewer when the attacker's context
+/// fills first (a stop reason then says so, like the clock's).
+fn suffix_room<A: CausalLm>(
+    attacker: &A,
+    context_ids: &[u32],
+    options: &AttackOptions,
+) -> Result<usize> {
     if context_ids.is_empty() {
         bail!("the attacker's context is empty");
     }
@@ -355,98 +465,127 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
             attacker.context_len()
         );
     }
-    // The attacker's context bounds the suffix as --max-tokens does; reaching it is a stop
-    // reason in the result, like the clock.
-    let room = attacker.context_len() - context_ids.len();
-    let max_steps = options.max_tokens.min(room);
-    // Special tokens would let the suffix write the chat template's own markers.
-    let excluded: HashSet<u32> = attacker.special_token_ids().into_iter().collect();
-    // More draws than the attacker has tokens would score its whole vocabulary per beam, a step
-    // of hours that the time limit (checked between steps) cannot cut short.
-    let proposable = attacker.vocab_size().saturating_sub(excluded.len());
-    if options.candidates > proposable {
-        bail!(
-            "--candidates {} exceeds the {proposable} tokens the attacker can propose; BEAST uses 10-15",
-            options.candidates
-        );
-    }
-    let seed = match options.proposal {
-        Proposal::Sample { seed, .. } => seed,
-        Proposal::TopK => 0,
-    };
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let instruction = options.instruction.as_str();
-    let prompt_of = |suffix: &str| format!("{instruction}{suffix}");
+    Ok(options
+        .max_tokens
+        .min(attacker.context_len() - context_ids.len()))
+}
 
-    let mut cache = attacker.new_cache();
-    let logits = attacker.next_logits(&context_ids, &mut cache)?;
-    let base_prefix = objective.prefix(instruction, None)?;
-    let start_score = objective.score(&base_prefix, &[instruction.to_string()])?;
-    let mut queries = 1;
-    let mut beams = vec![Beam {
-        suffix_ids: Vec::new(),
-        suffix: String::new(),
-        log_prob: 0.0,
-        score: start_score.similarities[0],
-        cache,
-        logits,
-    }];
-    // The check reads as many answer tokens as the target needs, even past --response-tokens
-    // (which only sets what is shown): a shorter read could never see the whole target.
-    let check_tokens = success
-        .tokens_needed(victim)?
-        .unwrap_or(options.response_tokens);
-    // The success check reads the leader's answer only while it can still start with the
-    // target (Victim::greedy_answer_toward): most answers leave it within a few tokens.
-    let target_ids = match success {
-        Success::ResponseStartsWith(target) => Some(victim.response_ids(target)?),
-        _ => None,
-    };
-    // The result shows the answer the check read, at least.
-    let shown = options.response_tokens.max(check_tokens);
-    let (response, _) = victim.greedy_answer(instruction, shown)?;
-    queries += 1;
-    let mut best = (
-        String::new(),
-        Vec::new(),
-        start_score.similarities[0],
-        response,
-    );
-    let mut stop_reason = None;
-    let mut steps = 0;
-    if success.check(&best.3, best.2) {
-        return Ok(finish(instruction, best, true, 0, started, None, queries));
-    }
-    for step in 0..max_steps {
-        if let Some(limit) = options.time_limit {
-            if started.elapsed() >= limit {
-                stop_reason = Some(format!(
-                    "time limit of {} s reached after {step} step{}",
-                    limit.as_secs_f64(),
-                    if step == 1 { "" } else { "s" }
-                ));
-                break;
-            }
+/// The best prompt so far: its suffix, its objective and the victim's answer to it.
+struct Best {
+    suffix: String,
+    suffix_ids: Vec<u32>,
+    score: f32,
+    response: String,
+}
+
+impl Best {
+    fn of<C>(beam: &Beam<C>, response: String) -> Self {
+        Self {
+            suffix: beam.suffix.clone(),
+            suffix_ids: beam.suffix_ids.clone(),
+            score: beam.score,
+            response,
         }
-        let mut extensions: Vec<Extension> = Vec::new();
+    }
+}
+
+/// What one attack holds fixed from step to step, and its count of victim queries.
+struct Attack<'a, A, V: CausalLm, O: Objective> {
+    attacker: &'a A,
+    victim: &'a Victim<'a, V>,
+    objective: &'a O,
+    options: &'a AttackOptions,
+    success: &'a Success,
+    /// Special tokens would let the suffix write the chat template's own markers.
+    excluded: HashSet<u32>,
+    base_prefix: O::Prefix,
+    /// The target's victim tokens when success is the answer's start: the check then reads
+    /// the leader's answer only while it can still start with them
+    /// (Victim::greedy_answer_toward); most answers leave it within a few tokens.
+    target_ids: Option<Vec<u32>>,
+    /// Answer tokens the check reads: as many as the target needs, even past
+    /// --response-tokens (which only sets what is shown), or a shorter read could never see the
+    /// whole target.
+    check_tokens: usize,
+    /// Answer tokens the result shows: the check's, at least.
+    shown: usize,
+    started: Instant,
+    queries: usize,
+}
+
+impl<'a, A: CausalLm, V: CausalLm, O: Objective> Attack<'a, A, V, O> {
+    fn new(
+        attacker: &'a A,
+        victim: &'a Victim<V>,
+        objective: &'a O,
+        success: &'a Success,
+        options: &'a AttackOptions,
+        started: Instant,
+    ) -> Result<Self> {
+        let excluded: HashSet<u32> = attacker.special_token_ids().into_iter().collect();
+        // More draws than the attacker has tokens would score its whole vocabulary per beam, a
+        // step of hours that the time limit (checked between steps) cannot cut short.
+        let proposable = attacker.vocab_size().saturating_sub(excluded.len());
+        if options.candidates > proposable {
+            bail!(
+                "--candidates {} exceeds the {proposable} tokens the attacker can propose; BEAST uses 10-15",
+                options.candidates
+            );
+        }
+        let check_tokens = success
+            .tokens_needed(victim)?
+            .unwrap_or(options.response_tokens);
+        let target_ids = match success {
+            Success::ResponseStartsWith(target) => Some(victim.response_ids(target)?),
+            _ => None,
+        };
+        Ok(Self {
+            attacker,
+            victim,
+            objective,
+            options,
+            success,
+            excluded,
+            base_prefix: objective.prefix(&options.instruction, None)?,
+            target_ids,
+            check_tokens,
+            shown: options.response_tokens.max(check_tokens),
+            started,
+            queries: 0,
+        })
+    }
+
+    fn prompt_of(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.options.instruction)
+    }
+
+    /// Every beam's drawn next tokens, as suffixes: those that write a blocked word (which may
+    /// span the instruction's end and the suffix's start) or repeat a suffix already drawn are
+    /// left out.
+    fn extensions(
+        &self,
+        beams: &[Beam<A::Cache>],
+        rng: &mut rand_chacha::ChaCha8Rng,
+    ) -> Result<Vec<Extension>> {
+        let mut extensions = Vec::new();
         let mut seen: HashSet<String> = HashSet::new();
         for (parent, beam) in beams.iter().enumerate() {
             let log_probs = log_softmax(&beam.logits);
             let drawn = propose(
                 &beam.logits,
-                options.candidates,
-                options.proposal,
-                &excluded,
-                &mut rng,
+                self.options.candidates,
+                self.options.proposal,
+                &self.excluded,
+                rng,
             )?;
             let mut ids = beam.suffix_ids.clone();
             ids.push(0);
             for token in drawn {
                 *ids.last_mut().expect("ids is non-empty") = token;
-                let suffix = attacker.decode(&ids)?;
-                let prompt = prompt_of(&suffix);
-                // A blocked word may also span the instruction's end and the suffix's start.
-                if !options.blocklist.allows(&prompt) || !seen.insert(suffix.clone()) {
+                let suffix = self.attacker.decode(&ids)?;
+                if !self.options.blocklist.allows(&self.prompt_of(&suffix))
+                    || !seen.insert(suffix.clone())
+                {
                     continue;
                 }
                 extensions.push(Extension {
@@ -460,35 +599,38 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
                 });
             }
         }
-        if extensions.is_empty() {
-            stop_reason = Some(format!(
-                "stopped after {step} tokens: every candidate would write a blocked word or a refused control character; raise --candidates or change the blocklist"
-            ));
-            break;
-        }
-        let texts: Vec<String> = extensions.iter().map(|e| prompt_of(&e.suffix)).collect();
-        let prefix = objective.prefix(instruction, Some(&base_prefix))?;
-        queries += texts.len();
-        let batch = match objective.score(&prefix, &texts) {
-            Ok(batch) => batch,
-            // A scorer program still busy when the time is up: the run ends with what it has,
-            // as it would at the top of a step.
-            Err(e) if e.is::<crate::steer::objectives::command::TimeLimitReached>() => {
-                stop_reason = Some(crate::error_line(&e));
-                break;
-            }
-            Err(e) => return Err(e),
-        };
+        Ok(extensions)
+    }
+
+    /// Scores the extensions of step `step` (0-based) in one objective call: the objective,
+    /// plus readability × the attacker's mean log-probability of the suffix.
+    fn score(&mut self, extensions: &mut [Extension], step: usize) -> Result<ScoreBatch> {
+        let texts: Vec<String> = extensions
+            .iter()
+            .map(|e| self.prompt_of(&e.suffix))
+            .collect();
+        let prefix = self
+            .objective
+            .prefix(&self.options.instruction, Some(&self.base_prefix))?;
+        self.queries += texts.len();
+        let batch = self.objective.score(&prefix, &texts)?;
         let length = (step + 1) as f64;
-        for (k, (extension, score)) in extensions.iter_mut().zip(batch.similarities).enumerate() {
+        for (k, (extension, &score)) in extensions.iter_mut().zip(&batch.similarities).enumerate() {
             extension.objective = score;
-            extension.total = score + options.readability * (extension.log_prob / length) as f32;
+            extension.total =
+                score + self.options.readability * (extension.log_prob / length) as f32;
             extension.greedy_target = batch.greedy_target.get(k).copied().unwrap_or(false);
         }
+        Ok(batch)
+    }
+
+    /// The extensions that go on, best first (at most beam width), and the step's best five as
+    /// shown.
+    fn rank(&self, extensions: &[Extension]) -> (Vec<usize>, Vec<AttackCandidate>) {
         let mut order: Vec<usize> = (0..extensions.len()).collect();
         // Best first; ties keep the earlier parent and draw (a stable sort).
         order.sort_by(|&a, &b| extensions[b].total.total_cmp(&extensions[a].total));
-        let top: Vec<AttackCandidate> = order
+        let top = order
             .iter()
             .take(5)
             .map(|&i| AttackCandidate {
@@ -498,28 +640,39 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
             .collect();
         // Every candidate's greedy answer is known from the scoring forward when the objective
         // teacher-forces the target: the best one that already answers with the target leads,
-        // so that the success check below (the real greedy decode) sees it even when a
-        // candidate with a higher mean log-probability fails on one token.
+        // so that the success check (the real greedy decode) sees it even when a candidate
+        // with a higher mean log-probability fails on one token.
         if let Some(at) = order.iter().position(|&i| extensions[i].greedy_target) {
             let hit = order.remove(at);
             order.insert(0, hit);
         }
-        order.truncate(options.beam_width);
-        // The leader's argmax under teacher forcing of the target the check reads, from the
-        // scoring forward, spares the check a forward of its own.
-        let leader_forced = match (&target_ids, objective.teacher_forced()) {
+        order.truncate(self.options.beam_width);
+        (order, top)
+    }
+
+    /// The leader's argmax under teacher forcing of the target the check reads, from the
+    /// scoring forward: it spares the check a forward of its own.
+    fn leader_forced(&self, batch: &ScoreBatch, leader: usize) -> Option<Vec<u32>> {
+        match (&self.target_ids, self.objective.teacher_forced()) {
             (Some(checked), Some(forced)) if checked.as_slice() == forced => {
-                batch.teacher_forced_argmax.get(order[0]).cloned()
+                batch.teacher_forced_argmax.get(leader).cloned()
             }
             _ => None,
-        };
+        }
+    }
 
-        // The next beams, in rank order: every parent's children in one attacker forward.
+    /// The next beams, in rank order: every parent's children in one attacker forward.
+    fn next_beams(
+        &self,
+        beams: &[Beam<A::Cache>],
+        extensions: &[Extension],
+        order: &[usize],
+    ) -> Result<Vec<Beam<A::Cache>>> {
         let caches: Vec<&A::Cache> = beams.iter().map(|beam| &beam.cache).collect();
         let parents: Vec<usize> = order.iter().map(|&i| extensions[i].parent).collect();
         let tokens: Vec<u32> = order.iter().map(|&i| extensions[i].token).collect();
-        let branched = attacker.branch_rows(&caches, &parents, &tokens)?;
-        beams = order
+        let branched = self.attacker.branch_rows(&caches, &parents, &tokens)?;
+        Ok(order
             .iter()
             .zip(branched)
             .map(|(&i, (logits, cache))| {
@@ -535,109 +688,58 @@ pub fn run<A: CausalLm, V: CausalLm, O: Objective>(
                     logits,
                 }
             })
-            .collect();
-        steps = step + 1;
+            .collect())
+    }
 
-        let leader = &beams[0];
-        let prompt = prompt_of(&leader.suffix);
-        let (mut response, _) = match &target_ids {
-            Some(target_ids) => victim.greedy_answer_toward(
-                &prompt,
-                check_tokens,
+    /// The victim's greedy answer to the leader's prompt, as far as the success check reads.
+    fn check_answer(&mut self, prompt: &str, leader_forced: Option<&[u32]>) -> Result<String> {
+        let success = self.success;
+        let (response, _) = match &self.target_ids {
+            Some(target_ids) => self.victim.greedy_answer_toward(
+                prompt,
+                self.check_tokens,
                 target_ids,
-                leader_forced.as_deref(),
+                leader_forced,
                 |partial| success.can_still_succeed(partial),
             )?,
-            None => victim.greedy_answer(&prompt, check_tokens)?,
+            None => self.victim.greedy_answer(prompt, self.check_tokens)?,
         };
-        queries += 1;
-        let succeeded = success.check(&response, leader.score);
-        if leader.score >= best.2 || succeeded {
-            best = (
-                leader.suffix.clone(),
-                leader.suffix_ids.clone(),
-                leader.score,
-                response.clone(),
-            );
-        }
-        on_step(&AttackStep {
-            step,
-            prompt: prompt.clone(),
-            suffix: leader.suffix.clone(),
-            score: leader.score,
-            response: response.clone(),
-            success: succeeded,
-            top,
-            seconds: started.elapsed().as_secs_f64(),
-        })?;
-        if succeeded {
-            if check_tokens != shown || target_ids.is_some() {
-                response = victim.greedy_answer(&prompt, shown)?.0;
-                queries += 1;
-            }
-            let best = (
-                leader.suffix.clone(),
-                leader.suffix_ids.clone(),
-                leader.score,
-                response,
-            );
-            return Ok(finish(
-                instruction,
-                best,
-                true,
-                steps,
-                started,
-                None,
-                queries,
-            ));
-        }
+        self.queries += 1;
+        Ok(response)
     }
-    if stop_reason.is_none() {
-        stop_reason = Some(if max_steps < options.max_tokens {
-            format!(
-                "no success when the attacker's context of {} tokens was full, after {max_steps} suffix tokens",
-                attacker.context_len()
-            )
-        } else {
-            format!("no success within --max-tokens {}", options.max_tokens)
-        });
-    }
-    if check_tokens != shown || target_ids.is_some() {
-        // The steps showed only the start of the answer that the check needed.
-        best.3 = victim.greedy_answer(&prompt_of(&best.0), shown)?.0;
-        queries += 1;
-    }
-    Ok(finish(
-        instruction,
-        best,
-        false,
-        steps,
-        started,
-        stop_reason,
-        queries,
-    ))
-}
 
-fn finish(
-    instruction: &str,
-    (suffix, suffix_ids, score, response): (String, Vec<u32>, f32, String),
-    success: bool,
-    steps: usize,
-    started: Instant,
-    stop_reason: Option<String>,
-    queries: usize,
-) -> AttackResult {
-    AttackResult {
-        prompt: format!("{instruction}{suffix}"),
-        suffix,
-        suffix_ids,
-        response,
-        success,
-        score,
-        steps,
-        seconds: started.elapsed().as_secs_f64(),
-        stop_reason,
-        queries,
+    /// `best` with the answer the result shows, when the steps read only the start of it that
+    /// the check needed.
+    fn with_shown_answer(&mut self, mut best: Best) -> Result<Best> {
+        if self.check_tokens != self.shown || self.target_ids.is_some() {
+            best.response = self
+                .victim
+                .greedy_answer(&self.prompt_of(&best.suffix), self.shown)?
+                .0;
+            self.queries += 1;
+        }
+        Ok(best)
+    }
+
+    fn finish(
+        &self,
+        best: Best,
+        success: bool,
+        steps: usize,
+        stop_reason: Option<String>,
+    ) -> AttackResult {
+        AttackResult {
+            prompt: self.prompt_of(&best.suffix),
+            suffix: best.suffix,
+            suffix_ids: best.suffix_ids,
+            response: best.response,
+            success,
+            score: best.score,
+            steps,
+            seconds: self.started.elapsed().as_secs_f64(),
+            stop_reason,
+            queries: self.queries,
+        }
     }
 }
 
