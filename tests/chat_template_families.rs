@@ -110,3 +110,106 @@ fn real_family_templates_render_as_transformers() {
     );
     assert!(checked >= 130, "{checked} cases");
 }
+
+/// Where the two renderings of a dated case (the clock at two different days) differ: the
+/// shared head and tail around the date.
+fn shared_head_and_tail<'a>(one: &'a str, other: &str) -> (&'a str, &'a str) {
+    let head = one
+        .char_indices()
+        .zip(other.chars())
+        .find(|((_, a), b)| a != b)
+        .map_or(one.len(), |((i, _), _)| i);
+    let tail = one[head..]
+        .chars()
+        .rev()
+        .zip(other[head..].chars().rev())
+        .take_while(|(a, b)| a == b)
+        .map(|(a, _)| a.len_utf8())
+        .sum::<usize>();
+    (&one[..head], &one[one.len() - tail..])
+}
+
+/// All 70 templates of llama.cpp's models/templates (the current families: Llama 3.x, Qwen 2.5
+/// to 3.5, Gemma 2 and 4, DeepSeek R1 to V4, Mistral Small and Devstral, Phi-3.5, granite,
+/// gpt-oss, Kimi, GLM, SmolLM3, LFM, MiniMax, Nemotron, …) render as transformers 5.25's
+/// apply_chat_template on four conversations (tools/make_llama_cpp_template_references.py).
+/// A case transformers refuses is refused here too, with one deliberate difference: a template
+/// that loops over `tools` without checking it (three tool-use templates) fails in jinja2 on
+/// tools=None, and renders here as with no tools (minijinja iterates none as empty), since a
+/// description has no tools to pass (docs/MODELS.md).
+#[test]
+fn llama_cpp_templates_render_as_transformers() {
+    let references: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("reference/chat-templates-llama-cpp.json")).unwrap(),
+    )
+    .unwrap();
+    let special: BTreeMap<String, String> =
+        serde_json::from_value(references["special_tokens"].clone()).unwrap();
+    let (mut failures, mut checked, mut lenient) = (Vec::new(), 0, Vec::new());
+    for entry in references["templates"].as_array().unwrap() {
+        let file = entry["file"].as_str().unwrap();
+        let source =
+            std::fs::read_to_string(fixture(&format!("chat-templates/llama.cpp/{file}"))).unwrap();
+        let template = match ChatTemplate::new(&source, special.clone()) {
+            Ok(template) => template,
+            Err(e) => {
+                failures.push(format!("{file}: {e}"));
+                continue;
+            }
+        };
+        for (i, case) in entry["cases"].as_array().unwrap().iter().enumerate() {
+            checked += 1;
+            let add = case["add_generation_prompt"].as_bool().unwrap();
+            let rendered = template.render(&messages(case), add);
+            let failure = match (case["text"].as_str(), rendered) {
+                (Some(want), Ok(got)) => match case["text_other_date"].as_str() {
+                    None if got == want => None,
+                    None => Some(format!(
+                        "renders\n    {got:?}\n  transformers\n    {want:?}"
+                    )),
+                    Some(other) => {
+                        let (head, tail) = shared_head_and_tail(want, other);
+                        (!(got.starts_with(head) && got.ends_with(tail)
+                            && got.len() >= head.len() + tail.len()))
+                            .then(|| format!("renders\n    {got:?}\n  transformers (up to the date)\n    {want:?}"))
+                    }
+                },
+                (Some(_), Err(e)) => Some(format!("fails: {e}")),
+                (None, Ok(_)) if case["error"] == "'NoneType' object is not iterable" => {
+                    lenient.push(file.to_string());
+                    None
+                }
+                (None, Ok(got)) => Some(format!(
+                    "renders {got:?}; transformers raises {}",
+                    case["error"]
+                )),
+                (None, Err(e)) => {
+                    let (error, want) = (e.to_string(), case["error"].as_str().unwrap());
+                    // raise_exception's message is the template's own; other errors are
+                    // worded by each engine.
+                    (source.contains(want) && !error.contains(want))
+                        .then(|| format!("error {error:?} is not the template's {want:?}"))
+                }
+            };
+            if let Some(why) = failure {
+                failures.push(format!("{file} case {i}: {why}"));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} cases differ from transformers:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert_eq!(checked, 280);
+    lenient.dedup();
+    assert_eq!(
+        lenient,
+        [
+            "CohereForAI-c4ai-command-r-plus-tool_use.jinja",
+            "NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use.jinja",
+            "NousResearch-Hermes-3-Llama-3.1-8B-tool_use.jinja"
+        ]
+    );
+}

@@ -49,7 +49,7 @@ impl ChatTemplate {
         let template = Self {
             // jinja2 reads every line ending as "\n" (its newline_sequence), in the template's
             // text and in its string literals; a .jinja file saved on Windows renders the same.
-            source: source.replace("\r\n", "\n").replace('\r', "\n"),
+            source: generation_blocks_as_ifs(&source.replace("\r\n", "\n").replace('\r', "\n")),
             special_tokens,
         };
         let env = environment();
@@ -271,6 +271,46 @@ impl ChatTemplate {
     }
 }
 
+/// transformers' `{% generation %}…{% endgeneration %}` (its AssistantTracker extension, which
+/// marks the assistant's tokens for `return_assistant_tokens_mask`) renders its body unchanged;
+/// minijinja has no such tag, so each becomes `{% if true %}`…`{% endif %}`, keeping the
+/// whitespace-control marks (`{%-`, `-%}`) that trim around it.
+fn generation_blocks_as_ifs(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(start) = rest.find("{%") {
+        out.push_str(&rest[..start]);
+        let tag = &rest[start + 2..];
+        let body = tag.strip_prefix(['-', '+']).unwrap_or(tag);
+        let open_mark = &tag[..tag.len() - body.len()];
+        let trimmed = body.trim_start();
+        let word_end = trimmed
+            .find(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+            .unwrap_or(trimmed.len());
+        let replacement = match &trimmed[..word_end] {
+            "generation" => Some("if true"),
+            "endgeneration" => Some("endif"),
+            _ => None,
+        };
+        let after = trimmed[word_end..].trim_start();
+        let close = ["-%}", "+%}", "%}"]
+            .into_iter()
+            .find(|mark| after.starts_with(mark));
+        match (replacement, close) {
+            (Some(replacement), Some(close)) => {
+                out.push_str(&format!("{{%{open_mark} {replacement} {close}"));
+                rest = &after[close.len()..];
+            }
+            _ => {
+                out.push_str("{%");
+                rest = tag;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Instructions a render may run. The real templates of llama.cpp's `models/templates/` use at
 /// most PEAK_FUEL on one message (see the test); this is 100× more, and still stops a runaway
 /// loop within a second.
@@ -318,6 +358,20 @@ fn environment() -> minijinja::Environment<'static> {
             ))
         },
     );
+    // jinja2's tests call iter() and len()/[] as Python does: none is not iterable (minijinja
+    // iterates it as empty, so Qwen3-Coder's `tools is iterable and tools | length > 0` failed on
+    // tools=None), and a string or a mapping is a sequence (minijinja's counts lists only).
+    env.add_test("iterable", |value: minijinja::Value| {
+        !value.is_none() && value.try_iter().is_ok()
+    });
+    env.add_test("sequence", |value: minijinja::Value| {
+        matches!(
+            value.kind(),
+            minijinja::value::ValueKind::Seq
+                | minijinja::value::ValueKind::Map
+                | minijinja::value::ValueKind::String
+        )
+    });
     env.add_function("strftime_now", |format: String| -> String {
         strftime_now(&format)
     });
@@ -482,6 +536,30 @@ mod tests {
             "{error}"
         );
         assert!(!error.contains('\n'));
+    }
+
+    #[test]
+    fn generation_blocks_render_their_body() {
+        let source = "A{%- generation -%}\n B {{ messages[0].content }}\n{%- endgeneration %} C{% generations %}{%generation%}D{%endgeneration%}";
+        assert_eq!(
+            generation_blocks_as_ifs(source),
+            "A{%- if true -%}\n B {{ messages[0].content }}\n{%- endif %} C{% generations %}{% if true %}D{% endif %}"
+        );
+        let template =
+            template("{%- generation -%}\n [{{ messages[0].content }}]\n{%- endgeneration -%}\n");
+        assert_eq!(template.render(&[Message::user("x")], true).unwrap(), "[x]");
+    }
+
+    /// As jinja2: none is not iterable, and a string is a sequence.
+    #[test]
+    fn iterable_and_sequence_as_jinja2() {
+        let template = template(
+            "{{ tools is iterable }} {{ messages is iterable }} {{ 'ab' is sequence }} {{ messages[0] is sequence }} {{ 3 is sequence }} {{ tools is sequence }}",
+        );
+        assert_eq!(
+            template.render(&[Message::user("x")], true).unwrap(),
+            "False True True True False False"
+        );
     }
 
     /// The families' real templates render in a thousandth of the fuel: 71 templates of
