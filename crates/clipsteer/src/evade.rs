@@ -7,11 +7,13 @@
 use crate::diffusion::cli::{
     check_output_dir, encode_image, generate_with_progress, write_atomically, DiffusionArgs,
 };
+use crate::diffusion::StableDiffusion;
 use crate::image::DecodeLimits;
 use crate::pipeline::{DescribeModels, Describer};
 use crate::request::DescribeRequest;
 use crate::steer::constraints::{describe_control, Blocklist, Refusal};
 use crate::steer::describe::Strategy;
+use crate::steer::options::DescribeResult;
 use crate::steer::scorer::Encoder;
 use crate::steer::{normalize, ClipScorer};
 use anyhow::{bail, Context, Result};
@@ -108,19 +110,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 
 pub fn run(mut args: EvadeArgs, device: &Device) -> Result<i32> {
     args.lm = crate::load::lm_argument(&args.lm, args.gguf_file.take().as_deref())?;
-    // The describe request evade makes: describe's own, with evade's strategy and prompt flags.
-    let request = DescribeRequest {
-        prompt: args.describe_prompt.clone(),
-        instruction: args.describe_instruction.clone(),
-        strategy: Some(args.strategy),
-        top_k: args.top_k,
-        max_tokens: args.max_tokens,
-        block: args.blocking.block.clone(),
-        blocklist: args.blocking.blocklist.clone(),
-        block_substrings: args.blocking.block_substrings,
-        ..DescribeRequest::default()
-    };
-    let resolved = request.resolve(None, true)?;
+    let resolved = describe_request(&args).resolve(None, true)?;
     let blocklist = resolved.options.blocklist.clone();
     if blocklist.is_empty() {
         bail!(
@@ -135,7 +125,6 @@ pub fn run(mut args: EvadeArgs, device: &Device) -> Result<i32> {
             bail!("no image at {}", image.display());
         }
     }
-    let top_k = resolved.options.top_k;
     // Every model first, so that a missing one fails before minutes of work.
     let pipeline = args.diffusion.load(device)?;
     let models = Arc::new(DescribeModels {
@@ -155,7 +144,75 @@ pub fn run(mut args: EvadeArgs, device: &Device) -> Result<i32> {
         .ok_or_else(|| anyhow::anyhow!("evade needs a CLIP encoder"))?;
     let started = std::time::Instant::now();
 
-    let (image1, image1_source) = match &args.image {
+    let (image1, image1_source) = first_image(&args, &pipeline)?;
+    let image1 = image::DynamicImage::ImageRgb8(image1);
+    let image1_embedding = clip.image_embedding(&image1)?;
+    let described = describe_with_bar(&describer, &image1, args.max_tokens)?;
+    let image1 = image1.into_rgb8();
+    let image2 = generate_with_progress(
+        &pipeline,
+        &args.diffusion.options(&described.text),
+        "image 2",
+    )?;
+    let similarities = Similarities::measure(
+        clip,
+        &image1_embedding,
+        &described.text,
+        &image2,
+        args.prompt.as_deref(),
+    )?;
+    let report = report_json(
+        &args,
+        &blocklist,
+        resolved.options.top_k,
+        &described,
+        &similarities,
+        [
+            (&paths.image1, &image1, image1_source),
+            (
+                &paths.image2,
+                &image2,
+                json!({"kind": "generated", "prompt": described.text}),
+            ),
+        ],
+        started.elapsed().as_secs_f64(),
+    );
+    let passed = report["blocklist_check"]["passed"] == true;
+    write_report(&paths, &report, &image1, &image2)?;
+    outln!("{report}");
+    errln!(
+        "wrote {} and {}: sim(image 1, description) {:.4}, sim(image 1, image 2) {:.4}{}; blocklist check {}",
+        paths.html.display(),
+        paths.json.display(),
+        similarities.image1_description,
+        similarities.image1_image2,
+        similarities
+            .image1_prompt
+            .map(|s| format!(", sim(image 1, prompt) {s:.4}"))
+            .unwrap_or_default(),
+        if passed { "passed" } else { "FAILED" }
+    );
+    Ok(if passed { 0 } else { 1 })
+}
+
+/// The describe request evade makes: describe's own, with evade's strategy and prompt flags.
+fn describe_request(args: &EvadeArgs) -> DescribeRequest {
+    DescribeRequest {
+        prompt: args.describe_prompt.clone(),
+        instruction: args.describe_instruction.clone(),
+        strategy: Some(args.strategy),
+        top_k: args.top_k,
+        max_tokens: args.max_tokens,
+        block: args.blocking.block.clone(),
+        blocklist: args.blocking.blocklist.clone(),
+        block_substrings: args.blocking.block_substrings,
+        ..DescribeRequest::default()
+    }
+}
+
+/// Image 1, given or generated from --prompt, and where it came from (for the report).
+fn first_image(args: &EvadeArgs, pipeline: &StableDiffusion) -> Result<(image::RgbImage, Value)> {
+    Ok(match &args.image {
         Some(path) => (
             crate::image::to_rgb(&crate::image::load_image(path, DecodeLimits::default())?),
             json!({"kind": "given", "path": path.display().to_string()}),
@@ -163,37 +220,61 @@ pub fn run(mut args: EvadeArgs, device: &Device) -> Result<i32> {
         None => {
             let prompt = args.prompt.as_deref().unwrap_or_default();
             let image =
-                generate_with_progress(&pipeline, &args.diffusion.options(prompt), "image 1")?;
+                generate_with_progress(pipeline, &args.diffusion.options(prompt), "image 1")?;
             (image, json!({"kind": "generated", "prompt": prompt}))
         }
-    };
-    let image1 = image::DynamicImage::ImageRgb8(image1);
-    let image1_embedding = clip.image_embedding(&image1)?;
-    let target = describer.target(Some(&image1))?;
-    let image1 = image1.into_rgb8();
+    })
+}
 
-    let describe_bar = crate::diffusion::cli::step_bar("describing");
-    describe_bar.set_length(args.max_tokens as u64);
+/// The description of `image`, with a progress bar over its tokens.
+fn describe_with_bar(
+    describer: &Describer,
+    image: &image::DynamicImage,
+    max_tokens: usize,
+) -> Result<DescribeResult> {
+    let target = describer.target(Some(image))?;
+    let bar = crate::diffusion::cli::step_bar("describing");
+    bar.set_length(max_tokens as u64);
     let described = describer.describe_target(target.as_deref(), |event| {
-        describe_bar.set_position(event.step as u64 + 1);
+        bar.set_position(event.step as u64 + 1);
         Ok(())
     });
-    describe_bar.finish_and_clear();
-    let described = described?;
-    let description = described.text.clone();
+    bar.finish_and_clear();
+    described
+}
 
-    let image2 =
-        generate_with_progress(&pipeline, &args.diffusion.options(&description), "image 2")?;
-    let similarities = Similarities::measure(
-        clip,
-        &image1_embedding,
-        &description,
-        &image2,
-        args.prompt.as_deref(),
-    )?;
+/// The blocked words the original prompt contains (the reason to evade at all).
+fn prompt_blocked_words<'a>(args: &EvadeArgs, blocklist: &'a Blocklist) -> Vec<&'a str> {
+    let Some(prompt) = &args.prompt else {
+        return Vec::new();
+    };
+    blocklist
+        .words()
+        .iter()
+        .map(String::as_str)
+        .filter(|w| {
+            Blocklist::new([*w], args.blocking.block_substrings)
+                .ok()
+                .and_then(|b| b.find_in(prompt).map(|_| ()))
+                .is_some()
+        })
+        .collect()
+}
 
-    // The guarantee, checked again on the final text independently of the steering loop.
-    let refusal = blocklist.refusal(&description);
+/// The report, as JSON: the settings, the description, the blocklist's guarantee checked again
+/// on the final text (independently of the steering loop), the similarities and both images
+/// (each its path, pixels and source).
+#[allow(clippy::too_many_arguments)]
+fn report_json(
+    args: &EvadeArgs,
+    blocklist: &Blocklist,
+    top_k: usize,
+    described: &DescribeResult,
+    similarities: &Similarities,
+    images: [(&PathBuf, &image::RgbImage, Value); 2],
+    seconds: f64,
+) -> Value {
+    let refusal = blocklist.refusal(&described.text);
     let found = match refusal {
         Some(Refusal::Word(word)) => Some(word.to_string()),
         _ => None,
@@ -202,21 +283,15 @@ pub fn run(mut args: EvadeArgs, device: &Device) -> Result<i32> {
         Some(Refusal::Control(c)) => Some(describe_control(c)),
         _ => None,
     };
-    let prompt_hits: Vec<&str> = match &args.prompt {
-        Some(prompt) => blocklist
-            .words()
-            .iter()
-            .map(String::as_str)
-            .filter(|w| {
-                Blocklist::new([*w], args.blocking.block_substrings)
-                    .ok()
-                    .and_then(|b| b.find_in(prompt).map(|_| ()))
-                    .is_some()
-            })
-            .collect(),
-        None => Vec::new(),
-    };
-    let report = json!({
+    let [image1, image2] = images.map(|(path, image, source)| {
+        json!({
+            "file": file_name(path),
+            "width": image.width(),
+            "height": image.height(),
+            "source": source,
+        })
+    });
+    json!({
         "clipsteer_version": env!("CARGO_PKG_VERSION"),
         "created_unix": std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -230,8 +305,8 @@ pub fn run(mut args: EvadeArgs, device: &Device) -> Result<i32> {
         ]),
         "blocked_words": blocklist.words(),
         "block_matching": if args.blocking.block_substrings { "substring, case-insensitive" } else { "whole word, case-insensitive" },
-        "prompt_blocked_words": prompt_hits,
-        "description": description,
+        "prompt_blocked_words": prompt_blocked_words(args, blocklist),
+        "description": described.text,
         "description_token_ids": described.token_ids,
         "description_stop_reason": described.stop_reason,
         "blocklist_check": {
@@ -246,20 +321,7 @@ pub fn run(mut args: EvadeArgs, device: &Device) -> Result<i32> {
             "image1_image2": similarities.image1_image2,
             "image1_prompt": similarities.image1_prompt,
         },
-        "images": {
-            "image1": {
-                "file": file_name(&paths.image1),
-                "width": image1.width(),
-                "height": image1.height(),
-                "source": image1_source,
-            },
-            "image2": {
-                "file": file_name(&paths.image2),
-                "width": image2.width(),
-                "height": image2.height(),
-                "source": {"kind": "generated", "prompt": description},
-            },
-        },
+        "images": {"image1": image1, "image2": image2},
         "generation": {
             "model": args.diffusion.model,
             "scheduler": args.diffusion.scheduler,
@@ -277,34 +339,25 @@ pub fn run(mut args: EvadeArgs, device: &Device) -> Result<i32> {
             "max_tokens": args.max_tokens,
             "prompt": args.describe_prompt,
         },
-        "seconds": started.elapsed().as_secs_f64(),
-    });
-    let image1_png = encode_image(&image1, image::ImageFormat::Png)?;
-    let image2_png = encode_image(&image2, image::ImageFormat::Png)?;
-    let html = render_html(&report, &image1_png, &image2_png);
-    // Everything was computed before the first write: a failure above leaves no files.
+        "seconds": seconds,
+    })
+}
+
+/// Writes both images, the JSON and the HTML report. Everything was computed before the first
+/// write: a failure earlier leaves no files.
+fn write_report(
+    paths: &ReportPaths,
+    report: &Value,
+    image1: &image::RgbImage,
+    image2: &image::RgbImage,
+) -> Result<()> {
+    let image1_png = encode_image(image1, image::ImageFormat::Png)?;
+    let image2_png = encode_image(image2, image::ImageFormat::Png)?;
+    let html = render_html(report, &image1_png, &image2_png);
     write_atomically(&paths.image1, &image1_png)?;
     write_atomically(&paths.image2, &image2_png)?;
-    write_atomically(&paths.json, format!("{:#}\n", report).as_bytes())?;
-    write_atomically(&paths.html, html.as_bytes())?;
-    outln!("{report}");
-    errln!(
-        "wrote {} and {}: sim(image 1, description) {:.4}, sim(image 1, image 2) {:.4}{}; blocklist check {}",
-        paths.html.display(),
-        paths.json.display(),
-        similarities.image1_description,
-        similarities.image1_image2,
-        similarities
-            .image1_prompt
-            .map(|s| format!(", sim(image 1, prompt) {s:.4}"))
-            .unwrap_or_default(),
-        if report["blocklist_check"]["passed"] == true { "passed" } else { "FAILED" }
-    );
-    Ok(if report["blocklist_check"]["passed"] == true {
-        0
-    } else {
-        1
-    })
+    write_atomically(&paths.json, format!("{report:#}\n").as_bytes())?;
+    write_atomically(&paths.html, html.as_bytes())
 }
 
 fn file_name(path: &Path) -> String {
