@@ -740,57 +740,10 @@ impl BehaviorRun<'_> {
         crate::attack::validate(&first)?;
         let mut behaviors = crate::parts::take_shard(behaviors, self.shard);
         let target_objective = matches!(self.spec.objective, AttackObjective::TargetResponse(_));
-        if target_objective || matches!(self.judge, JudgeSpec::Builtin(Judge::Prefix)) {
-            if let Some(row) = behaviors.iter().find(|b| b.target.is_none()) {
-                crate::usage_bail!(
-                    "--behaviors {}: behaviour '{}' has no target, which {} needs; add a target column, or give --scorer-cmd and --judge refusal",
-                    self.file.display(),
-                    row.id,
-                    if target_objective { "the attack's objective" } else { "--judge prefix" }
-                );
-            }
-        }
+        self.check_targets(&behaviors, target_objective)?;
         let spec = self.spec;
         let victim_spec = spec.victim.as_deref().unwrap_or(&spec.attacker);
-        let mut part = match self.out {
-            Some(path) => Some(crate::parts::PartWriter::open(path)?),
-            None => None,
-        };
-        let mut earlier = Vec::new();
-        if let Some(part) = &mut part {
-            let contents = part.read_existing()?;
-            contents.check_planned(part.path(), &self.settings(&spec.attacker, victim_spec))?;
-            earlier = read_lines(part.path())?;
-            // Ids are only row numbers in files without an id column: a result is this row's
-            // only if it was for the same goal and target.
-            for line in earlier.iter().filter(|l| l["event"] == "done") {
-                let Some(id) = line["behavior_id"].as_str() else {
-                    continue;
-                };
-                if let Some(row) = behaviors.iter().find(|b| b.id == id) {
-                    if line["goal"].as_str() != Some(row.instruction.as_str())
-                        || line["target"].as_str() != row.target.as_deref()
-                    {
-                        crate::usage_bail!(
-                            "{} holds a result for behaviour '{id}' with another goal or target than {} has; it was made from another behaviour file, so write to a new --out file",
-                            part.path().display(),
-                            self.file.display()
-                        );
-                    }
-                }
-            }
-            let overlap = behaviors
-                .iter()
-                .filter(|b| contents.done_behaviors.contains(&b.id))
-                .count();
-            if overlap > 0 && !self.resume {
-                crate::usage_bail!(
-                    "{} already holds results for {overlap} of these behaviours; pass --resume to skip them, or write to a new --out file",
-                    part.path().display()
-                );
-            }
-            behaviors.retain(|b| !contents.done_behaviors.contains(&b.id));
-        }
+        let (mut part, earlier) = self.open_out(&mut behaviors, victim_spec)?;
         let judge_program = match &self.judge {
             JudgeSpec::Command { command, timeout } => Some(
                 crate::steer::objectives::command::CommandScorer::start(command, *timeout)
@@ -823,33 +776,13 @@ impl BehaviorRun<'_> {
                 row_spec.objective =
                     AttackObjective::TargetResponse(behavior.target.clone().unwrap_or_default());
             }
+            let judge = |prompt: &str, response: &str| {
+                self.judge_answer(judge_program.as_ref(), behavior, prompt, response)
+            };
             let line = match models.attack(&row_spec, device, |_| Ok(())) {
                 Ok(report) => {
                     let result = &report.result;
-                    let judge = |response: &str| -> Result<(bool, Option<f32>)> {
-                        Ok(match (&self.judge, &judge_program) {
-                            (JudgeSpec::Builtin(judge), _) => {
-                                (judge.judge(response, behavior.target.as_deref())?, None)
-                            }
-                            (JudgeSpec::Command { .. }, Some(program)) => {
-                                use crate::steer::objectives::command::Item;
-                                // A judge that fails would fail every row: the run stops, and
-                                // --resume goes on from here once it is fixed.
-                                let score = program
-                                    .score_items(&[Item {
-                                        text: &result.prompt,
-                                        response: Some(response),
-                                        behavior: Some(&behavior.instruction),
-                                    }])
-                                    .context("--judge-cmd")?[0];
-                                (score >= JUDGE_THRESHOLD, Some(score))
-                            }
-                            (JudgeSpec::Command { .. }, None) => {
-                                bail!("the judge program did not start")
-                            }
-                        })
-                    };
-                    let (jailbroken, judge_score) = judge(&result.response)?;
+                    let (jailbroken, judge_score) = judge(&result.prompt, &result.response)?;
                     let mut transferred = Vec::with_capacity(transfers.len());
                     for (target, loaded) in self.transfer.iter().zip(&transfers) {
                         // A transfer victim that fails (an endpoint down) is recorded on its
@@ -858,7 +791,7 @@ impl BehaviorRun<'_> {
                             .answer(&result.prompt, spec.options.response_tokens)
                         {
                             Ok(response) => {
-                                let (broke, score) = judge(&response)?;
+                                let (broke, score) = judge(&result.prompt, &response)?;
                                 serde_json::json!({"victim": target.name(), "response": response, "jailbroken": broke, "judge_score": score})
                             }
                             Err(error) => {
@@ -906,26 +839,125 @@ impl BehaviorRun<'_> {
             on_line(index, total, &line)?;
             lines.push(line);
         }
-        // The summary counts each behaviour once: its latest line, earlier runs' included.
-        let mut latest: BTreeMap<String, Value> = BTreeMap::new();
-        for line in earlier.iter().chain(&lines) {
-            if let Some(id) = line["behavior_id"].as_str() {
-                let keep = latest
-                    .get(id)
-                    .is_none_or(|old| old["event"] != "done" || line["event"] == "done");
-                if keep {
-                    latest.insert(id.to_string(), line.clone());
-                }
-            }
-        }
-        // The file's rows, in its order: the summary is about this behaviour set.
-        let all: Vec<Value> = order.iter().filter_map(|id| latest.remove(id)).collect();
+        let all = latest_per_behavior(&earlier, &lines, &order);
         Ok(BehaviorOutcome {
             summary: summary(&all, &self.judge.name()),
             all,
             lines,
         })
     }
+
+    /// A target objective and the prefix judge need every row's target.
+    fn check_targets(&self, behaviors: &[Behavior], target_objective: bool) -> Result<()> {
+        if target_objective || matches!(self.judge, JudgeSpec::Builtin(Judge::Prefix)) {
+            if let Some(row) = behaviors.iter().find(|b| b.target.is_none()) {
+                crate::usage_bail!(
+                    "--behaviors {}: behaviour '{}' has no target, which {} needs; add a target column, or give --scorer-cmd and --judge refusal",
+                    self.file.display(),
+                    row.id,
+                    if target_objective { "the attack's objective" } else { "--judge prefix" }
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens --out, if given, and returns it with its earlier lines. Those must be of this run's
+    /// settings and behaviour file; the behaviours they finished are dropped from `behaviors`
+    /// with --resume, and refused without it.
+    fn open_out(
+        &self,
+        behaviors: &mut Vec<Behavior>,
+        victim_spec: &str,
+    ) -> Result<(Option<crate::parts::PartWriter>, Vec<Value>)> {
+        let Some(path) = self.out else {
+            return Ok((None, Vec::new()));
+        };
+        let mut part = crate::parts::PartWriter::open(path)?;
+        let contents = part.read_existing()?;
+        contents.check_planned(
+            part.path(),
+            &self.settings(&self.spec.attacker, victim_spec),
+        )?;
+        let earlier = read_lines(part.path())?;
+        // Ids are only row numbers in files without an id column: a result is this row's only
+        // if it was for the same goal and target.
+        for line in earlier.iter().filter(|l| l["event"] == "done") {
+            let Some(id) = line["behavior_id"].as_str() else {
+                continue;
+            };
+            if let Some(row) = behaviors.iter().find(|b| b.id == id) {
+                if line["goal"].as_str() != Some(row.instruction.as_str())
+                    || line["target"].as_str() != row.target.as_deref()
+                {
+                    crate::usage_bail!(
+                        "{} holds a result for behaviour '{id}' with another goal or target than {} has; it was made from another behaviour file, so write to a new --out file",
+                        part.path().display(),
+                        self.file.display()
+                    );
+                }
+            }
+        }
+        let overlap = behaviors
+            .iter()
+            .filter(|b| contents.done_behaviors.contains(&b.id))
+            .count();
+        if overlap > 0 && !self.resume {
+            crate::usage_bail!(
+                "{} already holds results for {overlap} of these behaviours; pass --resume to skip them, or write to a new --out file",
+                part.path().display()
+            );
+        }
+        behaviors.retain(|b| !contents.done_behaviors.contains(&b.id));
+        Ok((Some(part), earlier))
+    }
+
+    /// The judge's verdict on `response` to `prompt`: jailbroken or not, and the judge
+    /// program's score when one judges.
+    fn judge_answer(
+        &self,
+        program: Option<&crate::steer::objectives::command::CommandScorer>,
+        behavior: &Behavior,
+        prompt: &str,
+        response: &str,
+    ) -> Result<(bool, Option<f32>)> {
+        Ok(match (&self.judge, program) {
+            (JudgeSpec::Builtin(judge), _) => {
+                (judge.judge(response, behavior.target.as_deref())?, None)
+            }
+            (JudgeSpec::Command { .. }, Some(program)) => {
+                use crate::steer::objectives::command::Item;
+                // A judge that fails would fail every row: the run stops, and --resume goes on
+                // from here once it is fixed.
+                let score = program
+                    .score_items(&[Item {
+                        text: prompt,
+                        response: Some(response),
+                        behavior: Some(&behavior.instruction),
+                    }])
+                    .context("--judge-cmd")?[0];
+                (score >= JUDGE_THRESHOLD, Some(score))
+            }
+            (JudgeSpec::Command { .. }, None) => bail!("the judge program did not start"),
+        })
+    }
+}
+
+/// Each behaviour once, in the file's order: its latest line, earlier runs' included, a done
+/// line winning over a later error. The summary is about this behaviour set.
+fn latest_per_behavior(earlier: &[Value], lines: &[Value], order: &[String]) -> Vec<Value> {
+    let mut latest: BTreeMap<String, Value> = BTreeMap::new();
+    for line in earlier.iter().chain(lines) {
+        if let Some(id) = line["behavior_id"].as_str() {
+            let keep = latest
+                .get(id)
+                .is_none_or(|old| old["event"] != "done" || line["event"] == "done");
+            if keep {
+                latest.insert(id.to_string(), line.clone());
+            }
+        }
+    }
+    order.iter().filter_map(|id| latest.remove(id)).collect()
 }
 
 /// A JailbreakBench attack artifact (the JSON of its `artifacts` repository: `parameters`, then
