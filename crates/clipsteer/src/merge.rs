@@ -181,10 +181,6 @@ pub fn merge(parts: &[PathBuf], inputs: Option<&[PathBuf]>, output: &Path) -> Re
         parts: parts.len(),
         ..MergeReport::default()
     };
-    let mut entries: HashMap<PathBuf, Entry> = HashMap::new();
-    let mut first_seen: Vec<PathBuf> = Vec::new();
-    let mut settings_seen: Option<(Value, String)> = None;
-
     let what = format!("merge -o {}", output.display());
     let destination = crate::files::destination(output, &what)?;
     let files: Vec<std::fs::File> = parts
@@ -192,140 +188,22 @@ pub fn merge(parts: &[PathBuf], inputs: Option<&[PathBuf]>, output: &Path) -> Re
         .map(|part| open_part(part))
         .collect::<Result<_>>()?;
     check_output(&destination.path, &what, parts, &files)?;
-    for (part_index, part) in parts.iter().enumerate() {
-        let mut bytes = Vec::new();
-        (&files[part_index])
-            .read_to_end(&mut bytes)
-            .with_context(|| format!("cannot read part {}", part.display()))?;
-        let complete = bytes
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |last| last + 1);
-        if complete < bytes.len() {
-            report.partial.push(part.display().to_string());
-        }
-        let mut start = 0usize;
-        let mut line_number = 0usize;
-        while start < complete {
-            let end = start
-                + bytes[start..complete]
-                    .iter()
-                    .position(|&b| b == b'\n')
-                    .unwrap_or(complete - start);
-            line_number += 1;
-            let raw = &bytes[start..end];
-            let line = LineRef {
-                part: part_index,
-                start: start as u64,
-                len: end - start,
-            };
-            start = end + 1;
-            if raw.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            let place = format!("{}:{line_number}", part.display());
-            let head: LineHead = match serde_json::from_slice(raw) {
-                Ok(head) => head,
-                Err(e) => {
-                    report
-                        .corrupt
-                        .push(format!("{place}: not a JSON object ({e})"));
-                    continue;
-                }
-            };
-            let event = head.event.as_deref().unwrap_or("");
-            if event == "step" {
-                continue; // progress from `describe --json`, not a result
-            }
-            if event != "done" && event != "error" {
-                report
-                    .corrupt
-                    .push(format!("{place}: not a done or error event"));
-                continue;
-            }
-            // A behaviour's key holds NUL bytes, which no path can: it never meets an image's.
-            let (image, behavior_key) = match (head.image, head.behavior_id) {
-                (Some(image), _) => (image, None),
-                (None, Some(id)) => (
-                    format!("behaviour {id}"),
-                    Some(PathBuf::from(format!("\0behavior\0{id}"))),
-                ),
-                (None, None) => {
-                    report.corrupt.push(format!(
-                        "{place}: no image or behaviour (a text-target run); merge joins image batches and attack --behaviors runs"
-                    ));
-                    continue;
-                }
-            };
-            match &settings_seen {
-                None => settings_seen = Some((head.settings.clone(), place.clone())),
-                Some((seen, seen_at)) if *seen != head.settings => bail!(
-                    "parts were made with different settings: {seen_at} vs {place}: {}; merge only parts of one run, or describe again with the same models and flags",
-                    crate::settings::RunSettings::describe_difference(seen, &head.settings)
-                ),
-                Some(_) => {}
-            }
-            let image_key = match behavior_key {
-                Some(key) => {
-                    report.behaviors = true;
-                    key
-                }
-                None => {
-                    let named = json!({"image": image, "image_hex": head.image_hex});
-                    crate::pathkey::from_line(&named)
-                        .unwrap_or_else(|| crate::pathkey::key(Path::new(&image)))
-                }
-            };
-            let entry = entries.entry(image_key.clone()).or_insert_with(|| {
-                first_seen.push(image_key);
-                Entry {
-                    image,
-                    ..Entry::default()
-                }
-            });
-            if event == "done" {
-                entry.done.push(line);
-            } else {
-                entry.last_error = Some((line, head.error.unwrap_or_default()));
-            }
-        }
+    let mut index = Index::default();
+    for (part_index, (part, file)) in parts.iter().zip(&files).enumerate() {
+        index.read_part(part_index, part, file, &mut report)?;
     }
-    report.settings = settings_seen.map(|(s, _)| s).unwrap_or(Value::Null);
-
-    // The output order.
-    let order: Vec<PathBuf> = match inputs {
-        Some(inputs) => {
-            let mut wanted = Vec::with_capacity(inputs.len());
-            let mut seen = HashSet::new();
-            for input in inputs {
-                let input_key = crate::pathkey::key(input);
-                if seen.insert(input_key.clone()) {
-                    if !entries.contains_key(&input_key) {
-                        report.missing.push(crate::pathkey::label(input));
-                    }
-                    wanted.push(input_key);
-                }
-            }
-            report.inputs = wanted.len();
-            report.unexpected = first_seen
-                .iter()
-                .filter(|k| !seen.contains(*k))
-                .map(|k| entries[k].image.clone())
-                .collect();
-            wanted
-        }
-        None => {
-            let mut all = first_seen.clone();
-            all.sort();
-            all
-        }
-    };
+    report.settings = index
+        .settings
+        .take()
+        .map(|(settings, _)| settings)
+        .unwrap_or(Value::Null);
+    let order = index.order(inputs, &mut report);
 
     let mut buffer = Vec::new();
     let mut read_error = None;
     crate::files::write_replacing(output, &what, |writer| {
         for image_key in &order {
-            let Some(entry) = entries.get(image_key) else {
+            let Some(entry) = index.entries.get(image_key) else {
                 continue;
             };
             let line = match (entry.done.first(), &entry.last_error) {
@@ -359,6 +237,168 @@ pub fn merge(parts: &[PathBuf], inputs: Option<&[PathBuf]>, output: &Path) -> Re
         None => e,
     })?;
     Ok(report)
+}
+
+/// Where each image's (or behaviour's) result lines are in the parts, and the settings they
+/// share.
+#[derive(Default)]
+struct Index {
+    entries: HashMap<PathBuf, Entry>,
+    /// Keys in the order their first line was read.
+    first_seen: Vec<PathBuf>,
+    /// The first line's settings and where it was.
+    settings: Option<(Value, String)>,
+}
+
+impl Index {
+    /// Indexes every complete line of one part (a last line without its newline is a write
+    /// cut short, reported as partial).
+    fn read_part(
+        &mut self,
+        part_index: usize,
+        part: &Path,
+        mut file: &std::fs::File,
+        report: &mut MergeReport,
+    ) -> Result<()> {
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .with_context(|| format!("cannot read part {}", part.display()))?;
+        let complete = bytes
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |last| last + 1);
+        if complete < bytes.len() {
+            report.partial.push(part.display().to_string());
+        }
+        let mut start = 0usize;
+        let mut line_number = 0usize;
+        while start < complete {
+            let end = start
+                + bytes[start..complete]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .unwrap_or(complete - start);
+            line_number += 1;
+            let raw = &bytes[start..end];
+            let line = LineRef {
+                part: part_index,
+                start: start as u64,
+                len: end - start,
+            };
+            start = end + 1;
+            if !raw.iter().all(u8::is_ascii_whitespace) {
+                let place = format!("{}:{line_number}", part.display());
+                self.add(line, raw, place, report)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Indexes one line: a done or error event of an image or a behaviour, with the settings of
+    /// every other line. Anything else is reported as corrupt; step events are skipped.
+    fn add(
+        &mut self,
+        line: LineRef,
+        raw: &[u8],
+        place: String,
+        report: &mut MergeReport,
+    ) -> Result<()> {
+        let head: LineHead = match serde_json::from_slice(raw) {
+            Ok(head) => head,
+            Err(e) => {
+                report
+                    .corrupt
+                    .push(format!("{place}: not a JSON object ({e})"));
+                return Ok(());
+            }
+        };
+        let event = head.event.as_deref().unwrap_or("");
+        if event == "step" {
+            return Ok(()); // progress from `describe --json`, not a result
+        }
+        if event != "done" && event != "error" {
+            report
+                .corrupt
+                .push(format!("{place}: not a done or error event"));
+            return Ok(());
+        }
+        // A behaviour's key holds NUL bytes, which no path can: it never meets an image's.
+        let (image, behavior_key) = match (head.image, head.behavior_id) {
+            (Some(image), _) => (image, None),
+            (None, Some(id)) => (
+                format!("behaviour {id}"),
+                Some(PathBuf::from(format!("\0behavior\0{id}"))),
+            ),
+            (None, None) => {
+                report.corrupt.push(format!(
+                    "{place}: no image or behaviour (a text-target run); merge joins image batches and attack --behaviors runs"
+                ));
+                return Ok(());
+            }
+        };
+        match &self.settings {
+            None => self.settings = Some((head.settings.clone(), place)),
+            Some((seen, seen_at)) if *seen != head.settings => bail!(
+                "parts were made with different settings: {seen_at} vs {place}: {}; merge only parts of one run, or describe again with the same models and flags",
+                crate::settings::RunSettings::describe_difference(seen, &head.settings)
+            ),
+            Some(_) => {}
+        }
+        let image_key = match behavior_key {
+            Some(key) => {
+                report.behaviors = true;
+                key
+            }
+            None => {
+                let named = json!({"image": image, "image_hex": head.image_hex});
+                crate::pathkey::from_line(&named)
+                    .unwrap_or_else(|| crate::pathkey::key(Path::new(&image)))
+            }
+        };
+        let first_seen = &mut self.first_seen;
+        let entry = self.entries.entry(image_key.clone()).or_insert_with(|| {
+            first_seen.push(image_key);
+            Entry {
+                image,
+                ..Entry::default()
+            }
+        });
+        if event == "done" {
+            entry.done.push(line);
+        } else {
+            entry.last_error = Some((line, head.error.unwrap_or_default()));
+        }
+        Ok(())
+    }
+
+    /// The output's order: the input list's (once each, its missing and unexpected images
+    /// reported), else the keys sorted.
+    fn order(&self, inputs: Option<&[PathBuf]>, report: &mut MergeReport) -> Vec<PathBuf> {
+        let Some(inputs) = inputs else {
+            let mut all = self.first_seen.clone();
+            all.sort();
+            return all;
+        };
+        let mut wanted = Vec::with_capacity(inputs.len());
+        let mut seen = HashSet::new();
+        for input in inputs {
+            let input_key = crate::pathkey::key(input);
+            if seen.insert(input_key.clone()) {
+                if !self.entries.contains_key(&input_key) {
+                    report.missing.push(crate::pathkey::label(input));
+                }
+                wanted.push(input_key);
+            }
+        }
+        report.inputs = wanted.len();
+        report.unexpected = self
+            .first_seen
+            .iter()
+            .filter(|k| !seen.contains(*k))
+            .map(|k| self.entries[k].image.clone())
+            .collect();
+        wanted
+    }
 }
 
 #[cfg(test)]
