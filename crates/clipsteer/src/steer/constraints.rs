@@ -470,171 +470,28 @@ const SCREEN_LIMIT: usize = 512;
 /// out, and `ESC [999999999C` must not allocate a line that long.
 fn drawn_on_terminal(text: &str) -> String {
     let limit = text.chars().count().min(SCREEN_LIMIT);
-    #[derive(Default)]
-    struct Screen {
-        rows: Vec<Vec<String>>,
-        row: usize,
-        col: usize,
-        saved: (usize, usize),
-        insert: bool,
-        last: Option<char>,
-    }
-    impl Screen {
-        fn line(&mut self) -> &mut Vec<String> {
-            if self.rows.len() <= self.row {
-                self.rows.resize(self.row + 1, Vec::new());
-            }
-            let col = self.col;
-            let line = &mut self.rows[self.row];
-            if line.len() < col {
-                line.resize(col, " ".to_string());
-            }
-            line
-        }
-        fn draw(&mut self, c: char) {
-            let zero_width = c != '\u{AD}'
-                && matches!(
-                    c.general_category(),
-                    GeneralCategory::NonspacingMark
-                        | GeneralCategory::EnclosingMark
-                        | GeneralCategory::Format
-                );
-            let (col, insert) = (self.col, self.insert);
-            let line = self.line();
-            if zero_width {
-                match col.checked_sub(1) {
-                    Some(before) => line[before].push(c),
-                    None => line.insert(0, c.to_string()),
-                }
-                return;
-            }
-            if insert || col == line.len() {
-                line.insert(col, c.to_string());
-            } else {
-                line[col] = c.to_string();
-            }
-            self.col += 1;
-            self.last = Some(c);
-        }
-        fn blank(&mut self, range: std::ops::Range<usize>) {
-            let line = self.line();
-            for cell in line.iter_mut().take(range.end).skip(range.start) {
-                *cell = " ".to_string();
-            }
-        }
-    }
     let mut screen = Screen::default();
     for unit in ecma48(text) {
         match unit {
-            Unit::Graphic('\u{2028}' | '\u{2029}') => {
-                screen.row += 1;
-                screen.col = 0;
-            }
+            Unit::Graphic('\u{2028}' | '\u{2029}') => screen.new_line(),
             Unit::Graphic(c) => screen.draw(c),
-            Unit::Control(c) => match c {
-                '\u{8}' => screen.col = screen.col.saturating_sub(1),
-                '\r' => screen.col = 0,
-                '\t' => screen.col = (screen.col / 8 + 1) * 8,
-                '\n' | '\u{85}' | '\u{2028}' | '\u{2029}' => {
-                    screen.row += 1;
-                    screen.col = 0;
-                }
-                '\u{b}' | '\u{c}' | '\u{84}' => screen.row += 1,
-                '\u{8d}' => screen.row = screen.row.saturating_sub(1),
-                _ => {}
-            },
+            Unit::Control(c) => screen.control(c),
             Unit::Escape {
                 intermediates,
                 last,
-            } if intermediates.is_empty() => match last {
-                '7' => screen.saved = (screen.row, screen.col),
-                '8' => (screen.row, screen.col) = screen.saved,
-                'D' => screen.row += 1,
-                'E' => {
-                    screen.row += 1;
-                    screen.col = 0;
-                }
-                'M' => screen.row = screen.row.saturating_sub(1),
-                'c' => screen = Screen::default(),
-                _ => {}
-            },
+            } if intermediates.is_empty() => screen.escape(last),
             Unit::Escape { .. } => {}
             Unit::Csi {
                 parameters,
                 intermediates,
                 last,
             } => {
-                if !intermediates.is_empty() || parameters.contains(['<', '=', '>', '\u{7f}']) {
-                    continue;
-                }
-                if parameters.starts_with('?') {
-                    continue;
-                }
-                let values: Vec<usize> = parameters
-                    .split([';', ':'])
-                    .map(|p| p.parse().unwrap_or(0))
-                    .collect();
-                let raw = |i: usize| values.get(i).copied().unwrap_or(0);
-                // Most parameters default to 1, and 0 means the default (ECMA-48 §5.4.2).
-                let n = |i: usize| raw(i).clamp(1, limit.max(1));
-                let (row, col) = (screen.row, screen.col);
-                match last {
-                    'A' => screen.row = row.saturating_sub(n(0)),
-                    'B' | 'e' => screen.row = row + n(0),
-                    'C' | 'a' => screen.col = col + n(0),
-                    'D' => screen.col = col.saturating_sub(n(0)),
-                    'E' => (screen.row, screen.col) = (row + n(0), 0),
-                    'F' => (screen.row, screen.col) = (row.saturating_sub(n(0)), 0),
-                    'G' | '`' => screen.col = n(0) - 1,
-                    'd' => screen.row = n(0) - 1,
-                    'H' | 'f' => (screen.row, screen.col) = (n(0) - 1, n(1) - 1),
-                    's' => screen.saved = (row, col),
-                    'u' => (screen.row, screen.col) = screen.saved,
-                    'h' | 'l' if values.contains(&4) => screen.insert = last == 'h',
-                    'K' => {
-                        let len = screen.line().len();
-                        match raw(0) {
-                            0 => screen.blank(col..len),
-                            1 => screen.blank(0..col + 1),
-                            _ => screen.blank(0..len),
-                        }
-                    }
-                    'X' => screen.blank(col..col + n(0)),
-                    'P' => {
-                        let line = screen.line();
-                        let end = (col + n(0)).min(line.len());
-                        line.drain(col.min(end)..end);
-                    }
-                    '@' => {
-                        let line = screen.line();
-                        for _ in 0..n(0) {
-                            line.insert(col, " ".to_string());
-                        }
-                    }
-                    'J' => {
-                        let len = screen.line().len();
-                        match raw(0) {
-                            0 => {
-                                screen.blank(col..len);
-                                screen.rows.truncate(row + 1);
-                            }
-                            1 => {
-                                screen.blank(0..col + 1);
-                                for line in screen.rows.iter_mut().take(row) {
-                                    line.clear();
-                                }
-                            }
-                            _ => screen.rows.iter_mut().for_each(Vec::clear),
-                        }
-                    }
-                    'b' => {
-                        if let Some(c) = screen.last {
-                            for _ in 0..n(0) {
-                                screen.draw(c);
-                            }
-                        }
-                    }
-                    _ => {}
+                // Private and intermediate forms move nothing that text is drawn with.
+                if intermediates.is_empty()
+                    && !parameters.contains(['<', '=', '>', '\u{7f}'])
+                    && !parameters.starts_with('?')
+                {
+                    screen.csi(&parameters, last, limit);
                 }
             }
         }
@@ -643,6 +500,170 @@ fn drawn_on_terminal(text: &str) -> String {
     }
     let lines: Vec<String> = screen.rows.iter().map(|cells| cells.concat()).collect();
     lines.join("\n")
+}
+
+/// The cells [`drawn_on_terminal`] draws into: each a grapheme's characters (a base and its
+/// zero-width marks), with the cursor, the saved cursor, insert mode and the last character
+/// drawn (for REP).
+#[derive(Default)]
+struct Screen {
+    rows: Vec<Vec<String>>,
+    row: usize,
+    col: usize,
+    saved: (usize, usize),
+    insert: bool,
+    last: Option<char>,
+}
+
+impl Screen {
+    fn line(&mut self) -> &mut Vec<String> {
+        if self.rows.len() <= self.row {
+            self.rows.resize(self.row + 1, Vec::new());
+        }
+        let col = self.col;
+        let line = &mut self.rows[self.row];
+        if line.len() < col {
+            line.resize(col, " ".to_string());
+        }
+        line
+    }
+
+    fn new_line(&mut self) {
+        self.row += 1;
+        self.col = 0;
+    }
+
+    fn draw(&mut self, c: char) {
+        let zero_width = c != '\u{AD}'
+            && matches!(
+                c.general_category(),
+                GeneralCategory::NonspacingMark
+                    | GeneralCategory::EnclosingMark
+                    | GeneralCategory::Format
+            );
+        let (col, insert) = (self.col, self.insert);
+        let line = self.line();
+        if zero_width {
+            match col.checked_sub(1) {
+                Some(before) => line[before].push(c),
+                None => line.insert(0, c.to_string()),
+            }
+            return;
+        }
+        if insert || col == line.len() {
+            line.insert(col, c.to_string());
+        } else {
+            line[col] = c.to_string();
+        }
+        self.col += 1;
+        self.last = Some(c);
+    }
+
+    fn blank(&mut self, range: std::ops::Range<usize>) {
+        let line = self.line();
+        for cell in line.iter_mut().take(range.end).skip(range.start) {
+            *cell = " ".to_string();
+        }
+    }
+
+    /// C0 and C1 controls that move the cursor.
+    fn control(&mut self, c: char) {
+        match c {
+            '\u{8}' => self.col = self.col.saturating_sub(1),
+            '\r' => self.col = 0,
+            '\t' => self.col = (self.col / 8 + 1) * 8,
+            '\n' | '\u{85}' | '\u{2028}' | '\u{2029}' => self.new_line(),
+            '\u{b}' | '\u{c}' | '\u{84}' => self.row += 1,
+            '\u{8d}' => self.row = self.row.saturating_sub(1),
+            _ => {}
+        }
+    }
+
+    /// ESC sequences without intermediates: save and restore the cursor, index, next line,
+    /// reverse index, reset.
+    fn escape(&mut self, last: char) {
+        match last {
+            '7' => self.saved = (self.row, self.col),
+            '8' => (self.row, self.col) = self.saved,
+            'D' => self.row += 1,
+            'E' => self.new_line(),
+            'M' => self.row = self.row.saturating_sub(1),
+            'c' => *self = Screen::default(),
+            _ => {}
+        }
+    }
+
+    /// A control sequence (CSI): cursor moves, erasing, deleting and inserting characters,
+    /// insert mode and REP. Counts are clamped to `limit` so that no parameter grows the
+    /// screen past the text's own length.
+    fn csi(&mut self, parameters: &str, last: char, limit: usize) {
+        let values: Vec<usize> = parameters
+            .split([';', ':'])
+            .map(|p| p.parse().unwrap_or(0))
+            .collect();
+        let raw = |i: usize| values.get(i).copied().unwrap_or(0);
+        // Most parameters default to 1, and 0 means the default (ECMA-48 §5.4.2).
+        let n = |i: usize| raw(i).clamp(1, limit.max(1));
+        let (row, col) = (self.row, self.col);
+        match last {
+            'A' => self.row = row.saturating_sub(n(0)),
+            'B' | 'e' => self.row = row + n(0),
+            'C' | 'a' => self.col = col + n(0),
+            'D' => self.col = col.saturating_sub(n(0)),
+            'E' => (self.row, self.col) = (row + n(0), 0),
+            'F' => (self.row, self.col) = (row.saturating_sub(n(0)), 0),
+            'G' | '`' => self.col = n(0) - 1,
+            'd' => self.row = n(0) - 1,
+            'H' | 'f' => (self.row, self.col) = (n(0) - 1, n(1) - 1),
+            's' => self.saved = (row, col),
+            'u' => (self.row, self.col) = self.saved,
+            'h' | 'l' if values.contains(&4) => self.insert = last == 'h',
+            'K' => {
+                let len = self.line().len();
+                match raw(0) {
+                    0 => self.blank(col..len),
+                    1 => self.blank(0..col + 1),
+                    _ => self.blank(0..len),
+                }
+            }
+            'X' => self.blank(col..col + n(0)),
+            'P' => {
+                let line = self.line();
+                let end = (col + n(0)).min(line.len());
+                line.drain(col.min(end)..end);
+            }
+            '@' => {
+                let line = self.line();
+                for _ in 0..n(0) {
+                    line.insert(col, " ".to_string());
+                }
+            }
+            'J' => {
+                let len = self.line().len();
+                match raw(0) {
+                    0 => {
+                        self.blank(col..len);
+                        self.rows.truncate(row + 1);
+                    }
+                    1 => {
+                        self.blank(0..col + 1);
+                        for line in self.rows.iter_mut().take(row) {
+                            line.clear();
+                        }
+                    }
+                    _ => self.rows.iter_mut().for_each(Vec::clear),
+                }
+            }
+            'b' => {
+                if let Some(c) = self.last {
+                    for _ in 0..n(0) {
+                        self.draw(c);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// `text` in the order a bidi-aware display draws it, for the explicit formatting characters
