@@ -12,7 +12,7 @@ use crate::tokenize::{clip_from_bpe_gz, gpt2_from_files, ClipTokenizer};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::VarBuilder;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::path::Path;
 
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
@@ -384,19 +384,32 @@ fn time_loop<L: CausalLm>(
     });
     if options.json {
         outln!("{report}");
-        return Ok(());
+    } else {
+        print_report(&report, options);
     }
+    Ok(())
+}
+
+/// `report` as a table of steps with its medians, for a terminal.
+fn print_report(report: &Value, options: &BenchOptions) {
+    let number = |value: &Value| value.as_f64().unwrap_or(0.0);
+    let config = &report["config"];
     outln!(
-        "clipsteer bench: {} + CLIP {}, {:?}, top-k {}, {} steps, {} threads, {:?}",
-        models.lm,
-        models.clip,
+        "clipsteer bench: {} + CLIP {}, {:?}, top-k {}, {} steps, {} threads, {}",
+        config["lm"].as_str().unwrap_or_default(),
+        config["clip"].as_str().unwrap_or_default(),
         options.strategy,
         options.top_k,
         options.steps,
-        candle_core::utils::get_num_threads(),
-        device
+        config["threads"],
+        config["device"].as_str().unwrap_or_default()
     );
-    outln!("matmul peak (2048³ f32): {peak:.1} GFLOP/s; models built in {build_seconds:.1} s; image tower {:.0} ms", image_seconds * 1e3);
+    let peak = number(&report["matmul_peak_gflops"]);
+    outln!(
+        "matmul peak (2048³ f32): {peak:.1} GFLOP/s; models built in {:.1} s; image tower {:.0} ms",
+        number(&report["build_seconds"]),
+        number(&report["image_seconds"]) * 1e3
+    );
     outln!(
         "{:>4} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
         "step",
@@ -407,29 +420,32 @@ fn time_loop<L: CausalLm>(
         "positions",
         "GFLOP/s"
     );
-    for row in &rows {
+    for row in report["steps"].as_array().into_iter().flatten() {
         outln!(
             "{:>4} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9} {:>10.1}",
-            row["step"],
-            row["lm_ms"].as_f64().unwrap_or(0.0),
-            row["score_ms"].as_f64().unwrap_or(0.0),
-            row["rest_ms"].as_f64().unwrap_or(0.0),
-            row["total_ms"].as_f64().unwrap_or(0.0),
-            row["positions"],
-            row["score_gflops"].as_f64().unwrap_or(0.0)
+            row["step"].as_u64().unwrap_or(0),
+            number(&row["lm_ms"]),
+            number(&row["score_ms"]),
+            number(&row["rest_ms"]),
+            number(&row["total_ms"]),
+            row["positions"].as_u64().unwrap_or(0),
+            number(&row["score_gflops"])
         );
     }
     let s = &report["median_step"];
     outln!(
         "median step: {:.1} ms (lm {:.1}, score {:.1}, rest {:.1}); {} positions; scoring {:.1} GFLOP/s = {:.0}% of peak",
-        s["total_ms"].as_f64().unwrap_or(0.0), s["lm_ms"].as_f64().unwrap_or(0.0), s["score_ms"].as_f64().unwrap_or(0.0),
-        s["rest_ms"].as_f64().unwrap_or(0.0), s["positions"], s["score_gflops"].as_f64().unwrap_or(0.0), score_share * 100.0
+        number(&s["total_ms"]), number(&s["lm_ms"]), number(&s["score_ms"]),
+        number(&s["rest_ms"]), s["positions"], number(&s["score_gflops"]),
+        number(&report["score_share_of_peak"]) * 100.0
     );
-    if let Some((_, agreed, total)) = &agreement {
+    let agreement = &report["prefilter_agreement"];
+    if let (Some(agreed), Some(total)) = (agreement["agreed"].as_u64(), agreement["steps"].as_u64())
+    {
         outln!(
             "prefilter {}: top-1 agreement with exact mode {agreed}/{total} steps ({:.1}%)",
             options.prefilter.unwrap_or(0),
-            100.0 * *agreed as f64 / (*total).max(1) as f64
+            100.0 * agreed as f64 / total.max(1) as f64
         );
     } else if let Some(keep) = options.prefilter {
         outln!(
@@ -438,13 +454,14 @@ fn time_loop<L: CausalLm>(
         );
     }
     outln!(
-        "caption: {caption_seconds:.2} s for {} steps; peak RSS {}",
+        "caption: {:.2} s for {} steps; peak RSS {}",
+        number(&report["caption_seconds"]),
         options.steps,
-        peak_rss_mib()
+        report["peak_rss_mib"]
+            .as_f64()
             .map(|m| format!("{m:.0} MiB"))
             .unwrap_or_else(|| "unknown".into())
     );
-    Ok(())
 }
 
 /// The vendored tokenizer files of the checkout (assets/tokenizers at the workspace's root), for
