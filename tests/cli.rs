@@ -1000,3 +1000,51 @@ fn score_and_embed_name_a_fifo_image_as_such() {
         assert_one_line_error(&run(&args), "is a FIFO, not an image file");
     }
 }
+
+/// An encoder directory's missing or unreadable files are named once, as what they are: a
+/// newcomer found a missing preprocessor_config.json named twice in one line, and a FIFO named
+/// model.safetensors listed as the weights that were not found.
+#[test]
+fn an_encoder_directorys_missing_or_odd_files_are_named_once_as_what_they_are() {
+    let tmp = TempDir::new("encoder-files");
+    let image = f("images/crop32.png");
+    let copy = |name: &str, skip: &str| {
+        let dir = tmp.0.join(name);
+        std::fs::create_dir(&dir).unwrap();
+        for entry in std::fs::read_dir(fixture("clip-tiny-gelu")).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_name() != skip {
+                std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+            }
+        }
+        dir
+    };
+    let no_preprocessor = copy("no-preprocessor", "preprocessor_config.json");
+    let output = run(&[
+        "score",
+        &image,
+        "a cat",
+        "--encoder",
+        no_preprocessor.to_str().unwrap(),
+    ]);
+    let error = stderr(&output);
+    assert_one_line_error(&output, "has no preprocessor_config.json");
+    assert_eq!(
+        error.matches("preprocessor_config.json").count(),
+        1,
+        "{error}"
+    );
+
+    let fifo_weights = copy("fifo-weights", "model.safetensors");
+    mkfifo(&fifo_weights.join("model.safetensors"));
+    assert_one_line_error(
+        &run(&[
+            "score",
+            &image,
+            "a cat",
+            "--encoder",
+            fifo_weights.to_str().unwrap(),
+        ]),
+        "it has: model.safetensors (a FIFO)",
+    );
+}

@@ -495,13 +495,13 @@ impl ClipImageProcessor {
     /// Reads `preprocessor_config.json` from a CLIP model directory.
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("preprocessor_config.json");
-        let text = crate::files::read_regular_to_string(&path, &path.display().to_string())
-            .with_context(|| {
-                format!(
-                    "cannot read {}: a CLIP model directory needs its preprocessor_config.json",
-                    path.display()
-                )
-            })?;
+        if !crate::files::model_file_present(&path)? {
+            crate::usage_bail!(
+                "{} has no preprocessor_config.json, which an image-text encoder's directory needs: copy it from the model's hub repository",
+                dir.display()
+            );
+        }
+        let text = crate::files::read_regular_to_string(&path, &path.display().to_string())?;
         let config: Value = serde_json::from_str(&text)
             .with_context(|| format!("{} is not valid JSON", path.display()))?;
         Self::from_config(&config).with_context(|| format!("in {}", path.display()))

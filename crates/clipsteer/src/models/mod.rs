@@ -283,26 +283,36 @@ pub fn find_weights(dir: &Path, names: WeightNames, variant: Option<&str>) -> Re
         }
         return Ok(vec![path]);
     }
+    const WEIGHT_ENDINGS: [&str; 10] = [
+        ".safetensors",
+        ".bin",
+        ".h5",
+        ".msgpack",
+        ".ckpt",
+        ".pt",
+        ".pth",
+        ".onnx",
+        ".gguf",
+        ".index.json",
+    ];
     let mut present: Vec<String> = std::fs::read_dir(dir)
         .map(|entries| {
             entries
                 .filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|name| {
-                    [
-                        ".safetensors",
-                        ".bin",
-                        ".h5",
-                        ".msgpack",
-                        ".ckpt",
-                        ".pt",
-                        ".pth",
-                        ".onnx",
-                        ".gguf",
-                        ".index.json",
-                    ]
-                    .iter()
-                    .any(|ext| name.ends_with(ext))
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if !WEIGHT_ENDINGS.iter().any(|ending| name.ends_with(ending)) {
+                        return None;
+                    }
+                    // A FIFO or a directory with a weights name is no weights: say what it is,
+                    // or the message would list the very name it looked for.
+                    Some(match std::fs::metadata(e.path()) {
+                        Ok(meta) if !meta.is_file() => {
+                            format!("{name} ({})", crate::files::kind_name(&meta.file_type()))
+                        }
+                        Err(_) => format!("{name} (a link to nothing)"),
+                        Ok(_) => name,
+                    })
                 })
                 .collect()
         })
