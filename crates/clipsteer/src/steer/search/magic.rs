@@ -2,11 +2,10 @@
 //! (1−α)·p_LM − α·degeneration + β·softmax(score × scale).
 
 use super::{
-    all_blocked, allowed_candidates, argmax_first, chosen_event, cosine, ends_sentence,
-    log_softmax, markup_ids, top_k, Allowed, ScoredPart,
+    all_blocked, argmax_first, chosen_event, cosine, ends_sentence, log_softmax, top_k, Written,
 };
 use crate::steer::objectives::Objective;
-use crate::steer::options::{validate, DescribeOptions, DescribeResult, MagicParams, StepEvent};
+use crate::steer::options::{DescribeOptions, DescribeResult, MagicParams, StepEvent};
 use crate::steer::CausalLm;
 use anyhow::Result;
 
@@ -43,20 +42,11 @@ pub fn run<L: CausalLm, O: Objective>(
     options: &DescribeOptions,
     mut on_step: impl FnMut(&StepEvent) -> Result<()>,
 ) -> Result<DescribeResult> {
-    let prompt_ids = validate(lm, options)?;
-    let scored_part = ScoredPart::new(lm, &prompt_ids, options.scored_text)?;
-    let markup = markup_ids(lm);
+    let mut written = Written::start(lm, options)?;
     let mut cache = lm.new_cache();
-    let mut ids = prompt_ids.clone();
     let mut clock = std::time::Instant::now();
-    let (mut logits, mut history) = lm.next_logits_and_hidden(&prompt_ids, &mut cache)?;
+    let (mut logits, mut history) = lm.next_logits_and_hidden(written.ids(), &mut cache)?;
     let mut lm_seconds = clock.elapsed().as_secs_f64();
-    let mut text = lm.decode(&ids)?;
-    let mut scored_text = scored_part.of(lm, &ids, &text)?;
-    let mut similarity = f32::NAN;
-    let mut log_prob = 0.0;
-    let mut prefix: Option<O::Prefix> = None;
-    let mut stop_reason = None;
     for step in 0..options.max_tokens {
         let ranked = top_k(&logits, options.top_k)?;
         let log_probs = log_softmax(&logits);
@@ -64,19 +54,15 @@ pub fn run<L: CausalLm, O: Objective>(
             .iter()
             .map(|&c| log_probs[c as usize].exp() as f32)
             .collect();
-        let Allowed {
-            ids: candidates,
-            mut phrases,
-            mut scored,
-            ranks,
-        } = allowed_candidates(lm, &ids, &ranked, &markup, &options.blocklist, &scored_part)?;
-        if candidates.is_empty() {
-            stop_reason = Some(all_blocked(step, ranked.len()));
+        let mut allowed = written.allowed(lm, &ranked, &options.blocklist)?;
+        if allowed.ids.is_empty() {
+            written.stop_reason = Some(all_blocked(step, ranked.len()));
             break;
         }
-        let kept_probabilities: Vec<f32> = ranks.iter().map(|&r| probabilities[r]).collect();
+        let kept_probabilities: Vec<f32> =
+            allowed.ranks.iter().map(|&r| probabilities[r]).collect();
         clock = std::time::Instant::now();
-        let branches = lm.branch(&cache, &candidates)?;
+        let branches = lm.branch(&cache, &allowed.ids)?;
         lm_seconds += clock.elapsed().as_secs_f64();
         let degeneration: Vec<f32> = branches
             .hidden
@@ -89,9 +75,7 @@ pub fn run<L: CausalLm, O: Objective>(
             })
             .collect();
         clock = std::time::Instant::now();
-        let step_prefix = objective.prefix(&scored_text, prefix.as_ref())?;
-        let scores = objective.score(&step_prefix, &scored)?;
-        prefix = Some(step_prefix);
+        let scores = written.score(objective, &allowed.scored)?;
         let score_seconds = clock.elapsed().as_secs_f64();
         let sims = &scores.similarities;
         let scale = options
@@ -106,19 +90,28 @@ pub fn run<L: CausalLm, O: Objective>(
             options.magic,
         );
         let chosen = argmax_first(&magic);
-        let token_id = candidates[chosen];
+        let token_id = allowed.ids[chosen];
         if lm.is_eos(token_id) {
             // The model chose to end the text: nothing more to write (--no-sentence-stop goes on
             // past sentence ends, not past the end of the text).
             break;
         }
-        ids.push(token_id);
-        log_prob += log_probs[token_id as usize];
-        text = std::mem::take(&mut phrases[chosen]);
-        scored_text = std::mem::take(&mut scored[chosen]);
-        similarity = sims[chosen];
+        written.take(
+            &mut allowed,
+            chosen,
+            log_probs[token_id as usize],
+            sims[chosen],
+        );
         let timing = (lm_seconds, score_seconds);
-        let event = chosen_event(lm, step, &text, &candidates, chosen, &scores, timing)?;
+        let event = chosen_event(
+            lm,
+            step,
+            written.text(),
+            &allowed.ids,
+            chosen,
+            &scores,
+            timing,
+        )?;
         on_step(&event)?;
         if options.stop_at_sentence_end && ends_sentence(&event.token) {
             break;
@@ -129,11 +122,5 @@ pub fn run<L: CausalLm, O: Objective>(
         history.push(branches.hidden[chosen].clone());
         lm_seconds = clock.elapsed().as_secs_f64();
     }
-    Ok(DescribeResult {
-        text,
-        token_ids: ids[prompt_ids.len()..].to_vec(),
-        similarity,
-        log_prob,
-        stop_reason,
-    })
+    Ok(written.result())
 }

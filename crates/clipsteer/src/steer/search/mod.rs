@@ -9,8 +9,9 @@ pub mod magic;
 pub mod seed;
 
 use super::constraints::Blocklist;
+use super::objectives::Objective;
 use super::objectives::ScoreBatch;
-use super::options::{Candidate, ScoredText, StepEvent};
+use super::options::{validate, Candidate, DescribeOptions, DescribeResult, ScoredText, StepEvent};
 use super::CausalLm;
 use anyhow::{bail, Result};
 use rand::Rng;
@@ -164,6 +165,110 @@ pub(crate) fn allowed_candidates<L: CausalLm>(
         }
     }
     Ok(allowed)
+}
+
+/// The one text seed and MAGIC write, a token at a time, with what both keep about it from step
+/// to step (beam keeps several hypotheses, each its own). `P` is the objective's prefix.
+pub(crate) struct Written<P> {
+    prompt_len: usize,
+    ids: Vec<u32>,
+    scored_part: ScoredPart,
+    markup: HashSet<u32>,
+    /// The decoded text, prompt included, and the part of it the scorer sees.
+    text: String,
+    scored_text: String,
+    similarity: f32,
+    log_prob: f64,
+    /// The objective's prefix of the text before the last step, reused by the next.
+    prefix: Option<P>,
+    pub(crate) stop_reason: Option<String>,
+}
+
+impl<P> Written<P> {
+    /// The checked prompt ([`validate`]) with nothing written after it.
+    pub(crate) fn start<L: CausalLm>(lm: &L, options: &DescribeOptions) -> Result<Self> {
+        let ids = validate(lm, options)?;
+        let scored_part = ScoredPart::new(lm, &ids, options.scored_text)?;
+        let text = lm.decode(&ids)?;
+        let scored_text = scored_part.of(lm, &ids, &text)?;
+        Ok(Self {
+            prompt_len: ids.len(),
+            markup: markup_ids(lm),
+            scored_part,
+            ids,
+            text,
+            scored_text,
+            similarity: f32::NAN,
+            log_prob: 0.0,
+            prefix: None,
+            stop_reason: None,
+        })
+    }
+
+    /// The ids so far, prompt included.
+    pub(crate) fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+
+    /// The candidates of `ranked` the text may take next ([`allowed_candidates`]).
+    pub(crate) fn allowed<L: CausalLm>(
+        &self,
+        lm: &L,
+        ranked: &[u32],
+        blocklist: &Blocklist,
+    ) -> Result<Allowed> {
+        allowed_candidates(
+            lm,
+            &self.ids,
+            ranked,
+            &self.markup,
+            blocklist,
+            &self.scored_part,
+        )
+    }
+
+    /// The objective's scores of `scored`, each the text's scored part with one candidate.
+    pub(crate) fn score<O: Objective<Prefix = P>>(
+        &mut self,
+        objective: &O,
+        scored: &[String],
+    ) -> Result<ScoreBatch> {
+        let prefix = objective.prefix(&self.scored_text, self.prefix.as_ref())?;
+        let scores = objective.score(&prefix, scored)?;
+        self.prefix = Some(prefix);
+        Ok(scores)
+    }
+
+    /// Takes `allowed`'s candidate `chosen`, of log-probability `log_prob` under the LM and
+    /// similarity `similarity`.
+    pub(crate) fn take(
+        &mut self,
+        allowed: &mut Allowed,
+        chosen: usize,
+        log_prob: f64,
+        similarity: f32,
+    ) {
+        self.ids.push(allowed.ids[chosen]);
+        self.log_prob += log_prob;
+        self.text = std::mem::take(&mut allowed.phrases[chosen]);
+        self.scored_text = std::mem::take(&mut allowed.scored[chosen]);
+        self.similarity = similarity;
+    }
+
+    /// The text, for the step event.
+    pub(crate) fn text(&self) -> &str {
+        &self.text
+    }
+
+    pub(crate) fn result(self) -> DescribeResult {
+        DescribeResult {
+            text: self.text,
+            token_ids: self.ids[self.prompt_len..].to_vec(),
+            similarity: self.similarity,
+            log_prob: self.log_prob,
+            stop_reason: self.stop_reason,
+        }
+    }
 }
 
 pub(crate) fn all_blocked(step: usize, ranked: usize) -> String {

@@ -3,11 +3,10 @@
 //! and keeps the best (ties to the higher LM rank) or samples from softmax(score / T).
 
 use super::{
-    all_blocked, allowed_candidates, argmax_first, chosen_event, markup_ids, sample_softmax,
-    token_log_prob, top_k, Allowed, ScoredPart,
+    all_blocked, argmax_first, chosen_event, sample_softmax, token_log_prob, top_k, Written,
 };
 use crate::steer::objectives::Objective;
-use crate::steer::options::{validate, DescribeOptions, DescribeResult, StepEvent};
+use crate::steer::options::{DescribeOptions, DescribeResult, StepEvent};
 use crate::steer::CausalLm;
 use anyhow::Result;
 use rand::SeedableRng;
@@ -72,70 +71,55 @@ pub fn run<L: CausalLm, O: Objective>(
     options: &DescribeOptions,
     mut on_step: impl FnMut(&StepEvent) -> Result<()>,
 ) -> Result<DescribeResult> {
-    let prompt_ids = validate(lm, options)?;
-    let scored_part = ScoredPart::new(lm, &prompt_ids, options.scored_text)?;
-    let markup = markup_ids(lm);
+    let mut written = Written::start(lm, options)?;
     let mut rng = options
         .sampling
         .map(|s| rand_chacha::ChaCha8Rng::seed_from_u64(s.seed));
     let mut cache = lm.new_cache();
-    let mut ids = prompt_ids.clone();
     let mut clock = std::time::Instant::now();
-    let mut logits = lm.next_logits(&prompt_ids, &mut cache)?;
+    let mut logits = lm.next_logits(written.ids(), &mut cache)?;
     let mut lm_seconds = clock.elapsed().as_secs_f64();
-    let mut text = lm.decode(&ids)?;
-    let mut scored_text = scored_part.of(lm, &ids, &text)?;
-    let mut similarity = f32::NAN;
-    let mut log_prob = 0.0;
-    let mut prefix: Option<O::Prefix> = None;
     let mut prefilter = options.prefilter.map(TokenPrefilter::new);
-    let mut stop_reason = None;
     for step in 0..options.max_tokens {
         let ranked = top_k(&logits, options.top_k)?;
         clock = std::time::Instant::now();
-        let Allowed {
-            ids: mut candidates,
-            mut phrases,
-            mut scored,
-            ..
-        } = allowed_candidates(lm, &ids, &ranked, &markup, &options.blocklist, &scored_part)?;
-        if candidates.is_empty() {
-            stop_reason = Some(all_blocked(step, ranked.len()));
+        let mut allowed = written.allowed(lm, &ranked, &options.blocklist)?;
+        if allowed.ids.is_empty() {
+            written.stop_reason = Some(all_blocked(step, ranked.len()));
             break;
         }
         if let Some(prefilter) = prefilter.as_mut() {
-            let kept = prefilter.select(lm, objective, &candidates)?;
-            candidates = kept.iter().map(|&i| candidates[i]).collect();
-            phrases = kept
+            let kept = prefilter.select(lm, objective, &allowed.ids)?;
+            allowed.ids = kept.iter().map(|&i| allowed.ids[i]).collect();
+            allowed.phrases = kept
                 .iter()
-                .map(|&i| std::mem::take(&mut phrases[i]))
+                .map(|&i| std::mem::take(&mut allowed.phrases[i]))
                 .collect();
-            scored = kept
+            allowed.scored = kept
                 .iter()
-                .map(|&i| std::mem::take(&mut scored[i]))
+                .map(|&i| std::mem::take(&mut allowed.scored[i]))
                 .collect();
         }
-        let step_prefix = objective.prefix(&scored_text, prefix.as_ref())?;
-        let scores = objective.score(&step_prefix, &scored)?;
-        prefix = Some(step_prefix);
+        let scores = written.score(objective, &allowed.scored)?;
         let score_seconds = clock.elapsed().as_secs_f64();
         let sims = &scores.similarities;
         let chosen = match (&mut rng, options.sampling) {
             (Some(rng), Some(sampling)) => sample_softmax(sims, sampling.temperature, rng),
             _ => argmax_first(sims),
         };
-        let token_id = candidates[chosen];
-        ids.push(token_id);
-        log_prob += token_log_prob(&logits, token_id);
-        text = std::mem::take(&mut phrases[chosen]);
-        scored_text = std::mem::take(&mut scored[chosen]);
-        similarity = sims[chosen];
+        let token_id = allowed.ids[chosen];
+        written.take(
+            &mut allowed,
+            chosen,
+            token_log_prob(&logits, token_id),
+            sims[chosen],
+        );
         let timing = (lm_seconds, score_seconds);
         on_step(&chosen_event(
             lm,
             step,
-            &text,
-            &candidates,
+            written.text(),
+            &allowed.ids,
             chosen,
             &scores,
             timing,
@@ -146,11 +130,5 @@ pub fn run<L: CausalLm, O: Objective>(
             lm_seconds = clock.elapsed().as_secs_f64();
         }
     }
-    Ok(DescribeResult {
-        text,
-        token_ids: ids[prompt_ids.len()..].to_vec(),
-        similarity,
-        log_prob,
-        stop_reason,
-    })
+    Ok(written.result())
 }
