@@ -635,95 +635,20 @@ pub fn save_hf_layout(path: &Path, dir: &Path) -> Result<()> {
         permuted_heads: (family == Family::Llama).then_some((c.heads, c.kv_heads)),
         ffn_norm_is_pre_mlp: family == Family::Gemma3,
     };
-    let mut tensors = std::collections::HashMap::new();
-    let mut names = vec![
-        (
-            "model.embed_tokens.weight".to_string(),
-            vec![c.vocab_size, c.hidden],
-        ),
-        ("model.norm.weight".to_string(), vec![c.hidden]),
-    ];
-    if weights.contains("lm_head.weight") {
-        names.push(("lm_head.weight".into(), vec![c.vocab_size, c.hidden]));
-    }
-    let (q, kv) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
     let gemma = family == Family::Gemma3;
-    for i in 0..c.layers {
-        let mut layer = vec![
-            ("input_layernorm", vec![c.hidden]),
-            ("self_attn.q_proj", vec![q, c.hidden]),
-            ("self_attn.k_proj", vec![kv, c.hidden]),
-            ("self_attn.v_proj", vec![kv, c.hidden]),
-            ("self_attn.o_proj", vec![c.hidden, q]),
-            ("post_attention_layernorm", vec![c.hidden]),
-            ("mlp.gate_proj", vec![c.intermediate, c.hidden]),
-            ("mlp.up_proj", vec![c.intermediate, c.hidden]),
-            ("mlp.down_proj", vec![c.hidden, c.intermediate]),
-        ];
-        if gemma {
-            layer.extend([
-                ("self_attn.q_norm", vec![c.head_dim]),
-                ("self_attn.k_norm", vec![c.head_dim]),
-                ("pre_feedforward_layernorm", vec![c.hidden]),
-                ("post_feedforward_layernorm", vec![c.hidden]),
-            ]);
-        }
-        names.extend(
-            layer
-                .into_iter()
-                .map(|(n, shape)| (format!("model.layers.{i}.{n}.weight"), shape)),
-        );
-    }
-    for (name, shape) in names {
+    let tied = !weights.contains("lm_head.weight");
+    let mut tensors = std::collections::HashMap::new();
+    for (name, shape) in hf_tensor_names(&c, gemma, tied) {
         let mut t = weights.tensor(&name, &shape)?;
+        // Gemma's GGUF norms hold 1 + weight, transformers' the weight.
         if gemma && name.ends_with("norm.weight") {
             t = (t - 1.0)?;
         }
         tensors.insert(name, t);
     }
-    let mut hf = serde_json::json!({
-        "model_type": if gemma { "gemma3_text" } else { "llama" },
-        "vocab_size": c.vocab_size,
-        "hidden_size": c.hidden,
-        "intermediate_size": c.intermediate,
-        "num_hidden_layers": c.layers,
-        "num_attention_heads": c.heads,
-        "num_key_value_heads": c.kv_heads,
-        "head_dim": c.head_dim,
-        "max_position_embeddings": c.context,
-        "rms_norm_eps": c.rms_eps,
-        "rope_theta": c.rope_base,
-        "tie_word_embeddings": !weights.contains("lm_head.weight"),
-        "bos_token_id": c.bos_token_id,
-        "eos_token_id": c.eos_token_ids.last(),
-        "hidden_act": if gemma { "gelu_pytorch_tanh" } else { "silu" },
-    });
-    if gemma {
-        hf["query_pre_attn_scalar"] = c.head_dim.into();
-        hf["sliding_window"] = c.sliding_window().into();
-        hf["rope_local_base_freq"] = c.rope_local_base.into();
-        hf["layer_types"] = (0..c.layers)
-            .map(|i| match c.is_sliding(i) {
-                true => "sliding_attention",
-                false => "full_attention",
-            })
-            .collect::<Vec<_>>()
-            .into();
-    }
+    let hf = hf_config(&c, gemma, tied);
     if c.add_bos {
-        let bos_id = c
-            .bos_token_id
-            .context("add_bos_token without a bos_token_id")?;
-        let bos = tokenizer
-            .id_to_token(bos_id)
-            .context("the BOS id is outside the vocabulary")?;
-        let post = tokenizers::processors::template::TemplateProcessing::builder()
-            .try_single(format!("{bos}:0 $A:0"))
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .special_tokens(vec![(bos, bos_id)])
-            .build()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        tokenizer.with_post_processor(Some(post));
+        add_bos_post_processor(&mut tokenizer, &c)?;
     }
     std::fs::create_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&hf)?)?;
@@ -753,6 +678,101 @@ pub fn save_hf_layout(path: &Path, dir: &Path) -> Result<()> {
     tokenizer
         .save(dir.join("tokenizer.json"), false)
         .map_err(|e| anyhow::anyhow!("cannot write tokenizer.json: {e}"))?;
+    Ok(())
+}
+
+/// transformers' weight names and shapes of a llama or Gemma 3 text model of config `c`.
+fn hf_tensor_names(c: &DecoderConfig, gemma: bool, tied: bool) -> Vec<(String, Vec<usize>)> {
+    let mut names = vec![
+        (
+            "model.embed_tokens.weight".to_string(),
+            vec![c.vocab_size, c.hidden],
+        ),
+        ("model.norm.weight".to_string(), vec![c.hidden]),
+    ];
+    if !tied {
+        names.push(("lm_head.weight".into(), vec![c.vocab_size, c.hidden]));
+    }
+    let (q, kv) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+    for i in 0..c.layers {
+        let mut layer = vec![
+            ("input_layernorm", vec![c.hidden]),
+            ("self_attn.q_proj", vec![q, c.hidden]),
+            ("self_attn.k_proj", vec![kv, c.hidden]),
+            ("self_attn.v_proj", vec![kv, c.hidden]),
+            ("self_attn.o_proj", vec![c.hidden, q]),
+            ("post_attention_layernorm", vec![c.hidden]),
+            ("mlp.gate_proj", vec![c.intermediate, c.hidden]),
+            ("mlp.up_proj", vec![c.intermediate, c.hidden]),
+            ("mlp.down_proj", vec![c.hidden, c.intermediate]),
+        ];
+        if gemma {
+            layer.extend([
+                ("self_attn.q_norm", vec![c.head_dim]),
+                ("self_attn.k_norm", vec![c.head_dim]),
+                ("pre_feedforward_layernorm", vec![c.hidden]),
+                ("post_feedforward_layernorm", vec![c.hidden]),
+            ]);
+        }
+        names.extend(
+            layer
+                .into_iter()
+                .map(|(n, shape)| (format!("model.layers.{i}.{n}.weight"), shape)),
+        );
+    }
+    names
+}
+
+/// transformers' config.json of a llama or Gemma 3 text model of config `c`.
+fn hf_config(c: &DecoderConfig, gemma: bool, tied: bool) -> serde_json::Value {
+    let mut hf = serde_json::json!({
+        "model_type": if gemma { "gemma3_text" } else { "llama" },
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.hidden,
+        "intermediate_size": c.intermediate,
+        "num_hidden_layers": c.layers,
+        "num_attention_heads": c.heads,
+        "num_key_value_heads": c.kv_heads,
+        "head_dim": c.head_dim,
+        "max_position_embeddings": c.context,
+        "rms_norm_eps": c.rms_eps,
+        "rope_theta": c.rope_base,
+        "tie_word_embeddings": tied,
+        "bos_token_id": c.bos_token_id,
+        "eos_token_id": c.eos_token_ids.last(),
+        "hidden_act": if gemma { "gelu_pytorch_tanh" } else { "silu" },
+    });
+    if gemma {
+        hf["query_pre_attn_scalar"] = c.head_dim.into();
+        hf["sliding_window"] = c.sliding_window().into();
+        hf["rope_local_base_freq"] = c.rope_local_base.into();
+        hf["layer_types"] = (0..c.layers)
+            .map(|i| match c.is_sliding(i) {
+                true => "sliding_attention",
+                false => "full_attention",
+            })
+            .collect::<Vec<_>>()
+            .into();
+    }
+    hf
+}
+
+/// Makes `tokenizer` add the BOS as the GGUF's `add_bos_token` says, as transformers'
+/// tokenizer.json does with a post-processor.
+fn add_bos_post_processor(tokenizer: &mut tokenizers::Tokenizer, c: &DecoderConfig) -> Result<()> {
+    let bos_id = c
+        .bos_token_id
+        .context("add_bos_token without a bos_token_id")?;
+    let bos = tokenizer
+        .id_to_token(bos_id)
+        .context("the BOS id is outside the vocabulary")?;
+    let post = tokenizers::processors::template::TemplateProcessing::builder()
+        .try_single(format!("{bos}:0 $A:0"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .special_tokens(vec![(bos, bos_id)])
+        .build()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tokenizer.with_post_processor(Some(post));
     Ok(())
 }
 
