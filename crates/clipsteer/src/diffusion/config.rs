@@ -148,6 +148,55 @@ pub fn read_unet(path: &Path) -> Result<UNetSpec> {
             file.up_block_types.len()
         ));
     }
+    if let Some(what) = unsupported_feature(&file) {
+        return unsupported(what);
+    }
+    // diffusers' legacy naming: without num_attention_heads, attention_head_dim is the number
+    // of heads (SD 2's [5, 10, 20, 20]); candle's BlockConfig field means the same.
+    let heads_value = file
+        .num_attention_heads
+        .as_ref()
+        .filter(|v| !v.is_null())
+        .or(file.attention_head_dim.as_ref())
+        .cloned()
+        .unwrap_or(Value::from(8));
+    let heads = per_block(&heads_value, blocks, "attention_head_dim")?;
+    let transformer_layers = per_block(
+        file.transformer_layers_per_block
+            .as_ref()
+            .unwrap_or(&Value::from(1)),
+        blocks,
+        "transformer_layers_per_block",
+    )?;
+    let block_configs = (0..blocks)
+        .map(|i| block_config(&file, i, heads[i], transformer_layers[i]))
+        .collect::<std::result::Result<Vec<_>, String>>();
+    let block_configs = match block_configs {
+        Ok(block_configs) => block_configs,
+        Err(what) => return unsupported(what),
+    };
+    Ok(UNetSpec {
+        config: unet_2d::UNet2DConditionModelConfig {
+            center_input_sample: file.center_input_sample,
+            flip_sin_to_cos: file.flip_sin_to_cos,
+            freq_shift: file.freq_shift,
+            blocks: block_configs,
+            layers_per_block: file.layers_per_block,
+            downsample_padding: file.downsample_padding,
+            mid_block_scale_factor: file.mid_block_scale_factor,
+            norm_num_groups: file.norm_num_groups,
+            norm_eps: file.norm_eps,
+            cross_attention_dim: file.cross_attention_dim,
+            sliced_attention_size: None,
+            use_linear_projection: file.use_linear_projection,
+        },
+        in_channels: file.in_channels,
+        out_channels: file.out_channels,
+    })
+}
+
+/// What a UNet config asks that candle-transformers' SD 1.x/2.x UNet does not do, if anything.
+fn unsupported_feature(file: &UNetFile) -> Option<String> {
     for (what, value) in [
         ("act_fn", file.act_fn.as_deref().filter(|a| *a != "silu")),
         (
@@ -172,11 +221,11 @@ pub fn read_unet(path: &Path) -> Result<UNetSpec> {
         ),
     ] {
         if let Some(value) = value {
-            return unsupported(format!("{what} '{value}' is not supported"));
+            return Some(format!("{what} '{value}' is not supported"));
         }
     }
     if file.encoder_hid_dim.is_some() || file.time_cond_proj_dim.is_some() {
-        return unsupported("encoder_hid_dim / time_cond_proj_dim are not supported".into());
+        return Some("encoder_hid_dim / time_cond_proj_dim are not supported".into());
     }
     if file.dual_cross_attention == Some(true)
         || file.only_cross_attention.as_ref().is_some_and(|v| {
@@ -185,89 +234,62 @@ pub fn read_unet(path: &Path) -> Result<UNetSpec> {
                     .is_some_and(|a| a.iter().any(|b| b.as_bool() == Some(true)))
         })
     {
-        return unsupported("dual or only cross attention is not supported".into());
+        return Some("dual or only cross attention is not supported".into());
     }
     if file.conv_in_kernel.is_some_and(|k| k != 3) || file.conv_out_kernel.is_some_and(|k| k != 3) {
-        return unsupported("conv kernels other than 3 are not supported".into());
+        return Some("conv kernels other than 3 are not supported".into());
     }
     if file.norm_num_groups != 32 {
-        return unsupported(format!(
+        return Some(format!(
             "norm_num_groups {} is not supported (candle-transformers' UNet blocks use 32)",
             file.norm_num_groups
         ));
     }
-    // diffusers' legacy naming: without num_attention_heads, attention_head_dim is the number
-    // of heads (SD 2's [5, 10, 20, 20]); candle's BlockConfig field means the same.
-    let heads_value = file
-        .num_attention_heads
-        .as_ref()
-        .filter(|v| !v.is_null())
-        .or(file.attention_head_dim.as_ref())
-        .cloned()
-        .unwrap_or(Value::from(8));
-    let heads = per_block(&heads_value, blocks, "attention_head_dim")?;
-    let transformer_layers = per_block(
-        file.transformer_layers_per_block
-            .as_ref()
-            .unwrap_or(&Value::from(1)),
-        blocks,
-        "transformer_layers_per_block",
-    )?;
-    let mut block_configs = Vec::with_capacity(blocks);
-    for i in 0..blocks {
-        let cross = match file.down_block_types[i].as_str() {
-            "CrossAttnDownBlock2D" => true,
-            "DownBlock2D" => false,
-            other => return unsupported(format!("down block type '{other}' is not supported")),
-        };
-        let expected_up = if cross {
-            "CrossAttnUpBlock2D"
-        } else {
-            "UpBlock2D"
-        };
-        if file.up_block_types[blocks - 1 - i] != expected_up {
-            return unsupported(format!(
-                "up block {} is '{}' where the mirror of down block {i} needs '{expected_up}'",
-                blocks - 1 - i,
-                file.up_block_types[blocks - 1 - i]
-            ));
-        }
-        let channels = file.block_out_channels[i];
-        if heads[i] == 0 || !channels.is_multiple_of(heads[i]) {
-            return unsupported(format!(
-                "block {i}: {channels} channels do not split into {} heads",
-                heads[i]
-            ));
-        }
-        if !channels.is_multiple_of(file.norm_num_groups) {
-            return unsupported(format!(
-                "block {i}: {channels} channels do not split into {} norm groups",
-                file.norm_num_groups
-            ));
-        }
-        block_configs.push(unet_2d::BlockConfig {
-            out_channels: channels,
-            use_cross_attn: cross.then_some(transformer_layers[i]),
-            attention_head_dim: heads[i],
-        });
+    None
+}
+
+/// Down block `i` of `file` (and its mirror up block), with `heads` attention heads and
+/// `transformer_layers` transformer layers when it cross-attends; Err says what is unsupported.
+fn block_config(
+    file: &UNetFile,
+    i: usize,
+    heads: usize,
+    transformer_layers: usize,
+) -> std::result::Result<unet_2d::BlockConfig, String> {
+    let blocks = file.block_out_channels.len();
+    let cross = match file.down_block_types[i].as_str() {
+        "CrossAttnDownBlock2D" => true,
+        "DownBlock2D" => false,
+        other => return Err(format!("down block type '{other}' is not supported")),
+    };
+    let expected_up = if cross {
+        "CrossAttnUpBlock2D"
+    } else {
+        "UpBlock2D"
+    };
+    if file.up_block_types[blocks - 1 - i] != expected_up {
+        return Err(format!(
+            "up block {} is '{}' where the mirror of down block {i} needs '{expected_up}'",
+            blocks - 1 - i,
+            file.up_block_types[blocks - 1 - i]
+        ));
     }
-    Ok(UNetSpec {
-        config: unet_2d::UNet2DConditionModelConfig {
-            center_input_sample: file.center_input_sample,
-            flip_sin_to_cos: file.flip_sin_to_cos,
-            freq_shift: file.freq_shift,
-            blocks: block_configs,
-            layers_per_block: file.layers_per_block,
-            downsample_padding: file.downsample_padding,
-            mid_block_scale_factor: file.mid_block_scale_factor,
-            norm_num_groups: file.norm_num_groups,
-            norm_eps: file.norm_eps,
-            cross_attention_dim: file.cross_attention_dim,
-            sliced_attention_size: None,
-            use_linear_projection: file.use_linear_projection,
-        },
-        in_channels: file.in_channels,
-        out_channels: file.out_channels,
+    let channels = file.block_out_channels[i];
+    if heads == 0 || !channels.is_multiple_of(heads) {
+        return Err(format!(
+            "block {i}: {channels} channels do not split into {heads} heads"
+        ));
+    }
+    if !channels.is_multiple_of(file.norm_num_groups) {
+        return Err(format!(
+            "block {i}: {channels} channels do not split into {} norm groups",
+            file.norm_num_groups
+        ));
+    }
+    Ok(unet_2d::BlockConfig {
+        out_channels: channels,
+        use_cross_attn: cross.then_some(transformer_layers),
+        attention_head_dim: heads,
     })
 }
 
@@ -369,4 +391,72 @@ pub fn read_vae(path: &Path) -> Result<VaeSpec> {
         scaling_factor: file.scaling_factor.unwrap_or(0.18215),
         downscale: 1 << (blocks - 1),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// sd-tiny's UNet config with `change` applied, read back.
+    fn read_changed(name: &str, change: impl Fn(&mut Value)) -> Result<UNetSpec> {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/sd-tiny/unet/config.json");
+        let mut config: Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+        change(&mut config);
+        let path =
+            std::env::temp_dir().join(format!("clipsteer-unet-{name}-{}.json", std::process::id()));
+        std::fs::write(&path, config.to_string()).unwrap();
+        let spec = read_unet(&path);
+        std::fs::remove_file(&path).unwrap();
+        spec
+    }
+
+    #[test]
+    fn unets_candle_cannot_run_are_refused_by_what_they_ask() {
+        let spec = read_changed("as-is", |_| {}).unwrap();
+        assert!(!spec.config.blocks.is_empty());
+        let refused = |name: &str, change: &dyn Fn(&mut Value), says: &str| {
+            let error = read_changed(name, change).unwrap_err().to_string();
+            assert!(error.contains(says), "{name}: {error}");
+            assert!(error.contains("Stable Diffusion 1.x/2.x UNets"), "{error}");
+        };
+        refused(
+            "act",
+            &|c| c["act_fn"] = "gelu".into(),
+            "act_fn 'gelu' is not supported",
+        );
+        refused(
+            "addition",
+            &|c| c["addition_embed_type"] = "text_time".into(),
+            "addition_embed_type 'text_time'",
+        );
+        refused(
+            "kernel",
+            &|c| c["conv_in_kernel"] = 7.into(),
+            "conv kernels other than 3",
+        );
+        refused(
+            "down",
+            &|c| c["down_block_types"][0] = "AttnDownBlock2D".into(),
+            "down block type 'AttnDownBlock2D' is not supported",
+        );
+        refused(
+            "up",
+            &|c| {
+                let last = c["up_block_types"].as_array().unwrap().len() - 1;
+                let flipped = match c["up_block_types"][last].as_str().unwrap() {
+                    "UpBlock2D" => "CrossAttnUpBlock2D",
+                    _ => "UpBlock2D",
+                };
+                c["up_block_types"][last] = flipped.into();
+            },
+            "where the mirror of down block 0 needs",
+        );
+        refused(
+            "heads",
+            &|c| c["attention_head_dim"] = 7.into(),
+            "channels do not split into 7 heads",
+        );
+    }
 }
