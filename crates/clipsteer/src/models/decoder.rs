@@ -470,7 +470,7 @@ impl WeightSource for HfWeights<'_> {
                 Default::default(),
                 candle_core::DType::F32,
             )
-            .map_err(super::gguf::without_backtrace)?)
+            .map_err(super::without_backtrace)?)
     }
     fn contains(&self, name: &str) -> bool {
         self.vb.contains_tensor(&self.name(name))

@@ -262,7 +262,7 @@ impl WeightSource for GgufWeights<'_> {
                 anyhow::anyhow!(
                     "{}: cannot read tensor {gguf} ({})",
                     self.path.display(),
-                    without_backtrace(e)
+                    super::without_backtrace(e)
                 )
             })?;
         let t = q.dequantize(self.device)?.to_dtype(DType::F32)?;
@@ -322,7 +322,7 @@ pub(crate) fn read_gguf(path: &Path) -> Result<(gguf_file::Content, std::fs::Fil
         anyhow::anyhow!(
             "{} is not a valid GGUF file ({}); download it again",
             path.display(),
-            without_backtrace(e)
+            super::without_backtrace(e)
         )
     })?;
     Ok((content, file))
@@ -337,15 +337,6 @@ pub fn gguf_architecture(path: &Path) -> Result<String> {
         .and_then(|v| v.to_string().ok())
         .cloned()
         .unwrap_or_default())
-}
-
-/// candle appends a backtrace to its errors' text when RUST_BACKTRACE is set; inside these
-/// one-line messages it would split the sentence over dozens of lines.
-pub(crate) fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
-    match e {
-        candle_core::Error::WithBacktrace { inner, .. } => *inner,
-        e => e,
-    }
 }
 
 /// Layers per global-attention layer in Gemma 3: layers 5, 11, 17, ... attend globally

@@ -534,3 +534,12 @@ fn check_safetensors(path: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// candle appends a backtrace to its errors' text when RUST_BACKTRACE is set; inside the
+/// loaders' one-line messages it would split the sentence over dozens of lines.
+pub(crate) fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => *inner,
+        e => e,
+    }
+}
