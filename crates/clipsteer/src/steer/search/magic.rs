@@ -1,9 +1,7 @@
 //! MAGIC (Su et al. 2022, "Language Models Can See"): each candidate scores
 //! (1−α)·p_LM − α·degeneration + β·softmax(score × scale).
 
-use super::{
-    all_blocked, argmax_first, chosen_event, cosine, ends_sentence, log_softmax, top_k, Written,
-};
+use super::{all_blocked, argmax_first, cosine, ends_sentence, log_softmax, top_k, Written};
 use crate::steer::objectives::Objective;
 use crate::steer::options::{DescribeOptions, DescribeResult, MagicParams, StepEvent};
 use crate::steer::CausalLm;
@@ -103,15 +101,7 @@ pub fn run<L: CausalLm, O: Objective>(
             sims[chosen],
         );
         let timing = (lm_seconds, score_seconds);
-        let event = chosen_event(
-            lm,
-            step,
-            written.text(),
-            &allowed.ids,
-            chosen,
-            &scores,
-            timing,
-        )?;
+        let event = written.step_event(lm, step, &allowed.ids, chosen, &scores, timing)?;
         on_step(&event)?;
         if options.stop_at_sentence_end && ends_sentence(&event.token) {
             break;

@@ -255,9 +255,35 @@ impl<P> Written<P> {
         self.similarity = similarity;
     }
 
-    /// The text, for the step event.
-    pub(crate) fn text(&self) -> &str {
-        &self.text
+    /// The event of step `step`, which took `candidates[chosen]` of those `scores` scored;
+    /// `seconds` are the step's (LM, scoring) times.
+    pub(crate) fn step_event<L: CausalLm>(
+        &self,
+        lm: &L,
+        step: usize,
+        candidates: &[u32],
+        chosen: usize,
+        scores: &ScoreBatch,
+        seconds: (f64, f64),
+    ) -> Result<StepEvent> {
+        let sims = &scores.similarities;
+        let token_id = candidates[chosen];
+        Ok(StepEvent {
+            step,
+            token_id,
+            token: lm.decode(&[token_id])?,
+            text: self.text.clone(),
+            similarity: sims[chosen],
+            top: most_similar(lm, candidates, sims)?,
+            lm_seconds: seconds.0,
+            score_seconds: seconds.1,
+            positions_computed: scores.positions_computed,
+            scored: candidates
+                .iter()
+                .copied()
+                .zip(sims.iter().copied())
+                .collect(),
+        })
     }
 
     pub(crate) fn result(self) -> DescribeResult {
@@ -275,37 +301,6 @@ pub(crate) fn all_blocked(step: usize, ranked: usize) -> String {
     format!(
         "stopped after {step} tokens: every one of the top {ranked} candidates would write a blocked word or a refused control character; raise --top-k or change the prompt"
     )
-}
-
-/// The event of a greedy step that took `candidates[chosen]`, now at `text`; `seconds` are the
-/// step's (LM, scoring) times.
-pub(crate) fn chosen_event<L: CausalLm>(
-    lm: &L,
-    step: usize,
-    text: &str,
-    candidates: &[u32],
-    chosen: usize,
-    scores: &ScoreBatch,
-    seconds: (f64, f64),
-) -> Result<StepEvent> {
-    let sims = &scores.similarities;
-    let token_id = candidates[chosen];
-    Ok(StepEvent {
-        step,
-        token_id,
-        token: lm.decode(&[token_id])?,
-        text: text.to_string(),
-        similarity: sims[chosen],
-        top: most_similar(lm, candidates, sims)?,
-        lm_seconds: seconds.0,
-        score_seconds: seconds.1,
-        positions_computed: scores.positions_computed,
-        scored: candidates
-            .iter()
-            .copied()
-            .zip(sims.iter().copied())
-            .collect(),
-    })
 }
 
 /// Up to five candidates, most similar first (ties to the higher LM rank).

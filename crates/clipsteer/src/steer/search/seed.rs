@@ -2,9 +2,7 @@
 //! each step takes the LM's top-k next tokens, scores "text so far + candidate" for every one,
 //! and keeps the best (ties to the higher LM rank) or samples from softmax(score / T).
 
-use super::{
-    all_blocked, argmax_first, chosen_event, sample_softmax, token_log_prob, top_k, Written,
-};
+use super::{all_blocked, argmax_first, sample_softmax, token_log_prob, top_k, Written};
 use crate::steer::objectives::Objective;
 use crate::steer::options::{DescribeOptions, DescribeResult, StepEvent};
 use crate::steer::CausalLm;
@@ -115,15 +113,7 @@ pub fn run<L: CausalLm, O: Objective>(
             sims[chosen],
         );
         let timing = (lm_seconds, score_seconds);
-        on_step(&chosen_event(
-            lm,
-            step,
-            written.text(),
-            &allowed.ids,
-            chosen,
-            &scores,
-            timing,
-        )?)?;
+        on_step(&written.step_event(lm, step, &allowed.ids, chosen, &scores, timing)?)?;
         if step + 1 < options.max_tokens {
             clock = std::time::Instant::now();
             logits = lm.next_logits(&[token_id], &mut cache)?;
