@@ -121,15 +121,9 @@ impl ClipScorer {
     }
 
     pub fn image_embedding(&self, image: &image::DynamicImage) -> Result<Vec<f32>> {
-        let pixels = self
-            .processor
-            .preprocess(image, self.model.device())?
-            .unsqueeze(0)?;
-        Ok(self
-            .model
-            .image_features(&pixels)?
-            .flatten_all()?
-            .to_vec1::<f32>()?)
+        super::image_features(&self.processor, self.model.device(), image, |pixels| {
+            self.model.image_features(pixels)
+        })
     }
 }
 

@@ -93,6 +93,18 @@ pub fn normalize(v: &[f32]) -> Vec<f32> {
 /// [`Objective::score_each`] for a scorer that embeds every text whole: `score_all` scores the
 /// batches' texts together, and the result is split back per batch. The cost fields
 /// (`positions_computed`, `distinct`) are the whole call's, reported with the first batch.
+/// One image's features as a flat vector, as `get_image_features`: `processor`'s pixels for
+/// `device`, through the encoder's `image_features` [1, projection].
+pub(crate) fn image_features(
+    processor: &crate::image::ClipImageProcessor,
+    device: &candle_core::Device,
+    image: &image::DynamicImage,
+    image_features: impl FnOnce(&candle_core::Tensor) -> Result<candle_core::Tensor>,
+) -> Result<Vec<f32>> {
+    let pixels = processor.preprocess(image, device)?.unsqueeze(0)?;
+    Ok(image_features(&pixels)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
 pub(crate) fn score_joined(
     batches: &[&[String]],
     score_all: impl FnOnce(&[String]) -> Result<ScoreBatch>,

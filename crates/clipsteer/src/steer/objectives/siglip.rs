@@ -49,15 +49,9 @@ impl SiglipScorer {
 
     /// Unnormalised image features, as `get_image_features` (the pooled output).
     pub fn image_embedding(&self, image: &image::DynamicImage) -> Result<Vec<f32>> {
-        let pixels = self
-            .processor
-            .preprocess(image, self.model.device())?
-            .unsqueeze(0)?;
-        Ok(self
-            .model
-            .image_features(&pixels)?
-            .flatten_all()?
-            .to_vec1::<f32>()?)
+        super::image_features(&self.processor, self.model.device(), image, |pixels| {
+            self.model.image_features(pixels)
+        })
     }
 
     pub fn image_embedding_from_path(&self, path: &Path, limits: DecodeLimits) -> Result<Vec<f32>> {
