@@ -10,15 +10,17 @@ pub struct BenchArgs {
     /// CLIP architecture.
     #[arg(long, value_enum, default_value_t = clipsteer::bench::ClipArch::B32)]
     pub clip: clipsteer::bench::ClipArch,
-    #[arg(long, default_value_t = 200)]
-    pub top_k: usize,
+    /// Candidates per step [default: describe's for the --strategy: 200 for seed, 45 for magic
+    /// and beam].
+    #[arg(long)]
+    pub top_k: Option<usize>,
     /// Steps (tokens) to run.
-    #[arg(long, default_value_t = 25)]
+    #[arg(long, default_value_t = clipsteer::request::DEFAULT_MAX_TOKENS)]
     pub steps: usize,
     /// Compute threads (default: all cores, or RAYON_NUM_THREADS).
     #[arg(long)]
     pub threads: Option<usize>,
-    #[arg(long, default_value = "An image of ")]
+    #[arg(long, default_value = clipsteer::request::DEFAULT_PROMPT)]
     pub prompt: String,
     /// Directory with gpt2/encoder.json, gpt2/vocab.bpe and clip/bpe_simple_vocab_16e6.txt.gz.
     #[arg(long)]

@@ -101,7 +101,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Bench(args) => {
             let options = clipsteer::bench::BenchOptions {
                 arch: args.clip,
-                top_k: args.top_k,
+                top_k: args.top_k.unwrap_or(args.strategy.default_top_k()),
                 steps: args.steps,
                 prompt: args.prompt,
                 assets: args.assets.unwrap_or_else(clipsteer::bench::default_assets),
