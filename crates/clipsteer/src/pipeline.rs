@@ -213,44 +213,10 @@ impl InputSpec {
         }
         // Refused before any work: caption files that would collide. Decided on the whole
         // input list, so that every shard agrees.
-        let mut refused: HashMap<PathBuf, String> = HashMap::new();
-        if self.captions.is_some() {
-            // A caption file that is the part file, or that is (a link to) an input image, would
-            // destroy it when written: refused before any work.
-            let inputs: HashSet<(u64, u64)> = all_images
-                .iter()
-                .filter_map(|p| crate::files::file_identity(p))
-                .collect();
-            for image in &all_images {
-                let caption = crate::sidecar::caption_path(image);
-                if is_out(&caption) {
-                    crate::usage_bail!(
-                        "--out {} is the caption file of {}: give --out another name",
-                        caption.display(),
-                        image.display()
-                    );
-                }
-                if crate::files::file_identity(&caption).is_some_and(|id| inputs.contains(&id)) {
-                    refused.insert(
-                        image.clone(),
-                        format!(
-                            "caption file {} is (a link to) an input image, which writing the caption would destroy; remove or rename it",
-                            caption.display()
-                        ),
-                    );
-                }
-            }
-            for (image, others) in crate::sidecar::collisions(&all_images) {
-                let others: Vec<String> = others.iter().map(|o| o.display().to_string()).collect();
-                let message = format!(
-                    "{} and {} would share the caption file {}; rename one",
-                    image.display(),
-                    others.join(", "),
-                    crate::sidecar::caption_path(&image).display()
-                );
-                refused.insert(image, message);
-            }
-        }
+        let mut refused = match self.captions {
+            Some(_) => caption_refusals(&all_images, &is_out)?,
+            None => HashMap::new(),
+        };
         let inputs: Vec<Input> = if self.images.is_empty() {
             vec![None]
         } else {
@@ -304,6 +270,52 @@ impl InputSpec {
             trimmed_bytes,
         })
     }
+}
+
+/// The images whose caption file may not be written, and why: it would be (a link to) an input
+/// image, or shared with another image. A caption file that is the part file (`is_out`) is an
+/// error for the whole batch.
+fn caption_refusals(
+    all_images: &[PathBuf],
+    is_out: &dyn Fn(&Path) -> bool,
+) -> Result<HashMap<PathBuf, String>> {
+    let mut refused = HashMap::new();
+    // A caption file that is the part file, or that is (a link to) an input image, would
+    // destroy it when written: refused before any work.
+    let inputs: HashSet<(u64, u64)> = all_images
+        .iter()
+        .filter_map(|p| crate::files::file_identity(p))
+        .collect();
+    for image in all_images {
+        let caption = crate::sidecar::caption_path(image);
+        if is_out(&caption) {
+            crate::usage_bail!(
+                "--out {} is the caption file of {}: give --out another name",
+                caption.display(),
+                image.display()
+            );
+        }
+        if crate::files::file_identity(&caption).is_some_and(|id| inputs.contains(&id)) {
+            refused.insert(
+                image.clone(),
+                format!(
+                    "caption file {} is (a link to) an input image, which writing the caption would destroy; remove or rename it",
+                    caption.display()
+                ),
+            );
+        }
+    }
+    for (image, others) in crate::sidecar::collisions(all_images) {
+        let others: Vec<String> = others.iter().map(|o| o.display().to_string()).collect();
+        let message = format!(
+            "{} and {} would share the caption file {}; rename one",
+            image.display(),
+            others.join(", "),
+            crate::sidecar::caption_path(&image).display()
+        );
+        refused.insert(image, message);
+    }
+    Ok(refused)
 }
 
 /// A batch ready to run (from [`InputSpec::plan`]).
