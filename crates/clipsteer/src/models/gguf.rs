@@ -130,21 +130,6 @@ fn config(content: &gguf_file::Content, family: Family) -> Result<DecoderConfig>
     if gemma && window.is_none() {
         bail!("inconsistent head counts or sizes in the GGUF metadata (a sliding window of 0)");
     }
-    let token = |name: &str| -> Option<u32> {
-        let tokens = content
-            .metadata
-            .get("tokenizer.ggml.tokens")?
-            .to_vec()
-            .ok()?;
-        tokens
-            .iter()
-            .position(|t| t.to_string().is_ok_and(|s| s == name))
-            .map(|i| i as u32)
-    };
-    let eos = meta_u32(content, "tokenizer.ggml.eos_token_id").ok();
-    // Gemma's chat template ends the model's turn with <end_of_turn>; transformers' generation
-    // config lists it beside <eos>.
-    let end_of_turn = if gemma { token("<end_of_turn>") } else { None };
     let add_bos_token = content
         .metadata
         .get("tokenizer.ggml.add_bos_token")
@@ -194,8 +179,28 @@ fn config(content: &gguf_file::Content, family: Family) -> Result<DecoderConfig>
         bos_token_id: meta_u32(content, "tokenizer.ggml.bos_token_id").ok(),
         // llama.cpp runs the llama family without a BOS unless asked; Gemma wants <bos> first.
         add_bos: gemma && add_bos_token.unwrap_or(true),
-        eos_token_ids: end_of_turn.into_iter().chain(eos).collect(),
+        eos_token_ids: end_of_text_ids(content, gemma),
     })
+}
+
+/// Every id that ends a text, the one the model's turn is closed with first: Gemma's chat
+/// template ends the model's turn with <end_of_turn>, which transformers' generation config
+/// lists beside <eos>.
+fn end_of_text_ids(content: &gguf_file::Content, gemma: bool) -> Vec<u32> {
+    let token = |name: &str| -> Option<u32> {
+        let tokens = content
+            .metadata
+            .get("tokenizer.ggml.tokens")?
+            .to_vec()
+            .ok()?;
+        tokens
+            .iter()
+            .position(|t| t.to_string().is_ok_and(|s| s == name))
+            .map(|i| i as u32)
+    };
+    let eos = meta_u32(content, "tokenizer.ggml.eos_token_id").ok();
+    let end_of_turn = if gemma { token("<end_of_turn>") } else { None };
+    end_of_turn.into_iter().chain(eos).collect()
 }
 
 /// A GGUF's tensors under the HF names transformers maps them to, dequantised to f32.
