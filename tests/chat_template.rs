@@ -206,6 +206,61 @@ fn a_chat_template_file_wins_over_the_configs_template() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// transformers reads chat_template.jinja as a file of its own: a model directory without
+/// tokenizer_config.json still has its template (a newcomer found it silently ignored, and a
+/// broken one accepted). Errors name the file the template came from.
+#[test]
+fn a_chat_template_file_needs_no_tokenizer_config() {
+    let dir = std::env::temp_dir().join(format!("clipsteer-jinja-alone-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let jinja = dir.join("chat_template.jinja");
+    std::fs::write(&jinja, "U:{{ messages[0].content }} A:").unwrap();
+    let config = dir.join("tokenizer_config.json");
+    let template = ChatTemplate::in_tokenizer_config(&config).unwrap().unwrap();
+    assert_eq!(template.user_prompt("hi").unwrap(), "U:hi A:");
+    std::fs::write(&jinja, "{{ raise_exception('roles must alternate') }}").unwrap();
+    let error = ChatTemplate::in_tokenizer_config(&config)
+        .unwrap()
+        .unwrap()
+        .user_prompt("hi")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        error,
+        format!(
+            "cannot render the chat template in {}: invalid operation: roles must alternate (in <string>:1)",
+            jinja.display()
+        )
+    );
+    std::fs::write(&jinja, "{% for m in messages %}").unwrap();
+    let error = clipsteer::error_line(&ChatTemplate::in_tokenizer_config(&config).unwrap_err());
+    assert!(
+        error.starts_with(&format!(
+            "the chat template in {} does not compile",
+            jinja.display()
+        )),
+        "{error}"
+    );
+    assert_eq!(error.matches("chat template").count(), 1, "{error}");
+    std::fs::remove_file(&jinja).unwrap();
+    mkfifo(&jinja);
+    let error = format!(
+        "{:#}",
+        ChatTemplate::in_tokenizer_config(&config).unwrap_err()
+    );
+    assert!(error.contains("chat_template.jinja is a FIFO"), "{error}");
+    std::fs::remove_file(&jinja).unwrap();
+    assert!(ChatTemplate::in_tokenizer_config(&config)
+        .unwrap()
+        .is_none());
+    // A file named on the command line that is not there says so, once.
+    let error = ChatTemplate::from_path(&dir.join("missing.jinja"))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(error.matches("missing.jinja").count(), 1, "{error}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// As jinja2 (transformers' renderer): line endings of a template saved on Windows read as "\n",
 /// in its text and in its string literals, and `tools`/`documents` are defined (as None).
 #[test]

@@ -99,15 +99,12 @@ pub fn chat_template_if_any(spec: &str) -> Result<Option<ChatTemplate>> {
         if !content.metadata.contains_key("tokenizer.chat_template") {
             return Ok(None);
         }
-        return ChatTemplate::from_gguf_metadata(&content, path)
-            .map(Some)
-            .with_context(|| format!("the chat template of '{spec}'"));
+        return ChatTemplate::from_gguf_metadata(&content, path).map(Some);
     }
     // A config that is there but unreadable is an error, as when transformers loads the
     // tokenizer, not a silent fall back to the plain prompt.
     let dir = hub::resolve(spec, ModelKind::CausalLm)?;
     ChatTemplate::in_tokenizer_config(&dir.join("tokenizer_config.json"))
-        .with_context(|| format!("the chat template of '{spec}'"))
 }
 
 fn is_gguf(path: &Path) -> bool {

@@ -36,6 +36,8 @@ pub struct ChatTemplate {
     source: String,
     /// `bos_token`, `eos_token`, … as transformers passes them (its `special_tokens_map`).
     special_tokens: BTreeMap<String, String>,
+    /// Where the template was read, for messages ("the chat template in …").
+    origin: Option<String>,
 }
 
 /// Marks where a user message goes, to split a rendered prompt around it. Private-use code
@@ -46,20 +48,40 @@ impl ChatTemplate {
     /// A template from its Jinja source; it is compiled once here so that a broken template is
     /// reported before any model runs.
     pub fn new(source: &str, special_tokens: BTreeMap<String, String>) -> Result<Self> {
+        Self::read_from(source, special_tokens, None)
+    }
+
+    /// [`ChatTemplate::new`] for a template read from `origin` (a file, or a GGUF's metadata
+    /// key), which its messages name.
+    fn read_from(
+        source: &str,
+        special_tokens: BTreeMap<String, String>,
+        origin: Option<String>,
+    ) -> Result<Self> {
         let template = Self {
             // jinja2 reads every line ending as "\n" (its newline_sequence), in the template's
             // text and in its string literals; a .jinja file saved on Windows renders the same.
             source: generation_blocks_as_ifs(&source.replace("\r\n", "\n").replace('\r', "\n")),
             special_tokens,
+            origin,
         };
         let env = environment();
         env.template_from_str(&template.source).map_err(|e| {
             anyhow::anyhow!(
-                "the chat template does not compile: {}",
+                "{} does not compile: {}",
+                template.named(),
                 e.to_string().replace('\n', " ")
             )
         })?;
         Ok(template)
+    }
+
+    /// "the chat template", and where it was read when known.
+    fn named(&self) -> String {
+        match &self.origin {
+            Some(origin) => format!("the chat template in {origin}"),
+            None => "the chat template".to_string(),
+        }
     }
 
     /// The template of a GGUF file (`tokenizer.chat_template`), with its bos/eos/unk/pad tokens
@@ -98,13 +120,24 @@ impl ChatTemplate {
                 }
             }
         }
-        Self::new(source, special)
+        Self::read_from(
+            source,
+            special,
+            Some(format!("{}'s tokenizer.chat_template", path.display())),
+        )
     }
 
     /// The template of a Hugging Face `tokenizer_config.json` (`chat_template`, a string or the
     /// list of named templates, of which "default" is used), with its special tokens.
     pub fn from_tokenizer_config(path: &Path) -> Result<Self> {
         let jinja = path.with_file_name("chat_template.jinja");
+        if !crate::files::model_file_present(path)? && !crate::files::model_file_present(&jinja)? {
+            crate::usage_bail!(
+                "there is no {} (nor a {}): give the file that holds the chat template",
+                path.display(),
+                jinja.display()
+            );
+        }
         Self::read_tokenizer_config(path)?.with_context(|| {
             format!(
                 "{} has no chat_template (and there is no {}); give one with --chat-template",
@@ -119,31 +152,43 @@ impl ChatTemplate {
     /// that is there but unreadable, or a template that does not compile, is an error.
     pub fn in_tokenizer_config(path: &Path) -> Result<Option<Self>> {
         // Not is_file(): a FIFO there is refused by the read, not taken for no file.
-        if !crate::files::model_file_present(path)? {
+        // transformers reads chat_template.jinja as a file of its own, config or not.
+        if !crate::files::model_file_present(path)?
+            && !crate::files::model_file_present(&path.with_file_name("chat_template.jinja"))?
+        {
             return Ok(None);
         }
         Self::read_tokenizer_config(path)
     }
 
     fn read_tokenizer_config(path: &Path) -> Result<Option<Self>> {
-        let text = crate::files::read_regular_to_string(path, &path.display().to_string())?;
-        let config: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not valid JSON", path.display()))?;
+        let config: serde_json::Value = if crate::files::model_file_present(path)? {
+            let text = crate::files::read_regular_to_string(path, &path.display().to_string())?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("{} is not valid JSON", path.display()))?
+        } else {
+            serde_json::Value::Null
+        };
         // transformers: a chat_template.jinja beside the config replaces the config's template.
         let jinja = path.with_file_name("chat_template.jinja");
-        let source = match &config["chat_template"] {
-            _ if crate::files::model_file_present(&jinja)? => {
-                crate::files::read_regular_to_string(&jinja, &jinja.display().to_string())?
-            }
-            serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Array(named) => named
-                .iter()
-                .find(|t| t["name"] == "default")
-                .and_then(|t| t["template"].as_str())
-                .map(String::from)
-                .with_context(|| {
-                    format!("{}: chat_template has no \"default\" entry", path.display())
-                })?,
+        let origin = Some(path.display().to_string());
+        let (source, origin) = match &config["chat_template"] {
+            _ if crate::files::model_file_present(&jinja)? => (
+                crate::files::read_regular_to_string(&jinja, &jinja.display().to_string())?,
+                Some(jinja.display().to_string()),
+            ),
+            serde_json::Value::String(s) => (s.clone(), origin),
+            serde_json::Value::Array(named) => (
+                named
+                    .iter()
+                    .find(|t| t["name"] == "default")
+                    .and_then(|t| t["template"].as_str())
+                    .map(String::from)
+                    .with_context(|| {
+                        format!("{}: chat_template has no \"default\" entry", path.display())
+                    })?,
+                origin,
+            ),
             serde_json::Value::Null => return Ok(None),
             other => bail!(
                 "{}: chat_template must be a string or a list of named templates, not {other}",
@@ -167,14 +212,23 @@ impl ChatTemplate {
                 special.insert(name.to_string(), token.to_string());
             }
         }
-        Self::new(&source, special).map(Some)
+        Self::read_from(&source, special, origin).map(Some)
     }
 
     /// A template from a file: a `tokenizer_config.json`, a directory holding one, a `.gguf`
     /// file, or a bare Jinja template (any other file).
     pub fn from_path(path: &Path) -> Result<Self> {
         if path.is_dir() {
-            return Self::from_tokenizer_config(&path.join("tokenizer_config.json"));
+            let config = path.join("tokenizer_config.json");
+            return Self::in_tokenizer_config(&config)?.with_context(|| {
+                format!(
+                    "{} has no tokenizer_config.json with a chat_template and no chat_template.jinja; give the template's file",
+                    path.display()
+                )
+            });
+        }
+        if !crate::files::model_file_present(path)? {
+            crate::usage_bail!("there is no chat template file {}", path.display());
         }
         let extension = path
             .extension()
@@ -185,9 +239,8 @@ impl ChatTemplate {
             Some("json") => Self::from_tokenizer_config(path),
             _ => {
                 let source =
-                    crate::files::read_regular_to_string(path, &path.display().to_string())
-                        .with_context(|| format!("cannot read chat template {}", path.display()))?;
-                Self::new(&source, BTreeMap::new())
+                    crate::files::read_regular_to_string(path, &path.display().to_string())?;
+                Self::read_from(&source, BTreeMap::new(), Some(path.display().to_string()))
             }
         }
     }
@@ -198,8 +251,16 @@ impl ChatTemplate {
 
     /// The text of `messages`, as `apply_chat_template(messages, tokenize=False,
     /// add_generation_prompt=…)`.
+    ///
+    /// The template is a program from the model's repository, and jinja2's sandbox (which
+    /// transformers uses) bounds none of its memory or time: on Unix it runs in a forked child
+    /// with [`RENDER_MEMORY`] more address space than this process and [`RENDER_SECONDS`] of
+    /// time ([`isolated`]), besides the fuel and output caps, so that a hostile one ends in a
+    /// one-line error instead of filling memory or hanging.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        self.render_fueled(messages, add_generation_prompt, RENDER_FUEL)
+        isolated(&self.named(), || {
+            self.render_fueled(messages, add_generation_prompt, RENDER_FUEL)
+        })
     }
 
     fn render_fueled(
@@ -225,7 +286,8 @@ impl ChatTemplate {
         context.insert("documents", minijinja::Value::from(()));
         let failed = |e: minijinja::Error| {
             anyhow::anyhow!(
-                "cannot render the chat template: {}",
+                "cannot render {}: {}",
+                self.named(),
                 e.to_string().replace('\n', " ")
             )
         };
@@ -234,18 +296,18 @@ impl ChatTemplate {
         let rendered = template.render_captured_to(context, &mut out).map(drop);
         match rendered {
             Ok(()) => String::from_utf8(out.bytes)
-                .map_err(|_| anyhow::anyhow!("the chat template rendered text that is not UTF-8")),
+                .map_err(|_| anyhow::anyhow!("{} rendered text that is not UTF-8", self.named())),
             Err(_) if out.overflowed => bail!(
-                "the chat template renders more than {} MiB for {} message(s): no model's context \
-                 holds that; the template (tokenizer_config.json, chat_template.jinja or the \
-                 GGUF's tokenizer.chat_template) is broken or hostile",
+                "{} renders more than {} MiB for {} message(s): no model's context holds that; \
+                 the template is broken or hostile",
+                self.named(),
                 MAX_RENDERED_BYTES >> 20,
                 messages.len()
             ),
             Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => bail!(
-                "the chat template ran more than {fuel} steps without finishing: a real \
-                 template renders a conversation in a few thousand; it is broken or hostile \
-                 (tokenizer_config.json, chat_template.jinja or the GGUF's tokenizer.chat_template)"
+                "{} ran more than {fuel} steps without finishing: a real template renders a \
+                 conversation in a few thousand; it is broken or hostile",
+                self.named()
             ),
             Err(e) => Err(failed(e)),
         }
@@ -320,6 +382,180 @@ const RENDER_FUEL: u64 = 10_000_000;
 /// so a template that writes more (range() over range(), each repeating the message) is
 /// stopped before it fills memory.
 const MAX_RENDERED_BYTES: usize = 16 << 20;
+
+/// Address space a render may add to this process's (the child of [`isolated`] starts as a
+/// copy of it): 1 GiB, some 60 times the largest text it may write.
+const RENDER_MEMORY: u64 = 1 << 30;
+
+/// Seconds a render may take. The real templates take well under a millisecond.
+const RENDER_SECONDS: u64 = 3;
+
+/// Runs `render` in a forked child, bounded in memory and time, and returns what it returned.
+///
+/// Why a process: a template can build a string by doubling it in a loop (40 instructions make
+/// a terabyte) or format a list of 10^10 items before writing a byte; neither uses much fuel,
+/// and minijinja offers no bound on a value's size. An allocation past the child's address
+/// space limit aborts the child alone, and a child past its time is killed. The child only
+/// renders (no threads, no locks that another thread could hold at the fork besides malloc's,
+/// which glibc resets) and leaves with `_exit`, so nothing of this process runs twice.
+#[cfg(unix)]
+fn isolated(named: &str, render: impl FnOnce() -> Result<String>) -> Result<String> {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe writes two new descriptors into the array it is given.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        bail!(
+            "cannot render {named}: no pipe ({})",
+            std::io::Error::last_os_error()
+        );
+    }
+    let (read_end, write_end) = (fds[0], fds[1]);
+    let address_space = current_address_space();
+    // SAFETY: the child runs only `render`, writes to its pipe and leaves with _exit.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        // SAFETY: in the child, on descriptors and limits of its own.
+        unsafe {
+            libc::close(read_end);
+            // An allocation past the limit aborts with a message and a backtrace on stderr;
+            // the parent's one line says what happened instead.
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
+            if null >= 0 {
+                libc::dup2(null, 2);
+                libc::close(null);
+            }
+            if let Some(used) = address_space {
+                let limit = libc::rlimit {
+                    rlim_cur: used.saturating_add(RENDER_MEMORY) as libc::rlim_t,
+                    rlim_max: used.saturating_add(RENDER_MEMORY) as libc::rlim_t,
+                };
+                libc::setrlimit(libc::RLIMIT_AS, &limit);
+            }
+        }
+        let (tag, text) = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(render)) {
+            Ok(Ok(text)) => (b'O', text),
+            Ok(Err(e)) => (b'E', format!("{e:#}")),
+            Err(_) => (
+                b'E',
+                format!("cannot render {named}: the renderer panicked"),
+            ),
+        };
+        let mut message = Vec::with_capacity(text.len() + 1);
+        message.push(tag);
+        message.extend_from_slice(text.as_bytes());
+        let mut written = 0;
+        while written < message.len() {
+            // SAFETY: writes from a live buffer to the child's own pipe end.
+            let n = unsafe {
+                libc::write(
+                    write_end,
+                    message[written..].as_ptr().cast(),
+                    message.len() - written,
+                )
+            };
+            if n <= 0 {
+                break;
+            }
+            written += n as usize;
+        }
+        // SAFETY: leaves the child without running this process's exit handlers.
+        unsafe { libc::_exit(0) };
+    }
+    // SAFETY: the parent owns its end of the pipe from here; the write end is the child's.
+    unsafe { libc::close(write_end) };
+    if child < 0 {
+        // SAFETY: the read end is ours and nothing else holds it.
+        unsafe { libc::close(read_end) };
+        bail!(
+            "cannot render {named}: cannot start a process for it ({})",
+            std::io::Error::last_os_error()
+        );
+    }
+    // SAFETY: read_end is an open descriptor this function owns; File closes it.
+    let mut pipe = unsafe { std::fs::File::from_raw_fd(read_end) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(RENDER_SECONDS);
+    let limit = MAX_RENDERED_BYTES + (1 << 16);
+    let mut bytes = Vec::new();
+    let (mut timed_out, mut overflowed) = (false, false);
+    let mut buffer = vec![0u8; 1 << 16];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut poll = libc::pollfd {
+            fd: read_end,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: polls one descriptor this function owns.
+        let ready =
+            unsafe { libc::poll(&mut poll, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+        if ready == 0 {
+            timed_out = true;
+            break;
+        }
+        if ready < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            break;
+        }
+        match pipe.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) if bytes.len() + n <= limit => bytes.extend_from_slice(&buffer[..n]),
+            Ok(_) => {
+                overflowed = true;
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    drop(pipe);
+    let mut status = 0;
+    // SAFETY: signals and reaps the child this function forked.
+    unsafe {
+        libc::kill(child, libc::SIGKILL);
+        libc::waitpid(child, &mut status, 0);
+    }
+    if overflowed {
+        bail!(
+            "{named} wrote more than {} MiB: the template is broken or hostile",
+            limit >> 20
+        );
+    }
+    match bytes.split_first() {
+        Some((b'O', text)) if !timed_out => String::from_utf8(text.to_vec())
+            .map_err(|_| anyhow::anyhow!("{named} rendered text that is not UTF-8")),
+        Some((b'E', text)) if !timed_out => {
+            Err(anyhow::anyhow!("{}", String::from_utf8_lossy(text)))
+        }
+        _ if timed_out => bail!(
+            "{named} did not finish rendering within {RENDER_SECONDS} s: a real template takes \
+             under a millisecond; it is broken or hostile"
+        ),
+        _ => bail!(
+            "{named} used more than {} MiB of memory while rendering: a real template needs a \
+             few kilobytes; it is broken or hostile",
+            RENDER_MEMORY >> 20
+        ),
+    }
+}
+
+#[cfg(not(unix))]
+fn isolated(_: &str, render: impl FnOnce() -> Result<String>) -> Result<String> {
+    render()
+}
+
+/// This process's address space in bytes (Linux's /proc/self/statm); None where unknown,
+/// and the child then runs with the time limit alone.
+#[cfg(unix)]
+fn current_address_space() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().next()?.parse().ok()?;
+    // SAFETY: sysconf reads a constant of the system.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages.saturating_mul(u64::try_from(page).ok()?))
+}
 
 /// An in-memory writer that refuses to grow past [`MAX_RENDERED_BYTES`].
 #[derive(Default)]
@@ -536,6 +772,30 @@ mod tests {
             "{error}"
         );
         assert!(!error.contains('\n'));
+        // A string doubled in a loop writes nothing and uses little fuel: the child's memory
+        // bound stops it. A list formatted whole before it is written: the time bound.
+        let double = template(
+            "{% set ns = namespace(s='x') %}{% for i in range(48) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}",
+        );
+        let error = double.render(&user, true).unwrap_err().to_string();
+        assert!(
+            error.starts_with("the chat template used more than 1024 MiB of memory"),
+            "{error}"
+        );
+        let list = template("{{ range(100000)|list * 100000 }}");
+        let started = std::time::Instant::now();
+        let error = list.render(&user, true).unwrap_err().to_string();
+        assert!(
+            error.starts_with("the chat template did not finish rendering within 3 s"),
+            "{error}"
+        );
+        assert!(started.elapsed().as_secs() < 10);
+        // And the process that asked is as it was: a real template renders after them.
+        let plain = template("{{ messages[0].content }}!");
+        assert_eq!(
+            plain.render(&user, true).unwrap(),
+            format!("{}!", "y".repeat(1000))
+        );
     }
 
     #[test]
