@@ -24,7 +24,8 @@ fn sentences() -> Vec<String> {
 /// The sentence encoder's files without weights, copied into `dir`.
 fn minilm_dir(tag: &str) -> TempDir {
     let dir = TempDir::new(tag);
-    for file in ["config.json", "tokenizer.json", "modules.json"] {
+    std::fs::create_dir(dir.0.join("1_Pooling")).unwrap();
+    for file in ["config.json", "tokenizer.json", "modules.json", "1_Pooling/config.json"] {
         std::fs::copy(fixture("minilm-tiny").join(file), dir.0.join(file)).unwrap();
     }
     dir

@@ -30,7 +30,7 @@ fn bytes(path: &Path) -> Arc<Vec<u8>> {
 /// The sentence encoder's non-weight files plus `weights`.
 fn minilm(weights: &[(&str, Arc<Vec<u8>>)]) -> Files {
     let mut files = Files::new();
-    for file in ["config.json", "tokenizer.json", "modules.json"] {
+    for file in ["config.json", "tokenizer.json", "modules.json", "1_Pooling/config.json"] {
         files.insert(file.into(), bytes(&fixture("minilm-tiny").join(file)));
     }
     for (name, data) in weights {
@@ -775,7 +775,8 @@ fn the_cache_is_shared_with_pythons_huggingface_hub_both_ways() {
         "import hashlib, os\n\
          from huggingface_hub import snapshot_download\n\
          d = snapshot_download('org/minilm')\n\
-         for f in sorted(os.listdir(d)):\n\
+         files = sorted(os.path.relpath(os.path.join(r, f), d) for r, _, fs in os.walk(d) for f in fs)\n\
+         for f in files:\n\
          \x20   print(f, hashlib.sha256(open(os.path.join(d, f), 'rb').read()).hexdigest())",
         true,
     );

@@ -43,6 +43,8 @@ impl ModelKind {
                 "tokenizer_config.json",
                 "sentence_bert_config.json",
                 "modules.json",
+                // The Pooling module's mode, where sentence-transformers saves it.
+                "1_Pooling/config.json",
             ],
             Self::Clip => &[],
             Self::CausalLm => &[

@@ -189,6 +189,12 @@ impl BertModel {
 
     /// Sentence embeddings [n, hidden]: masked mean of the last hidden states, L2-normalised.
     pub fn sentence_embeddings(&self, sequences: &[Vec<u32>]) -> Result<Tensor> {
+        unit_rows(&self.pooled(sequences, Pooling::Mean)?)
+    }
+
+    /// The last hidden states of each sequence pooled as `pooling` says, not normalised
+    /// [n, hidden].
+    pub fn pooled(&self, sequences: &[Vec<u32>], pooling: Pooling) -> Result<Tensor> {
         if sequences.is_empty() {
             return Ok(Tensor::zeros(
                 (0, self.config.hidden_size),
@@ -220,7 +226,7 @@ impl BertModel {
             }
         }
         if self.cpu_kernels {
-            return self.packed_sentence_embeddings(sequences);
+            return self.packed_pooled(sequences, pooling);
         }
         let batch = sequences.len();
         let mut ids = Vec::with_capacity(batch * len);
@@ -249,19 +255,16 @@ impl BertModel {
         for layer in &self.layers {
             xs = layer.forward(&xs, &key_mask)?;
         }
+        if pooling == Pooling::Cls {
+            return Ok(xs.narrow(1, 0, 1)?.squeeze(1)?);
+        }
         let summed = xs.broadcast_mul(&valid.unsqueeze(2)?)?.sum(1)?;
         let counts = valid.sum_keepdim(1)?.clamp(1e-9, f64::MAX)?;
-        let mean = summed.broadcast_div(&counts)?;
-        let norms = mean
-            .sqr()?
-            .sum_keepdim(D::Minus1)?
-            .sqrt()?
-            .clamp(1e-12, f64::MAX)?;
-        Ok(mean.broadcast_div(&norms)?)
+        Ok(summed.broadcast_div(&counts)?)
     }
 
-    /// [`Self::sentence_embeddings`] with the sequences packed: no padding is computed.
-    fn packed_sentence_embeddings(&self, sequences: &[Vec<u32>]) -> Result<Tensor> {
+    /// [`Self::pooled`] with the sequences packed: no padding is computed.
+    fn packed_pooled(&self, sequences: &[Vec<u32>], pooling: Pooling) -> Result<Tensor> {
         let total: usize = sequences.iter().map(Vec::len).sum();
         let mut ids = Vec::with_capacity(total);
         let mut positions = Vec::with_capacity(total);
@@ -287,22 +290,27 @@ impl BertModel {
         for layer in &self.layers {
             xs = layer.forward_packed(&xs, &rows)?;
         }
-        // Mean of each sequence's rows, then unit length, as sentence-transformers pools.
+        // Each sequence's first row ([CLS]) or the mean of its rows, as sentence-transformers
+        // pools.
         let hidden = self.config.hidden_size;
         let states = xs.flatten_all()?.to_vec1::<f32>()?;
         let mut pooled = Vec::with_capacity(sequences.len() * hidden);
         let mut start = 0;
         for seq in sequences {
-            let mut mean = vec![0f32; hidden];
-            for row in states[start * hidden..(start + seq.len()) * hidden].chunks_exact(hidden) {
-                for (m, x) in mean.iter_mut().zip(row) {
-                    *m += x;
+            let rows = &states[start * hidden..(start + seq.len()) * hidden];
+            match pooling {
+                Pooling::Cls => pooled.extend_from_slice(&rows[..hidden]),
+                Pooling::Mean => {
+                    let mut mean = vec![0f32; hidden];
+                    for row in rows.chunks_exact(hidden) {
+                        for (m, x) in mean.iter_mut().zip(row) {
+                            *m += x;
+                        }
+                    }
+                    let count = seq.len() as f32;
+                    pooled.extend(mean.iter().map(|m| m / count));
                 }
             }
-            let count = seq.len() as f32;
-            mean.iter_mut().for_each(|m| *m /= count);
-            let norm = mean.iter().map(|m| m * m).sum::<f32>().sqrt().max(1e-12);
-            pooled.extend(mean.iter().map(|m| m / norm));
             start += seq.len();
         }
         Ok(Tensor::from_vec(
@@ -311,4 +319,24 @@ impl BertModel {
             &self.device,
         )?)
     }
+}
+
+/// How a sentence-transformers model pools its last hidden states (its `1_Pooling/config.json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// The mean over the sequence's tokens (all-MiniLM, all-mpnet).
+    Mean,
+    /// The first token's, [CLS] (BGE, GTE).
+    Cls,
+}
+
+/// Each row of `x` [n, d] at unit L2 length (sentence-transformers' Normalize: a row of zeros
+/// stays zeros).
+pub fn unit_rows(x: &Tensor) -> Result<Tensor> {
+    let norms = x
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .sqrt()?
+        .clamp(1e-12, f64::MAX)?;
+    Ok(x.broadcast_div(&norms)?)
 }

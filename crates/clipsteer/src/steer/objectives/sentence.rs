@@ -2,7 +2,7 @@
 //! so there is no prefix to reuse: each candidate text is embedded whole.
 
 use super::{ScoreBatch, Scorer};
-use crate::models::bert::BertModel;
+use crate::models::bert::{unit_rows, BertModel, Pooling};
 use crate::tokenize::load_tokenizer_json;
 use anyhow::Result;
 use candle_core::Device;
@@ -17,6 +17,9 @@ pub struct SentenceScorer {
     pub model: BertModel,
     tokenizer: Tokenizer,
     max_len: usize,
+    /// The model's pooling, and whether its modules end in Normalize (modules.json).
+    pooling: Pooling,
+    normalize: bool,
 }
 
 impl SentenceScorer {
@@ -32,11 +35,19 @@ impl SentenceScorer {
             .map(|v| v as usize);
         let positions = model.config().max_position_embeddings;
         let max_len = configured.map_or(positions, |c| c.min(positions));
+        let (pooling, normalize) = read_modules(dir)?;
         Ok(Self {
             model,
             tokenizer,
             max_len,
+            pooling,
+            normalize,
         })
+    }
+
+    /// How the model pools, and whether it normalises.
+    pub fn pooling(&self) -> (Pooling, bool) {
+        (self.pooling, self.normalize)
     }
 
     /// The longest text it embeds, in tokens with [CLS]/[SEP]; longer texts are truncated.
@@ -69,7 +80,8 @@ impl SentenceScorer {
         Ok(truncated)
     }
 
-    /// Normalised sentence embeddings.
+    /// Normalised sentence embeddings (what similarities are computed on, whatever the model's
+    /// own modules end with).
     pub fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
         let ids = texts
             .iter()
@@ -78,11 +90,31 @@ impl SentenceScorer {
         self.embed_ids(&ids)
     }
 
+    /// The embeddings sentence-transformers' `encode` gives: pooled, then normalised only when
+    /// the model's modules end in Normalize.
+    pub fn encode_texts(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(CHUNK) {
+            let ids = chunk
+                .iter()
+                .map(|t| self.encode(t))
+                .collect::<Result<Vec<_>>>()?;
+            let pooled = self.model.pooled(&ids, self.pooling)?;
+            let pooled = match self.normalize {
+                true => unit_rows(&pooled)?,
+                false => pooled,
+            };
+            out.extend(pooled.to_vec2::<f32>()?);
+        }
+        Ok(out)
+    }
+
     /// Normalised sentence embeddings of tokenized texts, in padded batches of [`CHUNK`].
     fn embed_ids(&self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(CHUNK) {
-            out.extend(self.model.sentence_embeddings(chunk)?.to_vec2::<f32>()?);
+            let pooled = self.model.pooled(chunk, self.pooling)?;
+            out.extend(unit_rows(&pooled)?.to_vec2::<f32>()?);
         }
         Ok(out)
     }
@@ -96,7 +128,7 @@ impl Scorer for SentenceScorer {
     }
 
     fn embed_text(&self, text: &str) -> Result<Vec<f32>> {
-        Ok(self.embed(&[text.to_string()])?.remove(0))
+        Ok(self.encode_texts(&[text.to_string()])?.remove(0))
     }
 
     fn logit_scale(&self) -> f32 {
@@ -135,5 +167,93 @@ impl Scorer for SentenceScorer {
             greedy_target: Vec::new(),
             teacher_forced_argmax: Vec::new(),
         })
+    }
+}
+
+/// The pooling and normalisation of a sentence-transformers directory, from its modules.json
+/// and its Pooling module's config.json (the legacy `pooling_mode_*_token(s)` flags, or
+/// sentence-transformers 6's `pooling_mode`). Without modules.json, as sentence-transformers
+/// loads a bare transformers model: mean pooling, not normalised. A module or pooling mode
+/// clipsteer does not compute is refused by name, so that no model is silently embedded
+/// another way.
+fn read_modules(dir: &Path) -> Result<(Pooling, bool)> {
+    let modules_path = dir.join("modules.json");
+    if !crate::files::model_file_present(&modules_path)? {
+        return Ok((Pooling::Mean, false));
+    }
+    let text =
+        crate::files::read_regular_to_string(&modules_path, &modules_path.display().to_string())?;
+    let modules: Vec<serde_json::Value> = serde_json::from_str(&text).map_err(|e| {
+        crate::Error::BadArgument(format!(
+            "{} is not a sentence-transformers module list ({e}); replace it with the model's own",
+            modules_path.display()
+        ))
+    })?;
+    let mut pooling = None;
+    let mut normalize = false;
+    for module in &modules {
+        let kind = module["type"].as_str().unwrap_or_default();
+        let short = kind.rsplit('.').next().unwrap_or(kind);
+        match short {
+            "Transformer" => {}
+            "Normalize" => normalize = true,
+            "Pooling" => {
+                let path = dir
+                    .join(module["path"].as_str().unwrap_or_default())
+                    .join("config.json");
+                pooling = Some(read_pooling(&path)?);
+            }
+            _ => crate::usage_bail!(
+                "{} lists a {kind} module, which clipsteer does not run (it runs Transformer, Pooling with mean or CLS pooling, and Normalize); use another sentence encoder",
+                modules_path.display()
+            ),
+        }
+    }
+    Ok((pooling.unwrap_or(Pooling::Mean), normalize))
+}
+
+/// A Pooling module's mode from its config.json. sentence-transformers pools by the mean when
+/// no mode is set, and concatenates several modes; clipsteer computes mean and CLS alone.
+fn read_pooling(path: &Path) -> Result<Pooling> {
+    if !crate::files::model_file_present(path)? {
+        crate::usage_bail!(
+            "modules.json lists a Pooling module, but there is no {}, which says how it pools; copy it from the model's repository",
+            path.display()
+        );
+    }
+    let text = crate::files::read_regular_to_string(path, &path.display().to_string())?;
+    let config: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        crate::Error::BadArgument(format!(
+            "{} is not valid JSON ({e}); replace it with the model's own",
+            path.display()
+        ))
+    })?;
+    let modes: Vec<String> = match &config["pooling_mode"] {
+        serde_json::Value::String(mode) => vec![mode.clone()],
+        serde_json::Value::Array(modes) => modes
+            .iter()
+            .filter_map(|m| m.as_str().map(String::from))
+            .collect(),
+        _ => [
+            ("pooling_mode_cls_token", "cls"),
+            ("pooling_mode_max_tokens", "max"),
+            ("pooling_mode_mean_tokens", "mean"),
+            ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len_tokens"),
+            ("pooling_mode_weightedmean_tokens", "weightedmean"),
+            ("pooling_mode_lasttoken", "lasttoken"),
+        ]
+        .into_iter()
+        .filter(|(key, _)| config[*key] == true)
+        .map(|(_, mode)| mode.to_string())
+        .collect(),
+    };
+    match modes.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        [] | ["mean"] => Ok(Pooling::Mean),
+        ["cls"] => Ok(Pooling::Cls),
+        _ => crate::usage_bail!(
+            "{}: pooling {} is not supported (clipsteer pools by the mean or by [CLS]); use another sentence encoder",
+            path.display(),
+            modes.join(" + ")
+        ),
     }
 }
