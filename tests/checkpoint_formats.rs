@@ -25,7 +25,12 @@ fn sentences() -> Vec<String> {
 fn minilm_dir(tag: &str) -> TempDir {
     let dir = TempDir::new(tag);
     std::fs::create_dir(dir.0.join("1_Pooling")).unwrap();
-    for file in ["config.json", "tokenizer.json", "modules.json", "1_Pooling/config.json"] {
+    for file in [
+        "config.json",
+        "tokenizer.json",
+        "modules.json",
+        "1_Pooling/config.json",
+    ] {
         std::fs::copy(fixture("minilm-tiny").join(file), dir.0.join(file)).unwrap();
     }
     dir

@@ -1048,3 +1048,44 @@ fn an_encoder_directorys_missing_or_odd_files_are_named_once_as_what_they_are() 
         "it has: model.safetensors (a FIFO)",
     );
 }
+
+/// A broken chat template stops only the runs that render it: with --prompt, describe never
+/// does (a newcomer could not get past one). Without, the error names the template's file.
+#[test]
+fn a_broken_chat_template_stops_only_the_runs_that_use_it() {
+    let tmp = TempDir::new("broken-template");
+    let lm = tmp.0.join("lm");
+    std::fs::create_dir(&lm).unwrap();
+    for entry in std::fs::read_dir(fixture("gpt2-tiny")).unwrap() {
+        let entry = entry.unwrap();
+        let to = lm.join(entry.file_name());
+        std::fs::copy(entry.path(), to).unwrap();
+    }
+    std::fs::write(lm.join("chat_template.jinja"), "{% for m in messages %}").unwrap();
+    let args = |extra: &[&str]| {
+        let mut args = vec![
+            "describe".to_string(),
+            f("images/crop32.png"),
+            "--lm".into(),
+            lm.display().to_string(),
+            "--encoder".into(),
+            f("clip-tiny-gelu"),
+            "--max-tokens".into(),
+            "2".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let without: Vec<String> = args(&[]);
+    let output = run(&without.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_one_line_error(
+        &output,
+        &format!(
+            "the chat template in {} does not compile",
+            lm.join("chat_template.jinja").display()
+        ),
+    );
+    let with: Vec<String> = args(&["--prompt", "An image of "]);
+    let output = run(&with.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(output.status.success(), "{}", stderr(&output));
+}

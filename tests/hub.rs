@@ -30,7 +30,12 @@ fn bytes(path: &Path) -> Arc<Vec<u8>> {
 /// The sentence encoder's non-weight files plus `weights`.
 fn minilm(weights: &[(&str, Arc<Vec<u8>>)]) -> Files {
     let mut files = Files::new();
-    for file in ["config.json", "tokenizer.json", "modules.json", "1_Pooling/config.json"] {
+    for file in [
+        "config.json",
+        "tokenizer.json",
+        "modules.json",
+        "1_Pooling/config.json",
+    ] {
         files.insert(file.into(), bytes(&fixture("minilm-tiny").join(file)));
     }
     for (name, data) in weights {

@@ -369,8 +369,22 @@ pub struct DescribeModels {
 impl DescribeModels {
     /// Loads the LM and, when `encoder` is given, the encoder.
     pub fn load(lm: &str, encoder: Option<&str>, device: &Device) -> Result<Self> {
+        Self::load_with_template(lm, encoder, device, true)
+    }
+
+    /// [`DescribeModels::load`], reading the LM's chat template only when `template` says it
+    /// will be used: a run given a prompt never renders it, so a broken one must not stop it.
+    fn load_with_template(
+        lm: &str,
+        encoder: Option<&str>,
+        device: &Device,
+        template: bool,
+    ) -> Result<Self> {
         let loaded_lm = load_lm(lm, device)?;
-        let chat_template = crate::load::chat_template_if_any(lm)?;
+        let chat_template = match template {
+            true => crate::load::chat_template_if_any(lm)?,
+            false => None,
+        };
         let loaded_encoder = match encoder {
             Some(spec) => Some(load_encoder(spec, device)?),
             None => None,
@@ -439,7 +453,8 @@ impl Describer {
         device: &Device,
     ) -> Result<Self> {
         let encoder = resolved.scorer_cmd.is_none().then_some(encoder);
-        let models = DescribeModels::load(lm, encoder, device)?;
+        let template = resolved.instruction().is_some();
+        let models = DescribeModels::load_with_template(lm, encoder, device, template)?;
         Self::new(Arc::new(models), resolved)
     }
 
