@@ -274,22 +274,29 @@ impl AttackModels {
     ) -> Result<Self> {
         let victim_spec = victim.unwrap_or(attacker);
         let separate = victim_spec != attacker;
-        let attacker_lm = load_lm(attacker, device)?;
-        let separate_victim = if separate {
-            Some(load_lm(victim_spec, device)?)
-        } else {
-            None
-        };
+        // The templates first, and rendered once: a broken one is reported before the models
+        // take seconds and gigabytes to load.
         let template = match chat_template {
             Some(path) => ChatTemplate::from_path(path)?,
             None => chat_template_of(victim_spec)
                 .with_context(|| format!("the victim '{victim_spec}' needs a chat template (give one with --chat-template FILE: a .jinja, a tokenizer_config.json or a .gguf)"))?,
         };
-        // The attacker writes inside its own template when it has one.
+        template.user_slot()?;
+        // The attacker writes inside its own template when it has one; a broken one is an
+        // error, not a silent switch to writing without it.
         let attacker_template = if separate {
-            chat_template_of(attacker).ok()
+            crate::load::chat_template_if_any(attacker)?
         } else {
             Some(template.clone())
+        };
+        if let Some(attacker_template) = &attacker_template {
+            attacker_template.user_slot()?;
+        }
+        let attacker_lm = load_lm(attacker, device)?;
+        let separate_victim = if separate {
+            Some(load_lm(victim_spec, device)?)
+        } else {
+            None
         };
         Ok(Self {
             attacker: attacker_lm,
