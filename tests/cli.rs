@@ -1047,6 +1047,34 @@ fn an_encoder_directorys_missing_or_odd_files_are_named_once_as_what_they_are() 
         ]),
         "it has: model.safetensors (a FIFO)",
     );
+    // An empty config.json and a tokenizer.json that is not UTF-8 say what they are, not
+    // which JSON character was unexpected.
+    let score = |encoder: &std::path::Path| {
+        run(&[
+            "score",
+            &image,
+            "a cat",
+            "--encoder",
+            encoder.to_str().unwrap(),
+        ])
+    };
+    let empty_config = copy("empty-config", "");
+    std::fs::write(empty_config.join("config.json"), "").unwrap();
+    assert_one_line_error(
+        &score(&empty_config),
+        "config.json is empty: replace it with the model's own config.json",
+    );
+    let latin1 = copy("latin1-tokenizer", "");
+    std::fs::write(latin1.join("tokenizer.json"), b"{\"caf\xe9\": 1}").unwrap();
+    assert_one_line_error(&score(&latin1), "tokenizer.json is not UTF-8 text");
+    // A link that loops is a local path gone wrong, not a hub id to look up.
+    let looped = tmp.0.join("org").join("looped");
+    std::fs::create_dir(tmp.0.join("org")).unwrap();
+    std::os::unix::fs::symlink(&looped, &looped).unwrap();
+    assert_one_line_error(
+        &score(&looped),
+        "is a symbolic link to nothing (a missing target, or a loop of links)",
+    );
 }
 
 /// A broken chat template stops only the runs that render it: with --prompt, describe never

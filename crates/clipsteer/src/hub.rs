@@ -96,6 +96,14 @@ impl ModelSpec {
         if path.exists() {
             return Ok(Self::Local(path.to_path_buf()));
         }
+        // A link that leads nowhere (or to itself) names a local model, not a hub id that
+        // happens to have a slash in it.
+        if path.symlink_metadata().is_ok() {
+            return Err(crate::Error::NotFound(format!(
+                "{spec} is a symbolic link to nothing (a missing target, or a loop of links): point it at the model directory"
+            ))
+            .into());
+        }
         let (id, revision) = match spec.split_once('@') {
             Some((id, revision)) => (id, Some(revision)),
             None => (spec, None),

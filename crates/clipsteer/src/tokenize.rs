@@ -19,8 +19,9 @@ pub fn load_tokenizer_json(path: &Path) -> Result<Tokenizer> {
             path.display()
         );
     }
-    let bytes = crate::files::read_regular(path, &path.display().to_string())?;
-    let mut tokenizer = Tokenizer::from_bytes(&bytes)
+    // As text first: a file that is not UTF-8 is named as such, not as a JSON syntax error.
+    let text = crate::files::read_regular_to_string(path, &path.display().to_string())?;
+    let mut tokenizer = Tokenizer::from_bytes(text.as_bytes())
         .map_err(|e| anyhow::anyhow!("{} is not a valid tokenizer.json: {e}", path.display()))?;
     // Some tokenizer.json files pad every input to a fixed length (all-MiniLM-L6-v2: 128) or
     // truncate; clipsteer batches and truncates itself, with masks, so both are turned off.

@@ -182,6 +182,12 @@ pub(crate) fn read_config<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<
         );
     }
     let text = crate::files::read_regular_to_string(&path, &path.display().to_string())?;
+    if text.trim().is_empty() {
+        crate::usage_bail!(
+            "{} is empty: replace it with the model's own config.json",
+            path.display()
+        );
+    }
     serde_json::from_str(&text).with_context(|| invalid_config(dir))
 }
 

@@ -209,7 +209,7 @@ pub enum Encoder {
 }
 
 fn text_only() -> anyhow::Error {
-    anyhow::anyhow!("this encoder embeds text only: steer it with --target-text instead of images")
+    anyhow::anyhow!("this encoder embeds text only: give it texts (--target-text to steer, --text to embed), or an image-text encoder (CLIP, SigLIP) for images")
 }
 
 pub enum EncoderPrefix {
