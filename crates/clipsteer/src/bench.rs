@@ -395,10 +395,10 @@ fn print_report(report: &Value, options: &BenchOptions) {
     let number = |value: &Value| value.as_f64().unwrap_or(0.0);
     let config = &report["config"];
     outln!(
-        "clipsteer bench: {} + CLIP {}, {:?}, top-k {}, {} steps, {} threads, {}",
+        "clipsteer bench: {} + CLIP {}, {}, top-k {}, {} steps, {} threads, {}",
         config["lm"].as_str().unwrap_or_default(),
         config["clip"].as_str().unwrap_or_default(),
-        options.strategy,
+        config["strategy"].as_str().unwrap_or_default(),
         options.top_k,
         options.steps,
         config["threads"],
