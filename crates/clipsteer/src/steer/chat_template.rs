@@ -400,8 +400,6 @@ const RENDER_SECONDS: u64 = 3;
 /// which glibc resets) and leaves with `_exit`, so nothing of this process runs twice.
 #[cfg(unix)]
 fn isolated(named: &str, render: impl FnOnce() -> Result<String>) -> Result<String> {
-    use std::io::Read;
-    use std::os::fd::FromRawFd;
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: pipe writes two new descriptors into the array it is given.
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
@@ -415,52 +413,7 @@ fn isolated(named: &str, render: impl FnOnce() -> Result<String>) -> Result<Stri
     // SAFETY: the child runs only `render`, writes to its pipe and leaves with _exit.
     let child = unsafe { libc::fork() };
     if child == 0 {
-        // SAFETY: in the child, on descriptors and limits of its own.
-        unsafe {
-            libc::close(read_end);
-            // An allocation past the limit aborts with a message and a backtrace on stderr;
-            // the parent's one line says what happened instead.
-            let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
-            if null >= 0 {
-                libc::dup2(null, 2);
-                libc::close(null);
-            }
-            if let Some(used) = address_space {
-                let limit = libc::rlimit {
-                    rlim_cur: used.saturating_add(RENDER_MEMORY) as libc::rlim_t,
-                    rlim_max: used.saturating_add(RENDER_MEMORY) as libc::rlim_t,
-                };
-                libc::setrlimit(libc::RLIMIT_AS, &limit);
-            }
-        }
-        let (tag, text) = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(render)) {
-            Ok(Ok(text)) => (b'O', text),
-            Ok(Err(e)) => (b'E', format!("{e:#}")),
-            Err(_) => (
-                b'E',
-                format!("cannot render {named}: the renderer panicked"),
-            ),
-        };
-        let mut message = Vec::with_capacity(text.len() + 1);
-        message.push(tag);
-        message.extend_from_slice(text.as_bytes());
-        let mut written = 0;
-        while written < message.len() {
-            // SAFETY: writes from a live buffer to the child's own pipe end.
-            let n = unsafe {
-                libc::write(
-                    write_end,
-                    message[written..].as_ptr().cast(),
-                    message.len() - written,
-                )
-            };
-            if n <= 0 {
-                break;
-            }
-            written += n as usize;
-        }
-        // SAFETY: leaves the child without running this process's exit handlers.
-        unsafe { libc::_exit(0) };
+        render_in_child(named, render, read_end, write_end, address_space);
     }
     // SAFETY: the parent owns its end of the pipe from here; the write end is the child's.
     unsafe { libc::close(write_end) };
@@ -472,12 +425,113 @@ fn isolated(named: &str, render: impl FnOnce() -> Result<String>) -> Result<Stri
             std::io::Error::last_os_error()
         );
     }
+    let (bytes, ending) = read_child(read_end);
+    let mut status = 0;
+    // SAFETY: signals and reaps the child this function forked.
+    unsafe {
+        libc::kill(child, libc::SIGKILL);
+        libc::waitpid(child, &mut status, 0);
+    }
+    match (ending, bytes.split_first()) {
+        (ChildEnding::Overflowed, _) => bail!(
+            "{named} wrote more than {} MiB: the template is broken or hostile",
+            MAX_RENDERED_BYTES >> 20
+        ),
+        (ChildEnding::Finished, Some((b'O', text))) => String::from_utf8(text.to_vec())
+            .map_err(|_| anyhow::anyhow!("{named} rendered text that is not UTF-8")),
+        (ChildEnding::Finished, Some((b'E', text))) => {
+            Err(anyhow::anyhow!("{}", String::from_utf8_lossy(text)))
+        }
+        (ChildEnding::TimedOut, _) => bail!(
+            "{named} did not finish rendering within {RENDER_SECONDS} s: a real template takes \
+             under a millisecond; it is broken or hostile"
+        ),
+        _ => bail!(
+            "{named} used more than {} MiB of memory while rendering: a real template needs a \
+             few kilobytes; it is broken or hostile",
+            RENDER_MEMORY >> 20
+        ),
+    }
+}
+
+/// The child's side of [`isolated`]: bounds itself, renders, writes 'O' and the text or 'E'
+/// and the error to `write_end`, and leaves.
+#[cfg(unix)]
+fn render_in_child(
+    named: &str,
+    render: impl FnOnce() -> Result<String>,
+    read_end: libc::c_int,
+    write_end: libc::c_int,
+    address_space: Option<u64>,
+) -> ! {
+    // SAFETY: in the child, on descriptors and limits of its own.
+    unsafe {
+        libc::close(read_end);
+        // An allocation past the limit aborts with a message and a backtrace on stderr;
+        // the parent's one line says what happened instead.
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
+        if null >= 0 {
+            libc::dup2(null, 2);
+            libc::close(null);
+        }
+        if let Some(used) = address_space {
+            let limit = libc::rlimit {
+                rlim_cur: used.saturating_add(RENDER_MEMORY) as libc::rlim_t,
+                rlim_max: used.saturating_add(RENDER_MEMORY) as libc::rlim_t,
+            };
+            libc::setrlimit(libc::RLIMIT_AS, &limit);
+        }
+    }
+    let (tag, text) = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(render)) {
+        Ok(Ok(text)) => (b'O', text),
+        Ok(Err(e)) => (b'E', format!("{e:#}")),
+        Err(_) => (
+            b'E',
+            format!("cannot render {named}: the renderer panicked"),
+        ),
+    };
+    let mut message = Vec::with_capacity(text.len() + 1);
+    message.push(tag);
+    message.extend_from_slice(text.as_bytes());
+    let mut written = 0;
+    while written < message.len() {
+        // SAFETY: writes from a live buffer to the child's own pipe end.
+        let n = unsafe {
+            libc::write(
+                write_end,
+                message[written..].as_ptr().cast(),
+                message.len() - written,
+            )
+        };
+        if n <= 0 {
+            break;
+        }
+        written += n as usize;
+    }
+    // SAFETY: leaves the child without running this process's exit handlers.
+    unsafe { libc::_exit(0) };
+}
+
+/// How the child's output ended.
+#[cfg(unix)]
+enum ChildEnding {
+    Finished,
+    TimedOut,
+    Overflowed,
+}
+
+/// The parent's side of [`isolated`]: what the child wrote to `read_end` within
+/// [`RENDER_SECONDS`], and how it ended.
+#[cfg(unix)]
+fn read_child(read_end: libc::c_int) -> (Vec<u8>, ChildEnding) {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
     // SAFETY: read_end is an open descriptor this function owns; File closes it.
     let mut pipe = unsafe { std::fs::File::from_raw_fd(read_end) };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(RENDER_SECONDS);
     let limit = MAX_RENDERED_BYTES + (1 << 16);
     let mut bytes = Vec::new();
-    let (mut timed_out, mut overflowed) = (false, false);
+    let mut ending = ChildEnding::Finished;
     let mut buffer = vec![0u8; 1 << 16];
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -490,7 +544,7 @@ fn isolated(named: &str, render: impl FnOnce() -> Result<String>) -> Result<Stri
         let ready =
             unsafe { libc::poll(&mut poll, 1, left.as_millis().min(i32::MAX as u128) as i32) };
         if ready == 0 {
-            timed_out = true;
+            ending = ChildEnding::TimedOut;
             break;
         }
         if ready < 0 {
@@ -503,42 +557,14 @@ fn isolated(named: &str, render: impl FnOnce() -> Result<String>) -> Result<Stri
             Ok(0) => break,
             Ok(n) if bytes.len() + n <= limit => bytes.extend_from_slice(&buffer[..n]),
             Ok(_) => {
-                overflowed = true;
+                ending = ChildEnding::Overflowed;
                 break;
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => break,
         }
     }
-    drop(pipe);
-    let mut status = 0;
-    // SAFETY: signals and reaps the child this function forked.
-    unsafe {
-        libc::kill(child, libc::SIGKILL);
-        libc::waitpid(child, &mut status, 0);
-    }
-    if overflowed {
-        bail!(
-            "{named} wrote more than {} MiB: the template is broken or hostile",
-            limit >> 20
-        );
-    }
-    match bytes.split_first() {
-        Some((b'O', text)) if !timed_out => String::from_utf8(text.to_vec())
-            .map_err(|_| anyhow::anyhow!("{named} rendered text that is not UTF-8")),
-        Some((b'E', text)) if !timed_out => {
-            Err(anyhow::anyhow!("{}", String::from_utf8_lossy(text)))
-        }
-        _ if timed_out => bail!(
-            "{named} did not finish rendering within {RENDER_SECONDS} s: a real template takes \
-             under a millisecond; it is broken or hostile"
-        ),
-        _ => bail!(
-            "{named} used more than {} MiB of memory while rendering: a real template needs a \
-             few kilobytes; it is broken or hostile",
-            RENDER_MEMORY >> 20
-        ),
-    }
+    (bytes, ending)
 }
 
 #[cfg(not(unix))]
