@@ -373,9 +373,9 @@ fn generation_blocks_as_ifs(source: &str) -> String {
     out
 }
 
-/// Instructions a render may run. The real templates of llama.cpp's `models/templates/` use at
-/// most PEAK_FUEL on one message (see the test); this is 100× more, and still stops a runaway
-/// loop within a second.
+/// Instructions a render may run. The 70 real templates of llama.cpp's `models/templates/` use
+/// at most 430 on one message (Kimi K3); this is over 20 000 times more, and still stops a
+/// runaway loop within a second.
 const RENDER_FUEL: u64 = 10_000_000;
 
 /// The longest rendered text: 16 MiB is about four million tokens, past every model's context,
@@ -867,7 +867,7 @@ mod tests {
         );
     }
 
-    /// The families' real templates render in a thousandth of the fuel: 71 templates of
+    /// The families' real templates render in a thousandth of the fuel: the 70 templates of
     /// llama.cpp's models/templates took at most 430 on one message (Kimi K3).
     #[test]
     fn real_templates_render_well_within_the_fuel() {
