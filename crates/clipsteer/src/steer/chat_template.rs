@@ -258,11 +258,13 @@ impl ChatTemplate {
     /// time ([`isolated`]), besides the fuel and output caps, so that a hostile one ends in a
     /// one-line error instead of filling memory or hanging.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        isolated(&self.named(), || {
-            self.render_fueled(messages, add_generation_prompt, RENDER_FUEL)
-        })
+        self.render_fueled(messages, add_generation_prompt, RENDER_FUEL)
     }
 
+    /// [`ChatTemplate::render`] with `fuel` instructions. Everything but the render itself is
+    /// done here, before the fork: the child only runs minijinja over values already built and
+    /// reports without anyhow (whose backtrace capture takes locks that another thread may have
+    /// held at the fork).
     fn render_fueled(
         &self,
         messages: &[Message],
@@ -284,33 +286,38 @@ impl ChatTemplate {
         // transformers passes these as None when not given, so `tools is defined` holds there.
         context.insert("tools", minijinja::Value::from(()));
         context.insert("documents", minijinja::Value::from(()));
-        let failed = |e: minijinja::Error| {
+        let named = self.named();
+        let template = env.template_from_str(&self.source).map_err(|e| {
             anyhow::anyhow!(
-                "cannot render {}: {}",
-                self.named(),
+                "cannot render {named}: {}",
                 e.to_string().replace('\n', " ")
             )
-        };
-        let template = env.template_from_str(&self.source).map_err(failed)?;
-        let mut out = CappedWriter::default();
-        let rendered = template.render_captured_to(context, &mut out).map(drop);
-        match rendered {
-            Ok(()) => String::from_utf8(out.bytes)
-                .map_err(|_| anyhow::anyhow!("{} rendered text that is not UTF-8", self.named())),
-            Err(_) if out.overflowed => bail!(
-                "{} renders more than {} MiB for {} message(s): no model's context holds that; \
-                 the template is broken or hostile",
-                self.named(),
+        })?;
+        let outcome = isolated(&named, || {
+            let mut out = CappedWriter::default();
+            match template.render_captured_to(&context, &mut out).map(drop) {
+                Ok(()) => String::from_utf8(out.bytes).map_err(|_| RenderFailure::NotUtf8),
+                Err(_) if out.overflowed => Err(RenderFailure::TooLong),
+                Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => {
+                    Err(RenderFailure::OutOfFuel)
+                }
+                Err(e) => Err(RenderFailure::Jinja(e.to_string().replace('\n', " "))),
+            }
+        })?;
+        outcome.map_err(|failure| match failure {
+            RenderFailure::NotUtf8 => anyhow::anyhow!("{named} rendered text that is not UTF-8"),
+            RenderFailure::TooLong => anyhow::anyhow!(
+                "{named} renders more than {} MiB for {} message(s): no model's context holds \
+                 that; the template is broken or hostile",
                 MAX_RENDERED_BYTES >> 20,
                 messages.len()
             ),
-            Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => bail!(
-                "{} ran more than {fuel} steps without finishing: a real template renders a \
-                 conversation in a few thousand; it is broken or hostile",
-                self.named()
+            RenderFailure::OutOfFuel => anyhow::anyhow!(
+                "{named} ran more than {fuel} steps without finishing: a real template renders a \
+                 conversation in a few thousand; it is broken or hostile"
             ),
-            Err(e) => Err(failed(e)),
-        }
+            RenderFailure::Jinja(message) => anyhow::anyhow!("cannot render {named}: {message}"),
+        })
     }
 
     /// The prompt a model receives for one user message, ready for its answer (default system
@@ -373,6 +380,16 @@ fn generation_blocks_as_ifs(source: &str) -> String {
     out
 }
 
+/// Why a render failed, as the child of [`isolated`] reports it (plain data: the parent words
+/// the error).
+enum RenderFailure {
+    /// minijinja's message: an undefined name, `raise_exception`, a type error.
+    Jinja(String),
+    TooLong,
+    OutOfFuel,
+    NotUtf8,
+}
+
 /// Instructions a render may run. The 70 real templates of llama.cpp's `models/templates/` use
 /// at most 430 on one message (Kimi K3); this is over 20 000 times more, and still stops a
 /// runaway loop within a second.
@@ -404,7 +421,10 @@ const RENDER_WAIT_SECONDS: u64 = 60;
 /// renders (no threads, no locks that another thread could hold at the fork besides malloc's,
 /// which glibc resets) and leaves with `_exit`, so nothing of this process runs twice.
 #[cfg(unix)]
-fn isolated(named: &str, render: impl FnOnce() -> Result<String>) -> Result<String> {
+fn isolated(
+    named: &str,
+    render: impl FnOnce() -> std::result::Result<String, RenderFailure>,
+) -> Result<std::result::Result<String, RenderFailure>> {
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: pipe writes two new descriptors into the array it is given.
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
@@ -418,7 +438,7 @@ fn isolated(named: &str, render: impl FnOnce() -> Result<String>) -> Result<Stri
     // SAFETY: the child runs only `render`, writes to its pipe and leaves with _exit.
     let child = unsafe { libc::fork() };
     if child == 0 {
-        render_in_child(named, render, read_end, write_end, address_space);
+        render_in_child(render, read_end, write_end, address_space);
     }
     // SAFETY: the parent owns its end of the pipe from here; the write end is the child's.
     unsafe { libc::close(write_end) };
@@ -441,24 +461,30 @@ fn isolated(named: &str, render: impl FnOnce() -> Result<String>) -> Result<Stri
         libc::waitpid(child, &mut status, 0);
     }
     let out_of_cpu = libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGXCPU;
-    let ending = match ending {
-        ChildEnding::Finished if out_of_cpu => ChildEnding::TimedOut,
-        ending => ending,
-    };
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
     match (ending, bytes.split_first()) {
         (ChildEnding::Overflowed, _) => bail!(
             "{named} wrote more than {} MiB: the template is broken or hostile",
             MAX_RENDERED_BYTES >> 20
         ),
-        (ChildEnding::Finished, Some((b'O', text))) => String::from_utf8(text.to_vec())
-            .map_err(|_| anyhow::anyhow!("{named} rendered text that is not UTF-8")),
-        (ChildEnding::Finished, Some((b'E', text))) => {
-            Err(anyhow::anyhow!("{}", String::from_utf8_lossy(text)))
-        }
         (ChildEnding::TimedOut, _) => bail!(
+            "{named} did not finish rendering within {RENDER_WAIT_SECONDS} s: a real template \
+             takes under a millisecond; it is broken or hostile"
+        ),
+        (ChildEnding::Finished, _) if out_of_cpu => bail!(
             "{named} did not finish rendering within {RENDER_SECONDS} s of CPU: a real template \
              takes under a millisecond; it is broken or hostile"
         ),
+        (ChildEnding::Finished, Some((b'O', rendered))) => Ok(Ok(text(rendered))),
+        (ChildEnding::Finished, Some((b'J', message))) => {
+            Ok(Err(RenderFailure::Jinja(text(message))))
+        }
+        (ChildEnding::Finished, Some((b'L', _))) => Ok(Err(RenderFailure::TooLong)),
+        (ChildEnding::Finished, Some((b'F', _))) => Ok(Err(RenderFailure::OutOfFuel)),
+        (ChildEnding::Finished, Some((b'U', _))) => Ok(Err(RenderFailure::NotUtf8)),
+        (ChildEnding::Finished, Some((b'P', _))) => {
+            bail!("cannot render {named}: the renderer panicked")
+        }
         _ => bail!(
             "{named} used more than {} MiB of memory while rendering: a real template needs a \
              few kilobytes; it is broken or hostile",
@@ -467,12 +493,12 @@ fn isolated(named: &str, render: impl FnOnce() -> Result<String>) -> Result<Stri
     }
 }
 
-/// The child's side of [`isolated`]: bounds itself, renders, writes 'O' and the text or 'E'
-/// and the error to `write_end`, and leaves.
+/// The child's side of [`isolated`]: bounds itself, renders, writes a tag byte ('O' and the
+/// text; 'J' and minijinja's message; 'L', 'F', 'U' for the other failures; 'P' for a panic)
+/// to `write_end`, and leaves.
 #[cfg(unix)]
 fn render_in_child(
-    named: &str,
-    render: impl FnOnce() -> Result<String>,
+    render: impl FnOnce() -> std::result::Result<String, RenderFailure>,
     read_end: libc::c_int,
     write_end: libc::c_int,
     address_space: Option<u64>,
@@ -502,11 +528,11 @@ fn render_in_child(
     }
     let (tag, text) = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(render)) {
         Ok(Ok(text)) => (b'O', text),
-        Ok(Err(e)) => (b'E', format!("{e:#}")),
-        Err(_) => (
-            b'E',
-            format!("cannot render {named}: the renderer panicked"),
-        ),
+        Ok(Err(RenderFailure::Jinja(message))) => (b'J', message),
+        Ok(Err(RenderFailure::TooLong)) => (b'L', String::new()),
+        Ok(Err(RenderFailure::OutOfFuel)) => (b'F', String::new()),
+        Ok(Err(RenderFailure::NotUtf8)) => (b'U', String::new()),
+        Err(_) => (b'P', String::new()),
     };
     let mut message = Vec::with_capacity(text.len() + 1);
     message.push(tag);
@@ -586,8 +612,11 @@ fn read_child(read_end: libc::c_int) -> (Vec<u8>, ChildEnding) {
 }
 
 #[cfg(not(unix))]
-fn isolated(_: &str, render: impl FnOnce() -> Result<String>) -> Result<String> {
-    render()
+fn isolated(
+    _: &str,
+    render: impl FnOnce() -> std::result::Result<String, RenderFailure>,
+) -> Result<std::result::Result<String, RenderFailure>> {
+    Ok(render())
 }
 
 /// This process's address space in bytes (Linux's /proc/self/statm); None where unknown,
