@@ -1,5 +1,6 @@
-//! BERT as a sentence encoder (sentence-transformers: mean pooling over the attention mask, then
-//! L2 normalisation), with HF weight names, with or without the `bert.` prefix.
+//! BERT as a sentence encoder (sentence-transformers: mean or [CLS] pooling over the attention
+//! mask, then L2 normalisation where the model's modules say), with HF weight names, with or
+//! without the `bert.` prefix.
 //!
 //! On CPU a batch is packed without padding: the dense layers run on every sequence's tokens
 //! stacked as one matrix, and attention stays within each sequence (the fused kernel in
@@ -185,11 +186,6 @@ impl BertModel {
 
     pub fn config(&self) -> &BertConfig {
         &self.config
-    }
-
-    /// Sentence embeddings [n, hidden]: masked mean of the last hidden states, L2-normalised.
-    pub fn sentence_embeddings(&self, sequences: &[Vec<u32>]) -> Result<Tensor> {
-        unit_rows(&self.pooled(sequences, Pooling::Mean)?)
     }
 
     /// The last hidden states of each sequence pooled as `pooling` says, not normalised

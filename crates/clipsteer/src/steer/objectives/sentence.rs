@@ -45,11 +45,6 @@ impl SentenceScorer {
         })
     }
 
-    /// How the model pools, and whether it normalises.
-    pub fn pooling(&self) -> (Pooling, bool) {
-        (self.pooling, self.normalize)
-    }
-
     /// The longest text it embeds, in tokens with [CLS]/[SEP]; longer texts are truncated.
     pub fn max_len(&self) -> usize {
         self.max_len
@@ -83,38 +78,31 @@ impl SentenceScorer {
     /// Normalised sentence embeddings (what similarities are computed on, whatever the model's
     /// own modules end with).
     pub fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
-        let ids = texts
-            .iter()
-            .map(|t| self.encode(t))
-            .collect::<Result<Vec<_>>>()?;
-        self.embed_ids(&ids)
+        self.embed_ids(&self.encode_all(texts)?, true)
     }
 
     /// The embeddings sentence-transformers' `encode` gives: pooled, then normalised only when
     /// the model's modules end in Normalize.
     pub fn encode_texts(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
-        let mut out = Vec::with_capacity(texts.len());
-        for chunk in texts.chunks(CHUNK) {
-            let ids = chunk
-                .iter()
-                .map(|t| self.encode(t))
-                .collect::<Result<Vec<_>>>()?;
-            let pooled = self.model.pooled(&ids, self.pooling)?;
-            let pooled = match self.normalize {
-                true => unit_rows(&pooled)?,
-                false => pooled,
-            };
-            out.extend(pooled.to_vec2::<f32>()?);
-        }
-        Ok(out)
+        self.embed_ids(&self.encode_all(texts)?, self.normalize)
     }
 
-    /// Normalised sentence embeddings of tokenized texts, in padded batches of [`CHUNK`].
-    fn embed_ids(&self, ids: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+    fn encode_all(&self, texts: &[String]) -> Result<Vec<Vec<u32>>> {
+        texts.iter().map(|t| self.encode(t)).collect()
+    }
+
+    /// Pooled embeddings of tokenized texts, at unit length when `normalize`, in batches of
+    /// [`CHUNK`].
+    fn embed_ids(&self, ids: &[Vec<u32>], normalize: bool) -> Result<Vec<Vec<f32>>> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(CHUNK) {
             let pooled = self.model.pooled(chunk, self.pooling)?;
-            out.extend(unit_rows(&pooled)?.to_vec2::<f32>()?);
+            let pooled = if normalize {
+                unit_rows(&pooled)?
+            } else {
+                pooled
+            };
+            out.extend(pooled.to_vec2::<f32>()?);
         }
         Ok(out)
     }
@@ -154,7 +142,7 @@ impl Scorer for SentenceScorer {
             .iter()
             .map(|t| self.encode(t))
             .collect::<Result<Vec<_>>>()?;
-        let embeddings = self.embed_ids(&ids)?;
+        let embeddings = self.embed_ids(&ids, true)?;
         let positions = ids.iter().map(Vec::len).sum();
         let cosines: Vec<f32> = embeddings
             .iter()
